@@ -1,0 +1,128 @@
+"""`pcn`: one command, one subcommand per stage verb (plus a few tools).
+
+Every DAG stage is `pcn <verb>` run from the repository root: it reads params.yaml,
+does its work, writes its outputs atomically and its metrics to metrics/<stage>.json,
+and logs an MLflow run under the pipeline's parent run.  Errors a user can fix
+(bad params, missing or malformed data) end in one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from pcn.config import ParamsError
+
+log = logging.getLogger("pcn")
+
+
+class UserError(Exception):
+    """A problem with the user's input: printed as one line, exit code 2."""
+
+
+# Exceptions whose message is already one clear line for the user.
+def _user_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [ParamsError, UserError, FileNotFoundError]
+    for mod, name in (("pcn.data.ffcv_io", "DatasetError"), ("pcn.models.checkpoint", "CheckpointError"),
+                      ("pcn.train.launch", "JobFailed"), ("pcn.transfer.datasets", "DatasetError")):
+        try:
+            errors.append(getattr(__import__(mod, fromlist=[name]), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errors)
+
+
+def _verbs() -> dict[str, tuple[str, str]]:
+    """verb -> (module:function, help).  Imported lazily: `pcn --help` stays fast."""
+    return {
+        "make-demo": ("pcn.steps.data:make_demo", "synthesise the demo datasets (ImageNet, ADE20k, COCO layouts)"),
+        "convert": ("pcn.steps.data:convert", "convert the ImageFolder splits to FFCV .beton files"),
+        "pixel-baseline": ("pcn.steps.data:pixel_baseline", "linear classifier on average-pooled raw pixels"),
+        "pretrain": ("pcn.steps.train:pretrain", "pretrain the model (local or SLURM through submitit)"),
+        "finetune": ("pcn.steps.train:finetune", "fine-tune the pretrained model at a higher resolution"),
+        "evaluate": ("pcn.steps.evaluate:evaluate", "top-1/top-5 of the fine-tuned model on the val split(s)"),
+        "complexity": ("pcn.steps.evaluate:complexity", "params, GMACs, throughput, peak memory"),
+        "segmentation": ("pcn.steps.transfer:segmentation", "UperNet semantic segmentation transfer (ADE20k layout)"),
+        "detection": ("pcn.steps.transfer:detection", "Mask R-CNN detection transfer (COCO layout)"),
+        "ablate": ("pcn.steps.experiments:ablate", "train one ablation variant for one seed"),
+        "resnet-pool": ("pcn.steps.experiments:resnet_pool", "ResNet with average vs attention pooling"),
+        "multiclass": ("pcn.steps.experiments:multiclass", "multi-class-token model, scratch or fine-tuned"),
+        "depth-width": ("pcn.steps.experiments:depth_width", "one point of the depth x width grid"),
+        "summarize": ("pcn.steps.experiments:summarize", "seeds -> means, intervals and verdicts"),
+        "attention": ("pcn.steps.report:attention", "attention maps and their localisation scores"),
+        "figures": ("pcn.steps.report:figures", "every figure, from the metrics files"),
+        "report": ("pcn.steps.report:report", "paper-vs-reproduced report (Markdown + HTML)"),
+        "dag": ("pcn.steps.tools:dag", "write dvc.yaml from the stage table (--check: fail if stale)"),
+        "params": ("pcn.steps.tools:show_params", "print the resolved params (after the scale switch)"),
+        "scale": ("pcn.steps.tools:set_scale", "switch params.yaml to demo | study | paper and rewrite dvc.yaml"),
+        "dryrun": ("pcn.steps.tools:dryrun", "print the SLURM jobs the paper scale would submit"),
+        "run": ("pcn.steps.tools:run_pipeline", "run the whole DAG with snakemake or dvc under one MLflow parent run"),
+        "ui": ("pcn.steps.tools:ui", "start the MLflow UI on the pipeline's store"),
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pcn", description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for verb, (target, help_text) in _verbs().items():
+        p = sub.add_parser(verb, help=help_text, description=help_text)
+        p.set_defaults(target=target)
+        _verb_arguments(verb, p)
+    return parser
+
+
+def _verb_arguments(verb: str, p: argparse.ArgumentParser) -> None:
+    if verb in ("pretrain", "finetune", "segmentation", "detection", "ablate", "resnet-pool", "multiclass", "depth-width"):
+        p.add_argument("--launcher", choices=["local", "slurm"], help="override launcher.kind (also: PCN_LAUNCHER)")
+    if verb in ("segmentation", "detection"):
+        p.add_argument("--init", choices=["pretrained", "scratch"], required=True)
+        p.add_argument("--checkpoint", help="backbone weights: a released checkpoint file instead of the DAG's")
+    if verb == "evaluate":
+        p.add_argument("--checkpoint", help="evaluate this checkpoint file instead of the fine-tuned model")
+    if verb == "ablate":
+        p.add_argument("--variant", required=True)
+    if verb in ("ablate", "resnet-pool", "multiclass"):
+        p.add_argument("--seed", type=int, required=True)
+    if verb == "resnet-pool":
+        p.add_argument("--pool", required=True)
+    if verb == "multiclass":
+        p.add_argument("--init", choices=["scratch", "finetuned"], required=True)
+    if verb == "depth-width":
+        p.add_argument("--point", required=True, help="w<width>-d<depth>")
+    if verb == "dag":
+        p.add_argument("--check", action="store_true", help="exit 1 if dvc.yaml differs from the stage table")
+    if verb == "scale":
+        p.add_argument("scale", choices=["demo", "study", "paper"])
+    if verb == "run":
+        p.add_argument("--engine", choices=["snakemake", "dvc"], default="snakemake")
+        p.add_argument("--cores", type=int, default=2)
+        p.add_argument("extra", nargs=argparse.REMAINDER, help="passed to the engine")
+    if verb == "ui":
+        p.add_argument("--port", type=int, default=5000)
+        p.add_argument("--no-wait", action="store_true", help=argparse.SUPPRESS)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    module, func = args.target.split(":")
+    try:
+        fn = getattr(__import__(module, fromlist=[func]), func)
+        return int(fn(args) or 0)
+    except _user_errors() as exc:
+        msg = str(exc).strip().splitlines()
+        print(f"pcn {args.verb}: error: {msg[0] if msg else exc.__class__.__name__}", file=sys.stderr)
+        for line in msg[1:]:
+            print(f"  {line}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"pcn {args.verb}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

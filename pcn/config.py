@@ -1,0 +1,303 @@
+"""params.yaml: the schema, the scale switch and loading.
+
+params.yaml holds the demo-scale values at the top level and, under ``scales``, the
+overrides that turn them into the ``study`` or ``paper`` scale.  ``scale:`` picks
+one; :func:`load_params` deep-merges that scale's overrides onto the base and
+validates the result, so every stage (and both workflow front ends) sees the same
+resolved values.  A bad value raises :class:`ParamsError` with one line naming the
+key, the value and what was expected.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+SCALES = ("demo", "study", "paper")
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class ParamsError(ValueError):
+    """A params.yaml problem, phrased as one line for the user."""
+
+
+class Section(BaseModel):
+    # Unknown keys are errors: a typo must not silently fall back to a default.
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+
+# --- compute --------------------------------------------------------------------
+
+
+class SlurmConfig(Section):
+    """Resources of one training job on a SLURM cluster (passed to submitit)."""
+
+    partition: str | None = None
+    nodes: int = Field(1, ge=1)
+    gpus_per_node: int = Field(0, ge=0)
+    cpus_per_task: int = Field(2, ge=1)
+    mem_gb: int = Field(8, ge=1)
+    time_min: int = Field(60, ge=1)
+    constraint: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    max_requeues: int = Field(3, ge=0)
+
+
+class LauncherConfig(Section):
+    """How training-like stages run: in this process tree, or as a SLURM job."""
+
+    kind: Literal["local", "slurm"] = "local"
+    tasks: int = Field(1, ge=1, description="processes (DDP ranks) for the local launcher")
+    slurm: SlurmConfig = SlurmConfig()
+
+
+class RuntimeConfig(Section):
+    threads: int = Field(2, ge=1, description="torch intra-op threads per stage process on CPU")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class TrackingConfig(Section):
+    uri: str | None = Field(None, description="MLflow tracking URI; MLFLOW_TRACKING_URI wins; default sqlite:///mlflow.db")
+    experiment: str = "patchconvnet"
+
+
+# --- data -------------------------------------------------------------------------
+
+
+class DemoDataConfig(Section):
+    n_classes: int = Field(10, ge=2, le=40)
+    train_per_class: int = Field(500, ge=1)
+    val_per_class: int = Field(50, ge=1)
+    image_size: int = Field(64, ge=32)
+    scene_size: int = Field(128, ge=64)
+    n_scenes_train: int = Field(600, ge=1)
+    n_scenes_val: int = Field(100, ge=1)
+    jpeg_quality: int = Field(90, ge=50, le=100)
+
+
+class FfcvConfig(Section):
+    max_resolution: int = Field(256, ge=16)
+    jpeg_quality: int = Field(90, ge=50, le=100)
+    compress_probability: float = Field(0.5, ge=0.0, le=1.0)
+    write_mode: Literal["raw", "jpg", "proportion", "smart"] = "proportion"
+    max_bad_fraction: float = Field(0.001, ge=0.0, le=1.0, description="fail the conversion above this share of unreadable images")
+
+
+class DataConfig(Section):
+    source: Literal["demo", "imagenet"] = "demo"
+    demo: DemoDataConfig = DemoDataConfig()
+    # Paper scale: where the real datasets live (ImageFolder / ADE20k / COCO layouts).
+    imagenet_train: str | None = None
+    imagenet_val: str | None = None
+    imagenet_v2: str | None = None
+    ade20k: str | None = None
+    coco: str | None = None
+    loader: Literal["ffcv", "torch"] = "ffcv"
+    num_workers: int = Field(2, ge=0)
+    ffcv: FfcvConfig = FfcvConfig()
+
+    @model_validator(mode="after")
+    def _real_paths(self) -> "DataConfig":
+        if self.source == "imagenet":
+            for key in ("imagenet_train", "imagenet_val"):
+                if not getattr(self, key):
+                    raise ValueError(f"data.{key} must be set when data.source is 'imagenet'")
+        return self
+
+
+# --- models and training ---------------------------------------------------------
+
+
+class ModelConfig(Section):
+    name: str = "patchconvnet_demo"
+    options: dict[str, Any] = Field(default_factory=dict, description="extra constructor arguments")
+
+
+class AugConfig(Section):
+    """The DeiT-style augmentation the paper trains with."""
+
+    hflip: float = Field(0.5, ge=0.0, le=1.0)
+    scale_min: float = Field(0.08, gt=0.0, le=1.0, description="random-resized-crop minimum area")
+    auto_augment: str | None = Field(None, description="timm RandAugment string, e.g. rand-m9-mstd0.5-inc1")
+    three_augment: bool = False
+    color_jitter: float = Field(0.0, ge=0.0)
+    mixup: float = Field(0.0, ge=0.0)
+    cutmix: float = Field(0.0, ge=0.0)
+    label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
+    repeated_aug: int = Field(1, ge=1, description="repeats per sample under DDP (DeiT uses 3)")
+
+
+class TrainConfig(Section):
+    img_size: int = Field(64, ge=16)
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(64, ge=1, description="global batch over all ranks")
+    lr: float = Field(2e-3, gt=0.0, description="peak learning rate at batch_size (scaled by lr_base_batch)")
+    lr_base_batch: int | None = Field(None, description="if set, lr is scaled by batch_size / lr_base_batch")
+    min_lr: float = Field(1e-5, ge=0.0)
+    warmup_epochs: float = Field(1.0, ge=0.0)
+    weight_decay: float = Field(0.05, ge=0.0)
+    drop_path: float = Field(0.0, ge=0.0, lt=1.0)
+    layerscale_init: float | None = Field(None, gt=0.0)
+    clip_grad: float | None = Field(None, gt=0.0)
+    ema_decay: float | None = Field(None, gt=0.0, lt=1.0)
+    aug: AugConfig = AugConfig()
+    eval_every: int = Field(1, ge=1, description="evaluate every N epochs (and always at the end)")
+    checkpoint_every_steps: int = Field(200, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="stop early after this many optimizer steps (tests)")
+
+
+class EvaluateConfig(Section):
+    img_size: int = Field(80, ge=16)
+    batch_size: int = Field(128, ge=1)
+    crop_ratio: float = Field(0.875, gt=0.0, le=1.0)
+
+
+class ComplexityConfig(Section):
+    models: list[str] = Field(default_factory=lambda: ["patchconvnet_s60"])
+    resolutions: list[int] = Field(default_factory=lambda: [224])
+    batch_size: int = Field(256, ge=1)
+    iters: int = Field(3, ge=1)
+
+
+class SegmentationConfig(Section):
+    img_size: int = Field(128, ge=32)
+    iters: int = Field(300, ge=1)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(6e-4, gt=0.0)
+    weight_decay: float = Field(0.01, ge=0.0)
+    decoder_channels: int = Field(64, ge=8)
+    init: list[Literal["pretrained", "scratch"]] = Field(default_factory=lambda: ["pretrained", "scratch"])
+
+
+class DetectionConfig(Section):
+    img_size: int = Field(128, ge=32)
+    iters: int = Field(300, ge=1)
+    batch_size: int = Field(4, ge=1)
+    lr: float = Field(2e-4, gt=0.0)
+    weight_decay: float = Field(0.05, ge=0.0)
+    fpn_channels: int = Field(64, ge=8)
+    min_sizes: list[int] = Field(default_factory=lambda: [112, 128, 144])
+    init: list[Literal["pretrained", "scratch"]] = Field(default_factory=lambda: ["pretrained", "scratch"])
+
+
+class ExperimentsConfig(Section):
+    """The paper's comparisons; each variant x seed is one stage instance."""
+
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    variants: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"baseline": {}})
+    resnet: dict[str, str] = Field(
+        default_factory=lambda: {"avg": "resnet_demo", "attention": "resnet_demo_attnpool"}
+    )
+    multiclass_model: str = "patchconvnet_demo_multi"
+    depth_width: list[list[int]] = Field(default_factory=lambda: [[64, 4], [96, 8]], description="[width, depth] pairs")
+    train: TrainConfig = TrainConfig()
+
+    @model_validator(mode="after")
+    def _baseline(self) -> "ExperimentsConfig":
+        if "baseline" not in self.variants:
+            raise ValueError("experiments.variants must contain 'baseline' (the reference of every comparison)")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"experiments.seeds has duplicates: {self.seeds}")
+        return self
+
+
+class AttentionConfig(Section):
+    n_images: int = Field(200, ge=1, description="validation images scored for localisation")
+    n_figure: int = Field(8, ge=1, description="images drawn in the attention figure")
+    threshold: float = Field(0.5, gt=0.0, lt=1.0, description="map threshold (fraction of max) for IoU")
+
+
+class Params(Section):
+    scale: Literal["demo", "study", "paper"] = "demo"
+    seed: int = 0
+    runtime: RuntimeConfig = RuntimeConfig()
+    launcher: LauncherConfig = LauncherConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    pretrain: TrainConfig = TrainConfig()
+    finetune: TrainConfig = TrainConfig(img_size=80, epochs=2, lr=5e-4, warmup_epochs=0.0)
+    evaluate: EvaluateConfig = EvaluateConfig()
+    complexity: ComplexityConfig = ComplexityConfig()
+    segmentation: SegmentationConfig = SegmentationConfig()
+    detection: DetectionConfig = DetectionConfig()
+    experiments: ExperimentsConfig = ExperimentsConfig()
+    attention: AttentionConfig = AttentionConfig()
+    # Overrides per scale, merged onto the values above when `scale` selects them.
+    scales: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    def section(self, dotted: str) -> Any:
+        """The resolved value at a dotted key, e.g. ``pretrain`` or ``data.demo``."""
+        node: Any = self
+        for part in dotted.split("."):
+            node = node[part] if isinstance(node, dict) else getattr(node, part)
+        return node
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _describe(error: dict) -> str:
+    loc = ".".join(str(p) for p in error["loc"] if not str(p).startswith("function-"))
+    value = error.get("input")
+    msg = error["msg"]
+    if error["type"] == "extra_forbidden":
+        return f"unknown key '{loc}' (not in the schema; check the spelling)"
+    if error["type"] == "missing":
+        return f"missing key '{loc}'"
+    shown = repr(value) if not isinstance(value, dict) else "{...}"
+    return f"{loc} = {shown}: {msg[0].lower() + msg[1:]}" if loc else msg
+
+
+def resolve(raw: dict, source: str = "params.yaml") -> Params:
+    """Merge the selected scale's overrides onto the base and validate."""
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    scale = raw.get("scale", "demo")
+    if scale not in SCALES:
+        raise ParamsError(f"{source}: scale = {scale!r}: expected one of {', '.join(SCALES)}")
+    scales = raw.get("scales") or {}
+    for name in scales:
+        if name not in SCALES or name == "demo":
+            raise ParamsError(f"{source}: scales.{name}: expected only 'study' or 'paper' overrides")
+    # Validate every scale's overrides, not just the active one, so a typo in the
+    # paper overrides is caught on this laptop and not after queueing on the cluster.
+    for name in [s for s in scales if s != scale] + [scale]:
+        merged = deep_merge({k: v for k, v in raw.items() if k != "scales"}, scales.get(name) or {})
+        merged["scale"] = name
+        merged["scales"] = scales
+        try:
+            params = Params.model_validate(merged)
+        except ValidationError as exc:
+            where = f" (with scales.{name})" if name in scales else ""
+            raise ParamsError(f"{source}{where}: {_describe(exc.errors()[0])}") from None
+    return params
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: file not found (run from the repository root, or pass --params)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ParamsError(f"{path}:{where} not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    return resolve(raw or {}, str(path))
+
+
+def raw_params(path: str | Path = DEFAULT_PARAMS) -> dict:
+    return yaml.safe_load(Path(path).read_text()) or {}

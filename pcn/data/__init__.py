@@ -1,0 +1,1 @@
+"""Datasets for the PatchConvNet pipeline (synthetic demo data and loaders)."""

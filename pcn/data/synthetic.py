@@ -1,0 +1,685 @@
+"""Deterministic synthetic demo data in real on-disk dataset layouts.
+
+No public dataset can be downloaded where the demo runs, so the pipeline draws
+its own data from a seed. One scene generator (coloured shapes on cluttered
+backgrounds, with exact masks) feeds three datasets, each written in the layout
+of the real dataset so the same loaders serve both:
+
+``<out>/imagenet``  ImageNet-style ``ImageFolder`` (classification)::
+
+    imagenet/train/<class_name>/<id>.jpg
+    imagenet/val/<class_name>/<id>.jpg
+    imagenet/val_objects.json
+
+  Class names sorted alphabetically give the class indices (as
+  ``torchvision.datasets.ImageFolder`` assigns them). Each image holds exactly
+  one labelled shape (35-70 % of the image side) on a cluttered background
+  (colour gradient, low-frequency colour noise, pixel noise and thin random
+  strokes; the clutter is never a filled shape). ``val_objects.json`` records,
+  for every val image, the labelled object's box and mask, used to score
+  attention maps for localisation (pointing game, IoU)::
+
+    {"version": 1, "root": "imagenet", "box_format": "xywh",
+     "mask_format": "coco_rle",
+     "classes": [...],
+     "images": {"val/<class>/<id>.jpg": {"label": int, "class_name": str,
+                 "width": int, "height": int, "box": [x, y, w, h],
+                 "area": int, "mask": {"size": [h, w], "counts": str}}}}
+
+  Keys are paths relative to ``<out>/imagenet``. Masks are COCO run-length
+  encodings (``pycocotools.mask.encode`` of the H x W mask, Fortran order,
+  ``counts`` decoded to ``str``); ``pycocotools.mask.decode`` restores them
+  (encode ``counts`` back to bytes first). Boxes are in pixels,
+  ``x, y`` = first column/row of the mask, ``w, h`` = extent in pixels.
+
+``<out>/ade``  ADE20k-style semantic segmentation (ADEChallengeData2016)::
+
+    ade/images/{training,validation}/ADE_{train,val}_<8 digits>.jpg
+    ade/annotations/{training,validation}/ADE_{train,val}_<8 digits>.png
+    ade/classes.json
+
+  Label maps are uint8 PNGs of the image size: 0 = unlabelled (reserved, not
+  used by this generator), 1 = background ("stuff"), 2..K+1 = the K shape
+  classes (class index + 2). ``classes.json`` lists the N = K+1 names of ids
+  1..N (``"background"`` first).
+
+``<out>/coco``  COCO-style instance detection/segmentation::
+
+    coco/images/{train,val}/<12 digits>.jpg
+    coco/annotations/instances_{train,val}.json
+
+  Standard COCO keys; ``category_id`` = class index + 1. Masks are the
+  *visible* parts of objects (later objects occlude earlier ones); boxes and
+  areas are those of the visible masks. Most segmentations are polygons (list
+  of lists); objects whose visible part has a hole, is too thin for a polygon,
+  or is drawn for RLE (about one in six) carry a compressed RLE dict instead,
+  so both code paths are exercised (``COCO.annToMask`` handles both).
+
+The ADE and COCO splits hold the same rendered scenes (one render, two
+annotation formats).
+
+Determinism: every image is drawn from its own ``numpy.random.Generator``
+seeded by ``(seed, stream, index)``, so results do not depend on order or
+parallelism, and the same seed gives byte-identical files (given the same
+numpy/Pillow/libjpeg versions). ``generate`` writes into a temporary sibling
+directory and renames it into place only when complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+__all__ = [
+    "SHAPES",
+    "DemoSpec",
+    "class_names",
+    "render_object",
+    "render_background",
+    "render_classification_sample",
+    "render_scene",
+    "mask_to_box",
+    "encode_rle",
+    "generate",
+    "content_hash",
+]
+
+# Shape vocabulary, in the order classes are taken for ``n_classes`` (the
+# class *indices* are the positions in the alphabetically sorted names).
+SHAPES: tuple[str, ...] = (
+    "circle",
+    "square",
+    "triangle",
+    "star",
+    "cross",
+    "ring",
+    "diamond",
+    "hexagon",
+    "crescent",
+    "heart",
+    "arrow",
+    "chevron",
+)
+
+# Stream ids for the per-image seeds: (seed, stream, index).
+_STREAMS = {"cls_train": 1, "cls_val": 2, "scene_train": 3, "scene_val": 4, "coco_rle": 5}
+
+SUMMARY_FILE = "demo_summary.json"  # written at the root, excluded from the hash
+
+
+@dataclass(frozen=True)
+class DemoSpec:
+    """What to generate. Defaults make the whole demo in well under 30 s on 2 cores."""
+
+    seed: int = 0
+    n_classes: int = 10
+    train_per_class: int = 800
+    val_per_class: int = 60
+    image_size: int = 64  # classification images (square)
+    scene_size: int = 128  # detection/segmentation scenes (square)
+    n_scenes_train: int = 600
+    n_scenes_val: int = 150
+    jpeg_quality: int = 90
+    # classification: object diameter as a fraction of the image side
+    object_scale: tuple[float, float] = (0.5, 0.9)
+    # dense scenes: objects per scene and object diameter in pixels
+    objects_per_scene: tuple[int, int] = (1, 4)
+    scene_object_px: tuple[int, int] = (24, 64)
+    # small shapes of random classes behind the labelled object (0 = none)
+    max_distractors: int = 0
+    # thin random strokes per 64 px of image side
+    strokes: tuple[int, int] = (3, 8)
+    rle_fraction: float = 1 / 6  # COCO objects stored as RLE even if a polygon would do
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.n_classes <= len(SHAPES):
+            raise ValueError(f"n_classes must be in 1..{len(SHAPES)}, got {self.n_classes}")
+        if self.n_classes + 1 > 255:
+            raise ValueError("too many classes for uint8 label maps")
+        for name in ("train_per_class", "val_per_class", "n_scenes_train", "n_scenes_val"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        if self.image_size < 16 or self.scene_size < 32:
+            raise ValueError("image_size must be >= 16 and scene_size >= 32")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ValueError("jpeg_quality must be in 1..100")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+def class_names(spec_or_n: DemoSpec | int) -> list[str]:
+    """Class names in class-index order (sorted, as ImageFolder assigns them)."""
+    n = spec_or_n.n_classes if isinstance(spec_or_n, DemoSpec) else int(spec_or_n)
+    return sorted(SHAPES[:n])
+
+
+def _rng(spec: DemoSpec, stream: str, index: int) -> np.random.Generator:
+    return np.random.default_rng([spec.seed, _STREAMS[stream], index])
+
+
+# ---------------------------------------------------------------------------
+# Shapes: inside tests in a unit object frame (extent within the unit disc)
+# ---------------------------------------------------------------------------
+
+
+def _regular(n: int, r: float = 1.0, phase: float = math.pi / 2) -> np.ndarray:
+    a = phase + 2 * math.pi * np.arange(n) / n
+    return np.stack([r * np.cos(a), r * np.sin(a)], 1)
+
+
+def _star(n: int = 5, r_out: float = 1.0, r_in: float = 0.42) -> np.ndarray:
+    a = math.pi / 2 + math.pi * np.arange(2 * n) / n
+    r = np.where(np.arange(2 * n) % 2 == 0, r_out, r_in)
+    return np.stack([r * np.cos(a), r * np.sin(a)], 1)
+
+
+_POLYGONS: dict[str, np.ndarray] = {
+    "square": np.array([[-0.72, -0.72], [0.72, -0.72], [0.72, 0.72], [-0.72, 0.72]]),
+    "triangle": _regular(3, 1.0),
+    "star": _star(),
+    "diamond": np.array([[0.0, -1.0], [0.58, 0.0], [0.0, 1.0], [-0.58, 0.0]]),
+    "hexagon": _regular(6, 0.98, 0.0),
+    "arrow": np.array(
+        [[-0.95, -0.24], [0.15, -0.24], [0.15, -0.62], [0.95, 0.0], [0.15, 0.62], [0.15, 0.24], [-0.95, 0.24]]
+    ),
+    "chevron": np.array([[-0.75, -0.9], [0.85, 0.0], [-0.75, 0.9], [-0.2, 0.0]]),
+}
+
+
+def _inside(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Inside test of the non-polygonal shapes on object-frame coordinates."""
+    r2 = u * u + v * v
+    if shape == "circle":
+        return r2 <= 0.92**2
+    if shape == "ring":
+        return (r2 <= 1.0) & (r2 >= 0.56**2)
+    if shape == "cross":
+        a, b = np.abs(u), np.abs(v)
+        return ((a <= 0.3) & (b <= 0.95)) | ((b <= 0.3) & (a <= 0.95))
+    if shape == "crescent":
+        return (r2 <= 1.0) & ((u - 0.48) * (u - 0.48) + v * v >= 0.82**2)
+    if shape == "heart":
+        x = u * np.float32(1 / 0.78)
+        y = np.float32(0.12) - v * np.float32(1 / 0.78)  # implicit heart, centred, point towards +v
+        x2 = x * x
+        q = x2 + y * y - 1
+        return q * q * q - x2 * y * y * y <= 0
+    raise KeyError(f"unknown shape {shape!r}")
+
+
+def render_object(
+    rng: np.random.Generator,
+    class_id: int,
+    size: int,
+    *,
+    n_classes: int = 10,
+    rotation: float | None = None,
+    aspect: float | None = None,
+    supersample: int = 4,
+) -> np.ndarray:
+    """Coverage map (float32 in [0, 1], ``size`` x ``size``) of one shape.
+
+    The shape (class ``class_id`` of :func:`class_names`) is centred in the
+    square with its extent within the inscribed circle, rotated by
+    ``rotation`` radians and stretched by ``aspect`` along one axis (both
+    random when ``None``). The exact binary mask is ``coverage >= 0.5``.
+    """
+    shape = class_names(n_classes)[class_id]
+    if rotation is None:
+        rotation = float(rng.uniform(0, 2 * math.pi))
+    if aspect is None:
+        aspect = float(rng.uniform(0.88, 1.0))
+    s = supersample
+    half = size / 2.0
+    c, sn = math.cos(rotation), math.sin(rotation)
+    if shape in _POLYGONS:
+        # object frame (u, v) -> image frame: x = c*a*u - sn*v, y = sn*a*u + c*v
+        pu, pv = _POLYGONS[shape][:, 0] * aspect, _POLYGONS[shape][:, 1]
+        px = (c * pu - sn * pv) * half * s + half * s
+        py = (sn * pu + c * pv) * half * s + half * s
+        canvas = Image.new("L", (size * s, size * s), 0)
+        # PIL fills pixels whose centres are inside; shift by half a sample
+        ImageDraw.Draw(canvas).polygon([(float(x) - 0.5, float(y) - 0.5) for x, y in zip(px, py)], fill=1)
+        inside = np.asarray(canvas, dtype=np.float32)
+    else:
+        t = ((np.arange(size * s, dtype=np.float32) + 0.5) / s - half) / half  # sample positions
+        u = np.float32(c / aspect) * t[None, :] + np.float32(sn / aspect) * t[:, None]
+        v = np.float32(-sn) * t[None, :] + np.float32(c) * t[:, None]
+        inside = _inside(shape, u, v)
+    return inside.reshape(size, s, size, s).mean(axis=(1, 3), dtype=np.float32)
+
+
+def mask_to_box(mask: np.ndarray) -> list[int]:
+    """[x, y, w, h] (pixels) of the tight bounding box of a boolean mask."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    if len(rows) == 0:
+        return [0, 0, 0, 0]
+    return [int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)]
+
+
+def encode_rle(mask: np.ndarray) -> dict[str, Any]:
+    """COCO compressed RLE of a boolean mask, JSON-ready (``counts`` as str)."""
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
+
+
+# ---------------------------------------------------------------------------
+# Backgrounds and compositing
+# ---------------------------------------------------------------------------
+
+
+def _random_colour(rng: np.random.Generator) -> np.ndarray:
+    return rng.uniform(0, 255, 3)
+
+
+def render_background(rng: np.random.Generator, size: int, strokes: tuple[int, int] = (3, 8)) -> np.ndarray:
+    """Cluttered background (float32 H x W x 3, 0..255).
+
+    A colour gradient, low-frequency colour noise, pixel noise and thin random
+    strokes (polylines and arcs). None of it forms a filled shape.
+    """
+    h = w = size
+    c1, c2 = _random_colour(rng), _random_colour(rng)
+    theta = rng.uniform(0, 2 * math.pi)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    proj = xx * math.cos(theta) + yy * math.sin(theta)
+    t = (proj - proj.min()) / max(float(proj.max() - proj.min()), 1e-6)
+    img = c1[None, None, :] * (1 - t[..., None]) + c2[None, None, :] * t[..., None]
+    g = int(rng.integers(3, 7))
+    low = rng.normal(0, 28, (g, g, 3)).astype(np.float32)
+    low_img = np.stack(
+        [np.asarray(Image.fromarray(low[..., k], mode="F").resize((w, h), Image.BICUBIC)) for k in range(3)], -1
+    )
+    img = img + low_img
+    pil = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(pil)
+    n = int(round(rng.integers(strokes[0], strokes[1] + 1) * size / 64)) if strokes[1] > 0 else 0
+    max_w = max(1, int(round(size / 40)))
+    for _ in range(n):
+        col = tuple(int(c) for c in rng.integers(0, 256, 3))
+        width = int(rng.integers(1, max_w + 1))
+        if rng.random() < 0.6:
+            k = int(rng.integers(2, 5))
+            start = rng.uniform(0, size, 2)
+            pts = [tuple(start)]
+            for _ in range(k - 1):
+                step = rng.normal(0, size / 3, 2)
+                pts.append(tuple(np.array(pts[-1]) + step))
+            draw.line([(float(a), float(b)) for a, b in pts], fill=col, width=width)
+        else:
+            cx, cy = rng.uniform(0, size, 2)
+            r = rng.uniform(size / 10, size / 2)
+            a0 = float(rng.uniform(0, 360))
+            span = float(rng.uniform(40, 200))  # never a closed circle
+            draw.arc([cx - r, cy - r, cx + r, cy + r], a0, a0 + span, fill=col, width=width)
+    out = np.asarray(pil, dtype=np.float32)
+    out = out + rng.normal(0, 5, out.shape).astype(np.float32)
+    return out
+
+
+def _object_colour(rng: np.random.Generator, under: np.ndarray, min_dist: float = 110.0) -> np.ndarray:
+    """A random colour far enough from ``under`` (mean background colour under the object)."""
+    best, best_d = None, -1.0
+    for _ in range(24):
+        col = _random_colour(rng)
+        d = float(np.linalg.norm(col - under))
+        if d >= min_dist:
+            return col
+        if d > best_d:
+            best, best_d = col, d
+    return best  # type: ignore[return-value]
+
+
+def _paint(
+    rng: np.random.Generator, img: np.ndarray, cov: np.ndarray, top: int, left: int
+) -> np.ndarray:
+    """Composite a shape (coverage ``cov`` at ``top, left``) onto ``img`` in place.
+
+    Returns the placed boolean mask (image-sized). Shading and noise vary the
+    object's colour slightly; the colour contrasts with the background under it.
+    """
+    s = cov.shape[0]
+    h, w = img.shape[:2]
+    # clip the object square to the canvas (placement keeps the mask inside)
+    y0, x0 = max(top, 0), max(left, 0)
+    y1, x1 = min(top + s, h), min(left + s, w)
+    c = cov[y0 - top : y1 - top, x0 - left : x1 - left]
+    region = img[y0:y1, x0:x1]
+    m = c >= 0.5
+    under = region[m].mean(axis=0) if m.any() else region.reshape(-1, 3).mean(axis=0)
+    col = _object_colour(rng, under)
+    th = rng.uniform(0, 2 * math.pi)
+    yy, xx = np.mgrid[0 : c.shape[0], 0 : c.shape[1]].astype(np.float32)
+    shade = ((xx * math.cos(th) + yy * math.sin(th)) / max(s, 1) - 0.5) * rng.uniform(0, 40)
+    fill = col[None, None, :] + shade[..., None] + rng.normal(0, 4, (*c.shape, 3)).astype(np.float32)
+    a = c[..., None]
+    region[...] = region * (1 - a) + fill * a
+    full = np.zeros((h, w), dtype=bool)
+    full[y0:y1, x0:x1] = m
+    return full
+
+
+def _placement(rng: np.random.Generator, cov: np.ndarray, canvas: int) -> tuple[int, int]:
+    """Random top-left of the object square so that its mask lies inside the canvas."""
+    m = cov >= 0.5
+    x, y, w, h = mask_to_box(m)
+    top = int(rng.integers(-y, canvas - (y + h) + 1))
+    left = int(rng.integers(-x, canvas - (x + w) + 1))
+    return top, left
+
+
+def render_classification_sample(
+    rng: np.random.Generator, spec: DemoSpec, label: int | None = None
+) -> tuple[np.ndarray, int, list[int], np.ndarray]:
+    """One classification image: ``(image uint8 HxWx3, label, box [x,y,w,h], mask bool HxW)``."""
+    n = spec.image_size
+    if label is None:
+        label = int(rng.integers(spec.n_classes))
+    img = render_background(rng, n, spec.strokes)
+    if spec.max_distractors > 0:
+        for _ in range(int(rng.integers(0, spec.max_distractors + 1))):
+            d = max(6, int(round(n * rng.uniform(0.12, 0.2))))
+            cov = render_object(rng, int(rng.integers(spec.n_classes)), d, n_classes=spec.n_classes)
+            top, left = _placement(rng, cov, n)
+            _paint(rng, img, cov, top, left)
+    lo, hi = spec.object_scale
+    size = max(8, int(round(n * rng.uniform(lo, hi))))
+    cov = render_object(rng, label, size, n_classes=spec.n_classes)
+    top, left = _placement(rng, cov, n)
+    mask = _paint(rng, img, cov, top, left)
+    image = np.clip(np.rint(img), 0, 255).astype(np.uint8)
+    return image, int(label), mask_to_box(mask), mask
+
+
+def render_scene(rng: np.random.Generator, spec: DemoSpec) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """A dense scene: ``(image uint8, objects)``.
+
+    Each object is ``{"class_id", "box" [x,y,w,h], "mask" (visible, bool HxW),
+    "area"}`` in drawing order. Later objects occlude earlier ones; placements
+    keep at least half of every object visible (objects that cannot be placed
+    so are dropped; every scene has at least one object).
+    """
+    n = spec.scene_size
+    img = render_background(rng, n, spec.strokes)
+    k = int(rng.integers(spec.objects_per_scene[0], spec.objects_per_scene[1] + 1))
+    full_masks: list[np.ndarray] = []
+    visible: list[np.ndarray] = []
+    classes: list[int] = []
+    lo, hi = spec.scene_object_px
+    for _ in range(k):
+        cls = int(rng.integers(spec.n_classes))
+        size = int(rng.integers(lo, hi + 1))
+        cov = render_object(rng, cls, size, n_classes=spec.n_classes)
+        m = cov >= 0.5
+        for _try in range(20):
+            top, left = _placement(rng, cov, n)
+            placed = np.zeros((n, n), dtype=bool)
+            y0, x0 = max(top, 0), max(left, 0)
+            y1, x1 = min(top + size, n), min(left + size, n)
+            placed[y0:y1, x0:x1] = m[y0 - top : y1 - top, x0 - left : x1 - left]
+            ok = all(((v & ~placed).sum() >= 0.5 * f.sum()) for v, f in zip(visible, full_masks))
+            if ok:
+                break
+        else:
+            continue
+        placed2 = _paint(rng, img, cov, top, left)
+        assert np.array_equal(placed, placed2)
+        visible = [v & ~placed for v in visible]
+        visible.append(placed)
+        full_masks.append(placed)
+        classes.append(cls)
+    objects = [
+        {"class_id": c, "box": mask_to_box(v), "mask": v, "area": int(v.sum())} for c, v in zip(classes, visible)
+    ]
+    image = np.clip(np.rint(img), 0, 255).astype(np.uint8)
+    return image, objects
+
+
+# ---------------------------------------------------------------------------
+# Encoders and file writers (I/O at the edges)
+# ---------------------------------------------------------------------------
+
+
+def _write_jpeg(path: Path, image: np.ndarray, quality: int) -> None:
+    Image.fromarray(image, mode="RGB").save(path, format="JPEG", quality=quality, optimize=False)
+
+
+def _write_png(path: Path, label_map: np.ndarray) -> None:
+    Image.fromarray(label_map, mode="L").save(path, format="PNG", optimize=False, compress_level=6)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, separators=(",", ":")) + "\n", encoding="utf-8")
+
+
+def _coco_segmentation(mask: np.ndarray, force_rle: bool) -> dict[str, Any] | list[list[float]]:
+    """Polygons (outer contours) when they reproduce the mask well, else RLE."""
+    if not force_rle:
+        import cv2
+        from pycocotools import mask as mask_utils
+
+        contours, hierarchy = cv2.findContours(mask.astype(np.uint8), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+        has_hole = hierarchy is not None and bool((hierarchy[0][:, 3] >= 0).any())
+        polys = [
+            [float(v) for v in (c.reshape(-1, 2) + 0.5).ravel()]  # pixel centres
+            for c, hr in zip(contours, hierarchy[0] if hierarchy is not None else [])
+            if hr[3] < 0 and len(c) >= 3
+        ]
+        if polys and not has_hole:
+            h, w = mask.shape
+            dec = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polys, h, w))).astype(bool)
+            inter = np.logical_and(dec, mask).sum()
+            union = np.logical_or(dec, mask).sum()
+            if union and inter / union >= 0.85:
+                return polys
+    return encode_rle(mask)
+
+
+def _iter_cls(spec: DemoSpec, split: str) -> Iterator[tuple[str, np.ndarray, int, list[int], np.ndarray]]:
+    names = class_names(spec)
+    per = spec.train_per_class if split == "train" else spec.val_per_class
+    for i in range(per * spec.n_classes):
+        label = i % spec.n_classes
+        rng = _rng(spec, f"cls_{split}", i)
+        image, label, box, mask = render_classification_sample(rng, spec, label)
+        rel = f"{split}/{names[label]}/{split}_{i:06d}.jpg"
+        yield rel, image, label, box, mask
+
+
+def _file_digest(path: Path) -> bytes:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.digest()
+
+
+def content_hash(root: Path) -> str:
+    """sha256 over (relative path, file sha256) of all files under ``root`` in sorted order.
+
+    The summary file at the root is excluded (it records the hash).
+    """
+    root = Path(root)
+    files = sorted(
+        p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.name != SUMMARY_FILE
+    )
+    h = hashlib.sha256()
+    for rel in files:
+        h.update(rel.encode("utf-8") + b"\0" + _file_digest(root / rel) + b"\n")
+    return h.hexdigest()
+
+
+def _generate_into(root: Path, spec: DemoSpec, progress: bool) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
+    names = class_names(spec)
+    k = spec.n_classes
+    n_cls = {"train": spec.train_per_class * k, "val": spec.val_per_class * k}
+    n_scene = {"train": spec.n_scenes_train, "val": spec.n_scenes_val}
+    total = sum(n_cls.values()) + sum(n_scene.values())
+    bar = tqdm(total=total, desc="demo data", unit="img", disable=not progress, leave=False)
+
+    # ImageNet-style classification
+    inet = root / "imagenet"
+    val_objects: dict[str, Any] = {}
+    for split in ("train", "val"):
+        for name in names:
+            (inet / split / name).mkdir(parents=True, exist_ok=True)
+        for rel, image, label, box, mask in _iter_cls(spec, split):
+            _write_jpeg(inet / rel, image, spec.jpeg_quality)
+            if split == "val":
+                val_objects[rel] = {
+                    "label": label,
+                    "class_name": names[label],
+                    "width": spec.image_size,
+                    "height": spec.image_size,
+                    "box": box,
+                    "area": int(mask.sum()),
+                    "mask": encode_rle(mask),
+                }
+            bar.update(1)
+    _write_json(
+        inet / "val_objects.json",
+        {
+            "version": 1,
+            "root": "imagenet",
+            "box_format": "xywh",
+            "mask_format": "coco_rle",
+            "classes": names,
+            "images": val_objects,
+        },
+    )
+
+    # Dense scenes -> ADE20k-style and COCO-style
+    ade, coco = root / "ade", root / "coco"
+    ade_split = {"train": "training", "val": "validation"}
+    categories = [{"id": i + 1, "name": nm, "supercategory": "shape"} for i, nm in enumerate(names)]
+    n_inst = {}
+    n_rle = {}
+    for split in ("train", "val"):
+        for d in (ade / "images" / ade_split[split], ade / "annotations" / ade_split[split], coco / "images" / split):
+            d.mkdir(parents=True, exist_ok=True)
+        (coco / "annotations").mkdir(parents=True, exist_ok=True)
+        images, annotations = [], []
+        ann_id = 0
+        n_rle[split] = 0
+        for i in range(n_scene[split]):
+            rng = _rng(spec, f"scene_{split}", i)
+            image, objects = render_scene(rng, spec)
+            stem = f"ADE_{split}_{i + 1:08d}"
+            _write_jpeg(ade / "images" / ade_split[split] / f"{stem}.jpg", image, spec.jpeg_quality)
+            label_map = np.ones(image.shape[:2], dtype=np.uint8)
+            for obj in objects:
+                label_map[obj["mask"]] = obj["class_id"] + 2
+            _write_png(ade / "annotations" / ade_split[split] / f"{stem}.png", label_map)
+
+            image_id = i + 1
+            file_name = f"{image_id:012d}.jpg"
+            _write_jpeg(coco / "images" / split / file_name, image, spec.jpeg_quality)
+            images.append({"id": image_id, "file_name": file_name, "width": image.shape[1], "height": image.shape[0]})
+            rle_rng = _rng(spec, "coco_rle", (0 if split == "train" else 1 << 30) + i)
+            for obj in objects:
+                ann_id += 1
+                seg = _coco_segmentation(obj["mask"], force_rle=bool(rle_rng.random() < spec.rle_fraction))
+                n_rle[split] += isinstance(seg, dict)
+                annotations.append(
+                    {
+                        "id": ann_id,
+                        "image_id": image_id,
+                        "category_id": obj["class_id"] + 1,
+                        "bbox": [float(v) for v in obj["box"]],
+                        "area": float(obj["area"]),
+                        "iscrowd": 0,
+                        "segmentation": seg,
+                    }
+                )
+            bar.update(1)
+        n_inst[split] = len(annotations)
+        _write_json(
+            coco / "annotations" / f"instances_{split}.json",
+            {
+                "info": {
+                    "description": "pcn synthetic shapes demo (COCO layout)",
+                    "version": "1",
+                    "year": 2021,
+                    "seed": spec.seed,
+                },
+                "licenses": [],
+                "images": images,
+                "annotations": annotations,
+                "categories": categories,
+            },
+        )
+    _write_json(ade / "classes.json", ["background", *names])
+    bar.close()
+
+    return {
+        "spec": spec.to_dict(),
+        "classes": names,
+        "imagenet": {"train": n_cls["train"], "val": n_cls["val"]},
+        "ade": {"training": n_scene["train"], "validation": n_scene["val"], "n_labels": k + 1},
+        "coco": {
+            "train": {"images": n_scene["train"], "annotations": n_inst["train"], "rle": n_rle["train"]},
+            "val": {"images": n_scene["val"], "annotations": n_inst["val"], "rle": n_rle["val"]},
+        },
+    }
+
+
+def generate(out_dir: Path | str, spec: DemoSpec | None = None, progress: bool = True) -> dict[str, Any]:
+    """Write the three demo datasets under ``out_dir`` and return a summary.
+
+    The data is written into a temporary sibling directory which is renamed to
+    ``out_dir`` only when complete; an existing ``out_dir`` is moved aside,
+    replaced and then deleted. A run that fails or is killed leaves
+    ``out_dir`` as it was (a killed run may leave a hidden ``.<name>.tmp-*``
+    sibling behind, which the next run removes).
+
+    The summary (also written to ``out_dir/demo_summary.json``) holds counts per
+    split, the class names, the spec and ``content_hash``: sha256 over the
+    written files (see :func:`content_hash`). The returned dict additionally
+    has ``seconds`` (not written, to keep the files deterministic).
+    """
+    spec = spec or DemoSpec()
+    out_dir = Path(out_dir)
+    parent = out_dir.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    for stale in parent.glob(f".{out_dir.name}.tmp-*"):  # leftovers of killed runs
+        shutil.rmtree(stale, ignore_errors=True)
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = parent / f".{out_dir.name}.tmp-{tag}"
+    t0 = time.perf_counter()
+    try:
+        tmp.mkdir()
+        summary = _generate_into(tmp, spec, progress)
+        summary["content_hash"] = content_hash(tmp)
+        _write_json(tmp / SUMMARY_FILE, summary)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if out_dir.exists() or out_dir.is_symlink():
+        old = parent / f".{out_dir.name}.old-{tag}"
+        os.replace(out_dir, old)
+    os.replace(tmp, out_dir)
+    if old is not None:
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink()
+    return {**summary, "seconds": round(time.perf_counter() - t0, 2)}

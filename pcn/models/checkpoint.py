@@ -1,0 +1,90 @@
+""" Loading checkpoints in the released format, with errors that say what is wrong.
+
+The released PatchConvNet files hold ``{"model": state_dict}``. ``load_checkpoint``
+reads such a file with ``torch.load(..., weights_only=True)`` (no pickled code is
+executed), unwraps it, checks every key and shape against the model and only then
+loads it. Any problem raises ``CheckpointError`` (a ``ValueError``) whose message
+names the file and the first bad key.
+"""
+import os
+from typing import Dict, Iterable, Mapping, Optional, Union
+
+import torch
+import torch.nn as nn
+
+__all__ = ['CheckpointError', 'unwrap_state_dict', 'check_state_dict', 'load_checkpoint']
+
+
+class CheckpointError(ValueError):
+    """ A checkpoint that cannot be read or does not match the model. """
+
+
+def unwrap_state_dict(obj, source: str = 'checkpoint') -> Dict[str, torch.Tensor]:
+    """ ``{"model": sd}`` / ``{"state_dict": sd}`` / ``sd`` -> sd, without a ``module.`` prefix. """
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f'{source}: expected a dict of tensors, found {type(obj).__name__}')
+    for key in ('model', 'state_dict'):
+        if key in obj and isinstance(obj[key], Mapping):
+            obj = obj[key]
+            break
+    out = {}
+    for k, v in obj.items():
+        if not isinstance(k, str) or not isinstance(v, torch.Tensor):
+            raise CheckpointError(
+                f'{source}: entry {k!r} is a {type(v).__name__}, expected a tensor (not a state_dict?)')
+        out[k[len('module.'):] if k.startswith('module.') else k] = v
+    return out
+
+
+def check_state_dict(
+        model: nn.Module,
+        state_dict: Mapping[str, torch.Tensor],
+        source: str = 'checkpoint',
+        strict: bool = True,
+        allow_missing: Iterable[str] = (),
+        allow_shape: Iterable[str] = (),
+) -> None:
+    """ Raise ``CheckpointError`` naming the first key that is missing, unexpected or of the
+    wrong shape. ``allow_missing``: key prefixes that may be absent; ``allow_shape``: keys whose
+    shape may differ (e.g. a stem adapted to other input channels). With ``strict=False``
+    only shapes are checked. """
+    allow_missing = tuple(allow_missing)
+    allow_shape = set(allow_shape)
+    expected = model.state_dict()
+    for k, v in expected.items():
+        if k not in state_dict:
+            if strict and not (allow_missing and k.startswith(allow_missing)):
+                raise CheckpointError(f'{source}: missing key {k!r} (expected shape {tuple(v.shape)})')
+            continue
+        got = state_dict[k]
+        if tuple(got.shape) != tuple(v.shape) and k not in allow_shape:
+            raise CheckpointError(
+                f'{source}: wrong shape for key {k!r}: checkpoint has {tuple(got.shape)}, '
+                f'model expects {tuple(v.shape)}')
+    if strict:
+        for k in state_dict:
+            if k not in expected:
+                raise CheckpointError(f'{source}: unexpected key {k!r} (shape {tuple(state_dict[k].shape)})')
+
+
+def load_checkpoint(
+        model: nn.Module,
+        path: Union[str, os.PathLike],
+        strict: bool = True,
+        filter_fn: Optional[callable] = None,
+) -> nn.Module:
+    """ Load a checkpoint file (released format ``{"model": state_dict}`` or a bare state_dict)
+    into ``model``. ``filter_fn(state_dict, model)`` may remap keys first. Returns the model. """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'checkpoint not found: {path}')
+    try:
+        obj = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:  # truncated zip, not a torch file, pickled code refused by weights_only
+        raise CheckpointError(f'{path}: cannot read checkpoint ({type(e).__name__}: {e})') from e
+    state_dict = unwrap_state_dict(obj, source=path)
+    if filter_fn is not None:
+        state_dict = filter_fn(state_dict, None)
+    check_state_dict(model, state_dict, source=path, strict=strict)
+    model.load_state_dict(state_dict, strict=strict)
+    return model

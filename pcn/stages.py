@@ -1,0 +1,247 @@
+"""The stage table: the ONE definition of the DAG.
+
+Both front ends are views of :func:`build_stages`: the Snakefile turns each
+:class:`Stage` into a rule (``workflow/rules/*.smk``) and :func:`dvc_yaml` writes
+``dvc.yaml`` (``pcn dag`` regenerates it; a test checks the committed file is
+current and that both front ends expand to the same stages, commands, deps and
+outs).  The table depends on the resolved params: the scale picks whether demo
+data is synthesised or real datasets are read, and the experiment grid (variants,
+seeds, depth/width points) expands into one stage instance per element, through
+Snakemake wildcards and DVC ``matrix``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pcn.config import Params
+
+DVC_HEADER = "# Generated from pcn/stages.py by `pcn dag` -- edit params.yaml or the stage table, not this file.\n"
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    cmd: str  # a `pcn <verb>` command; {wildcard} placeholders for matrix stages
+    topic: str  # which workflow/rules/<topic>.smk holds its rule
+    deps: tuple[str, ...] = ()
+    outs: tuple[str, ...] = ()  # cached outputs (files or directories)
+    metrics: tuple[str, ...] = ()  # JSON metrics, not cached (git-tracked)
+    plots: tuple[str, ...] = ()  # CSV/JSON plots, not cached
+    params: tuple[str, ...] = ()  # dotted params.yaml sections the stage reads
+    matrix: dict[str, list[Any]] = field(default_factory=dict)
+    threads: int = 1
+    gpu: bool = False  # training-like: launched through submitit (local or SLURM)
+
+    def instances(self) -> list[dict[str, str]]:
+        """One wildcard assignment per stage instance ([{}] for a plain stage)."""
+        if not self.matrix:
+            return [{}]
+        keys = list(self.matrix)
+        return [dict(zip(keys, map(str, combo))) for combo in itertools.product(*self.matrix.values())]
+
+    def instance_name(self, wc: dict[str, str]) -> str:
+        # DVC's own naming of matrix instances: name@v1-v2
+        return f"{self.name}@{'-'.join(wc.values())}" if wc else self.name
+
+    def all_paths(self) -> tuple[str, ...]:
+        return self.outs + self.metrics + self.plots
+
+
+CODE = {
+    "data": "pcn/data",
+    "models": "pcn/models",
+    "train": "pcn/train",
+    "eval": "pcn/eval",
+    "transfer": "pcn/transfer",
+    "analysis": "pcn/analysis",
+}
+
+
+def _code(*parts: str) -> tuple[str, ...]:
+    return tuple(CODE[p] for p in parts)
+
+
+def depth_width_points(params: Params) -> list[str]:
+    return [f"w{w}-d{d}" for w, d in params.experiments.depth_width]
+
+
+def build_stages(params: Params) -> list[Stage]:
+    demo = params.data.source == "demo"
+    train_params = ("scale", "seed", "runtime", "data.loader", "data.num_workers", "model")
+    exp = params.experiments
+    st: list[Stage] = []
+    add = st.append
+
+    # --- data ----------------------------------------------------------------------
+    if demo:
+        add(Stage("demo_data", "pcn make-demo", "data", deps=_code("data"), outs=("data/demo",),
+                  params=("seed", "data.demo")))
+        image_deps: tuple[str, ...] = ("data/demo",)
+    else:
+        image_deps = ()  # real datasets live outside the repository, named in params.yaml
+    add(Stage("convert", "pcn convert", "data", deps=image_deps + _code("data"), outs=("data/ffcv",),
+              metrics=("metrics/convert.json",), params=("scale", "data.source", "data.ffcv", "data.num_workers")))
+    if demo:
+        add(Stage("pixel_baseline", "pcn pixel-baseline", "data", deps=image_deps + _code("data"),
+                  metrics=("metrics/pixel_baseline.json",), params=("seed", "data.demo")))
+
+    # --- the main line: pretrain -> finetune -> evaluate ------------------------------
+    add(Stage("pretrain", "pcn pretrain", "train", deps=("data/ffcv",) + _code("models", "train"),
+              outs=("results/pretrain/model.pth",), metrics=("metrics/pretrain.json",),
+              plots=("plots/pretrain.csv",), params=train_params + ("pretrain",),
+              threads=params.runtime.threads, gpu=True))
+    add(Stage("finetune", "pcn finetune", "train",
+              deps=("data/ffcv", "results/pretrain/model.pth") + _code("models", "train"),
+              outs=("results/finetune/model.pth",), metrics=("metrics/finetune.json",),
+              plots=("plots/finetune.csv",), params=train_params + ("finetune",),
+              threads=params.runtime.threads, gpu=True))
+    add(Stage("evaluate", "pcn evaluate", "eval",
+              deps=("data/ffcv", "results/finetune/model.pth") + _code("models", "eval"),
+              metrics=("metrics/eval.json",), params=("scale", "data.loader", "model", "evaluate", "runtime")))
+    add(Stage("complexity", "pcn complexity", "eval", deps=_code("models", "eval"),
+              outs=("reports/complexity.md",), metrics=("metrics/complexity.json",),
+              params=("scale", "complexity", "finetune.img_size", "pretrain.img_size", "runtime")))
+
+    # --- transfer to dense tasks ------------------------------------------------------
+    for task, cfg in (("segmentation", params.segmentation), ("detection", params.detection)):
+        for init in cfg.init:
+            suffix = "" if init == "pretrained" else f"_{init}"
+            deps = ("data/demo",) if demo else ()
+            if init == "pretrained":
+                deps += ("results/pretrain/model.pth",)
+            add(Stage(f"{task}{suffix}", f"pcn {task} --init {init}", "transfer",
+                      deps=deps + _code("models", "train", "transfer"),
+                      outs=(f"results/{task}{suffix}",), metrics=(f"metrics/{task}{suffix}.json",),
+                      plots=(f"plots/{task}{suffix}.csv",), params=("scale", "seed", "runtime", "model", task),
+                      threads=params.runtime.threads, gpu=True))
+
+    # --- the paper's comparisons: one instance per variant x seed -------------------------
+    exp_params = ("scale", "runtime", "data.loader", "data.num_workers", "model", "experiments.train")
+    exp_deps = ("data/ffcv",) + _code("models", "train")
+    seeds = list(exp.seeds)
+    add(Stage("ablation", "pcn ablate --variant {variant} --seed {seed}", "experiments", deps=exp_deps,
+              outs=("results/ablations/{variant}-s{seed}/model.pth",),
+              metrics=("metrics/ablations/{variant}-s{seed}.json",),
+              params=exp_params + ("experiments.variants.{variant}",),
+              matrix={"variant": list(exp.variants), "seed": seeds}, threads=1, gpu=True))
+    add(Stage("resnet_pool", "pcn resnet-pool --pool {pool} --seed {seed}", "experiments", deps=exp_deps,
+              outs=("results/resnet/{pool}-s{seed}/model.pth",), metrics=("metrics/resnet/{pool}-s{seed}.json",),
+              params=exp_params + ("experiments.resnet.{pool}",),
+              matrix={"pool": list(exp.resnet), "seed": seeds}, threads=1, gpu=True))
+    add(Stage("multiclass", "pcn multiclass --init {init} --seed {seed}", "experiments",
+              deps=exp_deps + ("results/ablations/baseline-s{seed}/model.pth",),
+              outs=("results/multiclass/{init}-s{seed}/model.pth",),
+              metrics=("metrics/multiclass/{init}-s{seed}.json",),
+              params=exp_params + ("experiments.multiclass_model",),
+              matrix={"init": ["scratch", "finetuned"], "seed": seeds}, threads=1, gpu=True))
+    add(Stage("depth_width", "pcn depth-width --point {point}", "experiments", deps=exp_deps + _code("eval"),
+              outs=("results/depth_width/{point}/model.pth",), metrics=("metrics/depth_width/{point}.json",),
+              params=exp_params + ("experiments.depth_width", "experiments.seeds"),
+              matrix={"point": depth_width_points(params)}, threads=1, gpu=True))
+    add(Stage("summarize", "pcn summarize", "experiments",
+              deps=_instance_paths(st, "experiments", "metrics") + _code("analysis"),
+              metrics=("metrics/ablations.json",), params=("scale", "experiments")))
+
+    # --- attention maps, figures, report -----------------------------------------------
+    s0 = seeds[0]
+    avg = next((n for n, o in exp.variants.items() if o.get("pool") == "avg"), None)
+    maps = [f"results/ablations/baseline-s{s0}/model.pth", f"results/multiclass/scratch-s{s0}/model.pth"]
+    if avg:
+        maps.append(f"results/ablations/{avg}-s{s0}/model.pth")
+    add(Stage("attention", "pcn attention", "report",
+              deps=(("data/demo",) if demo else ()) + tuple(maps) + _code("models", "analysis"),
+              outs=("results/attention",), metrics=("metrics/attention.json",),
+              params=("scale", "attention", "runtime")))
+    add(Stage("figures", "pcn figures", "report",
+              deps=_instance_paths(st, None, "metrics") + _instance_paths(st, None, "plots") + _code("analysis"),
+              outs=("reports/figures",), params=("scale",)))
+    add(Stage("report", "pcn report", "report",
+              deps=_instance_paths(st, None, "metrics") + ("reports/figures", "paper/numbers.yaml") + _code("analysis"),
+              outs=("reports/report.md", "reports/report.html"), params=("scale",)))
+    return st
+
+
+def _instance_paths(stages: list[Stage], topic: str | None, kind: str) -> tuple[str, ...]:
+    """Concrete metrics/plots files of every instance of the stages so far (of one topic)."""
+    out: list[str] = []
+    for s in stages:
+        if topic is None or s.topic == topic:
+            for wc in s.instances():
+                out += [p.format(**wc) for p in getattr(s, kind)]
+    return tuple(out)
+
+
+# --- DVC view -------------------------------------------------------------------------
+
+
+def _dvc_fmt(text: str, keys) -> str:
+    for k in keys:
+        text = text.replace("{" + k + "}", "${item." + k + "}")
+    return text
+
+
+def _param_keys(stage: Stage, raw: dict) -> list:
+    """DVC params entries: every listed section plus its per-scale overrides that exist."""
+    keys = list(stage.params)
+    for scale, overrides in (raw.get("scales") or {}).items():
+        for section in stage.params:
+            if "{" in section:
+                continue  # per-instance keys: an override of the whole section is listed already
+            node: Any = overrides
+            for part in section.split("."):
+                node = node.get(part) if isinstance(node, dict) else None
+            if node is not None:
+                keys.append(f"scales.{scale}.{section}")
+    return keys
+
+
+def dvc_yaml(params: Params, raw: dict) -> str:
+    stages: dict[str, Any] = {}
+    for s in build_stages(params):
+        keys = list(s.matrix)
+        entry: dict[str, Any] = {}
+        if s.matrix:
+            entry["matrix"] = {k: list(v) for k, v in s.matrix.items()}
+        entry["cmd"] = _dvc_fmt(s.cmd, keys)
+        if s.deps:
+            entry["deps"] = [_dvc_fmt(d, keys) for d in s.deps]
+        entry["params"] = [_dvc_fmt(k, keys) for k in _param_keys(s, raw)]
+        if s.outs:
+            entry["outs"] = [_dvc_fmt(o, keys) for o in s.outs]
+        if s.metrics:
+            entry["metrics"] = [{_dvc_fmt(m, keys): {"cache": False}} for m in s.metrics]
+        if s.plots:
+            entry["plots"] = [{_dvc_fmt(p, keys): {"cache": False, "x": "epoch" if s.topic == "train" else "step"}} for p in s.plots]
+        stages[s.name] = entry
+    doc = {"stages": stages, "plots": dvc_top_plots(params)}
+    return DVC_HEADER + yaml.safe_dump(doc, sort_keys=False, width=120)
+
+
+def dvc_top_plots(params: Params) -> list:
+    """Plot definitions that combine stages (x/y declared so `dvc plots show` renders them)."""
+    return [
+        {"Training accuracy": {"template": "linear", "x": "epoch",
+                               "y": {"plots/pretrain.csv": "val_top1", "plots/finetune.csv": "val_top1"}}},
+        {"Training loss": {"template": "linear", "x": "epoch",
+                           "y": {"plots/pretrain.csv": "train_loss", "plots/finetune.csv": "train_loss"}}},
+    ]
+
+
+def expand(stage: Stage) -> list[dict[str, Any]]:
+    """Concrete instances of a stage: name, cmd, deps, outs (all paths)."""
+    out = []
+    for wc in stage.instances():
+        fmt = lambda t: t.format(**wc) if wc else t  # noqa: E731
+        out.append({
+            "name": stage.instance_name(wc),
+            "cmd": fmt(stage.cmd),
+            "deps": sorted(fmt(d) for d in stage.deps),
+            "outs": sorted(fmt(o) for o in stage.all_paths()),
+        })
+    return out

@@ -1,0 +1,6 @@
+"""The body of each `pcn <verb>`: params in, files out, one MLflow run per stage.
+
+Each function takes the parsed command-line arguments, reads params.yaml, calls the
+library code in pcn.data / pcn.train / pcn.eval / pcn.transfer / pcn.analysis and
+writes the stage's declared outputs (pcn.stages) atomically.
+"""

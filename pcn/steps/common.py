@@ -1,0 +1,76 @@
+"""What every stage does around its work: params, tracking, metrics, threads."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from pcn.config import Params, load_params
+from pcn.io import write_json
+from pcn.tracking import RunLogger, stage_run, tracking_uri
+
+
+@dataclass
+class Stage:
+    name: str
+    params: Params
+    run: RunLogger
+
+    @property
+    def uri(self) -> str:
+        return tracking_uri(self.params.tracking.uri)
+
+    def finish(self, metrics: dict[str, Any], metrics_path: str | Path, artifacts: tuple = ()) -> dict:
+        """Write the metrics JSON (the record of truth) then mirror it to MLflow."""
+        write_json(metrics_path, metrics)
+        self.run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        for path in (metrics_path, *artifacts):
+            self.run.log_artifact(path)
+        return metrics
+
+
+def section_values(params: Params, sections: tuple[str, ...]) -> dict[str, Any]:
+    out = {}
+    for key in sections:
+        value = params.section(key)
+        out[key] = value.model_dump() if hasattr(value, "model_dump") else value
+    return out
+
+
+@contextlib.contextmanager
+def stage(args, name: str, sections: tuple[str, ...], tags: dict[str, str] | None = None) -> Iterator[Stage]:
+    params = load_params(args.params)
+    with stage_run(name, params, section_values(params, sections), tags) as run:
+        yield Stage(name, params, run)
+
+
+def setup_torch(threads: int) -> None:
+    """CPU determinism and speed: flush denormals BEFORE setting threads (see README)."""
+    import torch
+
+    torch.set_flush_denormal(True)
+    torch.set_num_threads(threads)
+
+
+def launcher_kind(args, params: Params) -> str:
+    return getattr(args, "launcher", None) or os.environ.get("PCN_LAUNCHER") or params.launcher.kind
+
+
+def data_paths(params: Params) -> dict[str, Path]:
+    """Where the classification splits live, as ImageFolders and as FFCV files."""
+    if params.data.source == "demo":
+        train, val = Path("data/demo/imagenet/train"), Path("data/demo/imagenet/val")
+    else:
+        train, val = Path(params.data.imagenet_train), Path(params.data.imagenet_val)
+    paths = {"train": train, "val": val, "train_beton": Path("data/ffcv/train.beton"), "val_beton": Path("data/ffcv/val.beton")}
+    if params.data.imagenet_v2:
+        paths.update(v2=Path(params.data.imagenet_v2), v2_beton=Path("data/ffcv/v2.beton"))
+    return paths
+
+
+def load_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,90 @@
+"""Tool verbs: the DAG file, the scale switch, the pipeline run, the dry run, the UI."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from pcn.config import SCALES, load_params, raw_params
+from pcn.io import write_text
+from pcn.stages import dvc_yaml
+from pcn.tracking import PIPELINE_ENV, start_pipeline_run, tracking_uri
+
+DVC_FILE = Path("dvc.yaml")
+
+
+def expected_dvc_yaml(params_path: str) -> str:
+    return dvc_yaml(load_params(params_path), raw_params(params_path))
+
+
+def dag(args) -> int:
+    text = expected_dvc_yaml(args.params)
+    if args.check:
+        if not DVC_FILE.is_file() or DVC_FILE.read_text() != text:
+            print("dvc.yaml is stale: it differs from the stage table for the current params.yaml; run `pcn dag`",
+                  file=sys.stderr)
+            return 1
+        print("dvc.yaml is current")
+        return 0
+    write_text(DVC_FILE, text)
+    print(f"wrote {DVC_FILE} ({len(yaml.safe_load(text)['stages'])} stages)")
+    return 0
+
+
+def show_params(args) -> int:
+    print(yaml.safe_dump(load_params(args.params).model_dump(exclude={"scales"}), sort_keys=False), end="")
+    return 0
+
+
+def set_scale(args) -> int:
+    path = Path(args.params)
+    text = path.read_text()
+    new, n = re.subn(r"(?m)^scale:\s*\S+", f"scale: {args.scale}", text, count=1)
+    if n == 0:
+        new = f"scale: {args.scale}\n" + text
+    write_text(path, new)
+    load_params(path)  # validate the result before telling the user it worked
+    write_text(DVC_FILE, expected_dvc_yaml(args.params))
+    print(f"{path}: scale = {args.scale}; dvc.yaml rewritten for it")
+    return 0
+
+
+def run_pipeline(args) -> int:
+    """One pipeline invocation = one MLflow parent run, then the engine runs the DAG."""
+    params = load_params(args.params)
+    if DVC_FILE.read_text() != expected_dvc_yaml(args.params):
+        print("dvc.yaml is stale for this params.yaml; rewriting it (pcn dag)", file=sys.stderr)
+        write_text(DVC_FILE, expected_dvc_yaml(args.params))
+    uri = tracking_uri(params.tracking.uri)
+    run_id = start_pipeline_run(uri, params.tracking.experiment, args.engine, params.scale)
+    env = {**os.environ, PIPELINE_ENV: run_id}
+    extra = [a for a in args.extra if a != "--"]
+    if args.engine == "snakemake":
+        cmd = ["snakemake", "--cores", str(args.cores), *extra]
+    else:
+        cmd = ["dvc", "repro", *extra]
+    print(f"pipeline run {run_id} ({args.engine}, scale {params.scale}): {' '.join(cmd)}", flush=True)
+    rc = subprocess.call(cmd, env=env)
+    from pcn.tracking import RunLogger
+
+    RunLogger(run_id, uri).finish("FINISHED" if rc == 0 else "FAILED")
+    return rc
+
+
+def dryrun(args) -> int:
+    from pcn.train.dryrun import dry_run
+
+    print(dry_run(load_params(args.params)))
+    return 0
+
+
+def ui(args) -> int:
+    from pcn.analysis.ui import serve
+
+    return serve(load_params(args.params), port=args.port, wait=not args.no_wait)

@@ -1,0 +1,105 @@
+"""Checkpoints: atomic writes, ``weights_only`` loads, and the RNG state they carry.
+
+Every file is written to a temporary file in the same directory, flushed and
+fsync'ed, then moved over the target with ``os.replace``: a save that is killed
+half-way leaves the previous good file in place.  Loads use
+``torch.load(weights_only=True)``, so a checkpoint holds only tensors, plain
+containers and numbers (no pickled objects, no argparse Namespaces).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+LAST = "last.pth"  # resume state, rewritten during training
+FINAL = "model.pth"  # released-checkpoint format: {"model": state_dict}
+
+
+def _atomic_write(path: Path, write) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with_suppressed_unlink(tmp)
+        raise
+    # Make the rename itself durable.
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def with_suppressed_unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def save(obj: dict[str, Any], path: str | Path) -> None:
+    """``torch.save`` to ``path`` atomically."""
+    _atomic_write(Path(path), lambda f: torch.save(obj, f))
+
+
+def save_json(obj: Any, path: str | Path) -> None:
+    _atomic_write(Path(path), lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def model_state(obj: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The model weights of a released or resume checkpoint (``{"model": ...}`` or a bare state dict)."""
+    for key in ("model", "state_dict"):
+        if key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+            break
+    # Strip wrappers (DDP, torch.compile) if a state dict was saved from one.
+    for prefix in ("module.", "_orig_mod."):
+        if obj and all(k.startswith(prefix) for k in obj):
+            obj = {k[len(prefix):]: v for k, v in obj.items()}
+    return obj
+
+
+# --- RNG state as tensors and plain lists --------------------------------------------
+
+
+def rng_state() -> dict[str, Any]:
+    """Every global RNG the training step draws from (timm's Mixup uses numpy's)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, py_state, py_gauss = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": {"version": version, "state": list(py_state), "gauss": py_gauss},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"].cpu())

@@ -1,0 +1,71 @@
+"""The DeiT training recipe built from one ``TrainConfig``: optimizer, schedule, mixup, loss, EMA.
+
+Each piece is timm's: AdamW from ``create_optimizer_v2`` (no weight decay on
+biases, norms and whatever ``model.no_weight_decay()`` names), a cosine schedule
+with linear warm-up stepped every optimizer step, ``Mixup``/CutMix with label
+smoothing folded into the soft targets, and ``ModelEmaV3``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from timm.data import Mixup
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2
+from timm.scheduler import CosineLRScheduler
+from timm.utils import ModelEmaV3
+
+from pcn.config import TrainConfig
+
+WARMUP_LR_INIT = 1e-6  # DeiT's --warmup-lr
+
+
+@dataclass
+class Recipe:
+    optimizer: torch.optim.Optimizer
+    scheduler: CosineLRScheduler
+    mixup: Mixup | None
+    loss: torch.nn.Module
+    ema: ModelEmaV3 | None
+    lr: float  # peak learning rate after batch scaling
+    total_steps: int
+    warmup_steps: int
+
+
+def scaled_lr(cfg: TrainConfig) -> float:
+    """DeiT's linear scaling: lr x global batch / lr_base_batch (when lr_base_batch is set)."""
+    return cfg.lr * cfg.batch_size / cfg.lr_base_batch if cfg.lr_base_batch else cfg.lr
+
+
+def build_recipe(cfg: TrainConfig, model: torch.nn.Module, steps_per_epoch: int, num_classes: int) -> Recipe:
+    """Everything the loop needs besides model and data; ``model`` is the unwrapped module."""
+    lr = scaled_lr(cfg)
+    optimizer = create_optimizer_v2(model, opt="adamw", lr=lr, weight_decay=cfg.weight_decay, filter_bias_and_bn=True)
+    total = cfg.epochs * steps_per_epoch
+    warmup = min(int(round(cfg.warmup_epochs * steps_per_epoch)), max(total - 1, 0))
+    scheduler = CosineLRScheduler(
+        optimizer,
+        t_initial=max(total - warmup, 1),
+        lr_min=cfg.min_lr,
+        warmup_t=warmup,
+        warmup_lr_init=min(WARMUP_LR_INIT, lr),
+        warmup_prefix=True,
+        t_in_epochs=False,
+    )
+    aug = cfg.aug
+    if aug.mixup > 0 or aug.cutmix > 0:
+        mixup = Mixup(mixup_alpha=aug.mixup, cutmix_alpha=aug.cutmix, label_smoothing=aug.label_smoothing,
+                      num_classes=num_classes)
+        loss: torch.nn.Module = SoftTargetCrossEntropy()
+    else:
+        mixup = None
+        loss = LabelSmoothingCrossEntropy(aug.label_smoothing) if aug.label_smoothing > 0 else torch.nn.CrossEntropyLoss()
+    ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay else None
+    return Recipe(optimizer, scheduler, mixup, loss, ema, lr, total, warmup)
+
+
+def lr_at(recipe: Recipe, step: int) -> float:
+    return recipe.scheduler._get_lr(step)[0]
+

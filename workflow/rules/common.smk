@@ -1,0 +1,68 @@
+# Helpers that turn the stage table (pcn/stages.py) and params.yaml into rules.
+import json
+import os
+import re
+
+from pcn.config import ParamsError, raw_params, resolve
+from pcn.stages import build_stages
+
+try:
+    PARAMS = resolve({k: v for k, v in config.items() if not k.startswith("pcn_")})
+except ParamsError as exc:
+    raise WorkflowError(str(exc))
+if {k: v for k, v in config.items() if not k.startswith("pcn_")} != raw_params():
+    # The stages read params.yaml themselves; an override they cannot see would
+    # make the workflow and its jobs disagree.
+    raise WorkflowError("--config may only set pcn_* keys; edit params.yaml (or `pcn scale ...`) instead")
+STAGES = build_stages(PARAMS)
+
+# `--config pcn_launcher=slurm` (the slurm profile sets it) sends the training-like
+# stages through submitit to SLURM; the stages read it from the environment.
+if config.get("pcn_launcher"):
+    os.environ["PCN_LAUNCHER"] = str(config["pcn_launcher"])
+
+wildcard_constraints:
+    **{k: "|".join(map(re.escape, map(str, v))) for s in STAGES for k, v in s.matrix.items()},
+
+
+def shell_cmd(stage):
+    """The stage's command with the table's {key} placeholders as Snakemake wildcards."""
+    return re.sub(r"\{(\w+)\}", lambda m: "{wildcards." + m.group(1) + "}", stage.cmd) + " > {log} 2>&1"
+
+
+def log_path(stage):
+    return "logs/" + stage.name + "".join("/{" + k + "}" for k in stage.matrix) + ".log"
+
+
+def param_values(stage):
+    """The resolved values a stage reads: Snakemake reruns a job when they change."""
+
+    def values(wildcards):
+        keys = [k.format(**wildcards) for k in stage.params]
+        return json.dumps({k: _plain(PARAMS.section(k)) for k in keys}, sort_keys=True)
+
+    return values
+
+
+def _plain(value):
+    return value.model_dump() if hasattr(value, "model_dump") else value
+
+
+def slurm_resources(stage):
+    s = PARAMS.launcher.slurm
+    res = {"runtime": s.time_min, "mem_mb": s.mem_gb * 1024, "cpus_per_task": stage.threads}
+    if s.partition:
+        res["slurm_partition"] = s.partition
+    if s.account:
+        res["slurm_account"] = s.account
+    if s.constraint:
+        res["constraint"] = s.constraint
+    return res
+
+
+def all_outputs():
+    out = []
+    for s in STAGES:
+        for wc in s.instances():
+            out += [p.format(**wc) for p in s.all_paths()]
+    return out

@@ -1,0 +1,23 @@
+# One rule per stage of the table; matrix stages (variant x seed, ...) become wildcard rules.
+# Training-like stages only submit and wait (their work runs in submitit jobs), so
+# they stay on the submitting host whatever the executor (localrule).
+for _stage in STAGES:
+
+    rule:
+        name:
+            _stage.name
+        input:
+            _stage.deps,
+        output:
+            [directory(o) if not os.path.splitext(o)[1] else o for o in _stage.outs],
+            _stage.metrics + _stage.plots,
+        params:
+            values=param_values(_stage),
+        log:
+            log_path(_stage),
+        threads: _stage.threads
+        resources:
+            **slurm_resources(_stage),
+        localrule: _stage.gpu
+        shell:
+            shell_cmd(_stage)
