@@ -19,7 +19,6 @@ Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` during the timed passes
 process above its level before the passes, sampled every 2 ms from /proc
 (``mem_method='cpu_peak_rss_delta'``), a best-effort figure.
 """
-import copy
 import gc
 import os
 import threading
@@ -57,7 +56,9 @@ def _in_chans(model: nn.Module) -> int:
 
 
 def count_gmacs(model: nn.Module, img_size: Union[int, Sequence[int]] = 224) -> float:
-    """ Multiply-accumulates (in billions) of one forward pass of one image; see module docstring. """
+    """ Multiply-accumulates (in billions) of one forward pass of one image; see module docstring.
+    Works on a model built on the 'meta' device (``with torch.device('meta'): create_model(...)``),
+    which needs neither weights nor compute. """
     h, w = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
     ref = next(model.parameters())
     x = torch.zeros(1, _in_chans(model), h, w, device=ref.device, dtype=ref.dtype)
@@ -223,16 +224,19 @@ def complexity_table(
             kwargs = {}
             if any(k in name for k in ('swin', 'deit', 'vit')):
                 kwargs['img_size'] = res  # fixed-size transformers are built for the resolution
-            model = timm.create_model(name, pretrained=False, **kwargs)
+            with torch.device('meta'):  # shapes only: counting needs no weights and no time
+                shape_model = timm.create_model(name, pretrained=False, **kwargs)
             row = dict(
-                model=name, img_size=res, params_m=count_params(model) / 1e6,
-                gmacs=count_gmacs(model, res), throughput=None, peak_mem_mb=None,
+                model=name, img_size=res, params_m=count_params(shape_model) / 1e6,
+                gmacs=count_gmacs(shape_model, res), throughput=None, peak_mem_mb=None,
                 mem_method=None, device=str(device), batch_size=None, fast=fast)
+            del shape_model
+            model = timm.create_model(name, pretrained=False, **kwargs) if measure else None
             bs = batch_size
             while measure and bs >= 1:
                 try:
                     m = measure_throughput(
-                        copy.deepcopy(model), res, bs, device, fast=fast, warmup=warmup, iters=iters)
+                        model, res, bs, device, fast=fast, warmup=warmup, iters=iters)
                     row.update(throughput=m['throughput'], peak_mem_mb=m['peak_mem_mb'],
                                mem_method=m['mem_method'], batch_size=bs)
                     break

@@ -48,9 +48,12 @@ def set_scale(args) -> int:
     new, n = re.subn(r"(?m)^scale:\s*\S+", f"scale: {args.scale}", text, count=1)
     if n == 0:
         new = f"scale: {args.scale}\n" + text
-    write_text(path, new)
+    if new != text:
+        write_text(path, new)
     load_params(path)  # validate the result before telling the user it worked
-    write_text(DVC_FILE, expected_dvc_yaml(args.params))
+    dvc_text = expected_dvc_yaml(args.params)
+    if not DVC_FILE.is_file() or DVC_FILE.read_text() != dvc_text:
+        write_text(DVC_FILE, dvc_text)
     print(f"{path}: scale = {args.scale}; dvc.yaml rewritten for it")
     return 0
 

@@ -64,19 +64,6 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
-def model_state(obj: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The model weights of a released or resume checkpoint (``{"model": ...}`` or a bare state dict)."""
-    for key in ("model", "state_dict"):
-        if key in obj and isinstance(obj[key], dict):
-            obj = obj[key]
-            break
-    # Strip wrappers (DDP, torch.compile) if a state dict was saved from one.
-    for prefix in ("module.", "_orig_mod."):
-        if obj and all(k.startswith(prefix) for k in obj):
-            obj = {k[len(prefix):]: v for k, v in obj.items()}
-    return obj
-
-
 # --- RNG state as tensors and plain lists --------------------------------------------
 
 

@@ -13,25 +13,34 @@ except ParamsError as exc:
 if {k: v for k, v in config.items() if not k.startswith("pcn_")} != raw_params():
     # The stages read params.yaml themselves; an override they cannot see would
     # make the workflow and its jobs disagree.
-    raise WorkflowError("--config may only set pcn_* keys; edit params.yaml (or `pcn scale ...`) instead")
+    raise WorkflowError(
+        "--config may only set pcn_* keys; edit params.yaml (or `pcn scale ...`) instead"
+    )
 STAGES = build_stages(PARAMS)
 
 # `--config pcn_launcher=slurm` (the slurm profile sets it) sends the training-like
-# stages through submitit to SLURM; the stages read it from the environment.
+# stages through submitit to SLURM; the stages read PCN_LAUNCHER from their environment.
 if config.get("pcn_launcher"):
-    os.environ["PCN_LAUNCHER"] = str(config["pcn_launcher"])
+    shell.prefix(f"export PCN_LAUNCHER={config['pcn_launcher']}; ")
+
 
 wildcard_constraints:
-    **{k: "|".join(map(re.escape, map(str, v))) for s in STAGES for k, v in s.matrix.items()},
+    **{
+        k: "|".join(map(re.escape, map(str, v)))
+        for s in STAGES
+        for k, v in s.matrix.items()
+    },
 
 
 def shell_cmd(stage):
     """The stage's command with the table's {key} placeholders as Snakemake wildcards."""
-    return re.sub(r"\{(\w+)\}", lambda m: "{wildcards." + m.group(1) + "}", stage.cmd) + " > {log} 2>&1"
+    cmd = re.sub(r"\{(\w+)\}", r"{wildcards.\1}", stage.cmd)
+    return f"{cmd} > {{log}} 2>&1"
 
 
 def log_path(stage):
-    return "logs/" + stage.name + "".join("/{" + k + "}" for k in stage.matrix) + ".log"
+    parts = [stage.name, *(f"{{{k}}}" for k in stage.matrix)]
+    return f"logs/{os.path.join(*parts)}.log"
 
 
 def param_values(stage):
@@ -50,7 +59,11 @@ def _plain(value):
 
 def slurm_resources(stage):
     s = PARAMS.launcher.slurm
-    res = {"runtime": s.time_min, "mem_mb": s.mem_gb * 1024, "cpus_per_task": stage.threads}
+    res = {
+        "runtime": s.time_min,
+        "mem_mb": s.mem_gb * 1024,
+        "cpus_per_task": stage.threads,
+    }
     if s.partition:
         res["slurm_partition"] = s.partition
     if s.account:

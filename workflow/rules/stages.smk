@@ -11,13 +11,15 @@ for _stage in STAGES:
         output:
             [directory(o) if not os.path.splitext(o)[1] else o for o in _stage.outs],
             _stage.metrics + _stage.plots,
-        params:
-            values=param_values(_stage),
         log:
             log_path(_stage),
+        localrule: _stage.gpu
+        conda:
+            "../../environment.yml"
         threads: _stage.threads
         resources:
             **slurm_resources(_stage),
-        localrule: _stage.gpu
+        params:
+            values=param_values(_stage),
         shell:
             shell_cmd(_stage)

@@ -1,0 +1,435 @@
+"""ImageFolder -> FFCV .beton conversion, its sidecar metadata, and the folder scan.
+
+``convert_imagefolder`` is a pure library function (the CLI verb and the DAG stage
+wrap it). It
+
+1. scans the folder (``imagefolder`` layout: class folders sorted by name give the
+   labels, as torchvision's ImageFolder does; ``imagenet_v2`` layout: folders named
+   ``0``..``K-1`` and label = int(folder name), not the lexicographic rank);
+2. decodes every image once to verify it, skipping unreadable, corrupt or empty
+   files with a warning naming each, and fails if their share exceeds
+   ``max_bad_fraction``;
+3. writes the .beton under a temporary name in the target directory, then the
+   sidecar ``<dst>.json`` (class names in label order, count, source hash, layout,
+   resolution, a fingerprint of the .beton), then renames the .beton onto ``dst``.
+   A conversion killed at any point leaves no partial file at ``dst``; a sidecar
+   that does not describe the .beton beside it is refused by ``check_metadata``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Iterator, Literal, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+Layout = Literal["imagefolder", "imagenet_v2"]
+LAYOUTS = ("imagefolder", "imagenet_v2")
+# torchvision's IMG_EXTENSIONS
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+METADATA_VERSION = 1
+_FINGERPRINT_CHUNK = 4 << 20  # bytes hashed at each end of the .beton
+
+
+class DatasetError(ValueError):
+    """A dataset on disk is not what the pipeline expects (one line for the user)."""
+
+
+class DatasetWarning(UserWarning):
+    """An image was skipped."""
+
+
+# --- scanning ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FolderIndex:
+    root: Path
+    layout: str
+    class_names: list[str]  # label order
+    samples: list[tuple[str, int]]  # (path relative to root, label), in class then file order
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def scan_folder(src_dir: str | Path, layout: Layout = "imagefolder") -> FolderIndex:
+    """List an ImageNet-style folder: ``<root>/<class>/<image>``.
+
+    Raises DatasetError naming the path and what was expected when the folder is
+    missing, has no class subfolders, or holds no images.
+    """
+    if layout not in LAYOUTS:
+        raise DatasetError(f"layout = {layout!r}: expected one of {', '.join(LAYOUTS)}")
+    root = Path(src_dir)
+    if not root.exists():
+        raise DatasetError(f"{root}: no such directory (expected an image folder <root>/<class>/<image>)")
+    if not root.is_dir():
+        raise DatasetError(f"{root}: not a directory (expected an image folder <root>/<class>/<image>)")
+    folders = [p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    if not folders:
+        raise DatasetError(f"{root}: no class subfolders (expected <root>/<class>/<image>, one folder per class)")
+
+    if layout == "imagenet_v2":
+        bad = [f for f in folders if not f.isdigit()]
+        if bad:
+            raise DatasetError(
+                f"{root}: class folder {sorted(bad)[0]!r} is not an integer "
+                "(the imagenet_v2 layout names class folders 0..K-1 by label)"
+            )
+        labels = sorted(int(f) for f in folders)
+        if labels != list(range(len(labels))):
+            missing = sorted(set(range(labels[-1] + 1)) - set(labels))[:5]
+            raise DatasetError(
+                f"{root}: imagenet_v2 class folders must be 0..K-1; missing {missing} "
+                f"(found {len(labels)} folders up to {labels[-1]})"
+            )
+        by_label = {int(f): f for f in folders}
+        class_names = [by_label[i] for i in labels]
+    else:
+        class_names = sorted(folders)
+
+    samples: list[tuple[str, int]] = []
+    for label, name in enumerate(class_names):
+        for dirpath, dirnames, filenames in os.walk(root / name, followlinks=True):
+            dirnames.sort()
+            for fname in sorted(filenames):
+                if fname.lower().endswith(IMAGE_EXTENSIONS):
+                    full = Path(dirpath) / fname
+                    samples.append((str(full.relative_to(root)), label))
+    if not samples:
+        raise DatasetError(
+            f"{root}: no images in its {len(class_names)} class folders "
+            f"(expected files ending in {', '.join(IMAGE_EXTENSIONS)})"
+        )
+    return FolderIndex(root=root, layout=layout, class_names=class_names, samples=samples)
+
+
+def source_hash(index: FolderIndex) -> str:
+    """sha256 over (relative path, label, size, mtime) of every image: cheap, and it
+    changes when a file is added, removed, relabelled or rewritten."""
+    h = hashlib.sha256()
+    h.update(f"{index.layout}\n".encode())
+    for rel, label in index.samples:
+        st = os.stat(index.root / rel)
+        h.update(f"{rel}\t{label}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def load_rgb(path: str | Path) -> np.ndarray:
+    """Decode an image file to uint8 RGB HWC (raises on unreadable data)."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img.load()
+        return np.asarray(img.convert("RGB"))
+
+
+def _check_image(path: str) -> str | None:
+    """None if the file decodes, else the reason."""
+    try:
+        if os.path.getsize(path) == 0:
+            return "empty file (0 bytes)"
+        from PIL import Image
+
+        with Image.open(path) as img:
+            img.load()
+            if img.width < 1 or img.height < 1:
+                return "image has no pixels"
+        return None
+    except Exception as exc:  # noqa: BLE001 - any decoder failure means "skip this file"
+        return f"{type(exc).__name__}: {exc}"
+
+
+def verify_images(
+    index: FolderIndex, *, num_workers: int = 1, progress: bool = True
+) -> tuple[list[tuple[str, int]], list[tuple[str, str]]]:
+    """Decode every image; return (good samples, [(bad relative path, reason)])."""
+    from tqdm import tqdm
+
+    paths = [str(index.root / rel) for rel, _ in index.samples]
+    bar = tqdm(total=len(paths), desc="verify", unit="img", disable=not progress, dynamic_ncols=True)
+    if num_workers > 1:
+        ctx = multiprocessing.get_context("fork")
+        with ctx.Pool(num_workers) as pool:
+            reasons = []
+            for reason in pool.imap(_check_image, paths, chunksize=64):
+                reasons.append(reason)
+                bar.update(1)
+    else:
+        reasons = []
+        for p in paths:
+            reasons.append(_check_image(p))
+            bar.update(1)
+    bar.close()
+    good = [s for s, r in zip(index.samples, reasons) if r is None]
+    bad = [(s[0], r) for s, r in zip(index.samples, reasons) if r is not None]
+    return good, bad
+
+
+# --- writing ---------------------------------------------------------------------------
+
+
+class _ImageDataset:
+    """What ffcv's DatasetWriter workers index: (uint8 RGB HWC, label).
+
+    A file that stops decoding between verification and writing must not hang
+    ffcv's writer (its progress loop waits forever for a worker that raised), so
+    the failure is recorded in a shared counter, a 1x1 placeholder is written, and
+    the conversion fails afterwards.
+    """
+
+    def __init__(self, root: Path, samples: Sequence[tuple[str, int]], failures):
+        self.root = root
+        self.samples = list(samples)
+        self.failures = failures
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        rel, label = self.samples[i]
+        try:
+            return load_rgb(self.root / rel), label
+        except Exception as exc:  # noqa: BLE001
+            log.error("failed to decode %s while writing: %s", self.root / rel, exc)
+            with self.failures.get_lock():
+                self.failures.value += 1
+            return np.zeros((1, 1, 3), dtype=np.uint8), label
+
+
+@contextmanager
+def _writer_progress(progress: bool) -> Iterator[None]:
+    """Give ffcv's own writer bar a name and an images/s rate (or silence it)."""
+    import ffcv.writer
+    from tqdm import tqdm
+
+    original = ffcv.writer.tqdm
+    ffcv.writer.tqdm = partial(tqdm, desc="write", unit="img", disable=not progress, dynamic_ncols=True)
+    try:
+        yield
+    finally:
+        ffcv.writer.tqdm = original
+
+
+def _temp_name(dst: Path, suffix: str) -> Path:
+    return dst.with_name(f".{dst.name}.{os.getpid()}.{suffix}.tmp")
+
+
+def _remove_stale_temps(dst: Path) -> None:
+    """Delete temporaries that killed conversions to ``dst`` left behind."""
+    for p in dst.parent.glob(f".{dst.name}.*.tmp"):
+        parts = p.name[len(dst.name) + 2 :].split(".")
+        try:
+            pid = int(parts[0])
+            os.kill(pid, 0)
+            alive = pid != os.getpid()
+        except (ValueError, IndexError):
+            continue
+        except ProcessLookupError:
+            alive = False
+        except PermissionError:
+            alive = True
+        if not alive:
+            p.unlink(missing_ok=True)
+
+
+def beton_fingerprint(path: str | Path) -> str:
+    """sha256 of a .beton's size, its first and last 4 MiB (header, field table,
+    per-sample metadata, allocation table): cheap, and unique to one written file."""
+    path = Path(path)
+    size = path.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as fp:
+        h.update(fp.read(_FINGERPRINT_CHUNK))
+        if size > _FINGERPRINT_CHUNK:
+            fp.seek(max(_FINGERPRINT_CHUNK, size - _FINGERPRINT_CHUNK))
+            h.update(fp.read())
+    return h.hexdigest()
+
+
+def beton_num_samples(path: str | Path) -> int:
+    from ffcv.types import HeaderType
+
+    with open(path, "rb") as fp:
+        raw = fp.read(HeaderType.itemsize)
+    if len(raw) < HeaderType.itemsize:
+        raise DatasetError(f"{path}: too short to be an FFCV .beton file")
+    return int(np.frombuffer(raw, dtype=HeaderType)[0]["num_samples"])
+
+
+def metadata_path(beton_path: str | Path) -> Path:
+    p = Path(beton_path)
+    return p.with_name(p.name + ".json")
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = _temp_name(path, "json")
+    try:
+        tmp.write_text(json.dumps(data, indent=1) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def convert_imagefolder(
+    src_dir: str | Path,
+    dst_path: str | Path,
+    *,
+    max_resolution: int,
+    jpeg_quality: int,
+    compress_probability: float,
+    write_mode: str,
+    max_bad_fraction: float,
+    num_workers: int,
+    layout: Layout = "imagefolder",
+    progress: bool = True,
+) -> dict:
+    """Convert an image folder into an FFCV .beton (+ sidecar); return metrics.
+
+    Metrics: n_images (written), n_skipped, skipped_files (relative paths), seconds,
+    images_per_s, n_classes, source_hash.
+    """
+    from ffcv.fields import IntField, RGBImageField
+    from ffcv.writer import DatasetWriter
+
+    t0 = time.perf_counter()
+    dst = Path(dst_path)
+    if not dst.parent.is_dir():
+        raise DatasetError(f"{dst.parent}: output directory does not exist")
+    num_workers = max(1, int(num_workers))
+    index = scan_folder(src_dir, layout)
+    digest = source_hash(index)
+
+    good, bad = verify_images(index, num_workers=num_workers, progress=progress)
+    for rel, reason in bad:
+        msg = f"skipping unreadable image {index.root / rel}: {reason}"
+        log.warning(msg)
+        warnings.warn(msg, DatasetWarning, stacklevel=2)
+    total = len(index.samples)
+    fraction = len(bad) / total
+    if fraction > max_bad_fraction:
+        raise DatasetError(
+            f"{index.root}: {len(bad)} of {total} images are unreadable ({fraction:.2%}), "
+            f"above data.ffcv.max_bad_fraction = {max_bad_fraction:g}"
+        )
+    if not good:
+        raise DatasetError(f"{index.root}: none of its {total} images can be decoded")
+
+    _remove_stale_temps(dst)
+    tmp = _temp_name(dst, "beton")
+    failures = multiprocessing.get_context("fork").Value("i", 0)
+    fields = {
+        "image": RGBImageField(
+            write_mode=write_mode,
+            max_resolution=max_resolution,
+            jpeg_quality=jpeg_quality,
+            compress_probability=compress_probability,
+        ),
+        "label": IntField(),
+    }
+    try:
+        writer = DatasetWriter(str(tmp), fields, num_workers=num_workers)
+        with _writer_progress(progress):
+            writer.from_indexed_dataset(_ImageDataset(index.root, good, failures), chunksize=64)
+        if failures.value:
+            raise DatasetError(
+                f"{index.root}: {failures.value} images passed verification but failed to decode while "
+                "writing (files changing during the conversion?)"
+            )
+        written = beton_num_samples(tmp)
+        if written != len(good):
+            raise DatasetError(f"{tmp}: wrote {written} samples, expected {len(good)}")
+        meta = {
+            "version": METADATA_VERSION,
+            "num_samples": len(good),
+            "num_classes": index.num_classes,
+            "class_names": index.class_names,
+            "layout": layout,
+            "source": str(index.root),
+            "source_hash": digest,
+            "n_skipped": len(bad),
+            "skipped_files": [rel for rel, _ in bad],
+            "max_resolution": max_resolution,
+            "write_mode": write_mode,
+            "jpeg_quality": jpeg_quality,
+            "compress_probability": compress_probability,
+            "beton_fingerprint": beton_fingerprint(tmp),
+        }
+        # Sidecar first, then the .beton: a kill in between leaves the old .beton
+        # (if any) beside a sidecar whose fingerprint does not match it, which the
+        # loader refuses, and never a partial .beton at dst.
+        _write_json_atomic(metadata_path(dst), meta)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+    seconds = time.perf_counter() - t0
+    return {
+        "n_images": len(good),
+        "n_skipped": len(bad),
+        "skipped_files": [rel for rel, _ in bad],
+        "seconds": round(seconds, 3),
+        "images_per_s": round(len(good) / seconds, 1) if seconds > 0 else None,
+        "n_classes": index.num_classes,
+        "source_hash": digest,
+    }
+
+
+# --- reading the sidecar --------------------------------------------------------------------
+
+
+def read_metadata(beton_path: str | Path) -> dict:
+    """The sidecar of a .beton (raises DatasetError if it is missing or unreadable)."""
+    side = metadata_path(beton_path)
+    if not side.is_file():
+        raise DatasetError(
+            f"{side}: metadata sidecar missing (convert the dataset with `pcn convert`, which writes it "
+            "beside the .beton)"
+        )
+    try:
+        meta = json.loads(side.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DatasetError(f"{side}: unreadable metadata sidecar ({exc})") from None
+    for key in ("num_samples", "class_names", "beton_fingerprint"):
+        if key not in meta:
+            raise DatasetError(f"{side}: metadata sidecar lacks '{key}' (re-run the conversion)")
+    return meta
+
+
+def check_metadata(beton_path: str | Path, expected_classes: Sequence[str] | None = None) -> dict:
+    """Refuse a .beton whose sidecar does not describe it, or whose classes differ
+    from ``expected_classes``; return the metadata."""
+    beton = Path(beton_path)
+    if not beton.is_file():
+        raise DatasetError(f"{beton}: no such .beton file (run the conversion first)")
+    meta = read_metadata(beton)
+    n = beton_num_samples(beton)
+    if n != meta["num_samples"]:
+        raise DatasetError(
+            f"{beton}: holds {n} samples but its sidecar says {meta['num_samples']} (stale sidecar; re-run the conversion)"
+        )
+    if beton_fingerprint(beton) != meta["beton_fingerprint"]:
+        raise DatasetError(f"{beton}: does not match its sidecar's fingerprint (stale sidecar; re-run the conversion)")
+    if expected_classes is not None and list(expected_classes) != list(meta["class_names"]):
+        got, want = list(meta["class_names"]), list(expected_classes)
+        diff = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+        raise DatasetError(
+            f"{beton}: class list differs from the expected one ({len(got)} classes vs {len(want)}; "
+            f"first difference at label {diff}: {got[diff] if diff < len(got) else None!r} "
+            f"vs {want[diff] if diff < len(want) else None!r})"
+        )
+    return meta

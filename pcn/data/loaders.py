@@ -1,0 +1,393 @@
+"""One entry point for both data loaders: ``build_loader(kind='ffcv'|'torch', ...)``.
+
+``data.loader`` in params.yaml selects the kind. Both yield ``(images, labels)``:
+float32 NCHW normalised with ImageNet mean/std, int64 labels; both have ``len()``
+(batches per epoch on this rank), ``set_epoch``, ``num_classes``, ``class_names``
+and ``num_samples`` (images in the dataset).
+
+* ``ffcv`` reads a .beton written by ``pcn.data.ffcv_io.convert_imagefolder``
+  (its sidecar is checked first) through the operation lists of
+  ``pcn.data.transforms.ffcv_image_pipeline``.
+* ``torch`` reads the image folder with PIL, torchvision and timm transforms, the
+  baseline and the fallback where FFCV is not installed.
+
+The sample order of an epoch is one function (``epoch_order``) shared by both
+kinds: a permutation seeded by ``seed + epoch`` (FFCV's own RANDOM order), torch's
+DistributedSampler under DDP, timm's RepeatAugSampler when ``aug.repeated_aug > 1``.
+So with the same seed the two loaders visit the same images in the same order.
+Augmentation randomness depends on (seed, rank, epoch, position) only: two loaders
+built alike give identical batches, for any ``num_workers``.
+"""
+
+from __future__ import annotations
+
+import random
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Iterator, Literal, Sequence
+
+import numpy as np
+import torch
+
+from pcn.data.ffcv_io import DatasetError, FolderIndex, check_metadata, metadata_path, read_metadata, scan_folder
+from pcn.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    TrainAug,
+    ffcv_image_pipeline,
+    ffcv_label_pipeline,
+    stream_key,
+    torch_eval_transform,
+    torch_train_transform,
+)
+
+Kind = Literal["ffcv", "torch"]
+FFCV_MISSING = (
+    "data.loader is 'ffcv' but the ffcv package cannot be imported ({error}); install it "
+    "(pip install ffcv, which needs libopencv-dev, libturbojpeg0-dev and pkg-config) or set "
+    "data.loader: torch in params.yaml"
+)
+
+
+# --- the order of an epoch, shared by both kinds ------------------------------------------
+
+
+def epoch_order(
+    n: int, *, train: bool, seed: int, epoch: int, rank: int = 0, world_size: int = 1, repeats: int = 1
+) -> np.ndarray:
+    """Indices this rank visits in ``epoch`` (before batching and drop_last)."""
+    from torch.utils.data import DistributedSampler
+
+    if train and repeats > 1:
+        from timm.data.distributed_sampler import RepeatAugSampler
+
+        sampler = RepeatAugSampler(range(n), num_replicas=world_size, rank=rank, shuffle=True, num_repeats=repeats)
+        # timm seeds its permutation with the epoch alone; fold the seed in.
+        sampler.set_epoch(stream_key(seed, epoch) & 0x7FFFFFFFFFFFFFFF)
+        return np.fromiter(iter(sampler), dtype=np.int64)
+    if world_size > 1:
+        sampler = DistributedSampler(range(n), num_replicas=world_size, rank=rank, shuffle=train, seed=seed)
+        sampler.set_epoch(epoch)
+        return np.fromiter(iter(sampler), dtype=np.int64)
+    if train:
+        return np.random.default_rng(seed + epoch).permutation(n).astype(np.int64)
+    return np.arange(n, dtype=np.int64)
+
+
+# --- the FFCV loader ----------------------------------------------------------------
+
+
+def _import_ffcv():
+    try:
+        import ffcv.loader  # noqa: F401
+        from ffcv.loader import Loader, OrderOption
+        from ffcv.traversal_order.base import TraversalOrder
+    except Exception as exc:  # ImportError, or a broken native build
+        raise ImportError(FFCV_MISSING.format(error=f"{type(exc).__name__}: {exc}")) from exc
+    return Loader, OrderOption, TraversalOrder
+
+
+class FfcvLoader:
+    def __init__(
+        self,
+        beton: Path,
+        *,
+        train: bool,
+        img_size: int,
+        batch_size: int,
+        aug: TrainAug,
+        crop_ratio: float,
+        num_workers: int,
+        seed: int,
+        rank: int,
+        world_size: int,
+        drop_last: bool,
+        device: str,
+        expected_classes: Sequence[str] | None,
+        repeats: int,
+        os_cache: bool,
+        batches_ahead: int,
+    ):
+        Loader, OrderOption, TraversalOrder = _import_ffcv()
+        meta = check_metadata(beton, expected_classes)
+        self.class_names: list[str] = list(meta["class_names"])
+        self.num_classes = len(self.class_names)
+        self.num_samples = int(meta["num_samples"])
+        self.metadata = meta
+        self.device = torch.device(device)
+        self.train = train
+
+        image_ops = ffcv_image_pipeline(train=train, img_size=img_size, aug=aug, crop_ratio=crop_ratio, device=device)
+        self._clocks = [op.clock for op in image_ops if hasattr(op, "clock")]
+        for clock in self._clocks:
+            clock.configure(seed, rank)
+
+        n = self.num_samples
+        self._order_args = dict(train=train, seed=seed, rank=rank, world_size=world_size, repeats=repeats)
+        quasi = train and not os_cache and world_size == 1 and repeats == 1
+        threads = torch.get_num_threads()
+        self._loader = Loader(
+            str(beton),
+            batch_size=batch_size,
+            num_workers=num_workers,
+            os_cache=os_cache,
+            order=OrderOption.QUASI_RANDOM if quasi else OrderOption.SEQUENTIAL,
+            distributed=False,
+            seed=seed,
+            pipelines={"image": image_ops, "label": ffcv_label_pipeline(device)},
+            drop_last=drop_last,
+            batches_ahead=batches_ahead,
+        )
+        torch.set_num_threads(threads)  # ffcv sets torch's thread count to num_workers
+        if not quasi:
+            # The order shared with the torch loader (see epoch_order).
+            loader = self._loader
+            shared = self
+
+            class SharedOrder(TraversalOrder):
+                def sample_order(self, epoch: int):
+                    return epoch_order(n, epoch=epoch, **shared._order_args)
+
+            loader.traversal_order = SharedOrder(loader)
+            loader.first_traversal_order = loader.next_traversal_order()
+        self._iterator = None
+        if self.device.type != "cpu":
+            self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1) * 255
+            self._std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1) * 255
+
+    def __len__(self) -> int:
+        return len(self._loader)
+
+    def set_epoch(self, epoch: int) -> None:
+        self._loader.next_epoch = int(epoch)
+
+    def _stop_previous(self) -> None:
+        it, self._iterator = self._iterator, None
+        if it is not None and it.is_alive():
+            it.close()
+            it.join(timeout=5)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self._stop_previous()  # an abandoned epoch must not tick the clocks any more
+        for clock in self._clocks:
+            clock.start_epoch(self._loader.next_epoch)
+        threads = torch.get_num_threads()
+        it = iter(self._loader)
+        torch.set_num_threads(threads)
+        self._iterator = it
+        for images, labels in it:
+            # FFCV reuses its output buffers a few batches later: hand out copies.
+            if self.device.type == "cpu":
+                images = images.contiguous()  # channels-last view -> fresh NCHW tensor
+            else:
+                images = (images.float() - self._mean) / self._std
+            yield images, labels.clone()
+        self._iterator = None
+
+
+# --- the torch loader ------------------------------------------------------------------
+
+
+@contextmanager
+def _seeded_rngs(seed: int, fork: bool):
+    """Seed python, numpy and torch for one sample; restore them afterwards in the
+    main process (``fork``), where the training loop owns the global generators."""
+    if fork:
+        states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    random.seed(seed)
+    np.random.seed(seed & 0xFFFFFFFF)
+    torch.manual_seed(seed & 0x7FFFFFFFFFFFFFFF)
+    try:
+        yield
+    finally:
+        if fork:
+            random.setstate(states[0])
+            np.random.set_state(states[1])
+            torch.set_rng_state(states[2])
+
+
+class FolderDataset(torch.utils.data.Dataset):
+    """An image folder (``scan_folder``'s order and labels) with a transform.
+
+    Indexed by (sample index, position in the epoch); train-time randomness is
+    seeded from (seed, rank, epoch, position).
+    """
+
+    def __init__(self, index: FolderIndex, transform, *, seed: int, rank: int, random: bool):
+        self.index = index
+        self.transform = transform
+        self.key = stream_key(seed, rank, 0x7042)
+        self.random = random
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.index.samples)
+
+    def __getitem__(self, item):
+        i, position = item
+        rel, label = self.index.samples[i]
+        path = self.index.root / rel
+        try:
+            from PIL import Image
+
+            with Image.open(path) as f:
+                img = f.convert("RGB")
+        except Exception as exc:  # noqa: BLE001
+            raise DatasetError(f"{path}: cannot decode image ({type(exc).__name__}: {exc})") from exc
+        if self.random:
+            in_main = torch.utils.data.get_worker_info() is None
+            with _seeded_rngs(stream_key(self.key, self.epoch, position), fork=in_main):
+                x = self.transform(img)
+        else:
+            x = self.transform(img)
+        return x, label
+
+
+class _OrderSampler(torch.utils.data.Sampler):
+    def __init__(self, n: int, order_args: dict):
+        self.n = n
+        self.order_args = order_args
+        self.epoch = 0
+
+    def __iter__(self):
+        order = epoch_order(self.n, epoch=self.epoch, **self.order_args)
+        return iter([(int(i), pos) for pos, i in enumerate(order)])
+
+    def __len__(self) -> int:
+        return len(epoch_order(self.n, epoch=0, **self.order_args))
+
+
+class TorchLoader:
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        layout: str,
+        train: bool,
+        img_size: int,
+        batch_size: int,
+        aug: TrainAug,
+        crop_ratio: float,
+        num_workers: int,
+        seed: int,
+        rank: int,
+        world_size: int,
+        drop_last: bool,
+        device: str,
+        expected_classes: Sequence[str] | None,
+        repeats: int,
+        skip: Sequence[str] = (),
+    ):
+        index = scan_folder(folder, layout)
+        if skip:
+            skipped = set(skip)
+            index = replace(index, samples=[s for s in index.samples if s[0] not in skipped])
+        if expected_classes is not None and list(expected_classes) != index.class_names:
+            raise DatasetError(
+                f"{folder}: class list differs from the expected one "
+                f"({index.num_classes} classes vs {len(expected_classes)})"
+            )
+        self.class_names = index.class_names
+        self.num_classes = index.num_classes
+        self.num_samples = len(index.samples)
+        self.device = torch.device(device)
+        transform = torch_train_transform(img_size, aug) if train else torch_eval_transform(img_size, crop_ratio)
+        self.dataset = FolderDataset(index, transform, seed=seed, rank=rank, random=train)
+        self.sampler = _OrderSampler(
+            self.num_samples, dict(train=train, seed=seed, rank=rank, world_size=world_size, repeats=repeats)
+        )
+        self._epoch = 0
+        self._loader = torch.utils.data.DataLoader(
+            self.dataset,
+            batch_size=batch_size,
+            sampler=self.sampler,
+            num_workers=num_workers,
+            drop_last=drop_last,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,  # workers fork at each epoch and see its epoch number
+            prefetch_factor=4 if num_workers > 0 else None,
+        )
+
+    def __len__(self) -> int:
+        return len(self._loader)
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self.sampler.epoch = self.dataset.epoch = self._epoch
+        self._epoch += 1  # like FFCV: iterating again without set_epoch moves on
+        for images, labels in self._loader:
+            if self.device.type != "cpu":
+                images = images.to(self.device, non_blocking=True)
+                labels = labels.to(self.device, non_blocking=True)
+            yield images, labels.long()
+
+
+# --- the entry point --------------------------------------------------------------------
+
+
+def build_loader(
+    *,
+    beton: str | Path | None,
+    folder: str | Path | None,
+    kind: Kind,
+    train: bool,
+    img_size: int,
+    batch_size: int,
+    aug=None,
+    crop_ratio: float = 0.875,
+    num_workers: int,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    drop_last: bool | None = None,
+    device: str | torch.device = "cpu",
+    expected_classes: Sequence[str] | None = None,
+    layout: str = "imagefolder",
+    os_cache: bool = True,
+    batches_ahead: int = 3,
+):
+    """A loader of (images, labels) batches; ``batch_size`` is per rank.
+
+    ``aug`` is an ``AugConfig`` (train only; None = random-resized-crop + flip at
+    the defaults). ``expected_classes``: refuse data whose class list differs.
+    ``layout`` applies to ``folder`` ('imagenet_v2': labels = int(folder name));
+    a .beton carries its labels. ``os_cache=False`` switches FFCV to its
+    process cache with QUASI_RANDOM order (datasets larger than RAM, single rank).
+    """
+    if kind not in ("ffcv", "torch"):
+        raise ValueError(f"data.loader = {kind!r}: expected 'ffcv' or 'torch'")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} outside world_size {world_size}")
+    train_aug = TrainAug.from_config(aug)
+    repeats = int(getattr(aug, "repeated_aug", 1) or 1) if train else 1
+    drop_last = train if drop_last is None else drop_last
+    common = dict(
+        train=train,
+        img_size=img_size,
+        batch_size=batch_size,
+        aug=train_aug,
+        crop_ratio=crop_ratio,
+        num_workers=num_workers,
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+        drop_last=drop_last,
+        device=str(device),
+        expected_classes=expected_classes,
+        repeats=repeats,
+    )
+    if kind == "ffcv":
+        if beton is None:
+            raise ValueError("kind='ffcv' needs beton= (the converted dataset)")
+        loader = FfcvLoader(Path(beton), os_cache=os_cache, batches_ahead=batches_ahead, **common)
+    else:
+        if folder is None:
+            raise ValueError("kind='torch' needs folder= (the image folder)")
+        # Files the conversion skipped as unreadable are skipped here too, so that
+        # both kinds index the same samples.
+        skip = read_metadata(beton).get("skipped_files", []) if beton is not None and metadata_path(beton).is_file() else []
+        loader = TorchLoader(Path(folder), layout=layout, skip=skip, **common)
+    return loader

@@ -1,0 +1,461 @@
+"""The training loop: ``run(job)`` trains one model with the DeiT recipe and returns its metrics.
+
+One ``train_one_epoch`` and one ``evaluate``; the recipe comes from
+:func:`pcn.train.recipe.build_recipe`, the launcher (local or SLURM) lives in
+:mod:`pcn.train.launch`.  The same code runs as one process or as DDP ranks.
+
+Resume is exact: ``out_dir/last.pth`` holds model, optimizer, scheduler, EMA,
+epoch, step within the epoch, the loss sums of the running epoch, and for every
+rank the RNG states (torch, numpy - timm's Mixup draws from it - and python) at
+the last step and at the start of the epoch.  Resuming restores the epoch-start
+RNG, calls ``loader.set_epoch(epoch)``, skips the batches already trained on,
+then restores the step RNG, so on CPU a resumed run is bit-for-bit the run that
+was never interrupted.  Evaluation saves and restores every RNG, so when (or
+whether) it runs does not change training.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import random
+import timm
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from pcn.config import TrainConfig
+from pcn.tracking import RunLogger
+from pcn.train import checkpoint as ckpt
+from pcn.train import distributed as D
+from pcn.train.job import TrainJob
+from pcn.train.recipe import Recipe, build_recipe, lr_at
+
+
+@dataclass
+class LoopState:
+    """Where training is; everything here is saved in ``last.pth``."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    loss_sum: float = 0.0  # this rank's running epoch sums
+    loss_count: int = 0
+    rng_epoch: dict | None = None  # this rank's RNG when the epoch's iterator was created
+    rng_step: dict | None = None  # this rank's RNG at the resume point (restored after skipping)
+    history: list[dict] = field(default_factory=list)
+    last_eval: dict | None = None
+    last_eval_step: int = -1
+
+
+# --- set-up ---------------------------------------------------------------------------
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_model(job: TrainJob) -> torch.nn.Module:
+    import pcn.models  # noqa: F401  (registers patchconvnet_* with timm)
+
+    options = dict(job.model_options)
+    if job.train.drop_path > 0:
+        options["drop_path_rate"] = job.train.drop_path
+    if job.train.layerscale_init is not None:
+        options["layerscale_init"] = job.train.layerscale_init
+    return timm.create_model(job.model, num_classes=job.num_classes, **options)
+
+
+def head_prefix(model: torch.nn.Module) -> str | None:
+    """State-dict prefix of the classifier (``head.``, ``fc.``...), found through timm's ``get_classifier``."""
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    for name, module in model.named_modules():
+        if head is not None and module is head and name:
+            return name + "."
+    return None
+
+
+def load_init(model: torch.nn.Module, path: str) -> list[str]:
+    """Fine-tuning init: every weight must load, except the classifier when its class count differs.
+
+    Nothing is resized: PatchConvNet has no position embedding, so a checkpoint
+    trained at one resolution runs at another as is.  Returns the keys left at init.
+    """
+    from pcn.models import check_state_dict, unwrap_state_dict
+
+    state = unwrap_state_dict(ckpt.load(path), source=path)
+    own = model.state_dict()
+    prefix = head_prefix(model)
+    dropped = [k for k, v in state.items()
+               if prefix and k.startswith(prefix) and k in own and tuple(v.shape) != tuple(own[k].shape)]
+    for k in dropped:
+        del state[k]
+    check_state_dict(model, state, source=path, allow_missing=(prefix,) if dropped else ())
+    model.load_state_dict(state, strict=not dropped)
+    return dropped
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+@contextlib.contextmanager
+def rng_preserved():
+    state = ckpt.rng_state()
+    try:
+        yield
+    finally:
+        ckpt.set_rng_state(state)
+
+
+def _autocast(device: torch.device):
+    # bf16 on GPU (no grad scaler needed); exact fp32 on CPU.
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+# --- the loop -------------------------------------------------------------------------
+
+
+def train_one_epoch(
+    model: torch.nn.Module,
+    loader,
+    recipe: Recipe,
+    state: LoopState,
+    *,
+    cfg: TrainConfig,
+    device: torch.device,
+    save: Callable[[], None],
+    stop: Callable[[], bool],
+    is_main: bool,
+) -> str:
+    """Train until the epoch ends ("epoch"), ``max_steps`` is reached ("max_steps") or a stop
+    is requested on any rank ("interrupted").  ``state`` is advanced in place."""
+    loader.set_epoch(state.epoch)
+    if state.step_in_epoch == 0:
+        if state.rng_step is not None:  # resumed exactly at an epoch boundary
+            ckpt.set_rng_state(state.rng_step)
+            state.rng_step = None
+        state.rng_epoch = ckpt.rng_state()
+    else:
+        ckpt.set_rng_state(state.rng_epoch)
+    steps = len(loader)
+    batches = iter(loader) if state.step_in_epoch < steps else iter(())
+    for _ in range(state.step_in_epoch if state.step_in_epoch < steps else 0):
+        next(batches)  # same data order as the uninterrupted run
+    if state.rng_step is not None:
+        ckpt.set_rng_state(state.rng_step)
+        state.rng_step = None
+
+    model.train()
+    bar = tqdm(total=steps, initial=state.step_in_epoch, desc=f"epoch {state.epoch + 1}/{cfg.epochs}",
+               disable=not is_main, file=sys.stdout, mininterval=1 if sys.stdout.isatty() else 10,
+               dynamic_ncols=True, leave=sys.stdout.isatty())
+    t0, seen = time.perf_counter(), 0
+    try:
+        for images, labels in batches:
+            images = images.to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+            if device.type == "cuda":
+                images = images.contiguous(memory_format=torch.channels_last)
+            targets = labels
+            if recipe.mixup is not None:
+                images, targets = recipe.mixup(images, labels)
+            with _autocast(device):
+                loss = recipe.loss(model(images), targets)
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"loss is {loss_value} at step {state.global_step} (epoch {state.epoch + 1})")
+            recipe.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.clip_grad:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+            recipe.optimizer.step()
+            state.global_step += 1
+            state.step_in_epoch += 1
+            recipe.scheduler.step_update(state.global_step)
+            if recipe.ema is not None:
+                recipe.ema.update(_unwrap(model))
+            state.loss_sum += loss_value * len(labels)
+            state.loss_count += len(labels)
+
+            seen += len(labels)
+            bar.update(1)
+            if bar.n % 10 == 0 or bar.n == steps:
+                rate = seen * D.world() / (time.perf_counter() - t0)
+                bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr_at(recipe, state.global_step):.2e}",
+                                img_s=f"{rate:.0f}", refresh=False)
+
+            if state.global_step % cfg.checkpoint_every_steps == 0:
+                save()
+            if cfg.max_steps is not None and state.global_step >= cfg.max_steps:
+                return "max_steps"
+            if D.any_rank(stop(), device):
+                save()
+                return "interrupted"
+    finally:
+        bar.close()
+    state.epoch += 1
+    state.step_in_epoch = 0
+    return "epoch"
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader, device: torch.device) -> dict[str, float]:
+    """Top-1/top-5 (percent) and cross-entropy on the whole validation set.
+
+    Every rank evaluates the full set (its loader is built for one rank), so no
+    sample is counted twice by a padded distributed sampler and no collective is
+    waiting while rank 0 evaluates; rank 0 reports.  RNG states are left untouched.
+    """
+    model = _unwrap(model)
+    was_training = model.training
+    model.eval()
+    correct1 = correct5 = 0
+    loss_sum, n = 0.0, 0
+    with rng_preserved():
+        for images, labels in loader:
+            images = images.to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+            if device.type == "cuda":
+                images = images.contiguous(memory_format=torch.channels_last)
+            with _autocast(device):
+                logits = model(images)
+            logits = logits.float()
+            loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+            top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+            hit = top.eq(labels[:, None])
+            correct1 += hit[:, :1].sum().item()
+            correct5 += hit.any(dim=1).sum().item()
+            n += len(labels)
+    model.train(was_training)
+    if n == 0:
+        raise ValueError("the validation loader yielded no images")
+    return {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n, "loss": loss_sum / n, "n": n}
+
+
+# --- checkpoints ----------------------------------------------------------------------
+
+
+def _save_resume(job: TrainJob, model, recipe: Recipe, state: LoopState, env: D.DistEnv) -> None:
+    """Gather every rank's RNG and loss sums, then rank 0 writes ``last.pth`` atomically."""
+    per_rank = D.all_gather_object({
+        "rng": ckpt.rng_state(),
+        "rng_epoch": state.rng_epoch,
+        "loss_sum": state.loss_sum,
+        "loss_count": state.loss_count,
+    })
+    if not env.is_main:
+        return
+    ckpt.save({
+        "format": "pcn-train-resume-v1",
+        "fingerprint": job.fingerprint(),
+        "model": _unwrap(model).state_dict(),
+        "optimizer": recipe.optimizer.state_dict(),
+        "scheduler": recipe.scheduler.state_dict(),
+        "ema": recipe.ema.module.state_dict() if recipe.ema is not None else None,
+        "epoch": state.epoch,
+        "step_in_epoch": state.step_in_epoch,
+        "global_step": state.global_step,
+        "history": state.history,
+        "last_eval": state.last_eval,
+        "last_eval_step": state.last_eval_step,
+        "ranks": per_rank,
+    }, job.last_path)
+
+
+def _restore(job: TrainJob, model, recipe: Recipe, env: D.DistEnv) -> LoopState | None:
+    if not (job.resume and job.last_path.exists()):
+        return None
+    saved = ckpt.load(job.last_path)
+    if saved.get("fingerprint") != job.fingerprint():
+        raise ValueError(
+            f"{job.last_path} was written by a different training configuration; "
+            "delete it (or choose another output directory) to start over"
+        )
+    model.load_state_dict(saved["model"])
+    recipe.optimizer.load_state_dict(saved["optimizer"])
+    recipe.scheduler.load_state_dict(saved["scheduler"])
+    if recipe.ema is not None:
+        recipe.ema.module.load_state_dict(saved["ema"])
+    state = LoopState(epoch=saved["epoch"], step_in_epoch=saved["step_in_epoch"], global_step=saved["global_step"],
+                      history=saved["history"], last_eval=saved["last_eval"], last_eval_step=saved["last_eval_step"])
+    ranks = saved["ranks"]
+    if len(ranks) == env.world_size:
+        mine = ranks[env.rank]
+        state.rng_step, state.rng_epoch = mine["rng"], mine["rng_epoch"]
+        state.loss_sum, state.loss_count = mine["loss_sum"], mine["loss_count"]
+    else:
+        warnings.warn(f"{job.last_path} was written by {len(ranks)} ranks, resuming on {env.world_size}: "
+                      "RNG streams are reseeded, so this run will not repeat an uninterrupted one exactly")
+        seed_everything(job.seed + 1000 * state.global_step + env.rank)
+        state.rng_epoch = ckpt.rng_state()
+    recipe.scheduler.step_update(state.global_step)
+    return state
+
+
+def _write_outputs(job: TrainJob, model, recipe: Recipe, result: dict) -> None:
+    Path(job.out_dir).mkdir(parents=True, exist_ok=True)
+    ckpt.save({"model": _unwrap(model).state_dict()}, job.final_path)
+    if recipe.ema is not None:
+        ckpt.save({"model": recipe.ema.module.state_dict()}, Path(job.out_dir) / "model_ema.pth")
+    if job.metrics_path:
+        ckpt.save_json(result, job.metrics_path)
+
+
+# --- entry point ----------------------------------------------------------------------
+
+
+def _loaders(job: TrainJob, env: D.DistEnv, device: torch.device):
+    from pcn.data.loaders import build_loader
+
+    cfg, data = job.train, job.data
+    if cfg.batch_size % env.world_size:
+        raise ValueError(f"train.batch_size = {cfg.batch_size} is not divisible by the {env.world_size} ranks")
+    per_rank = cfg.batch_size // env.world_size
+    common = dict(kind=data.loader, img_size=cfg.img_size, aug=cfg.aug, crop_ratio=data.crop_ratio,
+                  num_workers=data.num_workers, seed=job.seed, device=str(device))
+    train = build_loader(beton=data.train_beton, folder=data.train_folder, train=True, batch_size=per_rank,
+                         rank=env.rank, world_size=env.world_size, **common)
+    val = build_loader(beton=data.val_beton, folder=data.val_folder, train=False, batch_size=per_rank,
+                       rank=0, world_size=1, **common)
+    return train, val
+
+
+def run(job: TrainJob, stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+    """Train ``job`` (resuming from ``out_dir/last.pth`` if there is one) and return its metrics.
+
+    ``stop`` is polled after every step; when it returns True on any rank, the
+    state is saved and ``{"status": "interrupted"}`` is returned (the launcher
+    then requeues the job).
+    """
+    env = D.detect()
+    device = D.pick_device(job.device, env)
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)  # before set_num_threads, see the machine notes
+        torch.set_num_threads(job.threads)
+    D.init(env, device, job.dist_timeout_s)
+    result = _run(job, env, device, stop or (lambda: False))
+    D.shutdown()
+    return result
+
+
+def _run(job: TrainJob, env: D.DistEnv, device: torch.device, stop: Callable[[], bool]) -> dict[str, Any]:
+    cfg = job.train
+    log = RunLogger(job.mlflow_run_id, job.mlflow_uri, enabled=env.is_main)
+    train_loader, val_loader = _loaders(job, env, device)
+    if job.num_classes != train_loader.num_classes:
+        raise ValueError(f"the model has {job.num_classes} classes but the training data has {train_loader.num_classes}")
+
+    seed_everything(job.seed)  # identical init on every rank
+    model = build_model(job)
+    if job.init_checkpoint:
+        dropped = load_init(model, job.init_checkpoint)
+        if dropped and env.is_main:
+            print(f"[{job.stage}] init from {job.init_checkpoint}; new classifier: {', '.join(dropped)}", flush=True)
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    steps_per_epoch = len(train_loader)
+    recipe = build_recipe(cfg, model, steps_per_epoch, job.num_classes)
+
+    state = _restore(job, model, recipe, env)
+    if state is None:
+        state = LoopState()
+        seed_everything(job.seed + env.rank)  # per-rank streams for drop-path and mixup
+    elif env.is_main:
+        print(f"[{job.stage}] resuming from {job.last_path} at epoch {state.epoch + 1}, "
+              f"step {state.step_in_epoch}/{steps_per_epoch} (global step {state.global_step})", flush=True)
+    if env.world_size > 1:
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if state.global_step == 0:
+        log.log_params({"train.lr_scaled": recipe.lr, "train.world_size": env.world_size,
+                        "train.batch_per_rank": cfg.batch_size // env.world_size,
+                        "train.steps_per_epoch": steps_per_epoch, "train.total_steps": recipe.total_steps})
+
+    def save() -> None:
+        _save_resume(job, model, recipe, state, env)
+
+    outcome = "epoch"
+    t_start = time.perf_counter()
+    while state.epoch < cfg.epochs and not (cfg.max_steps and state.global_step >= cfg.max_steps):
+        t0, step0 = time.perf_counter(), state.global_step
+        outcome = train_one_epoch(model, train_loader, recipe, state, cfg=cfg, device=device, save=save,
+                                  stop=stop, is_main=env.is_main)
+        if outcome == "interrupted":
+            if env.is_main:
+                print(f"[{job.stage}] interrupted at global step {state.global_step}; state saved to {job.last_path}",
+                      flush=True)
+            return {"status": "interrupted", "global_step": state.global_step}
+        if outcome != "epoch":
+            break
+        sums = D.all_reduce_sum(torch.tensor([state.loss_sum, float(state.loss_count)], dtype=torch.float64))
+        elapsed = time.perf_counter() - t0
+        entry = {"epoch": state.epoch, "step": state.global_step, "train_loss": (sums[0] / sums[1]).item(),
+                 "lr": lr_at(recipe, state.global_step), "epoch_time_s": elapsed,
+                 "images_per_s": (state.global_step - step0) * cfg.batch_size / max(elapsed, 1e-9)}
+        state.loss_sum, state.loss_count = 0.0, 0
+        if state.epoch % cfg.eval_every == 0 or state.epoch == cfg.epochs:
+            _evaluate_into(state, model, val_loader, device, recipe)
+            entry.update({f"val_{k}": v for k, v in state.last_eval.items() if k != "n"})
+        state.history.append(entry)
+        log.log_metrics(entry, step=state.epoch)
+        if env.is_main:
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in entry.items() if k not in ("epoch", "step"))
+            print(f"[{job.stage}] epoch {state.epoch}/{cfg.epochs}: {shown}", flush=True)
+            if job.metrics_path:
+                ckpt.save_json(_result(job, env, recipe, state, steps_per_epoch, status="running"), job.metrics_path)
+
+    save()  # the resume state at the end (a later run with more max_steps continues from here)
+    if state.last_eval_step != state.global_step:
+        _evaluate_into(state, model, val_loader, device, recipe)
+    result = _result(job, env, recipe, state, steps_per_epoch, status="finished")
+    result["train_time_s"] = time.perf_counter() - t_start
+    if env.is_main:
+        _write_outputs(job, model, recipe, result)
+        log.log_metrics({k: result[k] for k in ("top1", "top5", "loss") if k in result}, step=state.epoch)
+        if job.metrics_path:
+            log.log_artifact(job.metrics_path)
+        print(f"[{job.stage}] done: top1 {result['top1']:.2f}%, top5 {result['top5']:.2f}%, "
+              f"{state.global_step} steps", flush=True)
+    return result
+
+
+def _evaluate_into(state: LoopState, model, loader, device, recipe: Recipe) -> None:
+    metrics = evaluate(model, loader, device)
+    if recipe.ema is not None:
+        metrics.update({f"ema_{k}": v for k, v in evaluate(recipe.ema.module, loader, device).items() if k != "n"})
+    state.last_eval, state.last_eval_step = metrics, state.global_step
+
+
+def _result(job: TrainJob, env: D.DistEnv, recipe: Recipe, state: LoopState, steps_per_epoch: int,
+            status: str) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "status": status,
+        "stage": job.stage,
+        "model": job.model,
+        "num_classes": job.num_classes,
+        "epochs": state.epoch,
+        "global_step": state.global_step,
+        "steps_per_epoch": steps_per_epoch,
+        "world_size": env.world_size,
+        "global_batch": job.train.batch_size,
+        "lr": recipe.lr,
+    }
+    if state.last_eval is not None:
+        out.update({k: v for k, v in state.last_eval.items() if k != "n"})
+        out["val_images"] = state.last_eval["n"]
+    out["history"] = state.history
+    return out

@@ -1,0 +1,246 @@
+"""Launchers: run a :class:`TrainJob` through submitit, locally or on SLURM, and wait for it.
+
+Both kinds go through submitit, so requeue, logs and results follow one code path:
+
+- ``local``: ``submitit.LocalExecutor`` starts ``launcher.tasks`` processes on this
+  machine (DDP over gloo on CPU, one GPU each when there are GPUs).  Even one task
+  runs in a child process, so a stage behaves the same for 1 or N ranks.
+- ``slurm``: ``submitit.SlurmExecutor`` with the resources of ``launcher.slurm``
+  (:func:`slurm_parameters`); ``srun --kill-on-bad-exit`` ends every rank as soon as
+  one fails.
+
+Preemption and time-out: SLURM (or the local controller) sends ``SIGUSR2``.
+:class:`TrainTask` replaces submitit's handler with one that only raises a flag;
+the engine sees it after the current step, every rank agrees to stop, the state
+goes to ``out_dir/last.pth``, and then submitit's own handler runs from ordinary
+code: it calls :meth:`TrainTask.checkpoint` (the same task: it resumes from
+``last.pth``) and requeues the job.  A job requeued by the scheduler without the
+signal (``scontrol requeue``) resumes from the last periodic checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import submitit
+from submitit.core.utils import UncompletedJobError
+
+from pcn.config import LauncherConfig, SlurmConfig
+from pcn.train.job import TrainJob
+
+TERMINAL_SLURM = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
+                  "DEADLINE", "GONE"}
+LOCAL_TIMEOUT_MIN = 7 * 24 * 60  # the local controller has no wall-clock limit worth the name
+ERROR_GRACE_S = 60  # a rank failed: the others get this long to fail too, then the job is cancelled
+TAIL_LINES = 30
+
+
+class TrainJobFailed(RuntimeError):
+    """The training job ended without a result; the message names the job and shows its error tail."""
+
+
+class _StopFlag:
+    """SIGUSR2 -> a flag the engine polls; the handler it replaced (submitit's) runs later."""
+
+    def __init__(self) -> None:
+        self.signum = submitit.JobEnvironment._usr_sig() if os.environ.get("SUBMITIT_EXECUTOR") else signal.SIGUSR2
+        self.previous = signal.getsignal(self.signum)
+        self.raised = False
+        signal.signal(self.signum, self._set)
+
+    def _set(self, signum, frame) -> None:
+        self.raised = True
+
+    def __call__(self) -> bool:
+        return self.raised
+
+    def hand_over(self) -> None:
+        """Run submitit's handler now that the state is saved: rank 0 checkpoints and requeues
+        (and exits); other ranks leave without writing a result."""
+        signal.signal(self.signum, self.previous)
+        if callable(self.previous):
+            self.previous(self.signum, None)
+            raise SystemExit(0)  # not rank 0: submitit's handler returned; rank 0 requeues the job
+
+
+class TrainTask(submitit.helpers.Checkpointable):
+    """What submitit runs on every rank; requeued as itself (it resumes from ``out_dir/last.pth``)."""
+
+    def __init__(self, job: TrainJob) -> None:
+        self.job = job
+
+    def __call__(self) -> dict[str, Any]:
+        from pcn.train import engine
+
+        flag = _StopFlag()  # before the loaders fork workers, which inherit it
+        result = engine.run(self.job, stop=flag)
+        if result.get("status") == "interrupted":
+            flag.hand_over()
+        return result
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        # The engine has already written last.pth (at a step boundary); resubmit the same job.
+        return submitit.helpers.DelayedSubmission(TrainTask(self.job))
+
+
+# --- executors -----------------------------------------------------------------------------
+
+
+def slurm_parameters(launcher: LauncherConfig, job_name: str, gpus_available: bool = True) -> dict[str, Any]:
+    """The ``submitit.SlurmExecutor`` parameters (sbatch names) of ``launcher.slurm``."""
+    s: SlurmConfig = launcher.slurm
+    params: dict[str, Any] = {
+        "job_name": job_name,
+        "nodes": s.nodes,
+        # One rank per GPU; on CPU nodes, launcher.tasks ranks per node.
+        "ntasks_per_node": s.gpus_per_node or launcher.tasks,
+        "cpus_per_task": s.cpus_per_task,
+        "mem": f"{s.mem_gb}GB",
+        "time": s.time_min,
+        "signal_delay_s": 90 if s.time_min > 5 else 30,
+        "srun_args": ["--kill-on-bad-exit=1"],
+    }
+    if s.gpus_per_node:
+        params["gpus_per_node"] = s.gpus_per_node
+    for key in ("partition", "constraint"):
+        if getattr(s, key) is not None:
+            params[key] = getattr(s, key)
+    extra = {k: getattr(s, k) for k in ("account", "qos") if getattr(s, k) is not None}
+    if extra:
+        params["additional_parameters"] = extra
+    return params
+
+
+def _executor(launcher: LauncherConfig, job: TrainJob, log_dir: Path):
+    if launcher.kind == "slurm":
+        ex = submitit.SlurmExecutor(folder=log_dir / "%j", max_num_timeout=launcher.slurm.max_requeues)
+        ex.update_parameters(**slurm_parameters(launcher, job.stage))
+        return ex
+    import torch
+
+    ex = submitit.LocalExecutor(folder=log_dir / "%j", max_num_timeout=launcher.slurm.max_requeues)
+    gpus = launcher.tasks if job.device != "cpu" and torch.cuda.device_count() >= launcher.tasks else 0
+    ex.update_parameters(tasks_per_node=launcher.tasks, gpus_per_node=gpus, timeout_min=LOCAL_TIMEOUT_MIN)
+    return ex
+
+
+# --- waiting ---------------------------------------------------------------------------------
+
+
+def _slurm_state(job_id: str) -> str:
+    """JobState from scontrol (works without an accounting database); GONE once purged."""
+    try:
+        out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return "UNKNOWN"
+    m = re.search(r"JobState=(\S+)", out.stdout)
+    if m:
+        return m.group(1)
+    return "GONE" if "Invalid job id" in (out.stderr + out.stdout) else "UNKNOWN"
+
+
+def _state(job) -> str:
+    if isinstance(job, submitit.SlurmJob):
+        return _slurm_state(job.job_id)
+    return job.state  # local: RUNNING / FINISHED / INTERRUPTED
+
+
+def _terminal(job, state: str) -> bool:
+    if isinstance(job, submitit.SlurmJob):
+        return state in TERMINAL_SLURM
+    return state != "RUNNING"
+
+
+def _outcome(task) -> str | None:
+    """'success' / 'error' from a task's result pickle, None while there is none."""
+    path = task.paths.result_pickle
+    if not path.exists():
+        return None
+    try:
+        return submitit.core.utils.pickle_load(path)[0]
+    except Exception:  # noqa: BLE001 - being written; try again next poll
+        return None
+
+
+def _tail(path: Path, n: int = TAIL_LINES) -> str:
+    try:
+        lines = path.read_text(errors="replace").replace("\r", "\n").splitlines()
+    except OSError:
+        return f"(no log at {path})"
+    return "\n".join(line for line in lines[-n:])
+
+
+def _failure(job, state: str, why: str) -> TrainJobFailed:
+    tasks = [job.task(i) for i in range(job.num_tasks)] if job.num_tasks > 1 else [job]
+    failed = [t for t in tasks if _outcome(t) == "error"]
+    culprit = failed[0] if failed else next(
+        (t for t in tasks if "Traceback" in _tail(t.paths.stderr, 10_000)), tasks[0])
+    task_id = culprit.task_id if culprit.task_id is not None else 0
+    return TrainJobFailed(
+        f"training job {job.job_id} {why} (state {state}); last {TAIL_LINES} lines of task {task_id}'s stderr "
+        f"({culprit.paths.stderr}):\n{_tail(culprit.paths.stderr)}"
+    )
+
+
+def wait(job, poll_s: float = 2.0, echo=print) -> dict[str, Any]:
+    """Wait for ``job``, echoing its state changes and progress; its result, or :class:`TrainJobFailed`."""
+    tasks = [job.task(i) for i in range(job.num_tasks)] if job.num_tasks > 1 else [job]
+    main = tasks[0]
+    last_state, seen, last_line = None, 0, ""
+    ended_at = error_at = None
+    while True:
+        state = _state(job)
+        if state != last_state:
+            echo(f"job {job.job_id}: {state}")
+            last_state = state
+        try:
+            with open(main.paths.stdout, "rb") as f:
+                f.seek(seen)
+                new = f.read()
+            seen += len(new)
+            parts = [p for p in re.split(r"[\r\n]+", new.decode(errors="replace")) if p.strip()]
+            if parts and parts[-1] != last_line:
+                last_line = parts[-1]
+                echo(f"  {last_line.strip()}")
+        except OSError:
+            pass
+        outcomes = [_outcome(t) for t in tasks]
+        if outcomes[0] == "success" and all(o is not None for o in outcomes) or (
+                outcomes[0] == "success" and _terminal(job, state)):
+            return main.result()
+        if "error" in outcomes:
+            error_at = error_at or time.monotonic()
+            if _terminal(job, state) or time.monotonic() - error_at > ERROR_GRACE_S:
+                if not _terminal(job, state):
+                    job.cancel(check=False)
+                raise _failure(job, state, "failed")
+        elif _terminal(job, state):
+            # Give the result file a moment to appear (shared file systems lag).
+            ended_at = ended_at or time.monotonic()
+            if time.monotonic() - ended_at > 15:
+                raise _failure(job, state, "ended without a result")
+        time.sleep(poll_s)
+
+
+def launch(job: TrainJob, launcher: LauncherConfig, log_dir: Path, echo=print) -> dict[str, Any]:
+    """Submit ``job`` with ``launcher`` (logs under ``log_dir/<job id>/``), wait, return its metrics."""
+    log_dir = Path(log_dir).absolute()
+    log_dir.mkdir(parents=True, exist_ok=True)
+    executor = _executor(launcher, job, log_dir)
+    submitted = executor.submit(TrainTask(job))
+    echo(f"submitted {job.stage} as {launcher.kind} job {submitted.job_id} "
+         f"({submitted.num_tasks} task{'s' if submitted.num_tasks > 1 else ''}); logs in {submitted.paths.folder}")
+    try:
+        return wait(submitted, echo=echo)
+    except UncompletedJobError as exc:  # result pickle says the job gave up (e.g. requeued too often)
+        raise TrainJobFailed(f"training job {submitted.job_id}: {exc}") from None
+    except KeyboardInterrupt:
+        submitted.cancel(check=False)
+        raise

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The README's commands.  Usage: bash scripts/quickstart.sh demo|study|paper|test
+#   demo   set up, then run the whole DAG on the embedded demo data (minutes)
+#   study  same data, enough runs and seeds for honest verdicts (about an hour on 2 cores)
+#   paper  switch params.yaml to the paper's datasets and recipe, print the SLURM jobs
+#          (then run `snakemake --profile slurm all` on the cluster)
+#   test   set up, then run the test suite (CI runs exactly this)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mode=${1:-demo}
+case $mode in
+  demo | study | paper) bash scripts/setup.sh run ;;
+  test) bash scripts/setup.sh test ;;
+  *) echo "usage: bash scripts/quickstart.sh demo|study|paper|test" >&2; exit 2 ;;
+esac
+# shellcheck disable=SC1091
+source .venv/bin/activate
+case $mode in
+  demo | study)
+    pcn scale "$mode"
+    pcn run --engine snakemake --cores "$(nproc)"
+    echo "done: reports/report.md, reports/report.html; browse runs with: pcn ui"
+    ;;
+  paper)
+    pcn scale paper
+    pcn dryrun
+    ;;
+  test)
+    python -m pytest "${@:2}"
+    ;;
+esac

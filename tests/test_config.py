@@ -1,0 +1,78 @@
+"""params.yaml: the schema, the scale switch, and one-line errors for bad values."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pcn.config import ParamsError, load_params, resolve
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def raw():
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def test_committed_params_are_valid_at_every_scale(raw):
+    for scale in ("demo", "study", "paper"):
+        p = resolve({**raw, "scale": scale})
+        assert p.scale == scale
+
+
+def test_scale_switch_applies_overrides(raw):
+    demo = resolve({**raw, "scale": "demo"})
+    study = resolve({**raw, "scale": "study"})
+    paper = resolve({**raw, "scale": "paper"})
+    assert demo.data.source == "demo" and demo.launcher.kind == "local"
+    assert len(study.experiments.seeds) >= 3, "the study scale needs at least 3 seeds per comparison"
+    assert study.data.source == "demo"
+    assert paper.data.source == "imagenet" and paper.model.name == "patchconvnet_s60"
+    assert paper.pretrain.img_size == 224 and paper.pretrain.batch_size == 2048
+    assert paper.launcher.kind == "slurm" and paper.launcher.slurm.gpus_per_node == 8
+    # overrides merge deeply: keys the paper scale does not override keep their values
+    assert paper.tracking.experiment == demo.tracking.experiment
+
+
+@pytest.mark.parametrize(
+    "patch, expected",
+    [
+        ({"pretrain": {"epochs": -1}}, "pretrain.epochs = -1"),
+        ({"pretrain": {"epochs": "many"}}, "pretrain.epochs = 'many'"),
+        ({"pretrian": {}}, "unknown key 'pretrian'"),
+        ({"pretrain": {"lrr": 0.1}}, "unknown key 'pretrain.lrr'"),
+        ({"scale": "huge"}, "scale = 'huge'"),
+        ({"data": {"loader": "dali"}}, "data.loader = 'dali'"),
+        ({"scales": {"paper": {"pretrain": {"batch_size": 0}}}}, "scales.paper"),
+    ],
+)
+def test_bad_values_name_the_key_and_value(raw, patch, expected):
+    from pcn.config import deep_merge
+
+    with pytest.raises(ParamsError) as err:
+        resolve(deep_merge(raw, patch))
+    msg = str(err.value)
+    assert expected in msg and "\n" not in msg
+
+
+def test_cli_exits_2_with_one_line_on_bad_params(tmp_path, raw):
+    raw["pretrain"]["batch_size"] = 0
+    bad = tmp_path / "params.yaml"
+    bad.write_text(yaml.safe_dump(raw))
+    out = subprocess.run([sys.executable, "-m", "pcn.cli", "--params", str(bad), "params"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "pretrain.batch_size = 0" in lines[0] and str(bad) in lines[0]
+
+
+def test_missing_and_malformed_params_file(tmp_path):
+    with pytest.raises(ParamsError, match="file not found"):
+        load_params(tmp_path / "nope.yaml")
+    broken = tmp_path / "params.yaml"
+    broken.write_text("pretrain: [1, 2\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(broken)
