@@ -1,0 +1,82 @@
+"""Seeds -> means, standard deviations, intervals of differences, and verdicts.
+
+A difference is called better or worse only when its 95% interval (Welch's t)
+excludes zero; with fewer than two seeds on either side nothing is called at all:
+those rows are smoke runs, never evidence.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from statistics import mean, stdev
+
+MIN_SEEDS_FOR_VERDICT = 2
+
+
+def describe(values: list[float]) -> dict:
+    return {"n": len(values), "values": values, "mean": mean(values) if values else None,
+            "std": stdev(values) if len(values) > 1 else None}
+
+
+def difference(a: list[float], b: list[float], level: float = 0.95) -> dict:
+    """mean(a) - mean(b) with a Welch t interval and a verdict in words."""
+    diff = mean(a) - mean(b)
+    if min(len(a), len(b)) < MIN_SEEDS_FOR_VERDICT:
+        return {"diff": diff, "ci95": None, "verdict": "not resolved (single seed: smoke run)"}
+    from scipy.stats import t
+
+    va, vb = stdev(a) ** 2 / len(a), stdev(b) ** 2 / len(b)
+    se = math.sqrt(va + vb)
+    if se == 0:
+        lo = hi = diff
+    else:
+        dof = (va + vb) ** 2 / ((va**2 / (len(a) - 1)) + (vb**2 / (len(b) - 1))) if va + vb > 0 else 1
+        half = t.ppf(0.5 + level / 2, dof) * se
+        lo, hi = diff - half, diff + half
+    verdict = "better" if lo > 0 else "worse" if hi < 0 else "within noise"
+    return {"diff": diff, "ci95": [lo, hi], "verdict": verdict}
+
+
+def _top1(path: Path) -> float:
+    return float(json.loads(path.read_text())["top1"])
+
+
+def _group(metrics_dir: Path, sub: str, names, seeds) -> dict[str, list[float]]:
+    return {n: [_top1(metrics_dir / sub / f"{n}-s{s}.json") for s in seeds] for n in names}
+
+
+def compare(groups: dict[str, list[float]], reference: str) -> dict:
+    out = {}
+    for name, values in groups.items():
+        row = describe(values)
+        if name != reference:
+            row["vs_" + reference] = difference(values, groups[reference])
+        out[name] = row
+    return out
+
+
+def summarize_experiments(params, metrics_dir: Path) -> dict:
+    exp = params.experiments
+    seeds = exp.seeds
+    ablations = compare(_group(metrics_dir, "ablations", exp.variants, seeds), "baseline")
+    resnet = compare(_group(metrics_dir, "resnet", exp.resnet, seeds), "avg")
+    multi = compare(_group(metrics_dir, "multiclass", ["scratch", "finetuned"], seeds), "scratch")
+    grid = []
+    for w, d in exp.depth_width:
+        m = json.loads((metrics_dir / "depth_width" / f"w{w}-d{d}.json").read_text())
+        grid.append({k: m.get(k) for k in ("width", "depth", "top1", "params_m", "gmacs", "throughput", "peak_mem_mb",
+                                           "img_size")})
+    return {
+        "scale": params.scale,
+        "seeds": seeds,
+        "evidence": len(seeds) >= 3,
+        "note": ("at least 3 seeds per comparison: differences come with 95% intervals" if len(seeds) >= 3
+                 else "smoke run: too few seeds for verdicts; run the study scale for evidence"),
+        "baseline_std": ablations["baseline"]["std"],
+        "ablations": ablations,
+        "resnet": resnet,
+        "multiclass": multi,
+        "depth_width": grid,
+    }

@@ -1,0 +1,119 @@
+"""The paper's comparisons as stages: ablations, ResNet pooling, multi-class tokens,
+depth x width; and the summary that turns seeds into intervals and verdicts."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from pcn.cli import UserError
+from pcn.steps.common import stage
+from pcn.steps.train import num_classes, train_stage
+
+EXP_SECTIONS = ("runtime", "data.loader", "data.num_workers", "model", "experiments.train")
+
+
+def _train(args, name: str, out: str, *, seed: int, tags: dict, extra: dict | None = None, **kw) -> dict:
+    sections = EXP_SECTIONS + tuple(kw.pop("sections", ()))
+    with stage(args, name, sections, tags={**tags, "pcn.seed": str(seed)}) as st:
+        p = st.params
+        info = {k.removeprefix("pcn."): v for k, v in tags.items()}
+        return train_stage(args, st, cfg=p.experiments.train, out_dir=f"results/{out}", seed=seed, threads=1,
+                           metrics_path=f"metrics/{out}.json", extra={**info, "seed": seed, **(extra or {})}, **kw)
+
+
+def ablate(args) -> int:
+    from pcn.config import load_params
+
+    variants = load_params(args.params).experiments.variants
+    if args.variant not in variants:
+        raise UserError(f"experiments.variants has no variant {args.variant!r} (known: {', '.join(variants)})")
+    _train(args, "ablation", f"ablations/{args.variant}-s{args.seed}", seed=args.seed,
+           tags={"pcn.study": "ablation", "pcn.variant": args.variant},
+           options=variants[args.variant], sections=(f"experiments.variants.{args.variant}",))
+    return 0
+
+
+def resnet_pool(args) -> int:
+    from pcn.config import load_params
+
+    models = load_params(args.params).experiments.resnet
+    if args.pool not in models:
+        raise UserError(f"experiments.resnet has no entry {args.pool!r} (known: {', '.join(models)})")
+    _train(args, "resnet_pool", f"resnet/{args.pool}-s{args.seed}", seed=args.seed,
+           tags={"pcn.study": "resnet_pool", "pcn.variant": args.pool}, model=models[args.pool],
+           options={}, sections=(f"experiments.resnet.{args.pool}",))
+    return 0
+
+
+def multiclass(args) -> int:
+    """One class token per class: from scratch, or initialised from the single-token baseline."""
+    from pcn.config import load_params
+
+    p = load_params(args.params)
+    init = None
+    if args.init == "finetuned":
+        init = f"results/multiclass/{args.init}-s{args.seed}/init.pth"
+        single_to_multiclass(f"results/ablations/baseline-s{args.seed}/model.pth", init, num_classes(p))
+    _train(args, "multiclass", f"multiclass/{args.init}-s{args.seed}", seed=args.seed,
+           tags={"pcn.study": "multiclass", "pcn.variant": args.init}, model=p.experiments.multiclass_model,
+           options={}, init=init, sections=("experiments.multiclass_model",))
+    return 0
+
+
+def single_to_multiclass(src: str, dst: str, k: int) -> None:
+    """A single-token checkpoint as the multi-class model's init: the class token is
+    copied to every class, and class c's head is row c of the single head."""
+    import torch
+
+    from pcn.io import atomic_path
+    from pcn.models import unwrap_state_dict
+
+    sd = unwrap_state_dict(torch.load(src, map_location="cpu", weights_only=True), source=src)
+    out = {key: v for key, v in sd.items() if not key.startswith("head.")}
+    out["cls_token"] = sd["cls_token"].expand(1, k, -1).clone()
+    for c in range(k):
+        out[f"head.{c}.weight"] = sd["head.weight"][c : c + 1].clone()
+        out[f"head.{c}.bias"] = sd["head.bias"][c : c + 1].clone()
+    with atomic_path(dst) as tmp:
+        torch.save({"model": out}, tmp)
+
+
+def depth_width(args) -> int:
+    m = re.fullmatch(r"w(\d+)-d(\d+)", args.point)
+    if not m:
+        raise UserError(f"--point {args.point!r}: expected w<width>-d<depth>, e.g. w96-d8")
+    width, depth = map(int, m.groups())
+    from pcn.config import load_params
+
+    p = load_params(args.params)
+    options = {"embed_dim": width, "depth": depth}
+    _train(args, "depth_width", f"depth_width/{args.point}", seed=p.experiments.seeds[0],
+           tags={"pcn.study": "depth_width", "pcn.variant": args.point}, options=options,
+           sections=("experiments.depth_width",),
+           extra={"width": width, "depth": depth, **point_complexity(p, options)})
+    return 0
+
+
+def point_complexity(p, options: dict) -> dict:
+    """Params, GMACs, throughput and peak memory of one grid point at its training size."""
+    import timm
+
+    from pcn.eval.complexity import count_gmacs, count_params, measure_throughput
+    from pcn.steps.common import setup_torch
+
+    setup_torch(1)
+    img = p.experiments.train.img_size
+    model = timm.create_model(p.model.name, num_classes=num_classes(p), **{**p.model.options, **options})
+    speed = measure_throughput(model, img, 64, "cpu", warmup=1, iters=3)
+    return {"params_m": count_params(model) / 1e6, "gmacs": count_gmacs(model, img), "img_size": img,
+            "throughput": speed["throughput"], "peak_mem_mb": speed["peak_mem_mb"], "mem_method": speed["mem_method"]}
+
+
+def summarize(args) -> int:
+    from pcn.analysis.stats import summarize_experiments
+
+    with stage(args, "summarize", ("experiments",)) as st:
+        summary = summarize_experiments(st.params, Path("metrics"))
+        st.finish(summary, "metrics/ablations.json")
+    return 0

@@ -1,0 +1,74 @@
+"""Training stages: pretrain and finetune (the experiments reuse :func:`train_stage`)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+from pcn.config import Params, TrainConfig
+from pcn.io import write_text
+from pcn.steps.common import Stage, data_paths, launcher_kind, stage
+
+TRAIN_SECTIONS = ("seed", "runtime", "data.loader", "data.num_workers", "model")
+PLOT_COLUMNS = ("epoch", "step", "train_loss", "val_loss", "val_top1", "val_top5", "lr", "images_per_s")
+
+
+def num_classes(params: Params) -> int:
+    if params.data.source == "demo":
+        return params.data.demo.n_classes
+    return sum(1 for d in Path(params.data.imagenet_train).iterdir() if d.is_dir())
+
+
+def train_stage(args, st: Stage, *, cfg: TrainConfig, out_dir: str, metrics_path: str, model: str | None = None,
+                options: dict[str, Any] | None = None, init: str | None = None, seed: int | None = None,
+                threads: int | None = None, plots_path: str | None = None, extra: dict | None = None) -> dict:
+    """Build the job from params, launch it (local or SLURM), write metrics and plots."""
+    from pcn.train.job import DataSpec, TrainJob
+    from pcn.train.launch import launch
+
+    p = st.params
+    paths = data_paths(p)
+    opts = {**p.model.options, **(options or {})}
+    job = TrainJob(
+        model=model or p.model.name, model_options=opts, num_classes=num_classes(p), train=cfg,
+        data=DataSpec(train_beton=str(paths["train_beton"]), val_beton=str(paths["val_beton"]),
+                      train_folder=str(paths["train"]), val_folder=str(paths["val"]), loader=p.data.loader,
+                      num_workers=p.data.num_workers, crop_ratio=p.evaluate.crop_ratio),
+        out_dir=out_dir, seed=p.seed if seed is None else seed, threads=threads or p.runtime.threads,
+        device=p.runtime.device, init_checkpoint=init, metrics_path=None, stage=st.name,
+        mlflow_run_id=st.run.run_id, mlflow_uri=st.uri)
+    launcher = p.launcher.model_copy(update={"kind": launcher_kind(args, p)})
+    result = launch(job, launcher, Path("logs/submitit") / st.name)
+    # The resume state only serves an interrupted run; once the stage has succeeded a
+    # rerun (new code, new params) must train again, not resume at the end.
+    job.last_path.unlink(missing_ok=True)
+    result = {**(extra or {}), **result}
+    history = result.get("history", [])
+    if plots_path:
+        write_text(plots_path, history_csv(history))
+    st.finish(result, metrics_path, artifacts=(plots_path,) if plots_path else ())
+    return result
+
+
+def history_csv(history: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=PLOT_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(history)
+    return buf.getvalue()
+
+
+def pretrain(args) -> int:
+    with stage(args, "pretrain", TRAIN_SECTIONS + ("pretrain",)) as st:
+        train_stage(args, st, cfg=st.params.pretrain, out_dir="results/pretrain",
+                    metrics_path="metrics/pretrain.json", plots_path="plots/pretrain.csv")
+    return 0
+
+
+def finetune(args) -> int:
+    with stage(args, "finetune", TRAIN_SECTIONS + ("finetune",)) as st:
+        train_stage(args, st, cfg=st.params.finetune, out_dir="results/finetune", init="results/pretrain/model.pth",
+                    metrics_path="metrics/finetune.json", plots_path="plots/finetune.csv")
+    return 0
