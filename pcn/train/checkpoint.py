@@ -19,22 +19,19 @@ from typing import Any
 import numpy as np
 import torch
 
-LAST = "last.pth"  # resume state, rewritten during training
-FINAL = "model.pth"  # released-checkpoint format: {"model": state_dict}
-
-
 def _atomic_write(path: Path, write) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        with_suppressed_unlink(tmp)
+        _unlink_quietly(tmp)
         raise
     # Make the rename itself durable.
     dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -44,7 +41,13 @@ def _atomic_write(path: Path, write) -> None:
         os.close(dir_fd)
 
 
-def with_suppressed_unlink(path: str) -> None:
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _unlink_quietly(path: str) -> None:
     try:
         os.unlink(path)
     except OSError:

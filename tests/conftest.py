@@ -1,0 +1,58 @@
+"""Shared fixtures: a tiny image folder and the local SLURM cluster."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CLUSTER_SCRIPT = ROOT / "scripts" / "slurm-cluster.sh"
+
+
+def write_tiny_imagefolder(root: Path, classes: int = 3, train_per_class: int = 16, val_per_class: int = 4,
+                           size: int = 40, seed: int = 0) -> Path:
+    """``root/{train,val}/c<k>/<i>.jpg``: noisy images whose mean colour tells the class."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    palette = rng.integers(40, 215, size=(classes, 3))
+    for split, n in (("train", train_per_class), ("val", val_per_class)):
+        for c in range(classes):
+            d = root / split / f"c{c}"
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                img = np.clip(palette[c] + rng.normal(0, 40, size=(size, size, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(img).save(d / f"{i:03d}.jpg", quality=90)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_imagefolder(tmp_path_factory) -> Path:
+    """3 classes, 16 train and 4 val JPEGs (40 px) each; shared read-only by the session."""
+    return write_tiny_imagefolder(tmp_path_factory.mktemp("tiny_imagefolder"))
+
+
+def _cluster(action: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(CLUSTER_SCRIPT), action], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> str:
+    """The one-node SLURM cluster of ``scripts/slurm-cluster.sh`` (started when not running).
+
+    Skips only where SLURM cannot be installed (no root, no apt); any other
+    failure to start it is a test error with the script's output.
+    """
+    if _cluster("status").returncode == 0:
+        return "running"
+    if shutil.which("slurmctld") is None and (os.geteuid() != 0 or shutil.which("apt-get") is None):
+        pytest.skip("SLURM is not installed and cannot be installed here (needs root and apt-get)")
+    started = _cluster("start")
+    if started.returncode != 0:
+        raise RuntimeError(f"scripts/slurm-cluster.sh start failed:\n{started.stdout}\n{started.stderr}")
+    return "started"

@@ -1,0 +1,58 @@
+"""The install story: pinned torch, one dependency list in two formats, the README's commands."""
+
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _name(req: str) -> str:
+    return re.split(r"[<>=!~\[ ;]", req, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def _pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def test_environment_yml_names_the_same_packages_as_pyproject():
+    project = _pyproject()["project"]
+    wanted = {_name(r): r for r in project["dependencies"] + project["optional-dependencies"]["test"]}
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    got = {_name(r): r for r in pip if not r.startswith("-e")}
+    assert got.keys() == wanted.keys()
+    assert got == wanted, "same packages, same version constraints"
+
+
+def test_torch_and_torchvision_are_pinned():
+    deps = _pyproject()["project"]["dependencies"]
+    assert "torch==2.14.1" in deps and "torchvision==0.29.1" in deps
+
+
+def test_readme_quickstart_is_two_commands_and_ci_runs_the_second():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Quickstart", 1)[1]
+    block = re.search(r"```(?:bash|sh)?\n(.*?)```", section, re.S).group(1)
+    commands = [line for line in block.splitlines() if line.strip() and not line.strip().startswith("#")]
+    assert len(commands) == 2, commands
+    ci = [line for line in (ROOT / ".ci/run").read_text().splitlines() if line and not line.startswith(("#", "set ", "cd "))]
+    assert ci == [commands[1].split("#")[0].strip()]
+    assert "demo" in commands[0]
+
+
+def test_readme_study_scale_is_one_command():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Study scale", 1)[1]
+    block = re.search(r"```(?:bash|sh)?\n(.*?)```", section, re.S).group(1)
+    commands = [line for line in block.splitlines() if line.strip() and not line.strip().startswith("#")]
+    assert len(commands) == 1 and "study" in commands[0]
+
+
+def test_console_script_and_slurm_profile_are_where_the_tools_look():
+    assert _pyproject()["project"]["scripts"]["pcn"] == "pcn.cli:main"
+    profile = ROOT / "slurm" / "config.yaml"
+    assert profile.is_file(), "`snakemake --profile slurm` looks for ./slurm/config.yaml"
+    assert "pcn_launcher=slurm" in profile.read_text()
