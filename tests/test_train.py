@@ -23,15 +23,28 @@ TIMING_KEYS = {"epoch_time_s", "images_per_s", "train_time_s"}
 
 
 def make_job(root: Path, out: Path, **train) -> TrainJob:
-    cfg = dict(img_size=32, epochs=2, batch_size=8, lr=2e-3, warmup_epochs=0.5, min_lr=1e-5,
-               checkpoint_every_steps=4, aug=AugConfig(label_smoothing=0.1))
+    cfg = {
+        "img_size": 32,
+        "epochs": 2,
+        "batch_size": 8,
+        "lr": 2e-3,
+        "warmup_epochs": 0.5,
+        "min_lr": 1e-5,
+        "checkpoint_every_steps": 4,
+        "aug": AugConfig(label_smoothing=0.1),
+    }
     cfg.update(train)
     return TrainJob(
         model=TINY_MODEL,
         model_options=dict(TINY_OPTIONS),
         num_classes=3,
         train=TrainConfig(**cfg),
-        data=DataSpec(train_folder=str(root / "train"), val_folder=str(root / "val"), loader="torch", num_workers=0),
+        data=DataSpec(
+            train_folder=str(root / "train"),
+            val_folder=str(root / "val"),
+            loader="torch",
+            num_workers=0,
+        ),
         out_dir=str(out),
         metrics_path=str(out / "metrics.json"),
         seed=0,
@@ -47,21 +60,32 @@ def weights(out: Path) -> dict[str, torch.Tensor]:
 def assert_same_weights(a: Path, b: Path) -> None:
     wa, wb = weights(a), weights(b)
     assert wa.keys() == wb.keys()
-    diff = {k: (wa[k].float() - wb[k].float()).abs().max().item() for k in wa if not torch.equal(wa[k], wb[k])}
+    diff = {
+        k: (wa[k].float() - wb[k].float()).abs().max().item()
+        for k in wa
+        if not torch.equal(wa[k], wb[k])
+    }
     assert not diff, f"weights differ: {diff}"
 
 
 def comparable(result: dict) -> dict:
     """A result without wall-clock numbers."""
     out = {k: v for k, v in result.items() if k not in TIMING_KEYS}
-    out["history"] = [{k: v for k, v in e.items() if k not in TIMING_KEYS} for e in result["history"]]
+    out["history"] = [
+        {k: v for k, v in e.items() if k not in TIMING_KEYS} for e in result["history"]
+    ]
     return out
 
 
 # The full recipe with every random piece switched on: mixup/cutmix (numpy RNG),
 # drop-path (torch RNG), EMA and clipping.
-FULL_RECIPE = dict(aug=AugConfig(mixup=0.8, cutmix=1.0, label_smoothing=0.1), drop_path=0.1, ema_decay=0.9,
-                   clip_grad=1.0, epochs=3)
+FULL_RECIPE = {
+    "aug": AugConfig(mixup=0.8, cutmix=1.0, label_smoothing=0.1),
+    "drop_path": 0.1,
+    "ema_decay": 0.9,
+    "clip_grad": 1.0,
+    "epochs": 3,
+}
 
 
 @pytest.fixture(scope="module")
@@ -73,22 +97,47 @@ def reference(tiny_imagefolder, tmp_path_factory):
 
 
 def test_loss_decreases_and_metrics_file(tiny_imagefolder, tmp_path):
-    job = make_job(tiny_imagefolder, tmp_path, epochs=4, lr=3e-3, aug=AugConfig(label_smoothing=0.0))
+    job = make_job(
+        tiny_imagefolder,
+        tmp_path,
+        epochs=4,
+        lr=3e-3,
+        aug=AugConfig(label_smoothing=0.0),
+    )
     result = engine.run(job)
     losses = [e["train_loss"] for e in result["history"]]
     assert losses[-1] < 0.8 * losses[0], losses
-    assert result["loss"] < math.log(3), result  # better than chance on the validation images
+    assert result["loss"] < math.log(3), (
+        result
+    )  # better than chance on the validation images
 
     saved = json.loads(Path(job.metrics_path).read_text())
-    assert saved["status"] == "finished" and saved["epochs"] == 4 and saved["global_step"] == 4 * 6
-    assert saved["val_images"] == 12 and saved["world_size"] == 1 and saved["steps_per_epoch"] == 6
+    assert (
+        saved["status"] == "finished"
+        and saved["epochs"] == 4
+        and saved["global_step"] == 4 * 6
+    )
+    assert (
+        saved["val_images"] == 12
+        and saved["world_size"] == 1
+        and saved["steps_per_epoch"] == 6
+    )
     for key in ("top1", "top5", "loss"):
         assert isinstance(saved[key], float)
     assert 0.0 <= saved["top1"] <= saved["top5"] <= 100.0
     assert [e["epoch"] for e in saved["history"]] == [1, 2, 3, 4]
     for entry in saved["history"]:
-        assert {"epoch", "step", "train_loss", "lr", "epoch_time_s", "images_per_s", "val_top1", "val_top5",
-                "val_loss"} <= entry.keys()
+        assert {
+            "epoch",
+            "step",
+            "train_loss",
+            "lr",
+            "epoch_time_s",
+            "images_per_s",
+            "val_top1",
+            "val_top5",
+            "val_loss",
+        } <= entry.keys()
     # Released-checkpoint format; every file loads with weights_only=True.
     final = torch.load(tmp_path / "model.pth", weights_only=True)
     assert list(final) == ["model"]
@@ -98,7 +147,9 @@ def test_loss_decreases_and_metrics_file(tiny_imagefolder, tmp_path):
 
 
 def test_eval_every_skips_epochs_but_always_evaluates_last(tiny_imagefolder, tmp_path):
-    result = engine.run(make_job(tiny_imagefolder, tmp_path, epochs=3, eval_every=2, max_steps=None))
+    result = engine.run(
+        make_job(tiny_imagefolder, tmp_path, epochs=3, eval_every=2, max_steps=None)
+    )
     evaluated = [e["epoch"] for e in result["history"] if "val_top1" in e]
     assert evaluated == [2, 3]
 
@@ -113,17 +164,23 @@ def test_same_seed_same_weights(tiny_imagefolder, tmp_path, reference):
 
 def test_resume_after_max_steps_is_exact(tiny_imagefolder, tmp_path, reference):
     ref_out, ref_result = reference
-    first = engine.run(make_job(tiny_imagefolder, tmp_path, max_steps=7, **FULL_RECIPE))  # mid-epoch 2
+    first = engine.run(
+        make_job(tiny_imagefolder, tmp_path, max_steps=7, **FULL_RECIPE)
+    )  # mid-epoch 2
     assert first["global_step"] == 7
     result = engine.run(make_job(tiny_imagefolder, tmp_path, **FULL_RECIPE))
     assert result["global_step"] == ref_result["global_step"] == 18
     assert_same_weights(ref_out, tmp_path)
-    ema_ref, ema = (ckpt.load(p / "model_ema.pth")["model"] for p in (ref_out, tmp_path))
+    ema_ref, ema = (
+        ckpt.load(p / "model_ema.pth")["model"] for p in (ref_out, tmp_path)
+    )
     assert all(torch.equal(ema_ref[k], ema[k]) for k in ema_ref)
     assert comparable(result) == comparable(ref_result)
 
 
-def test_resume_after_crash_uses_periodic_checkpoint(tiny_imagefolder, tmp_path, reference):
+def test_resume_after_crash_uses_periodic_checkpoint(
+    tiny_imagefolder, tmp_path, reference
+):
     ref_out, _ = reference
     calls = {"n": 0}
 
@@ -134,8 +191,12 @@ def test_resume_after_crash_uses_periodic_checkpoint(tiny_imagefolder, tmp_path,
         return False
 
     with pytest.raises(RuntimeError, match="injected crash"):
-        engine.run(make_job(tiny_imagefolder, tmp_path, **FULL_RECIPE), stop=crash_at_step_10)
-    assert ckpt.load(tmp_path / "last.pth")["global_step"] == 8  # checkpoint_every_steps=4
+        engine.run(
+            make_job(tiny_imagefolder, tmp_path, **FULL_RECIPE), stop=crash_at_step_10
+        )
+    assert (
+        ckpt.load(tmp_path / "last.pth")["global_step"] == 8
+    )  # checkpoint_every_steps=4
     engine.run(make_job(tiny_imagefolder, tmp_path, **FULL_RECIPE))
     assert_same_weights(ref_out, tmp_path)
 
@@ -148,7 +209,9 @@ def test_stop_request_saves_and_resumes_exactly(tiny_imagefolder, tmp_path, refe
         calls["n"] += 1
         return calls["n"] >= 5
 
-    first = engine.run(make_job(tiny_imagefolder, tmp_path, **FULL_RECIPE), stop=stop_after_step_5)
+    first = engine.run(
+        make_job(tiny_imagefolder, tmp_path, **FULL_RECIPE), stop=stop_after_step_5
+    )
     assert first == {"status": "interrupted", "global_step": 5}
     assert not (tmp_path / "model.pth").exists()
     assert ckpt.load(tmp_path / "last.pth")["global_step"] == 5
@@ -187,7 +250,9 @@ def test_interrupted_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]
 
     # A crash between the write and the rename leaves the old file too.
-    monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    monkeypatch.setattr(
+        os, "replace", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt())
+    )
     with pytest.raises(KeyboardInterrupt):
         ckpt.save({"step": 3, "w": torch.ones(4)}, path)
     monkeypatch.undo()
@@ -205,10 +270,16 @@ def test_rng_state_roundtrips_through_weights_only(tmp_path):
     expected = (torch.rand(3), np.random.rand(3), random.random())
     ckpt.set_rng_state(ckpt.load(tmp_path / "r.pth")["rng"])
     got = (torch.rand(3), np.random.rand(3), random.random())
-    assert torch.equal(expected[0], got[0]) and (expected[1] == got[1]).all() and expected[2] == got[2]
+    assert (
+        torch.equal(expected[0], got[0])
+        and (expected[1] == got[1]).all()
+        and expected[2] == got[2]
+    )
 
 
-def test_finetune_from_checkpoint_new_head_higher_resolution(tiny_imagefolder, tmp_path):
+def test_finetune_from_checkpoint_new_head_higher_resolution(
+    tiny_imagefolder, tmp_path
+):
     import timm
 
     from pcn.models import CheckpointError
@@ -237,32 +308,61 @@ def test_finetune_from_checkpoint_new_head_higher_resolution(tiny_imagefolder, t
         engine.load_init(other, str(pre / "model.pth"))
 
     # Fine-tuning at a higher resolution just runs (no position embedding to resize).
-    ft = make_job(tiny_imagefolder, tmp_path / "ft", img_size=40, epochs=1, lr=5e-4, warmup_epochs=0.0)
+    ft = make_job(
+        tiny_imagefolder,
+        tmp_path / "ft",
+        img_size=40,
+        epochs=1,
+        lr=5e-4,
+        warmup_epochs=0.0,
+    )
     ft.init_checkpoint = str(pre / "model.pth")
     result = engine.run(ft)
     assert result["status"] == "finished" and result["epochs"] == 1
 
 
 def test_schedule_scaling_and_weight_decay_groups(tiny_imagefolder, tmp_path):
-    cfg = TrainConfig(epochs=4, batch_size=64, lr=5e-4, lr_base_batch=32, warmup_epochs=1.0, min_lr=1e-5,
-                      weight_decay=0.05)
+    cfg = TrainConfig(
+        epochs=4,
+        batch_size=64,
+        lr=5e-4,
+        lr_base_batch=32,
+        warmup_epochs=1.0,
+        min_lr=1e-5,
+        weight_decay=0.05,
+    )
     job = make_job(tiny_imagefolder, tmp_path)
     model = engine.build_model(job)
     recipe = build_recipe(cfg, model, steps_per_epoch=10, num_classes=3)
     peak = 5e-4 * 64 / 32
-    assert recipe.lr == pytest.approx(peak) and recipe.total_steps == 40 and recipe.warmup_steps == 10
+    assert (
+        recipe.lr == pytest.approx(peak)
+        and recipe.total_steps == 40
+        and recipe.warmup_steps == 10
+    )
 
-    def expected(step: int) -> float:  # DeiT: linear warm-up from 1e-6, then cosine to min_lr
+    def expected(
+        step: int,
+    ) -> float:  # DeiT: linear warm-up from 1e-6, then cosine to min_lr
         if step < 10:
             return 1e-6 + step * (peak - 1e-6) / 10
         return 1e-5 + 0.5 * (peak - 1e-5) * (1 + math.cos(math.pi * (step - 10) / 30))
 
     for step in range(41):
         recipe.scheduler.step_update(step)
-        assert recipe.optimizer.param_groups[0]["lr"] == pytest.approx(expected(step), rel=1e-9), step
+        assert recipe.optimizer.param_groups[0]["lr"] == pytest.approx(
+            expected(step), rel=1e-9
+        ), step
     decays = {g["weight_decay"] for g in recipe.optimizer.param_groups}
     assert decays == {0.0, 0.05}
-    no_decay = {id(p) for g in recipe.optimizer.param_groups if g["weight_decay"] == 0 for p in g["params"]}
+    no_decay = {
+        id(p)
+        for g in recipe.optimizer.param_groups
+        if g["weight_decay"] == 0
+        for p in g["params"]
+    }
     names = {n for n, p in model.named_parameters() if id(p) in no_decay}
-    assert "cls_token" in names and all(n.endswith(".bias") or n == "cls_token" or model.get_parameter(n).ndim <= 1
-                                        for n in names)
+    assert "cls_token" in names and all(
+        n.endswith(".bias") or n == "cls_token" or model.get_parameter(n).ndim <= 1
+        for n in names
+    )

@@ -25,11 +25,12 @@ import multiprocessing
 import os
 import time
 import warnings
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Iterator, Literal, Sequence
+from typing import Literal
 
 import numpy as np
 
@@ -38,9 +39,21 @@ log = logging.getLogger(__name__)
 Layout = Literal["imagefolder", "imagenet_v2"]
 LAYOUTS = ("imagefolder", "imagenet_v2")
 # torchvision's IMG_EXTENSIONS
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+IMAGE_EXTENSIONS = (
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".ppm",
+    ".bmp",
+    ".pgm",
+    ".tif",
+    ".tiff",
+    ".webp",
+)
 METADATA_VERSION = 1
-_FINGERPRINT_CHUNK = 4 << 20  # bytes hashed at each end of the .beton
+_FINGERPRINT_CHUNK = 4 << 20  # bytes hashed at each end of a large .beton
+_FINGERPRINT_BLOCK = 64 << 10
+_FINGERPRINT_WHOLE = 64 << 20
 
 
 class DatasetError(ValueError):
@@ -59,7 +72,9 @@ class FolderIndex:
     root: Path
     layout: str
     class_names: list[str]  # label order
-    samples: list[tuple[str, int]]  # (path relative to root, label), in class then file order
+    samples: list[
+        tuple[str, int]
+    ]  # (path relative to root, label), in class then file order
 
     @property
     def num_classes(self) -> int:
@@ -76,18 +91,26 @@ def scan_folder(src_dir: str | Path, layout: Layout = "imagefolder") -> FolderIn
         raise DatasetError(f"layout = {layout!r}: expected one of {', '.join(LAYOUTS)}")
     root = Path(src_dir)
     if not root.exists():
-        raise DatasetError(f"{root}: no such directory (expected an image folder <root>/<class>/<image>)")
+        raise DatasetError(
+            f"{root}: no such directory (expected an image folder <root>/<class>/<image>)"
+        )
     if not root.is_dir():
-        raise DatasetError(f"{root}: not a directory (expected an image folder <root>/<class>/<image>)")
-    folders = [p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        raise DatasetError(
+            f"{root}: not a directory (expected an image folder <root>/<class>/<image>)"
+        )
+    folders = [
+        p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+    ]
     if not folders:
-        raise DatasetError(f"{root}: no class subfolders (expected <root>/<class>/<image>, one folder per class)")
+        raise DatasetError(
+            f"{root}: no class subfolders (expected <root>/<class>/<image>, one folder per class)"
+        )
 
     if layout == "imagenet_v2":
         bad = [f for f in folders if not f.isdigit()]
         if bad:
             raise DatasetError(
-                f"{root}: class folder {sorted(bad)[0]!r} is not an integer "
+                f"{root}: class folder {min(bad)!r} is not an integer "
                 "(the imagenet_v2 layout names class folders 0..K-1 by label)"
             )
         labels = sorted(int(f) for f in folders)
@@ -115,7 +138,9 @@ def scan_folder(src_dir: str | Path, layout: Layout = "imagefolder") -> FolderIn
             f"{root}: no images in its {len(class_names)} class folders "
             f"(expected files ending in {', '.join(IMAGE_EXTENSIONS)})"
         )
-    return FolderIndex(root=root, layout=layout, class_names=class_names, samples=samples)
+    return FolderIndex(
+        root=root, layout=layout, class_names=class_names, samples=samples
+    )
 
 
 def source_hash(index: FolderIndex) -> str:
@@ -161,7 +186,13 @@ def verify_images(
     from tqdm import tqdm
 
     paths = [str(index.root / rel) for rel, _ in index.samples]
-    bar = tqdm(total=len(paths), desc="verify", unit="img", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=len(paths),
+        desc="verify",
+        unit="img",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     if num_workers > 1:
         ctx = multiprocessing.get_context("fork")
         with ctx.Pool(num_workers) as pool:
@@ -218,7 +249,9 @@ def _writer_progress(progress: bool) -> Iterator[None]:
     from tqdm import tqdm
 
     original = ffcv.writer.tqdm
-    ffcv.writer.tqdm = partial(tqdm, desc="write", unit="img", disable=not progress, dynamic_ncols=True)
+    ffcv.writer.tqdm = partial(
+        tqdm, desc="write", unit="img", disable=not progress, dynamic_ncols=True
+    )
     try:
         yield
     finally:
@@ -248,16 +281,25 @@ def _remove_stale_temps(dst: Path) -> None:
 
 
 def beton_fingerprint(path: str | Path) -> str:
-    """sha256 of a .beton's size, its first and last 4 MiB (header, field table,
-    per-sample metadata, allocation table): cheap, and unique to one written file."""
+    """sha256 identifying one written .beton, cheap to compute: the whole file up to
+    64 MiB, else its size, first and last 4 MiB (header, field table, per-sample
+    metadata, allocation table) and 256 blocks of 64 KiB spread over the data."""
     path = Path(path)
     size = path.stat().st_size
     h = hashlib.sha256(str(size).encode())
     with open(path, "rb") as fp:
+        if size <= _FINGERPRINT_WHOLE:
+            for block in iter(lambda: fp.read(1 << 20), b""):
+                h.update(block)
+            return h.hexdigest()
         h.update(fp.read(_FINGERPRINT_CHUNK))
-        if size > _FINGERPRINT_CHUNK:
-            fp.seek(max(_FINGERPRINT_CHUNK, size - _FINGERPRINT_CHUNK))
-            h.update(fp.read())
+        for offset in np.linspace(
+            _FINGERPRINT_CHUNK, size - _FINGERPRINT_CHUNK - _FINGERPRINT_BLOCK, 256
+        ):
+            fp.seek(int(offset))
+            h.update(fp.read(_FINGERPRINT_BLOCK))
+        fp.seek(size - _FINGERPRINT_CHUNK)
+        h.update(fp.read())
     return h.hexdigest()
 
 
@@ -344,7 +386,9 @@ def convert_imagefolder(
     try:
         writer = DatasetWriter(str(tmp), fields, num_workers=num_workers)
         with _writer_progress(progress):
-            writer.from_indexed_dataset(_ImageDataset(index.root, good, failures), chunksize=64)
+            writer.from_indexed_dataset(
+                _ImageDataset(index.root, good, failures), chunksize=64
+            )
         if failures.value:
             raise DatasetError(
                 f"{index.root}: {failures.value} images passed verification but failed to decode while "
@@ -406,11 +450,15 @@ def read_metadata(beton_path: str | Path) -> dict:
         raise DatasetError(f"{side}: unreadable metadata sidecar ({exc})") from None
     for key in ("num_samples", "class_names", "beton_fingerprint"):
         if key not in meta:
-            raise DatasetError(f"{side}: metadata sidecar lacks '{key}' (re-run the conversion)")
+            raise DatasetError(
+                f"{side}: metadata sidecar lacks '{key}' (re-run the conversion)"
+            )
     return meta
 
 
-def check_metadata(beton_path: str | Path, expected_classes: Sequence[str] | None = None) -> dict:
+def check_metadata(
+    beton_path: str | Path, expected_classes: Sequence[str] | None = None
+) -> dict:
     """Refuse a .beton whose sidecar does not describe it, or whose classes differ
     from ``expected_classes``; return the metadata."""
     beton = Path(beton_path)
@@ -423,10 +471,17 @@ def check_metadata(beton_path: str | Path, expected_classes: Sequence[str] | Non
             f"{beton}: holds {n} samples but its sidecar says {meta['num_samples']} (stale sidecar; re-run the conversion)"
         )
     if beton_fingerprint(beton) != meta["beton_fingerprint"]:
-        raise DatasetError(f"{beton}: does not match its sidecar's fingerprint (stale sidecar; re-run the conversion)")
-    if expected_classes is not None and list(expected_classes) != list(meta["class_names"]):
+        raise DatasetError(
+            f"{beton}: does not match its sidecar's fingerprint (stale sidecar; re-run the conversion)"
+        )
+    if expected_classes is not None and list(expected_classes) != list(
+        meta["class_names"]
+    ):
         got, want = list(meta["class_names"]), list(expected_classes)
-        diff = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+        diff = next(
+            (i for i, (a, b) in enumerate(zip(got, want)) if a != b),
+            min(len(got), len(want)),
+        )
         raise DatasetError(
             f"{beton}: class list differs from the expected one ({len(got)} classes vs {len(want)}; "
             f"first difference at label {diff}: {got[diff] if diff < len(got) else None!r} "

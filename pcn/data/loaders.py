@@ -22,15 +22,23 @@ built alike give identical batches, for any ``num_workers``.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterator, Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import torch
 
-from pcn.data.ffcv_io import DatasetError, FolderIndex, check_metadata, metadata_path, read_metadata, scan_folder
+from pcn.data.ffcv_io import (
+    DatasetError,
+    FolderIndex,
+    check_metadata,
+    metadata_path,
+    read_metadata,
+    scan_folder,
+)
 from pcn.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -54,7 +62,14 @@ FFCV_MISSING = (
 
 
 def epoch_order(
-    n: int, *, train: bool, seed: int, epoch: int, rank: int = 0, world_size: int = 1, repeats: int = 1
+    n: int,
+    *,
+    train: bool,
+    seed: int,
+    epoch: int,
+    rank: int = 0,
+    world_size: int = 1,
+    repeats: int = 1,
 ) -> np.ndarray:
     """Indices this rank visits in ``epoch`` (before batching and drop_last)."""
     from torch.utils.data import DistributedSampler
@@ -62,12 +77,20 @@ def epoch_order(
     if train and repeats > 1:
         from timm.data.distributed_sampler import RepeatAugSampler
 
-        sampler = RepeatAugSampler(range(n), num_replicas=world_size, rank=rank, shuffle=True, num_repeats=repeats)
+        sampler = RepeatAugSampler(
+            range(n),
+            num_replicas=world_size,
+            rank=rank,
+            shuffle=True,
+            num_repeats=repeats,
+        )
         # timm seeds its permutation with the epoch alone; fold the seed in.
         sampler.set_epoch(stream_key(seed, epoch) & 0x7FFFFFFFFFFFFFFF)
         return np.fromiter(iter(sampler), dtype=np.int64)
     if world_size > 1:
-        sampler = DistributedSampler(range(n), num_replicas=world_size, rank=rank, shuffle=train, seed=seed)
+        sampler = DistributedSampler(
+            range(n), num_replicas=world_size, rank=rank, shuffle=train, seed=seed
+        )
         sampler.set_epoch(epoch)
         return np.fromiter(iter(sampler), dtype=np.int64)
     if train:
@@ -84,7 +107,9 @@ def _import_ffcv():
         from ffcv.loader import Loader, OrderOption
         from ffcv.traversal_order.base import TraversalOrder
     except Exception as exc:  # ImportError, or a broken native build
-        raise ImportError(FFCV_MISSING.format(error=f"{type(exc).__name__}: {exc}")) from exc
+        raise ImportError(
+            FFCV_MISSING.format(error=f"{type(exc).__name__}: {exc}")
+        ) from exc
     return Loader, OrderOption, TraversalOrder
 
 
@@ -118,13 +143,25 @@ class FfcvLoader:
         self.device = torch.device(device)
         self.train = train
 
-        image_ops = ffcv_image_pipeline(train=train, img_size=img_size, aug=aug, crop_ratio=crop_ratio, device=device)
+        image_ops = ffcv_image_pipeline(
+            train=train,
+            img_size=img_size,
+            aug=aug,
+            crop_ratio=crop_ratio,
+            device=device,
+        )
         self._clocks = [op.clock for op in image_ops if hasattr(op, "clock")]
         for clock in self._clocks:
             clock.configure(seed, rank)
 
         n = self.num_samples
-        self._order_args = dict(train=train, seed=seed, rank=rank, world_size=world_size, repeats=repeats)
+        self._order_args = {
+            "train": train,
+            "seed": seed,
+            "rank": rank,
+            "world_size": world_size,
+            "repeats": repeats,
+        }
         quasi = train and not os_cache and world_size == 1 and repeats == 1
         threads = torch.get_num_threads()
         self._loader = Loader(
@@ -153,8 +190,12 @@ class FfcvLoader:
             loader.first_traversal_order = loader.next_traversal_order()
         self._iterator = None
         if self.device.type != "cpu":
-            self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1) * 255
-            self._std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1) * 255
+            self._mean = (
+                torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1) * 255
+            )
+            self._std = (
+                torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1) * 255
+            )
 
     def __len__(self) -> int:
         return len(self._loader)
@@ -197,7 +238,9 @@ def _seeded_rngs(seed: int, fork: bool):
         states = random.getstate(), np.random.get_state(), torch.get_rng_state()
     random.seed(seed)
     np.random.seed(seed & 0xFFFFFFFF)
-    torch.manual_seed(seed & 0x7FFFFFFFFFFFFFFF)
+    torch.default_generator.manual_seed(
+        seed & 0x7FFFFFFFFFFFFFFF
+    )  # CPU only: leave CUDA generators alone
     try:
         yield
     finally:
@@ -214,7 +257,9 @@ class FolderDataset(torch.utils.data.Dataset):
     seeded from (seed, rank, epoch, position).
     """
 
-    def __init__(self, index: FolderIndex, transform, *, seed: int, rank: int, random: bool):
+    def __init__(
+        self, index: FolderIndex, transform, *, seed: int, rank: int, random: bool
+    ):
         self.index = index
         self.transform = transform
         self.key = stream_key(seed, rank, 0x7042)
@@ -233,8 +278,10 @@ class FolderDataset(torch.utils.data.Dataset):
 
             with Image.open(path) as f:
                 img = f.convert("RGB")
-        except Exception as exc:  # noqa: BLE001
-            raise DatasetError(f"{path}: cannot decode image ({type(exc).__name__}: {exc})") from exc
+        except Exception as exc:
+            raise DatasetError(
+                f"{path}: cannot decode image ({type(exc).__name__}: {exc})"
+            ) from exc
         if self.random:
             in_main = torch.utils.data.get_worker_info() is None
             with _seeded_rngs(stream_key(self.key, self.epoch, position), fork=in_main):
@@ -282,7 +329,9 @@ class TorchLoader:
         index = scan_folder(folder, layout)
         if skip:
             skipped = set(skip)
-            index = replace(index, samples=[s for s in index.samples if s[0] not in skipped])
+            index = replace(
+                index, samples=[s for s in index.samples if s[0] not in skipped]
+            )
         if expected_classes is not None and list(expected_classes) != index.class_names:
             raise DatasetError(
                 f"{folder}: class list differs from the expected one "
@@ -292,10 +341,23 @@ class TorchLoader:
         self.num_classes = index.num_classes
         self.num_samples = len(index.samples)
         self.device = torch.device(device)
-        transform = torch_train_transform(img_size, aug) if train else torch_eval_transform(img_size, crop_ratio)
-        self.dataset = FolderDataset(index, transform, seed=seed, rank=rank, random=train)
+        transform = (
+            torch_train_transform(img_size, aug)
+            if train
+            else torch_eval_transform(img_size, crop_ratio)
+        )
+        self.dataset = FolderDataset(
+            index, transform, seed=seed, rank=rank, random=train
+        )
         self.sampler = _OrderSampler(
-            self.num_samples, dict(train=train, seed=seed, rank=rank, world_size=world_size, repeats=repeats)
+            self.num_samples,
+            {
+                "train": train,
+                "seed": seed,
+                "rank": rank,
+                "world_size": world_size,
+                "repeats": repeats,
+            },
         )
         self._epoch = 0
         self._loader = torch.utils.data.DataLoader(
@@ -364,30 +426,36 @@ def build_loader(
     train_aug = TrainAug.from_config(aug)
     repeats = int(getattr(aug, "repeated_aug", 1) or 1) if train else 1
     drop_last = train if drop_last is None else drop_last
-    common = dict(
-        train=train,
-        img_size=img_size,
-        batch_size=batch_size,
-        aug=train_aug,
-        crop_ratio=crop_ratio,
-        num_workers=num_workers,
-        seed=seed,
-        rank=rank,
-        world_size=world_size,
-        drop_last=drop_last,
-        device=str(device),
-        expected_classes=expected_classes,
-        repeats=repeats,
-    )
+    common = {
+        "train": train,
+        "img_size": img_size,
+        "batch_size": batch_size,
+        "aug": train_aug,
+        "crop_ratio": crop_ratio,
+        "num_workers": num_workers,
+        "seed": seed,
+        "rank": rank,
+        "world_size": world_size,
+        "drop_last": drop_last,
+        "device": str(device),
+        "expected_classes": expected_classes,
+        "repeats": repeats,
+    }
     if kind == "ffcv":
         if beton is None:
             raise ValueError("kind='ffcv' needs beton= (the converted dataset)")
-        loader = FfcvLoader(Path(beton), os_cache=os_cache, batches_ahead=batches_ahead, **common)
+        loader = FfcvLoader(
+            Path(beton), os_cache=os_cache, batches_ahead=batches_ahead, **common
+        )
     else:
         if folder is None:
             raise ValueError("kind='torch' needs folder= (the image folder)")
         # Files the conversion skipped as unreadable are skipped here too, so that
         # both kinds index the same samples.
-        skip = read_metadata(beton).get("skipped_files", []) if beton is not None and metadata_path(beton).is_file() else []
+        skip = (
+            read_metadata(beton).get("skipped_files", [])
+            if beton is not None and metadata_path(beton).is_file()
+            else []
+        )
         loader = TorchLoader(Path(folder), layout=layout, skip=skip, **common)
     return loader

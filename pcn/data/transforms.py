@@ -32,8 +32,9 @@ and the FFCV loader refuses ``aug.auto_augment`` with an error saying so.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -44,9 +45,17 @@ if TYPE_CHECKING:
 
 IMAGENET_MEAN = tuple(IMAGENET_DEFAULT_MEAN)
 IMAGENET_STD = tuple(IMAGENET_DEFAULT_STD)
-RRC_RATIO = (3.0 / 4.0, 4.0 / 3.0)  # aspect-ratio range of random-resized-crop (torchvision/timm/FFCV default)
-BLUR_SIGMA = (0.1, 2.0)  # 3-Augment's Gaussian blur radius range (DeiT III, timm 'GaussianBlurRand')
-SOLARIZE_THRESHOLD = 128  # 3-Augment's solarize threshold (PIL ImageOps.solarize default)
+RRC_RATIO = (
+    3.0 / 4.0,
+    4.0 / 3.0,
+)  # aspect-ratio range of random-resized-crop (torchvision/timm/FFCV default)
+BLUR_SIGMA = (
+    0.1,
+    2.0,
+)  # 3-Augment's Gaussian blur radius range (DeiT III, timm 'GaussianBlurRand')
+SOLARIZE_THRESHOLD = (
+    128  # 3-Augment's solarize threshold (PIL ImageOps.solarize default)
+)
 
 
 # --- the recipe ---------------------------------------------------------------------
@@ -63,7 +72,7 @@ class TrainAug:
     color_jitter: float = 0.0
 
     @classmethod
-    def from_config(cls, aug: "AugConfig | None") -> "TrainAug":
+    def from_config(cls, aug: AugConfig | None) -> TrainAug:
         if aug is None:
             return cls()
         return cls(
@@ -157,7 +166,9 @@ def torch_train_transform(img_size: int, aug: TrainAug) -> Callable:
 def torch_eval_transform(img_size: int, crop_ratio: float) -> Callable:
     from torchvision import transforms
 
-    return transforms.Compose([CenterCropResize(img_size, crop_ratio), NormalizeUint8()])
+    return transforms.Compose(
+        [CenterCropResize(img_size, crop_ratio), NormalizeUint8()]
+    )
 
 
 # --- FFCV (numba) implementation ------------------------------------------------------
@@ -196,13 +207,16 @@ def _numba_helpers():
     """numba versions of the hash helpers (compiled lazily, on first FFCV use)."""
     from numba import njit
 
-    mix = njit(inline="always")(mix64)
+    mix = njit(mix64)
 
-    @njit(inline="always")
+    @njit
     def sample_key(epoch_key, batch, slot):
-        return mix(epoch_key ^ mix((np.uint64(batch) << np.uint64(20)) + np.uint64(slot) + _GOLDEN))
+        return mix(
+            epoch_key
+            ^ mix((np.uint64(batch) << np.uint64(20)) + np.uint64(slot) + _GOLDEN)
+        )
 
-    @njit(inline="always")
+    @njit
     def uniform(key, draw):
         return float(mix(key ^ mix(np.uint64(draw) + _GOLDEN)) >> _S11) * _INV53
 
@@ -254,15 +268,19 @@ def _ffcv_ops():
 
     _, sample_key, uniform = _numba_helpers()
 
-    @njit(inline="always")
+    @njit
     def seeded_random_crop(height, width, scale_lo, scale_hi, log_r0, log_r1, key):
         # torchvision's / FFCV's RandomResizedCrop.get_params, with hashed draws.
         area = height * width
         for attempt in range(10):
-            target_area = area * (scale_lo + (scale_hi - scale_lo) * uniform(key, 4 * attempt))
-            aspect = math.exp(log_r0 + (log_r1 - log_r0) * uniform(key, 4 * attempt + 1))
-            w = int(round(math.sqrt(target_area * aspect)))
-            h = int(round(math.sqrt(target_area / aspect)))
+            target_area = area * (
+                scale_lo + (scale_hi - scale_lo) * uniform(key, 4 * attempt)
+            )
+            aspect = math.exp(
+                log_r0 + (log_r1 - log_r0) * uniform(key, 4 * attempt + 1)
+            )
+            w = int(round(math.sqrt(target_area * aspect)))  # noqa: RUF046 - explicit for numba
+            h = int(round(math.sqrt(target_area / aspect)))  # noqa: RUF046 - explicit for numba
             if 0 < w <= width and 0 < h <= height:
                 i = int(uniform(key, 4 * attempt + 2) * (height - h + 1))
                 j = int(uniform(key, 4 * attempt + 3) * (width - w + 1))
@@ -270,10 +288,10 @@ def _ffcv_ops():
         in_ratio = width / height
         if in_ratio < math.exp(log_r0):
             w = width
-            h = int(round(w / math.exp(log_r0)))
+            h = int(round(w / math.exp(log_r0)))  # noqa: RUF046 - explicit for numba
         elif in_ratio > math.exp(log_r1):
             h = height
-            w = int(round(h * math.exp(log_r1)))
+            w = int(round(h * math.exp(log_r1)))  # noqa: RUF046 - explicit for numba
         else:
             w = width
             h = height
@@ -313,7 +331,20 @@ def _ffcv_ops():
                     width = np.uint32(field["width"])
                     if field["mode"] == jpg:
                         temp_buffer = temp_storage[dst_ix]
-                        imdecode_c(image_data, temp_buffer, height, width, height, width, 0, 0, 1, 1, False, False)
+                        imdecode_c(
+                            image_data,
+                            temp_buffer,
+                            height,
+                            width,
+                            height,
+                            width,
+                            0,
+                            0,
+                            1,
+                            1,
+                            False,
+                            False,
+                        )
                         selected_size = 3 * height * width
                         temp_buffer = temp_buffer.reshape(-1)[:selected_size]
                         temp_buffer = temp_buffer.reshape(height, width, 3)
@@ -321,7 +352,13 @@ def _ffcv_ops():
                         temp_buffer = image_data.reshape(height, width, 3)
                     key = sample_key(epoch_key, batch, dst_ix)
                     i, j, h, w = seeded_random_crop(
-                        np.int64(height), np.int64(width), scale_lo, scale_hi, log_r0, log_r1, key
+                        np.int64(height),
+                        np.int64(width),
+                        scale_lo,
+                        scale_hi,
+                        log_r0,
+                        log_r1,
+                        key,
                     )
                     resize_crop_c(temp_buffer, i, i + h, j, j + w, destination[dst_ix])
                 return destination[: len(batch_indices)]
@@ -355,9 +392,11 @@ def _ffcv_ops():
             return flip
 
         def declare_state_and_memory(self, previous_state):
-            return replace(previous_state, jit_mode=True), AllocationQuery(previous_state.shape, previous_state.dtype)
+            return replace(previous_state, jit_mode=True), AllocationQuery(
+                previous_state.shape, previous_state.dtype
+            )
 
-    @njit(inline="always")
+    @njit
     def to_gray(r, g, b):
         # PIL's convert("L"): ITU-R 601-2 luma with PIL's fixed-point rounding.
         return float((int(r) * 19595 + int(g) * 38470 + int(b) * 7471 + 0x8000) >> 16)
@@ -366,7 +405,7 @@ def _ffcv_ops():
     def gaussian_blur(img, tmp, sigma):
         # Separable Gaussian of standard deviation `sigma`, edges replicated (PIL's
         # GaussianBlur approximates the same kernel with three box blurs).
-        radius = max(1, int(math.ceil(3.0 * sigma)))
+        radius = max(1, int(math.ceil(3.0 * sigma)))  # noqa: RUF046
         kernel = np.empty(2 * radius + 1, dtype=np.float32)
         total = 0.0
         for k in range(-radius, radius + 1):
@@ -416,18 +455,30 @@ def _ffcv_ops():
                 mean = 0.0
                 for y in range(height):
                     for x in range(width):
-                        mean += to_gray(round(img[y, x, 0]), round(img[y, x, 1]), round(img[y, x, 2]))
+                        mean += to_gray(
+                            round(img[y, x, 0]),
+                            round(img[y, x, 1]),
+                            round(img[y, x, 2]),
+                        )
                 mean = float(int(mean / (height * width) + 0.5))
                 for y in range(height):
                     for x in range(width):
                         for c in range(3):
-                            img[y, x, c] = min(255.0, max(0.0, mean + factor * (img[y, x, c] - mean)))
+                            img[y, x, c] = min(
+                                255.0, max(0.0, mean + factor * (img[y, x, c] - mean))
+                            )
             else:  # saturation: blend with the greyscale image
                 for y in range(height):
                     for x in range(width):
-                        gray = to_gray(round(img[y, x, 0]), round(img[y, x, 1]), round(img[y, x, 2]))
+                        gray = to_gray(
+                            round(img[y, x, 0]),
+                            round(img[y, x, 1]),
+                            round(img[y, x, 2]),
+                        )
                         for c in range(3):
-                            img[y, x, c] = min(255.0, max(0.0, gray + factor * (img[y, x, c] - gray)))
+                            img[y, x, c] = min(
+                                255.0, max(0.0, gray + factor * (img[y, x, c] - gray))
+                            )
 
     class ThreeAugment(Operation):
         """DeiT III's 3-Augment on uint8 HWC batches, then optional colour jitter.
@@ -467,19 +518,25 @@ def _ffcv_ops():
                             elif choice == 1:
                                 for c in range(3):
                                     v = src[y, x, c]
-                                    img[y, x, c] = float(255 - v) if v >= threshold else float(v)
+                                    img[y, x, c] = (
+                                        float(255 - v) if v >= threshold else float(v)
+                                    )
                             else:
                                 for c in range(3):
                                     img[y, x, c] = float(src[y, x, c])
                     if choice == 2:
-                        gaussian_blur(img, tmp[i], sig_lo + (sig_hi - sig_lo) * uniform(key, 1))
+                        gaussian_blur(
+                            img, tmp[i], sig_lo + (sig_hi - sig_lo) * uniform(key, 1)
+                        )
                     if strength > 0:
                         color_jitter(img, key, strength)
                     out = dst[i]
                     for y in range(height):
                         for x in range(width):
                             for c in range(3):
-                                out[y, x, c] = np.uint8(min(255.0, max(0.0, img[y, x, c] + 0.5)))
+                                out[y, x, c] = np.uint8(
+                                    min(255.0, max(0.0, img[y, x, c] + 0.5))
+                                )
                 return dst[: images.shape[0]]
 
             three_augment.is_parallel = True
@@ -508,7 +565,12 @@ def ffcv_ops():
 
 
 def ffcv_image_pipeline(
-    *, train: bool, img_size: int, aug: TrainAug, crop_ratio: float, device: str | torch.device = "cpu"
+    *,
+    train: bool,
+    img_size: int,
+    aug: TrainAug,
+    crop_ratio: float,
+    device: str | torch.device = "cpu",
 ) -> list:
     """The image pipeline as a list of FFCV operations, the recipe in reading order.
 
@@ -528,7 +590,9 @@ def ffcv_image_pipeline(
                 f"aug.auto_augment = {aug.auto_augment!r} (RandAugment) is implemented for the torch loader only: "
                 "set data.loader: torch in params.yaml, or use aug.three_augment with FFCV"
             )
-        ops = [SeededRandomResizedCrop(size, scale=(aug.scale_min, 1.0), ratio=RRC_RATIO)]
+        ops = [
+            SeededRandomResizedCrop(size, scale=(aug.scale_min, 1.0), ratio=RRC_RATIO)
+        ]
         if aug.hflip > 0:
             ops.append(SeededHorizontalFlip(aug.hflip))
         if aug.three_augment:
@@ -538,8 +602,16 @@ def ffcv_image_pipeline(
     if torch.device(device).type == "cpu":
         mean = np.array(IMAGENET_MEAN) * 255
         std = np.array(IMAGENET_STD) * 255
-        return ops + [NormalizeImage(mean, std, np.float32), ToTensor(), ToTorchImage(channels_last=True)]
-    return ops + [ToTensor(), ToDevice(torch.device(device), non_blocking=True), ToTorchImage(channels_last=True)]
+        return ops + [
+            NormalizeImage(mean, std, np.float32),
+            ToTensor(),
+            ToTorchImage(channels_last=True),
+        ]
+    return ops + [
+        ToTensor(),
+        ToDevice(torch.device(device), non_blocking=True),
+        ToTorchImage(channels_last=True),
+    ]
 
 
 def ffcv_label_pipeline(device: str | torch.device = "cpu") -> list:

@@ -39,7 +39,7 @@ from timm.models._builder import resolve_pretrained_cfg
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 
-from .checkpoint import CheckpointError, check_state_dict, unwrap_state_dict
+from .checkpoint import check_state_dict, unwrap_state_dict
 
 __all__ = ['PatchConvNet', 'ConvStem', 'TrunkBlock', 'AggregationBlock', 'AggregationAttention']
 
@@ -72,7 +72,7 @@ class ConvStem(nn.Module):
             strides = [2, 2, 2, 2 if stride == 16 else 1]
             layers = []
             prev = in_chans
-            for i, (w, s) in enumerate(zip(widths, strides)):
+            for i, (w, s) in enumerate(zip(widths, strides, strict=True)):
                 if i > 0:
                     layers.append(act_layer())
                 layers.append(nn.Sequential(nn.Conv2d(prev, w, 3, stride=s, padding=1, bias=False)))
@@ -444,7 +444,7 @@ class PatchConvNet(nn.Module):
             b = torch.cat([h.bias for h in self.head], dim=0)
             if x.ndim == 2:  # avg pooling: one vector for every class
                 return F.linear(x, w, b)
-            return (x * w).sum(-1) + b  # class k's token through head k
+            return torch.einsum('bkc,kc->bk', x, w) + b  # class k's token through head k
         return self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -103,11 +103,13 @@ def resnet50_attnpool(pretrained=False, **kwargs) -> ResNetAttnPool:
 
 @register_model
 def resnet_demo(pretrained=False, **kwargs) -> ResNet:
-    model_args = dict(block=BasicBlock, layers=(1, 1, 1, 1), channels=(32, 64, 128, 256), stem_width=32, output_stride=8)
+    model_args = dict(
+        block=BasicBlock, layers=(1, 1, 1, 1), channels=(32, 64, 128, 256), stem_width=32, output_stride=8)
     return _create('resnet_demo', ResNet, pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def resnet_demo_attnpool(pretrained=False, **kwargs) -> ResNetAttnPool:
-    model_args = dict(block=BasicBlock, layers=(1, 1, 1, 1), channels=(32, 64, 128, 256), stem_width=32, output_stride=8)
+    model_args = dict(
+        block=BasicBlock, layers=(1, 1, 1, 1), channels=(32, 64, 128, 256), stem_width=32, output_stride=8)
     return _create('resnet_demo_attnpool', ResNetAttnPool, pretrained, **dict(model_args, **kwargs))

@@ -35,14 +35,16 @@ def detect() -> DistEnv:
         from submitit.helpers import TorchDistributedEnvironment
 
         env = TorchDistributedEnvironment()
-        return DistEnv(env.rank, env.world_size, env.local_rank, env.master_addr, env.master_port)
+        return DistEnv(
+            env.rank, env.world_size, env.local_rank, env.master_addr, env.master_port
+        )
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # torchrun
         return DistEnv(
             int(os.environ["RANK"]),
             int(os.environ["WORLD_SIZE"]),
-            int(os.environ.get("LOCAL_RANK", 0)),
+            int(os.environ.get("LOCAL_RANK", "0")),
             os.environ.get("MASTER_ADDR", "127.0.0.1"),
-            int(os.environ.get("MASTER_PORT", 29500)),
+            int(os.environ.get("MASTER_PORT", "29500")),
         )
     return DistEnv()
 

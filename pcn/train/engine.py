@@ -18,15 +18,16 @@ from __future__ import annotations
 
 import contextlib
 import math
+import random
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
-import random
 import timm
 import torch
 import torch.nn.functional as F
@@ -50,8 +51,12 @@ class LoopState:
     global_step: int = 0
     loss_sum: float = 0.0  # this rank's running epoch sums
     loss_count: int = 0
-    rng_epoch: dict | None = None  # this rank's RNG when the epoch's iterator was created
-    rng_step: dict | None = None  # this rank's RNG at the resume point (restored after skipping)
+    rng_epoch: dict | None = (
+        None  # this rank's RNG when the epoch's iterator was created
+    )
+    rng_step: dict | None = (
+        None  # this rank's RNG at the resume point (restored after skipping)
+    )
     history: list[dict] = field(default_factory=list)
     last_eval: dict | None = None
     last_eval_step: int = -1
@@ -97,11 +102,19 @@ def load_init(model: torch.nn.Module, path: str) -> list[str]:
     state = unwrap_state_dict(ckpt.load(path), source=path)
     own = model.state_dict()
     prefix = head_prefix(model)
-    dropped = [k for k, v in state.items()
-               if prefix and k.startswith(prefix) and k in own and tuple(v.shape) != tuple(own[k].shape)]
+    dropped = [
+        k
+        for k, v in state.items()
+        if prefix
+        and k.startswith(prefix)
+        and k in own
+        and tuple(v.shape) != tuple(own[k].shape)
+    ]
     for k in dropped:
         del state[k]
-    check_state_dict(model, state, source=path, allow_missing=(prefix,) if dropped else ())
+    check_state_dict(
+        model, state, source=path, allow_missing=(prefix,) if dropped else ()
+    )
     model.load_state_dict(state, strict=not dropped)
     return dropped
 
@@ -160,9 +173,16 @@ def train_one_epoch(
         state.rng_step = None
 
     model.train()
-    bar = tqdm(total=steps, initial=state.step_in_epoch, desc=f"epoch {state.epoch + 1}/{cfg.epochs}",
-               disable=not is_main, file=sys.stdout, mininterval=1 if sys.stdout.isatty() else 10,
-               dynamic_ncols=True, leave=sys.stdout.isatty())
+    bar = tqdm(
+        total=steps,
+        initial=state.step_in_epoch,
+        desc=f"epoch {state.epoch + 1}/{cfg.epochs}",
+        disable=not is_main,
+        file=sys.stdout,
+        mininterval=1 if sys.stdout.isatty() else 10,
+        dynamic_ncols=True,
+        leave=sys.stdout.isatty(),
+    )
     t0, seen = time.perf_counter(), 0
     try:
         for images, labels in batches:
@@ -177,7 +197,9 @@ def train_one_epoch(
                 loss = recipe.loss(model(images), targets)
             loss_value = loss.item()
             if not math.isfinite(loss_value):
-                raise FloatingPointError(f"loss is {loss_value} at step {state.global_step} (epoch {state.epoch + 1})")
+                raise FloatingPointError(
+                    f"loss is {loss_value} at step {state.global_step} (epoch {state.epoch + 1})"
+                )
             recipe.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.clip_grad:
@@ -195,8 +217,12 @@ def train_one_epoch(
             bar.update(1)
             if bar.n % 10 == 0 or bar.n == steps:
                 rate = seen * D.world() / (time.perf_counter() - t0)
-                bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr_at(recipe, state.global_step):.2e}",
-                                img_s=f"{rate:.0f}", refresh=False)
+                bar.set_postfix(
+                    loss=f"{loss_value:.3f}",
+                    lr=f"{lr_at(recipe, state.global_step):.2e}",
+                    img_s=f"{rate:.0f}",
+                    refresh=False,
+                )
 
             if state.global_step % cfg.checkpoint_every_steps == 0:
                 save()
@@ -243,37 +269,49 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device) -> dict[str, 
     model.train(was_training)
     if n == 0:
         raise ValueError("the validation loader yielded no images")
-    return {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n, "loss": loss_sum / n, "n": n}
+    return {
+        "top1": 100.0 * correct1 / n,
+        "top5": 100.0 * correct5 / n,
+        "loss": loss_sum / n,
+        "n": n,
+    }
 
 
 # --- checkpoints ----------------------------------------------------------------------
 
 
-def _save_resume(job: TrainJob, model, recipe: Recipe, state: LoopState, env: D.DistEnv) -> None:
+def _save_resume(
+    job: TrainJob, model, recipe: Recipe, state: LoopState, env: D.DistEnv
+) -> None:
     """Gather every rank's RNG and loss sums, then rank 0 writes ``last.pth`` atomically."""
-    per_rank = D.all_gather_object({
-        "rng": ckpt.rng_state(),
-        "rng_epoch": state.rng_epoch,
-        "loss_sum": state.loss_sum,
-        "loss_count": state.loss_count,
-    })
+    per_rank = D.all_gather_object(
+        {
+            "rng": ckpt.rng_state(),
+            "rng_epoch": state.rng_epoch,
+            "loss_sum": state.loss_sum,
+            "loss_count": state.loss_count,
+        }
+    )
     if not env.is_main:
         return
-    ckpt.save({
-        "format": "pcn-train-resume-v1",
-        "fingerprint": job.fingerprint(),
-        "model": _unwrap(model).state_dict(),
-        "optimizer": recipe.optimizer.state_dict(),
-        "scheduler": recipe.scheduler.state_dict(),
-        "ema": recipe.ema.module.state_dict() if recipe.ema is not None else None,
-        "epoch": state.epoch,
-        "step_in_epoch": state.step_in_epoch,
-        "global_step": state.global_step,
-        "history": state.history,
-        "last_eval": state.last_eval,
-        "last_eval_step": state.last_eval_step,
-        "ranks": per_rank,
-    }, job.last_path)
+    ckpt.save(
+        {
+            "format": "pcn-train-resume-v1",
+            "fingerprint": job.fingerprint(),
+            "model": _unwrap(model).state_dict(),
+            "optimizer": recipe.optimizer.state_dict(),
+            "scheduler": recipe.scheduler.state_dict(),
+            "ema": recipe.ema.module.state_dict() if recipe.ema is not None else None,
+            "epoch": state.epoch,
+            "step_in_epoch": state.step_in_epoch,
+            "global_step": state.global_step,
+            "history": state.history,
+            "last_eval": state.last_eval,
+            "last_eval_step": state.last_eval_step,
+            "ranks": per_rank,
+        },
+        job.last_path,
+    )
 
 
 def _restore(job: TrainJob, model, recipe: Recipe, env: D.DistEnv) -> LoopState | None:
@@ -290,16 +328,24 @@ def _restore(job: TrainJob, model, recipe: Recipe, env: D.DistEnv) -> LoopState 
     recipe.scheduler.load_state_dict(saved["scheduler"])
     if recipe.ema is not None:
         recipe.ema.module.load_state_dict(saved["ema"])
-    state = LoopState(epoch=saved["epoch"], step_in_epoch=saved["step_in_epoch"], global_step=saved["global_step"],
-                      history=saved["history"], last_eval=saved["last_eval"], last_eval_step=saved["last_eval_step"])
+    state = LoopState(
+        epoch=saved["epoch"],
+        step_in_epoch=saved["step_in_epoch"],
+        global_step=saved["global_step"],
+        history=saved["history"],
+        last_eval=saved["last_eval"],
+        last_eval_step=saved["last_eval_step"],
+    )
     ranks = saved["ranks"]
     if len(ranks) == env.world_size:
         mine = ranks[env.rank]
         state.rng_step, state.rng_epoch = mine["rng"], mine["rng_epoch"]
         state.loss_sum, state.loss_count = mine["loss_sum"], mine["loss_count"]
     else:
-        warnings.warn(f"{job.last_path} was written by {len(ranks)} ranks, resuming on {env.world_size}: "
-                      "RNG streams are reseeded, so this run will not repeat an uninterrupted one exactly")
+        warnings.warn(
+            f"{job.last_path} was written by {len(ranks)} ranks, resuming on {env.world_size}: "
+            "RNG streams are reseeded, so this run will not repeat an uninterrupted one exactly"
+        )
         seed_everything(job.seed + 1000 * state.global_step + env.rank)
         state.rng_epoch = ckpt.rng_state()
     recipe.scheduler.step_update(state.global_step)
@@ -310,7 +356,10 @@ def _write_outputs(job: TrainJob, model, recipe: Recipe, result: dict) -> None:
     Path(job.out_dir).mkdir(parents=True, exist_ok=True)
     ckpt.save({"model": _unwrap(model).state_dict()}, job.final_path)
     if recipe.ema is not None:
-        ckpt.save({"model": recipe.ema.module.state_dict()}, Path(job.out_dir) / "model_ema.pth")
+        ckpt.save(
+            {"model": recipe.ema.module.state_dict()},
+            Path(job.out_dir) / "model_ema.pth",
+        )
     if job.metrics_path:
         ckpt.save_json(result, job.metrics_path)
 
@@ -323,14 +372,37 @@ def _loaders(job: TrainJob, env: D.DistEnv, device: torch.device):
 
     cfg, data = job.train, job.data
     if cfg.batch_size % env.world_size:
-        raise ValueError(f"train.batch_size = {cfg.batch_size} is not divisible by the {env.world_size} ranks")
+        raise ValueError(
+            f"train.batch_size = {cfg.batch_size} is not divisible by the {env.world_size} ranks"
+        )
     per_rank = cfg.batch_size // env.world_size
-    common = dict(kind=data.loader, img_size=cfg.img_size, aug=cfg.aug, crop_ratio=data.crop_ratio,
-                  num_workers=data.num_workers, seed=job.seed, device=str(device))
-    train = build_loader(beton=data.train_beton, folder=data.train_folder, train=True, batch_size=per_rank,
-                         rank=env.rank, world_size=env.world_size, **common)
-    val = build_loader(beton=data.val_beton, folder=data.val_folder, train=False, batch_size=per_rank,
-                       rank=0, world_size=1, **common)
+    common = {
+        "kind": data.loader,
+        "img_size": cfg.img_size,
+        "aug": cfg.aug,
+        "crop_ratio": data.crop_ratio,
+        "num_workers": data.num_workers,
+        "seed": job.seed,
+        "device": str(device),
+    }
+    train = build_loader(
+        beton=data.train_beton,
+        folder=data.train_folder,
+        train=True,
+        batch_size=per_rank,
+        rank=env.rank,
+        world_size=env.world_size,
+        **common,
+    )
+    val = build_loader(
+        beton=data.val_beton,
+        folder=data.val_folder,
+        train=False,
+        batch_size=per_rank,
+        rank=0,
+        world_size=1,
+        **common,
+    )
     return train, val
 
 
@@ -352,19 +424,26 @@ def run(job: TrainJob, stop: Callable[[], bool] | None = None) -> dict[str, Any]
     return result
 
 
-def _run(job: TrainJob, env: D.DistEnv, device: torch.device, stop: Callable[[], bool]) -> dict[str, Any]:
+def _run(
+    job: TrainJob, env: D.DistEnv, device: torch.device, stop: Callable[[], bool]
+) -> dict[str, Any]:
     cfg = job.train
     log = RunLogger(job.mlflow_run_id, job.mlflow_uri, enabled=env.is_main)
     train_loader, val_loader = _loaders(job, env, device)
     if job.num_classes != train_loader.num_classes:
-        raise ValueError(f"the model has {job.num_classes} classes but the training data has {train_loader.num_classes}")
+        raise ValueError(
+            f"the model has {job.num_classes} classes but the training data has {train_loader.num_classes}"
+        )
 
     seed_everything(job.seed)  # identical init on every rank
     model = build_model(job)
     if job.init_checkpoint:
         dropped = load_init(model, job.init_checkpoint)
         if dropped and env.is_main:
-            print(f"[{job.stage}] init from {job.init_checkpoint}; new classifier: {', '.join(dropped)}", flush=True)
+            print(
+                f"[{job.stage}] init from {job.init_checkpoint}; new classifier: {', '.join(dropped)}",
+                flush=True,
+            )
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
@@ -376,47 +455,89 @@ def _run(job: TrainJob, env: D.DistEnv, device: torch.device, stop: Callable[[],
         state = LoopState()
         seed_everything(job.seed + env.rank)  # per-rank streams for drop-path and mixup
     elif env.is_main:
-        print(f"[{job.stage}] resuming from {job.last_path} at epoch {state.epoch + 1}, "
-              f"step {state.step_in_epoch}/{steps_per_epoch} (global step {state.global_step})", flush=True)
+        print(
+            f"[{job.stage}] resuming from {job.last_path} at epoch {state.epoch + 1}, "
+            f"step {state.step_in_epoch}/{steps_per_epoch} (global step {state.global_step})",
+            flush=True,
+        )
     if env.world_size > 1:
-        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     if state.global_step == 0:
-        log.log_params({"train.lr_scaled": recipe.lr, "train.world_size": env.world_size,
-                        "train.batch_per_rank": cfg.batch_size // env.world_size,
-                        "train.steps_per_epoch": steps_per_epoch, "train.total_steps": recipe.total_steps})
+        log.log_params(
+            {
+                "train.lr_scaled": recipe.lr,
+                "train.world_size": env.world_size,
+                "train.batch_per_rank": cfg.batch_size // env.world_size,
+                "train.steps_per_epoch": steps_per_epoch,
+                "train.total_steps": recipe.total_steps,
+            }
+        )
 
     def save() -> None:
         _save_resume(job, model, recipe, state, env)
 
     outcome = "epoch"
     t_start = time.perf_counter()
-    while state.epoch < cfg.epochs and not (cfg.max_steps and state.global_step >= cfg.max_steps):
+    while state.epoch < cfg.epochs and not (
+        cfg.max_steps and state.global_step >= cfg.max_steps
+    ):
         t0, step0 = time.perf_counter(), state.global_step
-        outcome = train_one_epoch(model, train_loader, recipe, state, cfg=cfg, device=device, save=save,
-                                  stop=stop, is_main=env.is_main)
+        outcome = train_one_epoch(
+            model,
+            train_loader,
+            recipe,
+            state,
+            cfg=cfg,
+            device=device,
+            save=save,
+            stop=stop,
+            is_main=env.is_main,
+        )
         if outcome == "interrupted":
             if env.is_main:
-                print(f"[{job.stage}] interrupted at global step {state.global_step}; state saved to {job.last_path}",
-                      flush=True)
+                print(
+                    f"[{job.stage}] interrupted at global step {state.global_step}; state saved to {job.last_path}",
+                    flush=True,
+                )
             return {"status": "interrupted", "global_step": state.global_step}
         if outcome != "epoch":
             break
-        sums = D.all_reduce_sum(torch.tensor([state.loss_sum, float(state.loss_count)], dtype=torch.float64))
+        sums = D.all_reduce_sum(
+            torch.tensor([state.loss_sum, float(state.loss_count)], dtype=torch.float64)
+        )
         elapsed = time.perf_counter() - t0
-        entry = {"epoch": state.epoch, "step": state.global_step, "train_loss": (sums[0] / sums[1]).item(),
-                 "lr": lr_at(recipe, state.global_step), "epoch_time_s": elapsed,
-                 "images_per_s": (state.global_step - step0) * cfg.batch_size / max(elapsed, 1e-9)}
+        entry = {
+            "epoch": state.epoch,
+            "step": state.global_step,
+            "train_loss": (sums[0] / sums[1]).item(),
+            "lr": lr_at(recipe, state.global_step),
+            "epoch_time_s": elapsed,
+            "images_per_s": (state.global_step - step0)
+            * cfg.batch_size
+            / max(elapsed, 1e-9),
+        }
         state.loss_sum, state.loss_count = 0.0, 0
         if state.epoch % cfg.eval_every == 0 or state.epoch == cfg.epochs:
             _evaluate_into(state, model, val_loader, device, recipe)
-            entry.update({f"val_{k}": v for k, v in state.last_eval.items() if k != "n"})
+            entry.update(
+                {f"val_{k}": v for k, v in state.last_eval.items() if k != "n"}
+            )
         state.history.append(entry)
         log.log_metrics(entry, step=state.epoch)
         if env.is_main:
-            shown = ", ".join(f"{k} {v:.4g}" for k, v in entry.items() if k not in ("epoch", "step"))
-            print(f"[{job.stage}] epoch {state.epoch}/{cfg.epochs}: {shown}", flush=True)
+            shown = ", ".join(
+                f"{k} {v:.4g}" for k, v in entry.items() if k not in ("epoch", "step")
+            )
+            print(
+                f"[{job.stage}] epoch {state.epoch}/{cfg.epochs}: {shown}", flush=True
+            )
             if job.metrics_path:
-                ckpt.save_json(_result(job, env, recipe, state, steps_per_epoch, status="running"), job.metrics_path)
+                ckpt.save_json(
+                    _result(job, env, recipe, state, steps_per_epoch, status="running"),
+                    job.metrics_path,
+                )
 
     save()  # the resume state at the end (a later run with more max_steps continues from here)
     if state.last_eval_step != state.global_step:
@@ -425,23 +546,41 @@ def _run(job: TrainJob, env: D.DistEnv, device: torch.device, stop: Callable[[],
     result["train_time_s"] = time.perf_counter() - t_start
     if env.is_main:
         _write_outputs(job, model, recipe, result)
-        log.log_metrics({k: result[k] for k in ("top1", "top5", "loss") if k in result}, step=state.epoch)
+        log.log_metrics(
+            {k: result[k] for k in ("top1", "top5", "loss") if k in result},
+            step=state.epoch,
+        )
         if job.metrics_path:
             log.log_artifact(job.metrics_path)
-        print(f"[{job.stage}] done: top1 {result['top1']:.2f}%, top5 {result['top5']:.2f}%, "
-              f"{state.global_step} steps", flush=True)
+        print(
+            f"[{job.stage}] done: top1 {result['top1']:.2f}%, top5 {result['top5']:.2f}%, "
+            f"{state.global_step} steps",
+            flush=True,
+        )
     return result
 
 
 def _evaluate_into(state: LoopState, model, loader, device, recipe: Recipe) -> None:
     metrics = evaluate(model, loader, device)
     if recipe.ema is not None:
-        metrics.update({f"ema_{k}": v for k, v in evaluate(recipe.ema.module, loader, device).items() if k != "n"})
+        metrics.update(
+            {
+                f"ema_{k}": v
+                for k, v in evaluate(recipe.ema.module, loader, device).items()
+                if k != "n"
+            }
+        )
     state.last_eval, state.last_eval_step = metrics, state.global_step
 
 
-def _result(job: TrainJob, env: D.DistEnv, recipe: Recipe, state: LoopState, steps_per_epoch: int,
-            status: str) -> dict[str, Any]:
+def _result(
+    job: TrainJob,
+    env: D.DistEnv,
+    recipe: Recipe,
+    state: LoopState,
+    steps_per_epoch: int,
+    status: str,
+) -> dict[str, Any]:
     out: dict[str, Any] = {
         "status": status,
         "stage": job.stage,

@@ -24,7 +24,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -35,10 +34,23 @@ from submitit.core.utils import UncompletedJobError
 from pcn.config import LauncherConfig, SlurmConfig
 from pcn.train.job import TrainJob
 
-TERMINAL_SLURM = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
-                  "DEADLINE", "GONE"}
-LOCAL_TIMEOUT_MIN = 7 * 24 * 60  # the local controller has no wall-clock limit worth the name
-ERROR_GRACE_S = 60  # a rank failed: the others get this long to fail too, then the job is cancelled
+TERMINAL_SLURM = {
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "BOOT_FAIL",
+    "DEADLINE",
+    "GONE",
+}
+LOCAL_TIMEOUT_MIN = (
+    7 * 24 * 60
+)  # the local controller has no wall-clock limit worth the name
+ERROR_GRACE_S = (
+    60  # a rank failed: the others get this long to fail too, then the job is cancelled
+)
 TAIL_LINES = 30
 
 
@@ -50,7 +62,11 @@ class _StopFlag:
     """SIGUSR2 -> a flag the engine polls; the handler it replaced (submitit's) runs later."""
 
     def __init__(self) -> None:
-        self.signum = submitit.JobEnvironment._usr_sig() if os.environ.get("SUBMITIT_EXECUTOR") else signal.SIGUSR2
+        self.signum = (
+            submitit.JobEnvironment._usr_sig()
+            if os.environ.get("SUBMITIT_EXECUTOR")
+            else signal.SIGUSR2
+        )
         self.previous = signal.getsignal(self.signum)
         self.raised = False
         signal.signal(self.signum, self._set)
@@ -67,7 +83,9 @@ class _StopFlag:
         signal.signal(self.signum, self.previous)
         if callable(self.previous):
             self.previous(self.signum, None)
-            raise SystemExit(0)  # not rank 0: submitit's handler returned; rank 0 requeues the job
+            raise SystemExit(
+                0
+            )  # not rank 0: submitit's handler returned; rank 0 requeues the job
 
 
 class TrainTask(submitit.helpers.Checkpointable):
@@ -85,7 +103,9 @@ class TrainTask(submitit.helpers.Checkpointable):
             flag.hand_over()
         return result
 
-    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+    def checkpoint(
+        self, *args: Any, **kwargs: Any
+    ) -> submitit.helpers.DelayedSubmission:
         # The engine has already written last.pth (at a step boundary); resubmit the same job.
         return submitit.helpers.DelayedSubmission(TrainTask(self.job))
 
@@ -93,7 +113,9 @@ class TrainTask(submitit.helpers.Checkpointable):
 # --- executors -----------------------------------------------------------------------------
 
 
-def slurm_parameters(launcher: LauncherConfig, job_name: str, gpus_available: bool = True) -> dict[str, Any]:
+def slurm_parameters(
+    launcher: LauncherConfig, job_name: str, gpus_available: bool = True
+) -> dict[str, Any]:
     """The ``submitit.SlurmExecutor`` parameters (sbatch names) of ``launcher.slurm``."""
     s: SlurmConfig = launcher.slurm
     params: dict[str, Any] = {
@@ -120,14 +142,24 @@ def slurm_parameters(launcher: LauncherConfig, job_name: str, gpus_available: bo
 
 def _executor(launcher: LauncherConfig, job: TrainJob, log_dir: Path):
     if launcher.kind == "slurm":
-        ex = submitit.SlurmExecutor(folder=log_dir / "%j", max_num_timeout=launcher.slurm.max_requeues)
+        ex = submitit.SlurmExecutor(
+            folder=log_dir / "%j", max_num_timeout=launcher.slurm.max_requeues
+        )
         ex.update_parameters(**slurm_parameters(launcher, job.stage))
         return ex
     import torch
 
-    ex = submitit.LocalExecutor(folder=log_dir / "%j", max_num_timeout=launcher.slurm.max_requeues)
-    gpus = launcher.tasks if job.device != "cpu" and torch.cuda.device_count() >= launcher.tasks else 0
-    ex.update_parameters(tasks_per_node=launcher.tasks, gpus_per_node=gpus, timeout_min=LOCAL_TIMEOUT_MIN)
+    ex = submitit.LocalExecutor(
+        folder=log_dir / "%j", max_num_timeout=launcher.slurm.max_requeues
+    )
+    gpus = (
+        launcher.tasks
+        if job.device != "cpu" and torch.cuda.device_count() >= launcher.tasks
+        else 0
+    )
+    ex.update_parameters(
+        tasks_per_node=launcher.tasks, gpus_per_node=gpus, timeout_min=LOCAL_TIMEOUT_MIN
+    )
     return ex
 
 
@@ -137,7 +169,13 @@ def _executor(launcher: LauncherConfig, job: TrainJob, log_dir: Path):
 def _slurm_state(job_id: str) -> str:
     """JobState from scontrol (works without an accounting database); GONE once purged."""
     try:
-        out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, timeout=30)
+        out = subprocess.run(
+            ["scontrol", "show", "job", "-o", job_id],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return "UNKNOWN"
     m = re.search(r"JobState=(\S+)", out.stdout)
@@ -179,9 +217,18 @@ def _tail(path: Path, n: int = TAIL_LINES) -> str:
 
 def _failure(job, state: str, why: str) -> TrainJobFailed:
     tasks = [job.task(i) for i in range(job.num_tasks)] if job.num_tasks > 1 else [job]
-    failed = [t for t in tasks if _outcome(t) == "error"]
-    culprit = failed[0] if failed else next(
-        (t for t in tasks if "Traceback" in _tail(t.paths.stderr, 10_000)), tasks[0])
+    # The rank that failed first is the cause; the others usually fail on its broken connection.
+    failed = sorted(
+        (t for t in tasks if _outcome(t) == "error"),
+        key=lambda t: t.paths.result_pickle.stat().st_mtime,
+    )
+    culprit = (
+        failed[0]
+        if failed
+        else next(
+            (t for t in tasks if "Traceback" in _tail(t.paths.stderr, 10_000)), tasks[0]
+        )
+    )
     task_id = culprit.task_id if culprit.task_id is not None else 0
     return TrainJobFailed(
         f"training job {job.job_id} {why} (state {state}); last {TAIL_LINES} lines of task {task_id}'s stderr "
@@ -205,15 +252,20 @@ def wait(job, poll_s: float = 2.0, echo=print) -> dict[str, Any]:
                 f.seek(seen)
                 new = f.read()
             seen += len(new)
-            parts = [p for p in re.split(r"[\r\n]+", new.decode(errors="replace")) if p.strip()]
+            parts = [
+                p
+                for p in re.split(r"[\r\n]+", new.decode(errors="replace"))
+                if p.strip()
+            ]
             if parts and parts[-1] != last_line:
                 last_line = parts[-1]
                 echo(f"  {last_line.strip()}")
         except OSError:
             pass
         outcomes = [_outcome(t) for t in tasks]
-        if outcomes[0] == "success" and all(o is not None for o in outcomes) or (
-                outcomes[0] == "success" and _terminal(job, state)):
+        if outcomes[0] == "success" and (
+            all(o is not None for o in outcomes) or _terminal(job, state)
+        ):
             return main.result()
         if "error" in outcomes:
             error_at = error_at or time.monotonic()
@@ -229,17 +281,23 @@ def wait(job, poll_s: float = 2.0, echo=print) -> dict[str, Any]:
         time.sleep(poll_s)
 
 
-def launch(job: TrainJob, launcher: LauncherConfig, log_dir: Path, echo=print) -> dict[str, Any]:
+def launch(
+    job: TrainJob, launcher: LauncherConfig, log_dir: Path, echo=print
+) -> dict[str, Any]:
     """Submit ``job`` with ``launcher`` (logs under ``log_dir/<job id>/``), wait, return its metrics."""
     log_dir = Path(log_dir).absolute()
     log_dir.mkdir(parents=True, exist_ok=True)
     executor = _executor(launcher, job, log_dir)
     submitted = executor.submit(TrainTask(job))
-    echo(f"submitted {job.stage} as {launcher.kind} job {submitted.job_id} "
-         f"({submitted.num_tasks} task{'s' if submitted.num_tasks > 1 else ''}); logs in {submitted.paths.folder}")
+    echo(
+        f"submitted {job.stage} as {launcher.kind} job {submitted.job_id} "
+        f"({submitted.num_tasks} task{'s' if submitted.num_tasks > 1 else ''}); logs in {submitted.paths.folder}"
+    )
     try:
         return wait(submitted, echo=echo)
-    except UncompletedJobError as exc:  # result pickle says the job gave up (e.g. requeued too often)
+    except (
+        UncompletedJobError
+    ) as exc:  # result pickle says the job gave up (e.g. requeued too often)
         raise TrainJobFailed(f"training job {submitted.job_id}: {exc}") from None
     except KeyboardInterrupt:
         submitted.cancel(check=False)

@@ -39,12 +39,20 @@ def scaled_lr(cfg: TrainConfig) -> float:
     return cfg.lr * cfg.batch_size / cfg.lr_base_batch if cfg.lr_base_batch else cfg.lr
 
 
-def build_recipe(cfg: TrainConfig, model: torch.nn.Module, steps_per_epoch: int, num_classes: int) -> Recipe:
+def build_recipe(
+    cfg: TrainConfig, model: torch.nn.Module, steps_per_epoch: int, num_classes: int
+) -> Recipe:
     """Everything the loop needs besides model and data; ``model`` is the unwrapped module."""
     lr = scaled_lr(cfg)
-    optimizer = create_optimizer_v2(model, opt="adamw", lr=lr, weight_decay=cfg.weight_decay, filter_bias_and_bn=True)
+    optimizer = create_optimizer_v2(
+        model,
+        opt="adamw",
+        lr=lr,
+        weight_decay=cfg.weight_decay,
+        filter_bias_and_bn=True,
+    )
     total = cfg.epochs * steps_per_epoch
-    warmup = min(int(round(cfg.warmup_epochs * steps_per_epoch)), max(total - 1, 0))
+    warmup = min(round(cfg.warmup_epochs * steps_per_epoch), max(total - 1, 0))
     scheduler = CosineLRScheduler(
         optimizer,
         t_initial=max(total - warmup, 1),
@@ -56,16 +64,23 @@ def build_recipe(cfg: TrainConfig, model: torch.nn.Module, steps_per_epoch: int,
     )
     aug = cfg.aug
     if aug.mixup > 0 or aug.cutmix > 0:
-        mixup = Mixup(mixup_alpha=aug.mixup, cutmix_alpha=aug.cutmix, label_smoothing=aug.label_smoothing,
-                      num_classes=num_classes)
+        mixup = Mixup(
+            mixup_alpha=aug.mixup,
+            cutmix_alpha=aug.cutmix,
+            label_smoothing=aug.label_smoothing,
+            num_classes=num_classes,
+        )
         loss: torch.nn.Module = SoftTargetCrossEntropy()
     else:
         mixup = None
-        loss = LabelSmoothingCrossEntropy(aug.label_smoothing) if aug.label_smoothing > 0 else torch.nn.CrossEntropyLoss()
+        loss = (
+            LabelSmoothingCrossEntropy(aug.label_smoothing)
+            if aug.label_smoothing > 0
+            else torch.nn.CrossEntropyLoss()
+        )
     ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay else None
     return Recipe(optimizer, scheduler, mixup, loss, ema, lr, total, warmup)
 
 
 def lr_at(recipe: Recipe, step: int) -> float:
     return recipe.scheduler._get_lr(step)[0]
-

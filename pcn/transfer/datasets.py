@@ -52,7 +52,7 @@ class DatasetError(ValueError):
 def read_rgb(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+            return np.array(im.convert("RGB"))
     except FileNotFoundError:
         raise DatasetError(f"{path}: image file missing") from None
     except (UnidentifiedImageError, OSError) as exc:

@@ -1,0 +1,184 @@
+"""Images/s of the FFCV and torchvision loaders on the same images (train pipeline).
+
+    python benchmarks/bench_loaders.py --out bench_loaders.json
+
+Makes (or takes, --folder) an ImageFolder of JPEGs, converts it to a .beton, then
+times one epoch of each loader per resolution (random-resized-crop + flip), after a
+warm-up epoch that absorbs numba compilation and worker start-up. Both use
+num_workers = os.cpu_count() unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def make_folder(
+    root: Path, n_images: int, n_classes: int, height: int, width: int, seed: int = 0
+) -> Path:
+    """Deterministic smooth-noise JPEGs (photo-like file sizes), q90."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for i in range(n_images):
+        d = root / f"class_{i % n_classes:03d}"
+        d.mkdir(parents=True, exist_ok=True)
+        coarse = rng.integers(
+            0, 256, size=(height // 16, width // 16, 3), dtype=np.uint8
+        )
+        img = Image.fromarray(coarse).resize((width, height), Image.BICUBIC)
+        fine = rng.normal(0, 12, size=(height, width, 3))
+        arr = np.clip(np.asarray(img, dtype=np.float32) + fine, 0, 255).astype(np.uint8)
+        Image.fromarray(arr).save(d / f"img_{i:05d}.jpg", quality=90)
+    return root
+
+
+def time_loader(loader, epochs: int) -> tuple[float, int]:
+    for _ in loader:  # warm-up: numba compilation, worker start, page cache
+        pass
+    n, t0 = 0, time.perf_counter()
+    for _ in range(epochs):
+        for images, labels in loader:
+            n += images.shape[0]
+    return n / (time.perf_counter() - t0), n
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--folder",
+        type=Path,
+        help="existing ImageFolder (default: generate one in a temp dir)",
+    )
+    ap.add_argument("--n-images", type=int, default=2000)
+    ap.add_argument("--n-classes", type=int, default=10)
+    ap.add_argument("--height", type=int, default=320)
+    ap.add_argument("--width", type=int, default=400)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[224, 176])
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument(
+        "--epochs", type=int, default=2, help="timed epochs per loader and size"
+    )
+    ap.add_argument("--num-workers", type=int, default=os.cpu_count())
+    ap.add_argument(
+        "--write-mode", default="raw", choices=["raw", "jpg", "proportion", "smart"]
+    )
+    ap.add_argument("--max-resolution", type=int, default=400)
+    ap.add_argument("--jpeg-quality", type=int, default=90)
+    ap.add_argument("--compress-probability", type=float, default=0.5)
+    ap.add_argument(
+        "--no-os-cache",
+        action="store_true",
+        help="FFCV process cache + quasi-random order",
+    )
+    ap.add_argument("--batches-ahead", type=int, default=3)
+    ap.add_argument(
+        "--loaders", nargs="+", default=["ffcv", "torch"], choices=["ffcv", "torch"]
+    )
+    ap.add_argument("--out", type=Path, help="write the results as JSON here")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from pcn.data.ffcv_io import convert_imagefolder
+    from pcn.data.loaders import build_loader
+
+    torch.set_num_threads(max(1, args.num_workers))
+    with tempfile.TemporaryDirectory(prefix="bench_loaders_") as tmp:
+        tmp = Path(tmp)
+        folder = args.folder
+        if folder is None:
+            t0 = time.perf_counter()
+            folder = make_folder(
+                tmp / "images", args.n_images, args.n_classes, args.height, args.width
+            )
+            print(
+                f"made {args.n_images} JPEGs of {args.height}x{args.width} in {time.perf_counter() - t0:.1f} s"
+            )
+        beton = tmp / "train.beton"
+        conv = convert_imagefolder(
+            folder,
+            beton,
+            max_resolution=args.max_resolution,
+            jpeg_quality=args.jpeg_quality,
+            compress_probability=args.compress_probability,
+            write_mode=args.write_mode,
+            max_bad_fraction=0.0,
+            num_workers=args.num_workers,
+            progress=False,
+        )
+        print(
+            f"converted {conv['n_images']} images in {conv['seconds']:.1f} s ({conv['images_per_s']} img/s), "
+            f".beton {beton.stat().st_size / 2**20:.0f} MiB"
+        )
+        rows = []
+        for size in args.sizes:
+            for kind in args.loaders:
+                loader = build_loader(
+                    beton=beton,
+                    folder=folder,
+                    kind=kind,
+                    train=True,
+                    img_size=size,
+                    batch_size=args.batch_size,
+                    aug=None,  # random-resized-crop (0.08, 1) + flip 0.5
+                    num_workers=args.num_workers,
+                    seed=0,
+                    os_cache=not args.no_os_cache,
+                    batches_ahead=args.batches_ahead,
+                )
+                rate, n = time_loader(loader, args.epochs)
+                rows.append(
+                    {
+                        "loader": kind,
+                        "img_size": size,
+                        "images_per_s": round(rate, 1),
+                        "images": n,
+                    }
+                )
+                print(f"  {kind:5s} {size:4d} px: {rate:8.1f} img/s")
+                del loader
+
+    by = {(r["loader"], r["img_size"]): r["images_per_s"] for r in rows}
+    print(f"\n{'size':>6} {'ffcv img/s':>12} {'torch img/s':>12} {'ratio':>7}")
+    ratios = {}
+    for size in args.sizes:
+        f, t = by.get(("ffcv", size)), by.get(("torch", size))
+        ratio = f / t if f and t else None
+        ratios[str(size)] = round(ratio, 2) if ratio else None
+        print(
+            f"{size:>6} {f or float('nan'):>12.1f} {t or float('nan'):>12.1f} {ratio or float('nan'):>7.2f}"
+        )
+    result = {
+        "settings": {
+            k: (str(v) if isinstance(v, Path) else v)
+            for k, v in vars(args).items()
+            if k != "out"
+        },
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+        },
+        "conversion": {k: v for k, v in conv.items() if k != "skipped_files"},
+        "results": rows,
+        "ffcv_over_torch": ratios,
+    }
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

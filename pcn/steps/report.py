@@ -1,0 +1,177 @@
+"""Analysis stages: attention maps and their localisation scores, the figures, the report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from pcn.io import atomic_path
+from pcn.steps.common import setup_torch, stage
+
+ATTENTION_DIR = Path("results/attention")
+FIGURES_DIR = Path("reports/figures")
+METHOD_TITLES = {
+    "patchconvnet": "PatchConvNet (class token)",
+    "patchconvnet_multiclass": "PatchConvNet multi-class (label's token)",
+    "gradcam": "Grad-CAM (avg-pool model)",
+    "cam": "CAM (avg-pool model)",
+    "centre": "centre prior",
+    "uniform": "uniform map (floor)",
+}
+
+
+def _objects_file(params) -> Path | None:
+    if params.data.source == "demo":
+        return Path("data/demo/imagenet/val_objects.json")
+    p = Path(params.data.imagenet_val).parent / "val_objects.json"  # same format, if someone provides one
+    return p if p.is_file() else None
+
+
+def _checkpoints(params) -> dict[str, tuple[str, str, dict]]:
+    """method -> (checkpoint, timm model name, constructor options) of the maps the stage draws."""
+    exp = params.experiments
+    s0 = exp.seeds[0]
+    base = params.model.options
+    out = {"patchconvnet": (f"results/ablations/baseline-s{s0}/model.pth", params.model.name,
+                            {**base, **exp.variants["baseline"]}),
+           "patchconvnet_multiclass": (f"results/multiclass/scratch-s{s0}/model.pth", exp.multiclass_model, {})}
+    avg = next((n for n, o in exp.variants.items() if o.get("pool") == "avg"), None)
+    if avg:
+        out["cam"] = (f"results/ablations/{avg}-s{s0}/model.pth", params.model.name, {**base, **exp.variants[avg]})
+    return out
+
+
+def _model(name: str, options: dict, checkpoint: str, num_classes: int):
+    import timm
+
+    import pcn.models  # noqa: F401  (registers the models with timm)
+    from pcn.models.checkpoint import load_checkpoint
+
+    model = timm.create_model(name, num_classes=num_classes, **options)
+    load_checkpoint(model, checkpoint, strict=True)
+    return model.eval()
+
+
+def attention(args) -> int:
+    from pcn.analysis import attention as A
+    from pcn.analysis import figures as F
+    from pcn.cli import UserError
+    from pcn.steps.train import num_classes
+
+    with stage(args, "attention", ("attention", "runtime")) as st:
+        p, cfg = st.params, st.params.attention
+        setup_torch(p.runtime.threads)
+        objects = _objects_file(p)
+        if objects is None or not objects.is_file():
+            raise UserError(f"{objects or 'val_objects.json'}: no ground-truth objects for the validation images "
+                            "(the demo_data stage writes them)")
+        class_names, items = A.read_val_objects(objects, cfg.n_images)
+        size = p.experiments.train.img_size
+        images, x, masks, boxes = A.load_images(items, size)
+        labels = np.array([it.label for it in items])
+        k = num_classes(p)
+        ckpts = _checkpoints(p)
+
+        logits, raw, maps = {}, {}, {}
+        path, name, opts = ckpts["patchconvnet"]
+        logits["patchconvnet"], raw["patchconvnet"] = A.attention_maps(_model(name, opts, path, k), x)
+        maps["patchconvnet"] = A.upsample(raw["patchconvnet"], size)
+        path, name, opts = ckpts["patchconvnet_multiclass"]
+        logits["patchconvnet_multiclass"], raw["multiclass_all"] = A.attention_maps(_model(name, opts, path, k), x)
+        multi_all = A.upsample(raw["multiclass_all"], size)
+        maps["patchconvnet_multiclass"] = A.label_maps(multi_all, labels)
+        if "cam" in ckpts:
+            path, name, opts = ckpts["cam"]
+            avg_model = _model(name, opts, path, k)
+            import torch
+
+            with torch.no_grad():
+                logits["gradcam"] = logits["cam"] = avg_model(x).numpy()
+            maps.update(A.class_activation_maps(avg_model, x, labels))
+        table = A.localisation_table(maps, masks, boxes, cfg.threshold)
+        for method, lg in logits.items():
+            table[method]["model_top1"] = A.top1(lg, labels)
+        for method, (path, name, _) in ckpts.items():
+            for m in (method, "gradcam") if method == "cam" else (method,):
+                table[m].update(checkpoint=path, model=name)
+
+        captions = [f"{it.class_name}" for it in items]
+        with atomic_path(ATTENTION_DIR, directory=True) as out:
+            np.savez_compressed(
+                out / "maps.npz", images=images, masks=masks, boxes=boxes, labels=labels,
+                files=np.array([str(it.path) for it in items]), class_names=np.array(class_names),
+                **{f"map_{m}": v.astype(np.float16) for m, v in maps.items()},
+                multiclass_all=multi_all.astype(np.float16),
+                raw_patchconvnet=raw["patchconvnet"], raw_multiclass=raw["multiclass_all"],
+                **{f"logits_{m}": v for m, v in logits.items()})
+            shown = {m: maps[m] for m in ("patchconvnet", "patchconvnet_multiclass", "gradcam", "cam") if m in maps}
+            F.save(F.attention_figure(images, shown, METHOD_TITLES, captions, n=cfg.n_figure), out, "attention_single")
+            F.save(F.multiclass_figure(images, multi_all, class_names, logits["patchconvnet_multiclass"], labels,
+                                       n=cfg.n_figure), out, "attention_multiclass")
+            F.save(F.localisation_figure(table, METHOD_TITLES), out, "localisation")
+        metrics = {**table, "threshold": cfg.threshold, "n_images": len(items), "img_size": size,
+                   "ground_truth": str(objects),
+                   "definitions": {
+                       "pointing_game": "% of images whose map maximum lies in the object mask (ties: share of "
+                                        "the tied maxima inside; so a uniform map scores the object's area fraction)",
+                       "pointing_game_box": "the same against the object's bounding box",
+                       "iou": f"% mean IoU of (map >= {cfg.threshold} x max) with the object mask",
+                       "model_top1": "top-1 of the map's model on these images",
+                       "cam": "pytorch_grad_cam.HiResCAM on the last trunk block (= CAM for avg-pool + linear)",
+                       "gradcam": "pytorch_grad_cam.GradCAM on the last trunk block, labelled class",
+                       "centre": "Gaussian on the image centre, sigma = side / 4",
+                       "uniform": "constant map: the chance floor"}}
+        st.run.log_metrics({f"{m}.{k2}": v for m, row in table.items() for k2, v in row.items()
+                            if isinstance(v, (int, float))})
+        st.finish(metrics, "metrics/attention.json",
+                  artifacts=tuple(ATTENTION_DIR / f"{n}.png" for n in ("attention_single", "attention_multiclass",
+                                                                        "localisation")))
+        for m, row in table.items():
+            print(f"{METHOD_TITLES.get(m, m):44s} pointing {row['pointing_game']:5.1f}%  "
+                  f"box {row['pointing_game_box']:5.1f}%  IoU {row['iou']:5.1f}%  (n={row['n']})")
+    return 0
+
+
+def _paper_directions(path: str | Path = "paper/numbers.yaml") -> dict[str, str]:
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        return {}
+    doc = yaml.safe_load(p.read_text()) or {}
+    return {k: v.get("direction") for k, v in (doc.get("ablations") or {}).items() if isinstance(v, dict)}
+
+
+def figures(args) -> int:
+    from pcn.analysis.figures import build_figures
+
+    with stage(args, "figures", ("scale",)) as st:
+        with atomic_path(FIGURES_DIR, directory=True) as out:
+            manifest = build_figures(Path("."), out, _paper_directions())
+        for name, info in manifest["figures"].items():
+            print(f"figure {name}: {', '.join(info['files'])}")
+        for name, why in manifest["skipped"].items():
+            print(f"skipped {name}: {why}")
+        st.run.log_metrics({"figures": len(manifest["figures"]), "skipped": len(manifest["skipped"])})
+        for info in manifest["figures"].values():
+            for f in info["files"]:
+                if f.endswith(".png"):
+                    st.run.log_artifact(FIGURES_DIR / f, "figures")
+        st.run.log_artifact(FIGURES_DIR / "index.json", "figures")
+    return 0
+
+
+def report(args) -> int:
+    from pcn.analysis.report import build_report, write_report
+
+    with stage(args, "report", ("scale",)) as st:
+        doc = build_report(Path("."), st.params)
+        md, html = write_report(doc, Path("reports"))
+        counts = doc.status_counts()
+        st.run.log_metrics({f"rows_{k.replace(' ', '_')}": v for k, v in counts.items()})
+        st.run.log_artifact(md)
+        st.run.log_artifact(html)
+        print(f"wrote {md} and {html}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    return 0

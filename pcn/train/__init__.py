@@ -1,0 +1,14 @@
+"""Training: the job spec, the DeiT-recipe loop, checkpoints and the local/SLURM launchers.
+
+- ``pcn.train.engine.run(job)`` trains in this process (one rank, or one DDP rank of a
+  launched job);
+- ``pcn.train.launch.launch(job, launcher, log_dir)`` runs it through submitit, locally
+  or on SLURM, and waits (``TrainJobFailed`` when the job fails);
+- ``pcn.train.dryrun.dry_run(params)`` prints the paper-scale plan without submitting.
+
+Importing this package (for the job spec) does not import torch, timm or submitit.
+"""
+
+from pcn.train.job import DataSpec, TrainJob
+
+__all__ = ["DataSpec", "TrainJob"]

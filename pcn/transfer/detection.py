@@ -1,0 +1,247 @@
+"""Detection and instance segmentation transfer: the column trunk + pyramid neck + Mask R-CNN.
+
+The paper (Sec. 4.3) trains Mask R-CNN on COCO with the 3x schedule (36 epochs,
+multi-scale training, AdamW). Here the detector is torchvision's ``MaskRCNN``
+(RPN, RoIAlign, box and mask heads) on a backbone module that runs the pyramid
+neck (strides 4..32) and torchvision's ``FeaturePyramidNetwork`` with its max-pool
+level (stride 64), exposing ``out_channels`` as torchvision expects.
+
+Multi-scale training is torchvision's own transform: ``min_size`` is the tuple of
+``detection.min_sizes`` and one is drawn per batch. Anchor sizes scale with the
+images: (32, 64, 128, 256, 512) at COCO sizes, (8, ..., 128) for 128 px scenes.
+
+Outputs of :func:`run` (under the job's ``out_dir``, written atomically):
+``detections_val.json`` (COCO results format: one list, each entry with ``bbox``
+and a compressed-RLE ``segmentation``), ``model.pth`` and ``qualitative.png``.
+Scoring is pycocotools' ``COCOeval`` against the val annotation file; for ``segm``
+the boxes are dropped first so areas come from the masks (as detectron2 does).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import warnings
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from pycocotools import mask as mask_utils
+
+from pcn.transfer import IterationSampler, TransferJob, build_optimizer, finish_outputs, run_logger, setup_device
+from pcn.transfer import train_loop
+from pcn.transfer.datasets import (IMAGENET_MEAN, IMAGENET_STD, CocoInstances, coco_eval_transforms,
+                                   coco_train_transforms, collate_detection)
+from pcn.transfer.metrics import COCO_STATS, coco_from_dict, coco_scores
+from pcn.transfer.pyramid import PyramidBackbone, create_pyramid_backbone
+
+log = logging.getLogger(__name__)
+
+RESULTS_FILE = "detections_val.json"
+MASK_THRESHOLD = 0.5
+
+
+class PyramidFPN(nn.Module):
+    """Pyramid backbone + FPN: an OrderedDict of levels '0'..'3' (strides 4..32) and 'pool' (64)."""
+
+    def __init__(self, backbone: PyramidBackbone, out_channels: int = 256):
+        from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
+
+        super().__init__()
+        self.body = backbone
+        self.fpn = FeaturePyramidNetwork(list(backbone.out_channels), out_channels, extra_blocks=LastLevelMaxPool())
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+        feats = self.body(x)  # torchvision pads batches to a multiple of 32 already
+        return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(feats)))
+
+
+def anchor_sizes(img_size: int) -> tuple[tuple[int, ...], ...]:
+    """One size per level (strides 4..64): 8x the stride at COCO sizes, smaller for small images."""
+    base = int(min(32, max(8, round(32 * img_size / 512))))
+    return tuple((base * 2 ** i,) for i in range(5))
+
+
+def build_model(job: TransferJob, n_classes: int):
+    """torchvision MaskRCNN over the pyramid; ``n_classes`` object classes (+ background)."""
+    from torchvision.models.detection import MaskRCNN
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.ops import MultiScaleRoIAlign
+
+    ckpt = job.checkpoint if job.init == "pretrained" else None
+    body, report = create_pyramid_backbone(job.model, job.model_options, ckpt)
+    backbone = PyramidFPN(body, job.cfg("fpn_channels", 256))
+    sizes = anchor_sizes(job.cfg("img_size"))
+    anchors = AnchorGenerator(sizes=sizes, aspect_ratios=((0.5, 1.0, 2.0),) * len(sizes))
+    levels = ["0", "1", "2", "3"]
+    min_sizes = tuple(job.cfg("min_sizes") or [job.cfg("img_size")])
+    model = MaskRCNN(
+        backbone,
+        num_classes=n_classes + 1,
+        min_size=min_sizes,
+        max_size=int(round(max(min_sizes) * 1333 / 800)),
+        image_mean=list(IMAGENET_MEAN),
+        image_std=list(IMAGENET_STD),
+        rpn_anchor_generator=anchors,
+        box_roi_pool=MultiScaleRoIAlign(levels, output_size=7, sampling_ratio=2),
+        mask_roi_pool=MultiScaleRoIAlign(levels, output_size=14, sampling_ratio=2),
+    )
+    return model, (report.summary() if report else None)
+
+
+def _to_device(images, targets, device):
+    images = [im.to(device) for im in images]
+    targets = [{k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in t.items()} for t in targets]
+    return images, targets
+
+
+@torch.no_grad()
+def detect(model, dataset: CocoInstances, device: torch.device, batch_size: int = 8) -> list[dict]:
+    """COCO results (bbox xywh + compressed RLE of the mask at 0.5) for every image of ``dataset``."""
+    model.eval()
+    results = []
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_detection)
+    for images, targets in loader:
+        outputs = model([im.to(device) for im in images])
+        for out, tgt in zip(outputs, targets):
+            boxes = out["boxes"].cpu().numpy()
+            masks = (out["masks"][:, 0] >= MASK_THRESHOLD).cpu().numpy().astype(np.uint8)
+            for box, score, label, m in zip(boxes, out["scores"].tolist(), out["labels"].tolist(), masks):
+                rle = mask_utils.encode(np.asfortranarray(m))
+                rle["counts"] = rle["counts"].decode("ascii")
+                x0, y0, x1, y1 = (float(v) for v in box)
+                results.append({
+                    "image_id": int(tgt["image_id"]),
+                    "category_id": int(dataset.label_to_cat[int(label)]),
+                    "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
+                    "score": round(float(score), 5),
+                    "segmentation": rle,
+                })
+    return results
+
+
+def qualitative_figure(dataset: CocoInstances, results: list[dict], path: Path, n: int = 4, min_score: float = 0.5) -> None:
+    """A few val images: ground truth (left) and detections above ``min_score`` (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    from pcn.transfer.datasets import annotation_mask, read_rgb
+
+    names = {c["id"]: c.get("name", str(c["id"])) for c in dataset.categories}
+    by_image: dict[int, list] = {}
+    for r in results:
+        if r["score"] >= min_score:
+            by_image.setdefault(r["image_id"], []).append(r)
+    cmap = plt.get_cmap("tab10")
+    fig, axes = plt.subplots(n, 2, figsize=(5.5, 2.7 * n), squeeze=False)
+    for row, im in zip(axes, dataset.images[:n]):
+        image = read_rgb(dataset.image_path(im)).astype(np.float32) / 255
+        gts = [(a["bbox"], annotation_mask(a, im["height"], im["width"]), a["category_id"], None)
+               for a in dataset.anns[im["id"]]]
+        dts = [(r["bbox"], mask_utils.decode({**r["segmentation"], "counts": r["segmentation"]["counts"].encode()}),
+                r["category_id"], r["score"]) for r in by_image.get(im["id"], [])]
+        for ax, items, title in ((row[0], gts, "ground truth"), (row[1], dts, f"detections >= {min_score}")):
+            shown = image.copy()
+            for k, (_, m, cat, _) in enumerate(items):
+                colour = np.array(cmap(cat % 10)[:3])
+                shown[m > 0] = 0.5 * shown[m > 0] + 0.5 * colour
+            ax.imshow(shown)
+            for bbox, _, cat, score in items:
+                colour = cmap(cat % 10)
+                ax.add_patch(Rectangle((bbox[0], bbox[1]), bbox[2], bbox[3], fill=False, color=colour, lw=1.2))
+                text = names.get(cat, str(cat)) + (f" {score:.2f}" if score is not None else "")
+                ax.text(bbox[0], bbox[1] - 1, text, fontsize=6, color="white",
+                        bbox=dict(facecolor=colour, alpha=0.7, pad=0.5, lw=0))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def _scheduler(optimizer, iters: int, lr: float):
+    """The 3x schedule's shape: linear warm-up, x0.1 at 3/4 and 11/12 of the iterations."""
+    from timm.scheduler import MultiStepLRScheduler
+
+    warmup = min(1000, iters // 10)
+    return MultiStepLRScheduler(optimizer, decay_t=[int(iters * 0.75), int(iters * 11 / 12)], decay_rate=0.1,
+                                warmup_t=warmup, warmup_lr_init=lr * 1e-3, warmup_prefix=False, t_in_epochs=False)
+
+
+def run(job: TransferJob) -> dict[str, Any]:
+    """Train, detect on val, score with COCOeval, write the outputs; return the metrics."""
+    from pcn.io import atomic_path
+
+    t_start = time.perf_counter()
+    device = setup_device(job)
+    iters, bs = job.cfg("iters"), job.cfg("batch_size")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train_set = CocoInstances(job.data_root, "train", transforms=coco_train_transforms())
+        val_set = CocoInstances(job.data_root, "val", transforms=coco_eval_transforms())
+    for w in caught:
+        log.warning("%s", w.message)
+    if len({c["id"] for c in train_set.categories} ^ {c["id"] for c in val_set.categories}):
+        from pcn.transfer.datasets import DatasetError
+
+        raise DatasetError(f"{val_set.ann_file}: categories differ from {train_set.ann_file}")
+    model, weights_report = build_model(job, len(train_set.categories))
+    model.to(device)
+    optimizer = build_optimizer(model, job.cfg("lr"), job.cfg("weight_decay", 0.05))
+    scheduler = _scheduler(optimizer, iters, job.cfg("lr"))
+
+    def loader_from(start: int):
+        sampler = IterationSampler(len(train_set), bs, iters, job.seed, start)
+        return torch.utils.data.DataLoader(train_set, batch_size=bs, sampler=sampler, num_workers=job.num_workers,
+                                           collate_fn=collate_detection, drop_last=True)
+
+    def step(batch) -> torch.Tensor:
+        images, targets = _to_device(*batch, device)
+        losses = model(images, targets)
+        return sum(losses.values())
+
+    mlf = run_logger(job)
+    loop = train_loop(job, model, optimizer, scheduler, loader_from, step, iters, mlf, clip_grad=None)
+
+    out_dir = Path(job.out_dir)
+    gt = coco_from_dict(val_set.data)
+    with atomic_path(out_dir, directory=True) as tmp:
+        t_eval = time.perf_counter()
+        results = detect(model, val_set, device)
+        scores = {iou: coco_scores(gt, results, iou) for iou in ("bbox", "segm")}
+        eval_s = time.perf_counter() - t_eval
+        (tmp / RESULTS_FILE).write_text(json.dumps(results) + "\n")
+        torch.save({"model": model.state_dict()}, tmp / "model.pth")
+        qualitative_figure(val_set, results, tmp / "qualitative.png")
+    finish_outputs(job, loop.losses)
+    mlf.log_artifact(out_dir / "qualitative.png")
+    metrics: dict[str, Any] = {f"{iou}_{k}": scores[iou][k] for iou in ("bbox", "segm") for k in COCO_STATS}
+    metrics.update({
+        "results_file": str(out_dir / RESULTS_FILE),
+        "annotations_file": str(val_set.ann_file),
+        "segm_scored_without_bbox": True,
+        "n_detections": len(results),
+        "n_val_images": len(val_set),
+        "n_degenerate_skipped": train_set.n_degenerate + val_set.n_degenerate,
+        "checkpoint_file": str(out_dir / "model.pth"),
+        "figure": str(out_dir / "qualitative.png"),
+        "init": job.init,
+        "backbone": job.model,
+        "backbone_weights": weights_report,
+        "iters": iters,
+        "resumed_from": loop.resumed_from,
+        "final_loss": float(np.mean(loop.losses[-10:])) if loop.losses else None,
+        "train_seconds": round(loop.seconds, 1),
+        "eval_seconds": round(eval_s, 1),
+        "seconds": round(time.perf_counter() - t_start, 1),
+    })
+    return metrics

@@ -1,0 +1,182 @@
+#!/usr/bin/env bash
+# A one-node SLURM cluster on this machine, for the tests and the demo.
+#
+#   scripts/slurm-cluster.sh start    install slurm-wlm + munge if missing (apt, as root),
+#                                     write /etc/slurm/slurm.conf, start munged, slurmctld,
+#                                     slurmd, wait until the node is idle (no-op if running)
+#   scripts/slurm-cluster.sh stop     stop the daemons
+#   scripts/slurm-cluster.sh status   exit 0 when the node answers and is usable
+#
+# The configuration goes to /etc/slurm/slurm.conf, where sbatch/squeue (called by
+# submitit and snakemake) find it without SLURM_CONF; state, spool, logs and pid
+# files live under $PCN_SLURM_DIR (default /tmp/pcn-slurm).
+# Exit codes: 0 ok, 1 failure, 3 SLURM cannot be installed here (no root / no apt).
+set -euo pipefail
+
+STATE_DIR="${PCN_SLURM_DIR:-/tmp/pcn-slurm}"
+CONF=/etc/slurm/slurm.conf
+START_TIMEOUT_S="${PCN_SLURM_START_TIMEOUT_S:-60}"
+
+log() { echo "slurm-cluster: $*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+node_name() { hostname -s; }
+
+install_packages() {
+    if command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v munged >/dev/null; then
+        return 0
+    fi
+    if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+        log "slurm-wlm/munge are not installed and cannot be installed here (needs root and apt-get)"
+        exit 3
+    fi
+    log "installing slurm-wlm and munge (apt)"
+    export DEBIAN_FRONTEND=noninteractive
+    if ! { apt-get update -qq && apt-get install -y -qq slurm-wlm munge >/dev/null; }; then
+        log "apt-get install slurm-wlm munge failed"
+        exit 3
+    fi
+}
+
+write_config() {
+    local node cpus mem_mb
+    node="$(node_name)"
+    cpus="$(nproc)"
+    # RealMemory must not exceed what slurmd sees, or the node is drained: take 80 % of available.
+    mem_mb="$(awk '/MemAvailable/ {printf "%d", $2 / 1024 * 0.8}' /proc/meminfo)"
+    mkdir -p "$STATE_DIR"/{state,spool,log,run} /etc/slurm
+    cat >"$CONF" <<EOF
+# Written by scripts/slurm-cluster.sh: a one-node test cluster.
+ClusterName=pcn
+SlurmctldHost=$node
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+# Requeued jobs wait for the credential lifetime before they start again (default 120 s).
+AuthInfo=cred_expire=10
+StateSaveLocation=$STATE_DIR/state
+SlurmdSpoolDir=$STATE_DIR/spool
+SlurmctldPidFile=$STATE_DIR/run/slurmctld.pid
+SlurmdPidFile=$STATE_DIR/run/slurmd.pid
+SlurmctldLogFile=$STATE_DIR/log/slurmctld.log
+SlurmdLogFile=$STATE_DIR/log/slurmd.log
+SlurmctldPort=6817
+SlurmdPort=6818
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+SchedulerType=sched/backfill
+SchedulerParameters=sched_interval=2,bf_interval=2,defer_batch=0
+JobRequeue=1
+KillWait=5
+MinJobAge=600
+ReturnToService=2
+SlurmctldTimeout=30
+SlurmdTimeout=30
+InactiveLimit=0
+Waittime=0
+MpiDefault=none
+NodeName=$node CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
+PartitionName=debug Nodes=$node Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
+EOF
+}
+
+start_munge() {
+    if munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
+        return 0
+    fi
+    mkdir -p /run/munge /etc/munge /var/lib/munge /var/log/munge
+    chown munge:munge /run/munge /var/lib/munge /var/log/munge
+    chmod 0755 /run/munge
+    if [ ! -s /etc/munge/munge.key ]; then
+        dd if=/dev/urandom of=/etc/munge/munge.key bs=1024 count=1 status=none
+    fi
+    chown munge:munge /etc/munge/munge.key
+    chmod 0400 /etc/munge/munge.key
+    if command -v runuser >/dev/null; then
+        runuser -u munge -- /usr/sbin/munged --force
+    else
+        su -s /bin/sh munge -c "/usr/sbin/munged --force"
+    fi
+    for _ in $(seq 1 20); do
+        munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && return 0
+        sleep 0.5
+    done
+    die "munged does not answer (munge -n | unmunge fails)"
+}
+
+pid_alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+node_state() { sinfo -h -N -n "$(node_name)" -o '%T' 2>/dev/null | head -1; }
+
+usable() {
+    local s
+    s="$(node_state)" || return 1
+    case "$s" in
+        idle* | mixed* | allocated* | completing*) return 0 ;;
+        *) return 1 ;;
+    esac
+}
+
+status() {
+    if [ -f "$CONF" ] && pid_alive "$STATE_DIR/run/slurmctld.pid" && pid_alive "$STATE_DIR/run/slurmd.pid" && usable; then
+        echo "running: node $(node_name) $(node_state)"
+        return 0
+    fi
+    echo "not running"
+    return 1
+}
+
+start() {
+    if status >/dev/null 2>&1; then
+        log "already running ($(node_state))"
+        return 0
+    fi
+    install_packages
+    stop_daemons quiet
+    write_config
+    start_munge
+    /usr/sbin/slurmctld || die "slurmctld did not start; see $STATE_DIR/log/slurmctld.log"
+    /usr/sbin/slurmd || die "slurmd did not start; see $STATE_DIR/log/slurmd.log"
+    local waited=0 s=""
+    while [ "$waited" -lt "$START_TIMEOUT_S" ]; do
+        s="$(node_state || true)"
+        case "$s" in
+            idle*) log "node $(node_name) is idle"; return 0 ;;
+            drain* | down*) scontrol update NodeName="$(node_name)" State=RESUME >/dev/null 2>&1 || true ;;
+        esac
+        sleep 1
+        waited=$((waited + 1))
+    done
+    log "last lines of slurmctld.log:"
+    tail -n 20 "$STATE_DIR/log/slurmctld.log" >&2 || true
+    log "last lines of slurmd.log:"
+    tail -n 20 "$STATE_DIR/log/slurmd.log" >&2 || true
+    die "node $(node_name) not idle after ${START_TIMEOUT_S}s (state: '${s:-no answer}')"
+}
+
+stop_daemons() {
+    local name pidfile pid
+    for name in slurmd slurmctld; do
+        pidfile="$STATE_DIR/run/$name.pid"
+        if pid_alive "$pidfile"; then
+            pid="$(cat "$pidfile")"
+            kill "$pid" 2>/dev/null || true
+            for _ in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+            kill -9 "$pid" 2>/dev/null || true
+        fi
+        rm -f "$pidfile"
+    done
+    [ "${1:-}" = quiet ] || log "stopped"
+}
+
+case "${1:-}" in
+    start) start ;;
+    stop) stop_daemons ;;
+    status) status ;;
+    *) echo "usage: $0 {start|stop|status}" >&2; exit 2 ;;
+esac

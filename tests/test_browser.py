@@ -1,0 +1,170 @@
+"""What a user sees: the MLflow UI started by `pcn ui` and the HTML report, in headless Chromium.
+
+Screenshots go to the test's tmp folder (printed) and, with PCN_KEEP_SCREENSHOTS set,
+are copied to reports/screenshots/.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"]
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT_MS = 120_000  # MLflow's UI took ~17 s to render its runs table on a 2-core machine
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        yield b
+        b.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _keep(shots: Path) -> None:
+    print(f"screenshots: {shots}")
+    if os.environ.get("PCN_KEEP_SCREENSHOTS"):
+        dest = ROOT / "reports" / "screenshots"
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in shots.glob("*.png"):
+            shutil.copyfile(f, dest / f.name)
+        print(f"copied to {dest}")
+
+
+def _params(uri: str):
+    import yaml
+
+    from pcn.config import resolve
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["tracking"]["uri"] = uri
+    return resolve(raw)
+
+
+def test_mlflow_ui_shows_pipeline_and_stage_runs(browser, tmp_path, monkeypatch, capsys):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import mlflow
+
+    from pcn import tracking
+    from pcn.analysis import ui
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    params = _params(uri)
+    mlflow.MlflowClient(uri).create_experiment(params.tracking.experiment, artifact_location=str(tmp_path / "artifacts"))
+    # runs as the pipeline creates them: a parent per invocation, one child per stage
+    parent = tracking.start_pipeline_run(uri, params.tracking.experiment, "snakemake", "demo")
+    monkeypatch.setenv(tracking.PIPELINE_ENV, parent)
+    fig, ax = plt.subplots(figsize=(3, 2))
+    ax.plot([1, 2, 3], [3, 1, 2])
+    fig.savefig(tmp_path / "training_curves.png")
+    plt.close(fig)
+    stages = {}
+    for name, metric in (("evaluate", {"top1": 42.5}), ("figures", {"figures": 3})):
+        with tracking.stage_run(name, params, {"scale": "demo"}) as run:
+            run.log_metrics(metric)
+            if name == "evaluate":
+                run.log_artifact(tmp_path / "training_curves.png", "figures")
+            stages[name] = run.run_id
+    tracking.RunLogger(parent, uri).finish()
+
+    port = _free_port()
+    assert ui.serve(params, port=port, wait=False) == 0
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    try:
+        exp_id = ui.experiment_id(uri, params.tracking.experiment)
+        url = ui.runs_url(port, exp_id)
+        assert url in capsys.readouterr().out and url.endswith(f"/#/experiments/{exp_id}/runs")
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(url)
+        page.get_by_text("pipeline-snakemake-demo").first.wait_for()
+        page.get_by_text("3 matching runs").wait_for()
+        page.screenshot(path=shots / "mlflow-runs.png")
+        # the stage runs are nested under the pipeline run: expand it
+        page.locator('button[data-component-id*="runnamecellrenderer"]').first.click()
+        for name in stages:
+            page.get_by_role("link", name=name, exact=True).wait_for()
+        page.screenshot(path=shots / "mlflow-runs-nested.png")
+        # one stage run: its metric ...
+        page.get_by_role("link", name="evaluate", exact=True).click()
+        page.wait_for_url(f"**/runs/{stages['evaluate']}**")
+        page.get_by_text("top1").first.wait_for()
+        page.get_by_text("42.5").first.wait_for()
+        page.screenshot(path=shots / "mlflow-stage-run.png", full_page=True)
+        # ... and its figure artifact, previewed as an image
+        page.goto(f"http://127.0.0.1:{port}/#/experiments/{exp_id}/runs/{stages['evaluate']}/artifacts")
+        page.get_by_text("figures", exact=True).first.click()
+        page.get_by_text("training_curves.png").first.click()
+        preview = page.locator('img[src^="blob:"]').first
+        preview.wait_for()
+        page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=preview.element_handle())
+        page.screenshot(path=shots / "mlflow-artifact.png")
+        page.close()
+    finally:
+        ui.stop(port)
+        _keep(shots)
+    assert len(list(shots.glob("*.png"))) == 4
+
+
+def test_html_report_renders(browser, tmp_path, monkeypatch):
+    from pcn.analysis import report as R
+    from pcn.analysis.figures import build_figures
+    from test_report import _params as report_params  # tests/ is on sys.path under pytest
+    from test_report import write_fixture_run
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    write_fixture_run(tmp_path)
+    build_figures(tmp_path, tmp_path / "reports" / "figures")
+    _, page_path = R.write_report(R.build_report(tmp_path, report_params()), tmp_path / "reports")
+    # the file is self-contained: view a copy far from its figures folder
+    lone = tmp_path / "elsewhere" / "report.html"
+    lone.parent.mkdir()
+    shutil.copyfile(page_path, lone)
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    page = browser.new_page(viewport={"width": 1300, "height": 900})
+    page.set_default_timeout(30_000)
+    failed = []
+    page.on("requestfailed", lambda r: failed.append(r.url))
+    page.goto(lone.as_uri())
+    table = page.locator("section#paper-vs-reproduced table")
+    table.wait_for()
+    assert table.is_visible()
+    assert table.locator("tbody tr").count() > 20
+    assert page.locator("td.status-reproduced").count() >= 1
+    assert page.locator("td.status-not-run-at-this-scale").count() >= 1
+    page.screenshot(path=shots / "report-top.png")
+    img = page.locator("figure img").first
+    img.scroll_into_view_if_needed()
+    assert img.is_visible()
+    assert page.evaluate("img => img.naturalWidth", img.element_handle()) > 100
+    img.screenshot(path=shots / "report-figure.png")
+    page.screenshot(path=shots / "report-full.png", full_page=True)
+    assert failed == []
+    page.close()
+    _keep(shots)

@@ -1,0 +1,244 @@
+"""Conversion of image folders to FFCV .beton files (pcn.data.ffcv_io)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("ffcv")
+
+from pcn.data.ffcv_io import (
+    DatasetError,
+    DatasetWarning,
+    check_metadata,
+    convert_imagefolder,
+    read_metadata,
+    scan_folder,
+)
+
+# numba's dispatcher finaliser raises a harmless KeyError when FFCV's compiled
+# code is garbage-collected.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::pytest.PytestUnraisableExceptionWarning"
+)
+
+CONVERT = {
+    "max_resolution": 64,
+    "jpeg_quality": 90,
+    "compress_probability": 0.5,
+    "write_mode": "raw",
+    "max_bad_fraction": 0.0,
+    "num_workers": 2,
+    "progress": False,
+}
+
+
+def make_folder(
+    root: Path, classes, per_class: int, size=(24, 20), seed: int = 0
+) -> Path:
+    rng = np.random.default_rng(seed)
+    for c in classes:
+        d = root / str(c)
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            arr = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+            Image.fromarray(arr).save(d / f"{i:04d}.jpg", quality=90)
+    return root
+
+
+def beton_labels(path: Path) -> list[int]:
+    from ffcv.reader import Reader
+
+    return [int(x) for x in Reader(str(path)).metadata["f1"]]
+
+
+def test_converts_1000_images_with_a_progress_bar(tmp_path, capfd):
+    src = make_folder(tmp_path / "src", [f"c{i}" for i in range(4)], 250, size=(16, 16))
+    dst = tmp_path / "out.beton"
+    metrics = convert_imagefolder(src, dst, **{**CONVERT, "progress": True})
+    err = capfd.readouterr().err
+    assert "1000/1000" in err and "img/s" in err, err[-500:]
+    assert (
+        metrics["n_images"] == 1000
+        and metrics["n_skipped"] == 0
+        and metrics["n_classes"] == 4
+    )
+    assert metrics["images_per_s"] > 0 and metrics["seconds"] > 0
+    assert dst.is_file()
+    meta = read_metadata(dst)
+    assert meta["num_samples"] == 1000 and meta["class_names"] == [
+        "c0",
+        "c1",
+        "c2",
+        "c3",
+    ]
+    assert meta["source_hash"] == metrics["source_hash"]
+    assert beton_labels(dst) == [i // 250 for i in range(1000)]
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_corrupt_and_empty_files_are_skipped_and_named(tmp_path):
+    src = make_folder(tmp_path / "src", ["a", "b"], 10)
+    (src / "a" / "empty.jpg").write_bytes(b"")
+    good = (src / "b" / "0000.jpg").read_bytes()
+    (src / "b" / "corrupt.jpg").write_bytes(good[: len(good) // 3])  # truncated JPEG
+    with pytest.warns(DatasetWarning) as record:
+        metrics = convert_imagefolder(
+            src, tmp_path / "o.beton", **{**CONVERT, "max_bad_fraction": 0.1}
+        )
+    messages = " ".join(str(w.message) for w in record)
+    assert "empty.jpg" in messages and "corrupt.jpg" in messages
+    assert metrics["n_skipped"] == 2 and metrics["n_images"] == 20
+    assert sorted(metrics["skipped_files"]) == ["a/empty.jpg", "b/corrupt.jpg"]
+    assert read_metadata(tmp_path / "o.beton")["num_samples"] == 20
+
+
+def test_too_many_bad_images_is_an_error(tmp_path):
+    src = make_folder(tmp_path / "src", ["a"], 9)
+    (src / "a" / "bad.jpg").write_bytes(b"not a jpeg at all")
+    with (
+        pytest.raises(
+            DatasetError, match=r"1 of 10 images.*10\.00%.*max_bad_fraction = 0\.05"
+        ),
+        pytest.warns(DatasetWarning),
+    ):
+        convert_imagefolder(
+            src, tmp_path / "o.beton", **{**CONVERT, "max_bad_fraction": 0.05}
+        )
+    assert not (tmp_path / "o.beton").exists()
+
+
+def test_failure_mid_write_leaves_no_file(tmp_path, monkeypatch):
+    from ffcv.writer import DatasetWriter
+
+    src = make_folder(tmp_path / "src", ["a", "b"], 5)
+
+    def broken(self, dataset, **kwargs):
+        Path(self.fname).write_bytes(b"partial")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(DatasetWriter, "from_indexed_dataset", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        convert_imagefolder(src, tmp_path / "o.beton", **CONVERT)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+@pytest.mark.slow
+def test_killed_conversion_leaves_no_beton(tmp_path):
+    src = make_folder(tmp_path / "src", [f"c{i}" for i in range(4)], 400, size=(48, 48))
+    dst = tmp_path / "o.beton"
+    code = (
+        "import sys; from pcn.data.ffcv_io import convert_imagefolder as c; "
+        "c(sys.argv[1], sys.argv[2], max_resolution=64, jpeg_quality=90, compress_probability=0.5, "
+        "write_mode='jpg', max_bad_fraction=0.0, num_workers=1, progress=False)"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(src), str(dst)], start_new_session=True
+    )
+    try:
+        deadline = time.time() + 60
+        while not list(tmp_path.glob(".o.beton.*.tmp")):  # the writer has started
+            assert proc.poll() is None, "conversion ended before it could be killed"
+            assert time.time() < deadline
+            time.sleep(0.05)
+        time.sleep(0.3)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not dst.exists()
+    # The next conversion clears the dead one's temporary file and completes.
+    convert_imagefolder(src, dst, **{**CONVERT, "num_workers": 1})
+    assert dst.is_file() and not list(tmp_path.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize(
+    "setup, expected",
+    [
+        (lambda root: None, "no such directory"),
+        (lambda root: root.write_text("x"), "not a directory"),
+        (lambda root: root.mkdir(), "no class subfolders"),
+        (
+            lambda root: (root.mkdir(), (root / "a.jpg").write_bytes(b"x")),
+            "no class subfolders",
+        ),
+        (
+            lambda root: (
+                (root / "a").mkdir(parents=True),
+                (root / "a" / "notes.txt").write_text("x"),
+            ),
+            "no images",
+        ),
+    ],
+)
+def test_wrong_folder_is_a_clear_error(tmp_path, setup, expected):
+    root = tmp_path / "data"
+    setup(root)
+    with pytest.raises(DatasetError, match=expected) as info:
+        convert_imagefolder(root, tmp_path / "o.beton", **CONVERT)
+    assert str(root) in str(info.value)
+
+
+def test_imagenet_v2_layout_labels_by_integer(tmp_path):
+    names = [str(i) for i in range(11)]  # lexicographic order would be 0, 1, 10, 2, ...
+    src = make_folder(tmp_path / "src", names, 2)
+    v2 = scan_folder(src, "imagenet_v2")
+    assert v2.class_names == names
+    assert {rel.split("/")[0]: label for rel, label in v2.samples} == {
+        n: int(n) for n in names
+    }
+    assert scan_folder(src, "imagefolder").class_names[:4] == ["0", "1", "10", "2"]
+    dst = tmp_path / "v2.beton"
+    convert_imagefolder(src, dst, **CONVERT, layout="imagenet_v2")
+    assert beton_labels(dst) == [i // 2 for i in range(22)]
+    assert read_metadata(dst)["layout"] == "imagenet_v2"
+    (src / "x").mkdir()
+    with pytest.raises(DatasetError, match="not an integer"):
+        scan_folder(src, "imagenet_v2")
+
+
+def test_sidecar_mismatch_is_refused(tmp_path):
+    from pcn.data.loaders import build_loader
+
+    a = tmp_path / "a.beton"
+    b = tmp_path / "b.beton"
+    convert_imagefolder(make_folder(tmp_path / "A", ["x", "y"], 3), a, **CONVERT)
+    convert_imagefolder(
+        make_folder(tmp_path / "B", ["x", "y"], 3, seed=1), b, **CONVERT
+    )
+    assert check_metadata(a, ["x", "y"])["num_samples"] == 6
+
+    def load(path, classes=None):
+        return build_loader(
+            beton=path,
+            folder=None,
+            kind="ffcv",
+            train=False,
+            img_size=16,
+            batch_size=2,
+            num_workers=1,
+            seed=0,
+            expected_classes=classes,
+        )
+
+    with pytest.raises(DatasetError, match="class list differs"):
+        load(a, ["x", "z"])
+    side_a = json.loads((tmp_path / "a.beton.json").read_text())
+    # Another dataset's sidecar (same count, other images): fingerprint differs.
+    (tmp_path / "a.beton.json").write_text((tmp_path / "b.beton.json").read_text())
+    with pytest.raises(DatasetError, match="fingerprint"):
+        load(a)
+    (tmp_path / "a.beton.json").write_text(json.dumps({**side_a, "num_samples": 7}))
+    with pytest.raises(DatasetError, match="holds 6 samples but its sidecar says 7"):
+        load(a)
+    (tmp_path / "a.beton.json").unlink()
+    with pytest.raises(DatasetError, match="sidecar missing"):
+        load(a)

@@ -1,0 +1,268 @@
+"""The two data loaders behind build_loader (pcn.data.loaders)."""
+
+from __future__ import annotations
+
+import builtins
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pcn.config import AugConfig
+from pcn.data.ffcv_io import DatasetError
+from pcn.data.loaders import build_loader, epoch_order
+from pcn.data.transforms import IMAGENET_MEAN, IMAGENET_STD, center_crop_box
+
+CLASSES = ["cat", "dog", "eel"]
+# numba's dispatcher finaliser raises a harmless KeyError when FFCV's compiled
+# pipelines are garbage-collected (stock FFCV pipelines do the same).
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::pytest.PytestUnraisableExceptionWarning"
+)
+
+
+def make_folder(root: Path, classes=CLASSES, per_class: int = 8, seed: int = 0) -> Path:
+    """Smooth JPEGs of assorted non-square sizes (smaller than max_resolution)."""
+    rng = np.random.default_rng(seed)
+    for c in classes:
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            w, h = int(rng.integers(40, 72)), int(rng.integers(40, 72))
+            coarse = rng.integers(0, 256, size=(6, 6, 3), dtype=np.uint8)
+            Image.fromarray(coarse).resize((w, h), Image.BICUBIC).save(
+                root / c / f"{i:03d}.jpg", quality=92
+            )
+    return root
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("loaders")
+    folder = make_folder(root / "images")
+    beton = None
+    try:
+        from pcn.data.ffcv_io import convert_imagefolder
+
+        beton = root / "data.beton"
+        convert_imagefolder(
+            folder,
+            beton,
+            max_resolution=256,
+            jpeg_quality=90,
+            compress_probability=0.5,
+            write_mode="raw",
+            max_bad_fraction=0.0,
+            num_workers=1,
+            progress=False,
+        )
+    except ImportError:
+        pass
+    return folder, beton
+
+
+def loader(
+    data,
+    kind,
+    *,
+    train,
+    seed=0,
+    num_workers=1,
+    aug=None,
+    img_size=32,
+    batch_size=8,
+    **kw,
+):
+    folder, beton = data
+    if kind == "ffcv" and beton is None:
+        pytest.skip("ffcv not installed")
+    return build_loader(
+        beton=beton,
+        folder=folder,
+        kind=kind,
+        train=train,
+        img_size=img_size,
+        batch_size=batch_size,
+        aug=aug,
+        num_workers=num_workers,
+        seed=seed,
+        **kw,
+    )
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return ((images * std + mean) * 255).numpy()
+
+
+def batches(ld, epoch=0):
+    ld.set_epoch(epoch)
+    return [(x.clone(), y.clone()) for x, y in ld]
+
+
+def test_center_crop_box_is_ffcvs():
+    from ffcv.fields.rgb_image import get_center_crop
+
+    for h, w in [(64, 48), (375, 500), (101, 99), (7, 300)]:
+        assert center_crop_box(h, w, 0.875) == get_center_crop(h, w, None, 0.875)
+
+
+def test_ffcv_and_torch_eval_images_agree(data):
+    f = loader(data, "ffcv", train=False)
+    t = loader(data, "torch", train=False)
+    assert f.class_names == t.class_names == CLASSES
+    assert f.num_classes == t.num_classes == 3 and f.num_samples == t.num_samples == 24
+    assert len(f) == len(t) == 3
+    fb, tb = batches(f), batches(t)
+    for (fx, fy), (tx, ty) in zip(fb, tb):
+        assert (
+            fx.shape == tx.shape == (8, 3, 32, 32)
+            and fx.dtype == tx.dtype == torch.float32
+        )
+        assert fy.dtype == ty.dtype == torch.int64 and torch.equal(fy, ty)
+        diff = np.abs(to_uint8(fx) - to_uint8(tx))
+        assert diff.mean() < 0.5 and diff.max() < 2, (diff.mean(), diff.max())
+    assert torch.cat([y for _, y in fb]).tolist() == [i // 8 for i in range(24)]
+
+
+@pytest.mark.parametrize(
+    "kind", ["torch", pytest.param("ffcv", marks=pytest.mark.slow)]
+)
+def test_same_seed_same_batches(data, kind):
+    """Identical batches for a seed, whatever the number of workers (FFCV: threads)."""
+    aug = AugConfig(scale_min=0.3)
+    a = batches(loader(data, kind, train=True, seed=3, aug=aug), epoch=2)
+    b = batches(loader(data, kind, train=True, seed=3, aug=aug, num_workers=2), epoch=2)
+    assert len(a) == len(b) == 3  # drop_last for training: 24 // 8
+    for (ax, ay), (bx, by) in zip(a, b):
+        assert torch.equal(ax, bx) and torch.equal(ay, by)
+    c = batches(loader(data, kind, train=True, seed=4, aug=aug), epoch=2)
+    assert not torch.equal(a[0][0], c[0][0])
+
+
+def test_epochs_differ_and_order_is_shared(data):
+    t = loader(data, "torch", train=True)
+    e0, e1 = batches(t, 0), batches(t, 1)
+    assert not torch.equal(e0[0][0], e1[0][0])
+    labels = torch.cat([y for _, y in e1]).tolist()
+    order = epoch_order(24, train=True, seed=0, epoch=1)
+    assert labels == [
+        int(i) // 8 for i in order[:24]
+    ]  # the order FFCV's loader uses too
+
+
+def test_train_batches_look_like_the_recipe(data):
+    for kind in ("torch", "ffcv"):
+        x, y = next(iter(loader(data, kind, train=True, img_size=24)))
+        assert (
+            x.shape == (8, 3, 24, 24) and x.dtype == torch.float32 and x.is_contiguous()
+        )
+        assert y.dtype == torch.int64
+        assert -2.2 < x.min() and x.max() < 2.7  # normalised with ImageNet mean/std
+
+
+def test_randaugment_torch_only(data):
+    aug = AugConfig(auto_augment="rand-m9-mstd0.5-inc1")
+    x, _ = next(iter(loader(data, "torch", train=True, aug=aug)))
+    assert x.shape == (8, 3, 32, 32)
+    with pytest.raises(ValueError, match="torch loader only.*data.loader: torch"):
+        loader(data, "ffcv", train=True, aug=aug)
+
+
+def test_missing_ffcv_is_a_clear_error(data, monkeypatch):
+    real_import = builtins.__import__
+
+    def no_ffcv(name, *args, **kwargs):
+        if name.startswith("ffcv"):
+            raise ImportError("No module named 'ffcv'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ffcv)
+    with pytest.raises(ImportError, match="install it.*data.loader: torch"):
+        build_loader(
+            beton=data[1] or "x.beton",
+            folder=None,
+            kind="ffcv",
+            train=False,
+            img_size=16,
+            batch_size=4,
+            num_workers=0,
+            seed=0,
+        )
+
+
+def test_repeated_augmentation_spreads_copies_over_ranks():
+    orders = [
+        epoch_order(512, train=True, seed=0, epoch=0, rank=r, world_size=3, repeats=3)
+        for r in range(3)
+    ]
+    assert all(len(o) == 512 // 3 for o in orders)  # an epoch stays one dataset's worth
+    for k in range(len(orders[0])):  # each sample's three copies land on three ranks
+        assert orders[0][k] == orders[1][k] == orders[2][k]
+    assert not np.array_equal(
+        orders[0],
+        epoch_order(512, train=True, seed=1, epoch=0, world_size=3, repeats=3),
+    )
+
+
+def test_repeated_aug_in_the_torch_loader(data):
+    folder, _ = data
+    ld = build_loader(
+        beton=None,
+        folder=folder,
+        kind="torch",
+        train=True,
+        img_size=16,
+        batch_size=4,
+        aug=AugConfig(repeated_aug=3),
+        num_workers=0,
+        seed=0,
+        rank=1,
+        world_size=2,
+    )
+    assert len(ld) == 3  # RepeatAugSampler: ceil(24 / 2) samples per rank, batches of 4
+    x, _ = next(iter(ld))
+    assert x.shape == (4, 3, 16, 16)
+
+
+def test_v2_layout_in_the_torch_loader(tmp_path):
+    folder = make_folder(tmp_path / "v2", [str(i) for i in range(11)], per_class=1)
+    ld = build_loader(
+        beton=None,
+        folder=folder,
+        kind="torch",
+        train=False,
+        img_size=16,
+        batch_size=11,
+        num_workers=0,
+        seed=0,
+        layout="imagenet_v2",
+    )
+    _, y = next(iter(ld))
+    assert y.tolist() == list(range(11)) and ld.class_names[10] == "10"
+    with pytest.raises(DatasetError, match="class list differs"):
+        build_loader(
+            beton=None,
+            folder=folder,
+            kind="torch",
+            train=False,
+            img_size=16,
+            batch_size=4,
+            num_workers=0,
+            seed=0,
+            expected_classes=[str(i) for i in range(11)],
+        )
+
+
+@pytest.mark.slow
+def test_three_augment_both_loaders(data):
+    aug = AugConfig(three_augment=True, color_jitter=0.3)
+    for kind in ("torch", "ffcv"):
+        a = batches(loader(data, kind, train=True, aug=aug))
+        b = batches(loader(data, kind, train=True, aug=aug))
+        assert all(torch.equal(p[0], q[0]) for p, q in zip(a, b))
+        plain = batches(loader(data, kind, train=True))
+        assert not torch.equal(a[0][0], plain[0][0])
+        assert torch.isfinite(a[0][0]).all()

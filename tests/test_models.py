@@ -1,0 +1,333 @@
+"""PatchConvNet, the attention-pooling head and the ResNets that use it.
+
+Every registered ``patchconvnet*`` name is tested (parametrized over timm's registry).
+Large sizes are built at reduced depth (``depth=2``) or on the 'meta' device, so the file
+runs in well under a minute on two cores.
+"""
+from __future__ import annotations
+
+import itertools
+import re
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+import pcn.models  # noqa: F401  (registers the models)
+from pcn.models import CheckpointError, PatchConvNet, load_checkpoint
+
+DATA = Path(__file__).parent / "data"
+MODEL_NAMES = timm.list_models("patchconvnet*")
+RELEASED_URLS = {
+    "patchconvnet_s60": "https://dl.fbaipublicfiles.com/deit/s60_224_1k.pth",
+    "patchconvnet_s120": "https://dl.fbaipublicfiles.com/deit/s120_224_1k.pth",
+    "patchconvnet_b60": "https://dl.fbaipublicfiles.com/deit/b60_224_1k.pth",
+    "patchconvnet_b120": "https://dl.fbaipublicfiles.com/deit/b120_224_1k.pth",
+    "patchconvnet_s60_multi": "https://dl.fbaipublicfiles.com/deit/s60_224_multi_1k.pth",
+}
+
+torch.set_flush_denormal(True)
+
+
+def _small(name: str, **kwargs) -> PatchConvNet:
+    """The registered entrypoint with its width, at depth 2 (demo sizes as registered)."""
+    if "demo" not in name:
+        kwargs.setdefault("depth", 2)
+        kwargs.setdefault("num_classes", 7)
+    return timm.create_model(name, **kwargs)
+
+
+def _read_listing(path: Path) -> tuple[dict[str, tuple[int, ...]], int, int]:
+    """Expand a released state_dict listing: blocks.0 -> blocks.0..N-1, head.0 -> head.0..K-1."""
+    text = path.read_text()
+    n_tensors = int(re.search(r"# (\d+) tensors", text).group(1))
+    n_params = int(re.search(r"total parameters: (\d+)", text).group(1))
+    depth = int(re.search(r"blocks\.0 \.\. blocks\.(\d+)", text).group(1)) + 1
+    heads = re.search(r"head\.0 \.\. head\.(\d+)", text)
+    n_heads = int(heads.group(1)) + 1 if heads else 0
+    keys = {}
+    for line in text.splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        key, shape = line.split("\t")
+        shape = tuple(int(s) for s in re.findall(r"\d+", shape))
+        if key.startswith("blocks.0."):
+            for i in range(depth):
+                keys[f"blocks.{i}." + key[len("blocks.0."):]] = shape
+        elif n_heads and key.startswith("head.0."):
+            for i in range(n_heads):
+                keys[f"head.{i}." + key[len("head.0."):]] = shape
+        else:
+            keys[key] = shape
+    return keys, n_tensors, n_params
+
+
+# --- registry -------------------------------------------------------------------------------
+
+def test_registered_names():
+    expected = {
+        "patchconvnet_s60", "patchconvnet_s120", "patchconvnet_b60", "patchconvnet_b120",
+        "patchconvnet_l60", "patchconvnet_l120", "patchconvnet_s60_multi",
+        "patchconvnet_demo", "patchconvnet_demo_multi",
+    }
+    assert expected <= set(MODEL_NAMES)
+    assert {"resnet50_attnpool", "resnet_demo", "resnet_demo_attnpool"} <= set(timm.list_models("resnet*"))
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_pretrained_cfg(name):
+    cfgs = timm.models.get_pretrained_cfg(name)
+    assert cfgs.url == RELEASED_URLS.get(name, "")
+    assert cfgs.first_conv == "patch_embed.proj.0.0" and cfgs.classifier == "head"
+    if name in RELEASED_URLS:
+        assert f"{name}.fb_in1k" in timm.list_pretrained(f"{name}*")
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_forward_backward(name):
+    torch.manual_seed(0)
+    model = _small(name)
+    size = model.pretrained_cfg["input_size"][-1] if "demo" in name else 64
+    x = torch.randn(2, 3, size, size)
+    out = model(x)
+    assert out.shape == (2, model.num_classes)
+    out.sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    assert model.no_weight_decay() == {"cls_token"}
+    assert "blocks" in model.group_matcher() and "stem" in model.group_matcher()
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_forward_attention(name):
+    model = _small(name).eval()
+    size = 64
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        logits, attn = model.forward_attention(x)
+        ref = model(x)  # scaled_dot_product_attention path
+    torch.testing.assert_close(logits, ref, rtol=1e-4, atol=1e-5)
+    h = size // model.patch_embed.stride
+    if model.multiclass:
+        assert attn.shape == (2, model.num_classes, h, h)
+        torch.testing.assert_close(attn.sum((-2, -1)), torch.ones(2, model.num_classes))
+    else:
+        assert attn.shape == (2, h, h)
+        s = attn.sum((-2, -1))
+        assert torch.all(s > 0) and torch.all(s < 1)  # 1 minus the class token's weight on itself
+
+
+def test_single_token_map_is_softmax_minus_cls_weight():
+    model = _small("patchconvnet_demo").eval()
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        _, maps = model.forward_attention(x)
+        grid = model._trunk(x)
+        tokens = grid.flatten(1, 2)
+        blk = model.blocks_token_only[-1]
+        u = blk.norm1(torch.cat((model.cls_token.expand(3, -1, -1), tokens), 1))
+        _, full = blk.attn(u[:, :1], u, return_attn=True)
+    cls_weight = full.mean(1)[:, 0, 0]
+    torch.testing.assert_close(maps.sum((1, 2)), 1 - cls_weight)
+
+
+def test_forward_head_pre_logits_and_reset():
+    model = _small("patchconvnet_s60")
+    x = torch.randn(2, 3, 32, 32)
+    feats = model.forward_features(x)
+    assert feats.shape == (2, 1 + 4, 384)
+    assert model.forward_head(feats, pre_logits=True).shape == (2, 384)
+    model.reset_classifier(5)
+    assert model(x).shape == (2, 5)
+    multi = _small("patchconvnet_s60_multi")
+    multi.reset_classifier(3)
+    assert multi.cls_token.shape == (1, 3, 384) and len(multi.head) == 3
+    assert multi(x).shape == (2, 3)
+
+
+def test_avg_pool_has_no_attention_map():
+    model = _small("patchconvnet_demo", pool="avg")
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+    with pytest.raises(RuntimeError, match="pool='attention'"):
+        model.forward_attention(torch.randn(1, 3, 32, 32))
+
+
+# --- exact released architecture ------------------------------------------------------------
+
+@pytest.mark.parametrize("name, listing", [
+    ("patchconvnet_s60", "patchconvnet_s60_state_dict.tsv"),
+    ("patchconvnet_s60_multi", "patchconvnet_s60_multi_state_dict.tsv"),
+])
+def test_state_dict_matches_release(name, listing):
+    expected, n_tensors, n_params = _read_listing(DATA / listing)
+    assert len(expected) == n_tensors
+    with torch.device("meta"):
+        model = timm.create_model(name)
+    got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert got == expected
+    assert sum(p.numel() for p in model.parameters()) == n_params
+
+
+# --- checkpoints ----------------------------------------------------------------------------
+
+@pytest.fixture()
+def demo_ckpt(tmp_path):
+    torch.manual_seed(1)
+    model = timm.create_model("patchconvnet_demo").eval()
+    path = tmp_path / "demo.pth"
+    torch.save({"model": model.state_dict()}, path)
+    return model, path
+
+
+def test_checkpoint_roundtrip(demo_ckpt):
+    src, path = demo_ckpt
+    x = torch.randn(2, 3, 64, 64)
+    dst = load_checkpoint(timm.create_model("patchconvnet_demo"), path, strict=True).eval()
+    via_timm = timm.create_model(
+        "patchconvnet_demo", pretrained=True, pretrained_cfg_overlay=dict(file=str(path))).eval()
+    with torch.no_grad():
+        ref = src(x)
+        assert torch.equal(dst(x), ref)
+        assert torch.equal(via_timm(x), ref)
+
+
+def test_checkpoint_finetune_other_classes(demo_ckpt):
+    src, path = demo_ckpt
+    model = timm.create_model(
+        "patchconvnet_demo", num_classes=4, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 4)
+    assert torch.equal(model.blocks[0].gamma_1, src.blocks[0].gamma_1)
+
+
+def test_checkpoint_truncated(demo_ckpt, tmp_path):
+    _, path = demo_ckpt
+    bad = tmp_path / "truncated.pth"
+    bad.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match=re.escape(str(bad))):
+        load_checkpoint(timm.create_model("patchconvnet_demo"), bad)
+
+
+@pytest.mark.parametrize("damage, pattern", [
+    ("missing", r"missing key 'blocks\.3\.attn\.qkv_pos\.2\.weight'"),
+    ("unexpected", r"unexpected key 'blocks\.99\.gamma_1'"),
+    ("shape", r"wrong shape for key 'norm\.weight': checkpoint has \(95,\), model expects \(96,\)"),
+])
+def test_checkpoint_mismatch_names_file_and_key(demo_ckpt, tmp_path, damage, pattern):
+    src, _ = demo_ckpt
+    sd = src.state_dict()
+    if damage == "missing":
+        del sd["blocks.3.attn.qkv_pos.2.weight"]
+    elif damage == "unexpected":
+        sd["blocks.99.gamma_1"] = torch.zeros(96)
+    else:
+        sd["norm.weight"] = torch.zeros(95)
+    path = tmp_path / f"{damage}.pth"
+    torch.save({"model": sd}, path)
+    with pytest.raises(CheckpointError, match=pattern) as err:
+        load_checkpoint(timm.create_model("patchconvnet_demo"), path)
+    assert str(path) in str(err.value)
+    with pytest.raises(CheckpointError, match=pattern) as err:  # same check through timm's loader
+        timm.create_model("patchconvnet_demo", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    assert str(path) in str(err.value)
+    assert isinstance(err.value, ValueError)
+
+
+def test_pretrained_without_release_is_an_error():
+    with pytest.raises(ValueError, match="no released weights"):
+        timm.create_model("patchconvnet_l60", pretrained=True)
+
+
+# --- ablations ------------------------------------------------------------------------------
+
+_ABLATIONS = list(itertools.product(["layer", "batch"], ["conv", "linear"], ["attention", "avg"], [False, True]))
+
+
+@pytest.mark.parametrize("norm, stem, pool, multiclass", _ABLATIONS)
+def test_ablation_options_build_and_backprop(norm, stem, pool, multiclass):
+    i = _ABLATIONS.index((norm, stem, pool, multiclass))
+    torch.manual_seed(i)
+    model = PatchConvNet(
+        num_classes=5, embed_dim=32, depth=2, norm=norm, stem=stem, pool=pool, multiclass=multiclass,
+        se=bool(i % 2), stem_stride=(8, 16)[i % 3 == 0], agg_blocks=1 + i % 3, agg_heads=(1, 2, 4)[i % 3],
+        layerscale_init=(1e-6, 1e-4, 0.1)[i % 3], drop_path_rate=0.1 * (i % 2), mlp_ratio=(3, 4)[i % 2])
+    model.train()
+    x = torch.randn(2, 3, 32, 32)
+    out = model(x)
+    assert out.shape == (2, 5)
+    out.logsumexp(-1).sum().backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    if pool == "attention":
+        model.eval()
+        with torch.no_grad():
+            logits, attn = model.forward_attention(x)
+            torch.testing.assert_close(logits, model(x), rtol=1e-4, atol=1e-5)
+        h = 32 // model.patch_embed.stride
+        assert attn.shape == ((2, 5, h, h) if multiclass else (2, h, h))
+
+
+def test_ablation_modules_are_what_they_say():
+    lin = PatchConvNet(num_classes=3, embed_dim=32, depth=1, stem="linear")
+    assert isinstance(lin.patch_embed.proj, torch.nn.Conv2d)
+    assert lin.patch_embed.proj.kernel_size == (16, 16) and lin.patch_embed.proj.stride == (16, 16)
+    bn = PatchConvNet(num_classes=3, embed_dim=32, depth=1, norm="batch", se=False)
+    assert isinstance(bn.blocks[0].norm1, torch.nn.BatchNorm2d)
+    assert isinstance(bn.blocks[0].attn.qkv_pos[4], torch.nn.Identity)
+    avg = PatchConvNet(num_classes=3, embed_dim=32, depth=1, pool="avg")
+    assert avg.cls_token is None and avg.blocks_token_only is None
+    two = PatchConvNet(num_classes=3, embed_dim=32, depth=1, agg_blocks=2, agg_heads=4)
+    assert len(two.blocks_token_only) == 2 and two.blocks_token_only[0].attn.num_heads == 4
+    s8 = PatchConvNet(num_classes=3, embed_dim=32, depth=1, stem_stride=8)
+    assert s8.patch_embed.proj[6][0].stride == (1, 1)
+    with pytest.raises(ValueError, match="norm"):
+        PatchConvNet(norm="group")
+
+
+# --- dense features -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["patchconvnet_demo", "patchconvnet_s60"])
+@pytest.mark.parametrize("size", [64, 96])
+def test_forward_intermediates(name, size):
+    model = _small(name).eval()
+    stride = model.feature_info[0]["reduction"]
+    assert stride == (8 if "demo" in name else 16)
+    c = model.embed_dim
+    x = torch.randn(2, 3, size, size)
+    feats = model.forward_intermediates(x, intermediates_only=True)
+    assert len(feats) == len(model.blocks)
+    assert all(f.shape == (2, c, size // stride, size // stride) for f in feats)
+    final, last = model.forward_intermediates(x, indices=1, norm=True)
+    assert len(last) == 1 and last[0].shape == (2, c, size // stride, size // stride)
+    assert final.shape == (2, 1 + (size // stride) ** 2, c)
+    nlc = model.forward_intermediates(x, indices=[0], output_fmt="NLC", intermediates_only=True)
+    torch.testing.assert_close(nlc[0], feats[0].flatten(2).transpose(1, 2))
+
+
+def test_features_only():
+    model = timm.create_model("patchconvnet_demo", features_only=True, out_indices=(1, 3))
+    feats = model(torch.randn(1, 3, 64, 64))
+    assert [f.shape for f in feats] == [(1, 96, 8, 8)] * 2
+
+
+# --- attention pooling on a ResNet ----------------------------------------------------------
+
+def test_resnet_attnpool_differs_only_in_head():
+    torch.manual_seed(0)
+    avg = timm.create_model("resnet_demo").eval()
+    att = timm.create_model("resnet_demo_attnpool").eval()
+    sd_avg = {k: v for k, v in avg.state_dict().items() if not k.startswith("fc.")}
+    sd_att = {k: v for k, v in att.state_dict().items() if not k.startswith("head.")}
+    assert {k: v.shape for k, v in sd_avg.items()} == {k: v.shape for k, v in sd_att.items()}
+    assert {k for k in avg.state_dict() if k.startswith("fc.")} == {"fc.weight", "fc.bias"}
+    att.load_state_dict(sd_avg, strict=False)  # same trunk weights
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(att.forward_features(x), avg.forward_features(x))
+        logits, maps = att.forward_attention(x)
+        torch.testing.assert_close(logits, att(x), rtol=1e-4, atol=1e-5)
+    assert logits.shape == (2, 10) and maps.shape == (2, 8, 8)
+    s = maps.sum((1, 2))
+    assert torch.all(s > 0) and torch.all(s < 1)
+    att.train()
+    att(x).sum().backward()
+    assert att.head.block.attn.k.weight.grad is not None

@@ -1,0 +1,165 @@
+"""End to end: the whole DAG on a tiny demo config, through both front ends.
+
+One module-scoped copy of the project runs the DAG with Snakemake, another with
+`dvc repro`; the tests then check outputs, tracking, no-op re-runs, determinism
+across front ends, and that a parameter change re-runs only what depends on it.
+"""
+
+import json
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+COPY = ["pcn", "workflow", "Snakefile", "paper", "params.yaml", "slurm"]
+
+pytestmark = pytest.mark.slow
+
+# Small enough to run every stage in a few minutes on 2 cores; still the real code paths.
+TINY = {
+    "data": {"demo": {"train_per_class": 40, "val_per_class": 10, "n_scenes_train": 60, "n_scenes_val": 20},
+             "num_workers": 1},
+    "pretrain": {"epochs": 1, "batch_size": 32},
+    "finetune": {"epochs": 1, "batch_size": 32},
+    "complexity": {"models": ["patchconvnet_demo"], "resolutions": [64], "batch_size": 4, "iters": 1},
+    "segmentation": {"iters": 4, "batch_size": 2},
+    "detection": {"iters": 4, "batch_size": 2},
+    "experiments": {"variants": {"baseline": {}, "avgpool": {"pool": "avg"}}, "depth_width": [[32, 2]],
+                    "train": {"epochs": 1, "batch_size": 32}},
+    "attention": {"n_images": 20, "n_figure": 2},
+}
+
+
+def run(cmd: list[str], cwd: Path, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, **kw)
+
+
+def check(cp: subprocess.CompletedProcess) -> str:
+    assert cp.returncode == 0, f"{cp.args} failed:\n{cp.stdout[-3000:]}\n{cp.stderr[-3000:]}"
+    return cp.stdout + cp.stderr
+
+
+def make_project(dest: Path, patch: dict) -> Path:
+    from pcn.config import deep_merge
+
+    dest.mkdir(parents=True)
+    for name in COPY:
+        src = ROOT / name
+        if src.is_symlink():
+            os.symlink(os.readlink(src), dest / name)
+        elif src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, dest / name)
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    (dest / "params.yaml").write_text(yaml.safe_dump(deep_merge(raw, patch), sort_keys=False))
+    check(run(["git", "init", "-q"], dest))
+    check(run([str(BIN / "dvc"), "init", "-q"], dest))
+    check(run([str(BIN / "pcn"), "dag"], dest))
+    check(run(["git", "add", "-A"], dest))
+    check(run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"], dest))
+    return dest
+
+
+@pytest.fixture(scope="module")
+def smk_project(tmp_path_factory):
+    project = make_project(tmp_path_factory.mktemp("e2e") / "smk", TINY)
+    out = check(run([str(BIN / "pcn"), "run", "--engine", "snakemake", "--cores", "2"], project, timeout=1800))
+    return project, out
+
+
+@pytest.fixture(scope="module")
+def dvc_project(tmp_path_factory):
+    project = make_project(tmp_path_factory.mktemp("e2e") / "dvc", TINY)
+    check(run([str(BIN / "dvc"), "repro"], project, timeout=1800))
+    return project
+
+
+def test_snakemake_runs_every_stage(smk_project):
+    project, _ = smk_project
+    from pcn.config import load_params
+    from pcn.stages import build_stages
+
+    for stage in build_stages(load_params(project / "params.yaml")):
+        for wc in stage.instances():
+            for path in stage.all_paths():
+                assert (project / path.format(**wc)).exists(), f"{stage.name}: missing {path.format(**wc)}"
+    ev = json.loads((project / "metrics/eval.json").read_text())
+    assert 0 <= ev["top1"] <= 100 and ev["top1"] <= ev["top5"] <= 100
+    assert (project / "data/ffcv/train.beton").stat().st_size > 0
+    assert "paper" in (project / "reports/report.md").read_text().lower()
+
+
+def test_every_stage_run_is_tracked_under_one_pipeline_run(smk_project):
+    project, _ = smk_project
+    db = sqlite3.connect(project / "mlflow.db")
+    rows = db.execute("select r.run_uuid, t.value from runs r join tags t on t.run_uuid = r.run_uuid "
+                      "where t.key = 'mlflow.parentRunId'").fetchall()
+    parents = {p for _, p in rows}
+    assert len(parents) == 1, "all stage runs hang under one pipeline run"
+    stages = {v for (v,) in db.execute("select value from tags where key = 'pcn.stage'")}
+    from pcn.config import load_params
+    from pcn.stages import build_stages
+
+    assert {s.name for s in build_stages(load_params(project / "params.yaml"))} <= stages
+    n_instances = sum(len(s.instances()) for s in build_stages(load_params(project / "params.yaml")))
+    assert len(rows) == n_instances
+
+
+def test_rerun_with_nothing_changed_does_nothing(smk_project, dvc_project):
+    project, _ = smk_project
+    out = check(run([str(BIN / "snakemake"), "-n", "--cores", "2"], project))
+    assert "Nothing to be done" in out
+    out = check(run([str(BIN / "dvc"), "status"], dvc_project))
+    assert "up to date" in out
+
+
+def test_dvc_and_snakemake_give_the_same_metrics(smk_project, dvc_project):
+    smk, _ = smk_project
+    for name in ("eval.json", "pretrain.json", "ablations/baseline-s0.json"):
+        a = json.loads((smk / "metrics" / name).read_text())
+        b = json.loads((dvc_project / "metrics" / name).read_text())
+        for key in ("top1", "top5"):
+            assert a[key] == b[key], (name, key)
+
+
+def test_changing_one_param_reruns_only_its_downstream(smk_project):
+    project, _ = smk_project
+    params = project / "params.yaml"
+    raw = yaml.safe_load(params.read_text())
+    raw["evaluate"]["batch_size"] = 64
+    params.write_text(yaml.safe_dump(raw, sort_keys=False))
+    out = check(run([str(BIN / "snakemake"), "-n", "--cores", "2"], project))
+    rules = set(re.findall(r"^(?:local)?rule (\w+):", out, re.M)) - {"all"}
+    assert rules == {"evaluate", "figures", "report"}, rules
+
+
+def add_variant(project: Path) -> None:
+    params = project / "params.yaml"
+    raw = yaml.safe_load(params.read_text())
+    raw["experiments"]["variants"]["no_se"] = {"se": False}
+    params.write_text(yaml.safe_dump(raw, sort_keys=False))
+    check(run([str(BIN / "pcn"), "dag"], project))
+
+
+def test_adding_a_variant_adds_exactly_its_stages(smk_project, dvc_project):
+    add_variant(dvc_project)
+    dry = check(run([str(BIN / "dvc"), "repro", "--dry"], dvc_project))
+    ran = set(re.findall(r"Running stage '([^']+)'", dry))
+    assert {s for s in ran if "@" in s} == {"ablation@no_se-0"}, ran
+    assert ran - {"ablation@no_se-0"} <= {"summarize", "figures", "report"}, ran
+
+    project, _ = smk_project
+    add_variant(project)
+    smk = check(run([str(BIN / "snakemake"), "-n", "--cores", "2"], project))
+    assert re.findall(r"wildcards: (.*)", smk) == ["variant=no_se, seed=0"]

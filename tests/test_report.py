@@ -1,0 +1,243 @@
+"""The report and the figures, from fixture metrics files: every reproduced value equals its
+source, statuses follow the paper's precision and tolerances, the HTML is self-contained."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from pcn.analysis import report as R
+from pcn.analysis.figures import build_figures
+from pcn.config import resolve
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _write(root: Path, rel: str, obj) -> None:
+    p = root / rel
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(obj) if not isinstance(obj, str) else obj)
+
+
+def write_fixture_run(root: Path, *, evidence: bool = False, imagenet: bool = False) -> None:
+    """Metrics files in the formats the stages write, with values chosen to exercise every status."""
+    shutil.copytree(ROOT / "paper", root / "paper", dirs_exist_ok=True)
+    history = [{"epoch": e, "step": 10 * e, "train_loss": 2.3 - 0.2 * e, "val_top1": 10.0 + 7 * e} for e in (1, 2, 3)]
+    _write(root, "metrics/pretrain.json", {"top1": 31.0, "top5": 80.0, "history": history})
+    _write(root, "metrics/finetune.json", {"top1": 33.25, "top5": 81.0, "history": history[:2]})
+    for name, rows in (("pretrain", history), ("finetune", history[:2])):
+        lines = ["epoch,step,train_loss,val_loss,val_top1,val_top5,lr,images_per_s"]
+        lines += [f"{r['epoch']},{r['step']},{r['train_loss']},,{r['val_top1']},,," for r in rows]
+        _write(root, f"plots/{name}.csv", "\n".join(lines) + "\n")
+    _write(root, "metrics/eval.json", {"top1": 82.13 if imagenet else 34.5, "top5": 83.0, "mlflow_run_id": "run-eval"})
+    _write(root, "metrics/pixel_baseline.json", {"top1": 18.25})
+    _write(root, "metrics/complexity.json", {"device": "cpu", "rows": [
+        {"model": "patchconvnet_demo", "img_size": 64, "params_m": 0.61, "gmacs": 0.04, "throughput": 900.0,
+         "peak_mem_mb": 50.0},
+        {"model": "patchconvnet_s60", "img_size": 224, "params_m": 25.2123, "gmacs": 4.15, "throughput": 26.3,
+         "peak_mem_mb": 700.0},
+        {"model": "patchconvnet_s120", "img_size": 224, "params_m": 47.74, "gmacs": 8.9, "throughput": 13.0,
+         "peak_mem_mb": 800.0},
+        {"model": "resnet50", "img_size": 224, "params_m": 25.56, "gmacs": 4.11, "throughput": 40.0,
+         "peak_mem_mb": 600.0},
+    ]})
+    seeds = [0, 1, 2] if evidence else [0]
+
+    def grp(vals):
+        return {"n": len(vals), "values": vals, "mean": float(np.mean(vals)),
+                "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else None}
+
+    base = grp([40.0, 41.0, 42.0][: len(seeds)])
+    avg = {**grp([35.0, 36.0, 37.0][: len(seeds)]),
+           "vs_baseline": {"diff": -5.0, "ci95": [-7.0, -3.0] if evidence else None,
+                           "verdict": "worse" if evidence else "not resolved (single seed: smoke run)"}}
+    bn = {**grp([41.0, 40.0, 42.5][: len(seeds)]),
+          "vs_baseline": {"diff": 0.17, "ci95": [-2.0, 2.3] if evidence else None,
+                          "verdict": "within noise" if evidence else "not resolved (single seed: smoke run)"}}
+    _write(root, "metrics/ablations.json", {
+        "scale": "study" if evidence else "demo", "seeds": seeds, "evidence": evidence,
+        "note": "fixture", "baseline_std": base["std"],
+        "ablations": {"baseline": base, "avgpool": avg, "batchnorm": bn},
+        "resnet": {"avg": grp([30.0] * len(seeds)),
+                   "attention": {**grp([31.0] * len(seeds)), "vs_avg": {"diff": 1.0, "ci95": None,
+                                                                        "verdict": "not resolved"}}},
+        "multiclass": {"scratch": grp([38.0] * len(seeds)),
+                       "finetuned": {**grp([39.5] * len(seeds)), "vs_scratch": {"diff": 1.5, "ci95": None,
+                                                                               "verdict": "not resolved"}}},
+        "depth_width": [
+            {"width": 64, "depth": 4, "top1": 30.0, "params_m": 0.2, "gmacs": 0.01, "throughput": 3000.0,
+             "peak_mem_mb": 20.0, "img_size": 64},
+            {"width": 64, "depth": 8, "top1": 33.0, "params_m": 0.35, "gmacs": 0.02, "throughput": 1800.0,
+             "peak_mem_mb": 25.0, "img_size": 64},
+            {"width": 96, "depth": 4, "top1": 34.0, "params_m": 0.4, "gmacs": 0.025, "throughput": 2000.0,
+             "peak_mem_mb": 30.0, "img_size": 64},
+        ]})
+    _write(root, "metrics/segmentation.json", {"mIoU": 21.5, "mAcc": 30.25, "aAcc": 90.5})
+    _write(root, "metrics/segmentation_scratch.json", {"mIoU": 8.5, "mAcc": 12.0, "aAcc": 93.0})
+    _write(root, "metrics/detection.json", {"bbox_AP": 15.5, "segm_AP": 14.0})
+    _write(root, "metrics/attention.json", {
+        "patchconvnet": {"pointing_game": 80.0, "pointing_game_box": 90.0, "iou": 40.5, "n": 200, "model_top1": 50.0},
+        "uniform": {"pointing_game": 30.0, "pointing_game_box": 45.0, "iou": 30.0, "n": 200},
+        "threshold": 0.5, "n_images": 200, "definitions": {"uniform": "constant map"}})
+
+
+def _params(scale: str = "demo", **over):
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["scale"] = scale
+    raw["tracking"]["uri"] = "sqlite:///does-not-exist-here/mlflow.db"
+    for k, v in over.items():
+        node = raw
+        *path, last = k.split(".")
+        for part in path:
+            node = node.setdefault(part, {})
+        node[last] = v
+    return resolve(raw)
+
+
+@pytest.fixture(scope="module")
+def demo_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo_run")
+    write_fixture_run(root)
+    build_figures(root, root / "reports" / "figures", {"avgpool": "worse"})
+    return root
+
+
+@pytest.fixture
+def demo_run(demo_root, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return demo_root
+
+
+def _rows(report):
+    return {(str(r[0]), str(r[1])): r for r in report.comparison.rows}
+
+
+def test_every_reproduced_value_equals_its_metrics_file(demo_run):
+    report = R.build_report(demo_run, _params())
+    values = R.sourced_values(report)
+    assert len(values) > 40
+    files = {f for _, f, _ in values}
+    assert {"metrics/complexity.json", "metrics/ablations.json", "metrics/eval.json", "metrics/attention.json",
+            "metrics/pixel_baseline.json", "metrics/segmentation.json"} <= files
+    for value, rel, key in values:
+        assert R.lookup(json.loads((demo_run / rel).read_text()), key) == value, (rel, key)
+    md = R.to_markdown(report)
+    for sec in report.sections:
+        for t in sec.tables:
+            for row in t.rows:
+                for cell in row:
+                    if isinstance(cell, R.Sourced):
+                        assert str(cell) in md
+    # the comparison table's reproduced cells are sourced too
+    comp_cells = [c for r in report.comparison.rows for c in r if isinstance(c, R.Sourced)]
+    assert comp_cells and all(R.lookup(json.loads((demo_run / c.file).read_text()), c.key) == c.value
+                              for c in comp_cells)
+
+
+def test_statuses_at_demo_scale(demo_run):
+    rows = _rows(R.build_report(demo_run, _params()))
+    col = 6
+    # architecture numbers are reproducible at any scale
+    assert rows[("params (M)", "patchconvnet_s60")][col] == R.REPRODUCED  # 25.2123 vs 25.2
+    assert rows[("GMACs (224 px)", "patchconvnet_s60")][col] == R.WITHIN  # 4.15 vs 4.0 (5%: 0.2)
+    assert rows[("GMACs (224 px)", "patchconvnet_s120")][col] == R.DIFFERS  # 8.9 vs 7.5
+    assert rows[("params (M)", "patchconvnet_s120")][col] == R.REPRODUCED
+    assert rows[("params (M)", "patchconvnet_b60")][col] == R.NOT_RUN  # not in complexity.models
+    assert rows[("GMACs (224 px)", "resnet50")][col] == R.REPRODUCED  # 4.11 vs 4.1
+    # ImageNet accuracy, GPU throughput, dense tasks, ablation directions: not at this scale
+    for key in (("ImageNet top-1 (%)", "patchconvnet_s60"), ("throughput (im/s)", "patchconvnet_s60"),
+                ("peak memory (MB)", "patchconvnet_s60"), ("ADE20k mIoU (UperNet)", "patchconvnet_s60"),
+                ("COCO box AP (Mask R-CNN)", "patchconvnet_s60"), ("multi-class top-1 (%), scratch", "patchconvnet_s60_multi"),
+                ("ResNet-50 top-1 (%), avg pooling", "resnet50"), ("ablation direction: avgpool", "patchconvnet_demo")):
+        assert rows[key][col] == R.NOT_RUN, key
+        assert rows[key][4] == R.NONE, key
+    assert set(r[col] for r in rows.values()) <= set(R.STATUSES)
+
+
+def test_statuses_at_paper_scale(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    write_fixture_run(tmp_path, evidence=True, imagenet=True)
+    params = _params("paper", **{"scales.paper.data.imagenet_train": "/x", "scales.paper.data.imagenet_val": "/y"})
+    rows = _rows(R.build_report(tmp_path, params))
+    top1 = rows[("ImageNet top-1 (%)", "patchconvnet_s60")]
+    assert top1[6] == R.REPRODUCED and top1[4].value == 82.13 and top1[7] == "run-eval"
+    assert rows[("ImageNet top-1 (%)", "patchconvnet_s120")][6] == R.NOT_RUN  # another model
+    assert rows[("ablation direction: avgpool", "patchconvnet_s60")][6] == R.REPRODUCED  # worse, as the paper
+    assert rows[("ablation direction: batchnorm", "patchconvnet_s60")][6] == R.REPRODUCED  # similar
+    assert rows[("ablation direction: linear_stem", "patchconvnet_s60")][6] == R.NOT_RUN  # variant not run
+
+
+@pytest.mark.parametrize("paper,value,status", [
+    (82.1, 82.14, R.REPRODUCED), (82.1, 82.16, R.WITHIN), (82.1, 82.5, R.DIFFERS), (1322, 1322.4, R.REPRODUCED),
+    (1322, 1400, R.WITHIN), (82.1, None, R.NOT_RUN)])
+def test_compare(paper, value, status):
+    tol = {"abs": 0.3} if paper < 100 else {"rel": 0.15}
+    assert R.compare(paper, value, tol) == status
+
+
+def test_html_is_self_contained(demo_run):
+    report = R.build_report(demo_run, _params())
+    md, page = R.write_report(report, demo_run / "reports")
+    text = page.read_text()
+    srcs = re.findall(r'\b(?:src|href)\s*=\s*"([^"]*)"', text)
+    assert srcs, "no embedded figure"
+    assert all(s.startswith("data:image/png;base64,") or s.startswith("#") for s in srcs), srcs
+    assert "<link" not in text and "@import" not in text and "url(" not in text
+    figures = json.loads((demo_run / "reports/figures/index.json").read_text())["figures"]
+    assert text.count("<img") == sum(any(f.endswith(".png") for f in v["files"]) for v in figures.values()) > 3
+    assert "patchconvnet_s60" in text and "not run at this scale" in text
+    assert "](figures/" in md.read_text()
+
+
+def test_figures_skip_missing_inputs(tmp_path):
+    out = tmp_path / "figs"
+    manifest = build_figures(tmp_path, out)
+    assert manifest["figures"] == {}
+    assert {"training_curves", "ablations", "depth_width", "complexity", "attention_single",
+            "segmentation_examples"} <= set(manifest["skipped"])
+    assert json.loads((out / "index.json").read_text()) == manifest
+
+
+def test_figures_from_metrics(demo_run):
+    index = json.loads((demo_run / "reports/figures/index.json").read_text())
+    for name in ("training_curves", "ablations", "depth_width", "complexity", "transfer"):
+        assert name in index["figures"], index["skipped"]
+        for f in index["figures"][name]["files"]:
+            assert (demo_run / "reports/figures" / f).stat().st_size > 1000
+    assert index["figures"]["ablations"]["sources"] == ["metrics/ablations.json"]
+    assert "attention_single" in index["skipped"]  # no results/attention in this fixture
+
+
+def test_run_ids_from_mlflow(tmp_path, monkeypatch):
+    """Without mlflow_run_id in the file, the stage's latest finished run is looked up by its tags."""
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    exp = client.create_experiment("patchconvnet", artifact_location=str(tmp_path / "artifacts"))
+    old = client.create_run(exp, tags={"pcn.stage": "complexity"})
+    client.set_terminated(old.info.run_id)
+    new = client.create_run(exp, tags={"pcn.stage": "complexity"})
+    client.set_terminated(new.info.run_id)
+    failed = client.create_run(exp, tags={"pcn.stage": "complexity"})
+    client.set_terminated(failed.info.run_id, "FAILED")
+    abl = client.create_run(exp, tags={"pcn.stage": "ablation", "pcn.variant": "avgpool", "pcn.seed": "0"})
+    client.set_terminated(abl.info.run_id)
+    write_fixture_run(tmp_path)
+    _write(tmp_path, "metrics/ablations/avgpool-s0.json", {"top1": 35.0})
+    params = _params(**{"tracking.uri": uri})
+    runs = R.RunIndex(params, R.Metrics(tmp_path))
+    assert runs.run_id("metrics/complexity.json") == new.info.run_id
+    assert runs.run_id("metrics/ablations/avgpool-s0.json") == abl.info.run_id
+    assert runs.run_id("metrics/eval.json") == "run-eval"  # named in the file
+    assert runs.run_id("metrics/attention.json") == R.NONE
+    rows = _rows(R.build_report(tmp_path, params))
+    assert rows[("params (M)", "patchconvnet_s60")][7] == new.info.run_id

@@ -1,0 +1,306 @@
+"""The launchers on a real one-node SLURM cluster (scripts/slurm-cluster.sh) and locally:
+2-rank DDP through submitit, requeue after a preemption signal or a scheduler requeue,
+a crash in one rank, and the paper-scale dry run."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cloudpickle
+import pytest
+
+from pcn.config import AugConfig, LauncherConfig, SlurmConfig, resolve
+from pcn.train import checkpoint as ckpt
+from pcn.train.dryrun import dry_run, plan
+from pcn.train.job import TrainJob
+from pcn.train.launch import TrainJobFailed, TrainTask, launch, wait
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_train import assert_same_weights, comparable, make_job
+
+# The subclasses below travel into the jobs by value (the job processes cannot import tests/).
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+# 8 epochs x 3 steps of 2 ranks x 8 images: long enough to interrupt after the first checkpoint.
+RECIPE = {
+    "aug": AugConfig(mixup=0.8, cutmix=1.0, label_smoothing=0.1),
+    "drop_path": 0.1,
+    "ema_decay": 0.9,
+    "clip_grad": 1.0,
+    "epochs": 8,
+    "batch_size": 16,
+    "checkpoint_every_steps": 2,
+}
+SLURM = SlurmConfig(cpus_per_task=1, mem_gb=2, time_min=10)
+
+
+def ddp_job(root: Path, out: Path) -> TrainJob:
+    return make_job(root, out, **RECIPE)
+
+
+def launcher(kind: str, tasks: int = 2) -> LauncherConfig:
+    return LauncherConfig(kind=kind, tasks=tasks, slurm=SLURM)
+
+
+@pytest.fixture(scope="module")
+def local_ddp(tiny_imagefolder, tmp_path_factory):
+    """The reference: the same 2-rank job on the local launcher (LocalExecutor, gloo)."""
+    out = tmp_path_factory.mktemp("local_ddp")
+    t0 = time.monotonic()
+    result = launch(
+        ddp_job(tiny_imagefolder, out / "run"), launcher("local"), out / "logs"
+    )
+    print(f"local 2-rank run: {time.monotonic() - t0:.1f}s")
+    return out / "run", result
+
+
+def slurm_log(job_dir: Path, pattern: str = "*_0_log.out") -> str:
+    return "\n".join(
+        p.read_text(errors="replace") for p in sorted(job_dir.rglob(pattern))
+    )
+
+
+@pytest.mark.slow
+def test_local_ddp_two_ranks(local_ddp):
+    out, result = local_ddp
+    assert result["status"] == "finished" and result["world_size"] == 2
+    assert result["global_step"] == 8 * 3 and len(result["history"]) == 8
+    assert (out / "model.pth").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_slurm_ddp_matches_local(slurm_cluster, tiny_imagefolder, tmp_path, local_ddp):
+    ref_out, ref = local_ddp
+    t0 = time.monotonic()
+    result = launch(
+        ddp_job(tiny_imagefolder, tmp_path / "run"),
+        launcher("slurm"),
+        tmp_path / "logs",
+    )
+    print(f"slurm 2-rank run: {time.monotonic() - t0:.1f}s")
+    assert result["world_size"] == 2
+    assert comparable(result) == comparable(ref)
+    assert_same_weights(ref_out, tmp_path / "run")
+
+
+def _submit(job: TrainJob, log_dir: Path, task=None):
+    import submitit
+
+    from pcn.train.launch import slurm_parameters
+
+    ex = submitit.SlurmExecutor(folder=log_dir / "%j", max_num_timeout=3)
+    ex.update_parameters(**slurm_parameters(launcher("slurm"), job.stage))
+    return ex.submit(task or TrainTask(job))
+
+
+def _wait_for_checkpoint(job, path: Path, timeout_s: float = 300) -> int:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        if path.exists():
+            # Written atomically: a failed read only means "not yet".
+            with contextlib.suppress(Exception):
+                return ckpt.load(path)["global_step"]
+        if job.paths.result_pickle.exists():
+            pytest.fail("the job finished before it could be interrupted")
+        time.sleep(0.2)
+    pytest.fail(
+        f"no checkpoint after {timeout_s}s; job log:\n{slurm_log(job.paths.folder, '*.err')[-3000:]}"
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_preempted_job_requeues_and_matches(
+    slurm_cluster, tiny_imagefolder, tmp_path, local_ddp
+):
+    """SIGTERM + SIGUSR2 as SLURM sends on preemption (submitit's ``_interrupt``): the engine
+    saves at the next step, submitit requeues, the job resumes and ends bit-identical."""
+    ref_out, ref = local_ddp
+    job = ddp_job(tiny_imagefolder, tmp_path / "run")
+    t0 = time.monotonic()
+    submitted = _submit(job, tmp_path / "logs")
+    step = _wait_for_checkpoint(submitted, job.last_path)
+    submitted._interrupt()  # scancel --signal TERM, then --signal USR2
+    result = wait(submitted)
+    elapsed = time.monotonic() - t0
+    log = slurm_log(submitted.paths.folder)
+    print(f"preempted at step >= {step}; finished after requeue in {elapsed:.1f}s")
+    assert "interrupted at global step" in log and "resuming from" in log, log[-3000:]
+    assert result["global_step"] == 24
+    assert comparable(result) == comparable(ref)
+    assert_same_weights(ref_out, tmp_path / "run")
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_scheduler_requeue_resumes_from_last_checkpoint(
+    slurm_cluster, tiny_imagefolder, tmp_path, local_ddp
+):
+    """``scontrol requeue`` (no signal to the job: it is killed) -> restart from the periodic checkpoint."""
+    ref_out, ref = local_ddp
+    job = ddp_job(tiny_imagefolder, tmp_path / "run")
+    submitted = _submit(job, tmp_path / "logs")
+    _wait_for_checkpoint(submitted, job.last_path)
+    subprocess.run(["scontrol", "requeue", submitted.job_id], check=True)
+    result = wait(submitted)
+    assert "resuming from" in slurm_log(submitted.paths.folder)
+    assert comparable(result) == comparable(ref)
+    assert_same_weights(ref_out, tmp_path / "run")
+
+
+class CrashOnRankOne(TrainTask):
+    """Rank 1 fails at its third optimizer step; rank 0 is then blocked in a collective."""
+
+    def __call__(self):
+        from pcn.train import distributed, engine
+
+        if distributed.detect().rank == 1:
+            real = engine.build_recipe
+
+            def build_recipe(*args, **kwargs):
+                recipe = real(*args, **kwargs)
+                step_update = recipe.scheduler.step_update
+
+                def failing(num_updates, *a, **k):
+                    if num_updates == 3:
+                        raise RuntimeError("injected failure on rank 1")
+                    return step_update(num_updates, *a, **k)
+
+                recipe.scheduler.step_update = failing
+                return recipe
+
+            engine.build_recipe = build_recipe
+        return super().__call__()
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_crash_in_one_rank_fails_the_stage_quickly(
+    slurm_cluster, tiny_imagefolder, tmp_path
+):
+    job = ddp_job(tiny_imagefolder, tmp_path / "run")
+    t0 = time.monotonic()
+    submitted = _submit(job, tmp_path / "logs", task=CrashOnRankOne(job))
+    with pytest.raises(TrainJobFailed) as err:
+        wait(submitted)
+    elapsed = time.monotonic() - t0
+    print(f"slurm crash detected after {elapsed:.1f}s")
+    message = str(err.value)
+    assert f"training job {submitted.job_id}" in message
+    assert "injected failure on rank 1" in message and "task 1" in message
+    assert (
+        elapsed < 150
+    )  # srun --kill-on-bad-exit ends rank 0; nothing waits for a timeout
+    state = subprocess.run(
+        ["scontrol", "show", "job", "-o", submitted.job_id],
+        check=False,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert "JobState=FAILED" in state or "JobState=CANCELLED" in state, state
+
+
+@pytest.mark.slow
+def test_crash_in_one_rank_fails_locally_too(tiny_imagefolder, tmp_path):
+    import submitit
+
+    job = ddp_job(tiny_imagefolder, tmp_path / "run")
+    ex = submitit.LocalExecutor(folder=tmp_path / "logs" / "%j")
+    ex.update_parameters(tasks_per_node=2, timeout_min=30)
+    t0 = time.monotonic()
+    submitted = ex.submit(CrashOnRankOne(job))
+    with pytest.raises(TrainJobFailed, match="injected failure on rank 1"):
+        wait(submitted)
+    elapsed = time.monotonic() - t0
+    print(f"local crash detected after {elapsed:.1f}s")
+    assert (
+        elapsed < 150
+    )  # rank 0's gloo collective fails as soon as rank 1's socket closes
+
+
+def test_dry_run_paper_s60():
+    raw = yaml_params()
+    params = resolve({**raw, "scale": "paper"})
+    cfg, s = params.pretrain, params.launcher.slurm
+    # Independent arithmetic for the assumptions the paper scale states: 2 nodes x 8 GPUs,
+    # global batch 2048, 400 epochs, repeated augmentation x3 (timm's sampler keeps
+    # floor(N / 256) * 256 / ranks images per rank), 5 warm-up epochs.
+    assert (s.nodes, s.gpus_per_node, cfg.batch_size, cfg.epochs) == (2, 8, 2048, 400)
+    per_rank_images = (1_281_167 // 256 * 256) // 16
+    steps = per_rank_images // 128
+    p = plan(params)
+    assert p.ranks == 16 and p.batch_per_rank == 128
+    assert p.samples_per_rank == per_rank_images == 80_064
+    assert p.steps_per_epoch == steps == 625
+    assert p.total_steps == 625 * 400 and p.warmup_steps == 5 * 625
+    assert p.lr == pytest.approx(cfg.lr * 2048 / cfg.lr_base_batch)
+    assert p.gpu_hours == pytest.approx(625 * 400 * 2048 / 370 / 3600)
+    assert (
+        p.sbatch["nodes"] == 2
+        and p.sbatch["ntasks_per_node"] == 8
+        and p.sbatch["gpus_per_node"] == 8
+    )
+    assert (
+        p.sbatch["cpus_per_task"] == s.cpus_per_task and p.sbatch["time"] == s.time_min
+    )
+    text = dry_run(params)
+    for needle in (
+        "2 node(s) x 8 GPUs = 16",
+        "2048 = 16 x 128",
+        "625 per epoch",
+        "250,000",
+        "GPU-hours",
+        "nothing is submitted",
+    ):
+        assert needle in text, text
+
+    # DeiT's rule with the classic base: 5e-4 per 512 images -> 2e-3 at 2048.
+    aug = cfg.aug.model_copy(update={"repeated_aug": 1})
+    deit = params.model_copy(
+        update={
+            "pretrain": cfg.model_copy(
+                update={"lr": 5e-4, "lr_base_batch": 512, "aug": aug}
+            )
+        }
+    )
+    p = plan(deit)
+    assert p.lr == pytest.approx(2e-3)
+    assert p.steps_per_epoch == math.ceil(1_281_167 / 16) // 128 == 625
+
+
+def yaml_params() -> dict:
+    import yaml
+
+    return yaml.safe_load(
+        (Path(__file__).resolve().parents[1] / "params.yaml").read_text()
+    )
+
+
+def test_sbatch_parameters_pass_account_qos_and_skip_unset():
+    from pcn.train.launch import slurm_parameters
+
+    lc = LauncherConfig(
+        kind="slurm",
+        tasks=3,
+        slurm=SlurmConfig(account="proj", qos="high", partition="gpu"),
+    )
+    params = slurm_parameters(lc, "pretrain")
+    assert params["additional_parameters"] == {"account": "proj", "qos": "high"}
+    assert (
+        params["partition"] == "gpu"
+        and params["ntasks_per_node"] == 3
+        and "gpus_per_node" not in params
+    )
+    assert "constraint" not in params
+    # submitit accepts them and writes them into the sbatch script.
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    script = _make_sbatch_string(command="true", folder="/tmp/x", **params)
+    assert "#SBATCH --account=proj" in script and "#SBATCH --qos=high" in script
+    assert "--kill-on-bad-exit=1" in script
