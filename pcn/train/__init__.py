@@ -5,8 +5,6 @@
 - ``pcn.train.launch.launch(job, launcher, log_dir)`` runs it through submitit, locally
   or on SLURM, and waits (``TrainJobFailed`` when the job fails);
 - ``pcn.train.dryrun.dry_run(params)`` prints the paper-scale plan without submitting.
-
-Importing this package (for the job spec) does not import torch, timm or submitit.
 """
 
 from pcn.train.job import DataSpec, TrainJob
