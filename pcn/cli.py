@@ -26,7 +26,7 @@ class UserError(Exception):
 def _user_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [ParamsError, UserError, FileNotFoundError]
     for mod, name in (("pcn.data.ffcv_io", "DatasetError"), ("pcn.models.checkpoint", "CheckpointError"),
-                      ("pcn.train.launch", "JobFailed"), ("pcn.transfer.datasets", "DatasetError")):
+                      ("pcn.train.launch", "TrainJobFailed"), ("pcn.transfer.datasets", "DatasetError")):
         try:
             errors.append(getattr(__import__(mod, fromlist=[name]), name))
         except (ImportError, AttributeError):

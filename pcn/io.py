@@ -26,6 +26,9 @@ def atomic_path(path: str | Path, directory: bool = False) -> Iterator[Path]:
     try:
         yield target
         if directory:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o777 & ~umask)  # mkdtemp made it private; publish it like any folder
             old = None
             if path.exists():
                 old = path.with_name(f".{path.name}.old")

@@ -132,10 +132,13 @@ def test_mlflow_ui_shows_pipeline_and_stage_runs(browser, tmp_path, monkeypatch,
 
 
 def test_html_report_renders(browser, tmp_path, monkeypatch):
+    from test_report import (
+        _params as report_params,  # tests/ is on sys.path under pytest
+    )
+    from test_report import write_fixture_run
+
     from pcn.analysis import report as R
     from pcn.analysis.figures import build_figures
-    from test_report import _params as report_params  # tests/ is on sys.path under pytest
-    from test_report import write_fixture_run
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     write_fixture_run(tmp_path)

@@ -157,7 +157,7 @@ def test_statuses_at_demo_scale(demo_run):
                 ("ResNet-50 top-1 (%), avg pooling", "resnet50"), ("ablation direction: avgpool", "patchconvnet_demo")):
         assert rows[key][col] == R.NOT_RUN, key
         assert rows[key][4] == R.NONE, key
-    assert set(r[col] for r in rows.values()) <= set(R.STATUSES)
+    assert {r[col] for r in rows.values()} <= set(R.STATUSES)
 
 
 def test_statuses_at_paper_scale(tmp_path, monkeypatch):
@@ -187,7 +187,7 @@ def test_html_is_self_contained(demo_run):
     text = page.read_text()
     srcs = re.findall(r'\b(?:src|href)\s*=\s*"([^"]*)"', text)
     assert srcs, "no embedded figure"
-    assert all(s.startswith("data:image/png;base64,") or s.startswith("#") for s in srcs), srcs
+    assert all(s.startswith(("data:image/png;base64,", "#")) for s in srcs), srcs
     assert "<link" not in text and "@import" not in text and "url(" not in text
     figures = json.loads((demo_run / "reports/figures/index.json").read_text())["figures"]
     assert text.count("<img") == sum(any(f.endswith(".png") for f in v["files"]) for v in figures.values()) > 3

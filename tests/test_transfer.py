@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -45,8 +44,8 @@ def demo_copy(tiny_demo, tmp_path) -> Path:
 def _job(task, init, root, out, iters=3, checkpoint=None, **cfg):
     from pcn.transfer import TransferJob
 
-    config = dict(img_size=64, iters=iters, batch_size=2, lr=1e-3, weight_decay=0.01, decoder_channels=16,
-                  fpn_channels=16, min_sizes=[64])
+    config = {"img_size": 64, "iters": iters, "batch_size": 2, "lr": 1e-3, "weight_decay": 0.01,
+              "decoder_channels": 16, "fpn_channels": 16, "min_sizes": [64]}
     config.update(cfg)
     name = task if init == "pretrained" else f"{task}_{init}"
     return TransferJob(task=task, init=init, model="patchconvnet_demo", model_options=dict(TINY_OPTIONS),
@@ -159,7 +158,7 @@ def test_ade_loader_reads_demo(tiny_demo):
 
     ds = AdeSegmentation(tiny_demo / "ade", "train", transforms=ade_train_transforms(64))
     assert ds.n_classes == 4 and len(ds) == 12
-    image, label, name = ds[0]
+    image, label, _ = ds[0]
     assert image.shape == (3, 64, 64) and image.dtype == torch.float32
     assert label.shape == (64, 64) and int(label.max()) <= 4
     assert ds.pixel_counts().sum() > 0
@@ -188,14 +187,14 @@ def test_ade_label_id_above_n(demo_copy):
 def test_ade_image_missing_or_unreadable(demo_copy):
     from pcn.transfer.datasets import AdeSegmentation, DatasetError
 
-    jpg = sorted((demo_copy / "ade/images/validation").glob("*.jpg"))[0]
+    jpg = min((demo_copy / "ade/images/validation").glob("*.jpg"))
     jpg.write_bytes(b"not a jpeg")
     with pytest.raises(DatasetError, match=rf"{jpg.name}: unreadable image"):
         AdeSegmentation(demo_copy / "ade", "val")
     jpg.unlink()
     (demo_copy / "ade/annotations/validation" / (jpg.stem + ".png")).unlink()
     AdeSegmentation(demo_copy / "ade", "val")  # a pair removed together is fine
-    orphan = sorted((demo_copy / "ade/annotations/validation").glob("*.png"))[0]
+    orphan = min((demo_copy / "ade/annotations/validation").glob("*.png"))
     orphan.unlink()
     with pytest.raises(DatasetError, match=rf"{orphan.name}: label map missing"):
         AdeSegmentation(demo_copy / "ade", "val")
@@ -395,7 +394,7 @@ def _pcn(work: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}", "PYTHONPATH": str(ROOT)}
     env.pop("PCN_PIPELINE_RUN_ID", None)
     return subprocess.run([sys.executable, "-m", "pcn.cli", *args], cwd=work, env=env, capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=600, check=False)
 
 
 def test_cli_bad_coco_exits_2_and_writes_nothing(demo_copy, tmp_path, monkeypatch, capsys):
@@ -408,8 +407,8 @@ def test_cli_bad_coco_exits_2_and_writes_nothing(demo_copy, tmp_path, monkeypatc
     monkeypatch.delenv("PCN_PIPELINE_RUN_ID", raising=False)
     assert main(["detection", "--init", "scratch"]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("pcn detection: error:")]
-    assert errors == ["pcn detection: error: data/demo/coco/annotations/instances_val.json: "
-                      "not valid JSON (Expecting value at line 1)"]
+    assert errors == [("pcn detection: error: data/demo/coco/annotations/instances_val.json: "
+                       "not valid JSON (Expecting value at line 1)")]
     assert not (work / "results" / "detection_scratch").exists()
     assert not (work / "metrics").exists() and not (work / "plots").exists()
 

@@ -29,9 +29,10 @@ Pure functions on arrays here; the stage (pcn/steps/report.py) does the I/O.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -162,7 +163,7 @@ def load_images(items: Iterable[ValImage], img_size: int):
     norm = NormalizeUint8()
     images, tensors, masks, boxes = [], [], [], []
     for it in items:
-        arr = np.asarray(Image.open(it.path).convert("RGB"))
+        arr = np.array(Image.open(it.path).convert("RGB"))  # a writable copy
         h, w = arr.shape[:2]
         if (h, w) != (img_size, img_size):
             arr = cv2.resize(arr, (img_size, img_size), interpolation=cv2.INTER_AREA)
@@ -172,7 +173,7 @@ def load_images(items: Iterable[ValImage], img_size: int):
             mask = cv2.resize(mask.astype(np.uint8), (img_size, img_size), interpolation=cv2.INTER_NEAREST) > 0
             box = cv2.resize(box.astype(np.uint8), (img_size, img_size), interpolation=cv2.INTER_NEAREST) > 0
         images.append(arr)
-        tensors.append(norm(torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)))
+        tensors.append(norm(torch.from_numpy(arr).permute(2, 0, 1)))
         masks.append(mask)
         boxes.append(box)
     return np.stack(images), torch.stack(tensors), np.stack(masks), np.stack(boxes)
@@ -219,11 +220,12 @@ def class_activation_maps(model, images, labels: Sequence[int], batch_size: int 
     """Grad-CAM and CAM of the labelled class, at image resolution, from pytorch_grad_cam.
 
     Target layer: the last trunk block (``model.blocks[-1]``).  "CAM" is the
-    package's HiResCAM (gradient x activation summed over channels): for a network
-    ending in global average pooling and a linear classifier it equals the class
-    activation map of Zhou et al. (2016); PatchConvNet's average-pooling variant has
-    a LayerNorm between the two, and HiResCAM is the map that stays faithful to
-    the logit there.  Both maps are ReLU'd and min-max scaled by the package.
+    package's HiResCAM (gradient x activation summed over channels), which equals the
+    class activation map of Zhou et al. (2016) for a global-average-pooling network.
+    Here the head (LayerNorm + linear) acts on the pooled vector only, so the gradient
+    of a logit is the same at every position: Grad-CAM's channel weights equal that
+    gradient and Grad-CAM, HiResCAM and CAM give the same map (a check, not a bug).
+    Both maps are ReLU'd and min-max scaled by the package.
     """
     import torch
     from pytorch_grad_cam import GradCAM, HiResCAM

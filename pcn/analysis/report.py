@@ -27,10 +27,11 @@ import base64
 import html
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 
@@ -115,6 +116,7 @@ class Section:
     paragraphs: list[str] = field(default_factory=list)
     tables: list[Table] = field(default_factory=list)
     figures: list[tuple[str, str]] = field(default_factory=list)  # (title, path relative to reports/)
+    notes: list[str] = field(default_factory=list)  # paragraphs after the tables
 
 
 @dataclass
@@ -477,7 +479,7 @@ def results_sections(paper: dict, params, metrics: Metrics, runs: RunIndex) -> l
                                  "model top-1 %", "images"], rows,
                                 f"IoU at threshold {att.get('threshold')} x max"))
         for k, v in (att.get("definitions") or {}).items():
-            sec.paragraphs.append(f"*{k}*: {v}")
+            sec.notes.append(f"*{k}*: {v}")
     else:
         sec.paragraphs.append("metrics/attention.json not found (the attention stage has not run).")
     out.append(sec)
@@ -507,10 +509,10 @@ def build_report(root: str | Path, params, paper_path: str | Path | None = None)
     runs = RunIndex(params, metrics)
     comp = comparison_table(paper, params, metrics, runs)
     summary = Section("Summary", paragraphs=[
-        f"Scale **{params.scale}**, data **{params.data.source}**, model **{params.model.name}**, "
-        f"seeds {list(params.experiments.seeds)}; MLflow experiment *{params.tracking.experiment}*.",
-        "Paper: Touvron et al., *Augmenting Convolutional networks with attention-based aggregation*, "
-        "arXiv:2112.13692 (2021).",
+        (f"Scale **{params.scale}**, data **{params.data.source}**, model **{params.model.name}**, "
+        f"seeds {list(params.experiments.seeds)}; MLflow experiment *{params.tracking.experiment}*."),
+        ("Paper: Touvron et al., *Augmenting Convolutional networks with attention-based aggregation*, "
+        "arXiv:2112.13692 (2021)."),
     ])
     counts = {s: sum(1 for r in comp.rows if r[comp.status_column] == s) for s in STATUSES}
     summary.paragraphs.append("Paper numbers: " + ", ".join(f"{v} {k}" for k, v in counts.items()) + ".")
@@ -520,8 +522,8 @@ def build_report(root: str | Path, params, paper_path: str | Path | None = None)
             "'not run at this scale'; params and GMACs of the paper's models come from their architecture and "
             "are compared at any scale. The demo's own results follow the comparison.")
     cmp_section = Section("Paper vs reproduced", tables=[comp], paragraphs=[
-        "Status: reproduced = equal at the paper's precision; within tolerance = inside the tolerance column; "
-        "differs = outside it; not run at this scale = this run cannot produce the number."])
+        ("Status: reproduced = equal at the paper's precision; within tolerance = inside the tolerance column; "
+        "differs = outside it; not run at this scale = this run cannot produce the number.")])
     figures_dir = root / "reports" / "figures"
     sections = [summary, cmp_section, *results_sections(paper, params, metrics, runs), figure_section(figures_dir)]
     return Report("PatchConvNet reproduction report", sections, comp, figures_dir)
@@ -531,9 +533,7 @@ def build_report(root: str | Path, params, paper_path: str | Path | None = None)
 
 
 def _cell(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:g}"
-    return str(v)
+    return str(v)  # paper values as written (4.0 stays 4.0); Sourced values format themselves
 
 
 def _md_escape(s: str) -> str:
@@ -554,6 +554,8 @@ def to_markdown(report: Report) -> str:
             for row in t.rows:
                 lines.append("| " + " | ".join(_md_escape(_cell(c)) for c in row) + " |")
             lines.append("")
+        for p in sec.notes:
+            lines += [p, ""]
         for title, path in sec.figures:
             lines += [f"![{title}]({path})", "", f"*{title}*", ""]
     return "\n".join(lines).rstrip() + "\n"
@@ -605,6 +607,8 @@ def to_html(report: Report, base: Path) -> str:
                     cells.append(f"<td{cls}{title}>{html.escape(_cell(c))}</td>")
                 out.append("<tr>" + "".join(cells) + "</tr>")
             out.append("</tbody></table>")
+        for p in sec.notes:
+            out.append(f"<p>{_inline(p)}</p>")
         for title, path in sec.figures:
             png = base / path
             if not png.is_file():

@@ -80,20 +80,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageDraw
 
 __all__ = [
     "SHAPES",
     "DemoSpec",
     "class_names",
-    "render_object",
-    "render_background",
-    "render_classification_sample",
-    "render_scene",
-    "mask_to_box",
+    "content_hash",
     "encode_rle",
     "generate",
-    "content_hash",
+    "mask_to_box",
+    "render_background",
+    "render_classification_sample",
+    "render_object",
+    "render_scene",
 ]
 
 # Shape vocabulary, in the order classes are taken for ``n_classes`` (the
@@ -114,7 +114,13 @@ SHAPES: tuple[str, ...] = (
 )
 
 # Stream ids for the per-image seeds: (seed, stream, index).
-_STREAMS = {"cls_train": 1, "cls_val": 2, "scene_train": 3, "scene_val": 4, "coco_rle": 5}
+_STREAMS = {
+    "cls_train": 1,
+    "cls_val": 2,
+    "scene_train": 3,
+    "scene_val": 4,
+    "coco_rle": 5,
+}
 
 SUMMARY_FILE = "demo_summary.json"  # written at the root, excluded from the hash
 
@@ -145,10 +151,17 @@ class DemoSpec:
 
     def __post_init__(self) -> None:
         if not 1 <= self.n_classes <= len(SHAPES):
-            raise ValueError(f"n_classes must be in 1..{len(SHAPES)}, got {self.n_classes}")
+            raise ValueError(
+                f"n_classes must be in 1..{len(SHAPES)}, got {self.n_classes}"
+            )
         if self.n_classes + 1 > 255:
             raise ValueError("too many classes for uint8 label maps")
-        for name in ("train_per_class", "val_per_class", "n_scenes_train", "n_scenes_val"):
+        for name in (
+            "train_per_class",
+            "val_per_class",
+            "n_scenes_train",
+            "n_scenes_val",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         if self.image_size < 16 or self.scene_size < 32:
@@ -157,7 +170,10 @@ class DemoSpec:
             raise ValueError("jpeg_quality must be in 1..100")
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        return {
+            k: list(v) if isinstance(v, tuple) else v
+            for k, v in dataclasses.asdict(self).items()
+        }
 
 
 def class_names(spec_or_n: DemoSpec | int) -> list[str]:
@@ -193,13 +209,23 @@ _POLYGONS: dict[str, np.ndarray] = {
     "diamond": np.array([[0.0, -1.0], [0.58, 0.0], [0.0, 1.0], [-0.58, 0.0]]),
     "hexagon": _regular(6, 0.98, 0.0),
     "arrow": np.array(
-        [[-0.95, -0.24], [0.15, -0.24], [0.15, -0.62], [0.95, 0.0], [0.15, 0.62], [0.15, 0.24], [-0.95, 0.24]]
+        [
+            [-0.95, -0.24],
+            [0.15, -0.24],
+            [0.15, -0.62],
+            [0.95, 0.0],
+            [0.15, 0.62],
+            [0.15, 0.24],
+            [-0.95, 0.24],
+        ]
     ),
     "chevron": np.array([[-0.6, -0.78], [0.92, 0.0], [-0.6, 0.78], [-0.1, 0.0]]),
 }
 
 
-_FILL = 0.94  # the unit disc's radius in half-sides of the object square (keeps a margin)
+_FILL = (
+    0.94  # the unit disc's radius in half-sides of the object square (keeps a margin)
+)
 
 
 def _inside(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -216,7 +242,9 @@ def _inside(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         return (r2 <= 1.0) & ((u - 0.48) * (u - 0.48) + v * v >= 0.82**2)
     if shape == "heart":
         x = u * np.float32(1 / 0.74)
-        y = np.float32(0.12) - v * np.float32(1 / 0.74)  # implicit heart, centred, point towards +v
+        y = np.float32(0.12) - v * np.float32(
+            1 / 0.74
+        )  # implicit heart, centred, point towards +v
         x2 = x * x
         q = x2 + y * y - 1
         return q * q * q - x2 * y * y * y <= 0
@@ -256,10 +284,14 @@ def render_object(
         py = ((sn * pu + c * pv) * radius + half) * s
         canvas = Image.new("L", (size * s, size * s), 0)
         # PIL fills pixels whose centres are inside; shift by half a sample
-        ImageDraw.Draw(canvas).polygon([(float(x) - 0.5, float(y) - 0.5) for x, y in zip(px, py)], fill=1)
+        ImageDraw.Draw(canvas).polygon(
+            [(float(x) - 0.5, float(y) - 0.5) for x, y in zip(px, py)], fill=1
+        )
         inside = np.asarray(canvas, dtype=np.float32)
     else:
-        t = ((np.arange(size * s, dtype=np.float32) + 0.5) / s - half) / radius  # sample positions
+        t = (
+            (np.arange(size * s, dtype=np.float32) + 0.5) / s - half
+        ) / radius  # sample positions
         u = np.float32(c / aspect) * t[None, :] + np.float32(sn / aspect) * t[:, None]
         v = np.float32(-sn) * t[None, :] + np.float32(c) * t[:, None]
         inside = _inside(shape, u, v)
@@ -272,7 +304,12 @@ def mask_to_box(mask: np.ndarray) -> list[int]:
     cols = np.flatnonzero(mask.any(axis=0))
     if len(rows) == 0:
         return [0, 0, 0, 0]
-    return [int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)]
+    return [
+        int(cols[0]),
+        int(rows[0]),
+        int(cols[-1] - cols[0] + 1),
+        int(rows[-1] - rows[0] + 1),
+    ]
 
 
 def encode_rle(mask: np.ndarray) -> dict[str, Any]:
@@ -280,7 +317,10 @@ def encode_rle(mask: np.ndarray) -> dict[str, Any]:
     from pycocotools import mask as mask_utils
 
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
+    return {
+        "size": [int(rle["size"][0]), int(rle["size"][1])],
+        "counts": rle["counts"].decode("ascii"),
+    }
 
 
 # ---------------------------------------------------------------------------
@@ -292,7 +332,9 @@ def _random_colour(rng: np.random.Generator) -> np.ndarray:
     return rng.uniform(0, 255, 3)
 
 
-def render_background(rng: np.random.Generator, size: int, strokes: tuple[int, int] = (3, 8)) -> np.ndarray:
+def render_background(
+    rng: np.random.Generator, size: int, strokes: tuple[int, int] = (2, 6)
+) -> np.ndarray:
     """Cluttered background (float32 H x W x 3, 0..255).
 
     A colour gradient, low-frequency colour noise, pixel noise and thin random
@@ -308,13 +350,23 @@ def render_background(rng: np.random.Generator, size: int, strokes: tuple[int, i
     g = int(rng.integers(3, 7))
     low = rng.normal(0, 20, (g, g, 3)).astype(np.float32)
     low_img = np.stack(
-        [np.asarray(Image.fromarray(low[..., k], mode="F").resize((w, h), Image.BICUBIC)) for k in range(3)], -1
+        [
+            np.asarray(
+                Image.fromarray(low[..., k], mode="F").resize((w, h), Image.BICUBIC)
+            )
+            for k in range(3)
+        ],
+        -1,
     )
     img = img + low_img
     pil = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(pil)
-    n = int(round(rng.integers(strokes[0], strokes[1] + 1) * size / 64)) if strokes[1] > 0 else 0
-    max_w = max(1, int(round(size / 40)))
+    n = (
+        round(int(rng.integers(strokes[0], strokes[1] + 1)) * size / 64)
+        if strokes[1] > 0
+        else 0
+    )
+    max_w = max(1, round(size / 40))
     for _ in range(n):
         col = tuple(int(c) for c in rng.integers(0, 256, 3))
         width = int(rng.integers(1, max_w + 1))
@@ -331,13 +383,17 @@ def render_background(rng: np.random.Generator, size: int, strokes: tuple[int, i
             r = rng.uniform(size / 10, size / 2)
             a0 = float(rng.uniform(0, 360))
             span = float(rng.uniform(40, 200))  # never a closed circle
-            draw.arc([cx - r, cy - r, cx + r, cy + r], a0, a0 + span, fill=col, width=width)
+            draw.arc(
+                [cx - r, cy - r, cx + r, cy + r], a0, a0 + span, fill=col, width=width
+            )
     out = np.asarray(pil, dtype=np.float32)
     out = out + rng.normal(0, 5, out.shape).astype(np.float32)
     return out
 
 
-def _object_colour(rng: np.random.Generator, under: np.ndarray, min_dist: float = 140.0) -> np.ndarray:
+def _object_colour(
+    rng: np.random.Generator, under: np.ndarray, min_dist: float = 140.0
+) -> np.ndarray:
     """A random colour far enough from ``under`` (mean background colour under the object)."""
     best, best_d = None, -1.0
     for _ in range(24):
@@ -370,8 +426,14 @@ def _paint(
     col = _object_colour(rng, under)
     th = rng.uniform(0, 2 * math.pi)
     yy, xx = np.mgrid[0 : c.shape[0], 0 : c.shape[1]].astype(np.float32)
-    shade = ((xx * math.cos(th) + yy * math.sin(th)) / max(s, 1) - 0.5) * rng.uniform(0, 40)
-    fill = col[None, None, :] + shade[..., None] + rng.normal(0, 4, (*c.shape, 3)).astype(np.float32)
+    shade = ((xx * math.cos(th) + yy * math.sin(th)) / max(s, 1) - 0.5) * rng.uniform(
+        0, 40
+    )
+    fill = (
+        col[None, None, :]
+        + shade[..., None]
+        + rng.normal(0, 4, (*c.shape, 3)).astype(np.float32)
+    )
     a = c[..., None]
     region[...] = region * (1 - a) + fill * a
     full = np.zeros((h, w), dtype=bool)
@@ -379,7 +441,9 @@ def _paint(
     return full
 
 
-def _placement(rng: np.random.Generator, cov: np.ndarray, canvas: int) -> tuple[int, int]:
+def _placement(
+    rng: np.random.Generator, cov: np.ndarray, canvas: int
+) -> tuple[int, int]:
     """Random top-left of the object square so that its mask lies inside the canvas."""
     m = cov >= 0.5
     x, y, w, h = mask_to_box(m)
@@ -398,12 +462,14 @@ def render_classification_sample(
     img = render_background(rng, n, spec.strokes)
     if spec.max_distractors > 0:
         for _ in range(int(rng.integers(0, spec.max_distractors + 1))):
-            d = max(6, int(round(n * rng.uniform(0.12, 0.2))))
-            cov = render_object(rng, int(rng.integers(spec.n_classes)), d, n_classes=spec.n_classes)
+            d = max(6, round(n * float(rng.uniform(0.12, 0.2))))
+            cov = render_object(
+                rng, int(rng.integers(spec.n_classes)), d, n_classes=spec.n_classes
+            )
             top, left = _placement(rng, cov, n)
             _paint(rng, img, cov, top, left)
     lo, hi = spec.object_scale
-    size = max(8, int(round(n * rng.uniform(lo, hi))))
+    size = max(8, round(n * float(rng.uniform(lo, hi))))
     cov = render_object(rng, label, size, n_classes=spec.n_classes)
     top, left = _placement(rng, cov, n)
     mask = _paint(rng, img, cov, top, left)
@@ -443,7 +509,10 @@ def render_scene(
             y0, x0 = max(top, 0), max(left, 0)
             y1, x1 = min(top + size, n), min(left + size, n)
             placed[y0:y1, x0:x1] = m[y0 - top : y1 - top, x0 - left : x1 - left]
-            ok = all(((v & ~placed).sum() >= 0.5 * f.sum()) for v, f in zip(visible, full_masks))
+            ok = all(
+                ((v & ~placed).sum() >= 0.5 * f.sum())
+                for v, f in zip(visible, full_masks)
+            )
             if ok:
                 break
         else:
@@ -455,7 +524,8 @@ def render_scene(
         full_masks.append(placed)
         classes.append(cls)
     objects = [
-        {"class_id": c, "box": mask_to_box(v), "mask": v, "area": int(v.sum())} for c, v in zip(classes, visible)
+        {"class_id": c, "box": mask_to_box(v), "mask": v, "area": int(v.sum())}
+        for c, v in zip(classes, visible)
     ]
     image = np.clip(np.rint(img), 0, 255).astype(np.uint8)
     return image, objects
@@ -467,18 +537,24 @@ def render_scene(
 
 
 def _write_jpeg(path: Path, image: np.ndarray, quality: int) -> None:
-    Image.fromarray(image, mode="RGB").save(path, format="JPEG", quality=quality, optimize=False)
+    Image.fromarray(image, mode="RGB").save(
+        path, format="JPEG", quality=quality, optimize=False
+    )
 
 
 def _write_png(path: Path, label_map: np.ndarray) -> None:
-    Image.fromarray(label_map, mode="L").save(path, format="PNG", optimize=False, compress_level=6)
+    Image.fromarray(label_map, mode="L").save(
+        path, format="PNG", optimize=False, compress_level=6
+    )
 
 
 def _write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, separators=(",", ":")) + "\n", encoding="utf-8")
 
 
-def _coco_segmentation(mask: np.ndarray, force_rle: bool) -> dict[str, Any] | list[list[float]]:
+def _coco_segmentation(
+    mask: np.ndarray, force_rle: bool
+) -> dict[str, Any] | list[list[float]]:
     """Polygons when they reproduce the mask, else compressed RLE.
 
     Polygons are the outer contours of the mask traced at twice the resolution
@@ -491,12 +567,20 @@ def _coco_segmentation(mask: np.ndarray, force_rle: bool) -> dict[str, Any] | li
         from pycocotools import mask as mask_utils
 
         up = np.kron(mask.astype(np.uint8), np.ones((2, 2), dtype=np.uint8))
-        contours, hierarchy = cv2.findContours(up, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+        contours, hierarchy = cv2.findContours(
+            up, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE
+        )
         has_hole = hierarchy is not None and bool((hierarchy[0][:, 3] >= 0).any())
-        polys = [[float(v) for v in ((c.reshape(-1, 2) + 0.5) / 2).ravel()] for c in contours if len(c) >= 3]
+        polys = [
+            [float(v) for v in ((c.reshape(-1, 2) + 0.5) / 2).ravel()]
+            for c in contours
+            if len(c) >= 3
+        ]
         if polys and not has_hole:
             h, w = mask.shape
-            dec = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polys, h, w))).astype(bool)
+            dec = mask_utils.decode(
+                mask_utils.merge(mask_utils.frPyObjects(polys, h, w))
+            ).astype(bool)
             union = np.logical_or(dec, mask).sum()
             iou = np.logical_and(dec, mask).sum() / max(union, 1)
             if iou >= 0.9 and mask_to_box(dec) == mask_to_box(mask):
@@ -507,12 +591,16 @@ def _coco_segmentation(mask: np.ndarray, force_rle: bool) -> dict[str, Any] | li
 _ADE_SPLIT = {"train": "training", "val": "validation"}
 
 
-def _cls_item(args: tuple[str, DemoSpec, str, int]) -> tuple[str, dict[str, Any] | None]:
+def _cls_item(
+    args: tuple[str, DemoSpec, str, int],
+) -> tuple[str, dict[str, Any] | None]:
     """Render and write classification image ``index`` of ``split``; val images return their record."""
     root, spec, split, i = args
     names = class_names(spec)
     label = i % spec.n_classes
-    image, label, box, mask = render_classification_sample(_rng(spec, f"cls_{split}", i), spec, label)
+    image, label, box, mask = render_classification_sample(
+        _rng(spec, f"cls_{split}", i), spec, label
+    )
     rel = f"{split}/{names[label]}/{split}_{i:06d}.jpg"
     _write_jpeg(Path(root) / "imagenet" / rel, image, spec.jpeg_quality)
     if split != "val":
@@ -528,26 +616,43 @@ def _cls_item(args: tuple[str, DemoSpec, str, int]) -> tuple[str, dict[str, Any]
     }
 
 
-def _scene_item(args: tuple[str, DemoSpec, str, int]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def _scene_item(
+    args: tuple[str, DemoSpec, str, int],
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Render scene ``index`` of ``split``; write its ADE and COCO files; return COCO image and annotations."""
     root_s, spec, split, i = args
     root = Path(root_s)
-    image, objects = render_scene(_rng(spec, f"scene_{split}", i), spec, first_class=i % spec.n_classes)
+    image, objects = render_scene(
+        _rng(spec, f"scene_{split}", i), spec, first_class=i % spec.n_classes
+    )
     stem = f"ADE_{split}_{i + 1:08d}"
-    _write_jpeg(root / "ade" / "images" / _ADE_SPLIT[split] / f"{stem}.jpg", image, spec.jpeg_quality)
+    _write_jpeg(
+        root / "ade" / "images" / _ADE_SPLIT[split] / f"{stem}.jpg",
+        image,
+        spec.jpeg_quality,
+    )
     label_map = np.ones(image.shape[:2], dtype=np.uint8)
     for obj in objects:
         label_map[obj["mask"]] = obj["class_id"] + 2
-    _write_png(root / "ade" / "annotations" / _ADE_SPLIT[split] / f"{stem}.png", label_map)
+    _write_png(
+        root / "ade" / "annotations" / _ADE_SPLIT[split] / f"{stem}.png", label_map
+    )
 
     image_id = i + 1
     file_name = f"{image_id:012d}.jpg"
     _write_jpeg(root / "coco" / "images" / split / file_name, image, spec.jpeg_quality)
-    img = {"id": image_id, "file_name": file_name, "width": image.shape[1], "height": image.shape[0]}
+    img = {
+        "id": image_id,
+        "file_name": file_name,
+        "width": image.shape[1],
+        "height": image.shape[0],
+    }
     rle_rng = _rng(spec, "coco_rle", (0 if split == "train" else 1 << 30) + i)
     anns = []
     for obj in objects:
-        seg = _coco_segmentation(obj["mask"], force_rle=bool(rle_rng.random() < spec.rle_fraction))
+        seg = _coco_segmentation(
+            obj["mask"], force_rle=bool(rle_rng.random() < spec.rle_fraction)
+        )
         anns.append(
             {
                 "image_id": image_id,
@@ -576,7 +681,9 @@ def content_hash(root: Path) -> str:
     """
     root = Path(root)
     files = sorted(
-        p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and p.name != SUMMARY_FILE
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.is_file() and p.name != SUMMARY_FILE
     )
     h = hashlib.sha256()
     for rel in files:
@@ -584,7 +691,9 @@ def content_hash(root: Path) -> str:
     return h.hexdigest()
 
 
-def _generate_into(root: Path, spec: DemoSpec, progress: bool, workers: int) -> dict[str, Any]:
+def _generate_into(
+    root: Path, spec: DemoSpec, progress: bool, workers: int, min_pool_items: int
+) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     names = class_names(spec)
@@ -592,20 +701,26 @@ def _generate_into(root: Path, spec: DemoSpec, progress: bool, workers: int) -> 
     n_cls = {"train": spec.train_per_class * k, "val": spec.val_per_class * k}
     n_scene = {"train": spec.n_scenes_train, "val": spec.n_scenes_val}
     total = sum(n_cls.values()) + sum(n_scene.values())
-    bar = tqdm(total=total, desc="demo data", unit="img", disable=not progress, leave=False)
+    bar = tqdm(
+        total=total, desc="demo data", unit="img", disable=not progress, leave=False
+    )
 
     inet, ade, coco = root / "imagenet", root / "ade", root / "coco"
     for split in ("train", "val"):
         for name in names:
             (inet / split / name).mkdir(parents=True, exist_ok=True)
-        for d in (ade / "images" / _ADE_SPLIT[split], ade / "annotations" / _ADE_SPLIT[split], coco / "images" / split):
+        for d in (
+            ade / "images" / _ADE_SPLIT[split],
+            ade / "annotations" / _ADE_SPLIT[split],
+            coco / "images" / split,
+        ):
             d.mkdir(parents=True, exist_ok=True)
     (coco / "annotations").mkdir(parents=True, exist_ok=True)
 
     # Every item is seeded on its own, so the pool's scheduling cannot change
     # any file; results come back in submission order.
     pool = None
-    if workers > 1 and total >= 400:
+    if workers > 1 and total >= min_pool_items:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
 
@@ -625,7 +740,9 @@ def _generate_into(root: Path, spec: DemoSpec, progress: bool, workers: int) -> 
         # ImageNet-style classification
         val_objects: dict[str, Any] = {}
         for split in ("train", "val"):
-            for rel, rec in run(_cls_item, [(str(root), spec, split, i) for i in range(n_cls[split])]):
+            for rel, rec in run(
+                _cls_item, [(str(root), spec, split, i) for i in range(n_cls[split])]
+            ):
                 if rec is not None:
                     val_objects[rel] = rec
         _write_json(
@@ -641,11 +758,17 @@ def _generate_into(root: Path, spec: DemoSpec, progress: bool, workers: int) -> 
         )
 
         # Dense scenes -> ADE20k-style and COCO-style
-        categories = [{"id": i + 1, "name": nm, "supercategory": "shape"} for i, nm in enumerate(names)]
+        categories = [
+            {"id": i + 1, "name": nm, "supercategory": "shape"}
+            for i, nm in enumerate(names)
+        ]
         n_inst, n_rle = {}, {}
         for split in ("train", "val"):
             images, annotations = [], []
-            for img, anns in run(_scene_item, [(str(root), spec, split, i) for i in range(n_scene[split])]):
+            for img, anns in run(
+                _scene_item,
+                [(str(root), spec, split, i) for i in range(n_scene[split])],
+            ):
                 images.append(img)
                 for ann in anns:
                     annotations.append({"id": len(annotations) + 1, **ann})
@@ -676,16 +799,31 @@ def _generate_into(root: Path, spec: DemoSpec, progress: bool, workers: int) -> 
         "spec": spec.to_dict(),
         "classes": names,
         "imagenet": {"train": n_cls["train"], "val": n_cls["val"]},
-        "ade": {"training": n_scene["train"], "validation": n_scene["val"], "n_labels": k + 1},
+        "ade": {
+            "training": n_scene["train"],
+            "validation": n_scene["val"],
+            "n_labels": k + 1,
+        },
         "coco": {
-            "train": {"images": n_scene["train"], "annotations": n_inst["train"], "rle": n_rle["train"]},
-            "val": {"images": n_scene["val"], "annotations": n_inst["val"], "rle": n_rle["val"]},
+            "train": {
+                "images": n_scene["train"],
+                "annotations": n_inst["train"],
+                "rle": n_rle["train"],
+            },
+            "val": {
+                "images": n_scene["val"],
+                "annotations": n_inst["val"],
+                "rle": n_rle["val"],
+            },
         },
     }
 
 
 def generate(
-    out_dir: Path | str, spec: DemoSpec | None = None, progress: bool = True, workers: int | None = None
+    out_dir: Path | str,
+    spec: DemoSpec | None = None,
+    progress: bool = True,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """Write the three demo datasets under ``out_dir`` and return a summary.
 
@@ -700,9 +838,10 @@ def generate(
     written files (see :func:`content_hash`). The returned dict additionally
     has ``seconds`` (not written, to keep the files deterministic).
 
-    ``workers`` processes render in parallel (default: up to 2, the CPU
-    count); small jobs (< 400 images) always run in this process. The files
-    do not depend on it.
+    ``workers`` processes render in parallel (default: 2, or 1 on a single
+    CPU, and in-process for small jobs of < 400 images). The files do not
+    depend on it. Workers are spawned, so a calling script needs the usual
+    ``if __name__ == "__main__":`` guard.
     """
     spec = spec or DemoSpec()
     out_dir = Path(out_dir)
@@ -715,9 +854,9 @@ def generate(
     t0 = time.perf_counter()
     try:
         tmp.mkdir()
-        if workers is None:
-            workers = min(2, os.cpu_count() or 1)
-        summary = _generate_into(tmp, spec, progress, max(1, int(workers)))
+        auto = workers is None
+        n_workers = min(2, os.cpu_count() or 1) if auto else max(1, int(workers))
+        summary = _generate_into(tmp, spec, progress, n_workers, 400 if auto else 0)
         summary["content_hash"] = content_hash(tmp)
         _write_json(tmp / SUMMARY_FILE, summary)
     except BaseException:

@@ -84,7 +84,8 @@ class ConvStem(nn.Module):
             raise ValueError(f"stem must be 'conv' or 'linear', got {kind!r}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x).permute(0, 2, 3, 1)  # B, H, W, C
+        # contiguous (B, H, W, C): the residual stream stays channels-last in every block
+        return self.proj(x).permute(0, 2, 3, 1).contiguous()
 
 
 class SqueezeExcite(nn.Module):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -107,7 +106,8 @@ def attention(args) -> int:
                 raw_patchconvnet=raw["patchconvnet"], raw_multiclass=raw["multiclass_all"],
                 **{f"logits_{m}": v for m, v in logits.items()})
             shown = {m: maps[m] for m in ("patchconvnet", "patchconvnet_multiclass", "gradcam", "cam") if m in maps}
-            F.save(F.attention_figure(images, shown, METHOD_TITLES, captions, n=cfg.n_figure), out, "attention_single")
+            two_lines = {m: t.replace(" (", "\n(") for m, t in METHOD_TITLES.items()}
+            F.save(F.attention_figure(images, shown, two_lines, captions, n=cfg.n_figure), out, "attention_single")
             F.save(F.multiclass_figure(images, multi_all, class_names, logits["patchconvnet_multiclass"], labels,
                                        n=cfg.n_figure), out, "attention_multiclass")
             F.save(F.localisation_figure(table, METHOD_TITLES), out, "localisation")

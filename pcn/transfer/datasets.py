@@ -286,7 +286,7 @@ class CocoInstances(torch.utils.data.Dataset):
         self.anns: dict[int, list[dict]] = {im["id"]: [] for im in self.images}
         self.n_degenerate = 0
         for ann in self.data["annotations"]:
-            x, y, w, h = ann["bbox"]
+            w, h = ann["bbox"][2:]
             if w <= 0 or h <= 0:
                 self.n_degenerate += 1
                 warnings.warn(f"{self.ann_file}: annotation {ann.get('id')} (image {ann['image_id']}) has a "

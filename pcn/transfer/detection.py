@@ -29,13 +29,26 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn as nn
 from pycocotools import mask as mask_utils
+from torch import nn
 
-from pcn.transfer import IterationSampler, TransferJob, build_optimizer, finish_outputs, run_logger, setup_device
-from pcn.transfer import train_loop
-from pcn.transfer.datasets import (IMAGENET_MEAN, IMAGENET_STD, CocoInstances, coco_eval_transforms,
-                                   coco_train_transforms, collate_detection)
+from pcn.transfer import (
+    IterationSampler,
+    TransferJob,
+    build_optimizer,
+    finish_outputs,
+    run_logger,
+    setup_device,
+    train_loop,
+)
+from pcn.transfer.datasets import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    CocoInstances,
+    coco_eval_transforms,
+    coco_train_transforms,
+    collate_detection,
+)
 from pcn.transfer.metrics import COCO_STATS, coco_from_dict, coco_scores
 from pcn.transfer.pyramid import PyramidBackbone, create_pyramid_backbone
 
@@ -49,21 +62,24 @@ class PyramidFPN(nn.Module):
     """Pyramid backbone + FPN: an OrderedDict of levels '0'..'3' (strides 4..32) and 'pool' (64)."""
 
     def __init__(self, backbone: PyramidBackbone, out_channels: int = 256):
-        from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
+        from torchvision.ops.feature_pyramid_network import (
+            FeaturePyramidNetwork,
+            LastLevelMaxPool,
+        )
 
         super().__init__()
         self.body = backbone
         self.fpn = FeaturePyramidNetwork(list(backbone.out_channels), out_channels, extra_blocks=LastLevelMaxPool())
         self.out_channels = out_channels
 
-    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         feats = self.body(x)  # torchvision pads batches to a multiple of 32 already
         return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(feats)))
 
 
 def anchor_sizes(img_size: int) -> tuple[tuple[int, ...], ...]:
     """One size per level (strides 4..64): 8x the stride at COCO sizes, smaller for small images."""
-    base = int(min(32, max(8, round(32 * img_size / 512))))
+    base = min(32, max(8, round(32 * img_size / 512)))
     return tuple((base * 2 ** i,) for i in range(5))
 
 
@@ -84,14 +100,14 @@ def build_model(job: TransferJob, n_classes: int):
         backbone,
         num_classes=n_classes + 1,
         min_size=min_sizes,
-        max_size=int(round(max(min_sizes) * 1333 / 800)),
+        max_size=round(max(min_sizes) * 1333 / 800),
         image_mean=list(IMAGENET_MEAN),
         image_std=list(IMAGENET_STD),
         rpn_anchor_generator=anchors,
         box_roi_pool=MultiScaleRoIAlign(levels, output_size=7, sampling_ratio=2),
         mask_roi_pool=MultiScaleRoIAlign(levels, output_size=14, sampling_ratio=2),
     )
-    return model, (report.summary() if report else None)
+    return model, report
 
 
 def _to_device(images, targets, device):
@@ -159,7 +175,7 @@ def qualitative_figure(dataset: CocoInstances, results: list[dict], path: Path, 
                 ax.add_patch(Rectangle((bbox[0], bbox[1]), bbox[2], bbox[3], fill=False, color=colour, lw=1.2))
                 text = names.get(cat, str(cat)) + (f" {score:.2f}" if score is not None else "")
                 ax.text(bbox[0], bbox[1] - 1, text, fontsize=6, color="white",
-                        bbox=dict(facecolor=colour, alpha=0.7, pad=0.5, lw=0))
+                        bbox={"facecolor": colour, "alpha": 0.7, "pad": 0.5, "lw": 0})
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_title(title, fontsize=9)
@@ -179,7 +195,7 @@ def _scheduler(optimizer, iters: int, lr: float):
 
 def run(job: TransferJob) -> dict[str, Any]:
     """Train, detect on val, score with COCOeval, write the outputs; return the metrics."""
-    from pcn.io import atomic_path
+    from pcn.io import atomic_path, write_json
 
     t_start = time.perf_counter()
     device = setup_device(job)
@@ -194,7 +210,7 @@ def run(job: TransferJob) -> dict[str, Any]:
         from pcn.transfer.datasets import DatasetError
 
         raise DatasetError(f"{val_set.ann_file}: categories differ from {train_set.ann_file}")
-    model, weights_report = build_model(job, len(train_set.categories))
+    model, weights = build_model(job, len(train_set.categories))
     model.to(device)
     optimizer = build_optimizer(model, job.cfg("lr"), job.cfg("weight_decay", 0.05))
     scheduler = _scheduler(optimizer, iters, job.cfg("lr"))
@@ -216,14 +232,17 @@ def run(job: TransferJob) -> dict[str, Any]:
     gt = coco_from_dict(val_set.data)
     with atomic_path(out_dir, directory=True) as tmp:
         t_eval = time.perf_counter()
+        model.transform.min_size = (job.cfg("img_size"),)  # single-scale test at img_size
         results = detect(model, val_set, device)
         scores = {iou: coco_scores(gt, results, iou) for iou in ("bbox", "segm")}
         eval_s = time.perf_counter() - t_eval
         (tmp / RESULTS_FILE).write_text(json.dumps(results) + "\n")
         torch.save({"model": model.state_dict()}, tmp / "model.pth")
+        if weights is not None:  # every key the checkpoint gave the trunk, and every key it dropped
+            write_json(tmp / "backbone_weights.json", {"source": weights.source, "used": weights.used,
+                                                       "dropped": weights.dropped})
         qualitative_figure(val_set, results, tmp / "qualitative.png")
     finish_outputs(job, loop.losses)
-    mlf.log_artifact(out_dir / "qualitative.png")
     metrics: dict[str, Any] = {f"{iou}_{k}": scores[iou][k] for iou in ("bbox", "segm") for k in COCO_STATS}
     metrics.update({
         "results_file": str(out_dir / RESULTS_FILE),
@@ -236,7 +255,7 @@ def run(job: TransferJob) -> dict[str, Any]:
         "figure": str(out_dir / "qualitative.png"),
         "init": job.init,
         "backbone": job.model,
-        "backbone_weights": weights_report,
+        "backbone_weights": weights.summary() if weights else None,
         "iters": iters,
         "resumed_from": loop.resumed_from,
         "final_loss": float(np.mean(loop.losses[-10:])) if loop.losses else None,

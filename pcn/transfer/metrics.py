@@ -21,7 +21,8 @@ import contextlib
 import copy
 import io
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import torch

@@ -36,8 +36,8 @@ from pathlib import Path
 
 import timm
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 import pcn.models  # noqa: F401 - registers patchconvnet_* with timm
 from pcn.models.checkpoint import CheckpointError, check_state_dict, unwrap_state_dict
@@ -140,7 +140,7 @@ def load_trunk_weights(trunk: nn.Module, path: str | os.PathLike) -> WeightsRepo
         raise FileNotFoundError(f"{path}: backbone checkpoint not found (run `pcn pretrain`, or pass --checkpoint)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated file, not a torch file, pickled code refused
+    except Exception as exc:  # noqa: BLE001 - truncated file, not a torch file, pickled code refused
         raise CheckpointError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from None
     state = unwrap_state_dict(obj, source=str(path))
     expected = trunk.state_dict()

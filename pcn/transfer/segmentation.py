@@ -26,13 +26,24 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
+from torch import nn
 
-from pcn.transfer import TransferJob, build_optimizer, finish_outputs, run_logger, setup_device, train_loop
-from pcn.transfer import IterationSampler
-from pcn.transfer.datasets import AdeSegmentation, ade_eval_transforms, ade_train_transforms
+from pcn.transfer import (
+    IterationSampler,
+    TransferJob,
+    build_optimizer,
+    finish_outputs,
+    run_logger,
+    setup_device,
+    train_loop,
+)
+from pcn.transfer.datasets import (
+    AdeSegmentation,
+    ade_eval_transforms,
+    ade_train_transforms,
+)
 from pcn.transfer.metrics import confusion_matrix, segmentation_scores
 from pcn.transfer.pyramid import PyramidBackbone, create_pyramid_backbone
 
@@ -92,11 +103,11 @@ class SegmentationLoss(nn.Module):
         return loss
 
 
-def build_model(job: TransferJob, n_classes: int) -> tuple[UperNetSegmenter, dict | None]:
+def build_model(job: TransferJob, n_classes: int):
     ckpt = job.checkpoint if job.init == "pretrained" else None
     backbone, report = create_pyramid_backbone(job.model, job.model_options, ckpt)
     model = UperNetSegmenter(backbone, n_classes, job.cfg("decoder_channels", 512))
-    return model, (report.summary() if report else None)
+    return model, report
 
 
 @torch.no_grad()
@@ -165,18 +176,20 @@ def _scheduler(optimizer, iters: int, lr: float):
 
 def run(job: TransferJob) -> dict[str, Any]:
     """Train, evaluate, write the outputs; return the metrics (the stage writes the JSON)."""
-    from pcn.io import atomic_path
+    from pcn.io import atomic_path, write_json
 
     t_start = time.perf_counter()
     device = setup_device(job)
     size, iters, bs = job.cfg("img_size"), job.cfg("iters"), job.cfg("batch_size")
-    train_set = AdeSegmentation(job.data_root, "train", transforms=ade_train_transforms(size))
+    # n_classes: from classes.json when the dataset has one (the demo), else the config (ADE20k: 150)
+    train_set = AdeSegmentation(job.data_root, "train", n_classes=job.cfg("n_classes"),
+                                transforms=ade_train_transforms(size))
     val_set = AdeSegmentation(job.data_root, "val", n_classes=train_set.n_classes,
                               image_transforms=ade_eval_transforms(size))
-    weights = class_weights(train_set.pixel_counts())
-    model, weights_report = build_model(job, train_set.n_classes)
+    loss_weights = class_weights(train_set.pixel_counts())
+    model, weights = build_model(job, train_set.n_classes)
     model.to(device)
-    criterion = SegmentationLoss(weights.to(device))
+    criterion = SegmentationLoss(loss_weights.to(device))
     optimizer = build_optimizer(model, job.cfg("lr"), job.cfg("weight_decay", 0.01))
     scheduler = _scheduler(optimizer, iters, job.cfg("lr"))
 
@@ -200,9 +213,11 @@ def run(job: TransferJob) -> dict[str, Any]:
         scores, samples = evaluate(model, val_set, device, tmp / "predictions")
         eval_s = time.perf_counter() - t_eval
         torch.save({"model": model.state_dict()}, tmp / "model.pth")
+        if weights is not None:  # every key the checkpoint gave the trunk, and every key it dropped
+            write_json(tmp / "backbone_weights.json", {"source": weights.source, "used": weights.used,
+                                                       "dropped": weights.dropped})
         qualitative_figure(val_set, samples, tmp / "qualitative.png")
     finish_outputs(job, loop.losses)
-    mlf.log_artifact(out_dir / "qualitative.png")
     names = val_set.class_names
     return {
         "mIoU": scores["mIoU"],
@@ -218,7 +233,7 @@ def run(job: TransferJob) -> dict[str, Any]:
         "figure": str(out_dir / "qualitative.png"),
         "init": job.init,
         "backbone": job.model,
-        "backbone_weights": weights_report,
+        "backbone_weights": weights.summary() if weights else None,
         "iters": iters,
         "resumed_from": loop.resumed_from,
         "final_loss": float(np.mean(loop.losses[-10:])) if loop.losses else None,
