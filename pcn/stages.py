@@ -37,6 +37,7 @@ class Stage:
     matrix: dict[str, list[Any]] = field(default_factory=dict)
     threads: int = 1
     gpu: bool = False  # training-like: launched through submitit (local or SLURM)
+    report: dict[str, str] = field(default_factory=dict)  # out -> category in `snakemake --report`
 
     def instances(self) -> list[dict[str, str]]:
         """One wildcard assignment per stage instance ([{}] for a plain stage)."""
@@ -106,7 +107,8 @@ def build_stages(params: Params) -> list[Stage]:
               metrics=("metrics/eval.json",), params=("scale", "data.loader", "model", "evaluate", "runtime")))
     add(Stage("complexity", "pcn complexity", "eval", deps=_code("models", "eval"),
               outs=("reports/complexity.md",), metrics=("metrics/complexity.json",),
-              params=("scale", "complexity", "finetune.img_size", "pretrain.img_size", "runtime")))
+              params=("scale", "complexity", "finetune.img_size", "pretrain.img_size", "runtime"),
+              report={"reports/complexity.md": "Tables"}))
 
     # --- transfer to dense tasks ------------------------------------------------------
     for task, cfg in (("segmentation", params.segmentation), ("detection", params.detection)):
@@ -157,13 +159,14 @@ def build_stages(params: Params) -> list[Stage]:
     add(Stage("attention", "pcn attention", "report",
               deps=(("data/demo",) if demo else ()) + tuple(maps) + _code("models", "analysis"),
               outs=("results/attention",), metrics=("metrics/attention.json",),
-              params=("scale", "attention", "runtime")))
+              params=("scale", "attention", "runtime"), report={"results/attention": "Attention maps"}))
     add(Stage("figures", "pcn figures", "report",
               deps=_instance_paths(st, None, "metrics") + _instance_paths(st, None, "plots") + _code("analysis"),
-              outs=("reports/figures",), params=("scale",)))
+              outs=("reports/figures",), params=("scale",), report={"reports/figures": "Figures"}))
     add(Stage("report", "pcn report", "report",
               deps=_instance_paths(st, None, "metrics") + ("reports/figures", "paper/numbers.yaml") + _code("analysis"),
-              outs=("reports/report.md", "reports/report.html"), params=("scale",)))
+              outs=("reports/report.md", "reports/report.html"), params=("scale",),
+              report={"reports/report.html": "Report"}))
     return st
 
 

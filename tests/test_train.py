@@ -220,10 +220,15 @@ def test_stop_request_saves_and_resumes_exactly(tiny_imagefolder, tmp_path, refe
     assert comparable(result) == comparable(ref_result)
 
 
-def test_resume_refuses_a_different_config(tiny_imagefolder, tmp_path):
-    engine.run(make_job(tiny_imagefolder, tmp_path, max_steps=2))
-    with pytest.raises(ValueError, match="different training configuration"):
-        engine.run(make_job(tiny_imagefolder, tmp_path, lr=1e-3))
+def test_resume_ignores_the_state_of_a_different_config(tiny_imagefolder, tmp_path):
+    engine.run(make_job(tiny_imagefolder, tmp_path / "a", max_steps=2))
+    (tmp_path / "b").mkdir()
+    os.replace(tmp_path / "a" / "last.pth", tmp_path / "b" / "last.pth")
+    with pytest.warns(UserWarning, match="different training configuration"):
+        result = engine.run(make_job(tiny_imagefolder, tmp_path / "b", lr=1e-3))
+    assert (tmp_path / "b" / "last.stale.pth").exists(), "the other run's state is kept aside, not deleted"
+    fresh = engine.run(make_job(tiny_imagefolder, tmp_path / "c", lr=1e-3))
+    assert comparable(result) == comparable(fresh), "it starts from scratch, as if no state was there"
 
 
 def test_interrupted_save_keeps_previous_checkpoint(tmp_path, monkeypatch):

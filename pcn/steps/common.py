@@ -26,6 +26,7 @@ class Stage:
 
     def finish(self, metrics: dict[str, Any], metrics_path: str | Path, artifacts: tuple = ()) -> dict:
         """Write the metrics JSON (the record of truth) then mirror it to MLflow."""
+        metrics = {**metrics, "mlflow_run_id": self.run.run_id}
         write_json(metrics_path, metrics)
         self.run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
         for path in (metrics_path, *artifacts):

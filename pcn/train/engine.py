@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import random
 import sys
 import time
@@ -319,10 +320,14 @@ def _restore(job: TrainJob, model, recipe: Recipe, env: D.DistEnv) -> LoopState 
         return None
     saved = ckpt.load(job.last_path)
     if saved.get("fingerprint") != job.fingerprint():
-        raise ValueError(
-            f"{job.last_path} was written by a different training configuration; "
-            "delete it (or choose another output directory) to start over"
-        )
+        # An interrupted run of another configuration: its state must not leak into
+        # this one.  Keep it aside (nothing is deleted) and start from scratch.
+        if env.is_main:
+            stale = job.last_path.with_suffix(".stale.pth")
+            os.replace(job.last_path, stale)
+            warnings.warn(f"{job.last_path} was written by a different training configuration; "
+                          f"moved to {stale.name}, starting from scratch")
+        return None
     model.load_state_dict(saved["model"])
     recipe.optimizer.load_state_dict(saved["optimizer"])
     recipe.scheduler.load_state_dict(saved["scheduler"])

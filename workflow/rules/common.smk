@@ -38,6 +38,19 @@ def shell_cmd(stage):
     return f"{cmd} > {{log}} 2>&1"
 
 
+def rule_outputs(stage):
+    """Cached outputs; folders as directory(), figures and tables marked for --report."""
+    outs = []
+    for o in stage.outs:
+        is_dir = not os.path.splitext(o)[1]
+        out = directory(o) if is_dir else o
+        if o in stage.report:
+            extra = {"patterns": ["{name}.png"]} if is_dir else {}
+            out = report(out, category=stage.report[o], **extra)
+        outs.append(out)
+    return outs
+
+
 def log_path(stage):
     parts = [stage.name, *(f"{{{k}}}" for k in stage.matrix)]
     return f"logs/{os.path.join(*parts)}.log"

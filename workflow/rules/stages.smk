@@ -9,7 +9,7 @@ for _stage in STAGES:
         input:
             _stage.deps,
         output:
-            [directory(o) if not os.path.splitext(o)[1] else o for o in _stage.outs],
+            rule_outputs(_stage),
             _stage.metrics + _stage.plots,
         log:
             log_path(_stage),
