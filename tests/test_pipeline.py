@@ -19,7 +19,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-COPY = ["pcn", "workflow", "Snakefile", "paper", "params.yaml", "slurm"]
+COPY = ["pcn", "workflow", "Snakefile", "paper", "params.yaml", "slurm", "environment.yml"]
 
 pytestmark = pytest.mark.slow
 
@@ -61,8 +61,9 @@ def make_project(dest: Path, patch: dict) -> Path:
             shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy(src, dest / name)
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    (dest / "params.yaml").write_text(yaml.safe_dump(deep_merge(raw, patch), sort_keys=False))
+    raw = deep_merge(yaml.safe_load((ROOT / "params.yaml").read_text()), patch)
+    raw["experiments"]["variants"] = patch["experiments"]["variants"]  # replace, not merge
+    (dest / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     check(run(["git", "init", "-q"], dest))
     check(run([str(BIN / "dvc"), "init", "-q"], dest))
     check(run([str(BIN / "pcn"), "dag"], dest))

@@ -32,10 +32,15 @@ wildcard_constraints:
     },
 
 
-def shell_cmd(stage):
-    """The stage's command with the table's {key} placeholders as Snakemake wildcards."""
-    cmd = re.sub(r"\{(\w+)\}", r"{wildcards.\1}", stage.cmd)
-    return f"{cmd} > {{log}} 2>&1"
+def command(stage):
+    """The stage's command for one job.  A params function, not the shell string:
+    Snakemake evaluates a rule's shell when the job runs, after this loop has moved on.
+    """
+
+    def cmd(wildcards):
+        return stage.cmd.format(**wildcards)
+
+    return cmd
 
 
 def rule_outputs(stage):

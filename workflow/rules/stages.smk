@@ -21,5 +21,6 @@ for _stage in STAGES:
             **slurm_resources(_stage),
         params:
             values=param_values(_stage),
+            cmd=command(_stage),
         shell:
-            shell_cmd(_stage)
+            "{params.cmd} > {log} 2>&1"
