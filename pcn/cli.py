@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
-from pathlib import Path
 
-from pcn.config import ParamsError
+# Idle OpenMP threads sleep instead of spinning: with two stages sharing the cores, spinning
+# threads made torch 10-20x slower here.  Must be set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from pcn.config import ParamsError  # noqa: E402
 
 log = logging.getLogger("pcn")
 

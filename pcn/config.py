@@ -196,6 +196,7 @@ class ExperimentsConfig(Section):
     multiclass_model: str = "patchconvnet_demo_multi"
     depth_width: list[list[int]] = Field(default_factory=lambda: [[64, 4], [96, 8]], description="[width, depth] pairs")
     train: TrainConfig = TrainConfig()
+    loader: Literal["ffcv", "torch"] | None = Field(None, description="loader of the grid runs; null = data.loader")
 
     @model_validator(mode="after")
     def _baseline(self) -> "ExperimentsConfig":

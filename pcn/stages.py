@@ -124,7 +124,8 @@ def build_stages(params: Params) -> list[Stage]:
                       threads=params.runtime.threads, gpu=True))
 
     # --- the paper's comparisons: one instance per variant x seed -------------------------
-    exp_params = ("scale", "runtime", "data.loader", "data.num_workers", "model", "experiments.train")
+    exp_params = ("scale", "runtime", "data.loader", "data.num_workers", "model", "experiments.train",
+                  "experiments.loader")
     exp_deps = ("data/ffcv",) + _code("models", "train")
     seeds = list(exp.seeds)
     add(Stage("ablation", "pcn ablate --variant {variant} --seed {seed}", "experiments", deps=exp_deps,

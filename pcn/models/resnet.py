@@ -89,7 +89,7 @@ def _cfg(**kwargs) -> Dict:
 
 default_cfgs = generate_default_cfgs({
     'resnet50_attnpool': _cfg(),
-    # untrained demo sizes for small images on CPUs (10 classes, 64 px, output stride 8)
+    # untrained demo sizes for small images on CPUs (10 classes, 64 px, output stride 16: 4x4 maps)
     'resnet_demo': _cfg(num_classes=10, input_size=(3, 64, 64), pool_size=(8, 8), crop_pct=1.0, classifier='fc'),
     'resnet_demo_attnpool': _cfg(num_classes=10, input_size=(3, 64, 64), pool_size=(8, 8), crop_pct=1.0),
 })
@@ -104,12 +104,12 @@ def resnet50_attnpool(pretrained=False, **kwargs) -> ResNetAttnPool:
 @register_model
 def resnet_demo(pretrained=False, **kwargs) -> ResNet:
     model_args = dict(
-        block=BasicBlock, layers=(1, 1, 1, 1), channels=(32, 64, 128, 256), stem_width=32, output_stride=8)
+        block=BasicBlock, layers=(1, 1, 1, 1), channels=(32, 64, 128, 256), stem_width=32, output_stride=16)
     return _create('resnet_demo', ResNet, pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def resnet_demo_attnpool(pretrained=False, **kwargs) -> ResNetAttnPool:
     model_args = dict(
-        block=BasicBlock, layers=(1, 1, 1, 1), channels=(32, 64, 128, 256), stem_width=32, output_stride=8)
+        block=BasicBlock, layers=(1, 1, 1, 1), channels=(32, 64, 128, 256), stem_width=32, output_stride=16)
     return _create('resnet_demo_attnpool', ResNetAttnPool, pretrained, **dict(model_args, **kwargs))

@@ -10,7 +10,7 @@ from pcn.cli import UserError
 from pcn.steps.common import stage
 from pcn.steps.train import num_classes, train_stage
 
-EXP_SECTIONS = ("runtime", "data.loader", "data.num_workers", "model", "experiments.train")
+EXP_SECTIONS = ("runtime", "data.loader", "data.num_workers", "model", "experiments.train", "experiments.loader")
 
 
 def _train(args, name: str, out: str, *, seed: int, tags: dict, extra: dict | None = None, **kw) -> dict:
@@ -19,6 +19,7 @@ def _train(args, name: str, out: str, *, seed: int, tags: dict, extra: dict | No
         p = st.params
         info = {k.removeprefix("pcn."): v for k, v in tags.items()}
         return train_stage(args, st, cfg=p.experiments.train, out_dir=f"results/{out}", seed=seed, threads=1,
+                           loader=p.experiments.loader,
                            metrics_path=f"metrics/{out}.json", extra={**info, "seed": seed, **(extra or {})}, **kw)
 
 

@@ -23,18 +23,20 @@ def num_classes(params: Params) -> int:
 
 def train_stage(args, st: Stage, *, cfg: TrainConfig, out_dir: str, metrics_path: str, model: str | None = None,
                 options: dict[str, Any] | None = None, init: str | None = None, seed: int | None = None,
-                threads: int | None = None, plots_path: str | None = None, extra: dict | None = None) -> dict:
+                threads: int | None = None, plots_path: str | None = None, extra: dict | None = None,
+                loader: str | None = None) -> dict:
     """Build the job from params, launch it (local or SLURM), write metrics and plots."""
     from pcn.train.job import DataSpec, TrainJob
     from pcn.train.launch import launch
 
     p = st.params
     paths = data_paths(p)
-    opts = {**p.model.options, **(options or {})}
+    # model.options belong to the pipeline's model (and its variants), not to other families
+    opts = {**(p.model.options if model is None else {}), **(options or {})}
     job = TrainJob(
         model=model or p.model.name, model_options=opts, num_classes=num_classes(p), train=cfg,
         data=DataSpec(train_beton=str(paths["train_beton"]), val_beton=str(paths["val_beton"]),
-                      train_folder=str(paths["train"]), val_folder=str(paths["val"]), loader=p.data.loader,
+                      train_folder=str(paths["train"]), val_folder=str(paths["val"]), loader=loader or p.data.loader,
                       num_workers=p.data.num_workers, crop_ratio=p.evaluate.crop_ratio),
         out_dir=out_dir, seed=p.seed if seed is None else seed, threads=threads or p.runtime.threads,
         device=p.runtime.device, init_checkpoint=init, metrics_path=None, stage=st.name,

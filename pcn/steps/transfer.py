@@ -6,9 +6,7 @@ checkpoint, qualitative figure), ``metrics/<stage>.json``, ``plots/<stage>.csv``
 checkpoint (``results/pretrain/model.pth``) or ``--checkpoint FILE``.
 
 Launching: the job is a :class:`pcn.transfer.TransferTask` (a submitit
-``Checkpointable``). With the local launcher it runs in this process; SLURM goes
-through ``pcn.train.launch.launch`` once that accepts such tasks (see
-:func:`_submit`).
+``Checkpointable``), submitted by the same launcher as training (local or SLURM).
 """
 
 from __future__ import annotations
@@ -32,17 +30,8 @@ def data_root(params, task: str) -> Path:
     return Path(root)
 
 
-def _submit(task, launcher, log_dir: Path) -> dict:
-    """SLURM: hand the task to the shared launcher if it takes submitit tasks."""
-    from pcn.train import launch as launch_mod
-
-    if not getattr(launch_mod, "ACCEPTS_TASKS", False):
-        raise UserError("launcher.kind = slurm: the dense-transfer stages need pcn.train.launch.launch to accept a "
-                        "submitit Checkpointable task (not yet available); run them with --launcher local")
-    return launch_mod.launch(task, launcher, log_dir)
-
-
 def _transfer(args, task: str) -> int:
+    from pcn.train.launch import launch
     from pcn.transfer import TransferJob, TransferTask
 
     suffix = "" if args.init == "pretrained" else f"_{args.init}"
@@ -66,13 +55,9 @@ def _transfer(args, task: str) -> int:
             checkpoint=str(checkpoint) if checkpoint else None, seed=p.seed, threads=p.runtime.threads,
             device=p.runtime.device, stage=name, mlflow_run_id=st.run.run_id, mlflow_uri=st.uri,
             num_workers=getattr(cfg, "num_workers", 0))
-        runner = TransferTask(job)
-        kind = launcher_kind(args, p)
-        if kind == "local":
-            metrics = runner()
-        else:
-            launcher = p.launcher.model_copy(update={"kind": kind})
-            metrics = _submit(runner, launcher, Path("logs/submitit") / name)
+        # Same launcher as training: a submitit job, local or SLURM (one process: no DDP here).
+        launcher = p.launcher.model_copy(update={"kind": launcher_kind(args, p), "tasks": 1})
+        metrics = launch(TransferTask(job), launcher, Path("logs/submitit") / name)
         if metrics.get("backbone_weights"):
             w = metrics["backbone_weights"]
             print(f"{name}: backbone from {w['source']}: {w['n_used']} tensors used, {w['n_dropped']} dropped "

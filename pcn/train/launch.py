@@ -282,13 +282,18 @@ def wait(job, poll_s: float = 2.0, echo=print) -> dict[str, Any]:
 
 
 def launch(
-    job: TrainJob, launcher: LauncherConfig, log_dir: Path, echo=print
+    job: TrainJob | submitit.helpers.Checkpointable, launcher: LauncherConfig, log_dir: Path, echo=print
 ) -> dict[str, Any]:
-    """Submit ``job`` with ``launcher`` (logs under ``log_dir/<job id>/``), wait, return its metrics."""
+    """Submit ``job`` with ``launcher`` (logs under ``log_dir/<job id>/``), wait, return its metrics.
+
+    ``job`` is a :class:`TrainJob` (run by :class:`TrainTask`) or any other submitit
+    Checkpointable task with ``stage`` and ``device`` attributes (the transfer stages').
+    """
     log_dir = Path(log_dir).absolute()
     log_dir.mkdir(parents=True, exist_ok=True)
+    task = job if isinstance(job, submitit.helpers.Checkpointable) else TrainTask(job)
     executor = _executor(launcher, job, log_dir)
-    submitted = executor.submit(TrainTask(job))
+    submitted = executor.submit(task)
     echo(
         f"submitted {job.stage} as {launcher.kind} job {submitted.job_id} "
         f"({submitted.num_tasks} task{'s' if submitted.num_tasks > 1 else ''}); logs in {submitted.paths.folder}"
