@@ -159,6 +159,7 @@ class EvaluateConfig(Section):
 
 class ComplexityConfig(Section):
     models: list[str] = Field(default_factory=lambda: ["patchconvnet_s60"])
+    timed: list[str] | None = Field(None, description="models whose throughput/memory are measured; null = all")
     resolutions: list[int] = Field(default_factory=lambda: [224])
     batch_size: int = Field(256, ge=1)
     iters: int = Field(3, ge=1)

@@ -325,7 +325,7 @@ def test_resnet_attnpool_differs_only_in_head():
         torch.testing.assert_close(att.forward_features(x), avg.forward_features(x))
         logits, maps = att.forward_attention(x)
         torch.testing.assert_close(logits, att(x), rtol=1e-4, atol=1e-5)
-    assert logits.shape == (2, 10) and maps.shape == (2, 8, 8)
+    assert logits.shape == (2, 10) and maps.shape == (2, 4, 4)  # output stride 16 at 64 px
     s = maps.sum((1, 2))
     assert torch.all(s > 0) and torch.all(s < 1)
     att.train()

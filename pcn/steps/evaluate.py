@@ -55,10 +55,24 @@ def complexity(args) -> int:
     with stage(args, "complexity", ("complexity", "finetune.img_size", "pretrain.img_size", "runtime")) as st:
         p, c = st.params, st.params.complexity
         setup_torch(p.runtime.threads)
-        # The paper's 224 plus this run's own training resolutions.
-        resolutions = sorted(set(c.resolutions) | {p.pretrain.img_size, p.finetune.img_size})
         device = str(_device(p))
-        rows = complexity_table(c.models, resolutions, batch_size=c.batch_size, device=device, warmup=1, iters=c.iters)
+        # Every model at the configured resolutions; the pipeline's own model also at the
+        # resolutions it is trained at.  Params and GMACs are counted on shapes alone;
+        # throughput and memory only for the timed models (large sizes take minutes per
+        # batch on a CPU).
+        plan = [(m, r) for m in c.models for r in c.resolutions]
+        plan += [(p.model.name, r) for r in (p.pretrain.img_size, p.finetune.img_size) if (p.model.name, r) not in plan]
+        rows = []
+        for model, res in plan:
+            timed = c.timed is None or model in c.timed
+            try:
+                rows += complexity_table([model], [res], batch_size=c.batch_size, device=device, warmup=1,
+                                         iters=c.iters, measure=timed)
+            except Exception as exc:  # noqa: BLE001 - one model that cannot run at a size must not hide the others
+                rows.append({"model": model, "img_size": res, "params_m": None, "gmacs": None, "throughput": None,
+                             "peak_mem_mb": None, "mem_method": None, "device": device, "batch_size": None,
+                             "error": f"{exc.__class__.__name__}: {exc}"[:300]})
+                print(f"complexity: {model} at {res} px failed: {rows[-1]['error']}")
         out = Path("reports/complexity.md")
         with atomic_path(out) as tmp:
             write_markdown(rows, tmp)

@@ -30,6 +30,17 @@ def data_root(params, task: str) -> Path:
     return Path(root)
 
 
+def validate_dataset(task: str, root: Path, n_classes: int | None) -> None:
+    """Read every annotation and image once; a bad file raises DatasetError naming it."""
+    from pcn.transfer.datasets import AdeSegmentation, CocoInstances
+
+    for split in ("train", "val"):
+        if task == "segmentation":
+            AdeSegmentation(root, split, n_classes=n_classes, check=True)
+        else:
+            CocoInstances(root, split, check=True)
+
+
 def _transfer(args, task: str) -> int:
     from pcn.train.launch import launch
     from pcn.transfer import TransferJob, TransferTask
@@ -49,6 +60,7 @@ def _transfer(args, task: str) -> int:
         root = data_root(p, task)
         if not root.is_dir():
             raise UserError(f"{root}: dataset folder not found" + (" (run `pcn make-demo`)" if p.data.source == "demo" else ""))
+        validate_dataset(task, root, getattr(cfg, "n_classes", None))  # bad input fails here, in one line
         job = TransferJob(
             task=task, init=args.init, model=p.model.name, model_options=dict(p.model.options),
             config=cfg.model_dump(), data_root=str(root), out_dir=f"results/{name}", plots_path=f"plots/{name}.csv",

@@ -182,10 +182,11 @@ def run(job: TransferJob) -> dict[str, Any]:
     device = setup_device(job)
     size, iters, bs = job.cfg("img_size"), job.cfg("iters"), job.cfg("batch_size")
     # n_classes: from classes.json when the dataset has one (the demo), else the config (ADE20k: 150)
+    # The stage validated every file before submitting (pcn.steps.transfer): no second pass here.
     train_set = AdeSegmentation(job.data_root, "train", n_classes=job.cfg("n_classes"),
-                                transforms=ade_train_transforms(size))
+                                transforms=ade_train_transforms(size), check=False)
     val_set = AdeSegmentation(job.data_root, "val", n_classes=train_set.n_classes,
-                              image_transforms=ade_eval_transforms(size))
+                              image_transforms=ade_eval_transforms(size), check=False)
     loss_weights = class_weights(train_set.pixel_counts())
     model, weights = build_model(job, train_set.n_classes)
     model.to(device)
