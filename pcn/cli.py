@@ -104,14 +104,18 @@ def _verb_arguments(verb: str, p: argparse.ArgumentParser) -> None:
     if verb == "run":
         p.add_argument("--engine", choices=["snakemake", "dvc"], default="snakemake")
         p.add_argument("--cores", type=int, default=2)
-        p.add_argument("extra", nargs=argparse.REMAINDER, help="passed to the engine")
+        p.epilog = "Unknown options are passed to the engine, e.g. `pcn run --profile slurm all`."
     if verb == "ui":
         p.add_argument("--port", type=int, default=5000)
         p.add_argument("--no-wait", action="store_true", help=argparse.SUPPRESS)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.verb != "run":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     module, func = args.target.split(":")
     try:

@@ -1,8 +1,11 @@
 """End to end: the whole DAG on a tiny demo config, through both front ends.
 
-One module-scoped copy of the project runs the DAG with Snakemake, another with
-`dvc repro`; the tests then check outputs, tracking, no-op re-runs, determinism
-across front ends, and that a parameter change re-runs only what depends on it.
+One copy of the project runs the DAG as a user would on a cluster,
+`snakemake --profile slurm all` against the real one-node SLURM cluster (CPU
+stages as SLURM jobs of the executor plugin, training-like stages as submitit
+SLURM jobs); another runs `dvc repro` with the local launcher.  The tests then
+check outputs, tracking, no-op re-runs, determinism across front ends and
+launchers, and that a parameter change re-runs only what depends on it.
 """
 
 import json
@@ -21,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 COPY = ["pcn", "workflow", "Snakefile", "paper", "params.yaml", "slurm", "environment.yml"]
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
 # Small enough to run every stage in a few minutes on 2 cores; still the real code paths.
 TINY = {
@@ -73,9 +76,10 @@ def make_project(dest: Path, patch: dict) -> Path:
 
 
 @pytest.fixture(scope="module")
-def smk_project(tmp_path_factory):
+def smk_project(tmp_path_factory, slurm_cluster):
     project = make_project(tmp_path_factory.mktemp("e2e") / "smk", TINY)
-    out = check(run([str(BIN / "pcn"), "run", "--engine", "snakemake", "--cores", "2"], project, timeout=1800))
+    out = check(run([str(BIN / "pcn"), "run", "--engine", "snakemake", "--cores", "2", "--profile", "slurm", "all"],
+                    project, timeout=2400))
     return project, out
 
 
@@ -99,6 +103,9 @@ def test_snakemake_runs_every_stage(smk_project):
     assert 0 <= ev["top1"] <= 100 and ev["top1"] <= ev["top5"] <= 100
     assert (project / "data/ffcv/train.beton").stat().st_size > 0
     assert "paper" in (project / "reports/report.md").read_text().lower()
+    # the training-like stages went through submitit to SLURM, the others through the executor plugin
+    assert "as slurm job" in (project / "logs/pretrain.log").read_text()
+    assert list((project / ".snakemake/slurm_logs").rglob("*.log")), "CPU stages ran as SLURM jobs"
 
 
 def test_every_stage_run_is_tracked_under_one_pipeline_run(smk_project):
@@ -134,6 +141,25 @@ def test_dvc_and_snakemake_give_the_same_metrics(smk_project, dvc_project):
             assert a[key] == b[key], (name, key)
 
 
+def test_dvc_metrics_and_plots_render(dvc_project):
+    shown = check(run([str(BIN / "dvc"), "metrics", "show"], dvc_project))
+    for name in ("metrics/eval.json", "metrics/pretrain.json", "metrics/ablations.json", "metrics/attention.json"):
+        assert name in shown
+    check(run([str(BIN / "dvc"), "plots", "show", "-o", "dvc_plots"], dvc_project))
+    html = (dvc_project / "dvc_plots" / "index.html").read_text()
+    assert "plots/pretrain.csv" in html and "Training accuracy" in html
+
+
+def test_snakemake_report_is_browsable(smk_project):
+    project, _ = smk_project
+    check(run([str(BIN / "snakemake"), "--report", "smk_report.zip"], project, timeout=600))
+    import zipfile
+
+    names = zipfile.ZipFile(project / "smk_report.zip").namelist()
+    assert any(n.endswith("report.html") for n in names)
+    assert any(n.endswith(".png") for n in names), "figures are part of the Snakemake report"
+
+
 def test_changing_one_param_reruns_only_its_downstream(smk_project):
     project, _ = smk_project
     params = project / "params.yaml"
@@ -164,3 +190,4 @@ def test_adding_a_variant_adds_exactly_its_stages(smk_project, dvc_project):
     add_variant(project)
     smk = check(run([str(BIN / "snakemake"), "-n", "--cores", "2"], project))
     assert re.findall(r"wildcards: (.*)", smk) == ["variant=no_se, seed=0"]
+

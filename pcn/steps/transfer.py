@@ -30,6 +30,12 @@ def data_root(params, task: str) -> Path:
     return Path(root)
 
 
+def single_process(launcher):
+    """The launcher of a one-process job: one task, one node, at most one GPU."""
+    slurm = launcher.slurm.model_copy(update={"nodes": 1, "gpus_per_node": min(1, launcher.slurm.gpus_per_node)})
+    return launcher.model_copy(update={"tasks": 1, "slurm": slurm})
+
+
 def validate_dataset(task: str, root: Path, n_classes: int | None) -> None:
     """Read every annotation and image once; a bad file raises DatasetError naming it."""
     from pcn.transfer.datasets import AdeSegmentation, CocoInstances
@@ -68,7 +74,7 @@ def _transfer(args, task: str) -> int:
             device=p.runtime.device, stage=name, mlflow_run_id=st.run.run_id, mlflow_uri=st.uri,
             num_workers=getattr(cfg, "num_workers", 0))
         # Same launcher as training: a submitit job, local or SLURM (one process: no DDP here).
-        launcher = p.launcher.model_copy(update={"kind": launcher_kind(args, p), "tasks": 1})
+        launcher = single_process(p.launcher).model_copy(update={"kind": launcher_kind(args, p)})
         metrics = launch(TransferTask(job), launcher, Path("logs/submitit") / name)
         if metrics.get("backbone_weights"):
             w = metrics["backbone_weights"]

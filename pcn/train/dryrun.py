@@ -12,7 +12,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from pcn.config import Params
+from pcn.config import Params, TrainConfig
 from pcn.train.launch import slurm_parameters
 from pcn.train.recipe import scaled_lr
 
@@ -67,14 +67,17 @@ def plan(
     params: Params,
     train_images: int = IMAGENET_TRAIN_IMAGES,
     images_per_gpu_s: float = ASSUMED_IMAGES_PER_GPU_S,
+    cfg: TrainConfig | None = None,
+    name: str = "pretrain",
 ) -> Plan:
-    cfg, launcher = params.pretrain, params.launcher
+    """The job of one classification training stage (``cfg``: its TrainConfig, default pretrain)."""
+    cfg, launcher = cfg or params.pretrain, params.launcher
     s = launcher.slurm
     per_node = s.gpus_per_node or launcher.tasks
     ranks = s.nodes * per_node
     if cfg.batch_size % ranks:
         raise ValueError(
-            f"pretrain.batch_size = {cfg.batch_size} does not split over {ranks} ranks"
+            f"{name}: batch_size = {cfg.batch_size} does not split over {ranks} ranks"
         )
     per_rank = cfg.batch_size // ranks
     repeats = cfg.aug.repeated_aug
@@ -108,7 +111,7 @@ def plan(
         time_limit_hours=limit,
         jobs_needed=max(1, math.ceil(wall / limit)),
         max_requeues=s.max_requeues,
-        sbatch=slurm_parameters(launcher, "pretrain"),
+        sbatch=slurm_parameters(launcher, name),
     )
 
 
