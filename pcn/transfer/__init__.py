@@ -195,6 +195,23 @@ def train_loop(job: TransferJob, model, optimizer, scheduler, loader_from: Calla
     return LoopResult(losses, time.perf_counter() - t0, start)
 
 
+def run_summary(job: TransferJob, out_dir: Path, weights, loop: LoopResult, eval_s: float, t_start: float) -> dict:
+    """The part of a transfer stage's metrics that both tasks share: files, init, timing."""
+    return {
+        "checkpoint_file": str(out_dir / "model.pth"),
+        "figure": str(out_dir / "qualitative.png"),
+        "init": job.init,
+        "backbone": job.model,
+        "backbone_weights": weights.summary() if weights else None,
+        "iters": job.cfg("iters"),
+        "resumed_from": loop.resumed_from,
+        "final_loss": float(sum(loop.losses[-10:]) / len(loop.losses[-10:])) if loop.losses else None,
+        "train_seconds": round(loop.seconds, 1),
+        "eval_seconds": round(eval_s, 1),
+        "seconds": round(time.perf_counter() - t_start, 1),
+    }
+
+
 def loss_csv(losses: list[float]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")

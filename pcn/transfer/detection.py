@@ -38,6 +38,7 @@ from pcn.transfer import (
     build_optimizer,
     finish_outputs,
     run_logger,
+    run_summary,
     setup_device,
     train_loop,
 )
@@ -263,16 +264,6 @@ def run(job: TransferJob) -> dict[str, Any]:
         "n_detections": len(results),
         "n_val_images": len(val_set),
         "n_degenerate_skipped": train_set.n_degenerate + val_set.n_degenerate,
-        "checkpoint_file": str(out_dir / "model.pth"),
-        "figure": str(out_dir / "qualitative.png"),
-        "init": job.init,
-        "backbone": job.model,
-        "backbone_weights": weights.summary() if weights else None,
-        "iters": iters,
-        "resumed_from": loop.resumed_from,
-        "final_loss": float(np.mean(loop.losses[-10:])) if loop.losses else None,
-        "train_seconds": round(loop.seconds, 1),
-        "eval_seconds": round(eval_s, 1),
-        "seconds": round(time.perf_counter() - t_start, 1),
+        **run_summary(job, out_dir, weights, loop, eval_s, t_start),
     })
     return metrics
