@@ -17,8 +17,11 @@ def _train(args, name: str, out: str, *, seed: int, tags: dict, extra: dict | No
     sections = EXP_SECTIONS + tuple(kw.pop("sections", ()))
     with stage(args, name, sections, tags={**tags, "pcn.seed": str(seed)}) as st:
         p = st.params
+        cfg = p.experiments.train
+        if not kw.get("model", p.model.name).startswith("patchconvnet"):
+            cfg = cfg.model_copy(update={"layerscale_init": None})  # a PatchConvNet option only
         info = {k.removeprefix("pcn."): v for k, v in tags.items()}
-        return train_stage(args, st, cfg=p.experiments.train, out_dir=f"results/{out}", seed=seed, threads=1,
+        return train_stage(args, st, cfg=cfg, out_dir=f"results/{out}", seed=seed, threads=1,
                            loader=p.experiments.loader,
                            metrics_path=f"metrics/{out}.json", extra={**info, "seed": seed, **(extra or {})}, **kw)
 
