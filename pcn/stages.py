@@ -38,6 +38,7 @@ class Stage:
     threads: int = 1
     gpu: bool = False  # training-like: launched through submitit (local or SLURM)
     report: dict[str, str] = field(default_factory=dict)  # out -> category in `snakemake --report`
+    priority: int = 0  # Snakemake starts higher first: the longest chain (pretrain -> finetune -> ...) early
 
     def instances(self) -> list[dict[str, str]]:
         """One wildcard assignment per stage instance ([{}] for a plain stage)."""
@@ -81,12 +82,12 @@ def build_stages(params: Params) -> list[Stage]:
 
     # --- data ----------------------------------------------------------------------
     if demo:
-        add(Stage("demo_data", "pcn make-demo", "data", deps=_code("data"), outs=("data/demo",),
+        add(Stage("demo_data", "pcn make-demo", "data", priority=100, deps=_code("data"), outs=("data/demo",),
                   params=("seed", "data.demo")))
         image_deps: tuple[str, ...] = ("data/demo",)
     else:
         image_deps = ()  # real datasets live outside the repository, named in params.yaml
-    add(Stage("convert", "pcn convert", "data", deps=image_deps + _code("data"), outs=("data/ffcv",),
+    add(Stage("convert", "pcn convert", "data", priority=100, deps=image_deps + _code("data"), outs=("data/ffcv",),
               metrics=("metrics/convert.json",), params=("scale", "data.source", "data.ffcv", "data.num_workers")))
     if demo:
         add(Stage("pixel_baseline", "pcn pixel-baseline", "data", deps=image_deps + _code("data"),
@@ -96,12 +97,12 @@ def build_stages(params: Params) -> list[Stage]:
     add(Stage("pretrain", "pcn pretrain", "train", deps=("data/ffcv",) + _code("models", "train"),
               outs=("results/pretrain/model.pth",), metrics=("metrics/pretrain.json",),
               plots=("plots/pretrain.csv",), params=train_params + ("pretrain",),
-              threads=params.runtime.threads, gpu=True))
+              threads=params.runtime.threads, gpu=True, priority=100))
     add(Stage("finetune", "pcn finetune", "train",
               deps=("data/ffcv", "results/pretrain/model.pth") + _code("models", "train"),
               outs=("results/finetune/model.pth",), metrics=("metrics/finetune.json",),
               plots=("plots/finetune.csv",), params=train_params + ("finetune",),
-              threads=params.runtime.threads, gpu=True))
+              threads=params.runtime.threads, gpu=True, priority=90))
     add(Stage("evaluate", "pcn evaluate", "eval",
               deps=("data/ffcv", "results/finetune/model.pth") + _code("models", "eval"),
               metrics=("metrics/eval.json",), params=("scale", "data.loader", "model", "evaluate", "runtime")))
@@ -121,7 +122,7 @@ def build_stages(params: Params) -> list[Stage]:
                       deps=deps + _code("models", "train", "transfer"),
                       outs=(f"results/{task}{suffix}",), metrics=(f"metrics/{task}{suffix}.json",),
                       plots=(f"plots/{task}{suffix}.csv",), params=("scale", "seed", "runtime", "model", task),
-                      threads=params.runtime.threads, gpu=True))
+                      threads=params.runtime.threads, gpu=True, priority=50 if init == "pretrained" else 0))
 
     # --- the paper's comparisons: one instance per variant x seed -------------------------
     exp_params = ("scale", "runtime", "data.loader", "data.num_workers", "model", "experiments.train",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -90,7 +91,8 @@ def write_fixture_run(root: Path, *, evidence: bool = False, imagenet: bool = Fa
 def _params(scale: str = "demo", **over):
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["scale"] = scale
-    raw["tracking"]["uri"] = "sqlite:///does-not-exist-here/mlflow.db"
+    # a store that does not exist: run ids are then looked up in the metrics files only
+    raw["tracking"]["uri"] = f"sqlite:///{tempfile.gettempdir()}/pcn-no-such-store/mlflow.db"
     for k, v in over.items():
         node = raw
         *path, last = k.split(".")

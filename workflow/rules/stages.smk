@@ -13,6 +13,7 @@ for _stage in STAGES:
             _stage.metrics + _stage.plots,
         log:
             log_path(_stage),
+        priority: _stage.priority
         localrule: _stage.gpu
         conda:
             "../../environment.yml"
