@@ -242,3 +242,27 @@ def test_sidecar_mismatch_is_refused(tmp_path):
     (tmp_path / "a.beton.json").unlink()
     with pytest.raises(DatasetError, match="sidecar missing"):
         load(a)
+
+
+def test_proportion_mode_stores_the_same_beton_content_every_time(tmp_path):
+    """Half JPEG, half raw, chosen per image from its pixels: two conversions, from
+    processes whose global numpy RNG differ (ffcv draws from it in its writer
+    workers), store the same mode and bytes for every sample, so training
+    downstream is repeatable."""
+    from ffcv.reader import Reader
+
+    src = make_folder(tmp_path / "src", ["a", "b", "c"], 40, size=(16, 16))
+    stored = []
+    for state, name in enumerate(("one", "two")):
+        np.random.seed(state)  # what a fresh process has: some state or other
+        dst = tmp_path / f"{name}.beton"
+        convert_imagefolder(src, dst, **{**CONVERT, "write_mode": "proportion"})
+        reader = Reader(str(dst))
+        fields = reader.metadata["f0"]
+        size = {int(r["ptr"]): int(r["size"]) for r in reader.alloc_table}
+        data = np.memmap(dst, dtype=np.uint8, mode="r")
+        blobs = [bytes(data[p: p + size[p]]) for p in map(int, fields["data_ptr"])]
+        stored.append((fields["mode"].tolist(), blobs))
+    modes = stored[0][0]
+    assert 0.25 < sum(modes) / len(modes) < 0.75, "about half JPEG"
+    assert stored[0] == stored[1]

@@ -145,7 +145,7 @@ def test_scheduler_requeue_resumes_from_last_checkpoint(
     """``scontrol requeue`` (no signal to the job: it is killed) -> restart from the periodic checkpoint."""
     ref_out, ref = local_ddp
     job = ddp_job(tiny_imagefolder, tmp_path / "run")
-    submitted = _submit(job, tmp_path / "logs")
+    submitted = _submit(job, tmp_path / "logs", task=SlowUntilRequeued(job))
     _wait_for_checkpoint(submitted, job.last_path)
     subprocess.run(["scontrol", "requeue", submitted.job_id], check=True)
     result = wait(submitted)
@@ -154,17 +154,29 @@ def test_scheduler_requeue_resumes_from_last_checkpoint(
     assert_same_weights(ref_out, tmp_path / "run")
 
 
+def _patch_recipe(patch) -> None:
+    """In a job process: apply ``patch(recipe)`` to the optimizer/scheduler the engine builds."""
+    from pcn.train import engine
+
+    real = engine.build_recipe
+
+    def build_recipe(*args, **kwargs):
+        recipe = real(*args, **kwargs)
+        patch(recipe)
+        return recipe
+
+    engine.build_recipe = build_recipe
+
+
 class CrashOnRankOne(TrainTask):
     """Rank 1 fails at its third optimizer step; rank 0 is then blocked in a collective."""
 
     def __call__(self):
-        from pcn.train import distributed, engine
+        from pcn.train import distributed
 
-        if distributed.detect().rank == 1:
-            real = engine.build_recipe
+        if distributed.detect().rank == 1:  # rank 1 writes no checkpoint: the patch need not pickle
 
-            def build_recipe(*args, **kwargs):
-                recipe = real(*args, **kwargs)
+            def failing_scheduler(recipe):
                 step_update = recipe.scheduler.step_update
 
                 def failing(num_updates, *a, **k):
@@ -173,9 +185,19 @@ class CrashOnRankOne(TrainTask):
                     return step_update(num_updates, *a, **k)
 
                 recipe.scheduler.step_update = failing
-                return recipe
 
-            engine.build_recipe = build_recipe
+            _patch_recipe(failing_scheduler)
+        return super().__call__()
+
+
+class SlowUntilRequeued(TrainTask):
+    """Steps take a second until the job first resumes, so it cannot finish inside the
+    KillWait between ``scontrol requeue``'s SIGTERM (which submitit ignores) and its
+    SIGKILL.  Sleeping changes no numbers; an optimizer hook is not in its state_dict."""
+
+    def __call__(self):
+        if not self.job.last_path.exists():
+            _patch_recipe(lambda recipe: recipe.optimizer.register_step_pre_hook(lambda *_: time.sleep(1.0)))
         return super().__call__()
 
 

@@ -242,6 +242,27 @@ class _ImageDataset:
             return np.zeros((1, 1, 3), dtype=np.uint8), label
 
 
+def _content_seeded(field):
+    """Make ffcv's ``write_mode='proportion'`` repeatable.
+
+    ffcv picks JPEG or raw for each image with the global numpy RNG of whichever
+    writer worker gets it, unseeded, so two conversions of one folder store
+    different pixels and every training run downstream differs.  Seed that RNG from
+    the image's own pixels just before the draw (also on ffcv's retry on a fresh
+    page): the same image always gets the same choice, and the proportion holds.
+    The field keeps its class, which ffcv records in the .beton header.
+    """
+    encode = field.encode
+
+    def seeded_encode(destination, image, malloc):
+        digest = hashlib.blake2b(np.ascontiguousarray(image).data, digest_size=4).digest()
+        np.random.seed(int.from_bytes(digest, "little"))
+        return encode(destination, image, malloc)
+
+    field.encode = seeded_encode
+    return field
+
+
 @contextmanager
 def _writer_progress(progress: bool) -> Iterator[None]:
     """Give ffcv's own writer bar a name and an images/s rate (or silence it)."""
@@ -375,11 +396,13 @@ def convert_imagefolder(
     tmp = _temp_name(dst, "beton")
     failures = multiprocessing.get_context("fork").Value("i", 0)
     fields = {
-        "image": RGBImageField(
-            write_mode=write_mode,
-            max_resolution=max_resolution,
-            jpeg_quality=jpeg_quality,
-            compress_probability=compress_probability,
+        "image": _content_seeded(
+            RGBImageField(
+                write_mode=write_mode,
+                max_resolution=max_resolution,
+                jpeg_quality=jpeg_quality,
+                compress_probability=compress_probability,
+            )
         ),
         "label": IntField(),
     }

@@ -142,7 +142,13 @@ class TrunkBlock(nn.Module):
         self.gamma_1 = nn.Parameter(layerscale_init * torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.attn.qkv_pos(self.norm1(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        # The 1x1 convolutions run as matmuls on the (B, H, W, C) grid: the same maths
+        # as ``qkv_pos(...)`` in NCHW, without the layout reorders that make oneDNN's 1x1
+        # convolution on a channels-last view ~3x slower on CPU.
+        conv_in, act1, conv_dw, act2, se, conv_out = self.attn.qkv_pos
+        y = act1(F.linear(self.norm1(x), conv_in.weight.flatten(1), conv_in.bias))
+        y = se(act2(conv_dw(y.permute(0, 3, 1, 2))))
+        y = F.linear(y.permute(0, 2, 3, 1), conv_out.weight.flatten(1), conv_out.bias)
         return x + self.drop_path(self.gamma_1 * y)
 
 
