@@ -148,7 +148,7 @@ class TrainConfig(Section):
     aug: AugConfig = AugConfig()
     eval_every: int = Field(1, ge=1, description="evaluate every N epochs (and always at the end)")
     checkpoint_every_steps: int = Field(200, ge=1)
-    max_steps: int | None = Field(None, ge=1, description="stop early after this many optimizer steps (tests)")
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (tests, demo smoke runs)")
 
 
 class EvaluateConfig(Section):
