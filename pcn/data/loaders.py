@@ -218,10 +218,12 @@ class FfcvLoader:
         torch.set_num_threads(threads)
         self._iterator = it
         for images, labels in it:
-            # FFCV reuses its output buffers a few batches later: hand out copies.
-            if self.device.type == "cpu":
-                images = images.contiguous()  # channels-last view -> fresh NCHW tensor
-            else:
+            # On CPU the batch is FFCV's own output buffer (float NCHW with channels-last
+            # strides), reused ``batches_ahead`` + 1 batches later, as in FFCV's own
+            # training loops: use a batch before asking for the next, or clone it.  A
+            # copy here (to NCHW or even a plain clone) costs a third of the loader's
+            # throughput on 2 cores (benchmarks/bench_loaders.py).
+            if self.device.type != "cpu":
                 images = (images.float() - self._mean) / self._std
             yield images, labels.clone()
         self._iterator = None
