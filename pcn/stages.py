@@ -155,7 +155,8 @@ def build_stages(params: Params) -> list[Stage]:
     # --- attention maps, figures, report -----------------------------------------------
     s0 = seeds[0]
     avg = next((n for n, o in exp.variants.items() if o.get("pool") == "avg"), None)
-    maps = [f"results/ablations/baseline-s{s0}/model.pth", f"results/multiclass/scratch-s{s0}/model.pth"]
+    maps = ["results/finetune/model.pth", f"results/ablations/baseline-s{s0}/model.pth",
+            f"results/multiclass/scratch-s{s0}/model.pth"]
     if avg:
         maps.append(f"results/ablations/{avg}-s{s0}/model.pth")
     add(Stage("attention", "pcn attention", "report",
