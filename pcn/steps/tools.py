@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from pcn.config import SCALES, load_params, raw_params
+from pcn.config import load_params, raw_params
 from pcn.io import write_text
 from pcn.stages import dvc_yaml
 from pcn.tracking import PIPELINE_ENV, start_pipeline_run, tracking_uri
@@ -96,7 +95,7 @@ def dryrun(args) -> int:
             continue
         for wc in stage.instances():
             name = stage.instance_name(wc)
-            if stage.name in ("segmentation", "segmentation_scratch", "detection", "detection_scratch"):
+            if stage.topic == "transfer":
                 cfg = params.section(stage.name.split("_")[0])
                 # dense transfer runs one process (no DDP): one GPU, iteration-based schedule
                 hours = cfg.iters * cfg.batch_size / (ASSUMED_IMAGES_PER_GPU_S / 4) / 3600
