@@ -165,17 +165,24 @@ class ComplexityConfig(Section):
     iters: int = Field(3, ge=1)
 
 
-class SegmentationConfig(Section):
+class DenseTaskConfig(Section):
+    """What both dense-transfer stages share: which runs, and which checkpoint they start from."""
+
+    init: list[Literal["pretrained", "scratch"]] = Field(default_factory=lambda: ["pretrained", "scratch"])
+    backbone: Literal["pretrain", "finetune"] = Field(
+        "pretrain", description="the DAG's classification checkpoint a pretrained run starts from")
+
+
+class SegmentationConfig(DenseTaskConfig):
     img_size: int = Field(128, ge=32)
     iters: int = Field(300, ge=1)
     batch_size: int = Field(8, ge=1)
     lr: float = Field(6e-4, gt=0.0)
     weight_decay: float = Field(0.01, ge=0.0)
     decoder_channels: int = Field(64, ge=8)
-    init: list[Literal["pretrained", "scratch"]] = Field(default_factory=lambda: ["pretrained", "scratch"])
 
 
-class DetectionConfig(Section):
+class DetectionConfig(DenseTaskConfig):
     img_size: int = Field(128, ge=32)
     iters: int = Field(300, ge=1)
     batch_size: int = Field(4, ge=1)
@@ -183,7 +190,6 @@ class DetectionConfig(Section):
     weight_decay: float = Field(0.05, ge=0.0)
     fpn_channels: int = Field(64, ge=8)
     min_sizes: list[int] = Field(default_factory=lambda: [112, 128, 144])
-    init: list[Literal["pretrained", "scratch"]] = Field(default_factory=lambda: ["pretrained", "scratch"])
 
 
 class ExperimentsConfig(Section):

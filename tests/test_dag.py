@@ -86,3 +86,12 @@ def test_snakemake_lint_and_format():
     fmt = subprocess.run([str(BIN / "snakefmt"), "--check", "Snakefile", "workflow"], cwd=ROOT,
                          capture_output=True, text=True)
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr
+
+
+@pytest.mark.parametrize("backbone", ["pretrain", "finetune"])
+def test_pretrained_transfer_depends_on_its_backbone_checkpoint(backbone):
+    params = load_params(ROOT / "params.yaml")
+    params = params.model_copy(update={"detection": params.detection.model_copy(update={"backbone": backbone})})
+    deps = {i["name"]: i["deps"] for s in build_stages(params) for i in expand(s)}
+    assert f"results/{backbone}/model.pth" in deps["detection"]
+    assert not any(d.startswith("results/") for d in deps["detection_scratch"])

@@ -372,8 +372,9 @@ def test_training_resumes_from_last_checkpoint(tiny_demo, tmp_path, monkeypatch)
 # --- the stages through the CLI ------------------------------------------------------------------
 
 
-def _stage_dir(tmp_path: Path, demo: Path, iters: int = 2) -> Path:
-    """A working directory with params.yaml (tiny model, short runs), data/demo and a pretrain checkpoint."""
+def _stage_dir(tmp_path: Path, demo: Path, iters: int = 2, backbone: str = "pretrain") -> Path:
+    """A working directory with params.yaml (tiny model, short runs), data/demo and a classification
+    checkpoint at results/<backbone>/model.pth, the one both tasks are told to start from."""
     import yaml
 
     work = tmp_path / "work"
@@ -384,9 +385,11 @@ def _stage_dir(tmp_path: Path, demo: Path, iters: int = 2) -> Path:
     params["runtime"]["threads"] = 1
     params["segmentation"].update(img_size=64, iters=iters, batch_size=2, decoder_channels=16)
     params["detection"].update(img_size=64, iters=iters, batch_size=2, fpn_channels=16, min_sizes=[56, 64])
+    for task in ("segmentation", "detection"):
+        params[task]["backbone"] = backbone
     (work / "params.yaml").write_text(yaml.safe_dump(params))
-    (work / "results" / "pretrain").mkdir(parents=True)
-    _classification_checkpoint(work / "results" / "pretrain" / "model.pth")
+    (work / "results" / backbone).mkdir(parents=True)
+    _classification_checkpoint(work / "results" / backbone / "model.pth")
     return work
 
 
@@ -413,10 +416,24 @@ def test_cli_bad_coco_exits_2_and_writes_nothing(demo_copy, tmp_path, monkeypatc
     assert not (work / "metrics").exists() and not (work / "plots").exists()
 
 
+def test_cli_missing_backbone_checkpoint_names_it(tiny_demo, tmp_path, monkeypatch, capsys):
+    from pcn.cli import main
+
+    work = _stage_dir(tmp_path, tiny_demo, backbone="finetune")
+    (work / "results" / "finetune" / "model.pth").unlink()
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
+    monkeypatch.delenv("PCN_PIPELINE_RUN_ID", raising=False)
+    assert main(["segmentation", "--init", "pretrained"]) == 2
+    assert ("pcn segmentation: error: results/finetune/model.pth: backbone checkpoint not found "
+            "(run `pcn finetune`, or pass --checkpoint)") in capsys.readouterr().err
+    assert not (work / "results" / "segmentation").exists()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("task,init", [("segmentation", "pretrained"), ("detection", "scratch")])
 def test_stage_outputs(tiny_demo, tmp_path, task, init):
-    work = _stage_dir(tmp_path, tiny_demo)
+    work = _stage_dir(tmp_path, tiny_demo, backbone="finetune" if init == "pretrained" else "pretrain")
     r = _pcn(work, task, "--init", init)
     assert r.returncode == 0, r.stderr[-3000:]
     name = task if init == "pretrained" else f"{task}_{init}"
@@ -425,7 +442,7 @@ def test_stage_outputs(tiny_demo, tmp_path, task, init):
         assert {"mIoU", "mAcc", "aAcc", "per_class_iou", "predictions_dir", "annotations_dir", "init", "iters",
                 "seconds"} <= set(metrics)
         assert len(list((work / metrics["predictions_dir"]).glob("*.png"))) == 6
-        assert "backbone from results/pretrain/model.pth" in r.stdout
+        assert "backbone from results/finetune/model.pth" in r.stdout  # segmentation.backbone
     else:
         keys = {f"{i}_{k}" for i in ("bbox", "segm") for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")}
         assert keys | {"results_file", "annotations_file", "n_degenerate_skipped"} <= set(metrics)

@@ -3,7 +3,8 @@
 Outputs per stage (``<task>`` or ``<task>_scratch``): ``results/<stage>/`` (predictions,
 checkpoint, qualitative figure), ``metrics/<stage>.json``, ``plots/<stage>.csv``
 (step, loss). The pretrained init reads the trunk from the DAG's classification
-checkpoint (``results/pretrain/model.pth``) or ``--checkpoint FILE``.
+checkpoint named by ``<task>.backbone`` (``results/pretrain/model.pth`` or
+``results/finetune/model.pth``) or ``--checkpoint FILE``.
 
 Launching: the job is a :class:`pcn.transfer.TransferTask` (a submitit
 ``Checkpointable``), submitted by the same launcher as training (local or SLURM).
@@ -16,7 +17,6 @@ from pathlib import Path
 from pcn.cli import UserError
 from pcn.steps.common import launcher_kind, stage
 
-PRETRAIN_CHECKPOINT = Path("results/pretrain/model.pth")
 DEMO_ROOT = Path("data/demo")
 
 
@@ -47,6 +47,11 @@ def validate_dataset(task: str, root: Path, n_classes: int | None) -> None:
             CocoInstances(root, split, check=True)
 
 
+def backbone_checkpoint(cfg) -> Path:
+    """The DAG's classification checkpoint named by ``<task>.backbone`` (pretrain | finetune)."""
+    return Path(f"results/{cfg.backbone}/model.pth")
+
+
 def _transfer(args, task: str) -> int:
     from pcn.train.launch import launch
     from pcn.transfer import TransferJob, TransferTask
@@ -58,9 +63,10 @@ def _transfer(args, task: str) -> int:
         cfg = p.section(task)
         checkpoint = None
         if args.init == "pretrained":
-            checkpoint = Path(args.checkpoint) if getattr(args, "checkpoint", None) else PRETRAIN_CHECKPOINT
+            checkpoint = Path(args.checkpoint) if getattr(args, "checkpoint", None) else backbone_checkpoint(cfg)
             if not checkpoint.is_file():
-                raise UserError(f"{checkpoint}: backbone checkpoint not found (run `pcn pretrain`, or pass --checkpoint)")
+                raise UserError(f"{checkpoint}: backbone checkpoint not found "
+                                f"(run `pcn {cfg.backbone}`, or pass --checkpoint)")
         elif getattr(args, "checkpoint", None):
             raise UserError("--checkpoint is only used with --init pretrained")
         root = data_root(p, task)
