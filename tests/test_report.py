@@ -243,3 +243,17 @@ def test_run_ids_from_mlflow(tmp_path, monkeypatch):
     assert runs.run_id("metrics/attention.json") == R.NONE
     rows = _rows(R.build_report(tmp_path, params))
     assert rows[("params (M)", "patchconvnet_s60")][7] == new.info.run_id
+
+
+def test_pair_rows_show_the_papers_direction_from_its_numbers(demo_run):
+    report = R.build_report(demo_run, _params())
+    section = next(s for s in report.sections if s.title.startswith("Ablations"))
+    tables = {t.caption: t for t in section.tables}
+    attention = next(r for r in tables["ResNet: attention pooling against average pooling"].rows
+                     if r[0] == "attention")
+    finetuned = next(r for r in tables["Multi-class tokens: fine-tuned against scratch"].rows if r[0] == "finetuned")
+    # paper/numbers.yaml: ResNet-50 79.8 -> 80.1 with attention pooling; multi-class 81.1 -> 82.0 fine-tuned
+    assert attention[7] == "better (+0.3 top-1)"
+    assert finetuned[7] == "better (+0.9 top-1)"
+    avgpool = next(r for r in tables["Ablations against the baseline"].rows if r[0] == "avgpool")
+    assert avgpool[7] == "worse"

@@ -358,6 +358,21 @@ def comparison_table(paper: dict, params, metrics: Metrics, runs: RunIndex) -> T
 # --- this run's own results -------------------------------------------------------------------------
 
 
+# The paper's two-row comparisons outside the ablation table: (section, this row, reference row).
+PAPER_PAIRS = {("resnet", "attention"): ("resnet50", "attention_top1", "avg_top1"),
+               ("multiclass", "finetuned"): ("multiclass", "finetuned_top1", "scratch_top1")}
+
+
+def _pair_direction(paper: dict, group: str, name: str) -> str:
+    """The paper's direction for a ResNet / multi-class row, from its two numbers in paper/numbers.yaml."""
+    pair = PAPER_PAIRS.get((group, name))
+    if pair is None or pair[0] not in paper:
+        return NONE
+    sec, row, ref = pair
+    d = paper[sec][row]["value"] - paper[sec][ref]["value"]
+    return f"{'better' if d > 0 else 'worse' if d < 0 else 'similar'} ({d:+.1f} top-1)"
+
+
 def _fmt_ci(ci) -> str:
     return f"[{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else NONE
 
@@ -396,7 +411,7 @@ def results_sections(paper: dict, params, metrics: Metrics, runs: RunIndex) -> l
     sec = Section("Ablations and comparisons" + (" (smoke runs)" if abl and not abl.get("evidence") else ""))
     if abl:
         sec.paragraphs.append(str(abl.get("note", "")))
-        directions = {k: v.get("direction") for k, v in (paper.get("ablations") or {}).items()}
+        directions = {k: v.get("direction", NONE) for k, v in (paper.get("ablations") or {}).items()}
         for group, ref, caption in (("ablations", "baseline", "Ablations against the baseline"),
                                     ("resnet", "avg", "ResNet: attention pooling against average pooling"),
                                     ("multiclass", "scratch", "Multi-class tokens: fine-tuned against scratch")):
@@ -411,7 +426,7 @@ def results_sections(paper: dict, params, metrics: Metrics, runs: RunIndex) -> l
                 else:
                     row += [g("metrics/ablations.json", f"{base}.vs_{ref}.diff", "+.2f"), _fmt_ci(vs.get("ci95")),
                             g("metrics/ablations.json", f"{base}.vs_{ref}.verdict")]
-                row.append(directions.get(name, NONE) if group == "ablations" else NONE)
+                row.append(directions.get(name) if group == "ablations" else _pair_direction(paper, group, name))
                 row.append(label if not abl.get("evidence") else f"{len(abl.get('seeds', []))} seeds")
                 rows.append(row)
             if rows:
