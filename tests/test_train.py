@@ -371,3 +371,36 @@ def test_schedule_scaling_and_weight_decay_groups(tiny_imagefolder, tmp_path):
         n.endswith(".bias") or n == "cls_token" or model.get_parameter(n).ndim <= 1
         for n in names
     )
+
+
+def _collapse_onto_class_token(model) -> None:
+    """Make the class token's query match its own key far better than any patch's key."""
+    blk = model.blocks_token_only[-1]
+    with torch.no_grad():
+        eye = torch.eye(model.embed_dim)
+        blk.attn.q.weight.copy_(4 * eye)
+        blk.attn.k.weight.copy_(4 * eye)
+        model.cls_token.copy_(torch.randn_like(model.cls_token))
+
+
+def test_evaluate_reports_a_collapse_onto_the_class_token():
+    import timm
+
+    from pcn.train import engine
+
+    torch.manual_seed(0)
+    model = timm.create_model("patchconvnet_demo", num_classes=3, embed_dim=32, depth=2)
+    images, labels = torch.randn(8, 3, 32, 32), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    healthy = engine.evaluate(model, [(images, labels)], torch.device("cpu"))
+    assert healthy["cls_self_attention"] < 0.5  # at init: about 1 / (patches + 1)
+    _collapse_onto_class_token(model)
+    collapsed = engine.evaluate(model, [(images, labels)], torch.device("cpu"))
+    assert collapsed["cls_self_attention"] > engine.COLLAPSED_SELF_ATTENTION
+    logits = model(images)
+    assert torch.allclose(logits, logits[:1].expand_as(logits), atol=1e-4)  # the image no longer matters
+    state = engine.LoopState()
+    with pytest.warns(UserWarning, match="no longer depends on the image"):
+        engine._evaluate_into(state, model, [(images, labels)], torch.device("cpu"),
+                              type("R", (), {"ema": None})())
+    multi = timm.create_model("patchconvnet_demo_multi", num_classes=3, embed_dim=32, depth=2)
+    assert "cls_self_attention" not in engine.evaluate(multi, [(images, labels)], torch.device("cpu"))

@@ -239,9 +239,16 @@ def train_one_epoch(
     return "epoch"
 
 
+# Above this mean softmax weight of the class token on its own key, the aggregation has
+# collapsed: the head sees the same vector for every image (seen on the demo data with a
+# short warm-up at lr 1e-3: 0.99999, top-1 at chance for the rest of the run).
+COLLAPSED_SELF_ATTENTION = 0.99
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader, device: torch.device) -> dict[str, float]:
-    """Top-1/top-5 (percent) and cross-entropy on the whole validation set.
+    """Top-1/top-5 (percent) and cross-entropy on the whole validation set; for a model with
+    one class token also ``cls_self_attention``, the weight it puts on itself (first batch).
 
     Every rank evaluates the full set (its loader is built for one rank), so no
     sample is counted twice by a padded distributed sampler and no collective is
@@ -252,6 +259,8 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device) -> dict[str, 
     model.eval()
     correct1 = correct5 = 0
     loss_sum, n = 0.0, 0
+    probe = getattr(model, "pool", None) == "attention" and not getattr(model, "multiclass", True)
+    self_weight = None
     with rng_preserved():
         for images, labels in loader:
             images = images.to(device, non_blocking=True)
@@ -260,6 +269,8 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device) -> dict[str, 
                 images = images.contiguous(memory_format=torch.channels_last)
             with _autocast(device):
                 logits = model(images)
+                if probe and self_weight is None:  # one batch is enough to see a collapse
+                    self_weight = model.class_token_self_attention(images).float().mean().item()
             logits = logits.float()
             loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
             top = logits.topk(min(5, logits.shape[1]), dim=1).indices
@@ -270,12 +281,15 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device) -> dict[str, 
     model.train(was_training)
     if n == 0:
         raise ValueError("the validation loader yielded no images")
-    return {
+    out = {
         "top1": 100.0 * correct1 / n,
         "top5": 100.0 * correct5 / n,
         "loss": loss_sum / n,
         "n": n,
     }
+    if self_weight is not None:
+        out["cls_self_attention"] = self_weight
+    return out
 
 
 # --- checkpoints ----------------------------------------------------------------------
@@ -575,6 +589,11 @@ def _evaluate_into(state: LoopState, model, loader, device, recipe: Recipe) -> N
                 if k != "n"
             }
         )
+    if metrics.get("cls_self_attention", 0.0) > COLLAPSED_SELF_ATTENTION:
+        warnings.warn(
+            f"step {state.global_step}: the class token puts {metrics['cls_self_attention']:.4f} of its attention on "
+            "itself, so the prediction no longer depends on the image (a collapse; it rarely recovers). "
+            "Lengthen warmup_epochs or lower lr.", stacklevel=2)
     state.last_eval, state.last_eval_step = metrics, state.global_step
 
 
