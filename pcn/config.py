@@ -172,6 +172,11 @@ class DenseTaskConfig(Section):
     backbone: Literal["pretrain", "finetune"] = Field(
         "pretrain", description="the DAG's classification checkpoint a pretrained run starts from")
 
+    @property
+    def backbone_checkpoint(self) -> str:
+        """The DAG output the pretrained run reads (and the stage depends on)."""
+        return f"results/{self.backbone}/model.pth"
+
 
 class SegmentationConfig(DenseTaskConfig):
     img_size: int = Field(128, ge=32)

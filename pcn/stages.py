@@ -117,7 +117,7 @@ def build_stages(params: Params) -> list[Stage]:
             suffix = "" if init == "pretrained" else f"_{init}"
             deps = ("data/demo",) if demo else ()
             if init == "pretrained":
-                deps += (f"results/{cfg.backbone}/model.pth",)
+                deps += (cfg.backbone_checkpoint,)
             add(Stage(f"{task}{suffix}", f"pcn {task} --init {init}", "transfer",
                       deps=deps + _code("models", "train", "transfer"),
                       outs=(f"results/{task}{suffix}",), metrics=(f"metrics/{task}{suffix}.json",),

@@ -411,7 +411,7 @@ def results_sections(paper: dict, params, metrics: Metrics, runs: RunIndex) -> l
     sec = Section("Ablations and comparisons" + (" (smoke runs)" if abl and not abl.get("evidence") else ""))
     if abl:
         sec.paragraphs.append(str(abl.get("note", "")))
-        directions = {k: v.get("direction", NONE) for k, v in (paper.get("ablations") or {}).items()}
+        directions = {k: v.get("direction") for k, v in (paper.get("ablations") or {}).items()}
         for group, ref, caption in (("ablations", "baseline", "Ablations against the baseline"),
                                     ("resnet", "avg", "ResNet: attention pooling against average pooling"),
                                     ("multiclass", "scratch", "Multi-class tokens: fine-tuned against scratch")):
@@ -426,7 +426,7 @@ def results_sections(paper: dict, params, metrics: Metrics, runs: RunIndex) -> l
                 else:
                     row += [g("metrics/ablations.json", f"{base}.vs_{ref}.diff", "+.2f"), _fmt_ci(vs.get("ci95")),
                             g("metrics/ablations.json", f"{base}.vs_{ref}.verdict")]
-                row.append(directions.get(name) if group == "ablations" else _pair_direction(paper, group, name))
+                row.append(directions.get(name, NONE) if group == "ablations" else _pair_direction(paper, group, name))
                 row.append(label if not abl.get("evidence") else f"{len(abl.get('seeds', []))} seeds")
                 rows.append(row)
             if rows:

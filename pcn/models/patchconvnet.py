@@ -474,12 +474,17 @@ class PatchConvNet(nn.Module):
             maps = attn[:, 0, 1:].reshape(B, H, W)
         return self.forward_head(tokens), maps
 
+    @property
+    def single_class_token(self) -> bool:
+        """ One class token among its own keys: the model that can collapse onto it. """
+        return self.pool == 'attention' and not self.multiclass
+
     @torch.no_grad()
     def class_token_self_attention(self, x: torch.Tensor) -> torch.Tensor:
         """ (B,) softmax weight the class token puts on its own key in the last aggregation
         block (single-token models). Near 1 for every image, the model's output no longer
         depends on the image: training has collapsed onto the class token. """
-        if self.pool != 'attention' or self.multiclass:
+        if not self.single_class_token:
             raise RuntimeError('only a single class token attends to itself (multi-class keys are the patches)')
         return 1 - self.forward_attention(x)[1].flatten(1).sum(1)
 

@@ -47,11 +47,6 @@ def validate_dataset(task: str, root: Path, n_classes: int | None) -> None:
             CocoInstances(root, split, check=True)
 
 
-def backbone_checkpoint(cfg) -> Path:
-    """The DAG's classification checkpoint named by ``<task>.backbone`` (pretrain | finetune)."""
-    return Path(f"results/{cfg.backbone}/model.pth")
-
-
 def _transfer(args, task: str) -> int:
     from pcn.train.launch import launch
     from pcn.transfer import TransferJob, TransferTask
@@ -63,7 +58,7 @@ def _transfer(args, task: str) -> int:
         cfg = p.section(task)
         checkpoint = None
         if args.init == "pretrained":
-            checkpoint = Path(args.checkpoint) if getattr(args, "checkpoint", None) else backbone_checkpoint(cfg)
+            checkpoint = Path(args.checkpoint) if getattr(args, "checkpoint", None) else Path(cfg.backbone_checkpoint)
             if not checkpoint.is_file():
                 raise UserError(f"{checkpoint}: backbone checkpoint not found "
                                 f"(run `pcn {cfg.backbone}`, or pass --checkpoint)")

@@ -259,7 +259,7 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device) -> dict[str, 
     model.eval()
     correct1 = correct5 = 0
     loss_sum, n = 0.0, 0
-    probe = getattr(model, "pool", None) == "attention" and not getattr(model, "multiclass", True)
+    probe = getattr(model, "single_class_token", False)
     self_weight = None
     with rng_preserved():
         for images, labels in loader:
