@@ -1,11 +1,18 @@
-"""Images/s of the FFCV and torchvision loaders on the same images (train pipeline).
+"""Images/s of the FFCV, torchvision and in-memory loaders on the same images (train pipeline).
 
     python benchmarks/bench_loaders.py --out bench_loaders.json
 
 Makes (or takes, --folder) an ImageFolder of JPEGs, converts it to a .beton, then
 times one epoch of each loader per resolution (random-resized-crop + flip), after a
-warm-up epoch that absorbs numba compilation and worker start-up. Both use
-num_workers = os.cpu_count() unless told otherwise.
+warm-up epoch that absorbs numba compilation and worker start-up; the time to build
+each loader (the memory loader decodes every image then) is reported apart. All use
+num_workers = os.cpu_count() unless told otherwise (the memory loader has no workers).
+
+The study grid's setting (10,000 images of 64 px cropped to 32, one core):
+
+    python benchmarks/bench_loaders.py --n-images 10000 --height 64 --width 64 \
+        --sizes 32 --batch-size 64 --num-workers 1 --max-resolution 64 \
+        --loaders ffcv torch memory --out results_grid_loaders.json
 """
 
 from __future__ import annotations
@@ -83,7 +90,7 @@ def main(argv=None) -> dict:
     )
     ap.add_argument("--batches-ahead", type=int, default=3)
     ap.add_argument(
-        "--loaders", nargs="+", default=["ffcv", "torch"], choices=["ffcv", "torch"]
+        "--loaders", nargs="+", default=["ffcv", "torch"], choices=["ffcv", "torch", "memory"]
     )
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
     args = ap.parse_args(argv)
@@ -124,6 +131,7 @@ def main(argv=None) -> dict:
         rows = []
         for size in args.sizes:
             for kind in args.loaders:
+                t0 = time.perf_counter()
                 loader = build_loader(
                     beton=beton,
                     folder=folder,
@@ -137,6 +145,7 @@ def main(argv=None) -> dict:
                     os_cache=not args.no_os_cache,
                     batches_ahead=args.batches_ahead,
                 )
+                build_s = time.perf_counter() - t0
                 rate, n = time_loader(loader, args.epochs)
                 rows.append(
                     {
@@ -144,9 +153,10 @@ def main(argv=None) -> dict:
                         "img_size": size,
                         "images_per_s": round(rate, 1),
                         "images": n,
+                        "build_s": round(build_s, 2),
                     }
                 )
-                print(f"  {kind:5s} {size:4d} px: {rate:8.1f} img/s")
+                print(f"  {kind:6s} {size:4d} px: {rate:8.1f} img/s (built in {build_s:.1f} s)")
                 del loader
 
     by = {(r["loader"], r["img_size"]): r["images_per_s"] for r in rows}

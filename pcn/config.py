@@ -97,7 +97,7 @@ class DataConfig(Section):
     imagenet_v2: str | None = None
     ade20k: str | None = None
     coco: str | None = None
-    loader: Literal["ffcv", "torch"] = "ffcv"
+    loader: Literal["ffcv", "torch", "memory"] = "ffcv"
     num_workers: int = Field(2, ge=0)
     ffcv: FfcvConfig = FfcvConfig()
 
@@ -208,7 +208,7 @@ class ExperimentsConfig(Section):
     multiclass_model: str = "patchconvnet_demo_multi"
     depth_width: list[list[int]] = Field(default_factory=lambda: [[64, 4], [96, 8]], description="[width, depth] pairs")
     train: TrainConfig = TrainConfig()
-    loader: Literal["ffcv", "torch"] | None = Field(None, description="loader of the grid runs; null = data.loader")
+    loader: Literal["ffcv", "torch", "memory"] | None = Field(None, description="loader of the grid runs; null = data.loader")
 
     @model_validator(mode="after")
     def _baseline(self) -> "ExperimentsConfig":

@@ -1,6 +1,6 @@
-"""One entry point for both data loaders: ``build_loader(kind='ffcv'|'torch', ...)``.
+"""One entry point for the data loaders: ``build_loader(kind='ffcv'|'torch'|'memory', ...)``.
 
-``data.loader`` in params.yaml selects the kind. Both yield ``(images, labels)``:
+``data.loader`` in params.yaml selects the kind. All yield ``(images, labels)``:
 float32 NCHW normalised with ImageNet mean/std, int64 labels; both have ``len()``
 (batches per epoch on this rank), ``set_epoch``, ``num_classes``, ``class_names``
 and ``num_samples`` (images in the dataset).
@@ -12,6 +12,8 @@ and ``num_samples`` (images in the dataset).
   use it before asking for the next one, or clone it.
 * ``torch`` reads the image folder with PIL, torchvision and timm transforms, the
   baseline and the fallback where FFCV is not installed.
+* ``memory`` decodes the image folder once into RAM and augments whole batches
+  (``pcn.data.memory_loader``): for small datasets read by many short runs.
 
 The sample order of an epoch is one function (``epoch_order``) shared by both
 kinds: a permutation seeded by ``seed + epoch`` (FFCV's own RANDOM order), torch's
@@ -52,7 +54,7 @@ from pcn.data.transforms import (
     torch_train_transform,
 )
 
-Kind = Literal["ffcv", "torch"]
+Kind = Literal["ffcv", "torch", "memory"]
 FFCV_MISSING = (
     "data.loader is 'ffcv' but the ffcv package cannot be imported ({error}); install it "
     "(pip install ffcv, which needs libopencv-dev, libturbojpeg0-dev and pkg-config) or set "
@@ -312,9 +314,8 @@ class _OrderSampler(torch.utils.data.Sampler):
 class TorchLoader:
     def __init__(
         self,
-        folder: Path,
+        index: FolderIndex,
         *,
-        layout: str,
         train: bool,
         img_size: int,
         batch_size: int,
@@ -326,21 +327,8 @@ class TorchLoader:
         world_size: int,
         drop_last: bool,
         device: str,
-        expected_classes: Sequence[str] | None,
         repeats: int,
-        skip: Sequence[str] = (),
     ):
-        index = scan_folder(folder, layout)
-        if skip:
-            skipped = set(skip)
-            index = replace(
-                index, samples=[s for s in index.samples if s[0] not in skipped]
-            )
-        if expected_classes is not None and list(expected_classes) != index.class_names:
-            raise DatasetError(
-                f"{folder}: class list differs from the expected one "
-                f"({index.num_classes} classes vs {len(expected_classes)})"
-            )
         self.class_names = index.class_names
         self.num_classes = index.num_classes
         self.num_samples = len(index.samples)
@@ -394,6 +382,21 @@ class TorchLoader:
 # --- the entry point --------------------------------------------------------------------
 
 
+def folder_index(folder: Path, *, layout: str, beton: Path | None, expected_classes: Sequence[str] | None) -> FolderIndex:
+    """The samples of an image folder, less the files the conversion to ``beton`` skipped
+    as unreadable (so that every kind indexes the same samples)."""
+    index = scan_folder(folder, layout)
+    skip = set(read_metadata(beton).get("skipped_files", [])) if beton is not None and metadata_path(beton).is_file() else set()
+    if skip:
+        index = replace(index, samples=[s for s in index.samples if s[0] not in skip])
+    if expected_classes is not None and list(expected_classes) != index.class_names:
+        raise DatasetError(
+            f"{folder}: class list differs from the expected one "
+            f"({index.num_classes} classes vs {len(expected_classes)})"
+        )
+    return index
+
+
 def build_loader(
     *,
     beton: str | Path | None,
@@ -423,8 +426,8 @@ def build_loader(
     a .beton carries its labels. ``os_cache=False`` switches FFCV to its
     process cache with QUASI_RANDOM order (datasets larger than RAM, single rank).
     """
-    if kind not in ("ffcv", "torch"):
-        raise ValueError(f"data.loader = {kind!r}: expected 'ffcv' or 'torch'")
+    if kind not in ("ffcv", "torch", "memory"):
+        raise ValueError(f"data.loader = {kind!r}: expected 'ffcv', 'torch' or 'memory'")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} outside world_size {world_size}")
     train_aug = TrainAug.from_config(aug)
@@ -442,24 +445,24 @@ def build_loader(
         "world_size": world_size,
         "drop_last": drop_last,
         "device": str(device),
-        "expected_classes": expected_classes,
         "repeats": repeats,
     }
     if kind == "ffcv":
         if beton is None:
             raise ValueError("kind='ffcv' needs beton= (the converted dataset)")
         loader = FfcvLoader(
-            Path(beton), os_cache=os_cache, batches_ahead=batches_ahead, **common
+            Path(beton), expected_classes=expected_classes, os_cache=os_cache,
+            batches_ahead=batches_ahead, **common
         )
     else:
         if folder is None:
-            raise ValueError("kind='torch' needs folder= (the image folder)")
-        # Files the conversion skipped as unreadable are skipped here too, so that
-        # both kinds index the same samples.
-        skip = (
-            read_metadata(beton).get("skipped_files", [])
-            if beton is not None and metadata_path(beton).is_file()
-            else []
-        )
-        loader = TorchLoader(Path(folder), layout=layout, skip=skip, **common)
+            raise ValueError(f"kind={kind!r} needs folder= (the image folder)")
+        index = folder_index(Path(folder), layout=layout, beton=Path(beton) if beton is not None else None,
+                             expected_classes=expected_classes)
+        if kind == "torch":
+            loader = TorchLoader(index, **common)
+        else:
+            from pcn.data.memory_loader import build_memory_loader
+
+            loader = build_memory_loader(index, **common)
     return loader

@@ -23,7 +23,7 @@ class DataSpec:
     val_beton: str | None = None
     train_folder: str | None = None
     val_folder: str | None = None
-    loader: Literal["ffcv", "torch"] = "torch"
+    loader: Literal["ffcv", "torch", "memory"] = "torch"
     num_workers: int = 2
     crop_ratio: float = 0.875
 

@@ -1,0 +1,201 @@
+"""The ``memory`` loader: an image folder decoded once into RAM, augmented a batch at a time.
+
+For datasets that fit in memory, such as the embedded demo data (10,000 images of
+64 px: 120 MB as uint8).  The study grid trains dozens of small models on it, two at
+a time on 2 cores, and neither of the other loaders suits such runs:
+
+* the ``torch`` loader decodes every JPEG again in every epoch, in a worker process
+  that competes with the model for the same cores (a grid step cost twice the
+  model's own compute);
+* the ``ffcv`` loader compiles its numba pipeline in every process (~30 s), longer
+  than a short run's own training.
+
+Here each image is decoded once, when the loader is built.  Training batches get
+the recipe's random-resized-crop and horizontal flip as one batched resampling
+(``torchvision.ops.roi_align``: each output pixel averages the source pixels under
+it, like an area filter); eval images are made once with the torch loader's own
+eval transform, so both give identical eval batches.  Colour jitter, RandAugment
+and 3-Augment are per-image PIL operations and are refused here.
+
+Randomness depends on (seed, rank, epoch, batch index) only, and the sample order
+is ``epoch_order``'s, shared with the other loaders.  The crops are drawn as
+torchvision's RandomResizedCrop draws them, from a different stream, so the
+``memory`` and ``torch`` loaders see the same images in the same order but not the
+same crops.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from pcn.data.ffcv_io import DatasetError, FolderIndex
+from pcn.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    RRC_RATIO,
+    TrainAug,
+    stream_key,
+    torch_eval_transform,
+)
+
+RRC_ATTEMPTS = 10  # torchvision's RandomResizedCrop tries 10 boxes before its fallback
+
+
+def decode_folder(index: FolderIndex, transform=None) -> torch.Tensor:
+    """Every image of ``index`` as one uint8 tensor (N, 3, H, W).
+
+    ``transform`` (PIL image -> uint8 CHW tensor) is applied to each image; without
+    it the images are stored as they are and must all have one size.
+    """
+    from PIL import Image
+    from tqdm import tqdm
+
+    out = None
+    for k, (rel, _) in enumerate(tqdm(index.samples, desc=f"decode {index.root.name}", unit="img",
+                                      mininterval=5, leave=False)):
+        path = index.root / rel
+        try:
+            with Image.open(path) as f:
+                img = f.convert("RGB")
+        except Exception as exc:
+            raise DatasetError(f"{path}: cannot decode image ({type(exc).__name__}: {exc})") from exc
+        x = transform(img) if transform is not None else torch.from_numpy(np.array(img)).permute(2, 0, 1)
+        if out is None:
+            out = torch.empty((len(index.samples), *x.shape), dtype=torch.uint8)
+        elif x.shape != out.shape[1:]:
+            raise DatasetError(
+                f"{path}: image is {x.shape[2]}x{x.shape[1]} px but {index.samples[0][0]} is "
+                f"{out.shape[3]}x{out.shape[2]}; the memory loader needs images of one size "
+                "(use data.loader: torch or ffcv)"
+            )
+        out[k] = x
+    if out is None:
+        raise DatasetError(f"{index.root}: no images")
+    return out
+
+
+def random_resized_boxes(
+    n: int, height: int, width: int, scale: tuple[float, float], gen: torch.Generator
+) -> torch.Tensor:
+    """``n`` random-resized-crop boxes (x0, y0, x1, y1), drawn as torchvision draws them:
+    up to 10 tries of (area fraction, log aspect ratio), else the central crop whose
+    aspect ratio is clamped to the range."""
+    area = height * width
+    log_r = torch.tensor(RRC_RATIO).log()
+    u = torch.rand((4, n, RRC_ATTEMPTS), generator=gen, dtype=torch.float64)
+    target = area * (scale[0] + (scale[1] - scale[0]) * u[0])
+    aspect = torch.exp(log_r[0] + (log_r[1] - log_r[0]) * u[1])
+    w = torch.sqrt(target * aspect).round()
+    h = torch.sqrt(target / aspect).round()
+    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = ok.double().argmax(dim=1, keepdim=True)  # the first box that fits
+    w, h = w.gather(1, first)[:, 0], h.gather(1, first)[:, 0]
+    top = (u[2].gather(1, first)[:, 0] * (height - h + 1)).floor()
+    left = (u[3].gather(1, first)[:, 0] * (width - w + 1)).floor()
+
+    # torchvision's fallback: the whole image, cut to the nearest allowed aspect ratio
+    ratio = width / height
+    if ratio < RRC_RATIO[0]:
+        fw, fh = width, round(width / RRC_RATIO[0])
+    elif ratio > RRC_RATIO[1]:
+        fw, fh = round(height * RRC_RATIO[1]), height
+    else:
+        fw, fh = width, height
+    none = ~ok.any(dim=1)
+    w = torch.where(none, float(fw), w)
+    h = torch.where(none, float(fh), h)
+    top = torch.where(none, float((height - fh) // 2), top)
+    left = torch.where(none, float((width - fw) // 2), left)
+    return torch.stack([left, top, left + w, top + h], dim=1).float()
+
+
+class MemoryLoader:
+    def __init__(
+        self,
+        index: FolderIndex,
+        *,
+        train: bool,
+        img_size: int,
+        batch_size: int,
+        aug: TrainAug,
+        crop_ratio: float,
+        seed: int,
+        rank: int,
+        world_size: int,
+        drop_last: bool,
+        device: str,
+        repeats: int,
+        order_args: dict,
+    ):
+        if train and (aug.auto_augment or aug.three_augment or aug.color_jitter > 0):
+            raise ValueError(
+                "aug.auto_augment / aug.three_augment / aug.color_jitter are per-image PIL "
+                "operations; the memory loader applies crop and flip only (use data.loader: torch)"
+            )
+        self.class_names = index.class_names
+        self.num_classes = index.num_classes
+        self.num_samples = len(index.samples)
+        self.device = torch.device(device)
+        self.train = train
+        self.img_size = int(img_size)
+        self.batch_size = int(batch_size)
+        self.drop_last = drop_last
+        self.aug = aug
+        self.key = stream_key(seed, rank, 0x6D656D)
+        self.order_args = order_args
+        self.labels = torch.tensor([label for _, label in index.samples], dtype=torch.int64)
+        # Train: the images as stored (cropped per batch); eval: the final eval images.
+        self.images = decode_folder(index, None if train else torch_eval_transform(img_size, crop_ratio).transforms[0])
+        self._mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
+        self._std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
+        self._epoch = 0
+
+    def _order(self, epoch: int) -> np.ndarray:
+        from pcn.data.loaders import epoch_order
+
+        return epoch_order(self.num_samples, epoch=epoch, **self.order_args)
+
+    def __len__(self) -> int:
+        n = len(self._order(0))
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch = int(epoch)
+
+    def _augment(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        from torchvision.ops import roi_align
+
+        n, _, height, width = x.shape
+        boxes = random_resized_boxes(n, height, width, (self.aug.scale_min, 1.0), gen)
+        rois = torch.cat([torch.arange(n, dtype=torch.float32)[:, None], boxes], dim=1)
+        # aligned=True: pixel centres at +0.5, so a box of the whole image maps onto it exactly
+        out = roi_align(x, rois, output_size=self.img_size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+        flip = torch.rand(n, generator=gen) < self.aug.hflip
+        return torch.where(flip[:, None, None, None], out.flip(-1), out)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        epoch, self._epoch = self._epoch, self._epoch + 1  # like the others: iterating again moves on
+        order = torch.from_numpy(self._order(epoch))
+        n_batches = len(self)
+        for b in range(n_batches):
+            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            x = self.images[idx].float()
+            if self.train:
+                gen = torch.Generator().manual_seed(stream_key(self.key, epoch, b) & 0x7FFFFFFFFFFFFFFF)
+                x = self._augment(x, gen)
+            x = (x - self._mean) / self._std
+            y = self.labels[idx]
+            if self.device.type != "cpu":
+                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            yield x, y
+
+
+def build_memory_loader(index: FolderIndex, *, num_workers: int, **kw) -> MemoryLoader:
+    """``build_loader``'s ``memory`` kind; ``num_workers`` is ignored (no worker processes)."""
+    del num_workers
+    order_args = {k: kw[k] for k in ("train", "seed", "rank", "world_size", "repeats")}
+    return MemoryLoader(index, order_args=order_args, **kw)

@@ -1,0 +1,113 @@
+"""The ``memory`` loader (pcn.data.memory_loader): decoded once, augmented per batch."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pcn.config import AugConfig
+from pcn.data.ffcv_io import DatasetError
+from pcn.data.loaders import build_loader, epoch_order
+from pcn.data.memory_loader import random_resized_boxes
+from test_loaders import CLASSES, make_folder, to_uint8
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """24 lossless 48x40 images (PNG, so decoded pixels are known exactly)."""
+    root = tmp_path_factory.mktemp("memory") / "images"
+    rng = np.random.default_rng(1)
+    for c in CLASSES:
+        (root / c).mkdir(parents=True)
+        for i in range(8):
+            Image.fromarray(rng.integers(0, 256, size=(40, 48, 3), dtype=np.uint8)).save(root / c / f"{i:03d}.png")
+    return root
+
+
+def build(folder, kind="memory", *, train, seed=0, aug=None, img_size=20, batch_size=8, **kw):
+    return build_loader(beton=None, folder=folder, kind=kind, train=train, img_size=img_size,
+                        batch_size=batch_size, aug=aug, num_workers=0, seed=seed, **kw)
+
+
+def epoch(ld, e):
+    ld.set_epoch(e)
+    return [(x.clone(), y.clone()) for x, y in ld]
+
+
+def test_eval_batches_equal_the_torch_loaders(folder):
+    m, t = epoch(build(folder, train=False), 0), epoch(build(folder, "torch", train=False), 0)
+    assert len(m) == len(t) == 3
+    for (mx, my), (tx, ty) in zip(m, t):
+        assert torch.equal(mx, tx) and torch.equal(my, ty)
+
+
+def test_whole_image_crop_is_an_area_resize(folder):
+    """scale (1, 1) on a 48x40 image whose ratio is in range: the box is the whole
+    image, and roi_align's per-bin averaging equals OpenCV's area filter for an exact
+    2x reduction."""
+    aug = AugConfig(scale_min=1.0, hflip=0.0)
+    ld = build(folder, train=True, aug=aug, img_size=20)
+    ld.images = ld.images[:, :, :, 4:44]  # 40x40: an exact 2x reduction to 20 px
+    x, y = next(iter(ld))
+    order = epoch_order(24, train=True, seed=0, epoch=0)[:8]
+    for k, i in enumerate(order):
+        rel, label = ld_samples(folder)[i]
+        src = np.asarray(Image.open(folder / rel).convert("RGB"))[:, 4:44]
+        want = cv2.resize(src, (20, 20), interpolation=cv2.INTER_AREA).transpose(2, 0, 1)
+        assert y[k] == label
+        assert np.abs(to_uint8(x[k : k + 1])[0] - want).max() < 0.51  # area resize rounds to uint8
+
+
+def ld_samples(folder):
+    from pcn.data.ffcv_io import scan_folder
+
+    return scan_folder(folder, "imagefolder").samples
+
+
+def test_train_batches_are_seeded_and_follow_the_shared_order(folder):
+    aug = AugConfig(scale_min=0.3)
+    a, b = epoch(build(folder, train=True, seed=3, aug=aug), 2), epoch(build(folder, train=True, seed=3, aug=aug), 2)
+    assert len(a) == 3
+    for (ax, ay), (bx, by) in zip(a, b):
+        assert torch.equal(ax, bx) and torch.equal(ay, by)
+    assert a[0][0].shape == (8, 3, 20, 20) and a[0][0].dtype == torch.float32 and a[0][1].dtype == torch.int64
+    c = epoch(build(folder, train=True, seed=4, aug=aug), 2)
+    assert not torch.equal(a[0][0], c[0][0])
+    labels = torch.cat([y for _, y in a]).tolist()
+    assert labels == [int(i) // 8 for i in epoch_order(24, train=True, seed=3, epoch=2)]
+    # the same images in the same order as the torch loader, which draws its own crops
+    t = epoch(build(folder, "torch", train=True, seed=3, aug=aug), 2)
+    assert labels == torch.cat([y for _, y in t]).tolist()
+
+
+def test_flip_mirrors_the_crop(folder):
+    keep = next(iter(build(folder, train=True, aug=AugConfig(scale_min=1.0, hflip=0.0))))[0]
+    flip = next(iter(build(folder, train=True, aug=AugConfig(scale_min=1.0, hflip=1.0))))[0]
+    assert torch.allclose(flip, keep.flip(-1))
+
+
+def test_random_resized_boxes_follow_torchvision_rules():
+    gen = torch.Generator().manual_seed(0)
+    boxes = random_resized_boxes(4000, 40, 48, (0.25, 1.0), gen)
+    x0, y0, x1, y1 = boxes.unbind(1)
+    w, h = x1 - x0, y1 - y0
+    assert (x0 >= 0).all() and (y0 >= 0).all() and (x1 <= 48).all() and (y1 <= 40).all()
+    area = w * h / (40 * 48)
+    assert area.min() > 0.2 and area.max() <= 1.0  # 0.25 less rounding
+    assert (w / h).min() > 0.7 and (w / h).max() < 1.4
+    assert area.mean() == pytest.approx(0.6, abs=0.05)  # uniform over (0.25, 1)
+    # a very wide image: every draw fails, the fallback is the central 4:3 box
+    wide = random_resized_boxes(5, 10, 400, (0.9, 1.0), gen)
+    assert torch.equal(wide[0], torch.tensor([193.0, 0.0, 206.0, 10.0]))
+
+
+def test_mixed_sizes_and_pil_augmentations_are_refused(tmp_path, folder):
+    mixed = make_folder(tmp_path / "mixed")  # assorted sizes
+    with pytest.raises(DatasetError, match=r"mixed/cat/001.jpg: image is .* the memory loader needs images of one size"):
+        build(mixed, train=True)
+    build(mixed, train=False)  # eval images are cropped and resized first: any size works
+    with pytest.raises(ValueError, match="memory loader applies crop and flip only"):
+        build(folder, train=True, aug=AugConfig(auto_augment="rand-m9-mstd0.5-inc1"))
