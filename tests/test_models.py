@@ -331,3 +331,20 @@ def test_resnet_attnpool_differs_only_in_head():
     att.train()
     att(x).sum().backward()
     assert att.head.block.attn.k.weight.grad is not None
+
+
+@pytest.mark.parametrize("name", ["patchconvnet_demo", "patchconvnet_demo_multi", "resnet_demo",
+                                  "resnet_demo_attnpool", "resnet50"])
+def test_grid_passes_layerscale_init_to_exactly_the_models_that_have_it(name):
+    """The experiment grid hands its ``layerscale_init`` to a model when
+    ``has_layerscale`` says so: the model must then take it (and use it), and a model
+    it skips must have no such option."""
+    from pcn.steps.experiments import has_layerscale
+
+    if has_layerscale(name):
+        model = timm.create_model(name, layerscale_init=0.1)
+        gammas = [v for k, v in model.state_dict().items() if "gamma" in k]
+        assert gammas and all(torch.allclose(g, torch.full_like(g, 0.1)) for g in gammas)
+    else:
+        with pytest.raises(TypeError, match="layerscale_init"):
+            timm.create_model(name, layerscale_init=0.1)

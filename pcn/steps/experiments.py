@@ -18,12 +18,19 @@ def _train(args, name: str, out: str, *, seed: int, tags: dict, extra: dict | No
     with stage(args, name, sections, tags={**tags, "pcn.seed": str(seed)}) as st:
         p = st.params
         cfg = p.experiments.train
-        if not kw.get("model", p.model.name).startswith("patchconvnet"):
-            cfg = cfg.model_copy(update={"layerscale_init": None})  # a PatchConvNet option only
+        if not has_layerscale(kw.get("model", p.model.name)):
+            cfg = cfg.model_copy(update={"layerscale_init": None})
         info = {k.removeprefix("pcn."): v for k, v in tags.items()}
         return train_stage(args, st, cfg=cfg, out_dir=f"results/{out}", seed=seed, threads=1,
                            loader=p.experiments.loader,
                            metrics_path=f"metrics/{out}.json", extra={**info, "seed": seed, **(extra or {})}, **kw)
+
+
+def has_layerscale(model: str) -> bool:
+    """Whether ``model`` takes ``layerscale_init``: PatchConvNets and the attention-pooling
+    ResNets do (so the pair's attention head gets the grid's init, as the PatchConvNet's
+    aggregation does); plain ResNets have no LayerScale."""
+    return model.startswith("patchconvnet") or model.endswith("_attnpool")
 
 
 def ablate(args) -> int:
