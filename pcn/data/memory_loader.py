@@ -2,13 +2,13 @@
 
 For datasets that fit in memory, such as the embedded demo data (10,000 images of
 64 px: 120 MB as uint8).  The study grid trains dozens of small models on it, two at
-a time on 2 cores, and neither of the other loaders suits such runs:
+a time on 2 cores:
 
 * the ``torch`` loader decodes every JPEG again in every epoch, in a worker process
   that competes with the model for the same cores (a grid step cost twice the
   model's own compute);
-* the ``ffcv`` loader compiles its numba pipeline in every process (~30 s), longer
-  than a short run's own training.
+* the ``ffcv`` loader is fastest per batch but compiles its numba pipelines again in
+  every process, and needs the .beton conversion first.
 
 Here each image is decoded once, when the loader is built.  Training batches get
 the recipe's random-resized-crop and horizontal flip as one batched resampling
