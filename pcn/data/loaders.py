@@ -30,7 +30,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -426,8 +426,8 @@ def build_loader(
     a .beton carries its labels. ``os_cache=False`` switches FFCV to its
     process cache with QUASI_RANDOM order (datasets larger than RAM, single rank).
     """
-    if kind not in ("ffcv", "torch", "memory"):
-        raise ValueError(f"data.loader = {kind!r}: expected 'ffcv', 'torch' or 'memory'")
+    if kind not in get_args(Kind):
+        raise ValueError(f"data.loader = {kind!r}: expected one of {', '.join(get_args(Kind))}")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} outside world_size {world_size}")
     train_aug = TrainAug.from_config(aug)
@@ -462,7 +462,8 @@ def build_loader(
         if kind == "torch":
             loader = TorchLoader(index, **common)
         else:
-            from pcn.data.memory_loader import build_memory_loader
+            from pcn.data.memory_loader import MemoryLoader
 
-            loader = build_memory_loader(index, **common)
+            del common["num_workers"]  # no worker processes: batches are cut from RAM
+            loader = MemoryLoader(index, **common)
     return loader

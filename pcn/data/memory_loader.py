@@ -34,12 +34,11 @@ import torch
 
 from pcn.data.ffcv_io import DatasetError, FolderIndex
 from pcn.data.transforms import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     RRC_RATIO,
+    CenterCropResize,
+    NormalizeUint8,
     TrainAug,
     stream_key,
-    torch_eval_transform,
 )
 
 RRC_ATTEMPTS = 10  # torchvision's RandomResizedCrop tries 10 boxes before its fallback
@@ -129,7 +128,6 @@ class MemoryLoader:
         drop_last: bool,
         device: str,
         repeats: int,
-        order_args: dict,
     ):
         if train and (aug.auto_augment or aug.three_augment or aug.color_jitter > 0):
             raise ValueError(
@@ -146,12 +144,11 @@ class MemoryLoader:
         self.drop_last = drop_last
         self.aug = aug
         self.key = stream_key(seed, rank, 0x6D656D)
-        self.order_args = order_args
+        self.order_args = {"train": train, "seed": seed, "rank": rank, "world_size": world_size, "repeats": repeats}
         self.labels = torch.tensor([label for _, label in index.samples], dtype=torch.int64)
-        # Train: the images as stored (cropped per batch); eval: the final eval images.
-        self.images = decode_folder(index, None if train else torch_eval_transform(img_size, crop_ratio).transforms[0])
-        self._mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
-        self._std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
+        # Train: the images as stored (cropped per batch); eval: the torch loader's eval crops.
+        self.images = decode_folder(index, None if train else CenterCropResize(img_size, crop_ratio))
+        self._normalize = NormalizeUint8()
         self._epoch = 0
 
     def _order(self, epoch: int) -> np.ndarray:
@@ -187,15 +184,9 @@ class MemoryLoader:
             if self.train:
                 gen = torch.Generator().manual_seed(stream_key(self.key, epoch, b) & 0x7FFFFFFFFFFFFFFF)
                 x = self._augment(x, gen)
-            x = (x - self._mean) / self._std
+            x = self._normalize(x)
             y = self.labels[idx]
             if self.device.type != "cpu":
                 x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             yield x, y
 
-
-def build_memory_loader(index: FolderIndex, *, num_workers: int, **kw) -> MemoryLoader:
-    """``build_loader``'s ``memory`` kind; ``num_workers`` is ignored (no worker processes)."""
-    del num_workers
-    order_args = {k: kw[k] for k in ("train", "seed", "rank", "world_size", "repeats")}
-    return MemoryLoader(index, order_args=order_args, **kw)
