@@ -207,7 +207,13 @@ class ExperimentsConfig(Section):
     )
     multiclass_model: str = "patchconvnet_demo_multi"
     depth_width: list[list[int]] = Field(default_factory=lambda: [[64, 4], [96, 8]], description="[width, depth] pairs")
+    model_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="constructor options of every PatchConvNet the grid trains (variants, multi-class pair, "
+                    "depth x width points), under each run's own options")
     train: TrainConfig = TrainConfig()
+    resnet_img_size: int | None = Field(
+        None, ge=16, description="training resolution of the ResNet pair; null = experiments.train.img_size")
     loader: Literal["ffcv", "torch", "memory"] | None = Field(None, description="loader of the grid runs; null = data.loader")
 
     @model_validator(mode="after")

@@ -126,7 +126,7 @@ def build_stages(params: Params) -> list[Stage]:
 
     # --- the paper's comparisons: one instance per variant x seed -------------------------
     exp_params = ("scale", "runtime", "data.loader", "data.num_workers", "model", "experiments.train",
-                  "experiments.loader")
+                  "experiments.loader", "experiments.model_options")
     exp_deps = ("data/ffcv",) + _code("models", "train")
     seeds = list(exp.seeds)
     add(Stage("ablation", "pcn ablate --variant {variant} --seed {seed}", "experiments", deps=exp_deps,
@@ -136,7 +136,7 @@ def build_stages(params: Params) -> list[Stage]:
               matrix={"variant": list(exp.variants), "seed": seeds}, threads=1, gpu=True))
     add(Stage("resnet_pool", "pcn resnet-pool --pool {pool} --seed {seed}", "experiments", deps=exp_deps,
               outs=("results/resnet/{pool}-s{seed}/model.pth",), metrics=("metrics/resnet/{pool}-s{seed}.json",),
-              params=exp_params + ("experiments.resnet.{pool}",),
+              params=exp_params + ("experiments.resnet.{pool}", "experiments.resnet_img_size"),
               matrix={"pool": list(exp.resnet), "seed": seeds}, threads=1, gpu=True))
     add(Stage("multiclass", "pcn multiclass --init {init} --seed {seed}", "experiments",
               deps=exp_deps + ("results/ablations/baseline-s{seed}/model.pth",),
@@ -162,7 +162,8 @@ def build_stages(params: Params) -> list[Stage]:
     add(Stage("attention", "pcn attention", "report",
               deps=(("data/demo",) if demo else ()) + tuple(maps) + _code("models", "analysis"),
               outs=("results/attention",), metrics=("metrics/attention.json",),
-              params=("scale", "attention", "runtime"), report={"results/attention": "Attention maps"}))
+              params=("scale", "attention", "runtime", "model", "experiments.model_options", "experiments.train.img_size"),
+              report={"results/attention": "Attention maps"}))
     add(Stage("figures", "pcn figures", "report",
               deps=_instance_paths(st, None, "metrics") + _instance_paths(st, None, "plots") + _code("analysis"),
               outs=("reports/figures",), params=("scale",), report={"reports/figures": "Figures"}))

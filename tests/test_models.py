@@ -283,6 +283,25 @@ def test_ablation_modules_are_what_they_say():
         PatchConvNet(norm="group")
 
 
+@pytest.mark.parametrize("se", [True, False])
+def test_trunk_block_matmul_path_equals_its_modules(se):
+    """The block computes its 1x1 convolutions (and the SE's) as matmuls on the (B, H, W, C)
+    grid; the result and the gradients must be those of the released NCHW module chain."""
+    torch.manual_seed(0)
+    block = PatchConvNet(num_classes=3, embed_dim=32, depth=1, se=se, layerscale_init=0.5).blocks[0]
+    x = torch.randn(2, 5, 5, 32, requires_grad=True)
+    fast = block(x)
+    (g_fast,) = torch.autograd.grad(fast.square().sum(), x)
+    conv_in, act1, conv_dw, act2, se_mod, conv_out = block.attn.qkv_pos
+    y = act2(conv_dw(act1(conv_in(block.norm1(x).permute(0, 3, 1, 2)))))
+    if se:  # the released SE: 1x1 convolutions on the pooled 1x1 map
+        s = se_mod.conv_expand(se_mod.act(se_mod.conv_reduce(y.mean((2, 3), keepdim=True))))
+        y = y * s.sigmoid()
+    slow = x + block.gamma_1 * conv_out(y).permute(0, 2, 3, 1)
+    (g_slow,) = torch.autograd.grad(slow.square().sum(), x)
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(g_fast, g_slow, rtol=1e-4, atol=1e-4)
+
 # --- dense features -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["patchconvnet_demo", "patchconvnet_s60"])
@@ -348,3 +367,21 @@ def test_grid_passes_layerscale_init_to_exactly_the_models_that_have_it(name):
     else:
         with pytest.raises(TypeError, match="layerscale_init"):
             timm.create_model(name, layerscale_init=0.1)
+
+
+def test_grid_model_options_reach_every_patchconvnet_of_the_grid_and_no_resnet():
+    """``experiments.model_options`` (the grid's 16x16 patches) apply to the variants, the
+    multi-class pair and the depth x width points, under each run's own options; the
+    ResNet pair gets neither them nor the pipeline's ``model.options``."""
+    from pcn.config import Params
+    from pcn.steps.experiments import grid_model
+
+    p = Params.model_validate({"model": {"name": "patchconvnet_demo", "options": {"drop_rate": 0.1}},
+                               "experiments": {"model_options": {"stem_stride": 16}}})
+    assert grid_model(p, None, {"pool": "avg"}) == (
+        "patchconvnet_demo", {"drop_rate": 0.1, "stem_stride": 16, "pool": "avg"})
+    assert grid_model(p, None, {"stem_stride": 8}) == ("patchconvnet_demo", {"drop_rate": 0.1, "stem_stride": 8})
+    assert grid_model(p, "patchconvnet_demo_multi", {}) == ("patchconvnet_demo_multi", {"stem_stride": 16})
+    assert grid_model(p, "resnet_demo_attnpool", {}) == ("resnet_demo_attnpool", {})
+    name, options = grid_model(p, "patchconvnet_demo_multi", {})
+    assert timm.create_model(name, num_classes=3, **options).patch_embed.stride == 16

@@ -10,20 +10,38 @@ from pcn.cli import UserError
 from pcn.steps.common import stage
 from pcn.steps.train import num_classes, train_stage
 
-EXP_SECTIONS = ("runtime", "data.loader", "data.num_workers", "model", "experiments.train", "experiments.loader")
+EXP_SECTIONS = ("runtime", "data.loader", "data.num_workers", "model", "experiments.train", "experiments.loader",
+                "experiments.model_options")
 
 
-def _train(args, name: str, out: str, *, seed: int, tags: dict, extra: dict | None = None, **kw) -> dict:
+def _train(args, name: str, out: str, *, seed: int, tags: dict, model: str | None, options: dict,
+           img_size: int | None = None, extra: dict | None = None, **kw) -> dict:
     sections = EXP_SECTIONS + tuple(kw.pop("sections", ()))
     with stage(args, name, sections, tags={**tags, "pcn.seed": str(seed)}) as st:
         p = st.params
+        model, options = grid_model(p, model, options)
         cfg = p.experiments.train
-        if not has_layerscale(kw.get("model", p.model.name)):
+        if not has_layerscale(model):
             cfg = cfg.model_copy(update={"layerscale_init": None})
+        if img_size is not None:
+            cfg = cfg.model_copy(update={"img_size": img_size})
         info = {k.removeprefix("pcn."): v for k, v in tags.items()}
         return train_stage(args, st, cfg=cfg, out_dir=f"results/{out}", seed=seed, threads=1,
-                           loader=p.experiments.loader,
+                           loader=p.experiments.loader, model=model, options=options,
                            metrics_path=f"metrics/{out}.json", extra={**info, "seed": seed, **(extra or {})}, **kw)
+
+
+def grid_model(p, model: str | None, options: dict) -> tuple[str, dict]:
+    """(timm name, constructor options) of a grid model; ``model=None`` is the pipeline's
+    model.  The one place the layers of options meet: ``model.options`` (the pipeline's
+    model only), ``experiments.model_options`` (every PatchConvNet of the grid), then the
+    run's own (a variant's, a depth x width point's).  Training, complexity and the
+    attention maps all build grid models through it."""
+    name = model or p.model.name
+    merged = dict(p.model.options) if model is None else {}
+    if name.startswith("patchconvnet"):
+        merged.update(p.experiments.model_options)
+    return name, {**merged, **options}
 
 
 def has_layerscale(model: str) -> bool:
@@ -41,19 +59,20 @@ def ablate(args) -> int:
         raise UserError(f"experiments.variants has no variant {args.variant!r} (known: {', '.join(variants)})")
     _train(args, "ablation", f"ablations/{args.variant}-s{args.seed}", seed=args.seed,
            tags={"pcn.study": "ablation", "pcn.variant": args.variant},
-           options=variants[args.variant], sections=(f"experiments.variants.{args.variant}",))
+           model=None, options=variants[args.variant], sections=(f"experiments.variants.{args.variant}",))
     return 0
 
 
 def resnet_pool(args) -> int:
     from pcn.config import load_params
 
-    models = load_params(args.params).experiments.resnet
-    if args.pool not in models:
-        raise UserError(f"experiments.resnet has no entry {args.pool!r} (known: {', '.join(models)})")
+    exp = load_params(args.params).experiments
+    if args.pool not in exp.resnet:
+        raise UserError(f"experiments.resnet has no entry {args.pool!r} (known: {', '.join(exp.resnet)})")
     _train(args, "resnet_pool", f"resnet/{args.pool}-s{args.seed}", seed=args.seed,
-           tags={"pcn.study": "resnet_pool", "pcn.variant": args.pool}, model=models[args.pool],
-           options={}, sections=(f"experiments.resnet.{args.pool}",))
+           tags={"pcn.study": "resnet_pool", "pcn.variant": args.pool}, model=exp.resnet[args.pool],
+           options={}, img_size=exp.resnet_img_size,
+           sections=(f"experiments.resnet.{args.pool}", "experiments.resnet_img_size"))
     return 0
 
 
@@ -100,7 +119,7 @@ def depth_width(args) -> int:
     p = load_params(args.params)
     options = {"embed_dim": width, "depth": depth}
     _train(args, "depth_width", f"depth_width/{args.point}", seed=p.experiments.seeds[0],
-           tags={"pcn.study": "depth_width", "pcn.variant": args.point}, options=options,
+           tags={"pcn.study": "depth_width", "pcn.variant": args.point}, model=None, options=options,
            sections=("experiments.depth_width",),
            extra={"width": width, "depth": depth, **point_complexity(p, options)})
     return 0
@@ -115,7 +134,8 @@ def point_complexity(p, options: dict) -> dict:
 
     setup_torch(1)
     img = p.experiments.train.img_size
-    model = timm.create_model(p.model.name, num_classes=num_classes(p), **{**p.model.options, **options})
+    name, options = grid_model(p, None, options)
+    model = timm.create_model(name, num_classes=num_classes(p), **options)
     speed = measure_throughput(model, img, 64, "cpu", warmup=1, iters=3)
     return {"params_m": count_params(model) / 1e6, "gmacs": count_gmacs(model, img), "img_size": img,
             "throughput": speed["throughput"], "peak_mem_mb": speed["peak_mem_mb"], "mem_method": speed["mem_method"]}

@@ -31,19 +31,21 @@ def _objects_file(params) -> Path | None:
 
 def _checkpoints(params) -> dict[str, tuple[str, str, dict]]:
     """method -> (checkpoint, timm model name, constructor options) of the maps the stage draws."""
+    from pcn.steps.experiments import grid_model
+
     exp = params.experiments
     s0 = exp.seeds[0]
-    base = params.model.options
     # The grid's baseline is trained like the CAM model (a like-for-like pair); the
     # main line's fine-tuned model is the trained one (at the demo scale the grid's
     # runs are smoke runs at chance, the fine-tuned model is not).
-    out = {"patchconvnet": (f"results/ablations/baseline-s{s0}/model.pth", params.model.name,
-                            {**base, **exp.variants["baseline"]}),
-           "patchconvnet_finetuned": ("results/finetune/model.pth", params.model.name, base),
-           "patchconvnet_multiclass": (f"results/multiclass/scratch-s{s0}/model.pth", exp.multiclass_model, {})}
+    out = {"patchconvnet": (f"results/ablations/baseline-s{s0}/model.pth",
+                            *grid_model(params, None, exp.variants["baseline"])),
+           "patchconvnet_finetuned": ("results/finetune/model.pth", params.model.name, params.model.options),
+           "patchconvnet_multiclass": (f"results/multiclass/scratch-s{s0}/model.pth",
+                                       *grid_model(params, exp.multiclass_model, {}))}
     avg = next((n for n, o in exp.variants.items() if o.get("pool") == "avg"), None)
     if avg:
-        out["cam"] = (f"results/ablations/{avg}-s{s0}/model.pth", params.model.name, {**base, **exp.variants[avg]})
+        out["cam"] = (f"results/ablations/{avg}-s{s0}/model.pth", *grid_model(params, None, exp.variants[avg]))
     return out
 
 
@@ -64,7 +66,8 @@ def attention(args) -> int:
     from pcn.cli import UserError
     from pcn.steps.train import num_classes
 
-    with stage(args, "attention", ("attention", "runtime")) as st:
+    with stage(args, "attention", ("attention", "runtime", "model", "experiments.model_options",
+                                   "experiments.train.img_size")) as st:
         p, cfg = st.params, st.params.attention
         setup_torch(p.runtime.threads)
         objects = _objects_file(p)

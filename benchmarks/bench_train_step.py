@@ -1,0 +1,94 @@
+"""CPU cost of one training step (forward, backward, AdamW) of a small model, per implementation choice.
+
+The study grid is ~37 short CPU runs, so its length is the step time.  This times the
+step with the implementation the pipeline uses (squeeze-excitation as matmuls on the
+pooled vector, fused AdamW) against the plain ones (SE as 1x1 convolutions on a 1x1
+map, AdamW's per-tensor loop), interleaved so that machine noise hits all alike.
+
+    python benchmarks/bench_train_step.py                           # the study grid's setting
+    python benchmarks/bench_train_step.py --img-size 64 --batch-size 64 --out step.json
+"""
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import timm
+import torch
+from timm.optim import create_optimizer_v2
+
+import pcn.models  # noqa: F401  (registers the patchconvnet_* models)
+from pcn.models.patchconvnet import SqueezeExcite
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--model', default='patchconvnet_demo')
+    p.add_argument('--img-size', type=int, default=32)
+    p.add_argument('--batch-size', type=int, default=32)
+    p.add_argument('--threads', type=int, default=1, help='the grid runs 1 thread per run')
+    p.add_argument('--steps', type=int, default=40, help='timed steps per round')
+    p.add_argument('--rounds', type=int, default=7, help='rounds; the median round is reported')
+    p.add_argument('--out', default='', help='write the results as JSON here')
+    return p.parse_args(argv)
+
+
+def se_as_convolutions(self, x: torch.Tensor) -> torch.Tensor:
+    """The released module chain: 1x1 convolutions on the (B, C, 1, 1) pooled map."""
+    s = self.conv_expand(self.act(self.conv_reduce(x.mean((2, 3), keepdim=True))))
+    return x * s.sigmoid()
+
+
+VARIANTS = {  # name: (SE forward, AdamW options)
+    'pipeline (SE matmul, fused AdamW)': (SqueezeExcite.forward, {'fused': True}),
+    'SE as 1x1 convolutions': (se_as_convolutions, {'fused': True}),
+    'AdamW loop': (SqueezeExcite.forward, {'foreach': False}),
+    'neither': (se_as_convolutions, {'foreach': False}),
+}
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    x = torch.randn(args.batch_size, 3, args.img_size, args.img_size)
+    y = torch.randint(0, 10, (args.batch_size,))
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
+    setups = {}
+    for name, (se_forward, opt_kw) in VARIANTS.items():
+        torch.manual_seed(0)
+        model = timm.create_model(args.model, num_classes=10)
+        setups[name] = (se_forward, model, create_optimizer_v2(model, 'adamw', lr=1e-3, weight_decay=0.05, **opt_kw))
+    original = SqueezeExcite.forward
+    times = {name: [] for name in setups}
+    try:
+        for _ in range(args.rounds):
+            for name, (se_forward, model, opt) in setups.items():
+                SqueezeExcite.forward = se_forward
+                for i in range(args.steps + 3):  # 3 untimed steps after switching
+                    if i == 3:
+                        t0 = time.perf_counter()
+                    loss = loss_fn(model(x), y)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                times[name].append((time.perf_counter() - t0) / args.steps * 1e3)
+    finally:
+        SqueezeExcite.forward = original
+    base = statistics.median(times['neither'])
+    result = {
+        'model': args.model, 'img_size': args.img_size, 'batch_size': args.batch_size,
+        'threads': args.threads, 'torch': torch.__version__, 'cpu': platform.processor() or platform.machine(),
+        'step_ms': {name: round(statistics.median(t), 2) for name, t in times.items()},
+    }
+    print(f"{args.model} {args.img_size}px batch {args.batch_size}, {args.threads} thread(s), median of {args.rounds} rounds")
+    for name, ms in result['step_ms'].items():
+        print(f"  {name:36s} {ms:7.2f} ms/step  ({base / ms:.2f}x)")
+    if args.out:
+        with open(args.out, 'w') as f:
+            json.dump(result, f, indent=2)
+    return result
+
+
+if __name__ == '__main__':
+    main()
