@@ -5,8 +5,8 @@ step with the implementation the pipeline uses (squeeze-excitation as matmuls on
 pooled vector, fused AdamW) against the plain ones (SE as 1x1 convolutions on a 1x1
 map, AdamW's per-tensor loop), interleaved so that machine noise hits all alike.
 
-    python benchmarks/bench_train_step.py                           # the study grid's setting
-    python benchmarks/bench_train_step.py --img-size 64 --batch-size 64 --out step.json
+    python benchmarks/bench_train_step.py                           # 32 px, 8x8 patches
+    python benchmarks/bench_train_step.py --img-size 64 --stem-stride 16 --out step.json   # the study grid
 """
 import argparse
 import json
@@ -26,6 +26,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--model', default='patchconvnet_demo')
     p.add_argument('--img-size', type=int, default=32)
+    p.add_argument('--stem-stride', type=int, default=None, help="patch size (the model's own when unset)")
     p.add_argument('--batch-size', type=int, default=32)
     p.add_argument('--threads', type=int, default=1, help='the grid runs 1 thread per run')
     p.add_argument('--steps', type=int, default=40, help='timed steps per round')
@@ -57,7 +58,8 @@ def main(argv=None) -> dict:
     setups = {}
     for name, (se_forward, opt_kw) in VARIANTS.items():
         torch.manual_seed(0)
-        model = timm.create_model(args.model, num_classes=10)
+        options = {} if args.stem_stride is None else {'stem_stride': args.stem_stride}
+        model = timm.create_model(args.model, num_classes=10, **options)
         setups[name] = (se_forward, model, create_optimizer_v2(model, 'adamw', lr=1e-3, weight_decay=0.05, **opt_kw))
     original = SqueezeExcite.forward
     times = {name: [] for name in setups}
@@ -77,11 +79,11 @@ def main(argv=None) -> dict:
         SqueezeExcite.forward = original
     base = statistics.median(times['neither'])
     result = {
-        'model': args.model, 'img_size': args.img_size, 'batch_size': args.batch_size,
+        'model': args.model, 'img_size': args.img_size, 'stem_stride': args.stem_stride, 'batch_size': args.batch_size,
         'threads': args.threads, 'torch': torch.__version__, 'cpu': platform.processor() or platform.machine(),
         'step_ms': {name: round(statistics.median(t), 2) for name, t in times.items()},
     }
-    print(f"{args.model} {args.img_size}px batch {args.batch_size}, {args.threads} thread(s), median of {args.rounds} rounds")
+    print(f"{args.model} {args.img_size}px (stem stride {args.stem_stride or 'default'}) batch {args.batch_size}, {args.threads} thread(s), median of {args.rounds} rounds")
     for name, ms in result['step_ms'].items():
         print(f"  {name:36s} {ms:7.2f} ms/step  ({base / ms:.2f}x)")
     if args.out:
