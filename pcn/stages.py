@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from pcn.config import Params
+from pcn.config import Params, ParamsError
 
 DVC_HEADER = "# Generated from pcn/stages.py by `pcn dag` -- edit params.yaml or the stage table, not this file.\n"
 
@@ -193,17 +193,33 @@ def _dvc_fmt(text: str, keys) -> str:
     return text
 
 
+_MISSING = object()
+
+
+def _lookup(raw: dict, dotted: str, missing: Any = None) -> Any:
+    """The value at a dotted key of the raw params, or ``missing`` when a part is absent."""
+    node: Any = raw
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return missing
+        node = node[part]
+    return node
+
+
 def _param_keys(stage: Stage, raw: dict) -> list:
     """DVC params entries: every listed section plus its per-scale overrides that exist."""
+    for section in stage.params:
+        for key in {section.format(**wc) for wc in stage.instances()}:
+            # DVC reads params.yaml itself, without pcn's defaults: a tracked key must be written there
+            if _lookup(raw, key, _MISSING) is _MISSING:
+                raise ParamsError(f"params.yaml has no key {key!r}, which stage {stage.name!r} tracks "
+                                 "(DVC reads the file itself): write it, null for the default")
     keys = list(stage.params)
     for scale, overrides in (raw.get("scales") or {}).items():
         for section in stage.params:
             if "{" in section:
                 continue  # per-instance keys: an override of the whole section is listed already
-            node: Any = overrides
-            for part in section.split("."):
-                node = node.get(part) if isinstance(node, dict) else None
-            if node is not None:
+            if _lookup(overrides, section) is not None:
                 keys.append(f"scales.{scale}.{section}")
     return keys
 

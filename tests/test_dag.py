@@ -50,6 +50,23 @@ def test_committed_dvc_yaml_is_current():
     assert (ROOT / "dvc.yaml").read_text() == expected, "dvc.yaml is stale: run `pcn dag`"
 
 
+@pytest.mark.parametrize("key", ["experiments.resnet_img_size", "experiments.variants.avgpool"])
+def test_every_tracked_key_is_written_in_params_yaml(key):
+    """DVC reads params.yaml itself, without pcn's defaults: a key a stage tracks but the file
+    lacks would fail `dvc repro` at that stage, so `pcn dag` refuses it up front, by name."""
+    from pcn.config import ParamsError
+
+    raw = raw_params(ROOT / "params.yaml")
+    parent, _, leaf = key.rpartition(".")
+    node = raw
+    for part in parent.split("."):
+        node = node[part]
+    node.pop(leaf)
+    params = load_params(ROOT / "params.yaml")  # the schema's default stands in for the missing key
+    with pytest.raises(ParamsError, match=re.escape(repr(key))):
+        dvc_yaml(params, raw)
+
+
 def test_snakemake_and_dvc_describe_the_same_dag():
     table = {i["name"]: i for s in build_stages(load_params(ROOT / "params.yaml")) for i in expand(s)}
     smk, dvc = snakemake_jobs(ROOT), dvc_stages(ROOT)
