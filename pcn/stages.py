@@ -21,6 +21,10 @@ import yaml
 
 from pcn.config import Params, ParamsError
 
+# The sections every grid run reads: its DVC params here, its logged params in pcn.steps.experiments
+EXPERIMENT_PARAMS = ("runtime", "data.loader", "data.num_workers", "model", "experiments.train", "experiments.loader",
+                     "experiments.model_options")
+
 DVC_HEADER = "# Generated from pcn/stages.py by `pcn dag` -- edit params.yaml or the stage table, not this file.\n"
 
 
@@ -125,8 +129,7 @@ def build_stages(params: Params) -> list[Stage]:
                       threads=params.runtime.threads, gpu=True, priority=50 if init == "pretrained" else 0))
 
     # --- the paper's comparisons: one instance per variant x seed -------------------------
-    exp_params = ("scale", "runtime", "data.loader", "data.num_workers", "model", "experiments.train",
-                  "experiments.loader", "experiments.model_options")
+    exp_params = ("scale",) + EXPERIMENT_PARAMS
     exp_deps = ("data/ffcv",) + _code("models", "train")
     seeds = list(exp.seeds)
     add(Stage("ablation", "pcn ablate --variant {variant} --seed {seed}", "experiments", deps=exp_deps,

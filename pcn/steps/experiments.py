@@ -7,16 +7,14 @@ import re
 from pathlib import Path
 
 from pcn.cli import UserError
+from pcn.stages import EXPERIMENT_PARAMS
 from pcn.steps.common import stage
 from pcn.steps.train import num_classes, train_stage
-
-EXP_SECTIONS = ("runtime", "data.loader", "data.num_workers", "model", "experiments.train", "experiments.loader",
-                "experiments.model_options")
 
 
 def _train(args, name: str, out: str, *, seed: int, tags: dict, model: str | None, options: dict,
            img_size: int | None = None, extra: dict | None = None, **kw) -> dict:
-    sections = EXP_SECTIONS + tuple(kw.pop("sections", ()))
+    sections = EXPERIMENT_PARAMS + tuple(kw.pop("sections", ()))
     with stage(args, name, sections, tags={**tags, "pcn.seed": str(seed)}) as st:
         p = st.params
         model, options = grid_model(p, model, options)
