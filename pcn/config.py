@@ -197,6 +197,10 @@ class DetectionConfig(DenseTaskConfig):
     min_sizes: list[int] = Field(default_factory=lambda: [112, 128, 144])
 
 
+# The comparisons of the experiments grid, named as their stages (and MLflow `pcn.study` tags).
+GRID_STUDIES = ("ablation", "resnet_pool", "multiclass", "depth_width")
+
+
 class ExperimentsConfig(Section):
     """The paper's comparisons; each variant x seed is one stage instance."""
 
@@ -212,8 +216,10 @@ class ExperimentsConfig(Section):
         description="constructor options of every PatchConvNet the grid trains (variants, multi-class pair, "
                     "depth x width points), under each run's own options")
     train: TrainConfig = TrainConfig()
-    resnet_img_size: int | None = Field(
-        None, ge=16, description="training resolution of the ResNet pair; null = experiments.train.img_size")
+    train_by_study: dict[Literal[GRID_STUDIES], dict[str, Any]] = Field(
+        default_factory=dict,
+        description="per comparison, changes to `train` (a partial train section): e.g. the ResNet pair's "
+                    "image size, or longer runs for the ablations")
     loader: Literal["ffcv", "torch", "memory"] | None = Field(None, description="loader of the grid runs; null = data.loader")
 
     @model_validator(mode="after")
@@ -222,7 +228,16 @@ class ExperimentsConfig(Section):
             raise ValueError("experiments.variants must contain 'baseline' (the reference of every comparison)")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"experiments.seeds has duplicates: {self.seeds}")
+        for study, changes in self.train_by_study.items():
+            try:
+                self.train_for(study)
+            except ValidationError as exc:
+                raise ValueError(f"experiments.train_by_study.{study}: {_describe(exc.errors()[0])}") from None
         return self
+
+    def train_for(self, study: str) -> TrainConfig:
+        """The recipe of one comparison (a ``GRID_STUDIES`` name): ``train`` with its changes."""
+        return TrainConfig.model_validate(deep_merge(self.train.model_dump(), self.train_by_study.get(study) or {}))
 
 
 class AttentionConfig(Section):
@@ -276,6 +291,8 @@ def _describe(error: dict) -> str:
         return f"unknown key '{loc}' (not in the schema; check the spelling)"
     if error["type"] == "missing":
         return f"missing key '{loc}'"
+    if error["type"] == "value_error":  # our validators' messages name their keys themselves
+        return msg.removeprefix("Value error, ")
     shown = repr(value) if not isinstance(value, dict) else "{...}"
     return f"{loc} = {shown}: {msg[0].lower() + msg[1:]}" if loc else msg
 

@@ -135,21 +135,22 @@ def build_stages(params: Params) -> list[Stage]:
     add(Stage("ablation", "pcn ablate --variant {variant} --seed {seed}", "experiments", deps=exp_deps,
               outs=("results/ablations/{variant}-s{seed}/model.pth",),
               metrics=("metrics/ablations/{variant}-s{seed}.json",),
-              params=exp_params + ("experiments.variants.{variant}",),
+              params=exp_params + ("experiments.train_by_study.ablation", "experiments.variants.{variant}"),
               matrix={"variant": list(exp.variants), "seed": seeds}, threads=1, gpu=True))
     add(Stage("resnet_pool", "pcn resnet-pool --pool {pool} --seed {seed}", "experiments", deps=exp_deps,
               outs=("results/resnet/{pool}-s{seed}/model.pth",), metrics=("metrics/resnet/{pool}-s{seed}.json",),
-              params=exp_params + ("experiments.resnet.{pool}", "experiments.resnet_img_size"),
+              params=exp_params + ("experiments.train_by_study.resnet_pool", "experiments.resnet.{pool}"),
               matrix={"pool": list(exp.resnet), "seed": seeds}, threads=1, gpu=True))
     add(Stage("multiclass", "pcn multiclass --init {init} --seed {seed}", "experiments",
               deps=exp_deps + ("results/ablations/baseline-s{seed}/model.pth",),
               outs=("results/multiclass/{init}-s{seed}/model.pth",),
               metrics=("metrics/multiclass/{init}-s{seed}.json",),
-              params=exp_params + ("experiments.multiclass_model",),
+              params=exp_params + ("experiments.train_by_study.multiclass", "experiments.multiclass_model"),
               matrix={"init": ["scratch", "finetuned"], "seed": seeds}, threads=1, gpu=True))
     add(Stage("depth_width", "pcn depth-width --point {point}", "experiments", deps=exp_deps + _code("eval"),
               outs=("results/depth_width/{point}/model.pth",), metrics=("metrics/depth_width/{point}.json",),
-              params=exp_params + ("experiments.depth_width", "experiments.seeds"),
+              params=exp_params + ("experiments.train_by_study.depth_width", "experiments.depth_width",
+                                   "experiments.seeds"),
               matrix={"point": depth_width_points(params)}, threads=1, gpu=True))
     add(Stage("summarize", "pcn summarize", "experiments",
               deps=_instance_paths(st, "experiments", "metrics") + _code("analysis"),
@@ -165,7 +166,8 @@ def build_stages(params: Params) -> list[Stage]:
     add(Stage("attention", "pcn attention", "report",
               deps=(("data/demo",) if demo else ()) + tuple(maps) + _code("models", "analysis"),
               outs=("results/attention",), metrics=("metrics/attention.json",),
-              params=("scale", "attention", "runtime", "model", "experiments.model_options", "experiments.train.img_size"),
+              params=("scale", "attention", "runtime", "model", "experiments.model_options", "experiments.train.img_size",
+                      "experiments.train_by_study.ablation"),
               report={"results/attention": "Attention maps"}))
     add(Stage("figures", "pcn figures", "report",
               deps=_instance_paths(st, None, "metrics") + _instance_paths(st, None, "plots") + _code("analysis"),

@@ -47,6 +47,10 @@ def test_scale_switch_applies_overrides(raw):
         ({"scale": "huge"}, "scale = 'huge'"),
         ({"data": {"loader": "dali"}}, "data.loader = 'dali'"),
         ({"scales": {"paper": {"pretrain": {"batch_size": 0}}}}, "scales.paper"),
+        ({"experiments": {"train_by_study": {"ablation": {"epochs": 0}}}}, "experiments.train_by_study.ablation: epochs = 0"),
+        ({"experiments": {"train_by_study": {"ablation": {"epoch": 16}}}},
+         "experiments.train_by_study.ablation: unknown key 'epoch'"),
+        ({"experiments": {"train_by_study": {"ablations": {}}}}, "experiments.train_by_study.ablations"),
     ],
 )
 def test_bad_values_name_the_key_and_value(raw, patch, expected):
@@ -76,3 +80,17 @@ def test_missing_and_malformed_params_file(tmp_path):
     broken.write_text("pretrain: [1, 2\n")
     with pytest.raises(ParamsError, match="not valid YAML"):
         load_params(broken)
+
+
+def test_train_by_study_changes_only_its_comparison(raw):
+    """Each comparison trains with `experiments.train` plus its own changes, merged deeply:
+    the others keep the shared recipe, and keys a change does not name keep their values."""
+    from pcn.config import deep_merge
+
+    patch = {"experiments": {"train_by_study": {"ablation": {"epochs": 7, "aug": {"hflip": 0.0}},
+                                                "resnet_pool": {"img_size": 32}}}}
+    exp = resolve(deep_merge(raw, patch)).experiments
+    assert (exp.train_for("ablation").epochs, exp.train_for("ablation").aug.hflip) == (7, 0.0)
+    assert exp.train_for("ablation").aug.scale_min == exp.train.aug.scale_min
+    assert exp.train_for("resnet_pool").img_size == 32 and exp.train_for("resnet_pool").epochs == exp.train.epochs
+    assert exp.train_for("multiclass") == exp.train_for("depth_width") == exp.train

@@ -50,7 +50,7 @@ def test_committed_dvc_yaml_is_current():
     assert (ROOT / "dvc.yaml").read_text() == expected, "dvc.yaml is stale: run `pcn dag`"
 
 
-@pytest.mark.parametrize("key", ["experiments.resnet_img_size", "experiments.variants.avgpool"])
+@pytest.mark.parametrize("key", ["experiments.train_by_study.resnet_pool", "experiments.variants.avgpool"])
 def test_every_tracked_key_is_written_in_params_yaml(key):
     """DVC reads params.yaml itself, without pcn's defaults: a key a stage tracks but the file
     lacks would fail `dvc repro` at that stage, so `pcn dag` refuses it up front, by name."""

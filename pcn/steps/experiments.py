@@ -13,16 +13,15 @@ from pcn.steps.train import num_classes, train_stage
 
 
 def _train(args, name: str, out: str, *, seed: int, tags: dict, model: str | None, options: dict,
-           img_size: int | None = None, extra: dict | None = None, **kw) -> dict:
-    sections = EXPERIMENT_PARAMS + tuple(kw.pop("sections", ()))
+           extra: dict | None = None, **kw) -> dict:
+    """One run of comparison ``name`` (a stage of ``GRID_STUDIES``), with that comparison's recipe."""
+    sections = EXPERIMENT_PARAMS + (f"experiments.train_by_study.{name}",) + tuple(kw.pop("sections", ()))
     with stage(args, name, sections, tags={**tags, "pcn.seed": str(seed)}) as st:
         p = st.params
         model, options = grid_model(p, model, options)
-        cfg = p.experiments.train
+        cfg = p.experiments.train_for(name)
         if not has_layerscale(model):
             cfg = cfg.model_copy(update={"layerscale_init": None})
-        if img_size is not None:
-            cfg = cfg.model_copy(update={"img_size": img_size})
         info = {k.removeprefix("pcn."): v for k, v in tags.items()}
         return train_stage(args, st, cfg=cfg, out_dir=f"results/{out}", seed=seed, threads=1,
                            loader=p.experiments.loader, model=model, options=options,
@@ -69,8 +68,7 @@ def resnet_pool(args) -> int:
         raise UserError(f"experiments.resnet has no entry {args.pool!r} (known: {', '.join(exp.resnet)})")
     _train(args, "resnet_pool", f"resnet/{args.pool}-s{args.seed}", seed=args.seed,
            tags={"pcn.study": "resnet_pool", "pcn.variant": args.pool}, model=exp.resnet[args.pool],
-           options={}, img_size=exp.resnet_img_size,
-           sections=(f"experiments.resnet.{args.pool}", "experiments.resnet_img_size"))
+           options={}, sections=(f"experiments.resnet.{args.pool}",))
     return 0
 
 
@@ -131,7 +129,7 @@ def point_complexity(p, options: dict) -> dict:
     from pcn.steps.common import setup_torch
 
     setup_torch(1)
-    img = p.experiments.train.img_size
+    img = p.experiments.train_for("depth_width").img_size
     name, options = grid_model(p, None, options)
     model = timm.create_model(name, num_classes=num_classes(p), **options)
     speed = measure_throughput(model, img, 64, "cpu", warmup=1, iters=3)

@@ -67,7 +67,7 @@ def attention(args) -> int:
     from pcn.steps.train import num_classes
 
     with stage(args, "attention", ("attention", "runtime", "model", "experiments.model_options",
-                                   "experiments.train.img_size")) as st:
+                                   "experiments.train.img_size", "experiments.train_by_study.ablation")) as st:
         p, cfg = st.params, st.params.attention
         setup_torch(p.runtime.threads)
         objects = _objects_file(p)
@@ -75,7 +75,7 @@ def attention(args) -> int:
             raise UserError(f"{objects or 'val_objects.json'}: no ground-truth objects for the validation images "
                             "(the demo_data stage writes them)")
         class_names, items = A.read_val_objects(objects, cfg.n_images)
-        size = p.experiments.train.img_size
+        size = p.experiments.train_for("ablation").img_size  # the grid baseline's training size
         images, x, masks, boxes = A.load_images(items, size)
         labels = np.array([it.label for it in items])
         k = num_classes(p)

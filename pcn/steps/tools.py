@@ -102,7 +102,8 @@ def dryrun(args) -> int:
                 sb = slurm_parameters(single_process(params.launcher), name)
                 rows.append((name, f"{cfg.iters:,} iterations", cfg.batch_size, cfg.batch_size, cfg.lr, hours, sb))
             else:
-                p = plan(params, cfg=configs.get(stage.name, params.experiments.train), name=name)
+                cfg = configs.get(stage.name) or params.experiments.train_for(stage.name)
+                p = plan(params, cfg=cfg, name=name)
                 rows.append((name, f"{p.epochs} epochs", p.global_batch, p.batch_per_rank, p.lr, p.gpu_hours, p.sbatch))
             total += rows[-1][5]
     print(f"\nevery training-like job of the DAG at scale '{params.scale}' ({len(rows)} jobs; nothing is submitted)")
