@@ -64,6 +64,10 @@ def write_fixture_run(root: Path, *, evidence: bool = False, imagenet: bool = Fa
     _write(root, "metrics/ablations.json", {
         "scale": "study" if evidence else "demo", "seeds": seeds, "evidence": evidence,
         "note": "fixture", "baseline_std": base["std"],
+        "recipes": {"ablations": {"epochs": 16, "max_steps": None, "img_size": 64},
+                    "resnet": {"epochs": 12, "max_steps": None, "img_size": 32},
+                    "multiclass": {"epochs": 12, "max_steps": None, "img_size": 64},
+                    "depth_width": {"epochs": 1, "max_steps": 30, "img_size": 64}},
         "ablations": {"baseline": base, "avgpool": avg, "batchnorm": bn},
         "resnet": {"avg": grp([30.0] * len(seeds)),
                    "attention": {**grp([31.0] * len(seeds)), "vs_avg": {"diff": 1.0, "ci95": None,
@@ -257,3 +261,17 @@ def test_pair_rows_show_the_papers_direction_from_its_numbers(demo_run):
     assert finetuned[7] == "better (+0.9 top-1)"
     avgpool = next(r for r in tables["Ablations against the baseline"].rows if r[0] == "avgpool")
     assert avgpool[7] == "worse"
+
+
+def test_comparison_rows_name_their_own_recipe(tmp_path, monkeypatch):
+    """Comparisons may train with different recipes (experiments.train_by_study): each
+    table says the run length and size its rows were measured with."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    write_fixture_run(tmp_path, evidence=True)
+    report = R.build_report(tmp_path, _params("study"))
+    section = next(s for s in report.sections if s.title.startswith("Ablations"))
+    kinds = {t.caption: {r[-1] for r in t.rows} for t in section.tables if t.rows and len(t.rows[0]) == 9}
+    assert kinds["Ablations against the baseline"] == {"3 seeds, 16 epochs at 64 px"}
+    assert kinds["ResNet: attention pooling against average pooling"] == {"3 seeds, 12 epochs at 32 px"}
+    assert kinds["Multi-class tokens: fine-tuned against scratch"] == {"3 seeds, 12 epochs at 64 px"}
+    assert any("30 steps at 64 px" in t.caption for t in section.tables)

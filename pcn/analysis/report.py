@@ -363,6 +363,14 @@ PAPER_PAIRS = {("resnet", "attention"): ("resnet50", "attention_top1", "avg_top1
                ("multiclass", "finetuned"): ("multiclass", "finetuned_top1", "scratch_top1")}
 
 
+def _recipe_text(recipe: dict | None) -> str:
+    """'16 epochs at 64 px' (or 'N steps'), from a comparison's recipe in ablations.json."""
+    if not recipe:
+        return "recipe not recorded"
+    length = f"{recipe['max_steps']} steps" if recipe.get("max_steps") else f"{recipe['epochs']} epochs"
+    return f"{length} at {recipe['img_size']} px"
+
+
 def _pair_direction(paper: dict, group: str, name: str) -> str:
     """The paper's direction for a ResNet / multi-class row, from its two numbers in paper/numbers.yaml."""
     pair = PAPER_PAIRS.get((group, name))
@@ -427,7 +435,8 @@ def results_sections(paper: dict, params, metrics: Metrics, runs: RunIndex) -> l
                     row += [g("metrics/ablations.json", f"{base}.vs_{ref}.diff", "+.2f"), _fmt_ci(vs.get("ci95")),
                             g("metrics/ablations.json", f"{base}.vs_{ref}.verdict")]
                 row.append(directions.get(name, NONE) if group == "ablations" else _pair_direction(paper, group, name))
-                row.append(label if not abl.get("evidence") else f"{len(abl.get('seeds', []))} seeds")
+                row.append(label if not abl.get("evidence") else
+                           f"{len(abl.get('seeds', []))} seeds, {_recipe_text((abl.get('recipes') or {}).get(group))}")
                 rows.append(row)
             if rows:
                 sec.tables.append(Table(["variant", "seeds", "mean top-1", "std", f"diff vs {ref}", "95% CI",
@@ -442,7 +451,9 @@ def results_sections(paper: dict, params, metrics: Metrics, runs: RunIndex) -> l
                  g("metrics/ablations.json", f"depth_width[{i}].peak_mem_mb", ".0f") or NONE] for i in range(len(grid))]
         if rows:
             sec.tables.append(Table(["width", "depth", "top-1", "params (M)", "GMACs", "throughput (im/s)",
-                                     "peak mem (MB)"], rows, "Depth x width grid (one seed per point)"))
+                                     "peak mem (MB)"], rows,
+                                    "Depth x width grid (one seed per point, "
+                                    f"{_recipe_text((abl.get('recipes') or {}).get('depth_width'))})"))
     else:
         sec.paragraphs.append("metrics/ablations.json not found (the summarize stage has not run).")
     out.append(sec)

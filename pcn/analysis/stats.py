@@ -57,6 +57,16 @@ def compare(groups: dict[str, list[float]], reference: str) -> dict:
     return out
 
 
+# The groups of metrics/ablations.json and the comparison (GRID_STUDIES name) each holds.
+RECIPE_OF_GROUP = {"ablations": "ablation", "resnet": "resnet_pool", "multiclass": "multiclass",
+                   "depth_width": "depth_width"}
+
+
+def _recipe(cfg) -> dict:
+    return {"epochs": cfg.epochs, "max_steps": cfg.max_steps, "img_size": cfg.img_size,
+            "batch_size": cfg.batch_size, "lr": cfg.lr}
+
+
 def summarize_experiments(params, metrics_dir: Path) -> dict:
     exp = params.experiments
     seeds = exp.seeds
@@ -71,6 +81,8 @@ def summarize_experiments(params, metrics_dir: Path) -> dict:
     return {
         "scale": params.scale,
         "seeds": seeds,
+        # each comparison's recipe (experiments.train with its train_by_study changes), for the report
+        "recipes": {group: _recipe(exp.train_for(study)) for group, study in RECIPE_OF_GROUP.items()},
         "evidence": len(seeds) >= 3,
         "note": ("at least 3 seeds per comparison: differences come with 95% intervals" if len(seeds) >= 3
                  else "smoke run: too few seeds for verdicts; run the study scale for evidence"),
