@@ -228,7 +228,7 @@ class ExperimentsConfig(Section):
             raise ValueError("experiments.variants must contain 'baseline' (the reference of every comparison)")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"experiments.seeds has duplicates: {self.seeds}")
-        for study, changes in self.train_by_study.items():
+        for study in self.train_by_study:
             try:
                 self.train_for(study)
             except ValidationError as exc:

@@ -419,6 +419,7 @@ def results_sections(paper: dict, params, metrics: Metrics, runs: RunIndex) -> l
     sec = Section("Ablations and comparisons" + (" (smoke runs)" if abl and not abl.get("evidence") else ""))
     if abl:
         sec.paragraphs.append(str(abl.get("note", "")))
+        recipes = abl.get("recipes") or {}
         directions = {k: v.get("direction") for k, v in (paper.get("ablations") or {}).items()}
         for group, ref, caption in (("ablations", "baseline", "Ablations against the baseline"),
                                     ("resnet", "avg", "ResNet: attention pooling against average pooling"),
@@ -436,7 +437,7 @@ def results_sections(paper: dict, params, metrics: Metrics, runs: RunIndex) -> l
                             g("metrics/ablations.json", f"{base}.vs_{ref}.verdict")]
                 row.append(directions.get(name, NONE) if group == "ablations" else _pair_direction(paper, group, name))
                 row.append(label if not abl.get("evidence") else
-                           f"{len(abl.get('seeds', []))} seeds, {_recipe_text((abl.get('recipes') or {}).get(group))}")
+                           f"{len(abl.get('seeds', []))} seeds, {_recipe_text(recipes.get(group))}")
                 rows.append(row)
             if rows:
                 sec.tables.append(Table(["variant", "seeds", "mean top-1", "std", f"diff vs {ref}", "95% CI",
@@ -453,7 +454,7 @@ def results_sections(paper: dict, params, metrics: Metrics, runs: RunIndex) -> l
             sec.tables.append(Table(["width", "depth", "top-1", "params (M)", "GMACs", "throughput (im/s)",
                                      "peak mem (MB)"], rows,
                                     "Depth x width grid (one seed per point, "
-                                    f"{_recipe_text((abl.get('recipes') or {}).get('depth_width'))})"))
+                                    f"{_recipe_text(recipes.get('depth_width'))})"))
     else:
         sec.paragraphs.append("metrics/ablations.json not found (the summarize stage has not run).")
     out.append(sec)
