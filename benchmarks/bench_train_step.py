@@ -1,12 +1,14 @@
 """CPU cost of one training step (forward, backward, AdamW) of a small model, per implementation choice.
 
 The study grid is ~37 short CPU runs, so its length is the step time.  This times the
-step with the implementation the pipeline uses (squeeze-excitation as matmuls on the
-pooled vector, fused AdamW) against the plain ones (SE as 1x1 convolutions on a 1x1
-map, AdamW's per-tensor loop), interleaved so that machine noise hits all alike.
+step with the implementation the pipeline uses (channels_last memory format,
+squeeze-excitation as matmuls on the pooled vector, fused AdamW) against the plain
+ones (NCHW, SE as 1x1 convolutions on a 1x1 map, AdamW's per-tensor loop), one
+change at a time, interleaved so that machine noise hits all alike.
 
     python benchmarks/bench_train_step.py                           # 32 px, 8x8 patches
     python benchmarks/bench_train_step.py --img-size 64 --stem-stride 16 --out step.json   # the study grid
+    python benchmarks/bench_train_step.py --model resnet_demo_attnpool   # the study's ResNet pair
 """
 import argparse
 import json
@@ -41,11 +43,13 @@ def se_as_convolutions(self, x: torch.Tensor) -> torch.Tensor:
     return x * s.sigmoid()
 
 
-VARIANTS = {  # name: (SE forward, AdamW options)
-    'pipeline (SE matmul, fused AdamW)': (SqueezeExcite.forward, {'fused': True}),
-    'SE as 1x1 convolutions': (se_as_convolutions, {'fused': True}),
-    'AdamW loop': (SqueezeExcite.forward, {'foreach': False}),
-    'neither': (se_as_convolutions, {'foreach': False}),
+CL, NCHW = torch.channels_last, torch.contiguous_format
+VARIANTS = {  # name: (memory format, SE forward, AdamW options)
+    'pipeline (channels_last, SE matmul, fused AdamW)': (CL, SqueezeExcite.forward, {'fused': True}),
+    'NCHW memory format': (NCHW, SqueezeExcite.forward, {'fused': True}),
+    'SE as 1x1 convolutions': (CL, se_as_convolutions, {'fused': True}),
+    'AdamW loop': (CL, SqueezeExcite.forward, {'foreach': False}),
+    'none of them': (NCHW, se_as_convolutions, {'foreach': False}),
 }
 
 
@@ -56,28 +60,29 @@ def main(argv=None) -> dict:
     y = torch.randint(0, 10, (args.batch_size,))
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
     setups = {}
-    for name, (se_forward, opt_kw) in VARIANTS.items():
+    for name, (memory_format, se_forward, opt_kw) in VARIANTS.items():
         torch.manual_seed(0)
         options = {} if args.stem_stride is None else {'stem_stride': args.stem_stride}
-        model = timm.create_model(args.model, num_classes=10, **options)
-        setups[name] = (se_forward, model, create_optimizer_v2(model, 'adamw', lr=1e-3, weight_decay=0.05, **opt_kw))
+        model = timm.create_model(args.model, num_classes=10, **options).to(memory_format=memory_format)
+        opt = create_optimizer_v2(model, 'adamw', lr=1e-3, weight_decay=0.05, **opt_kw)
+        setups[name] = (x.contiguous(memory_format=memory_format), se_forward, model, opt)
     original = SqueezeExcite.forward
     times = {name: [] for name in setups}
     try:
         for _ in range(args.rounds):
-            for name, (se_forward, model, opt) in setups.items():
+            for name, (xm, se_forward, model, opt) in setups.items():
                 SqueezeExcite.forward = se_forward
                 for i in range(args.steps + 3):  # 3 untimed steps after switching
                     if i == 3:
                         t0 = time.perf_counter()
-                    loss = loss_fn(model(x), y)
+                    loss = loss_fn(model(xm), y)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
                 times[name].append((time.perf_counter() - t0) / args.steps * 1e3)
     finally:
         SqueezeExcite.forward = original
-    base = statistics.median(times['neither'])
+    base = statistics.median(times['none of them'])
     result = {
         'model': args.model, 'img_size': args.img_size, 'stem_stride': args.stem_stride, 'batch_size': args.batch_size,
         'threads': args.threads, 'torch': torch.__version__, 'cpu': platform.processor() or platform.machine(),

@@ -39,6 +39,13 @@ def write_tiny_imagefolder(
     return root
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _decoded_cache(tmp_path_factory):
+    """The memory loader's cache of decoded folders goes to a temporary directory, not the
+    user's; stage subprocesses inherit it."""
+    os.environ["PCN_CACHE_DIR"] = str(tmp_path_factory.mktemp("pcn-cache"))
+
+
 @pytest.fixture(scope="session")
 def tiny_imagefolder(tmp_path_factory) -> Path:
     """3 classes, 16 train and 4 val JPEGs (40 px) each; shared read-only by the session."""

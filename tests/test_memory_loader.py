@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import cv2
 import numpy as np
 import pytest
@@ -111,3 +113,38 @@ def test_mixed_sizes_and_pil_augmentations_are_refused(tmp_path, folder):
     build(mixed, train=False)  # eval images are cropped and resized first: any size works
     with pytest.raises(ValueError, match="memory loader applies crop and flip only"):
         build(folder, train=True, aug=AugConfig(auto_augment="rand-m9-mstd0.5-inc1"))
+
+
+
+def test_decoded_folders_are_cached_until_a_file_changes(tmp_path, monkeypatch, folder):
+    """The second loader reads the array the first stored (doctored here, to see which one
+    it used); each transform has its own entry; rewriting an image makes the next loader
+    decode again and replaces the stale entry; a truncated entry is decoded again."""
+    cache = tmp_path / "cache" / "decoded"
+    monkeypatch.setenv("PCN_CACHE_DIR", str(cache.parent))
+    images = tmp_path / "images"
+    shutil.copytree(folder, images)
+    first = build(images, train=False).images
+    (entry,) = cache.glob("*.npy")
+    np.save(entry, np.zeros_like(np.load(entry)))
+    assert torch.count_nonzero(build(images, train=False).images) == 0  # read from the cache
+    assert build(images, train=True).images.shape[-2:] == (40, 48)  # stored size, not the eval crop
+    assert len(list(cache.glob("*.npy"))) == 2
+
+    path = sorted((images / CLASSES[0]).iterdir())[0]
+    Image.open(path).transpose(Image.FLIP_LEFT_RIGHT).save(path)
+    fresh = build(images, train=False).images
+    assert torch.count_nonzero(fresh) > 0 and not torch.equal(fresh[0], first[0])
+    assert torch.equal(fresh[1:], first[1:])
+    assert not entry.exists() and len(list(cache.glob("*.npy"))) == 2  # the stale entry is gone
+
+    (entry,) = [p for p in cache.glob("*.npy") if p.stat().st_size < 100_000]  # eval: 24x3x20x20
+    entry.write_bytes(entry.read_bytes()[:200])
+    assert torch.equal(build(images, train=False).images, fresh)
+
+
+def test_cache_can_be_switched_off(tmp_path, monkeypatch, folder):
+    monkeypatch.setenv("PCN_CACHE_DIR", "off")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert build(folder, train=False).images.shape == (24, 3, 20, 20)
+    assert not any(tmp_path.rglob("*.npy"))

@@ -10,7 +10,9 @@ a time on 2 cores:
 * the ``ffcv`` loader is fastest per batch but compiles its numba pipelines again in
   every process, and needs the .beton conversion first.
 
-Here each image is decoded once, when the loader is built.  Training batches get
+Here each image is decoded once, when the loader is built, and the decoded array is
+kept in a cache directory (``decoded_cache_dir``) for the next process that loads
+the same folder: the grid's runs all read the same 20,000 images.  Training batches get
 the recipe's random-resized-crop and horizontal flip as one batched resampling
 (``torchvision.ops.roi_align``: each output pixel averages the source pixels under
 it, like an area filter); eval images are made once with the torch loader's own
@@ -26,8 +28,11 @@ same crops.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -112,6 +117,57 @@ def random_resized_boxes(
     return torch.stack([left, top, left + w, top + h], dim=1).float()
 
 
+def decoded_cache_dir() -> Path | None:
+    """Where decoded folders are kept between processes: ``$PCN_CACHE_DIR/decoded``, else
+    ``$XDG_CACHE_HOME/pcn/decoded`` (``~/.cache`` by default); ``PCN_CACHE_DIR=off``: none."""
+    root = os.environ.get("PCN_CACHE_DIR")
+    if root == "off":
+        return None
+    if not root:
+        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pcn"
+    return Path(root) / "decoded"
+
+
+def _cache_path(cache: Path, index: FolderIndex, transform) -> Path:
+    """``<folder and transform>-<files>.npy``: the second half changes when any image is
+    added, removed, relabelled or rewritten (size or mtime), so a stale array is never read."""
+    where = hashlib.sha1(f"{index.root.resolve()}|{transform!r}".encode()).hexdigest()[:16]
+    files = hashlib.sha1()
+    for rel, label in index.samples:
+        st = (index.root / rel).stat()
+        files.update(f"{rel}|{label}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return cache / f"{where}-{files.hexdigest()[:16]}.npy"
+
+
+def load_folder(index: FolderIndex, transform=None) -> torch.Tensor:
+    """``decode_folder``, through the cache: read the array a previous process stored for
+    these files and this transform, else decode and store it (one entry per folder and
+    transform: older versions are removed; written under a temporary name, then renamed)."""
+    cache = decoded_cache_dir()
+    if cache is None:
+        return decode_folder(index, transform)
+    path = _cache_path(cache, index, transform)
+    try:
+        arr = np.load(path)
+        if arr.dtype == np.uint8 and arr.ndim == 4 and len(arr) == len(index.samples):
+            return torch.from_numpy(arr)
+    except (OSError, ValueError):  # absent, or unreadable (a truncated file): decode again
+        pass
+    images = decode_folder(index, transform)
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            np.save(f, images.numpy())
+        os.replace(tmp, path)
+        for old in cache.glob(path.name.split("-")[0] + "-*.npy"):
+            if old != path:
+                old.unlink(missing_ok=True)
+    except OSError:  # a read-only or full cache only costs the next process a decode
+        pass
+    return images
+
+
 class MemoryLoader:
     def __init__(
         self,
@@ -147,7 +203,7 @@ class MemoryLoader:
         self.order_args = {"train": train, "seed": seed, "rank": rank, "world_size": world_size, "repeats": repeats}
         self.labels = torch.tensor([label for _, label in index.samples], dtype=torch.int64)
         # Train: the images as stored (cropped per batch); eval: the torch loader's eval crops.
-        self.images = decode_folder(index, None if train else CenterCropResize(img_size, crop_ratio))
+        self.images = load_folder(index, None if train else CenterCropResize(img_size, crop_ratio))
         self._normalize = NormalizeUint8()
         self._epoch = 0
 

@@ -18,6 +18,7 @@ def _device(params):
 
 def evaluate(args) -> int:
     import timm
+    import torch
 
     import pcn  # noqa: F401  (registers the models)
     from pcn.data.loaders import build_loader
@@ -31,7 +32,7 @@ def evaluate(args) -> int:
         checkpoint = args.checkpoint or "results/finetune/model.pth"
         model = timm.create_model(p.model.name, num_classes=num_classes(p), **p.model.options)
         load_checkpoint(model, checkpoint, strict=True)
-        model.to(device)
+        model.to(device=device, memory_format=torch.channels_last)  # as in training's evaluations
         paths = data_paths(p)
         metrics = {"checkpoint": checkpoint, "img_size": e.img_size, "crop_ratio": e.crop_ratio}
         for split in ("val", "v2"):
