@@ -141,6 +141,8 @@ def test_decoded_folders_are_cached_until_a_file_changes(tmp_path, monkeypatch, 
     (entry,) = [p for p in cache.glob("*.npy") if p.stat().st_size < 100_000]  # eval: 24x3x20x20
     entry.write_bytes(entry.read_bytes()[:200])
     assert torch.equal(build(images, train=False).images, fresh)
+    entry.write_bytes(b"")
+    assert torch.equal(build(images, train=False).images, fresh)
 
 
 def test_cache_can_be_switched_off(tmp_path, monkeypatch, folder):

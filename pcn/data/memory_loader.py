@@ -151,7 +151,7 @@ def load_folder(index: FolderIndex, transform=None) -> torch.Tensor:
         arr = np.load(path)
         if arr.dtype == np.uint8 and arr.ndim == 4 and len(arr) == len(index.samples):
             return torch.from_numpy(arr)
-    except (OSError, ValueError):  # absent, or unreadable (a truncated file): decode again
+    except (OSError, ValueError, EOFError):  # absent, or unreadable (truncated, empty): decode again
         pass
     images = decode_folder(index, transform)
     try:
