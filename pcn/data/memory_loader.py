@@ -154,9 +154,9 @@ def load_folder(index: FolderIndex, transform=None) -> torch.Tensor:
     except (OSError, ValueError, EOFError):  # absent, or unreadable (truncated, empty): decode again
         pass
     images = decode_folder(index, transform)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp")
     try:
         cache.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp")
         with open(tmp, "wb") as f:
             np.save(f, images.numpy())
         os.replace(tmp, path)
@@ -164,7 +164,7 @@ def load_folder(index: FolderIndex, transform=None) -> torch.Tensor:
             if old != path:
                 old.unlink(missing_ok=True)
     except OSError:  # a read-only or full cache only costs the next process a decode
-        pass
+        tmp.unlink(missing_ok=True)
     return images
 
 

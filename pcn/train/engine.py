@@ -462,8 +462,8 @@ def _run(
                 flush=True,
             )
     # channels_last on the CPU too: oneDNN's convolutions are faster in it (one training
-    # step of the study's models, one thread: PatchConvNet -11%, ResNet -23%;
-    # benchmarks/bench_channels_last.py)
+    # step on one thread: the study grid's PatchConvNet -12%, its ResNet pair -10%;
+    # benchmarks/bench_train_step.py)
     model.to(device=device, memory_format=torch.channels_last)
     steps_per_epoch = len(train_loader)
     recipe = build_recipe(cfg, model, steps_per_epoch, job.num_classes)
