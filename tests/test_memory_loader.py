@@ -115,7 +115,6 @@ def test_mixed_sizes_and_pil_augmentations_are_refused(tmp_path, folder):
         build(folder, train=True, aug=AugConfig(auto_augment="rand-m9-mstd0.5-inc1"))
 
 
-
 def test_decoded_folders_are_cached_until_a_file_changes(tmp_path, monkeypatch, folder):
     """The second loader reads the array the first stored (doctored here, to see which one
     it used); each transform has its own entry; rewriting an image makes the next loader
