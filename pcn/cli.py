@@ -18,12 +18,9 @@ import sys
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from pcn.config import ParamsError  # noqa: E402
+from pcn.errors import UserError  # noqa: E402
 
 log = logging.getLogger("pcn")
-
-
-class UserError(Exception):
-    """A problem with the user's input: printed as one line, exit code 2."""
 
 
 # Exceptions whose message is already one clear line for the user.
@@ -64,6 +61,8 @@ def _verbs() -> dict[str, tuple[str, str]]:
         "dryrun": ("pcn.steps.tools:dryrun", "print the SLURM jobs the paper scale would submit"),
         "run": ("pcn.steps.tools:run_pipeline", "run the whole DAG with snakemake or dvc under one MLflow parent run"),
         "ui": ("pcn.steps.tools:ui", "start the MLflow UI on the pipeline's store"),
+        "rehearse": ("pcn.steps.rehearse:rehearse",
+                     "run the paper scale's DAG, capped to a few steps, on miniatures of the real datasets"),
     }
 
 
@@ -86,7 +85,14 @@ def _verb_arguments(verb: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("--init", choices=["pretrained", "scratch"], required=True)
         p.add_argument("--checkpoint", help="backbone weights: a released checkpoint file instead of the DAG's")
     if verb == "evaluate":
-        p.add_argument("--checkpoint", help="evaluate this checkpoint file instead of the fine-tuned model")
+        p.add_argument("--checkpoint", help="a released checkpoint ({'model': state_dict}) to score on ImageNet val "
+                       "and v2 under the paper's protocol, into metrics/released/<model>-<px>.json (without it: "
+                       "the DAG stage, results/finetune/model.pth -> metrics/eval.json)")
+        p.add_argument("--model", help="its timm name (default: the registered PatchConvNet whose keys and shapes "
+                       "the checkpoint has)")
+        p.add_argument("--img-size", type=int, help="resolution (default: the model's, 224 for the releases)")
+        p.add_argument("--crop-ratio", type=float,
+                       help="centre-crop ratio (default: the paper's, 0.875 up to 224 px, 1.0 above)")
     if verb == "ablate":
         p.add_argument("--variant", required=True)
     if verb in ("ablate", "resnet-pool", "multiclass"):
@@ -105,6 +111,14 @@ def _verb_arguments(verb: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("--engine", choices=["snakemake", "dvc"], default="snakemake")
         p.add_argument("--cores", type=int, default=2)
         p.epilog = "Unknown options are passed to the engine, e.g. `pcn run --profile slurm all`."
+    if verb == "rehearse":
+        p.add_argument("--data-root", help="a folder holding the datasets in their official layouts "
+                                           "(default: write miniature copies into the workspace)")
+        p.add_argument("--work", default="rehearsal", help="workspace folder (default: rehearsal/)")
+        p.add_argument("--engine", choices=["auto", "slurm", "local"], default="auto",
+                       help="auto: through the slurm profile when a SLURM cluster answers, else locally")
+        p.add_argument("--quick", action="store_true",
+                       help="the short form (CI): the main line and transfer, without the experiment grid")
     if verb == "ui":
         p.add_argument("--port", type=int, default=5000)
         p.add_argument("--no-wait", action="store_true", help=argparse.SUPPRESS)

@@ -88,26 +88,35 @@ class FfcvConfig(Section):
     max_bad_fraction: float = Field(0.001, ge=0.0, le=1.0, description="fail the conversion above this share of unreadable images")
 
 
+# The folder names of the official releases: ``data.root`` holds them side by side.
+DATASET_DIRS = {
+    "imagenet": "imagenet",  # train/<wnid>/*.JPEG, val/<wnid>/*.JPEG, LOC_val_solution.csv
+    "imagenet_v2": "imagenetv2-matched-frequency",  # <0..999>/*
+    "ade20k": "ADEChallengeData2016",  # images/ and annotations/ {training,validation}/
+    "coco": "coco",  # {train,val}2017/*.jpg, annotations/instances_{train,val}2017.json
+}
+
+
 class DataConfig(Section):
-    source: Literal["demo", "imagenet"] = "demo"
-    demo: DemoDataConfig = DemoDataConfig()
-    # Paper scale: where the real datasets live (ImageFolder / ADE20k / COCO layouts).
-    imagenet_train: str | None = None
-    imagenet_val: str | None = None
+    """Where the four datasets live, in their official layouts (docs/datasets.md)."""
+
+    source: Literal["demo", "real"] = Field(
+        "demo", description="demo: the demo_data stage writes the datasets under `root`; real: they are already there")
+    root: str = Field("data/demo", description="the folder holding the datasets' official folders (DATASET_DIRS)")
+    # Per-dataset folders, for a cluster where they do not sit side by side; null = <root>/<official name>.
+    imagenet: str | None = None
     imagenet_v2: str | None = None
     ade20k: str | None = None
     coco: str | None = None
+    demo: DemoDataConfig = DemoDataConfig()
     loader: Literal["ffcv", "torch", "memory"] = "ffcv"
     num_workers: int = Field(2, ge=0)
     ffcv: FfcvConfig = FfcvConfig()
 
-    @model_validator(mode="after")
-    def _real_paths(self) -> "DataConfig":
-        if self.source == "imagenet":
-            for key in ("imagenet_train", "imagenet_val"):
-                if not getattr(self, key):
-                    raise ValueError(f"data.{key} must be set when data.source is 'imagenet'")
-        return self
+    def path(self, dataset: str) -> Path:
+        """The folder of one dataset (a ``DATASET_DIRS`` key)."""
+        explicit = getattr(self, dataset)
+        return Path(explicit) if explicit else Path(self.root) / DATASET_DIRS[dataset]
 
 
 # --- models and training ---------------------------------------------------------
@@ -130,6 +139,7 @@ class AugConfig(Section):
     cutmix: float = Field(0.0, ge=0.0)
     label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
     repeated_aug: int = Field(1, ge=1, description="repeats per sample under DDP (DeiT uses 3)")
+    random_erasing: float = Field(0.0, ge=0.0, le=1.0, description="probability of erasing one random box (pixel mode)")
 
 
 class TrainConfig(Section):
@@ -138,6 +148,11 @@ class TrainConfig(Section):
     batch_size: int = Field(64, ge=1, description="global batch over all ranks")
     lr: float = Field(2e-3, gt=0.0, description="peak learning rate at batch_size (scaled by lr_base_batch)")
     lr_base_batch: int | None = Field(None, description="if set, lr is scaled by batch_size / lr_base_batch")
+    optimizer: Literal["adamw", "lamb"] = Field("adamw", description="timm optimizer name")
+    loss: Literal["ce", "bce"] = Field(
+        "ce", description="ce: (soft-target) cross-entropy; bce: binary cross-entropy on the (mixed) targets")
+    eval_crop_ratio: float | None = Field(
+        None, gt=0.0, le=1.0, description="centre-crop ratio of this run's evaluations; null = evaluate.crop_ratio")
     min_lr: float = Field(1e-5, ge=0.0)
     warmup_epochs: float = Field(1.0, ge=0.0)
     weight_decay: float = Field(0.05, ge=0.0)
@@ -149,9 +164,15 @@ class TrainConfig(Section):
     eval_every: int = Field(1, ge=1, description="evaluate every N epochs (and always at the end)")
     checkpoint_every_steps: int = Field(200, ge=1)
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (tests, demo smoke runs)")
+    eval_max_batches: int | None = Field(
+        None, ge=1, description="smoke runs only (the rehearsal): stop each evaluation during training after N "
+                                "batches; val is class-sorted, so this is not a sample of it")
 
 
 class EvaluateConfig(Section):
+    checkpoint: Literal["pretrain", "finetune"] = Field(
+        "finetune", description="which main-line model the evaluate stage scores (results/<checkpoint>/model.pth)")
+    loader: Literal["ffcv", "torch", "memory"] | None = Field(None, description="null = data.loader")
     img_size: int = Field(80, ge=16)
     batch_size: int = Field(128, ge=1)
     crop_ratio: float = Field(0.875, gt=0.0, le=1.0)
@@ -185,6 +206,10 @@ class SegmentationConfig(DenseTaskConfig):
     lr: float = Field(6e-4, gt=0.0)
     weight_decay: float = Field(0.01, ge=0.0)
     decoder_channels: int = Field(64, ge=8)
+    n_classes: int | None = Field(
+        None, ge=1, description="label ids 1..N of the ADE20k layout (150 for ADE20k); null: the demo's shapes + background")
+    loss: Literal["ce", "weighted_ce_dice"] = Field(
+        "ce", description="ce: UperNet's cross-entropy; weighted_ce_dice: class-weighted CE + Dice (short demo runs)")
 
 
 class DetectionConfig(DenseTaskConfig):
@@ -195,6 +220,8 @@ class DetectionConfig(DenseTaskConfig):
     weight_decay: float = Field(0.05, ge=0.0)
     fpn_channels: int = Field(64, ge=8)
     min_sizes: list[int] = Field(default_factory=lambda: [112, 128, 144])
+    test_size: int = Field(128, ge=32, description="shorter side of the test images (COCO protocol: 800)")
+    max_size: int = Field(213, ge=32, description="cap on the longer side, train and test (COCO protocol: 1333)")
 
 
 # The comparisons of the experiments grid, named as their stages (and MLflow `pcn.study` tags).
@@ -204,6 +231,7 @@ GRID_STUDIES = ("ablation", "resnet_pool", "multiclass", "depth_width")
 class ExperimentsConfig(Section):
     """The paper's comparisons; each variant x seed is one stage instance."""
 
+    enabled: bool = Field(True, description="false: the main line only (pretrain, finetune, evaluate, transfer)")
     seeds: list[int] = Field(default_factory=lambda: [0])
     variants: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"baseline": {}})
     resnet: dict[str, str] = Field(
@@ -264,6 +292,16 @@ class Params(Section):
     attention: AttentionConfig = AttentionConfig()
     # Overrides per scale, merged onto the values above when `scale` selects them.
     scales: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @property
+    def segmentation_classes(self) -> int:
+        """Label ids 1..N of the ADE20k-layout data: ``segmentation.n_classes``, or for the
+        demo data its shapes plus the background (the demo writes id 1 = background)."""
+        if self.segmentation.n_classes is not None:
+            return self.segmentation.n_classes
+        if self.data.source == "demo":
+            return self.data.demo.n_classes + 1
+        raise ValueError("segmentation.n_classes must be set for real data (150 for ADE20k)")
 
     def section(self, dotted: str) -> Any:
         """The resolved value at a dotted key, e.g. ``pretrain`` or ``data.demo``."""

@@ -41,6 +41,7 @@ class Stage:
     matrix: dict[str, list[Any]] = field(default_factory=dict)
     threads: int = 1
     gpu: bool = False  # training-like: launched through submitit (local or SLURM)
+    accelerated: bool = False  # runs models in its own process: on a cluster its job asks for one GPU
     report: dict[str, str] = field(default_factory=dict)  # out -> category in `snakemake --report`
     priority: int = 0  # Snakemake starts higher first: the longest chain (pretrain -> finetune -> ...) early
 
@@ -86,13 +87,16 @@ def build_stages(params: Params) -> list[Stage]:
 
     # --- data ----------------------------------------------------------------------
     if demo:
-        add(Stage("demo_data", "pcn make-demo", "data", priority=100, deps=_code("data"), outs=("data/demo",),
-                  params=("seed", "data.demo")))
-        image_deps: tuple[str, ...] = ("data/demo",)
+        add(Stage("demo_data", "pcn make-demo", "data", priority=100, deps=_code("data"), outs=(params.data.root,),
+                  params=("seed", "data.root", "data.demo")))
+        image_deps: tuple[str, ...] = (params.data.root,)
     else:
         image_deps = ()  # real datasets live outside the repository, named in params.yaml
+    # The conversion forks data.num_workers writer processes: it asks for that many cores.
     add(Stage("convert", "pcn convert", "data", priority=100, deps=image_deps + _code("data"), outs=("data/ffcv",),
-              metrics=("metrics/convert.json",), params=("scale", "data.source", "data.ffcv", "data.num_workers")))
+              metrics=("metrics/convert.json",), threads=max(1, params.data.num_workers),
+              params=("scale", "data.source", "data.root", "data.imagenet", "data.imagenet_v2", "data.ffcv",
+                      "data.num_workers")))
     if demo:
         add(Stage("pixel_baseline", "pcn pixel-baseline", "data", deps=image_deps + _code("data"),
                   metrics=("metrics/pixel_baseline.json",), params=("seed", "data.demo")))
@@ -108,27 +112,41 @@ def build_stages(params: Params) -> list[Stage]:
               plots=("plots/finetune.csv",), params=train_params + ("finetune",),
               threads=params.runtime.threads, gpu=True, priority=90))
     add(Stage("evaluate", "pcn evaluate", "eval",
-              deps=("data/ffcv", "results/finetune/model.pth") + _code("models", "eval"),
-              metrics=("metrics/eval.json",), params=("scale", "data.loader", "model", "evaluate", "runtime")))
+              deps=("data/ffcv", f"results/{params.evaluate.checkpoint}/model.pth") + _code("models", "eval"),
+              metrics=("metrics/eval.json",), params=("scale", "data.loader", "model", "evaluate", "runtime"),
+              accelerated=True))
     add(Stage("complexity", "pcn complexity", "eval", deps=_code("models", "eval"),
               outs=("reports/complexity.md",), metrics=("metrics/complexity.json",),
               params=("scale", "complexity", "finetune.img_size", "pretrain.img_size", "runtime"),
-              report={"reports/complexity.md": "Tables"}))
+              report={"reports/complexity.md": "Tables"}, accelerated=True))
 
     # --- transfer to dense tasks ------------------------------------------------------
     for task, cfg in (("segmentation", params.segmentation), ("detection", params.detection)):
         for init in cfg.init:
             suffix = "" if init == "pretrained" else f"_{init}"
-            deps = ("data/demo",) if demo else ()
+            deps = image_deps
             if init == "pretrained":
                 deps += (cfg.backbone_checkpoint,)
             add(Stage(f"{task}{suffix}", f"pcn {task} --init {init}", "transfer",
                       deps=deps + _code("models", "train", "transfer"),
                       outs=(f"results/{task}{suffix}",), metrics=(f"metrics/{task}{suffix}.json",),
-                      plots=(f"plots/{task}{suffix}.csv",), params=("scale", "seed", "runtime", "model", task),
+                      plots=(f"plots/{task}{suffix}.csv",),
+                      # the rank count and the loader workers change the batches each rank draws
+                      params=("scale", "seed", "runtime", "model", task, "launcher", "data.source", "data.root",
+                              "data.ade20k" if task == "segmentation" else "data.coco", "data.num_workers"),
                       threads=params.runtime.threads, gpu=True, priority=50 if init == "pretrained" else 0))
 
     # --- the paper's comparisons: one instance per variant x seed -------------------------
+    if exp.enabled:
+        _add_grid(st, params)
+    _add_analysis(st, params, image_deps)
+    return st
+
+
+def _add_grid(st: list[Stage], params: Params) -> None:
+    """The experiment grid: ablations, the ResNet pair, multi-class, depth x width, and their summary."""
+    exp = params.experiments
+    add = st.append
     exp_params = ("scale",) + EXPERIMENT_PARAMS
     exp_deps = ("data/ffcv",) + _code("models", "train")
     seeds = list(exp.seeds)
@@ -156,27 +174,38 @@ def build_stages(params: Params) -> list[Stage]:
               deps=_instance_paths(st, "experiments", "metrics") + _code("analysis"),
               metrics=("metrics/ablations.json",), params=("scale", "experiments")))
 
-    # --- attention maps, figures, report -----------------------------------------------
-    s0 = seeds[0]
-    avg = next((n for n, o in exp.variants.items() if o.get("pool") == "avg"), None)
-    maps = ["results/finetune/model.pth", f"results/ablations/baseline-s{s0}/model.pth",
-            f"results/multiclass/scratch-s{s0}/model.pth"]
-    if avg:
-        maps.append(f"results/ablations/{avg}-s{s0}/model.pth")
+
+def attention_checkpoints(params: Params) -> list[str]:
+    """The checkpoints whose maps the attention stage scores: the main line's, and with the
+    grid the baseline's, the multi-class model's and the average-pooling variant's (CAM)."""
+    maps = ["results/finetune/model.pth"]
+    exp = params.experiments
+    if exp.enabled:
+        s0 = exp.seeds[0]
+        maps += [f"results/ablations/baseline-s{s0}/model.pth", f"results/multiclass/scratch-s{s0}/model.pth"]
+        avg = next((n for n, o in exp.variants.items() if o.get("pool") == "avg"), None)
+        if avg:
+            maps.append(f"results/ablations/{avg}-s{s0}/model.pth")
+    return maps
+
+
+def _add_analysis(st: list[Stage], params: Params, image_deps: tuple[str, ...]) -> None:
+    """Attention maps, figures and the report."""
+    add = st.append
     add(Stage("attention", "pcn attention", "report",
-              deps=(("data/demo",) if demo else ()) + tuple(maps) + _code("models", "analysis"),
+              deps=image_deps + tuple(attention_checkpoints(params)) + _code("models", "analysis"),
               outs=("results/attention",), metrics=("metrics/attention.json",),
               params=("scale", "attention", "runtime", "model", "experiments.model_options", "experiments.train.img_size",
                       "experiments.train_by_study.ablation"),
-              report={"results/attention": "Attention maps"}))
+              report={"results/attention": "Attention maps"}, accelerated=True))
     add(Stage("figures", "pcn figures", "report",
               deps=_instance_paths(st, None, "metrics") + _instance_paths(st, None, "plots") + _code("analysis"),
               outs=("reports/figures",), params=("scale",), report={"reports/figures": "Figures"}))
     add(Stage("report", "pcn report", "report",
-              deps=_instance_paths(st, None, "metrics") + ("reports/figures", "paper/numbers.yaml") + _code("analysis"),
+              deps=_instance_paths(st, None, "metrics") + ("reports/figures", "paper/numbers.yaml", "paper/recipe.yaml")
+              + _code("analysis"),
               outs=("reports/report.md", "reports/report.html"), params=("scale",),
               report={"reports/report.html": "Report"}))
-    return st
 
 
 def _instance_paths(stages: list[Stage], topic: str | None, kind: str) -> tuple[str, ...]:

@@ -64,23 +64,26 @@ def test_scores_reject_bad_input():
         A.pointing_hit(np.full((8, 8), np.nan), mask)
 
 
-def test_box_mask_and_references():
-    b = A.box_mask([2, 1, 3, 4], (8, 8))  # x, y, w, h
+def test_boxes_mask_is_the_union_of_pixel_edge_boxes_and_references():
+    b = A.boxes_mask([(2, 1, 5, 5)], (8, 8))  # x_min, y_min, x_max, y_max: columns 2..4, rows 1..4
     assert b.sum() == 12 and b[1, 2] and b[4, 4] and not b[5, 2] and not b[1, 5]
+    two = A.boxes_mask([(0, 0, 2, 2), (1, 1, 3, 3)], (8, 8))  # overlapping: 4 + 4 - 1 pixels
+    assert two.sum() == 7
+    assert A.boxes_mask([(3.2, 3.2, 3.4, 3.4)], (8, 8)).sum() == 1  # thinner than a pixel: still one
+    assert A.boxes_mask([(6, 6, 20, 20)], (8, 8)).sum() == 4  # clipped to the image
     c = A.centre_map((9, 9))
     assert np.unravel_index(c.argmax(), c.shape) == (4, 4)
 
 
 def test_localisation_table_with_references():
     n, s = 4, 16
-    masks = np.zeros((n, s, s), dtype=bool)
-    masks[:, 1:5, 1:5] = True  # 16 of 256 pixels, off-centre
-    boxes = masks.copy()
-    perfect = masks.astype(np.float32)
+    regions = np.zeros((n, s, s), dtype=bool)
+    regions[:, 1:5, 1:5] = True  # 16 of 256 pixels, off-centre
+    perfect = regions.astype(np.float32)
     wrong = np.zeros((n, s, s), dtype=np.float32)
     wrong[:, 12:, 12:] = 1.0
-    table = A.localisation_table({"perfect": perfect, "wrong": wrong}, masks, boxes, 0.5)
-    assert table["perfect"] == {"pointing_game": 100.0, "pointing_game_box": 100.0, "iou": 100.0, "n": 4}
+    table = A.localisation_table({"perfect": perfect, "wrong": wrong}, regions, 0.5)
+    assert table["perfect"] == {"pointing_game": 100.0, "iou": 100.0, "n": 4}
     assert table["wrong"]["pointing_game"] == 0.0 and table["wrong"]["iou"] == 0.0
     assert table["uniform"]["pointing_game"] == pytest.approx(100 * 16 / 256)
     assert table["uniform"]["iou"] == pytest.approx(100 * 16 / 256)
@@ -100,33 +103,73 @@ def test_upsample_and_label_maps():
     assert A.upsample(low[:, 0], 8).shape == (2, 8, 8)
 
 
-def test_read_val_objects_and_load_images(tmp_path):
+def _val_folder(root, stems_sizes):
+    """``root/val/<wnid>/<stem>.JPEG``: a grey image with a bright rectangle on columns 10..23, rows 8..19."""
     from PIL import Image
 
-    from pcn.data.synthetic import encode_rle
+    for wnid, stem, (w, h) in stems_sizes:
+        d = root / "val" / wnid
+        d.mkdir(parents=True, exist_ok=True)
+        img = np.full((h, w, 3), 40, dtype=np.uint8)
+        img[8:20, 10:24] = 220
+        Image.fromarray(img).save(d / f"{stem}.JPEG", format="JPEG", quality=95)
+
+
+def test_loc_solution_boxes_are_matched_by_stem_and_scaled(tmp_path):
+    root = tmp_path / "imagenet"
+    _val_folder(root, [("n01", "ILSVRC2012_val_00000002", (32, 32)), ("n02", "ILSVRC2012_val_00000001", (64, 32))])
+    (root / "LOC_val_solution.csv").write_text(
+        "ImageId,PredictionString\n"
+        "ILSVRC2012_val_00000001,n02 10 8 23 19 n01 0 0 4 4 n02 40 0 63 7\n"  # two boxes of its class, one other
+        "ILSVRC2012_val_00000002,n01 10 8 23 19 \n"
+        "ILSVRC2012_val_00000099,n01 0 0 1 1\n")  # an image not in this val folder: ignored
+    items = A.read_val_boxes(root / "val", root / "LOC_val_solution.csv", ["n01", "n02"], 5)
+    assert [(it.path.stem, it.label, it.class_name, it.size) for it in items] == [
+        ("ILSVRC2012_val_00000001", 1, "n02", (32, 64)), ("ILSVRC2012_val_00000002", 0, "n01", (32, 32))]
+    assert items[0].boxes == [(10, 8, 23, 19), (40, 0, 63, 7)]  # only the labelled class's (last pixel inclusive)
+    imgs, x, regions = A.load_images(items, 16)
+    assert imgs.shape == (2, 16, 16, 3) and tuple(x.shape) == (2, 3, 16, 16) and regions.shape == (2, 16, 16)
+    # 64x32 -> 16x16: x by 1/4, y by 1/2; the union of (2.5, 4, 6, 10) and (10, 0, 16, 4), whose
+    # pixels are those with their centre inside (column 2's centre 2.5 is on the edge: in)
+    assert regions[0].sum() == 4 * 6 + 6 * 4 and regions[0][4:10, 2:6].all() and regions[0][0:4, 10:16].all()
+    assert regions[1].sum() == 7 * 6 and regions[1][4:10, 5:12].all()  # 32 -> 16: by 1/2
+    bright = imgs[1].mean(-1) > 128  # the rectangle lands where its scaled box says
+    assert (bright == regions[1]).mean() > 0.95
+    assert A.read_val_boxes(root / "val", root / "LOC_val_solution.csv", ["n01", "n02"], 1)[0].label == 1
+
+
+@pytest.mark.parametrize("row, problem", [
+    ("ILSVRC2012_val_00000001,n02 10 8 24", "line 2: PredictionString 'n02 10 8 24' is not groups"),
+    ("ILSVRC2012_val_00000001,n02 10 8 24 x", "line 2: box 'n02 10 8 24 x' has a coordinate that is not a number"),
+    ("ILSVRC2012_val_00000001,n02 10 8 4 20", "line 2: box 'n02 10 8 4 20' is not x_min <= x_max"),
+    ("ILSVRC2012_val_00000001", "line 2: expected 'ImageId,PredictionString'"),
+    ("ILSVRC2012_val_00000002,n01 1 1 2 2", "no row for val image ILSVRC2012_val_00000001"),
+    ("ILSVRC2012_val_00000001,n01 1 1 2 2", "row ILSVRC2012_val_00000001 has no box of its class n02"),
+])
+def test_malformed_loc_solution_is_one_line_naming_file_and_line(tmp_path, row, problem):
+    from pcn.data.ffcv_io import DatasetError
 
     root = tmp_path / "imagenet"
-    images = {}
-    for i, (label, name) in enumerate([(0, "circle"), (1, "square")]):
-        d = root / "val" / name
-        d.mkdir(parents=True)
-        img = np.full((32, 32, 3), 40, dtype=np.uint8)
-        mask = np.zeros((32, 32), dtype=bool)
-        mask[8:20, 10:24] = True
-        img[mask] = 220
-        Image.fromarray(img).save(d / f"val_{i:06d}.jpg", quality=95)
-        images[f"val/{name}/val_{i:06d}.jpg"] = {"label": label, "class_name": name, "width": 32, "height": 32,
-                                                 "box": [10, 8, 14, 12], "area": int(mask.sum()),
-                                                 "mask": encode_rle(mask)}
-    (root / "val_objects.json").write_text(json.dumps({"version": 1, "classes": ["circle", "square"],
-                                                       "images": images}))
-    classes, items = A.read_val_objects(root / "val_objects.json", 5)
-    assert classes == ["circle", "square"] and [it.label for it in items] == [0, 1]
-    assert items[0].mask.sum() == 14 * 12
-    imgs, x, masks, boxes = A.load_images(items, 16)
-    assert imgs.shape == (2, 16, 16, 3) and tuple(x.shape) == (2, 3, 16, 16)
-    assert masks.shape == (2, 16, 16) and (masks == boxes).all()  # a rectangle is its own box
-    assert abs(int(masks[0].sum()) - 14 * 12 // 4) <= 8
+    _val_folder(root, [("n02", "ILSVRC2012_val_00000001", (32, 32))])
+    csv_path = root / "LOC_val_solution.csv"
+    csv_path.write_text(f"ImageId,PredictionString\n{row}\n")
+    with pytest.raises(DatasetError) as info:
+        A.read_val_boxes(root / "val", csv_path, ["n02"], 5)
+    msg = str(info.value)
+    assert msg.startswith(f"{csv_path}: ") and problem in msg and "\n" not in msg
+    csv_path.write_text("image,boxes\n")
+    with pytest.raises(DatasetError, match="line 1: header 'image,boxes', expected 'ImageId,PredictionString'"):
+        A.read_val_boxes(root / "val", csv_path, ["n02"], 5)
+    csv_path.unlink()
+    with pytest.raises(DatasetError, match="LOC_val_solution.csv: file missing"):
+        A.read_val_boxes(root / "val", csv_path, ["n02"], 5)
+
+
+def test_synset_names_from_the_mapping_else_wnids(tmp_path):
+    mapping = tmp_path / "LOC_synset_mapping.txt"
+    mapping.write_text("n01440764 tench, Tinca tinca\nn01443537 goldfish, Carassius auratus\n")
+    assert A.synset_names(mapping, ["n01443537", "n09999999"]) == ["goldfish", "n09999999"]
+    assert A.synset_names(tmp_path / "absent.txt", ["n01440764"]) == ["n01440764"]
 
 
 @pytest.mark.parametrize("multiclass", [False, True])
@@ -158,3 +201,57 @@ def test_class_activation_maps_of_the_avgpool_variant():
     assert set(maps) == {"gradcam", "cam"}
     for m in maps.values():
         assert m.shape == (3, 32, 32) and m.min() >= 0 and m.max() <= 1 + 1e-6
+
+
+def test_attention_stage_scores_maps_against_the_loc_boxes(tmp_path, monkeypatch, capsys):
+    """`pcn attention` on a dataset in the official layout (tiny untrained models stand in
+    for the DAG's checkpoints): every map is scored against LOC_val_solution.csv's boxes;
+    without that file the stage fails in one line naming it and writes nothing."""
+    import timm
+    import yaml
+
+    import pcn.models  # noqa: F401
+    import pcn.steps.report as R
+    from pcn.cli import main
+    from test_readers import ROOT, write_imagenet
+
+    data = tmp_path / "datasets"
+    write_imagenet(data)
+    work = tmp_path / "work"
+    work.mkdir()
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["data"].update(source="real", root=str(data))
+    params["attention"].update(n_images=6, n_figure=2)
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    tiny = {"embed_dim": 32, "depth": 1}
+    monkeypatch.setattr(R, "_checkpoints", lambda p: {
+        "patchconvnet": ("a.pth", "patchconvnet_demo", tiny), "patchconvnet_finetuned": ("b.pth", "patchconvnet_demo", tiny),
+        "patchconvnet_multiclass": ("c.pth", "patchconvnet_demo_multi", tiny),
+        "cam": ("d.pth", "patchconvnet_demo", {**tiny, "pool": "avg"})})
+    monkeypatch.setattr(R, "_model", lambda name, opts, ckpt, k: timm.create_model(name, num_classes=k, **opts).eval())
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
+    monkeypatch.delenv("PCN_PIPELINE_RUN_ID", raising=False)
+
+    loc = data / "imagenet" / "LOC_val_solution.csv"
+    saved = loc.read_text()
+    loc.unlink()
+    assert main(["attention"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("pcn attention:")]
+    assert errors == [f"pcn attention: error: {loc}: file missing (ImageNet's localisation ground truth of val, "
+                      "rows 'ImageId,PredictionString')"]
+    assert not (work / "metrics").exists() and not (work / "results").exists()
+
+    loc.write_text(saved)
+    assert main(["attention"]) == 0
+    m = json.loads((work / "metrics" / "attention.json").read_text())
+    assert m["ground_truth"] == str(loc) and m["n_images"] == 6
+    for method in ("patchconvnet", "patchconvnet_finetuned", "patchconvnet_multiclass", "gradcam", "cam",
+                   "centre", "uniform"):
+        assert set(m[method]) >= {"pointing_game", "iou", "n"} and "pointing_game_box" not in m[method]
+        assert m[method]["n"] == 6 and 0 <= m[method]["pointing_game"] <= 100
+    with np.load(work / "results" / "attention" / "maps.npz") as saved_maps:
+        regions = saved_maps["regions"]
+        assert regions.shape == (6, m["img_size"], m["img_size"]) and regions.any(axis=(1, 2)).all()
+    # the uniform map's scores are the boxes' mean area fraction
+    assert m["uniform"]["pointing_game"] == pytest.approx(100 * regions.mean(), rel=1e-6)

@@ -30,7 +30,8 @@ def test_scale_switch_applies_overrides(raw):
     assert demo.data.source == "demo" and demo.launcher.kind == "local"
     assert len(study.experiments.seeds) >= 3, "the study scale needs at least 3 seeds per comparison"
     assert study.data.source == "demo"
-    assert paper.data.source == "imagenet" and paper.model.name == "patchconvnet_s60"
+    assert paper.data.source == "real" and paper.model.name == "patchconvnet_s60"
+    assert paper.data.path("ade20k").name == "ADEChallengeData2016" and paper.segmentation_classes == 150
     assert paper.pretrain.img_size == 224 and paper.pretrain.batch_size == 2048
     assert paper.launcher.kind == "slurm" and paper.launcher.slurm.gpus_per_node == 8
     # overrides merge deeply: keys the paper scale does not override keep their values
@@ -94,3 +95,11 @@ def test_train_by_study_changes_only_its_comparison(raw):
     assert exp.train_for("ablation").aug.scale_min == exp.train.aug.scale_min
     assert exp.train_for("resnet_pool").img_size == 32 and exp.train_for("resnet_pool").epochs == exp.train.epochs
     assert exp.train_for("multiclass") == exp.train_for("depth_width") == exp.train
+
+
+def test_dataset_folders_default_to_the_official_names_under_root():
+    p = resolve({"data": {"root": "/d", "coco": "/elsewhere/coco2017"}})
+    assert str(p.data.path("imagenet")) == "/d/imagenet"
+    assert str(p.data.path("imagenet_v2")) == "/d/imagenetv2-matched-frequency"
+    assert str(p.data.path("coco")) == "/elsewhere/coco2017"
+    assert p.segmentation_classes == p.data.demo.n_classes + 1  # the demo's shapes and its background

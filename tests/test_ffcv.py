@@ -229,7 +229,10 @@ def test_sidecar_mismatch_is_refused(tmp_path):
             expected_classes=classes,
         )
 
-    with pytest.raises(DatasetError, match="class list differs"):
+    with pytest.raises(
+        DatasetError,
+        match=r"a\.beton: class list differs from train: missing z \(1 of 2\); extra y \(1 not among the 2\)$",
+    ):
         load(a, ["x", "z"])
     side_a = json.loads((tmp_path / "a.beton.json").read_text())
     # Another dataset's sidecar (same count, other images): fingerprint differs.

@@ -243,18 +243,25 @@ def test_v2_layout_in_the_torch_loader(tmp_path):
     )
     _, y = next(iter(ld))
     assert y.tolist() == list(range(11)) and ld.class_names[10] == "10"
-    with pytest.raises(DatasetError, match="class list differs"):
-        build_loader(
-            beton=None,
-            folder=folder,
-            kind="torch",
-            train=False,
-            img_size=16,
-            batch_size=4,
-            num_workers=0,
-            seed=0,
-            expected_classes=[str(i) for i in range(11)],
-        )
+
+    def v2(train_classes):
+        return build_loader(beton=None, folder=folder, kind="torch", train=False, img_size=16, batch_size=4,
+                            num_workers=0, seed=0, layout="imagenet_v2", expected_classes=train_classes)
+
+    # expected_classes are the train split's wnids: v2 must hold the folders 0..K-1
+    assert v2([f"n{i:08d}" for i in range(11)]).num_classes == 11
+    with pytest.raises(DatasetError, match=r"v2: class list differs from train: missing 11 \(1 of 12\)$"):
+        v2([f"n{i:08d}" for i in range(12)])
+    with pytest.raises(DatasetError, match=r"v2: class list differs from train: extra 10 \(1 not among the 10\)$"):
+        v2([f"n{i:08d}" for i in range(10)])
+
+
+def test_val_classes_must_be_trains(data):
+    folder, _ = data
+    with pytest.raises(DatasetError) as info:
+        build_loader(beton=None, folder=folder, kind="torch", train=False, img_size=16, batch_size=4,
+                     num_workers=0, seed=0, expected_classes=["cat", "dog", "eel", "fox"])
+    assert str(info.value) == f"{folder}: class list differs from train: missing fox (1 of 4)"
 
 
 @pytest.mark.slow

@@ -11,7 +11,6 @@ import torch
 from PIL import Image
 
 from pcn.config import AugConfig
-from pcn.data.ffcv_io import DatasetError
 from pcn.data.loaders import build_loader, epoch_order
 from pcn.data.memory_loader import random_resized_boxes
 from test_loaders import CLASSES, make_folder, to_uint8
@@ -52,7 +51,7 @@ def test_whole_image_crop_is_an_area_resize(folder):
     2x reduction."""
     aug = AugConfig(scale_min=1.0, hflip=0.0)
     ld = build(folder, train=True, aug=aug, img_size=20)
-    ld.images = ld.images[:, :, :, 4:44]  # 40x40: an exact 2x reduction to 20 px
+    ld.images, ld.sizes[:, 1] = ld.images[:, :, :, 4:44], 40  # 40x40: an exact 2x reduction to 20 px
     x, y = next(iter(ld))
     order = epoch_order(24, train=True, seed=0, epoch=0)[:8]
     for k, i in enumerate(order):
@@ -106,11 +105,39 @@ def test_random_resized_boxes_follow_torchvision_rules():
     assert torch.equal(wide[0], torch.tensor([193.0, 0.0, 206.0, 10.0]))
 
 
-def test_mixed_sizes_and_pil_augmentations_are_refused(tmp_path, folder):
-    mixed = make_folder(tmp_path / "mixed")  # assorted sizes
-    with pytest.raises(DatasetError, match=r"mixed/cat/001.jpg: image is .* the memory loader needs images of one size"):
-        build(mixed, train=True)
-    build(mixed, train=False)  # eval images are cropped and resized first: any size works
+def test_images_of_many_sizes_are_cropped_within_their_own_size(tmp_path):
+    """Images of assorted sizes share one padded array; each crop box lies within its own
+    image, and the resampled crop equals roi_align's on that image alone (the padding
+    repeats the image's edge, so nothing from outside it leaks in).  Eval crops equal
+    the torch loader's."""
+    from torchvision.ops import roi_align
+
+    from pcn.data.ffcv_io import scan_folder
+    from pcn.data.transforms import stream_key
+
+    mixed = make_folder(tmp_path / "mixed")  # assorted sizes, 40..72 px
+    ld = build(mixed, train=True, aug=AugConfig(scale_min=0.5, hflip=0.0), img_size=20, batch_size=24)
+    assert len({tuple(s) for s in ld.sizes.tolist()}) > 10
+    x, y = next(iter(ld))
+    order = torch.from_numpy(epoch_order(24, train=True, seed=0, epoch=0))
+    # the boxes the loader drew for batch 0 of epoch 0 (its own generator)
+    gen = torch.Generator().manual_seed(stream_key(ld.key, 0, 0) & 0x7FFFFFFFFFFFFFFF)
+    sizes = ld.sizes[order]
+    boxes = random_resized_boxes(24, sizes[:, 0], sizes[:, 1], (0.5, 1.0), gen)
+    assert (boxes[:, 2] <= sizes[:, 1]).all() and (boxes[:, 3] <= sizes[:, 0]).all() and (boxes >= 0).all()
+    samples = scan_folder(mixed).samples
+    for k, i in enumerate(order.tolist()):
+        rel, label = samples[i]
+        src = torch.from_numpy(np.array(Image.open(mixed / rel).convert("RGB"))).permute(2, 0, 1).float()
+        assert tuple(ld.sizes[i].tolist()) == tuple(src.shape[1:]) and y[k] == label
+        want = roi_align(src[None], torch.cat([torch.zeros(1, 1), boxes[k : k + 1]], 1), output_size=20,
+                         aligned=True)
+        assert np.abs(to_uint8(x[k : k + 1])[0] - want[0].numpy()).max() < 1e-2
+    m, t = epoch(build(mixed, train=False), 0), epoch(build(mixed, "torch", train=False), 0)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(m, t))
+
+
+def test_pil_augmentations_are_refused(folder):
     with pytest.raises(ValueError, match="memory loader applies crop and flip only"):
         build(folder, train=True, aug=AugConfig(auto_augment="rand-m9-mstd0.5-inc1"))
 
@@ -124,20 +151,23 @@ def test_decoded_folders_are_cached_until_a_file_changes(tmp_path, monkeypatch, 
     images = tmp_path / "images"
     shutil.copytree(folder, images)
     first = build(images, train=False).images
-    (entry,) = cache.glob("*.npy")
-    np.save(entry, np.zeros_like(np.load(entry)))
+    (entry,) = cache.glob("*.npz")
+    with np.load(entry) as stored:
+        doctored = {"images": np.zeros_like(stored["images"]), "sizes": stored["sizes"]}
+    with open(entry, "wb") as f:
+        np.savez(f, **doctored)
     assert torch.count_nonzero(build(images, train=False).images) == 0  # read from the cache
     assert build(images, train=True).images.shape[-2:] == (40, 48)  # stored size, not the eval crop
-    assert len(list(cache.glob("*.npy"))) == 2
+    assert len(list(cache.glob("*.npz"))) == 2
 
     path = sorted((images / CLASSES[0]).iterdir())[0]
     Image.open(path).transpose(Image.FLIP_LEFT_RIGHT).save(path)
     fresh = build(images, train=False).images
     assert torch.count_nonzero(fresh) > 0 and not torch.equal(fresh[0], first[0])
     assert torch.equal(fresh[1:], first[1:])
-    assert not entry.exists() and len(list(cache.glob("*.npy"))) == 2  # the stale entry is gone
+    assert not entry.exists() and len(list(cache.glob("*.npz"))) == 2  # the stale entry is gone
 
-    (entry,) = [p for p in cache.glob("*.npy") if p.stat().st_size < 100_000]  # eval: 24x3x20x20
+    (entry,) = [p for p in cache.glob("*.npz") if p.stat().st_size < 100_000]  # eval: 24x3x20x20
     entry.write_bytes(entry.read_bytes()[:200])
     assert torch.equal(build(images, train=False).images, fresh)
     entry.write_bytes(b"")
@@ -148,4 +178,4 @@ def test_cache_can_be_switched_off(tmp_path, monkeypatch, folder):
     monkeypatch.setenv("PCN_CACHE_DIR", "off")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert build(folder, train=False).images.shape == (24, 3, 20, 20)
-    assert not any(tmp_path.rglob("*.npy"))
+    assert not any(tmp_path.rglob("*.np[yz]"))

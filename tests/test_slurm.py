@@ -70,6 +70,7 @@ def test_local_ddp_two_ranks(local_ddp):
     out, result = local_ddp
     assert result["status"] == "finished" and result["world_size"] == 2
     assert result["global_step"] == 8 * 3 and len(result["history"]) == 8
+    assert result["val_images"] == 3 * 4  # the ranks' shards of val add up to it, once each
     assert (out / "model.pth").exists()
 
 
@@ -251,18 +252,21 @@ def test_dry_run_paper_s60():
     params = resolve({**raw, "scale": "paper"})
     cfg, s = params.pretrain, params.launcher.slurm
     # Independent arithmetic for the assumptions the paper scale states: 2 nodes x 8 GPUs,
-    # global batch 2048, 400 epochs, repeated augmentation x3 (timm's sampler keeps
+    # global batch 2048, repeated augmentation x3 (timm's sampler keeps
     # floor(N / 256) * 256 / ranks images per rank), 5 warm-up epochs.
-    assert (s.nodes, s.gpus_per_node, cfg.batch_size, cfg.epochs) == (2, 8, 2048, 400)
+    assert (s.nodes, s.gpus_per_node, cfg.batch_size) == (2, 8, 2048)
     per_rank_images = (1_281_167 // 256 * 256) // 16
     steps = per_rank_images // 128
     p = plan(params)
     assert p.ranks == 16 and p.batch_per_rank == 128
     assert p.samples_per_rank == per_rank_images == 80_064
     assert p.steps_per_epoch == steps == 625
-    assert p.total_steps == 625 * 400 and p.warmup_steps == 5 * 625
+    assert p.total_steps == 625 * cfg.epochs and p.warmup_steps == 5 * 625
     assert p.lr == pytest.approx(cfg.lr * 2048 / cfg.lr_base_batch)
-    assert p.gpu_hours == pytest.approx(625 * 400 * 2048 / 370 / 3600)
+    # S60 at 224 px is the calibration point itself: it trains at a third of the paper's
+    # 1129 images/s of inference.
+    assert (params.model.name, cfg.img_size) == ("patchconvnet_s60", 224)
+    assert p.gpu_hours == pytest.approx(625 * cfg.epochs * 2048 / (1129 / 3) / 3600)
     assert (
         p.sbatch["nodes"] == 2
         and p.sbatch["ntasks_per_node"] == 8
@@ -271,16 +275,56 @@ def test_dry_run_paper_s60():
     assert (
         p.sbatch["cpus_per_task"] == s.cpus_per_task and p.sbatch["time"] == s.time_min
     )
+    t0 = time.monotonic()
     text = dry_run(params)
+    assert time.monotonic() - t0 < 60, "counting the grid's MACs must not take minutes"
     for needle in (
         "2 node(s) x 8 GPUs = 16",
         "2048 = 16 x 128",
         "625 per epoch",
-        "250,000",
+        f"{625 * cfg.epochs:,}",
         "GPU-hours",
         "nothing is submitted",
+        "depth_width@w1024-d120",
+        "experiment grid: ",
     ):
         assert needle in text, text
+
+    # GPU-hours follow the MACs of each job's model at its resolution.
+    import timm
+    import yaml
+
+    from pcn.eval.complexity import count_gmacs
+    from pcn.train.dryrun import REFERENCE, gmacs, grid_share, jobs
+
+    numbers = yaml.safe_load((Path(__file__).resolve().parents[1] / "paper" / "numbers.yaml").read_text())
+    s60 = next(r for r in numbers["model_zoo"] if r["model"] == REFERENCE["model"])
+    assert REFERENCE["images_per_s"] == s60["throughput"] and REFERENCE["img_size"] == 224
+    by_name = {j.name: j for j in jobs(params)}
+    ft = params.finetune
+    assert by_name["finetune"].gmacs == pytest.approx(s60["gmacs"] * (ft.img_size / 224) ** 2, rel=0.05)
+    assert by_name["finetune"].gpu_hours == pytest.approx(
+        plan(params, cfg=ft).total_steps * ft.batch_size * 3 * by_name["finetune"].gmacs
+        / (1129 * gmacs("patchconvnet_s60", {}, 224)) / 3600)
+    # the largest point of the depth x width grid is L120 (paper: 52.9 GMACs at 224)
+    assert by_name["depth_width@w1024-d120"].gmacs == pytest.approx(52.9, rel=0.01)
+    assert by_name["depth_width@w1024-d120"].gpu_hours > 10 * by_name["depth_width@w384-d36"].gpu_hours
+    grid = sum(j.gpu_hours for j in by_name.values() if j.topic == "experiments")
+    total = sum(j.gpu_hours for j in by_name.values())
+    assert 0 < grid < total and grid_share(list(by_name.values())) == pytest.approx(grid / total)
+    assert f"{grid / total:.0%} of the total" in text
+
+    # Counting a PatchConvNet by extrapolating from 1 and 2 blocks is exact.
+    for options in ({}, {"agg_blocks": 2, "stem_stride": 16}, {"depth": 5, "embed_dim": 64}):
+        direct = count_gmacs(timm.create_model("patchconvnet_demo", **options), 96)
+        assert gmacs("patchconvnet_demo", options, 96) == pytest.approx(direct, rel=1e-9)
+
+    # Without the grid: no experiment job, and its share is 0.
+    raw["scales"]["paper"].setdefault("experiments", {})["enabled"] = False
+    main_only = resolve({**raw, "scale": "paper"})
+    assert not [j for j in jobs(main_only) if j.topic == "experiments"]
+    text = dry_run(main_only)
+    assert "experiment grid: skipped (experiments.enabled: false), 0% of the total" in text, text
 
     # DeiT's rule with the classic base: 5e-4 per 512 images -> 2e-3 at 2048.
     aug = cfg.aug.model_copy(update={"repeated_aug": 1})

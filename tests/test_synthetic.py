@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import csv
+import hashlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from pcn.data import layouts
 from pcn.data import synthetic as syn
 from pcn.data.synthetic import DemoSpec, class_names, generate, mask_to_box
 
@@ -32,21 +36,13 @@ def demo(tmp_path_factory) -> tuple[Path, dict]:
     return out, summary
 
 
-def _rle_decode(rle: dict) -> np.ndarray:
-    from pycocotools import mask as mask_utils
-
-    return mask_utils.decode(
-        {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
-    ).astype(bool)
-
-
 # --------------------------------------------------------------------------- determinism
 
 
 def test_same_seed_same_bytes_different_seed_differs(demo, tmp_path):
     out, summary = demo
     again = generate(tmp_path / "again", SMALL, progress=False)
-    assert again["content_hash"] == summary["content_hash"]
+    assert again["content_hash"] == summary["content_hash"] == summary["hash"]
     files = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
     assert files == sorted(
         p.relative_to(tmp_path / "again")
@@ -84,57 +80,121 @@ def test_per_image_seeding_is_order_independent():
 
 # --------------------------------------------------------------------------- layouts
 
+OFFICIAL = [  # every file the demo writes, as docs/datasets.md specifies the real ones
+    r"demo_summary\.json",
+    r"imagenet/train/(n9\d{7})/\1_\d+\.JPEG",
+    r"imagenet/val/n9\d{7}/ILSVRC2012_val_\d{8}\.JPEG",
+    r"imagenet/LOC_val_solution\.csv",
+    r"imagenet/LOC_synset_mapping\.txt",
+    r"imagenetv2-matched-frequency/\d+/[0-9a-f]{40}\.jpeg",
+    r"ADEChallengeData2016/images/training/ADE_train_\d{8}\.jpg",
+    r"ADEChallengeData2016/images/validation/ADE_val_\d{8}\.jpg",
+    r"ADEChallengeData2016/annotations/training/ADE_train_\d{8}\.png",
+    r"ADEChallengeData2016/annotations/validation/ADE_val_\d{8}\.png",
+    r"ADEChallengeData2016/objectInfo150\.txt",
+    r"coco/(train|val)2017/\d{12}\.jpg",
+    r"coco/annotations/instances_(train|val)2017\.json",
+]
 
-def test_imagefolder_layout(demo):
+
+def test_only_official_files(demo):
+    out, _ = demo
+    for p in out.rglob("*"):
+        if p.is_file():
+            rel = p.relative_to(out).as_posix()
+            assert any(re.fullmatch(pat, rel) for pat in OFFICIAL), rel
+    assert not (out / "imagenet" / "val_objects.json").exists()
+    assert not (out / "ADEChallengeData2016" / "classes.json").exists()
+
+
+def test_wnids_sort_like_the_class_names():
+    every = dict(zip(class_names(len(syn.SHAPES)), syn.wnids(len(syn.SHAPES))))
+    for n in range(1, len(syn.SHAPES) + 1):
+        ids = syn.wnids(n)
+        assert ids == sorted(ids) and len(set(ids)) == n
+        assert all(re.fullmatch(r"n9\d{7}", w) for w in ids)
+        assert ids == [every[name] for name in class_names(n)]  # a shape keeps its wnid
+
+
+def test_imagenet_layout(demo):
     from torchvision.datasets import ImageFolder
 
     out, summary = demo
-    names = class_names(SMALL)
-    assert names == sorted(names) and len(names) == 10 and summary["classes"] == names
+    names, ids = class_names(SMALL), syn.wnids(SMALL)
+    assert summary["classes"] == names and summary["wnids"] == ids
     for split, per in (("train", SMALL.train_per_class), ("val", SMALL.val_per_class)):
         ds = ImageFolder(str(out / "imagenet" / split))
-        assert ds.classes == names
+        assert ds.classes == ids  # class index = rank of the sorted wnids = position in class_names
         assert len(ds) == per * SMALL.n_classes == summary["imagenet"][split]
-        assert sorted(set(ds.targets)) == list(
-            range(SMALL.n_classes)
-        )  # every class in every split
+        assert sorted(set(ds.targets)) == list(range(SMALL.n_classes))
         img, _ = ds[0]
         assert img.mode == "RGB" and img.size == (SMALL.image_size, SMALL.image_size)
+    mapping = (out / "imagenet" / "LOC_synset_mapping.txt").read_text().splitlines()
+    assert mapping == [f"{w} {n}" for w, n in zip(ids, names)]
 
 
-def test_val_objects_json(demo):
+def test_loc_val_solution(demo):
+    """One row per val image; its box is the object mask's extent (last column/row included)."""
     out, _ = demo
-    meta = json.loads((out / "imagenet" / "val_objects.json").read_text())
-    assert meta["mask_format"] == "coco_rle" and meta["box_format"] == "xywh"
-    val_files = {
-        p.relative_to(out / "imagenet").as_posix()
-        for p in (out / "imagenet" / "val").rglob("*.jpg")
-    }
-    assert set(meta["images"]) == val_files
-    names = class_names(SMALL)
-    for rel, rec in meta["images"].items():
-        assert rel.split("/")[1] == names[rec["label"]] == rec["class_name"]
-        mask = _rle_decode(rec["mask"])
-        assert mask.shape == (rec["height"], rec["width"]) == (SMALL.image_size,) * 2
-        assert mask_to_box(mask) == rec["box"] and int(mask.sum()) == rec["area"] > 0
+    with open(out / "imagenet" / "LOC_val_solution.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["ImageId", "PredictionString"]
+    files = {p.stem: p for p in (out / "imagenet" / "val").rglob("*.JPEG")}
+    assert sorted(r["ImageId"] for r in rows) == sorted(files)
+    ids = syn.wnids(SMALL)
+    for r in rows:
+        wnid, *box = r["PredictionString"].split()
+        x0, y0, x1, y1 = (int(v) for v in box)
+        assert files[r["ImageId"]].parent.name == wnid
+        with Image.open(files[r["ImageId"]]) as im:
+            w, h = im.size
+        assert 0 <= x0 <= x1 < w and 0 <= y0 <= y1 < h
+        i = int(r["ImageId"].rsplit("_", 1)[1]) - 1  # val image i is ILSVRC2012_val_<i+1>
+        _, label, xywh, mask = syn.render_classification_sample(
+            syn._rng(SMALL, "cls_val", i), SMALL, i % SMALL.n_classes)
+        assert ids[label] == wnid and mask_to_box(mask) == xywh == [x0, y0, x1 - x0 + 1, y1 - y0 + 1]
+
+
+def test_imagenet_v2_layout(demo):
+    out, summary = demo
+    v2 = out / "imagenetv2-matched-frequency"
+    assert sorted(int(p.name) for p in v2.iterdir()) == list(range(SMALL.n_classes))
+    val_bytes = {p.read_bytes() for p in (out / "imagenet" / "val").rglob("*.JPEG")}
+    files = sorted(v2.rglob("*.jpeg"))
+    assert len(files) == SMALL.val_per_class * SMALL.n_classes == summary["imagenet_v2"]
+    for p in files:
+        data = p.read_bytes()
+        assert p.stem == hashlib.sha1(data).hexdigest()
+        assert data not in val_bytes  # new images, not copies of val
+    assert all(len(list(d.iterdir())) == SMALL.val_per_class for d in v2.iterdir())
+
+
+def _coco(out: Path, split: str):
+    from pycocotools.coco import COCO
+
+    return COCO(str(out / "coco" / "annotations" / f"instances_{split}2017.json"))
 
 
 def test_coco_layout(demo):
-    from pycocotools.coco import COCO
-
     out, summary = demo
     n_poly = n_rle = 0
+    cat_ids = list(syn.DEMO_CATEGORY_IDS[: SMALL.n_classes])
+    assert cat_ids != list(range(1, SMALL.n_classes + 1))  # not contiguous
     for split, n_img in (("train", SMALL.n_scenes_train), ("val", SMALL.n_scenes_val)):
-        coco = COCO(str(out / "coco" / "annotations" / f"instances_{split}.json"))
+        coco = _coco(out, split)
         cats = coco.loadCats(coco.getCatIds())
-        assert [c["id"] for c in cats] == list(range(1, SMALL.n_classes + 1))
+        assert [c["id"] for c in cats] == cat_ids
         assert [c["name"] for c in cats] == class_names(SMALL)
-        assert len(coco.getImgIds()) == n_img
-        assert {a["category_id"] for a in coco.dataset["annotations"]} == set(
-            range(1, SMALL.n_classes + 1)
-        )
-        for img in coco.loadImgs(coco.getImgIds()):
-            with Image.open(out / "coco" / "images" / split / img["file_name"]) as im:
+        images = coco.dataset["images"]
+        assert len(images) == n_img == len(list((out / "coco" / f"{split}2017").iterdir()))
+        assert [im["id"] for im in images] != list(range(1, n_img + 1))
+        ann_ids = [a["id"] for a in coco.dataset["annotations"]]
+        assert len(set(ann_ids)) == len(ann_ids)
+        assert {a["image_id"] for a in coco.dataset["annotations"]} <= {im["id"] for im in images}
+        assert {a["category_id"] for a in coco.dataset["annotations"]} == set(cat_ids)
+        for img in images:
+            assert img["file_name"] == f"{img['id']:012d}.jpg"
+            with Image.open(out / "coco" / f"{split}2017" / img["file_name"]) as im:
                 assert im.size == (img["width"], img["height"]) and im.mode == "RGB"
             anns = coco.loadAnns(coco.getAnnIds(imgIds=img["id"]))
             assert 1 <= len(anns) <= SMALL.objects_per_scene[1]
@@ -142,71 +202,71 @@ def test_coco_layout(demo):
             for a in anns:
                 assert a["iscrowd"] == 0 and len(a["bbox"]) == 4 and a["area"] > 0
                 m = coco.annToMask(a).astype(bool)
+                assert mask_to_box(m) == [int(v) for v in a["bbox"]]
                 if isinstance(a["segmentation"], list):
                     n_poly += 1
-                    assert all(
-                        len(p) >= 6 and len(p) % 2 == 0 for p in a["segmentation"]
-                    )
-                    # polygons approximate the visible mask (IoU >= 0.9) with its exact box
-                    assert mask_to_box(m) == [int(v) for v in a["bbox"]]
-                else:
+                    assert all(len(p) >= 6 and len(p) % 2 == 0 for p in a["segmentation"])
+                else:  # uncompressed RLE, as COCO stores it: exact
                     n_rle += 1
-                    assert (
-                        mask_to_box(m) == [int(v) for v in a["bbox"]]
-                        and m.sum() == a["area"]
-                    )
+                    assert isinstance(a["segmentation"]["counts"], list) and m.sum() == a["area"]
                     union += m
             assert union.max() <= 1  # visible masks do not overlap
     assert n_poly > 0 and n_rle > 0  # both segmentation code paths exercised
-    assert (
-        summary["coco"]["val"]["annotations"] + summary["coco"]["train"]["annotations"]
-        == n_poly + n_rle
-    )
+    assert summary["coco"]["val"]["annotations"] + summary["coco"]["train"]["annotations"] == n_poly + n_rle
 
 
 def test_ade_layout(demo):
     out, _ = demo
-    names = json.loads((out / "ade" / "classes.json").read_text())
-    assert names == ["background", *class_names(SMALL)]
-    for split, n in (
-        ("training", SMALL.n_scenes_train),
-        ("validation", SMALL.n_scenes_val),
-    ):
-        imgs = sorted((out / "ade" / "images" / split).glob("*.jpg"))
-        anns = sorted((out / "ade" / "annotations" / split).glob("*.png"))
+    ade = out / "ADEChallengeData2016"
+    names = ["background", *class_names(SMALL)]
+    info = (ade / "objectInfo150.txt").read_text().splitlines()
+    assert info[0].split("\t") == ["Idx", "Ratio", "Train", "Val", "Name"]
+    rows = [line.split("\t") for line in info[1:]]
+    assert [int(r[0]) for r in rows] == list(range(1, len(names) + 1)) and [r[4] for r in rows] == names
+    for split, short, n, col in (("training", "train", SMALL.n_scenes_train, 2),
+                                 ("validation", "val", SMALL.n_scenes_val, 3)):
+        imgs = sorted((ade / "images" / split).glob("*.jpg"))
+        anns = sorted((ade / "annotations" / split).glob("*.png"))
         assert len(imgs) == len(anns) == n
-        assert [p.stem for p in imgs] == [p.stem for p in anns]
-        seen = set()
+        assert [p.stem for p in imgs] == [p.stem for p in anns] == [f"ADE_{short}_{i:08d}" for i in range(1, n + 1)]
+        images_with = np.zeros(len(names) + 1, dtype=int)
         for ip, ap in zip(imgs, anns):
             with Image.open(ip) as im, Image.open(ap) as lab:
                 assert lab.mode == "L" and lab.size == im.size
                 arr = np.asarray(lab)
-            assert arr.min() >= 0 and arr.max() <= len(names)
+            assert 1 <= arr.min() and arr.max() <= len(names)
             assert (arr == 1).any()  # background present
-            seen |= set(np.unique(arr).tolist())
-        assert set(range(2, SMALL.n_classes + 2)) <= seen  # every class in every split
+            images_with[np.unique(arr)] += 1
+        assert (images_with[2:] > 0).all()  # every class in every split
+        assert [int(r[col]) for r in rows] == images_with[1:].tolist()  # objectInfo150's image counts
 
 
 def test_ade_and_coco_agree(demo):
     """Scene i of ADE and COCO is the same render: RLE masks equal the label map's class pixels."""
-    from pycocotools.coco import COCO
-
     out, _ = demo
-    coco = COCO(str(out / "coco" / "annotations" / "instances_val.json"))
-    for img in coco.loadImgs(coco.getImgIds()):
-        lab = np.asarray(
-            Image.open(
-                out
-                / "ade"
-                / "annotations"
-                / "validation"
-                / f"ADE_val_{img['id']:08d}.png"
-            )
-        )
+    coco = _coco(out, "val")
+    label_of = {cid: k + 2 for k, cid in enumerate(syn.DEMO_CATEGORY_IDS)}
+    for i, img in enumerate(coco.dataset["images"]):
+        lab = np.asarray(Image.open(out / "ADEChallengeData2016" / "annotations" / "validation"
+                                    / f"ADE_val_{i + 1:08d}.png"))
         for a in coco.loadAnns(coco.getAnnIds(imgIds=img["id"])):
             m = coco.annToMask(a).astype(bool)
-            inside = (lab[m] == a["category_id"] + 1).mean()
+            inside = (lab[m] == label_of[a["category_id"]]).mean()
             assert inside >= (1.0 if isinstance(a["segmentation"], dict) else 0.85)
+
+
+def test_uncompressed_rle_round_trips():
+    from pycocotools import mask as mask_utils
+
+    rng = np.random.default_rng(0)
+    for shape in ((7, 5), (16, 16), (3, 9)):
+        for first in (False, True):
+            m = rng.random(shape) < 0.4
+            m[0, 0] = first
+            rle = layouts.uncompressed_rle(m)
+            assert all(isinstance(c, int) for c in rle["counts"]) and sum(rle["counts"]) == m.size
+            back = mask_utils.decode(mask_utils.frPyObjects(rle, *shape)).astype(bool)
+            assert np.array_equal(back, m)
 
 
 # --------------------------------------------------------------------------- masks and boxes

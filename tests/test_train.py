@@ -8,6 +8,7 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -404,3 +405,23 @@ def test_evaluate_reports_a_collapse_onto_the_class_token():
                               type("R", (), {"ema": None})())
     multi = timm.create_model("patchconvnet_demo_multi", num_classes=3, embed_dim=32, depth=2)
     assert "cls_self_attention" not in engine.evaluate(multi, [(images, labels)], torch.device("cpu"))
+
+
+def test_evaluation_shards_val_across_ranks_without_repeats():
+    """Under DDP each rank scores its own stride of val: together every image once, none twice."""
+    from pcn.data.loaders import epoch_order
+
+    for n, world in ((50_000, 8), (13, 3), (2, 4)):
+        shards = [epoch_order(n, train=False, seed=0, epoch=0, rank=r, world_size=world) for r in range(world)]
+        merged = np.concatenate(shards)
+        assert len(merged) == n and set(merged.tolist()) == set(range(n))
+        assert max(map(len, shards)) - min(map(len, shards)) <= 1
+
+
+def test_evaluate_stops_after_max_batches():
+    import timm
+
+    model = timm.create_model("patchconvnet_demo", num_classes=3, embed_dim=32, depth=2)
+    batches = [(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0]))] * 5
+    assert engine.evaluate(model, batches, torch.device("cpu"))["n"] == 20
+    assert engine.evaluate(model, batches, torch.device("cpu"), max_batches=2)["n"] == 8

@@ -5,30 +5,37 @@ the patches, i.e. a weight per patch (arXiv:2112.13692, Sec. 3 and Fig. 1).  The
 multi-class variant has one class token per class, hence one map per class.  This
 module computes those maps on validation images (upsampled to the image), the
 class-activation maps of the average-pooling variant with the grad-cam package,
-and scores every map against the labelled object's ground-truth mask and box.
+and scores every map against the labelled object's ground-truth boxes.
+
+Ground truth: ImageNet's ``LOC_val_solution.csv`` (docs/datasets.md), one row per
+val image (``ImageId`` = the file name without its extension) listing boxes
+``wnid x_min y_min x_max y_max`` in pixels of the original image, the max being the
+last covered column and row (ImageNet's convention).  An image is scored against
+the union of its boxes of the labelled class (the "object region"), resized with
+the image.
 
 Scores (every map is a non-negative H x W array at image resolution):
 
 * **pointing game** (Zhang et al., 2016, strict form, no pixel tolerance): is the
-  map's maximum inside the object?  When several pixels share the maximum the
-  score is the fraction of them inside the object, i.e. the expected hit of a
-  random tie-break.  This makes the score of a *uniform* map well defined: every
-  pixel is a maximum, so it scores the object's area fraction, the hit rate of a
-  random guess.  Scored against the mask (``pointing_game``) and the box
-  (``pointing_game_box``).
-* **IoU** of the map thresholded at ``threshold x max`` with the object mask
-  (``iou``).  A uniform map keeps every pixel: its IoU is the area fraction too.
+  map's maximum inside the object region?  When several pixels share the maximum
+  the score is the fraction of them inside, i.e. the expected hit of a random
+  tie-break.  This makes the score of a *uniform* map well defined: every pixel is
+  a maximum, so it scores the region's area fraction, the hit rate of a random
+  guess (``pointing_game``).
+* **IoU** of the map thresholded at ``threshold x max`` with the region (``iou``).
+  A uniform map keeps every pixel: its IoU is the area fraction too.
 
 Reference maps: ``uniform`` (the floor, above) and ``centre`` (a Gaussian on the
 image centre, sigma = a quarter of the side: what knowing only that objects tend
 to be central gets).
 
-Pure functions on arrays here; the stage (pcn/steps/report.py) does the I/O.
+Pure functions on arrays here, and the reading of the ground truth; the stage
+(pcn/steps/report.py) does the rest of the I/O.
 """
 
 from __future__ import annotations
 
-import json
+import csv
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,11 +76,22 @@ def threshold_iou(saliency: np.ndarray, mask: np.ndarray, threshold: float) -> f
     return float((kept & mask).sum() / union) if union else 0.0
 
 
-def box_mask(box: Sequence[int], shape: tuple[int, int]) -> np.ndarray:
-    """Boolean H x W mask of an ``[x, y, w, h]`` pixel box."""
-    x, y, w, h = (int(v) for v in box)
+def boxes_mask(boxes: Iterable[Sequence[float]], shape: tuple[int, int]) -> np.ndarray:
+    """Boolean H x W union of ``(x_min, y_min, x_max, y_max)`` boxes whose coordinates are
+    pixel edges (a box ``(2, 1, 5, 5)`` covers columns 2..4 and rows 1..4): the pixels
+    whose centre lies in a box.  A box thinner than a pixel marks the pixel at its centre."""
     out = np.zeros(shape, dtype=bool)
-    out[max(y, 0) : y + h, max(x, 0) : x + w] = True
+    h, w = shape
+    for x0, y0, x1, y1 in boxes:
+        c0, c1 = int(np.ceil(x0 - 0.5)), int(np.floor(x1 - 0.5)) + 1
+        r0, r1 = int(np.ceil(y0 - 0.5)), int(np.floor(y1 - 0.5)) + 1
+        if c1 <= c0:
+            c0 = c1 = int((x0 + x1) / 2)
+            c1 += 1
+        if r1 <= r0:
+            r0 = r1 = int((y0 + y1) / 2)
+            r1 += 1
+        out[max(r0, 0) : min(r1, h), max(c0, 0) : min(c1, w)] = True
     return out
 
 
@@ -94,27 +112,24 @@ class Scores:
     """Running sums of the localisation scores of one method."""
 
     pointing: float = 0.0
-    pointing_box: float = 0.0
     iou: float = 0.0
     n: int = 0
 
-    def add(self, saliency: np.ndarray, mask: np.ndarray, box: np.ndarray, threshold: float) -> None:
-        self.pointing += pointing_hit(saliency, mask)
-        self.pointing_box += pointing_hit(saliency, box)
-        self.iou += threshold_iou(saliency, mask, threshold)
+    def add(self, saliency: np.ndarray, region: np.ndarray, threshold: float) -> None:
+        self.pointing += pointing_hit(saliency, region)
+        self.iou += threshold_iou(saliency, region, threshold)
         self.n += 1
 
     def result(self) -> dict[str, float | int]:
         n = max(self.n, 1)
-        return {"pointing_game": 100.0 * self.pointing / n, "pointing_game_box": 100.0 * self.pointing_box / n,
-                "iou": 100.0 * self.iou / n, "n": self.n}
+        return {"pointing_game": 100.0 * self.pointing / n, "iou": 100.0 * self.iou / n, "n": self.n}
 
 
-def score_maps(maps: np.ndarray, masks: np.ndarray, boxes: np.ndarray, threshold: float) -> dict[str, float | int]:
-    """Mean scores (in %) of N maps (N x H x W) against N masks and N box masks."""
+def score_maps(maps: np.ndarray, regions: np.ndarray, threshold: float) -> dict[str, float | int]:
+    """Mean scores (in %) of N maps (N x H x W) against N object regions (box masks)."""
     s = Scores()
-    for m, mk, bx in zip(maps, masks, boxes):
-        s.add(m, mk, bx, threshold)
+    for m, region in zip(maps, regions):
+        s.add(m, region, threshold)
     return s.result()
 
 
@@ -125,58 +140,118 @@ def score_maps(maps: np.ndarray, masks: np.ndarray, boxes: np.ndarray, threshold
 class ValImage:
     path: Path
     label: int
-    class_name: str
-    box: list[int]
-    mask: np.ndarray  # bool H x W at the image's own size
+    class_name: str  # the wnid (folder name)
+    size: tuple[int, int]  # (height, width) of the file
+    boxes: list[tuple[float, float, float, float]]  # the labelled class's: first and last column and row
 
 
-def read_val_objects(objects_json: str | Path, n_images: int) -> tuple[list[str], list[ValImage]]:
-    """The first ``n_images`` validation images of a ``val_objects.json`` (see
-    pcn/data/synthetic.py), ordered by file name so that the classes interleave."""
-    from pycocotools import mask as mask_utils
+def read_loc_solution(path: str | Path) -> dict[str, list[tuple[str, tuple[float, float, float, float]]]]:
+    """``LOC_val_solution.csv`` as {ImageId: [(wnid, (x_min, y_min, x_max, y_max)), ...]};
+    a malformed row raises DatasetError naming the file and line."""
+    from pcn.data.ffcv_io import DatasetError
 
-    objects_json = Path(objects_json)
-    doc = json.loads(objects_json.read_text())
-    root = objects_json.parent
-    keys = sorted(doc["images"], key=lambda k: (Path(k).name, k))[:n_images]
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: file missing (ImageNet's localisation ground truth of val, "
+                           "rows 'ImageId,PredictionString')")
+    out: dict[str, list] = {}
+    with open(path, newline="") as f:
+        rows = csv.reader(f)
+        header = next(rows, None)
+        if header is None or [h.strip() for h in header] != ["ImageId", "PredictionString"]:
+            raise DatasetError(f"{path}: line 1: header {','.join(header or [])!r}, expected 'ImageId,PredictionString'")
+        for line, row in enumerate(rows, start=2):
+            if not row:
+                continue
+            if len(row) != 2 or not row[0].strip():
+                raise DatasetError(f"{path}: line {line}: expected 'ImageId,PredictionString', got {','.join(row)!r:.80}")
+            tokens = row[1].split()
+            if not tokens or len(tokens) % 5:
+                raise DatasetError(f"{path}: line {line}: PredictionString {row[1]!r:.80} is not groups of "
+                                   "'wnid x_min y_min x_max y_max'")
+            boxes = []
+            for k in range(0, len(tokens), 5):
+                try:
+                    x0, y0, x1, y1 = (float(v) for v in tokens[k + 1 : k + 5])
+                except ValueError:
+                    raise DatasetError(f"{path}: line {line}: box {' '.join(tokens[k:k + 5])!r} has a coordinate "
+                                       "that is not a number") from None
+                if not (0 <= x0 <= x1 and 0 <= y0 <= y1):
+                    raise DatasetError(f"{path}: line {line}: box {' '.join(tokens[k:k + 5])!r} is not "
+                                       "x_min <= x_max, y_min <= y_max (non-negative)")
+                boxes.append((tokens[k], (x0, y0, x1, y1)))
+            image_id = row[0].strip()
+            if image_id in out:
+                raise DatasetError(f"{path}: line {line}: ImageId {image_id} appears twice")
+            out[image_id] = boxes
+    return out
+
+
+def read_val_boxes(val_dir: str | Path, loc_csv: str | Path, train_classes: Sequence[str],
+                   n_images: int) -> list[ValImage]:
+    """The first ``n_images`` val images by file name (so that the classes interleave),
+    each with its boxes of the labelled class from ``LOC_val_solution.csv``, matched by
+    file stem.  A val image without a row, or without a box of its class, is refused."""
+    from PIL import Image
+
+    from pcn.data.ffcv_io import DatasetError, scan_folder
+
+    index = scan_folder(val_dir, train_classes=train_classes)
+    solution = read_loc_solution(loc_csv)
+    samples = sorted(index.samples, key=lambda s: (Path(s[0]).name, s[0]))[:n_images]
     out = []
-    for key in keys:
-        e = doc["images"][key]
-        rle = dict(e["mask"])
-        rle["counts"] = rle["counts"].encode("ascii") if isinstance(rle["counts"], str) else rle["counts"]
-        mask = mask_utils.decode(rle).astype(bool)
-        out.append(ValImage(root / key, int(e["label"]), e["class_name"], [int(v) for v in e["box"]], mask))
-    return list(doc["classes"]), out
+    for rel, label in samples:
+        path = index.root / rel
+        stem, wnid = Path(rel).stem, index.class_names[label]
+        if stem not in solution:
+            raise DatasetError(f"{loc_csv}: no row for val image {stem} ({path})")
+        boxes = [box for w, box in solution[stem] if w == wnid]
+        if not boxes:
+            raise DatasetError(f"{loc_csv}: row {stem} has no box of its class {wnid} ({path})")
+        with Image.open(path) as im:
+            size = (im.height, im.width)
+        out.append(ValImage(path, label, wnid, size, boxes))
+    return out
+
+
+def synset_names(mapping: str | Path, wnids: Sequence[str]) -> list[str]:
+    """Readable class names from ``LOC_synset_mapping.txt`` (``<wnid> <names>`` per line:
+    the first of the comma-separated names), else the wnids themselves."""
+    mapping = Path(mapping)
+    names: dict[str, str] = {}
+    if mapping.is_file():
+        for line in mapping.read_text().splitlines():
+            wnid, _, rest = line.strip().partition(" ")
+            if wnid and rest:
+                names[wnid] = rest.split(",")[0].strip()
+    return [names.get(w, w) for w in wnids]
 
 
 def load_images(items: Iterable[ValImage], img_size: int):
-    """(uint8 N x S x S x 3 images, float32 N x 3 x S x S normalised tensor, N x S x S masks, box masks).
+    """(uint8 N x S x S x 3 images, float32 N x 3 x S x S normalised tensor, N x S x S object regions).
 
-    The whole image is resized to ``img_size`` (no crop), so maps, masks and boxes
-    stay aligned; masks follow with nearest-neighbour resizing."""
+    The whole image is resized to ``img_size`` (no crop), each axis by its own factor,
+    and the boxes with it (box ``x_min..x_max`` spans the pixel edges ``x_min`` to
+    ``x_max + 1``), so maps and regions stay aligned."""
     import cv2
     import torch
-    from PIL import Image
 
+    from pcn.data.ffcv_io import open_rgb
     from pcn.data.transforms import NormalizeUint8
 
     norm = NormalizeUint8()
-    images, tensors, masks, boxes = [], [], [], []
+    images, tensors, regions = [], [], []
     for it in items:
-        arr = np.array(Image.open(it.path).convert("RGB"))  # a writable copy
+        arr = np.array(open_rgb(it.path))  # by content (PNG named .JPEG, CMYK, grayscale); a writable copy
         h, w = arr.shape[:2]
         if (h, w) != (img_size, img_size):
             arr = cv2.resize(arr, (img_size, img_size), interpolation=cv2.INTER_AREA)
-        mask = it.mask
-        box = box_mask(it.box, mask.shape)
-        if mask.shape != (img_size, img_size):
-            mask = cv2.resize(mask.astype(np.uint8), (img_size, img_size), interpolation=cv2.INTER_NEAREST) > 0
-            box = cv2.resize(box.astype(np.uint8), (img_size, img_size), interpolation=cv2.INTER_NEAREST) > 0
+        sx, sy = img_size / w, img_size / h
+        regions.append(boxes_mask([(x0 * sx, y0 * sy, (x1 + 1) * sx, (y1 + 1) * sy) for x0, y0, x1, y1 in it.boxes],
+                                  (img_size, img_size)))
         images.append(arr)
         tensors.append(norm(torch.from_numpy(arr).permute(2, 0, 1)))
-        masks.append(mask)
-        boxes.append(box)
-    return np.stack(images), torch.stack(tensors), np.stack(masks), np.stack(boxes)
+    return np.stack(images), torch.stack(tensors), np.stack(regions)
 
 
 # --- maps from models -----------------------------------------------------------------------
@@ -254,12 +329,12 @@ def top1(logits: np.ndarray, labels: Sequence[int]) -> float:
     return float(100.0 * (np.argmax(logits, axis=1) == np.asarray(labels)).mean())
 
 
-def localisation_table(maps: dict[str, np.ndarray], masks: np.ndarray, boxes: np.ndarray,
+def localisation_table(maps: dict[str, np.ndarray], regions: np.ndarray,
                        threshold: float) -> dict[str, dict[str, Any]]:
-    """{method: {pointing_game, pointing_game_box, iou, n}} with the references added."""
-    shape = masks.shape[1:]
-    table = {name: score_maps(m, masks, boxes, threshold) for name, m in maps.items()}
-    n = len(masks)
+    """{method: {pointing_game, iou, n}} with the references added."""
+    shape = regions.shape[1:]
+    table = {name: score_maps(m, regions, threshold) for name, m in maps.items()}
+    n = len(regions)
     for name, ref in (("centre", centre_map(shape)), ("uniform", uniform_map(shape))):
-        table[name] = score_maps(np.broadcast_to(ref, (n, *shape)), masks, boxes, threshold)
+        table[name] = score_maps(np.broadcast_to(ref, (n, *shape)), regions, threshold)
     return table

@@ -125,13 +125,13 @@ def localisation_figure(table: dict[str, dict[str, Any]], titles: dict[str, str]
     plt = _plt()
     titles = titles or {}
     methods = [m for m, v in table.items() if isinstance(v, dict) and "pointing_game" in v]
-    keys = [("pointing_game", "pointing game (mask)"), ("pointing_game_box", "pointing game (box)"), ("iou", "IoU")]
+    keys = [("pointing_game", "pointing game (boxes)"), ("iou", "IoU with the boxes")]
     x = np.arange(len(methods))
     width = 0.8 / len(keys)
     fig, ax = plt.subplots(figsize=(1.2 * len(methods) + 2, 3.2))
     for i, (key, label) in enumerate(keys):
         vals = [table[m].get(key, np.nan) for m in methods]
-        ax.bar(x + (i - 1) * width, vals, width, label=label)
+        ax.bar(x + (i - (len(keys) - 1) / 2) * width, vals, width, label=label)
     ax.set_xticks(x, [titles.get(m, m) for m in methods], rotation=20, ha="right")
     ax.set_ylabel("%")
     ax.set_ylim(0, 100)

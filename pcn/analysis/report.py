@@ -13,7 +13,16 @@ Status of a comparison row:
   in paper/numbers.yaml, with the reason for each);
 * ``differs``: outside the tolerance;
 * ``not run at this scale``: this run cannot produce the number (ImageNet accuracy on
-  synthetic demo data, a model not in ``complexity.models``, GPU throughput on a CPU).
+  synthetic demo data, a model not in ``complexity.models``, GPU throughput on a CPU);
+* ``not comparable``: this run measured it under another protocol than the paper's row
+  (another evaluation resolution, or ImageNet-21k pretraining); the note says which.
+
+Like with like: every accuracy row of paper/numbers.yaml states its ``resolution`` (and
+``pretraining``); a reproduced top-1 is put beside it only when the evaluation ran at that
+resolution (``img_size`` in metrics/eval.json, in a released checkpoint's evaluation, or
+the grid's recipe).  Released checkpoints evaluated by this pipeline
+(``metrics/released/*.json``) are shown on their model-zoo rows.  The paper-scale recipe
+(paper/recipe.yaml, with the source of each value) is rendered by pcn.analysis.recipe.
 
 Params and GMACs depend on the architecture only, so they are compared at every
 scale.  The MLflow run that produced each metrics file is looked up in the tracking
@@ -39,7 +48,8 @@ REPRODUCED = "reproduced"
 WITHIN = "within tolerance"
 DIFFERS = "differs"
 NOT_RUN = "not run at this scale"
-STATUSES = (REPRODUCED, WITHIN, DIFFERS, NOT_RUN)
+NOT_COMPARABLE = "not comparable"
+STATUSES = (REPRODUCED, WITHIN, DIFFERS, NOT_RUN, NOT_COMPARABLE)
 NONE = "—"
 
 # --- values with their source -----------------------------------------------------------------
@@ -252,6 +262,81 @@ def _complexity_row(metrics: Metrics, model: str, img_size: int = 224) -> int | 
     return None
 
 
+RELEASED_DIR = "metrics/released"
+
+
+def top1_title(entry: dict) -> str:
+    """'ImageNet top-1 (%), 224 px' (with the pretraining data when it is not ImageNet-1k)."""
+    pre = ", ImageNet-21k pretraining" if entry.get("pretraining") == "imagenet21k" else ""
+    return f"ImageNet top-1 (%), {entry['resolution']} px{pre}" if entry.get("resolution") else "ImageNet top-1 (%)"
+
+
+def _zoo_top1(entry: dict, params, metrics: Metrics, imagenet: bool, not_imagenet: str) -> tuple:
+    """The comparison row of a model-zoo top-1: compared only at the row's resolution and pretraining."""
+    model, res = entry["model"], entry.get("resolution")
+    row = (top1_title(entry), model, entry["top1"], entry["source"])
+    ev = metrics.load("metrics/eval.json") or {}
+    if entry.get("pretraining") == "imagenet21k":
+        return (*row, None, "top1", "the paper's row is pretrained on ImageNet-21k, this pipeline pretrains on "
+                "ImageNet-1k (released checkpoints are compared below)", False, NOT_COMPARABLE)
+    if not imagenet or params.model.name != model or not ev:
+        why = (not_imagenet if not imagenet else f"the pipeline's model is {params.model.name}"
+               if params.model.name != model else "metrics/eval.json not found (the evaluate stage has not run)")
+        return (*row, None, "top1", why, False)
+    if ev.get("img_size") != res:
+        return (*row, None, "top1", f"evaluated at {ev.get('img_size')} px (metrics/eval.json img_size), the "
+                f"paper's row at {res} px: not compared", False, NOT_COMPARABLE)
+    return (*row, metrics.get("metrics/eval.json", "top1"), "top1", f"{res} px, crop {ev.get('crop_ratio')}")
+
+
+def _released_files(metrics: Metrics) -> list[str]:
+    folder = metrics.root / RELEASED_DIR
+    return [f"{RELEASED_DIR}/{f.name}" for f in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+
+
+def _released_row(paper: dict, doc: Any) -> dict | None:
+    """The paper row of a released checkpoint's evaluation: the row naming its file, else the
+    ImageNet-1k row of its model at its resolution."""
+    if not isinstance(doc, dict):
+        return None
+    rows = [e for e in paper.get("model_zoo", []) if "top1" in e]
+    rows += [e for e in (paper.get("multiclass") or {}).values() if isinstance(e, dict) and "model" in e]
+    name = Path(str(doc.get("checkpoint") or "")).name
+    for e in rows:
+        if name and e.get("checkpoint") == name:
+            return e
+    return next((e for e in rows if e.get("model") == doc.get("model") and e.get("resolution") == doc.get("img_size")
+                 and e.get("pretraining", "imagenet1k") == "imagenet1k"), None)
+
+
+def _released_top1(entry: dict, rel: str, metrics: Metrics) -> tuple:
+    """The comparison row of a released checkpoint's evaluation on its paper row."""
+    doc = metrics.load(rel)
+    size, res = doc.get("img_size"), entry.get("resolution")
+    how = (f"released {Path(str(doc.get('checkpoint'))).name}, evaluated at {size} px, crop {doc.get('crop_ratio')}, "
+           f"{doc.get('n_images')} images")
+    row = (f"released checkpoint top-1 (%), {size} px", doc.get("model", entry["model"]),
+           entry.get("top1", entry.get("value")), entry["source"], metrics.get(rel, "top1"), "top1")
+    if size != res:
+        return (*row, f"{how}; the paper's row is at {res} px: not compared", False, NOT_COMPARABLE)
+    return (*row, how)
+
+
+def _grid_mismatch(abl: dict, group: str, entry: dict) -> str | None:
+    """Why a grid comparison (resnet, multiclass) is not like with like, or None."""
+    size = ((abl.get("recipes") or {}).get(group) or {}).get("img_size")
+    if size != entry.get("resolution"):
+        return f"the grid evaluates at {size} px (ablations.json recipes.{group}), the paper's row at " \
+               f"{entry.get('resolution')} px: not compared"
+    return None
+
+
+def direction_text(entry: dict) -> str:
+    """The paper's direction of an ablation, with the condition the paper attaches to it."""
+    cond = entry.get("condition")
+    return f"{entry['direction']} ({cond})" if cond else str(entry["direction"])
+
+
 COMPARISON_COLUMNS = ["quantity", "model", "paper", "paper source", "reproduced", "tolerance", "status",
                       "MLflow run", "note"]
 QUANTITY_TITLES = {"top1": "ImageNet top-1 (%)", "params_m": "params (M)", "gmacs": "GMACs (224 px)",
@@ -261,14 +346,15 @@ QUANTITY_TITLES = {"top1": "ImageNet top-1 (%)", "params_m": "params (M)", "gmac
 def comparison_table(paper: dict, params, metrics: Metrics, runs: RunIndex) -> Table:
     """One row per paper number this pipeline can produce."""
     tols = paper.get("tolerances", {})
-    imagenet = params.data.source == "imagenet"
+    imagenet = params.data.source == "real"
     scale = params.scale
     rows: list[list[Any]] = []
     device = (metrics.load("metrics/complexity.json") or {}).get("device", "")
 
-    def add(quantity, model, paper_value, source, value: Sourced | None, tol_key, note="", comparable=True):
+    def add(quantity, model, paper_value, source, value: Sourced | None, tol_key, note="", comparable=True,
+            why_not=NOT_RUN):
         tol = tols.get(tol_key, {"abs": 0})
-        status = compare(paper_value, value.value if value is not None else None, tol) if comparable else NOT_RUN
+        status = compare(paper_value, value.value if value is not None else None, tol) if comparable else why_not
         shown = value if (value is not None and comparable) else NONE
         run = runs.run_id(value.file) if value is not None and comparable else NONE
         rows.append([quantity, model, paper_value, source, shown, describe_tolerance(tol), status, run, note])
@@ -281,10 +367,10 @@ def comparison_table(paper: dict, params, metrics: Metrics, runs: RunIndex) -> T
             if q not in entry:
                 continue
             if q == "top1":
-                ok = imagenet and params.model.name == model and metrics.exists("metrics/eval.json")
-                note = "" if ok else (not_imagenet if not imagenet else f"the pipeline's model is {params.model.name}")
-                add(QUANTITY_TITLES[q], model, entry[q], src, metrics.get("metrics/eval.json", "top1") if ok else None,
-                    "top1", note, ok)
+                add(*_zoo_top1(entry, params, metrics, imagenet, not_imagenet))
+                for rel in _released_files(metrics):
+                    if _released_row(paper, metrics.load(rel)) is entry:
+                        add(*_released_top1(entry, rel, metrics))
                 continue
             value = metrics.get("metrics/complexity.json", f"rows[{i}].{q}", ".1f" if q != "gmacs" else ".2f") \
                 if i is not None else None
@@ -300,6 +386,7 @@ def comparison_table(paper: dict, params, metrics: Metrics, runs: RunIndex) -> T
                     "from the architecture (any scale)" if q in ("params_m", "gmacs") else f"on {device}")
 
     exp = params.experiments
+    abl = metrics.load("metrics/ablations.json") or {}
     multi = paper.get("multiclass", {})
     for init in ("scratch", "finetuned"):
         e = multi.get(f"{init}_top1")
@@ -307,8 +394,12 @@ def comparison_table(paper: dict, params, metrics: Metrics, runs: RunIndex) -> T
             continue
         ok = imagenet and exp.multiclass_model == "patchconvnet_s60_multi"
         value = metrics.get("metrics/ablations.json", f"multiclass.{init}.mean") if ok else None
+        mismatch = _grid_mismatch(abl, "multiclass", e) if ok and value is not None else None
         add(f"multi-class top-1 (%), {init}", "patchconvnet_s60_multi", e["value"], e["source"], value, "top1",
-            "" if ok else not_imagenet, ok)
+            mismatch or ("" if ok else not_imagenet), ok and not mismatch, NOT_COMPARABLE if mismatch else NOT_RUN)
+        for rel in _released_files(metrics):
+            if _released_row(paper, metrics.load(rel)) is e:
+                add(*_released_top1(e, rel, metrics))
 
     res = paper.get("resnet50", {})
     for pool, model in (("avg", "resnet50"), ("attention", "resnet50_attnpool")):
@@ -317,8 +408,9 @@ def comparison_table(paper: dict, params, metrics: Metrics, runs: RunIndex) -> T
             continue
         ok = imagenet and exp.resnet.get(pool) == model
         value = metrics.get("metrics/ablations.json", f"resnet.{pool}.mean") if ok else None
+        mismatch = _grid_mismatch(abl, "resnet", e) if ok and value is not None else None
         add(f"ResNet-50 top-1 (%), {pool} pooling", model, e["value"], e["source"], value, "top1",
-            "" if ok else not_imagenet, ok)
+            mismatch or ("" if ok else not_imagenet), ok and not mismatch, NOT_COMPARABLE if mismatch else NOT_RUN)
         if "gmacs" in e:
             i = _complexity_row(metrics, model)
             value = metrics.get("metrics/complexity.json", f"rows[{i}].gmacs") if i is not None else None
@@ -330,28 +422,29 @@ def comparison_table(paper: dict, params, metrics: Metrics, runs: RunIndex) -> T
             ("ade20k_upernet_miou", "metrics/segmentation.json", "mIoU", "ADE20k mIoU (UperNet)", "miou", "ade20k"),
             ("coco_maskrcnn_box_ap", "metrics/detection.json", "bbox_AP", "COCO box AP (Mask R-CNN)", "box_ap", "coco")):
         for e in paper.get(key, []):
-            ok = bool(getattr(params.data, dataset, None)) and params.model.name == e["model"]
+            ok = imagenet and params.model.name == e["model"]
             value = metrics.get(rel, mkey) if ok else None
-            note = "" if ok else (f"this run transfers to synthetic {params.data.source} scenes"
-                                  if not getattr(params.data, dataset, None) else
-                                  f"the pipeline's model is {params.model.name}")
+            note = "" if ok else (f"this run transfers to synthetic {params.data.source} scenes" if not imagenet
+                                  else f"the pipeline's model is {params.model.name}")
             add(title, e["model"], e["value"], e["source"], value, tol_key, note, ok)
 
-    abl = metrics.load("metrics/ablations.json") or {}
+    grid_batch = exp.train_for("ablation").batch_size
     for variant, e in (paper.get("ablations") or {}).items():
+        cond = f"the paper's condition: {e['condition']}; this run's grid batch: {grid_batch}" \
+            if e.get("condition") else ""
         row = (abl.get("ablations") or {}).get(variant)
         diff = metrics.get("metrics/ablations.json", f"ablations.{variant}.vs_baseline.verdict")
         if not imagenet or row is None or diff is None:
             why = ("ImageNet ablation: the measured direction on this run's data is in the ablation table below"
                    if not imagenet else f"variant {variant} not in experiments.variants")
-            rows.append([f"ablation direction: {variant}", params.model.name, e["direction"], e["source"], NONE,
-                         "direction", NOT_RUN, NONE, why])
+            rows.append([f"ablation direction: {variant}", params.model.name, direction_text(e), e["source"], NONE,
+                         "direction", NOT_RUN, NONE, "; ".join(filter(None, (why, cond)))])
             continue
         verdict = str(diff.value)
         agree = {"worse": "worse", "similar": "within noise", "better": "better"}.get(e["direction"]) == verdict
         status = REPRODUCED if agree else (NOT_RUN if verdict.startswith("not resolved") else DIFFERS)
-        rows.append([f"ablation direction: {variant}", params.model.name, e["direction"], e["source"], diff,
-                     "direction", status, runs.run_id(diff.file), ""])
+        rows.append([f"ablation direction: {variant}", params.model.name, direction_text(e), e["source"], diff,
+                     "direction", status, runs.run_id(diff.file), cond])
     return Table(COMPARISON_COLUMNS, rows, "Every number of the paper this pipeline can produce.", status_column=6)
 
 
@@ -412,6 +505,15 @@ def results_sections(paper: dict, params, metrics: Metrics, runs: RunIndex) -> l
                                   f"(the task needs more than colour statistics when it is above).")
     else:
         sec.paragraphs.append("No classification metrics yet (pretrain / finetune / evaluate not run).")
+    released = []
+    for rel in _released_files(metrics):
+        row = _released_row(paper, metrics.load(rel))
+        released.append([g(rel, "model"), g(rel, "checkpoint"), g(rel, "img_size", "d"), g(rel, "crop_ratio", ".3f"),
+                         g(rel, "top1"), g(rel, "top5"), g(rel, "n_images", "d"),
+                         f"{row.get('top1', row.get('value'))} at {row.get('resolution')} px" if row else NONE])
+    if released:
+        sec.tables.append(Table(["model", "checkpoint", "img size", "crop", "top-1", "top-5", "images",
+                                 "paper row"], released, "Released checkpoints evaluated by this pipeline"))
     out.append(sec)
 
     # ablations, resnet, multiclass
@@ -420,7 +522,7 @@ def results_sections(paper: dict, params, metrics: Metrics, runs: RunIndex) -> l
     if abl:
         sec.paragraphs.append(str(abl.get("note", "")))
         recipes = abl.get("recipes") or {}
-        directions = {k: v.get("direction") for k, v in (paper.get("ablations") or {}).items()}
+        directions = {k: direction_text(v) for k, v in (paper.get("ablations") or {}).items()}
         for group, ref, caption in (("ablations", "baseline", "Ablations against the baseline"),
                                     ("resnet", "avg", "ResNet: attention pooling against average pooling"),
                                     ("multiclass", "scratch", "Multi-class tokens: fine-tuned against scratch")):
@@ -498,11 +600,10 @@ def results_sections(paper: dict, params, metrics: Metrics, runs: RunIndex) -> l
         for m, r in att.items():
             if isinstance(r, dict) and "pointing_game" in r:
                 rows.append([m, g("metrics/attention.json", f"{m}.pointing_game", ".1f"),
-                             g("metrics/attention.json", f"{m}.pointing_game_box", ".1f"),
                              g("metrics/attention.json", f"{m}.iou", ".1f"),
                              g("metrics/attention.json", f"{m}.model_top1", ".1f") or NONE,
                              g("metrics/attention.json", f"{m}.n", "d")])
-        sec.tables.append(Table(["map", "pointing game (mask) %", "pointing game (box) %", "IoU %",
+        sec.tables.append(Table(["map", "pointing game (boxes) %", "IoU with the boxes %",
                                  "model top-1 %", "images"], rows,
                                 f"IoU at threshold {att.get('threshold')} x max"))
         for k, v in (att.get("definitions") or {}).items():
@@ -511,6 +612,29 @@ def results_sections(paper: dict, params, metrics: Metrics, runs: RunIndex) -> l
         sec.paragraphs.append("metrics/attention.json not found (the attention stage has not run).")
     out.append(sec)
     return out
+
+
+def recipe_section(root: Path, params) -> Section:
+    """The paper-scale recipe with the source of every value (paper/recipe.yaml)."""
+    from pcn.analysis import recipe as R
+
+    sec = Section("Paper-scale recipe")
+    try:
+        entries = R.load_recipe(root / R.RECIPE_PATH)
+    except R.RecipeError as exc:
+        sec.paragraphs.append(f"No recipe table: {exc}.")
+        return sec
+    sec.paragraphs.append("What `scales.paper` in params.yaml sets, and where each value comes from "
+                          "(paper/recipe.yaml; '(no key)': the schema has no key for it, so it is not applied).")
+    if params.scale == "paper":
+        bad = R.disagreements(entries, params)
+        sec.paragraphs.append("This run's params agree with every keyed value." if not bad else
+                              f"This run's params differ from the recipe in {len(bad)} value(s): " + "; ".join(bad))
+    else:
+        sec.paragraphs.append(f"This run is at scale **{params.scale}**: its own values are in params.yaml; "
+                              "the table is the paper scale's.")
+    sec.tables.append(Table(list(R.COLUMNS), R.table_rows(entries)))
+    return sec
 
 
 def figure_section(figures_dir: Path) -> Section:
@@ -550,9 +674,11 @@ def build_report(root: str | Path, params, paper_path: str | Path | None = None)
             "are compared at any scale. The demo's own results follow the comparison.")
     cmp_section = Section("Paper vs reproduced", tables=[comp], paragraphs=[
         ("Status: reproduced = equal at the paper's precision; within tolerance = inside the tolerance column; "
-        "differs = outside it; not run at this scale = this run cannot produce the number.")])
+        "differs = outside it; not run at this scale = this run cannot produce the number; not comparable = "
+        "this run measured it at another resolution or from other pretraining data than the paper's row.")])
     figures_dir = root / "reports" / "figures"
-    sections = [summary, cmp_section, *results_sections(paper, params, metrics, runs), figure_section(figures_dir)]
+    sections = [summary, cmp_section, recipe_section(root, params), *results_sections(paper, params, metrics, runs),
+                figure_section(figures_dir)]
     return Report("PatchConvNet reproduction report", sections, comp, figures_dir)
 
 
@@ -596,7 +722,7 @@ th,td{border:1px solid #ccc;padding:.25em .5em;text-align:left;vertical-align:to
 th{background:#f3f3f3}
 caption{caption-side:top;text-align:left;font-style:italic;padding:.3em 0}
 td.status-reproduced{background:#d9f2d9}td.status-within-tolerance{background:#eef7d0}
-td.status-differs{background:#f8d4d4}td.status-not-run-at-this-scale{color:#777}
+td.status-differs{background:#f8d4d4}td.status-not-run-at-this-scale{color:#777}td.status-not-comparable{color:#777}
 figure{margin:1em 0 2em}figure img{max-width:100%;border:1px solid #eee}
 figcaption{font-size:.85em;color:#555}
 code{font-size:.9em}

@@ -5,7 +5,10 @@ wrap it). It
 
 1. scans the folder (``imagefolder`` layout: class folders sorted by name give the
    labels, as torchvision's ImageFolder does; ``imagenet_v2`` layout: folders named
-   ``0``..``K-1`` and label = int(folder name), not the lexicographic rank);
+   ``0``..``K-1`` and label = int(folder name), not the lexicographic rank) and,
+   given the train split's classes (``train_classes``), refuses a split whose class
+   folders differ, in one line naming the missing and extra ones, before anything
+   is written;
 2. decodes every image once to verify it, skipping unreadable, corrupt or empty
    files with a warning naming each, and fails if their share exceeds
    ``max_bad_fraction``;
@@ -14,6 +17,12 @@ wrap it). It
    resolution, a fingerprint of the .beton), then renames the .beton onto ``dst``.
    A conversion killed at any point leaves no partial file at ``dst``; a sidecar
    that does not describe the .beton beside it is refused by ``check_metadata``.
+
+Images are decoded by content, never by extension (``open_rgb``): ImageNet's train
+split holds a PNG named ``.JPEG``, CMYK JPEGs and grayscale JPEGs, and every reader
+of the folders (this conversion, the ``torch`` and ``memory`` loaders, the pixel
+baseline, the attention stage) gets them as RGB through that one function.  FFCV's
+writer only sees the decoded RGB array.
 """
 
 from __future__ import annotations
@@ -33,6 +42,8 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+
+from pcn.io import write_json
 
 log = logging.getLogger(__name__)
 
@@ -81,31 +92,22 @@ class FolderIndex:
         return len(self.class_names)
 
 
-def scan_folder(src_dir: str | Path, layout: Layout = "imagefolder") -> FolderIndex:
+def scan_folder(
+    src_dir: str | Path,
+    layout: Layout = "imagefolder",
+    train_classes: Sequence[str] | None = None,
+) -> FolderIndex:
     """List an ImageNet-style folder: ``<root>/<class>/<image>``.
 
     Raises DatasetError naming the path and what was expected when the folder is
-    missing, has no class subfolders, or holds no images.
+    missing, has no class subfolders, holds no images, or (given ``train_classes``,
+    the train split's class names) lists other classes than train, before its
+    images are listed.
     """
     if layout not in LAYOUTS:
         raise DatasetError(f"layout = {layout!r}: expected one of {', '.join(LAYOUTS)}")
     root = Path(src_dir)
-    if not root.exists():
-        raise DatasetError(
-            f"{root}: no such directory (expected an image folder <root>/<class>/<image>)"
-        )
-    if not root.is_dir():
-        raise DatasetError(
-            f"{root}: not a directory (expected an image folder <root>/<class>/<image>)"
-        )
-    folders = [
-        p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
-    ]
-    if not folders:
-        raise DatasetError(
-            f"{root}: no class subfolders (expected <root>/<class>/<image>, one folder per class)"
-        )
-
+    folders = class_folders(root)
     if layout == "imagenet_v2":
         bad = [f for f in folders if not f.isdigit()]
         if bad:
@@ -113,6 +115,14 @@ def scan_folder(src_dir: str | Path, layout: Layout = "imagefolder") -> FolderIn
                 f"{root}: class folder {min(bad)!r} is not an integer "
                 "(the imagenet_v2 layout names class folders 0..K-1 by label)"
             )
+    if train_classes is not None:
+        diff = class_list_difference(
+            sorted(folders, key=_label_order if layout == "imagenet_v2" else None),
+            layout_classes(layout, train_classes),
+        )
+        if diff:
+            raise DatasetError(f"{root}: class list differs from train: {diff}")
+    if layout == "imagenet_v2":
         labels = sorted(int(f) for f in folders)
         if labels != list(range(len(labels))):
             missing = sorted(set(range(labels[-1] + 1)) - set(labels))[:5]
@@ -143,6 +153,62 @@ def scan_folder(src_dir: str | Path, layout: Layout = "imagefolder") -> FolderIn
     )
 
 
+def class_folders(src_dir: str | Path) -> list[str]:
+    """The class folder names of an image folder, sorted (DatasetError naming the path
+    when it is missing or holds no class folders)."""
+    root = Path(src_dir)
+    if not root.exists():
+        raise DatasetError(
+            f"{root}: no such directory (expected an image folder <root>/<class>/<image>)"
+        )
+    if not root.is_dir():
+        raise DatasetError(
+            f"{root}: not a directory (expected an image folder <root>/<class>/<image>)"
+        )
+    folders = sorted(
+        p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+    )
+    if not folders:
+        raise DatasetError(
+            f"{root}: no class subfolders (expected <root>/<class>/<image>, one folder per class)"
+        )
+    return folders
+
+
+def layout_classes(layout: str, train_classes: Sequence[str]) -> list[str]:
+    """The class folders a split of ``layout`` must hold, given the train split's classes:
+    the same names, or for ImageNetV2 the label indices ``0``..``K-1``."""
+    if layout == "imagenet_v2":
+        return [str(i) for i in range(len(train_classes))]
+    return list(train_classes)
+
+
+def _some(names: Sequence[str], limit: int = 5) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def class_list_difference(found: Sequence[str], expected: Sequence[str]) -> str | None:
+    """None if ``found`` lists the classes of ``expected`` in its order, else what differs,
+    e.g. ``missing n01440764 (1 of 1000)``."""
+    if list(found) == list(expected):
+        return None
+    have, want = set(found), set(expected)
+    missing = [c for c in expected if c not in have]
+    extra = [c for c in found if c not in want]
+    parts = []
+    if missing:
+        parts.append(f"missing {_some(missing)} ({len(missing)} of {len(expected)})")
+    if extra:
+        parts.append(f"extra {_some(extra)} ({len(extra)} not among the {len(expected)})")
+    return "; ".join(parts) or "same classes in another label order"
+
+
+def _label_order(folder: str) -> tuple:
+    """Sort key of class folders in label order: integers by value (ImageNetV2), then names."""
+    return (0, int(folder), "") if folder.isdigit() else (1, 0, folder)
+
+
 def source_hash(index: FolderIndex) -> str:
     """sha256 over (relative path, label, size, mtime) of every image: cheap, and it
     changes when a file is added, removed, relabelled or rewritten."""
@@ -154,13 +220,21 @@ def source_hash(index: FolderIndex) -> str:
     return h.hexdigest()
 
 
-def load_rgb(path: str | Path) -> np.ndarray:
-    """Decode an image file to uint8 RGB HWC (raises on unreadable data)."""
+def open_rgb(path: str | Path):
+    """The image at ``path`` as an RGB PIL image, whatever its format and mode: PIL
+    reads the format from the file's content (a PNG named ``.JPEG`` is read as a PNG)
+    and ``convert`` maps grayscale, CMYK (Adobe's inverted CMYK included), palette and
+    alpha modes to RGB.  Raises what PIL raises on unreadable data."""
     from PIL import Image
 
     with Image.open(path) as img:
         img.load()
-        return np.asarray(img.convert("RGB"))
+        return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def load_rgb(path: str | Path) -> np.ndarray:
+    """Decode an image file to uint8 RGB HWC (raises on unreadable data)."""
+    return np.asarray(open_rgb(path))
 
 
 def _check_image(path: str) -> str | None:
@@ -339,15 +413,6 @@ def metadata_path(beton_path: str | Path) -> Path:
     return p.with_name(p.name + ".json")
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = _temp_name(path, "json")
-    try:
-        tmp.write_text(json.dumps(data, indent=1) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def convert_imagefolder(
     src_dir: str | Path,
     dst_path: str | Path,
@@ -359,12 +424,14 @@ def convert_imagefolder(
     max_bad_fraction: float,
     num_workers: int,
     layout: Layout = "imagefolder",
+    train_classes: Sequence[str] | None = None,
     progress: bool = True,
 ) -> dict:
     """Convert an image folder into an FFCV .beton (+ sidecar); return metrics.
 
-    Metrics: n_images (written), n_skipped, skipped_files (relative paths), seconds,
-    images_per_s, n_classes, source_hash.
+    ``train_classes``: the train split's class names; a folder listing other classes
+    is refused before anything is written.  Metrics: n_images (written), n_skipped,
+    skipped_files (relative paths), seconds, images_per_s, n_classes, source_hash.
     """
     from ffcv.fields import IntField, RGBImageField
     from ffcv.writer import DatasetWriter
@@ -374,7 +441,7 @@ def convert_imagefolder(
     if not dst.parent.is_dir():
         raise DatasetError(f"{dst.parent}: output directory does not exist")
     num_workers = max(1, int(num_workers))
-    index = scan_folder(src_dir, layout)
+    index = scan_folder(src_dir, layout, train_classes)
     digest = source_hash(index)
 
     good, bad = verify_images(index, num_workers=num_workers, progress=progress)
@@ -439,7 +506,7 @@ def convert_imagefolder(
         # Sidecar first, then the .beton: a kill in between leaves the old .beton
         # (if any) beside a sidecar whose fingerprint does not match it, which the
         # loader refuses, and never a partial .beton at dst.
-        _write_json_atomic(metadata_path(dst), meta)
+        write_json(metadata_path(dst), meta)
         os.replace(tmp, dst)
     finally:
         tmp.unlink(missing_ok=True)
@@ -483,7 +550,8 @@ def check_metadata(
     beton_path: str | Path, expected_classes: Sequence[str] | None = None
 ) -> dict:
     """Refuse a .beton whose sidecar does not describe it, or whose classes differ
-    from ``expected_classes``; return the metadata."""
+    from ``expected_classes`` (the train split's, mapped to the .beton's layout);
+    return the metadata."""
     beton = Path(beton_path)
     if not beton.is_file():
         raise DatasetError(f"{beton}: no such .beton file (run the conversion first)")
@@ -497,17 +565,9 @@ def check_metadata(
         raise DatasetError(
             f"{beton}: does not match its sidecar's fingerprint (stale sidecar; re-run the conversion)"
         )
-    if expected_classes is not None and list(expected_classes) != list(
-        meta["class_names"]
-    ):
-        got, want = list(meta["class_names"]), list(expected_classes)
-        diff = next(
-            (i for i, (a, b) in enumerate(zip(got, want)) if a != b),
-            min(len(got), len(want)),
-        )
-        raise DatasetError(
-            f"{beton}: class list differs from the expected one ({len(got)} classes vs {len(want)}; "
-            f"first difference at label {diff}: {got[diff] if diff < len(got) else None!r} "
-            f"vs {want[diff] if diff < len(want) else None!r})"
-        )
+    if expected_classes is not None:
+        want = layout_classes(meta.get("layout", "imagefolder"), expected_classes)
+        diff = class_list_difference(meta["class_names"], want)
+        if diff:
+            raise DatasetError(f"{beton}: class list differs from train: {diff}")
     return meta

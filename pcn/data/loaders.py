@@ -40,6 +40,7 @@ from pcn.data.ffcv_io import (
     FolderIndex,
     check_metadata,
     metadata_path,
+    open_rgb,
     read_metadata,
     scan_folder,
 )
@@ -91,6 +92,10 @@ def epoch_order(
         # timm seeds its permutation with the epoch alone; fold the seed in.
         sampler.set_epoch(stream_key(seed, epoch) & 0x7FFFFFFFFFFFFFFF)
         return np.fromiter(iter(sampler), dtype=np.int64)
+    if not train and world_size > 1:
+        # Evaluation shards by stride without padding, so that summing the ranks' counts
+        # scores every image exactly once (DistributedSampler pads with repeats).
+        return np.arange(rank, n, world_size, dtype=np.int64)
     if world_size > 1:
         sampler = DistributedSampler(
             range(n), num_replicas=world_size, rank=rank, shuffle=train, seed=seed
@@ -280,10 +285,7 @@ class FolderDataset(torch.utils.data.Dataset):
         rel, label = self.index.samples[i]
         path = self.index.root / rel
         try:
-            from PIL import Image
-
-            with Image.open(path) as f:
-                img = f.convert("RGB")
+            img = open_rgb(path)  # by content: PNG named .JPEG, CMYK, grayscale
         except Exception as exc:
             raise DatasetError(
                 f"{path}: cannot decode image ({type(exc).__name__}: {exc})"
@@ -384,16 +386,12 @@ class TorchLoader:
 
 def folder_index(folder: Path, *, layout: str, beton: Path | None, expected_classes: Sequence[str] | None) -> FolderIndex:
     """The samples of an image folder, less the files the conversion to ``beton`` skipped
-    as unreadable (so that every kind indexes the same samples)."""
-    index = scan_folder(folder, layout)
+    as unreadable (so that every kind indexes the same samples).  ``expected_classes``
+    (the train split's) refuses a folder listing other classes."""
+    index = scan_folder(folder, layout, expected_classes)
     skip = set(read_metadata(beton).get("skipped_files", [])) if beton is not None and metadata_path(beton).is_file() else set()
     if skip:
         index = replace(index, samples=[s for s in index.samples if s[0] not in skip])
-    if expected_classes is not None and list(expected_classes) != index.class_names:
-        raise DatasetError(
-            f"{folder}: class list differs from the expected one "
-            f"({index.num_classes} classes vs {len(expected_classes)})"
-        )
     return index
 
 
@@ -421,7 +419,8 @@ def build_loader(
     """A loader of (images, labels) batches; ``batch_size`` is per rank.
 
     ``aug`` is an ``AugConfig`` (train only; None = random-resized-crop + flip at
-    the defaults). ``expected_classes``: refuse data whose class list differs.
+    the defaults). ``expected_classes``: the train split's class names; data listing
+    other classes is refused (an ImageNetV2 folder must hold ``0``..``K-1``).
     ``layout`` applies to ``folder`` ('imagenet_v2': labels = int(folder name));
     a .beton carries its labels. ``os_cache=False`` switches FFCV to its
     process cache with QUASI_RANDOM order (datasets larger than RAM, single rank).

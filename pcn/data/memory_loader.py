@@ -15,9 +15,12 @@ kept in a cache directory (``decoded_cache_dir``) for the next process that load
 the same folder: the grid's runs all read the same 20,000 images.  Training batches get
 the recipe's random-resized-crop and horizontal flip as one batched resampling
 (``torchvision.ops.roi_align``: each output pixel averages the source pixels under
-it, like an area filter); eval images are made once with the torch loader's own
-eval transform, so both give identical eval batches.  Colour jitter, RandAugment
-and 3-Augment are per-image PIL operations and are refused here.
+it, like an area filter); images of different sizes share one array, each padded
+to the largest by repeating its last row and column (so the resampling at its
+edge reads its own pixels) and cropped within its own size.  Eval images are made
+once with the torch loader's own eval transform, so both give identical eval
+batches.  Colour jitter, RandAugment and 3-Augment are per-image PIL operations
+and are refused here.
 
 Randomness depends on (seed, rank, epoch, batch index) only, and the sample order
 is ``epoch_order``'s, shared with the other loaders.  The crops are drawn as
@@ -31,13 +34,14 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pcn.data.ffcv_io import DatasetError, FolderIndex
+from pcn.data.ffcv_io import DatasetError, FolderIndex, open_rgb
 from pcn.data.transforms import (
     RRC_RATIO,
     CenterCropResize,
@@ -49,53 +53,72 @@ from pcn.data.transforms import (
 RRC_ATTEMPTS = 10  # torchvision's RandomResizedCrop tries 10 boxes before its fallback
 
 
-def decode_folder(index: FolderIndex, transform=None) -> torch.Tensor:
-    """Every image of ``index`` as one uint8 tensor (N, 3, H, W).
+def decode_folder(index: FolderIndex, transform=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every image of ``index`` in one uint8 tensor (N, 3, H, W), and the (height, width)
+    of each (N, 2).
 
-    ``transform`` (PIL image -> uint8 CHW tensor) is applied to each image; without
-    it the images are stored as they are and must all have one size.
+    ``transform`` (PIL image -> uint8 CHW tensor of one size) is applied to each image;
+    without it the images are stored as they are, each padded to the largest height
+    and width by repeating its last row and column.
     """
     from PIL import Image
     from tqdm import tqdm
 
-    out = None
-    for k, (rel, _) in enumerate(tqdm(index.samples, desc=f"decode {index.root.name}", unit="img",
-                                      mininterval=5, leave=False)):
-        path = index.root / rel
-        try:
-            with Image.open(path) as f:
-                img = f.convert("RGB")
-        except Exception as exc:
-            raise DatasetError(f"{path}: cannot decode image ({type(exc).__name__}: {exc})") from exc
-        x = transform(img) if transform is not None else torch.from_numpy(np.array(img)).permute(2, 0, 1)
-        if out is None:
-            out = torch.empty((len(index.samples), *x.shape), dtype=torch.uint8)
-        elif x.shape != out.shape[1:]:
-            raise DatasetError(
-                f"{path}: image is {x.shape[2]}x{x.shape[1]} px but {index.samples[0][0]} is "
-                f"{out.shape[3]}x{out.shape[2]}; the memory loader needs images of one size "
-                "(use data.loader: torch or ffcv)"
-            )
-        out[k] = x
-    if out is None:
+    def path(k: int) -> Path:
+        return index.root / index.samples[k][0]
+
+    if not index.samples:
         raise DatasetError(f"{index.root}: no images")
-    return out
+    sizes = torch.empty((len(index.samples), 2), dtype=torch.int64)
+    if transform is None:  # the sizes from the headers, to allocate the array once
+        for k in range(len(index.samples)):
+            try:
+                with Image.open(path(k)) as f:
+                    sizes[k] = torch.tensor([f.height, f.width])
+            except Exception as exc:
+                raise DatasetError(f"{path(k)}: cannot decode image ({type(exc).__name__}: {exc})") from exc
+    out = None
+    for k in tqdm(range(len(index.samples)), desc=f"decode {index.root.name}", unit="img", mininterval=5, leave=False):
+        try:
+            img = open_rgb(path(k))  # by content: PNG named .JPEG, CMYK, grayscale
+        except Exception as exc:
+            raise DatasetError(f"{path(k)}: cannot decode image ({type(exc).__name__}: {exc})") from exc
+        if transform is not None:
+            x = transform(img)
+            if out is None:
+                out = torch.empty((len(index.samples), *x.shape), dtype=torch.uint8)
+            out[k] = x
+            sizes[k] = torch.tensor(x.shape[1:])
+            continue
+        if out is None:
+            out = torch.empty((len(index.samples), 3, *sizes.max(0).values.tolist()), dtype=torch.uint8)
+        x = torch.from_numpy(np.array(img)).permute(2, 0, 1)
+        h, w = x.shape[1:]
+        if (h, w) != tuple(sizes[k].tolist()):
+            raise DatasetError(f"{path(k)}: decodes to {w}x{h} px, its header says {sizes[k, 1]}x{sizes[k, 0]}")
+        out[k, :, :h, :w] = x
+        out[k, :, :h, w:] = x[:, :, -1:]
+        out[k, :, h:, :] = out[k, :, h - 1 : h, :]
+    return out, sizes
 
 
 def random_resized_boxes(
-    n: int, height: int, width: int, scale: tuple[float, float], gen: torch.Generator
+    n: int, height, width, scale: tuple[float, float], gen: torch.Generator
 ) -> torch.Tensor:
     """``n`` random-resized-crop boxes (x0, y0, x1, y1), drawn as torchvision draws them:
     up to 10 tries of (area fraction, log aspect ratio), else the central crop whose
-    aspect ratio is clamped to the range."""
-    area = height * width
+    aspect ratio is clamped to the range.  ``height`` and ``width``: one size for all,
+    or each image's (tensors of n)."""
+    height = torch.as_tensor(height, dtype=torch.float64).expand(n)
+    width = torch.as_tensor(width, dtype=torch.float64).expand(n)
+    area = (height * width)[:, None]
     log_r = torch.tensor(RRC_RATIO).log()
     u = torch.rand((4, n, RRC_ATTEMPTS), generator=gen, dtype=torch.float64)
     target = area * (scale[0] + (scale[1] - scale[0]) * u[0])
     aspect = torch.exp(log_r[0] + (log_r[1] - log_r[0]) * u[1])
     w = torch.sqrt(target * aspect).round()
     h = torch.sqrt(target / aspect).round()
-    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    ok = (w > 0) & (w <= width[:, None]) & (h > 0) & (h <= height[:, None])
     first = ok.double().argmax(dim=1, keepdim=True)  # the first box that fits
     w, h = w.gather(1, first)[:, 0], h.gather(1, first)[:, 0]
     top = (u[2].gather(1, first)[:, 0] * (height - h + 1)).floor()
@@ -103,17 +126,14 @@ def random_resized_boxes(
 
     # torchvision's fallback: the whole image, cut to the nearest allowed aspect ratio
     ratio = width / height
-    if ratio < RRC_RATIO[0]:
-        fw, fh = width, round(width / RRC_RATIO[0])
-    elif ratio > RRC_RATIO[1]:
-        fw, fh = round(height * RRC_RATIO[1]), height
-    else:
-        fw, fh = width, height
+    narrow, wide = ratio < RRC_RATIO[0], ratio > RRC_RATIO[1]
+    fw = torch.where(wide, (height * RRC_RATIO[1]).round(), width)
+    fh = torch.where(narrow, (width / RRC_RATIO[0]).round(), height)
     none = ~ok.any(dim=1)
-    w = torch.where(none, float(fw), w)
-    h = torch.where(none, float(fh), h)
-    top = torch.where(none, float((height - fh) // 2), top)
-    left = torch.where(none, float((width - fw) // 2), left)
+    w = torch.where(none, fw, w)
+    h = torch.where(none, fh, h)
+    top = torch.where(none, ((height - fh) / 2).floor(), top)
+    left = torch.where(none, ((width - fw) / 2).floor(), left)
     return torch.stack([left, top, left + w, top + h], dim=1).float()
 
 
@@ -129,43 +149,45 @@ def decoded_cache_dir() -> Path | None:
 
 
 def _cache_path(cache: Path, index: FolderIndex, transform) -> Path:
-    """``<folder and transform>-<files>.npy``: the second half changes when any image is
+    """``<folder and transform>-<files>.npz``: the second half changes when any image is
     added, removed, relabelled or rewritten (size or mtime), so a stale array is never read."""
     where = hashlib.sha1(f"{index.root.resolve()}|{transform!r}".encode()).hexdigest()[:16]
     files = hashlib.sha1()
     for rel, label in index.samples:
         st = (index.root / rel).stat()
         files.update(f"{rel}|{label}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    return cache / f"{where}-{files.hexdigest()[:16]}.npy"
+    return cache / f"{where}-{files.hexdigest()[:16]}.npz"
 
 
-def load_folder(index: FolderIndex, transform=None) -> torch.Tensor:
-    """``decode_folder``, through the cache: read the array a previous process stored for
-    these files and this transform, else decode and store it (one entry per folder and
+def load_folder(index: FolderIndex, transform=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``decode_folder``, through the cache: read the arrays a previous process stored for
+    these files and this transform, else decode and store them (one entry per folder and
     transform: older versions are removed; written under a temporary name, then renamed)."""
     cache = decoded_cache_dir()
     if cache is None:
         return decode_folder(index, transform)
     path = _cache_path(cache, index, transform)
+    n = len(index.samples)
     try:
-        arr = np.load(path)
-        if arr.dtype == np.uint8 and arr.ndim == 4 and len(arr) == len(index.samples):
-            return torch.from_numpy(arr)
-    except (OSError, ValueError, EOFError):  # absent, or unreadable (truncated, empty): decode again
+        with np.load(path) as stored:
+            images, sizes = stored["images"], stored["sizes"]
+        if images.dtype == np.uint8 and images.ndim == 4 and len(images) == n and sizes.shape == (n, 2):
+            return torch.from_numpy(images), torch.from_numpy(sizes)
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):  # absent or unreadable: decode again
         pass
-    images = decode_folder(index, transform)
+    images, sizes = decode_folder(index, transform)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp")
     try:
         cache.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
-            np.save(f, images.numpy())
+            np.savez(f, images=images.numpy(), sizes=sizes.numpy())
         os.replace(tmp, path)
-        for old in cache.glob(path.name.split("-")[0] + "-*.npy"):
+        for old in cache.glob(path.name.split("-")[0] + "-*.np[yz]"):
             if old != path:
                 old.unlink(missing_ok=True)
     except OSError:  # a read-only or full cache only costs the next process a decode
         tmp.unlink(missing_ok=True)
-    return images
+    return images, sizes
 
 
 class MemoryLoader:
@@ -203,7 +225,7 @@ class MemoryLoader:
         self.order_args = {"train": train, "seed": seed, "rank": rank, "world_size": world_size, "repeats": repeats}
         self.labels = torch.tensor([label for _, label in index.samples], dtype=torch.int64)
         # Train: the images as stored (cropped per batch); eval: the torch loader's eval crops.
-        self.images = load_folder(index, None if train else CenterCropResize(img_size, crop_ratio))
+        self.images, self.sizes = load_folder(index, None if train else CenterCropResize(img_size, crop_ratio))
         self._normalize = NormalizeUint8()
         self._epoch = 0
 
@@ -219,11 +241,11 @@ class MemoryLoader:
     def set_epoch(self, epoch: int) -> None:
         self._epoch = int(epoch)
 
-    def _augment(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def _augment(self, x: torch.Tensor, sizes: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         from torchvision.ops import roi_align
 
-        n, _, height, width = x.shape
-        boxes = random_resized_boxes(n, height, width, (self.aug.scale_min, 1.0), gen)
+        n = len(x)
+        boxes = random_resized_boxes(n, sizes[:, 0], sizes[:, 1], (self.aug.scale_min, 1.0), gen)
         rois = torch.cat([torch.arange(n, dtype=torch.float32)[:, None], boxes], dim=1)
         # aligned=True: pixel centres at +0.5, so a box of the whole image maps onto it exactly
         out = roi_align(x, rois, output_size=self.img_size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
@@ -239,7 +261,7 @@ class MemoryLoader:
             x = self.images[idx].float()
             if self.train:
                 gen = torch.Generator().manual_seed(stream_key(self.key, epoch, b) & 0x7FFFFFFFFFFFFFFF)
-                x = self._augment(x, gen)
+                x = self._augment(x, self.sizes[idx], gen)
             x = self._normalize(x)
             y = self.labels[idx]
             if self.device.type != "cpu":

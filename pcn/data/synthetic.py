@@ -1,80 +1,74 @@
-"""Deterministic synthetic demo data in real on-disk dataset layouts.
+"""Deterministic synthetic demo data, written in the official dataset layouts.
 
 No public dataset can be downloaded where the demo runs, so the pipeline draws
-its own data from a seed. One scene generator (coloured shapes on cluttered
-backgrounds, with exact masks) feeds three datasets, each written in the layout
-of the real dataset so the same loaders serve both:
+its own data from a seed. One generator of coloured shapes on cluttered
+backgrounds, with exact masks, feeds the four datasets the paper uses, each
+written exactly as its publisher ships it (docs/datasets.md) and holding
+nothing the real one does not ship, so the readers that serve the demo are the
+readers that serve the paper. The layouts themselves are written by
+:mod:`pcn.data.layouts`.
 
-``<out>/imagenet``  ImageNet-style ``ImageFolder`` (classification)::
+``imagenet/`` (classification)::
 
-    imagenet/train/<class_name>/<id>.jpg
-    imagenet/val/<class_name>/<id>.jpg
-    imagenet/val_objects.json
+    train/<wnid>/<wnid>_<n>.JPEG
+    val/<wnid>/ILSVRC2012_val_<8 digits>.JPEG
+    LOC_val_solution.csv         one box per val image: wnid x_min y_min x_max y_max
+    LOC_synset_mapping.txt       "<wnid> <shape name>" per line
 
-  Class names sorted alphabetically give the class indices (as
-  ``torchvision.datasets.ImageFolder`` assigns them). Each image holds exactly
-  one labelled shape (35-70 % of the image side) on a cluttered background
-  (colour gradient, low-frequency colour noise, pixel noise and thin random
-  strokes; the clutter is never a filled shape). ``val_objects.json`` records,
-  for every val image, the labelled object's box and mask, used to score
-  attention maps for localisation (pointing game, IoU)::
+  Each class is one shape; its wnid (:func:`wnids`, ``n9`` + 7 made-up digits)
+  sorts like the shape names, so the class index (the rank of the sorted
+  wnids) is the position in :func:`class_names`. Each image holds exactly one
+  labelled shape (drawn in a square of 55-95 % of the image side) on a cluttered background (colour
+  gradient, low-frequency colour noise, pixel noise and thin random strokes;
+  the clutter is never a filled shape). The val boxes are the object masks'
+  extents in pixels, ``x_max``/``y_max`` being the last covered column/row.
+  Val images are numbered 1..N with the classes interleaved.
 
-    {"version": 1, "root": "imagenet", "box_format": "xywh",
-     "mask_format": "coco_rle",
-     "classes": [...],
-     "images": {"val/<class>/<id>.jpg": {"label": int, "class_name": str,
-                 "width": int, "height": int, "box": [x, y, w, h],
-                 "area": int, "mask": {"size": [h, w], "counts": str}}}}
+``imagenetv2-matched-frequency/<class index>/<sha1>.jpeg``: ``val_per_class``
+  new images per class from a seed stream of their own (a second test set).
 
-  Keys are paths relative to ``<out>/imagenet``. Masks are COCO run-length
-  encodings (``pycocotools.mask.encode`` of the H x W mask, Fortran order,
-  ``counts`` decoded to ``str``); ``pycocotools.mask.decode`` restores them
-  (encode ``counts`` back to bytes first). Boxes are in pixels,
-  ``x, y`` = first column/row of the mask, ``w, h`` = extent in pixels.
+``ADEChallengeData2016/`` (semantic segmentation)::
 
-``<out>/ade``  ADE20k-style semantic segmentation (ADEChallengeData2016)::
+    images/{training,validation}/ADE_{train,val}_<8 digits>.jpg
+    annotations/{training,validation}/ADE_{train,val}_<8 digits>.png
+    objectInfo150.txt            Idx Ratio Train Val Name, one row per id 1..K+1
 
-    ade/images/{training,validation}/ADE_{train,val}_<8 digits>.jpg
-    ade/annotations/{training,validation}/ADE_{train,val}_<8 digits>.png
-    ade/classes.json
+  Label maps are uint8 PNGs of the image size: 0 = other (ignored; this
+  generator leaves it unused), 1 = background, 2..K+1 = the K shape classes
+  (class index + 2).
 
-  Label maps are uint8 PNGs of the image size: 0 = unlabelled (reserved, not
-  used by this generator), 1 = background ("stuff"), 2..K+1 = the K shape
-  classes (class index + 2). ``classes.json`` lists the N = K+1 names of ids
-  1..N (``"background"`` first).
+``coco/`` (instance detection and segmentation)::
 
-``<out>/coco``  COCO-style instance detection/segmentation::
+    {train2017,val2017}/<12 digits>.jpg
+    annotations/instances_{train,val}2017.json
 
-    coco/images/{train,val}/<12 digits>.jpg
-    coco/annotations/instances_{train,val}.json
-
-  Standard COCO keys; ``category_id`` = class index + 1. Masks are the
+  Category ids are COCO-style, not contiguous (:data:`DEMO_CATEGORY_IDS`,
+  indexed by class index); image ids are sparse, as COCO's. Masks are the
   *visible* parts of objects (later objects occlude earlier ones); boxes and
   areas are those of the visible masks. Most segmentations are polygons (list
   of lists); objects whose visible part has a hole, is too thin for a polygon,
-  or is drawn for RLE (about one in six) carry a compressed RLE dict instead,
-  so both code paths are exercised (``COCO.annToMask`` handles both).
+  or is drawn for RLE (about one in six) carry an uncompressed RLE (``counts``
+  a list of ints, as COCO stores crowd regions), so both code paths are
+  exercised (``COCO.annToMask`` handles both).
 
-The ADE and COCO splits hold the same rendered scenes (one render, two
-annotation formats).
+The ADE20k and COCO splits hold the same rendered scenes (scene ``i`` is
+``ADE_<split>_<i+1>`` and the ``i``-th COCO image). ``demo_summary.json``
+beside the four folders records the counts and the content hash.
 
 Determinism: every image is drawn from its own ``numpy.random.Generator``
 seeded by ``(seed, stream, index)``, so results do not depend on order or
 parallelism, and the same seed gives byte-identical files (given the same
 numpy/Pillow/libjpeg versions). ``generate`` writes into a temporary sibling
-directory and renames it into place only when complete.
+folder and renames it into place only when complete.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
-import shutil
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,7 +76,31 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from pcn.data import layouts
+from pcn.data.layouts import (
+    ADE_SPLITS,
+    DATASET_DIRS,
+    LabelStats,
+    ade_stem,
+    box_xyxy,
+    coco_file,
+    encode_image,
+    encode_rle,
+    imagenet_train_file,
+    imagenet_val_stem,
+    mask_polygons,
+    uncompressed_rle,
+    v2_file,
+    write_coco_instances,
+    write_loc_solution,
+    write_object_info,
+    write_png,
+    write_synset_mapping,
+)
+from pcn.io import atomic_path
+
 __all__ = [
+    "DEMO_CATEGORY_IDS",
     "SHAPES",
     "DemoSpec",
     "class_names",
@@ -94,6 +112,7 @@ __all__ = [
     "render_classification_sample",
     "render_object",
     "render_scene",
+    "wnids",
 ]
 
 # Shape vocabulary, in the order classes are taken for ``n_classes`` (the
@@ -120,7 +139,13 @@ _STREAMS = {
     "scene_train": 3,
     "scene_val": 4,
     "coco_rle": 5,
+    "cls_v2": 6,
+    "coco_ids": 7,
 }
+
+# COCO-style category ids of the classes (by class index): real COCO ids, with
+# gaps, so that no reader can mistake a category id for a class index.
+DEMO_CATEGORY_IDS: tuple[int, ...] = (1, 3, 5, 8, 11, 13, 17, 22, 27, 31, 44, 52)
 
 SUMMARY_FILE = "demo_summary.json"  # written at the root, excluded from the hash
 
@@ -180,6 +205,22 @@ def class_names(spec_or_n: DemoSpec | int) -> list[str]:
     """Class names in class-index order (sorted, as ImageFolder assigns them)."""
     n = spec_or_n.n_classes if isinstance(spec_or_n, DemoSpec) else int(spec_or_n)
     return sorted(SHAPES[:n])
+
+
+def wnids(spec_or_n: DemoSpec | int) -> list[str]:
+    """Made-up WordNet ids of the classes, in class-index order.
+
+    ``n9`` + the shape's rank among all :data:`SHAPES` sorted + 5 digits derived from
+    its name: sorting the wnids of any ``n_classes`` keeps the order of
+    :func:`class_names`, so the class indices of the ImageNet layout (rank of
+    the sorted wnids) are the demo's.
+    """
+    ranks = {name: r for r, name in enumerate(sorted(SHAPES))}
+    out = []
+    for name in class_names(spec_or_n):
+        digits = int.from_bytes(name.encode("utf-8"), "big") % 100_000
+        out.append(f"n9{ranks[name] + 1:02d}{digits:05d}")
+    return out
 
 
 def _rng(spec: DemoSpec, stream: str, index: int) -> np.random.Generator:
@@ -310,17 +351,6 @@ def mask_to_box(mask: np.ndarray) -> list[int]:
         int(cols[-1] - cols[0] + 1),
         int(rows[-1] - rows[0] + 1),
     ]
-
-
-def encode_rle(mask: np.ndarray) -> dict[str, Any]:
-    """COCO compressed RLE of a boolean mask, JSON-ready (``counts`` as str)."""
-    from pycocotools import mask as mask_utils
-
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {
-        "size": [int(rle["size"][0]), int(rle["size"][1])],
-        "counts": rle["counts"].decode("ascii"),
-    }
 
 
 # ---------------------------------------------------------------------------
@@ -532,188 +562,124 @@ def render_scene(
 
 
 # ---------------------------------------------------------------------------
-# Encoders and file writers (I/O at the edges)
+# Writers of the official layouts (I/O at the edges)
 # ---------------------------------------------------------------------------
 
 
-def _write_jpeg(path: Path, image: np.ndarray, quality: int) -> None:
-    Image.fromarray(image, mode="RGB").save(
-        path, format="JPEG", quality=quality, optimize=False
-    )
+def _write_jpeg(path: Path, image: np.ndarray, quality: int) -> bytes:
+    data = encode_image(image, "JPEG", quality)
+    path.write_bytes(data)
+    return data
 
 
 def _write_png(path: Path, label_map: np.ndarray) -> None:
-    Image.fromarray(label_map, mode="L").save(
-        path, format="PNG", optimize=False, compress_level=6
-    )
+    write_png(path, label_map)
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, separators=(",", ":")) + "\n", encoding="utf-8")
+def _coco_segmentation(mask: np.ndarray, force_rle: bool) -> dict[str, Any] | list[list[float]]:
+    """Polygons when they reproduce the mask (:func:`pcn.data.layouts.mask_polygons`), else
+    uncompressed RLE (a hole, a part too thin for a polygon, or ``force_rle``)."""
+    polys = None if force_rle else mask_polygons(mask)
+    return polys if polys is not None else uncompressed_rle(mask)
 
 
-def _coco_segmentation(
-    mask: np.ndarray, force_rle: bool
-) -> dict[str, Any] | list[list[float]]:
-    """Polygons when they reproduce the mask, else compressed RLE.
+def _cls_item(args: tuple[str, DemoSpec, str, int]) -> tuple[str, tuple[str, int, int, int, int] | None]:
+    """Render and write classification image ``i`` of ``split`` (train, val or v2).
 
-    Polygons are the outer contours of the mask traced at twice the resolution
-    (so they run half way between pixel centres and pixel edges). They are
-    kept only if the mask has no hole, their rasterisation has the mask's
-    exact bounding box and an IoU >= 0.9 with it.
+    Returns the file's path relative to the dataset folder and, for val, its LOC row
+    ``(wnid, x_min, y_min, x_max, y_max)``.
     """
-    if not force_rle:
-        import cv2
-        from pycocotools import mask as mask_utils
-
-        up = np.kron(mask.astype(np.uint8), np.ones((2, 2), dtype=np.uint8))
-        contours, hierarchy = cv2.findContours(
-            up, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE
-        )
-        has_hole = hierarchy is not None and bool((hierarchy[0][:, 3] >= 0).any())
-        polys = [
-            [float(v) for v in ((c.reshape(-1, 2) + 0.5) / 2).ravel()]
-            for c in contours
-            if len(c) >= 3
-        ]
-        if polys and not has_hole:
-            h, w = mask.shape
-            dec = mask_utils.decode(
-                mask_utils.merge(mask_utils.frPyObjects(polys, h, w))
-            ).astype(bool)
-            union = np.logical_or(dec, mask).sum()
-            iou = np.logical_and(dec, mask).sum() / max(union, 1)
-            if iou >= 0.9 and mask_to_box(dec) == mask_to_box(mask):
-                return polys
-    return encode_rle(mask)
-
-
-_ADE_SPLIT = {"train": "training", "val": "validation"}
-
-
-def _cls_item(
-    args: tuple[str, DemoSpec, str, int],
-) -> tuple[str, dict[str, Any] | None]:
-    """Render and write classification image ``index`` of ``split``; val images return their record."""
     root, spec, split, i = args
-    names = class_names(spec)
     label = i % spec.n_classes
-    image, label, box, mask = render_classification_sample(
-        _rng(spec, f"cls_{split}", i), spec, label
-    )
-    rel = f"{split}/{names[label]}/{split}_{i:06d}.jpg"
-    _write_jpeg(Path(root) / "imagenet" / rel, image, spec.jpeg_quality)
-    if split != "val":
+    wnid = wnids(spec)[label]
+    image, label, box, mask = render_classification_sample(_rng(spec, f"cls_{split}", i), spec, label)
+    data = encode_image(image, "JPEG", spec.jpeg_quality)
+    if split == "v2":  # folder = class index, file = sha1 of its content
+        rel = f"{label}/{v2_file(data)}"
+        (Path(root) / DATASET_DIRS["imagenet_v2"] / rel).write_bytes(data)
         return rel, None
-    return rel, {
-        "label": label,
-        "class_name": names[label],
-        "width": spec.image_size,
-        "height": spec.image_size,
-        "box": box,
-        "area": int(mask.sum()),
-        "mask": encode_rle(mask),
-    }
+    if split == "train":
+        rel = f"train/{wnid}/{imagenet_train_file(wnid, i // spec.n_classes + 1)}"
+    else:
+        rel = f"val/{wnid}/{imagenet_val_stem(i + 1)}.JPEG"
+    (Path(root) / DATASET_DIRS["imagenet"] / rel).write_bytes(data)
+    xyxy = box_xyxy(mask)
+    return rel, ((wnid, *xyxy) if split == "val" and xyxy is not None else None)
 
 
 def _scene_item(
-    args: tuple[str, DemoSpec, str, int],
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Render scene ``index`` of ``split``; write its ADE and COCO files; return COCO image and annotations."""
-    root_s, spec, split, i = args
+    args: tuple[str, DemoSpec, str, int, int],
+) -> tuple[dict[str, Any], list[dict[str, Any]], np.ndarray]:
+    """Render scene ``i`` of ``split``; write its ADE20k and COCO files.
+
+    Returns the COCO image record, its annotations (without ids) and the label map.
+    """
+    root_s, spec, split, i, image_id = args
     root = Path(root_s)
-    image, objects = render_scene(
-        _rng(spec, f"scene_{split}", i), spec, first_class=i % spec.n_classes
-    )
-    stem = f"ADE_{split}_{i + 1:08d}"
-    _write_jpeg(
-        root / "ade" / "images" / _ADE_SPLIT[split] / f"{stem}.jpg",
-        image,
-        spec.jpeg_quality,
-    )
-    label_map = np.ones(image.shape[:2], dtype=np.uint8)
+    image, objects = render_scene(_rng(spec, f"scene_{split}", i), spec, first_class=i % spec.n_classes)
+    ade, ade_split = root / DATASET_DIRS["ade20k"], ADE_SPLITS[split]
+    stem = ade_stem(split, i + 1)
+    data = _write_jpeg(ade / "images" / ade_split / f"{stem}.jpg", image, spec.jpeg_quality)
+    label_map = np.ones(image.shape[:2], dtype=np.uint8)  # 1 = background
     for obj in objects:
         label_map[obj["mask"]] = obj["class_id"] + 2
-    _write_png(
-        root / "ade" / "annotations" / _ADE_SPLIT[split] / f"{stem}.png", label_map
-    )
+    _write_png(ade / "annotations" / ade_split / f"{stem}.png", label_map)
 
-    image_id = i + 1
-    file_name = f"{image_id:012d}.jpg"
-    _write_jpeg(root / "coco" / "images" / split / file_name, image, spec.jpeg_quality)
-    img = {
-        "id": image_id,
-        "file_name": file_name,
-        "width": image.shape[1],
-        "height": image.shape[0],
-    }
+    file_name = coco_file(image_id)
+    (root / DATASET_DIRS["coco"] / f"{split}2017" / file_name).write_bytes(data)  # the same scene
+    img = {"id": image_id, "file_name": file_name, "width": image.shape[1], "height": image.shape[0]}
     rle_rng = _rng(spec, "coco_rle", (0 if split == "train" else 1 << 30) + i)
     anns = []
     for obj in objects:
-        seg = _coco_segmentation(
-            obj["mask"], force_rle=bool(rle_rng.random() < spec.rle_fraction)
-        )
+        seg = _coco_segmentation(obj["mask"], force_rle=bool(rle_rng.random() < spec.rle_fraction))
         anns.append(
             {
                 "image_id": image_id,
-                "category_id": obj["class_id"] + 1,
+                "category_id": DEMO_CATEGORY_IDS[obj["class_id"]],
                 "bbox": [float(v) for v in obj["box"]],
                 "area": float(obj["area"]),
                 "iscrowd": 0,
                 "segmentation": seg,
             }
         )
-    return img, anns
+    return img, anns, label_map
 
 
-def _file_digest(path: Path) -> bytes:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.digest()
+def _coco_image_ids(spec: DemoSpec) -> dict[str, list[int]]:
+    """Sparse image ids, as COCO's: distinct across splits, increasing with the scene index."""
+    n_train, n_val = spec.n_scenes_train, spec.n_scenes_val
+    ids = np.random.default_rng([spec.seed, _STREAMS["coco_ids"]]).choice(
+        np.arange(1, max(600_000, 4 * (n_train + n_val))), n_train + n_val, replace=False
+    )
+    return {"train": sorted(int(v) for v in ids[:n_train]), "val": sorted(int(v) for v in ids[n_train:])}
 
 
 def content_hash(root: Path) -> str:
     """sha256 over (relative path, file sha256) of all files under ``root`` in sorted order.
 
-    The summary file at the root is excluded (it records the hash).
+    The summary file at the root is left out (it records the hash).
     """
-    root = Path(root)
-    files = sorted(
-        p.relative_to(root).as_posix()
-        for p in root.rglob("*")
-        if p.is_file() and p.name != SUMMARY_FILE
-    )
-    h = hashlib.sha256()
-    for rel in files:
-        h.update(rel.encode("utf-8") + b"\0" + _file_digest(root / rel) + b"\n")
-    return h.hexdigest()
+    return layouts.content_hash(root, exclude=(SUMMARY_FILE,))
 
 
-def _generate_into(
-    root: Path, spec: DemoSpec, progress: bool, workers: int, min_pool_items: int
-) -> dict[str, Any]:
+def _generate_into(root: Path, spec: DemoSpec, progress: bool, workers: int, min_pool_items: int) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
-    names = class_names(spec)
+    names, ids = class_names(spec), wnids(spec)
     k = spec.n_classes
-    n_cls = {"train": spec.train_per_class * k, "val": spec.val_per_class * k}
+    n_cls = {"train": spec.train_per_class * k, "val": spec.val_per_class * k, "v2": spec.val_per_class * k}
     n_scene = {"train": spec.n_scenes_train, "val": spec.n_scenes_val}
     total = sum(n_cls.values()) + sum(n_scene.values())
-    bar = tqdm(
-        total=total, desc="demo data", unit="img", disable=not progress, leave=False
-    )
+    bar = tqdm(total=total, desc="demo data", unit="img", disable=not progress, leave=False)
 
-    inet, ade, coco = root / "imagenet", root / "ade", root / "coco"
-    for split in ("train", "val"):
-        for name in names:
-            (inet / split / name).mkdir(parents=True, exist_ok=True)
-        for d in (
-            ade / "images" / _ADE_SPLIT[split],
-            ade / "annotations" / _ADE_SPLIT[split],
-            coco / "images" / split,
-        ):
+    inet, v2 = root / DATASET_DIRS["imagenet"], root / DATASET_DIRS["imagenet_v2"]
+    ade, coco = root / DATASET_DIRS["ade20k"], root / DATASET_DIRS["coco"]
+    for label, wnid in enumerate(ids):
+        for split in ("train", "val"):
+            (inet / split / wnid).mkdir(parents=True, exist_ok=True)
+        (v2 / str(label)).mkdir(parents=True, exist_ok=True)
+    for split, ade_split in ADE_SPLITS.items():
+        for d in (ade / "images" / ade_split, ade / "annotations" / ade_split, coco / f"{split}2017"):
             d.mkdir(parents=True, exist_ok=True)
     (coco / "annotations").mkdir(parents=True, exist_ok=True)
 
@@ -737,59 +703,35 @@ def _generate_into(
                 bar.update(1)
 
     try:
-        # ImageNet-style classification
-        val_objects: dict[str, Any] = {}
-        for split in ("train", "val"):
-            for rel, rec in run(
-                _cls_item, [(str(root), spec, split, i) for i in range(n_cls[split])]
-            ):
-                if rec is not None:
-                    val_objects[rel] = rec
-        _write_json(
-            inet / "val_objects.json",
-            {
-                "version": 1,
-                "root": "imagenet",
-                "box_format": "xywh",
-                "mask_format": "coco_rle",
-                "classes": names,
-                "images": val_objects,
-            },
-        )
+        # ImageNet and ImageNet-v2 (classification)
+        loc: dict[str, list[tuple[str, int, int, int, int]]] = {}
+        for split in ("train", "val", "v2"):
+            for rel, row in run(_cls_item, [(str(root), spec, split, i) for i in range(n_cls[split])]):
+                if row is not None:
+                    loc[Path(rel).stem] = [row]
+        write_loc_solution(inet / "LOC_val_solution.csv", loc)
+        write_synset_mapping(inet / "LOC_synset_mapping.txt", zip(ids, names))
 
-        # Dense scenes -> ADE20k-style and COCO-style
-        categories = [
-            {"id": i + 1, "name": nm, "supercategory": "shape"}
-            for i, nm in enumerate(names)
-        ]
+        # Dense scenes -> ADE20k and COCO (one render, two annotation formats)
+        categories = [{"supercategory": "shape", "id": DEMO_CATEGORY_IDS[c], "name": nm} for c, nm in enumerate(names)]
+        image_ids = _coco_image_ids(spec)
+        stats = LabelStats(k + 1)
         n_inst, n_rle = {}, {}
         for split in ("train", "val"):
             images, annotations = [], []
-            for img, anns in run(
-                _scene_item,
-                [(str(root), spec, split, i) for i in range(n_scene[split])],
-            ):
+            items = [(str(root), spec, split, i, image_ids[split][i]) for i in range(n_scene[split])]
+            for img, anns, label_map in run(_scene_item, items):
                 images.append(img)
+                stats.add(split, label_map)
                 for ann in anns:
                     annotations.append({"id": len(annotations) + 1, **ann})
             n_inst[split] = len(annotations)
             n_rle[split] = sum(isinstance(a["segmentation"], dict) for a in annotations)
-            _write_json(
-                coco / "annotations" / f"instances_{split}.json",
-                {
-                    "info": {
-                        "description": "pcn synthetic shapes demo (COCO layout)",
-                        "version": "1",
-                        "year": 2021,
-                        "seed": spec.seed,
-                    },
-                    "licenses": [],
-                    "images": images,
-                    "annotations": annotations,
-                    "categories": categories,
-                },
+            write_coco_instances(
+                coco / "annotations" / f"instances_{split}2017.json", images, annotations, categories,
+                f"pcn synthetic shapes demo, seed {spec.seed}",
             )
-        _write_json(ade / "classes.json", ["background", *names])
+        write_object_info(ade / "objectInfo150.txt", ["background", *names], stats)
     finally:
         bar.close()
         if pool is not None:
@@ -798,23 +740,13 @@ def _generate_into(
     return {
         "spec": spec.to_dict(),
         "classes": names,
+        "wnids": ids,
         "imagenet": {"train": n_cls["train"], "val": n_cls["val"]},
-        "ade": {
-            "training": n_scene["train"],
-            "validation": n_scene["val"],
-            "n_labels": k + 1,
-        },
+        "imagenet_v2": n_cls["v2"],
+        "ade": {"training": n_scene["train"], "validation": n_scene["val"], "n_labels": k + 1},
         "coco": {
-            "train": {
-                "images": n_scene["train"],
-                "annotations": n_inst["train"],
-                "rle": n_rle["train"],
-            },
-            "val": {
-                "images": n_scene["val"],
-                "annotations": n_inst["val"],
-                "rle": n_rle["val"],
-            },
+            split: {"images": n_scene[split], "annotations": n_inst[split], "rle": n_rle[split]}
+            for split in ("train", "val")
         },
     }
 
@@ -825,18 +757,17 @@ def generate(
     progress: bool = True,
     workers: int | None = None,
 ) -> dict[str, Any]:
-    """Write the three demo datasets under ``out_dir`` and return a summary.
+    """Write the four demo datasets under ``out_dir`` and return a summary.
 
-    The data is written into a temporary sibling directory which is renamed to
-    ``out_dir`` only when complete; an existing ``out_dir`` is moved aside,
-    replaced and then deleted. A run that fails or is killed leaves
-    ``out_dir`` as it was (a killed run may leave a hidden ``.<name>.tmp-*``
-    sibling behind, which the next run removes).
+    The data is written into a temporary sibling folder that replaces
+    ``out_dir`` only when complete (:func:`pcn.io.atomic_path`); a run that
+    fails or is killed leaves ``out_dir`` as it was.
 
-    The summary (also written to ``out_dir/demo_summary.json``) holds counts per
-    split, the class names, the spec and ``content_hash``: sha256 over the
-    written files (see :func:`content_hash`). The returned dict additionally
-    has ``seconds`` (not written, to keep the files deterministic).
+    The summary (also written to ``out_dir/demo_summary.json``, beside the
+    dataset folders) holds counts per split, the class names and wnids, the
+    spec and ``content_hash`` (= ``hash``): sha256 over the written files (see
+    :func:`content_hash`). The returned dict additionally has ``seconds`` (not
+    written, to keep the files deterministic).
 
     ``workers`` processes render in parallel (default: 2, or 1 on a single
     CPU, and in-process for small jobs of < 400 images). The files do not
@@ -844,32 +775,11 @@ def generate(
     ``if __name__ == "__main__":`` guard.
     """
     spec = spec or DemoSpec()
-    out_dir = Path(out_dir)
-    parent = out_dir.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    for stale in parent.glob(f".{out_dir.name}.tmp-*"):  # leftovers of killed runs
-        shutil.rmtree(stale, ignore_errors=True)
-    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp = parent / f".{out_dir.name}.tmp-{tag}"
     t0 = time.perf_counter()
-    try:
-        tmp.mkdir()
+    with atomic_path(out_dir, directory=True) as tmp:
         auto = workers is None
         n_workers = min(2, os.cpu_count() or 1) if auto else max(1, int(workers))
         summary = _generate_into(tmp, spec, progress, n_workers, 400 if auto else 0)
-        summary["content_hash"] = content_hash(tmp)
-        _write_json(tmp / SUMMARY_FILE, summary)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if out_dir.exists() or out_dir.is_symlink():
-        old = parent / f".{out_dir.name}.old-{tag}"
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    if old is not None:
-        if old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink()
+        summary["content_hash"] = summary["hash"] = content_hash(tmp)
+        (tmp / SUMMARY_FILE).write_text(json.dumps(summary, separators=(",", ":")) + "\n", encoding="utf-8")
     return {**summary, "seconds": round(time.perf_counter() - t0, 2)}

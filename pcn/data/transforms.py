@@ -70,6 +70,7 @@ class TrainAug:
     auto_augment: str | None = None
     three_augment: bool = False
     color_jitter: float = 0.0
+    random_erasing: float = 0.0
 
     @classmethod
     def from_config(cls, aug: AugConfig | None) -> TrainAug:
@@ -81,6 +82,7 @@ class TrainAug:
             auto_augment=aug.auto_augment,
             three_augment=aug.three_augment,
             color_jitter=aug.color_jitter,
+            random_erasing=aug.random_erasing,
         )
 
     def validate(self) -> None:
@@ -159,7 +161,10 @@ def torch_train_transform(img_size: int, aug: TrainAug) -> Callable:
         interpolation="bilinear",
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
-        re_prob=0.0,
+        # DeiT's --reprob: one box per image, erased with per-pixel noise (after normalising)
+        re_prob=aug.random_erasing,
+        re_mode="pixel",
+        re_count=1,
     )
 
 
@@ -590,6 +595,9 @@ def ffcv_image_pipeline(
                 f"aug.auto_augment = {aug.auto_augment!r} (RandAugment) is implemented for the torch loader only: "
                 "set data.loader: torch in params.yaml, or use aug.three_augment with FFCV"
             )
+        if aug.random_erasing:
+            raise ValueError(f"aug.random_erasing = {aug.random_erasing} is implemented for the torch loader only: "
+                             "set data.loader: torch in params.yaml")
         ops = [
             SeededRandomResizedCrop(size, scale=(aug.scale_min, 1.0), ratio=RRC_RATIO)
         ]

@@ -9,27 +9,30 @@ from __future__ import annotations
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.datasets import ImageFolder
+
+from pcn.data.ffcv_io import FolderIndex, open_rgb, scan_folder
 
 
-def pooled_pixels(folder, grid: int) -> tuple[np.ndarray, np.ndarray]:
-    ds = ImageFolder(str(folder))
-    feats = np.empty((len(ds), grid * grid * 3), np.float32)
-    for i, (path, _) in enumerate(ds.samples):
-        with Image.open(path) as im:
-            small = im.convert("RGB").resize((grid, grid), Image.BOX)  # BOX = average pooling
+def pooled_pixels(index: FolderIndex, grid: int) -> tuple[np.ndarray, np.ndarray]:
+    feats = np.empty((len(index.samples), grid * grid * 3), np.float32)
+    for i, (rel, _) in enumerate(index.samples):
+        small = open_rgb(index.root / rel).resize((grid, grid), Image.BOX)  # BOX = average pooling
         feats[i] = np.asarray(small, np.float32).reshape(-1) / 255.0
-    return feats, np.asarray(ds.targets, np.int64)
+    return feats, np.asarray([label for _, label in index.samples], np.int64)
 
 
 def fit_pixel_baseline(train_dir, val_dir, seed: int = 0, grid: int = 8, epochs: int = 300) -> dict:
+    """Train on ``train_dir`` and score on ``val_dir`` (image folders; val must list the
+    train split's classes)."""
     torch.manual_seed(seed)
-    xtr, ytr = pooled_pixels(train_dir, grid)
-    xva, yva = pooled_pixels(val_dir, grid)
+    train = scan_folder(train_dir)
+    val = scan_folder(val_dir, train_classes=train.class_names)
+    xtr, ytr = pooled_pixels(train, grid)
+    xva, yva = pooled_pixels(val, grid)
     mean, std = xtr.mean(0), xtr.std(0) + 1e-6
     xtr_t, xva_t = torch.from_numpy((xtr - mean) / std), torch.from_numpy((xva - mean) / std)
     ytr_t, yva_t = torch.from_numpy(ytr), torch.from_numpy(yva)
-    n_classes = int(ytr.max()) + 1
+    n_classes = train.num_classes
     linear = torch.nn.Linear(xtr.shape[1], n_classes)
     opt = torch.optim.Adam(linear.parameters(), lr=0.01, weight_decay=1e-4)
     for _ in range(epochs):  # full-batch: the problem is tiny

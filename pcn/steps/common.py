@@ -62,15 +62,12 @@ def launcher_kind(args, params: Params) -> str:
 
 
 def data_paths(params: Params) -> dict[str, Path]:
-    """Where the classification splits live, as ImageFolders and as FFCV files."""
-    if params.data.source == "demo":
-        train, val = Path("data/demo/imagenet/train"), Path("data/demo/imagenet/val")
-    else:
-        train, val = Path(params.data.imagenet_train), Path(params.data.imagenet_val)
-    paths = {"train": train, "val": val, "train_beton": Path("data/ffcv/train.beton"), "val_beton": Path("data/ffcv/val.beton")}
-    if params.data.imagenet_v2:
-        paths.update(v2=Path(params.data.imagenet_v2), v2_beton=Path("data/ffcv/v2.beton"))
-    return paths
+    """Where the classification splits live, as image folders (official layouts) and FFCV files."""
+    imagenet, v2 = params.data.path("imagenet"), params.data.path("imagenet_v2")
+    return {"train": imagenet / "train", "val": imagenet / "val", "v2": v2,
+            "loc": imagenet / "LOC_val_solution.csv",
+            "train_beton": Path("data/ffcv/train.beton"), "val_beton": Path("data/ffcv/val.beton"),
+            "v2_beton": Path("data/ffcv/v2.beton")}
 
 
 def load_json(path: str | Path) -> Any:

@@ -4,46 +4,46 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pcn.cli import UserError
 from pcn.io import atomic_path
 from pcn.steps.common import data_paths, setup_torch, stage
 
-DEMO_ROOT = Path("data/demo")
 FFCV_DIR = Path("data/ffcv")
 
 
 def make_demo(args) -> int:
     from pcn.data.synthetic import DemoSpec, generate
 
-    with stage(args, "demo_data", ("seed", "data.demo")) as st:
+    with stage(args, "demo_data", ("seed", "data.root", "data.demo")) as st:
         d = st.params.data.demo
         spec = DemoSpec(seed=st.params.seed, **d.model_dump())
-        summary = generate(DEMO_ROOT, spec)
+        summary = generate(Path(st.params.data.root), spec)  # the four datasets' folders, side by side
         st.run.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
-        st.run.set_tags({"data_hash": summary.get("hash", "")})
+        st.run.set_tags({"data_hash": summary.get("content_hash", "")})
     return 0
 
 
 def convert(args) -> int:
-    from pcn.data.ffcv_io import convert_imagefolder
+    """Convert train, val and ImageNetV2 to .beton files, after checking all three:
+    a missing split or a class list that differs from train's is refused before
+    anything is written."""
+    from pcn.data.ffcv_io import convert_imagefolder, scan_folder
 
-    with stage(args, "convert", ("data.source", "data.ffcv", "data.num_workers")) as st:
+    with stage(args, "convert", ("data.source", "data.root", "data.imagenet", "data.imagenet_v2", "data.ffcv",
+                                 "data.num_workers")) as st:
         p, f = st.params, st.params.data.ffcv
         paths = data_paths(p)
-        splits = [("train", paths["train"], "imagefolder"), ("val", paths["val"], "imagefolder")]
-        if "v2" in paths:
-            splits.append(("v2", paths["v2"], "imagenet_v2"))
-        for _, src, _ in splits:
-            if not src.is_dir():
-                raise UserError(f"{src}: dataset folder not found (expected an ImageFolder with one sub-folder per class)")
+        splits = [("train", "imagefolder"), ("val", "imagefolder"), ("v2", "imagenet_v2")]
+        train_classes = scan_folder(paths["train"]).class_names
+        for split, layout in splits[1:]:
+            scan_folder(paths[split], layout, train_classes)
         metrics = {}
         with atomic_path(FFCV_DIR, directory=True) as out:
-            for split, src, layout in splits:
-                m = convert_imagefolder(
-                    src, out / f"{split}.beton", max_resolution=f.max_resolution, jpeg_quality=f.jpeg_quality,
-                    compress_probability=f.compress_probability, write_mode=f.write_mode,
-                    max_bad_fraction=f.max_bad_fraction, num_workers=p.data.num_workers, layout=layout)
-                metrics[split] = m
+            for split, layout in splits:
+                metrics[split] = convert_imagefolder(
+                    paths[split], out / f"{split}.beton", max_resolution=f.max_resolution,
+                    jpeg_quality=f.jpeg_quality, compress_probability=f.compress_probability,
+                    write_mode=f.write_mode, max_bad_fraction=f.max_bad_fraction,
+                    num_workers=p.data.num_workers, layout=layout, train_classes=train_classes)
         flat = {f"{split}_{k}": v for split, m in metrics.items() for k, v in m.items() if not isinstance(v, (list, dict))}
         st.run.set_tags({f"data_hash_{s}": m.get("source_hash", "") for s, m in metrics.items()})
         st.finish({**flat, "splits": metrics}, "metrics/convert.json")

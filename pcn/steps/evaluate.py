@@ -1,12 +1,22 @@
-"""Evaluation stages: accuracy of the fine-tuned model, and complexity of the family."""
+"""Evaluation stages: accuracy of the fine-tuned model, of a released checkpoint, and
+complexity of the family.
+
+``pcn evaluate`` is the DAG stage (results/<evaluate.checkpoint>/model.pth -> metrics/eval.json).
+``pcn evaluate --checkpoint FILE`` scores a released PatchConvNet file (``{"model":
+state_dict}``, the official format) on ImageNet val and ImageNet-v2 under the paper's
+evaluation protocol and writes ``metrics/released/<model>-<img_size>.json``.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from pcn.errors import UserError
 from pcn.io import atomic_path
 from pcn.steps.common import data_paths, setup_torch, stage
 from pcn.steps.train import num_classes
+
+RELEASED_DIR = Path("metrics/released")
 
 
 def _device(params):
@@ -17,10 +27,16 @@ def _device(params):
 
 
 def evaluate(args) -> int:
+    if getattr(args, "checkpoint", None):
+        return evaluate_released(args)
+    for flag in ("model", "img_size", "crop_ratio"):
+        if getattr(args, flag, None) is not None:
+            raise UserError(f"--{flag.replace('_', '-')} applies to a released checkpoint: pass --checkpoint FILE too")
     import timm
     import torch
 
     import pcn  # noqa: F401  (registers the models)
+    from pcn.data.ffcv_io import class_folders
     from pcn.data.loaders import build_loader
     from pcn.models.checkpoint import load_checkpoint
     from pcn.train.engine import evaluate as eval_loop
@@ -29,24 +45,170 @@ def evaluate(args) -> int:
         p, e = st.params, st.params.evaluate
         setup_torch(p.runtime.threads)
         device = _device(p)
-        checkpoint = args.checkpoint or "results/finetune/model.pth"
+        checkpoint = f"results/{e.checkpoint}/model.pth"
         model = timm.create_model(p.model.name, num_classes=num_classes(p), **p.model.options)
         load_checkpoint(model, checkpoint, strict=True)
         model.to(device=device, memory_format=torch.channels_last)  # as in training's evaluations
         paths = data_paths(p)
         metrics = {"checkpoint": checkpoint, "img_size": e.img_size, "crop_ratio": e.crop_ratio}
-        for split in ("val", "v2"):
-            if split not in paths:
-                continue
-            loader = build_loader(beton=paths[f"{split}_beton"], folder=paths[split], kind=p.data.loader, train=False,
-                                  img_size=e.img_size, batch_size=e.batch_size, aug=None, crop_ratio=e.crop_ratio,
-                                  num_workers=p.data.num_workers, seed=p.seed, device=str(device))
+        train_classes = class_folders(paths["train"])  # val and v2 must list the same classes
+        for split, layout in (("val", "imagefolder"), ("v2", "imagenet_v2")):
+            loader = build_loader(beton=paths[f"{split}_beton"], folder=paths[split], kind=e.loader or p.data.loader,
+                                  train=False, img_size=e.img_size, batch_size=e.batch_size, aug=None,
+                                  crop_ratio=e.crop_ratio, num_workers=p.data.num_workers, seed=p.seed,
+                                  device=str(device), layout=layout, expected_classes=train_classes)
             m = eval_loop(model, loader, device)
             prefix = "" if split == "val" else "v2_"
             metrics.update({f"{prefix}top1": round(m["top1"], 3), f"{prefix}top5": round(m["top5"], 3),
                             f"{prefix}loss": round(m["loss"], 5), f"{prefix}n_images": m["n"]})
         st.finish(metrics, "metrics/eval.json")
         print(f"top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  on {metrics['n_images']} val images")
+    return 0
+
+
+# --- released checkpoints -------------------------------------------------------------------
+
+
+def paper_crop_ratio(img_size: int) -> float:
+    """The paper's evaluation crop (DeiT's protocol, deit's ``--eval-crop-ratio``): up to
+    224 px the shorter side is resized to ``img_size / 0.875`` and the centre cropped; the
+    models fine-tuned at higher resolution (384, 512 px) see the whole resized image."""
+    return 0.875 if img_size <= 224 else 1.0
+
+
+def released_transform(img_size: int, crop_ratio: float):
+    """PIL image -> normalised tensor: bicubic resize of the shorter side to
+    ``floor(img_size / crop_ratio)``, centre crop ``img_size``, ImageNet mean/std (timm's
+    eval transform, the one deit's main.py builds)."""
+    from timm.data import create_transform
+
+    return create_transform(img_size, is_training=False, interpolation="bicubic", crop_pct=crop_ratio)
+
+
+def read_released(path: str):
+    """The state_dict of a checkpoint file, read without executing pickled code."""
+    import torch
+
+    from pcn.models.checkpoint import CheckpointError, unwrap_state_dict
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # not a torch file, truncated, or pickled code refused by weights_only
+        first = (str(exc).strip().splitlines() or [""])[0]  # torch's messages run over several lines
+        raise CheckpointError(f"{path}: cannot read checkpoint: expected a torch.save file of tensors "
+                              f"({type(exc).__name__}: {first})") from exc
+    return unwrap_state_dict(obj, source=path)
+
+
+def _checkpoint_classes(state_dict) -> int | None:
+    if "head.weight" in state_dict:
+        return int(state_dict["head.weight"].shape[0])
+    if "head.0.weight" in state_dict and "cls_token" in state_dict:  # multi-class: one token and head per class
+        return int(state_dict["cls_token"].shape[1])
+    return None
+
+
+def released_model(state_dict, path: str, name: str | None = None):
+    """(timm name, model holding the checkpoint's weights).  Without ``name``, the
+    registered PatchConvNet whose keys and shapes the checkpoint has."""
+    import timm
+    import torch
+
+    import pcn.models  # noqa: F401  (registers the PatchConvNets)
+    from pcn.models.checkpoint import CheckpointError, check_state_dict
+
+    k = _checkpoint_classes(state_dict)
+    classes = {} if k is None else {"num_classes": k}
+    if name is None:
+        # Compare shapes on the meta device with one class (building the multi-class
+        # model's 1000 heads takes seconds there); the classifier is checked below.
+        per_class = ("head.", "cls_token")
+        trunk = {key: tuple(v.shape) for key, v in state_dict.items() if not key.startswith(per_class)}
+        multiclass = "head.0.weight" in state_dict  # the trunks of S60 and S60 multi-class are alike
+        best = (float("-inf"), "")
+        for candidate in timm.list_models("patchconvnet_*"):
+            with torch.device("meta"):
+                shape_model = timm.create_model(candidate, num_classes=1)
+            shapes = {key: tuple(v.shape) for key, v in shape_model.state_dict().items()
+                      if not key.startswith(per_class)}
+            if shapes == trunk and shape_model.multiclass == multiclass:
+                name = candidate
+                break
+            best = max(best, (sum(trunk.get(key) == s for key, s in shapes.items()) - abs(len(trunk) - len(shapes)),
+                              candidate))
+        if name is None:
+            with torch.device("meta"):
+                closest = timm.create_model(best[1], **classes)
+            try:
+                check_state_dict(closest, state_dict, source=path)
+            except CheckpointError as exc:
+                raise CheckpointError(f"{exc} (no registered PatchConvNet has this checkpoint's keys and shapes; "
+                                      f"closest: {best[1]}; pass --model NAME)") from None
+            name = best[1]
+    try:
+        with torch.device("meta"):
+            shape_model = timm.create_model(name, **classes)
+    except RuntimeError as exc:  # timm's "Unknown model"
+        raise UserError(f"--model {name}: {exc}") from None
+    check_state_dict(shape_model, state_dict, source=path)  # names the first missing / unexpected / misshapen key
+    model = timm.create_model(name, **classes)
+    model.load_state_dict(state_dict)
+    return name, model
+
+
+def _folder_loader(index, transform, batch_size: int, num_workers: int, device):
+    """Every image of a scanned folder once, in order, through ``transform``."""
+    import torch
+
+    from pcn.data.loaders import FolderDataset
+
+    dataset = FolderDataset(index, transform, seed=0, rank=0, random=False)
+    order = [(i, i) for i in range(len(dataset))]  # (sample, position in the epoch)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=order, num_workers=num_workers,
+                                       pin_memory=device.type == "cuda")
+
+
+def evaluate_released(args) -> int:
+    import torch
+
+    from pcn.config import load_params
+    from pcn.data.ffcv_io import DatasetError, scan_folder
+    from pcn.train.engine import evaluate as eval_loop
+
+    p = load_params(args.params)
+    setup_torch(p.runtime.threads)
+    # Bad input fails here, before any tracking run or output exists.
+    name, model = released_model(read_released(args.checkpoint), args.checkpoint, args.model)
+    img_size = args.img_size or int(model.pretrained_cfg["input_size"][-1])
+    crop_ratio = paper_crop_ratio(img_size) if args.crop_ratio is None else args.crop_ratio
+    if not 0 < crop_ratio <= 1:
+        raise UserError(f"--crop-ratio {crop_ratio}: expected a ratio in (0, 1]")
+    paths = data_paths(p)
+    val = scan_folder(paths["val"])
+    if val.num_classes != model.num_classes:
+        raise DatasetError(f"{paths['val']}: {val.num_classes} class folders, but the checkpoint's "
+                           f"classifier has {model.num_classes} classes")
+    v2 = scan_folder(paths["v2"], "imagenet_v2", train_classes=val.class_names)
+
+    with stage(args, "evaluate_released", ("evaluate", "runtime", "data.root", "data.imagenet", "data.imagenet_v2"),
+               tags={"pcn.checkpoint": str(args.checkpoint), "pcn.model": name}) as st:
+        device = _device(p)
+        model.to(device=device, memory_format=torch.channels_last)
+        transform = released_transform(img_size, crop_ratio)
+        metrics = {"model": name, "img_size": img_size, "crop_ratio": crop_ratio}
+        for prefix, index in (("", val), ("v2_", v2)):
+            loader = _folder_loader(index, transform, p.evaluate.batch_size, p.data.num_workers, device)
+            m = eval_loop(model, loader, device)
+            metrics.update({f"{prefix}top1": round(m["top1"], 3), f"{prefix}top5": round(m["top5"], 3),
+                            f"{prefix}n_images": m["n"]})
+        metrics["checkpoint"] = str(args.checkpoint)
+        out = RELEASED_DIR / f"{name}-{img_size}.json"
+        st.finish(metrics, out)
+    print(f"{name} at {img_size} px (crop ratio {crop_ratio:g}): top-1 {metrics['top1']:.2f}%, "
+          f"top-5 {metrics['top5']:.2f}% on {metrics['n_images']} val images; ImageNet-v2 top-1 "
+          f"{metrics['v2_top1']:.2f}% on {metrics['v2_n_images']} -> {out}")
     return 0
 
 

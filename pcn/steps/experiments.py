@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pcn.cli import UserError
+from pcn.errors import UserError
 from pcn.stages import EXPERIMENT_PARAMS
 from pcn.steps.common import stage
 from pcn.steps.train import num_classes, train_stage
@@ -122,8 +122,15 @@ def depth_width(args) -> int:
 
 
 def point_complexity(p, options: dict) -> dict:
-    """Params, GMACs, throughput and peak memory of one grid point at its training size."""
+    """Params, GMACs, throughput and peak memory of one grid point at its training size.
+
+    This runs in the stage's own process (on a cluster: the submitting host), so the
+    timing uses ``runtime.device`` only where this host has it, at the complexity
+    stage's batch and iterations; elsewhere throughput and memory are left out (None)
+    rather than measured on a login node's CPU.  Params and GMACs need no device.
+    """
     import timm
+    import torch
 
     from pcn.eval.complexity import count_gmacs, count_params, measure_throughput
     from pcn.steps.common import setup_torch
@@ -132,9 +139,14 @@ def point_complexity(p, options: dict) -> dict:
     img = p.experiments.train_for("depth_width").img_size
     name, options = grid_model(p, None, options)
     model = timm.create_model(name, num_classes=num_classes(p), **options)
-    speed = measure_throughput(model, img, 64, "cpu", warmup=1, iters=3)
-    return {"params_m": count_params(model) / 1e6, "gmacs": count_gmacs(model, img), "img_size": img,
-            "throughput": speed["throughput"], "peak_mem_mb": speed["peak_mem_mb"], "mem_method": speed["mem_method"]}
+    out = {"params_m": count_params(model) / 1e6, "gmacs": count_gmacs(model, img), "img_size": img,
+           "throughput": None, "peak_mem_mb": None, "mem_method": None}
+    device = "cuda" if p.runtime.device != "cpu" and torch.cuda.is_available() else "cpu"
+    if device == "cpu" and p.runtime.device == "cuda":
+        return out
+    c = p.complexity
+    speed = measure_throughput(model, img, c.batch_size, device, warmup=1, iters=c.iters)
+    return {**out, **{k: speed[k] for k in ("throughput", "peak_mem_mb", "mem_method")}}
 
 
 def summarize(args) -> int:

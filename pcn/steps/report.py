@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from pcn.io import atomic_path
-from pcn.steps.common import setup_torch, stage
+from pcn.steps.common import data_paths, setup_torch, stage
 
 ATTENTION_DIR = Path("results/attention")
 FIGURES_DIR = Path("reports/figures")
@@ -20,13 +20,6 @@ METHOD_TITLES = {
     "centre": "centre prior",
     "uniform": "uniform map (floor)",
 }
-
-
-def _objects_file(params) -> Path | None:
-    if params.data.source == "demo":
-        return Path("data/demo/imagenet/val_objects.json")
-    p = Path(params.data.imagenet_val).parent / "val_objects.json"  # same format, if someone provides one
-    return p if p.is_file() else None
 
 
 def _checkpoints(params) -> dict[str, tuple[str, str, dict]]:
@@ -63,27 +56,26 @@ def _model(name: str, options: dict, checkpoint: str, num_classes: int):
 def attention(args) -> int:
     from pcn.analysis import attention as A
     from pcn.analysis import figures as F
-    from pcn.cli import UserError
-    from pcn.steps.train import num_classes
+    from pcn.data.ffcv_io import class_folders
 
-    with stage(args, "attention", ("attention", "runtime", "model", "experiments.model_options",
-                                   "experiments.train.img_size", "experiments.train_by_study.ablation")) as st:
+    with stage(args, "attention", ("attention", "data.root", "data.imagenet", "runtime", "model",
+                                   "experiments.model_options", "experiments.train.img_size",
+                                   "experiments.train_by_study.ablation")) as st:
         p, cfg = st.params, st.params.attention
         setup_torch(p.runtime.threads)
-        objects = _objects_file(p)
-        if objects is None or not objects.is_file():
-            raise UserError(f"{objects or 'val_objects.json'}: no ground-truth objects for the validation images "
-                            "(the demo_data stage writes them)")
-        class_names, items = A.read_val_objects(objects, cfg.n_images)
+        paths = data_paths(p)
+        wnids = class_folders(paths["train"])  # label order of every model
+        items = A.read_val_boxes(paths["val"], paths["loc"], wnids, cfg.n_images)
+        class_names = A.synset_names(paths["loc"].with_name("LOC_synset_mapping.txt"), wnids)
         size = p.experiments.train_for("ablation").img_size  # the grid baseline's training size
-        images, x, masks, boxes = A.load_images(items, size)
+        images, x, regions = A.load_images(items, size)
         labels = np.array([it.label for it in items])
-        k = num_classes(p)
+        k = len(wnids)
         ckpts = _checkpoints(p)
 
         logits, raw, maps = {}, {}, {}
         # The fine-tuned model sees the images at its own resolution; every map is
-        # scored at the grid's (its patch grid upsampled to the same masks).
+        # scored at the grid's (its patch grid upsampled to the same regions).
         x_finetuned = A.load_images(items, p.finetune.img_size)[1]
         for method, inputs in (("patchconvnet", x), ("patchconvnet_finetuned", x_finetuned)):
             path, name, opts = ckpts[method]
@@ -101,17 +93,17 @@ def attention(args) -> int:
             with torch.no_grad():
                 logits["gradcam"] = logits["cam"] = avg_model(x).numpy()
             maps.update(A.class_activation_maps(avg_model, x, labels))
-        table = A.localisation_table(maps, masks, boxes, cfg.threshold)
+        table = A.localisation_table(maps, regions, cfg.threshold)
         for method, lg in logits.items():
             table[method]["model_top1"] = A.top1(lg, labels)
         for method, (path, name, _) in ckpts.items():
             for m in (method, "gradcam") if method == "cam" else (method,):
                 table[m].update(checkpoint=path, model=name)
 
-        captions = [f"{it.class_name}" for it in items]
+        captions = [class_names[it.label] for it in items]
         with atomic_path(ATTENTION_DIR, directory=True) as out:
             np.savez_compressed(
-                out / "maps.npz", images=images, masks=masks, boxes=boxes, labels=labels,
+                out / "maps.npz", images=images, regions=regions, labels=labels,
                 files=np.array([str(it.path) for it in items]), class_names=np.array(class_names),
                 **{f"map_{m}": v.astype(np.float16) for m, v in maps.items()},
                 multiclass_all=multi_all.astype(np.float16),
@@ -125,12 +117,12 @@ def attention(args) -> int:
                                        n=cfg.n_figure), out, "attention_multiclass")
             F.save(F.localisation_figure(table, METHOD_TITLES), out, "localisation")
         metrics = {**table, "threshold": cfg.threshold, "n_images": len(items), "img_size": size,
-                   "ground_truth": str(objects),
+                   "ground_truth": str(paths["loc"]),
                    "definitions": {
-                       "pointing_game": "% of images whose map maximum lies in the object mask (ties: share of "
-                                        "the tied maxima inside; so a uniform map scores the object's area fraction)",
-                       "pointing_game_box": "the same against the object's bounding box",
-                       "iou": f"% mean IoU of (map >= {cfg.threshold} x max) with the object mask",
+                       "pointing_game": "% of images whose map maximum lies in the union of the labelled class's "
+                                        "boxes (ties: share of the tied maxima inside; so a uniform map scores "
+                                        "the boxes' area fraction)",
+                       "iou": f"% mean IoU of (map >= {cfg.threshold} x max) with the union of the boxes",
                        "model_top1": "top-1 of the map's model on these images",
                        "cam": "pytorch_grad_cam.HiResCAM on the last trunk block (= CAM for avg-pool + linear)",
                        "gradcam": "pytorch_grad_cam.GradCAM on the last trunk block, labelled class",
@@ -143,7 +135,7 @@ def attention(args) -> int:
                                                                         "localisation")))
         for m, row in table.items():
             print(f"{METHOD_TITLES.get(m, m):44s} pointing {row['pointing_game']:5.1f}%  "
-                  f"box {row['pointing_game_box']:5.1f}%  IoU {row['iou']:5.1f}%  (n={row['n']})")
+                  f"IoU {row['iou']:5.1f}%  (n={row['n']})")
     return 0
 
 

@@ -80,39 +80,10 @@ def run_pipeline(args) -> int:
 
 
 def dryrun(args) -> int:
-    """The pretraining job in detail, then every training-like job of the DAG and the total cost."""
-    from pcn.stages import build_stages
-    from pcn.steps.transfer import single_process
-    from pcn.train.dryrun import ASSUMED_IMAGES_PER_GPU_S, dry_run, plan
-    from pcn.train.launch import slurm_parameters
+    """Every training-like job of the DAG with its GPU-hours, the total and the experiment grid's share."""
+    from pcn.train.dryrun import dry_run
 
-    params = load_params(args.params)
-    print(dry_run(params))
-    configs = {"pretrain": params.pretrain, "finetune": params.finetune}
-    rows, total = [], 0.0
-    for stage in build_stages(params):
-        if not stage.gpu:
-            continue
-        for wc in stage.instances():
-            name = stage.instance_name(wc)
-            if stage.topic == "transfer":
-                cfg = params.section(stage.name.split("_")[0])
-                # dense transfer runs one process (no DDP): one GPU, iteration-based schedule
-                hours = cfg.iters * cfg.batch_size / (ASSUMED_IMAGES_PER_GPU_S / 4) / 3600
-                sb = slurm_parameters(single_process(params.launcher), name)
-                rows.append((name, f"{cfg.iters:,} iterations", cfg.batch_size, cfg.batch_size, cfg.lr, hours, sb))
-            else:
-                cfg = configs.get(stage.name) or params.experiments.train_for(stage.name)
-                p = plan(params, cfg=cfg, name=name)
-                rows.append((name, f"{p.epochs} epochs", p.global_batch, p.batch_per_rank, p.lr, p.gpu_hours, p.sbatch))
-            total += rows[-1][5]
-    print(f"\nevery training-like job of the DAG at scale '{params.scale}' ({len(rows)} jobs; nothing is submitted)")
-    print(f"  {'job':34s} {'schedule':>20s} {'batch':>6s} {'/GPU':>5s} {'lr':>8s} {'GPU-h':>8s}  resources")
-    for name, sched, batch, per, lr, hours, sb in rows:
-        res = f"{sb.get('nodes', 1)} node(s) x {sb.get('gpus_per_node', 0)} GPU, {sb.get('cpus_per_task')} CPU/task, " \
-              f"{sb.get('mem')}, {sb.get('time')} min"
-        print(f"  {name:34s} {sched:>20s} {batch:>6d} {per:>5d} {lr:>8.2g} {hours:>8.1f}  {res}")
-    print(f"  total: about {total:,.0f} GPU-hours (an estimate at an assumed {ASSUMED_IMAGES_PER_GPU_S:g} images/s per GPU)")
+    print(dry_run(load_params(args.params)))
     return 0
 
 

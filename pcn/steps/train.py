@@ -16,9 +16,10 @@ PLOT_COLUMNS = ("epoch", "step", "train_loss", "val_loss", "val_top1", "val_top5
 
 
 def num_classes(params: Params) -> int:
-    if params.data.source == "demo":
-        return params.data.demo.n_classes
-    return sum(1 for d in Path(params.data.imagenet_train).iterdir() if d.is_dir())
+    """The number of class folders of the train split, for demo and real data alike."""
+    from pcn.data.ffcv_io import class_folders
+
+    return len(class_folders(data_paths(params)["train"]))
 
 
 def train_stage(args, st: Stage, *, cfg: TrainConfig, out_dir: str, metrics_path: str, model: str | None = None,
@@ -37,7 +38,7 @@ def train_stage(args, st: Stage, *, cfg: TrainConfig, out_dir: str, metrics_path
         model=model or p.model.name, model_options=opts, num_classes=num_classes(p), train=cfg,
         data=DataSpec(train_beton=str(paths["train_beton"]), val_beton=str(paths["val_beton"]),
                       train_folder=str(paths["train"]), val_folder=str(paths["val"]), loader=loader or p.data.loader,
-                      num_workers=p.data.num_workers, crop_ratio=p.evaluate.crop_ratio),
+                      num_workers=p.data.num_workers, crop_ratio=cfg.eval_crop_ratio or p.evaluate.crop_ratio),
         out_dir=out_dir, seed=p.seed if seed is None else seed, threads=threads or p.runtime.threads,
         device=p.runtime.device, init_checkpoint=init, metrics_path=None, stage=st.name,
         mlflow_run_id=st.run.run_id, mlflow_uri=st.uri)

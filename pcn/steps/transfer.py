@@ -6,34 +6,37 @@ checkpoint, qualitative figure), ``metrics/<stage>.json``, ``plots/<stage>.csv``
 checkpoint named by ``<task>.backbone`` (``results/pretrain/model.pth`` or
 ``results/finetune/model.pth``) or ``--checkpoint FILE``.
 
+Datasets: ``data.path("ade20k")`` (the ADEChallengeData2016 folder) and
+``data.path("coco")`` (the folder with ``{train,val}2017/`` and ``annotations/``), in
+the official layouts of docs/datasets.md; segmentation has ``segmentation_classes``
+classes (150 for ADE20k).
+
 Launching: the job is a :class:`pcn.transfer.TransferTask` (a submitit
-``Checkpointable``), submitted by the same launcher as training (local or SLURM).
+``Checkpointable``), submitted by the same launcher as training (local or SLURM)
+with all of its resources: one DDP rank per task (per GPU on SLURM), the global
+``batch_size`` split evenly over the ranks.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pcn.cli import UserError
+from pcn.errors import UserError
 from pcn.steps.common import launcher_kind, stage
 
-DEMO_ROOT = Path("data/demo")
+DATASETS = {"segmentation": "ade20k", "detection": "coco"}
 
 
 def data_root(params, task: str) -> Path:
-    if params.data.source == "demo":
-        return DEMO_ROOT / ("ade" if task == "segmentation" else "coco")
-    root = params.data.ade20k if task == "segmentation" else params.data.coco
-    if not root:
-        key = "data.ade20k" if task == "segmentation" else "data.coco"
-        raise UserError(f"{key} is not set: the {task} stage needs the dataset's root folder")
-    return Path(root)
+    """The dataset folder of ``task``, in its official layout."""
+    return params.data.path(DATASETS[task])
 
 
-def single_process(launcher):
-    """The launcher of a one-process job: one task, one node, at most one GPU."""
-    slurm = launcher.slurm.model_copy(update={"nodes": 1, "gpus_per_node": min(1, launcher.slurm.gpus_per_node)})
-    return launcher.model_copy(update={"tasks": 1, "slurm": slurm})
+def ranks(launcher) -> int:
+    """The DDP ranks of a job of ``launcher``: one per GPU on SLURM GPU nodes, else ``tasks`` per node."""
+    if launcher.kind == "slurm":
+        return launcher.slurm.nodes * (launcher.slurm.gpus_per_node or launcher.tasks)
+    return launcher.tasks
 
 
 def validate_dataset(task: str, root: Path, n_classes: int | None) -> None:
@@ -53,7 +56,8 @@ def _transfer(args, task: str) -> int:
 
     suffix = "" if args.init == "pretrained" else f"_{args.init}"
     name = f"{task}{suffix}"
-    with stage(args, name, ("scale", "seed", "runtime", "model", task), tags={"pcn.init": args.init}) as st:
+    sections = ("scale", "seed", "runtime", "model", task, "data", "launcher")
+    with stage(args, name, sections, tags={"pcn.init": args.init}) as st:
         p = st.params
         cfg = p.section(task)
         checkpoint = None
@@ -64,18 +68,28 @@ def _transfer(args, task: str) -> int:
                                 f"(run `pcn {cfg.backbone}`, or pass --checkpoint)")
         elif getattr(args, "checkpoint", None):
             raise UserError("--checkpoint is only used with --init pretrained")
+        config = cfg.model_dump()
+        if task == "segmentation":
+            try:
+                config["n_classes"] = p.segmentation_classes
+            except ValueError as exc:
+                raise UserError(str(exc)) from None
+        # Same launcher as training, with all its resources: a submitit job, local or SLURM, DDP over its tasks.
+        launcher = p.launcher.model_copy(update={"kind": launcher_kind(args, p)})
+        world = ranks(launcher)
+        if cfg.batch_size % world:
+            raise UserError(f"{task}.batch_size = {cfg.batch_size} does not split over the launcher's {world} ranks "
+                            f"(the global batch: a multiple of {world} expected)")
         root = data_root(p, task)
         if not root.is_dir():
             raise UserError(f"{root}: dataset folder not found" + (" (run `pcn make-demo`)" if p.data.source == "demo" else ""))
-        validate_dataset(task, root, getattr(cfg, "n_classes", None))  # bad input fails here, in one line
+        validate_dataset(task, root, config.get("n_classes"))  # bad input fails here, in one line
         job = TransferJob(
             task=task, init=args.init, model=p.model.name, model_options=dict(p.model.options),
-            config=cfg.model_dump(), data_root=str(root), out_dir=f"results/{name}", plots_path=f"plots/{name}.csv",
+            config=config, data_root=str(root), out_dir=f"results/{name}", plots_path=f"plots/{name}.csv",
             checkpoint=str(checkpoint) if checkpoint else None, seed=p.seed, threads=p.runtime.threads,
             device=p.runtime.device, stage=name, mlflow_run_id=st.run.run_id, mlflow_uri=st.uri,
-            num_workers=getattr(cfg, "num_workers", 0))
-        # Same launcher as training: a submitit job, local or SLURM (one process: no DDP here).
-        launcher = single_process(p.launcher).model_copy(update={"kind": launcher_kind(args, p)})
+            num_workers=p.data.num_workers)
         metrics = launch(TransferTask(job), launcher, Path("logs/submitit") / name)
         if metrics.get("backbone_weights"):
             w = metrics["backbone_weights"]
@@ -84,7 +98,7 @@ def _transfer(args, task: str) -> int:
         st.finish(metrics, f"metrics/{name}.json", artifacts=(job.plots_path, f"results/{name}/qualitative.png"))
         headline = ("mIoU", "mAcc", "aAcc") if task == "segmentation" else ("bbox_AP", "bbox_AP50", "segm_AP")
         print(f"{name}: " + ", ".join(f"{k} {metrics[k]:.1f}" for k in headline if metrics.get(k) is not None)
-              + f" ({metrics['seconds']:.0f} s)")
+              + f" ({metrics['seconds']:.0f} s on {metrics['ranks']} rank{'s' if metrics['ranks'] > 1 else ''})")
     return 0
 
 

@@ -9,6 +9,15 @@ This module holds what both tasks share: the job spec (:class:`TransferJob`, pla
 values so that submitit can pickle it), the submitit task around it
 (:class:`TransferTask`, requeued as itself) and the training loop with its resume
 state (:func:`train_loop`), written atomically to ``work_dir/last.pth``.
+
+Distributed runs: the task joins the job's process group the way classification
+training does (:mod:`pcn.train.distributed`: rank, world and rendezvous from
+submitit, nccl on GPUs, gloo on CPU), wraps the model in DDP (:func:`distribute`)
+and gives each rank its slice of every global batch (:class:`IterationSampler`), so
+the images of one iteration are those of a one-process run at the same global batch.
+Rank 0 writes the resume state, the outputs and the MLflow points. Evaluation is
+sharded: rank ``r`` scores images ``r, r + world, ...`` and writes its share into
+``work_dir``; rank 0 collects them after a barrier (:func:`shard`).
 """
 
 from __future__ import annotations
@@ -23,9 +32,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import submitit
+
+if TYPE_CHECKING:  # keeps torch out of this module's import (the stage imports it to submit)
+    from pcn.train.distributed import DistEnv
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +64,9 @@ class TransferJob:
     stage: str = "segmentation"
     mlflow_run_id: str | None = None
     mlflow_uri: str = "sqlite:///mlflow.db"
-    num_workers: int = 0
+    num_workers: int = 0  # loader workers per rank
     resume: bool = True
+    dist_timeout_s: int = 600  # bound on a collective wait: a dead rank is noticed within it
 
     @property
     def work_dir(self) -> Path:
@@ -69,7 +82,7 @@ class TransferJob:
         """What determines the trajectory: a resume state from another config is refused."""
         d = asdict(self)
         for key in ("out_dir", "plots_path", "threads", "device", "stage", "mlflow_run_id", "mlflow_uri",
-                    "num_workers", "resume"):
+                    "num_workers", "resume", "dist_timeout_s"):
             d.pop(key)
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -86,36 +99,64 @@ class TransferTask(submitit.helpers.Checkpointable):
         self.device = job.device
 
     def __call__(self) -> dict[str, Any]:
+        from pcn.train import distributed as D
+
         if self.job.task == "segmentation":
             from pcn.transfer.segmentation import run
         else:
             from pcn.transfer.detection import run
-        return run(self.job)
+        env = D.detect()
+        D.init(env, D.pick_device(self.job.device, env), self.job.dist_timeout_s)
+        try:
+            return run(self.job, env)
+        finally:
+            D.shutdown()
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         return submitit.helpers.DelayedSubmission(TransferTask(self.job))
 
 
-def setup_device(job: TransferJob):
+def setup_device(job: TransferJob, env: DistEnv):
+    """This rank's device (one GPU per rank), CPU threads and the model-init seed."""
     import torch
+
+    from pcn.train import distributed as D
 
     torch.set_flush_denormal(True)  # before set_num_threads (see MACHINE-NOTES: denormals)
     torch.set_num_threads(job.threads)
     torch.manual_seed(job.seed)
-    if job.device == "cuda" or (job.device == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
-    return torch.device("cpu")
+    return D.pick_device(job.device, env)
+
+
+def batch_per_rank(job: TransferJob, env: DistEnv) -> int:
+    """``batch_size`` is the global batch; each rank takes an equal share of it."""
+    batch = job.cfg("batch_size")
+    if batch % env.world_size:
+        raise ValueError(f"{job.task}.batch_size = {batch} does not split over {env.world_size} ranks")
+    return batch // env.world_size
 
 
 class IterationSampler:
-    """Indices for ``iters * batch_size`` samples: seeded permutations, one per pass over
-    the data, starting at ``start`` iterations (a resumed run sees the same order)."""
+    """Indices for ``iters`` global batches of ``batch_size``: seeded permutations, one per
+    pass over the data, starting at iteration ``start`` (a resumed run sees the same order).
 
-    def __init__(self, n: int, batch_size: int, iters: int, seed: int, start: int = 0):
+    With ``world_size`` ranks, rank ``r`` yields the ``r``-th of ``world_size`` equal slices
+    of every global batch (``batch_size / world_size`` indices per iteration), so the ranks
+    together see exactly the batches of a one-process run.
+    """
+
+    def __init__(self, n: int, batch_size: int, iters: int, seed: int, start: int = 0,
+                 rank: int = 0, world_size: int = 1):
+        if batch_size % world_size:
+            raise ValueError(f"a global batch of {batch_size} does not split over {world_size} ranks")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside 0..{world_size - 1}")
         self.n, self.batch_size, self.iters, self.seed, self.start = n, batch_size, iters, seed, start
+        self.rank, self.world_size = rank, world_size
+        self.per_rank = batch_size // world_size
 
     def __len__(self) -> int:
-        return (self.iters - self.start) * self.batch_size
+        return (self.iters - self.start) * self.per_rank
 
     def __iter__(self) -> Iterator[int]:
         import torch
@@ -129,8 +170,39 @@ class IterationSampler:
             for i in perm[offset:]:
                 if pos >= end:
                     return
-                yield i
+                if (pos % self.batch_size) // self.per_rank == self.rank:
+                    yield i
                 pos += 1
+
+
+def loader_options(job: TransferJob, device) -> dict[str, Any]:
+    """DataLoader workers (per rank) and pinned memory for a GPU."""
+    return {"num_workers": job.num_workers, "pin_memory": device.type == "cuda"}
+
+
+def distribute(model, env: DistEnv, device, seed: int):
+    """DDP over the job's ranks, with SyncBatchNorm on GPUs (mmseg's and mmdet's ``SyncBN``:
+    a few images per GPU are too few for batch statistics); each rank then draws its
+    own augmentations. One process: the model itself."""
+    import torch
+    from torch.nn.parallel import DistributedDataParallel
+
+    if env.world_size == 1:
+        return model
+    if device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    torch.manual_seed(seed + env.rank)
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def unwrap(model):
+    """The module inside DDP (what is saved, evaluated and reconfigured)."""
+    return getattr(model, "module", model)
+
+
+def shard(n: int, env: DistEnv) -> list[int]:
+    """This rank's evaluation images: ``rank, rank + world, ...`` (each image once, no padding)."""
+    return list(range(env.rank, n, env.world_size))
 
 
 def build_optimizer(model, lr: float, weight_decay: float):
@@ -148,23 +220,32 @@ class LoopResult:
 
 
 def train_loop(job: TransferJob, model, optimizer, scheduler, loader_from: Callable[[int], Any],
-               step_fn: Callable[[Any], Any], iters: int, run_logger=None, clip_grad: float | None = None) -> LoopResult:
+               step_fn: Callable[[Any], Any], iters: int, run_logger=None, clip_grad: float | None = None,
+               env: DistEnv | None = None) -> LoopResult:
     """``iters`` optimizer steps of ``step_fn(batch) -> loss``; resume state every
     ``CHECKPOINT_EVERY`` steps; MLflow ``train_loss`` every ``LOG_EVERY`` steps.
-    ``loader_from(start)`` gives the batches from iteration ``start`` on."""
+    ``loader_from(start)`` gives the batches from iteration ``start`` on.
+
+    Under DDP (``model`` wrapped by :func:`distribute`) the recorded loss is the mean
+    over the ranks, so every rank sees the same value and a non-finite loss on any
+    rank stops them all; rank 0 writes the resume state with every rank's RNG.
+    """
     import torch
 
     from pcn.train import checkpoint as ckpt
+    from pcn.train import distributed as D
 
+    env = env or D.DistEnv()
     start, losses = 0, []
     fp = job.fingerprint()
     if job.resume and job.last_path.is_file():
         state = ckpt.load(job.last_path)
         if state.get("fingerprint") == fp:
-            model.load_state_dict(state["model"])
+            unwrap(model).load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             start, losses = int(state["step"]), [float(v) for v in state["losses"]]
-            ckpt.set_rng_state(state["rng"])
+            rngs = state["rng"]  # one per rank; a run resumed on more ranks than saved reuses rank 0's
+            ckpt.set_rng_state(rngs[env.rank] if env.rank < len(rngs) else rngs[0])
             log.info("%s: resumed at iteration %d from %s", job.stage, start, job.last_path)
         else:
             log.warning("%s: ignoring %s (written by another configuration)", job.stage, job.last_path)
@@ -176,22 +257,27 @@ def train_loop(job: TransferJob, model, optimizer, scheduler, loader_from: Calla
             break
         scheduler.step_update(step)
         loss = step_fn(batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{job.stage}: loss is {loss.item()} at iteration {step} (lower the lr?)")
+        value = loss.detach().float()
+        if env.world_size > 1:
+            value = D.all_reduce_sum(value.clone()) / env.world_size
+        if not torch.isfinite(value):
+            raise FloatingPointError(f"{job.stage}: loss is {value.item()} at iteration {step} (lower the lr?)")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if clip_grad:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
         optimizer.step()
-        losses.append(float(loss.detach()))
+        losses.append(float(value))
         step += 1
         if run_logger is not None and (step % LOG_EVERY == 0 or step == iters):
             window = losses[-LOG_EVERY:]
             run_logger.log_metrics({"train_loss": sum(window) / len(window),
                                     "lr": optimizer.param_groups[0]["lr"]}, step)
         if step % CHECKPOINT_EVERY == 0 and step < iters:
-            ckpt.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                       "losses": losses, "rng": ckpt.rng_state(), "fingerprint": fp}, job.last_path)
+            rngs = D.all_gather_object(ckpt.rng_state())
+            if env.is_main:
+                ckpt.save({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                           "losses": losses, "rng": rngs, "fingerprint": fp}, job.last_path)
     return LoopResult(losses, time.perf_counter() - t0, start)
 
 
@@ -231,7 +317,8 @@ def finish_outputs(job: TransferJob, losses: list[float]) -> None:
     shutil.rmtree(job.work_dir, ignore_errors=True)
 
 
-def run_logger(job: TransferJob):
+def run_logger(job: TransferJob, env: DistEnv):
+    """MLflow points from rank 0 only (the others get a no-op logger)."""
     from pcn.tracking import RunLogger
 
-    return RunLogger(job.mlflow_run_id, job.mlflow_uri)
+    return RunLogger(job.mlflow_run_id, job.mlflow_uri, enabled=env.is_main)

@@ -1,27 +1,38 @@
-"""Dense-task datasets in the layouts of the real ones: ADE20k (ADEChallengeData2016) and COCO.
+"""Dense-task datasets in the official layouts of ADE20k and COCO (docs/datasets.md).
 
-ADE20k layout (``root`` = the folder holding ``images/`` and ``annotations/``)::
+ADE20k (``root`` = the ``ADEChallengeData2016`` folder)::
 
-    images/{training,validation}/<name>.jpg
-    annotations/{training,validation}/<name>.png   uint8, 0 = unlabelled, 1..N = classes
-    classes.json                                   optional: the N names of ids 1..N
+    images/{training,validation}/ADE_{train,val}_<8 digits>.jpg
+    annotations/{training,validation}/ADE_{train,val}_<8 digits>.png   uint8, 0 = other, 1..N = classes
+    objectInfo150.txt        optional: tab-separated ``Idx Ratio Train Val Name`` (the class names)
 
-The model predicts N classes (id - 1); id 0 is ignored by the loss and the metrics.
+The number of classes N comes from the caller (``params.segmentation_classes``: 150
+for ADE20k); the model predicts N classes (label id - 1) and id 0 is ignored by the
+loss and the metrics.  Without ``objectInfo150.txt`` the classes are ``class_<id>``.
 
-COCO layout (``root`` = the folder holding ``images/`` and ``annotations/``)::
+COCO (``root`` = the ``coco`` folder)::
 
-    images/{train,val}/<file_name>
-    annotations/instances_{train,val}.json         polygons or RLE, iscrowd 0/1
+    {train,val}2017/<12 digits>.jpg
+    annotations/instances_{train,val}2017.json      polygons or RLE, iscrowd 0/1
+
+COCO's category ids skip numbers (1..90 for 80 categories); the model sees the
+contiguous labels 1..K in id order (0 = background) and ``label_to_cat`` maps them
+back for scoring.  Crowd regions store *uncompressed* RLE (``counts`` a list); they
+are decoded like any mask but left out of the training targets (COCOeval treats
+them as ignore regions).  Images without annotations are valid items with empty
+targets.
 
 Everything the user can get wrong is checked when a dataset is built, before any
 training starts, and reported as one :class:`DatasetError` line naming the file
-and the offending id or value: a JSON file that does not parse, an annotation
-whose image or category does not exist, a missing or unreadable image, a label map
-of another size than its image or holding ids above N. Degenerate boxes (zero
-width or height) are skipped with a warning and counted (``n_degenerate``).
+and the offending id or value: a missing folder or file, a JSON file that does not
+parse, an annotation whose image or category does not exist, an RLE that does not
+fit its image, a missing or unreadable image, a label map of another size than its
+image or holding ids above N. Degenerate boxes (zero width or height) are skipped
+with a warning and counted (``n_degenerate``).
 
-The training pipelines are torchvision ``transforms.v2`` lists (they move images,
-masks and boxes together).
+Images are decoded by content and converted to RGB (grayscale and CMYK JPEGs occur
+in both datasets).  The training pipelines are torchvision ``transforms.v2`` lists
+(they move images, masks and boxes together).
 """
 
 from __future__ import annotations
@@ -42,7 +53,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IGNORE = 0  # label-map id of unlabelled pixels (ADE20k convention)
 ADE_SPLITS = {"train": "training", "val": "validation"}
-COCO_SPLITS = {"train": "train", "val": "val"}
+ADE_CLASS_FILE = "objectInfo150.txt"
+COCO_SPLITS = {"train": "train2017", "val": "val2017"}
 
 
 class DatasetError(ValueError):
@@ -96,6 +108,34 @@ def ade_eval_transforms(size: int) -> v2.Compose:
     ])
 
 
+def read_ade_class_names(path: Path, n_classes: int) -> list[str]:
+    """The names of ids 1..N from ``objectInfo150.txt`` (tab-separated, header ``Idx Ratio
+    Train Val Name``; a name is the first of its comma-separated synonyms, or all of them
+    where first synonyms repeat), else ``class_<id>``."""
+    if not path.is_file():
+        return [f"class_{i}" for i in range(1, n_classes + 1)]
+    lines = path.read_text(encoding="utf-8").splitlines()
+    header = lines[0].strip().split("\t") if lines else []
+    if [h.strip() for h in header] != ["Idx", "Ratio", "Train", "Val", "Name"]:
+        raise DatasetError(f"{path}: line 1: expected the tab-separated header 'Idx Ratio Train Val Name'")
+    names: dict[int, str] = {}
+    for line_no, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        fields = line.strip().split("\t")
+        if len(fields) != 5 or not fields[0].strip().isdigit() or not fields[4].strip():
+            raise DatasetError(f"{path}: line {line_no}: expected 5 tab-separated fields 'Idx Ratio Train Val Name'")
+        idx = int(fields[0])
+        if not 1 <= idx <= n_classes or idx in names:
+            raise DatasetError(f"{path}: line {line_no}: Idx {idx} is a repeat or outside 1..{n_classes}")
+        names[idx] = fields[4].strip()
+    if len(names) != n_classes:
+        raise DatasetError(f"{path}: lists {len(names)} classes, expected {n_classes} (segmentation.n_classes)")
+    full = [names[i] for i in range(1, n_classes + 1)]
+    first = [n.split(",")[0].strip() for n in full]
+    return first if len(set(first)) == len(first) else full
+
+
 class AdeSegmentation(torch.utils.data.Dataset):
     """ADE20k-layout semantic segmentation; items are ``(image, label_map, name)``.
 
@@ -104,18 +144,21 @@ class AdeSegmentation(torch.utils.data.Dataset):
     ``image_transforms`` and the label map is returned untouched (for scoring at full size).
     """
 
-    def __init__(self, root: str | Path, split: str, n_classes: int | None = None,
+    def __init__(self, root: str | Path, split: str, n_classes: int,
                  transforms: v2.Transform | None = None, image_transforms: v2.Transform | None = None,
                  check: bool = True):
+        if not isinstance(n_classes, int) or n_classes < 1:
+            raise ValueError(f"n_classes = {n_classes!r}: expected the number of label ids 1..N (ADE20k: 150)")
         self.root = Path(root)
         self.split = ADE_SPLITS.get(split, split)
         self.image_dir = self.root / "images" / self.split
         self.label_dir = self.root / "annotations" / self.split
         for d in (self.image_dir, self.label_dir):
             if not d.is_dir():
-                raise DatasetError(f"{d}: folder missing (expected the ADE20k layout images/ and annotations/)")
-        self.class_names = self._class_names(n_classes)
-        self.n_classes = len(self.class_names)
+                raise DatasetError(f"{d}: folder missing (expected the ADEChallengeData2016 layout "
+                                   "images/{training,validation}/ and annotations/{training,validation}/)")
+        self.n_classes = n_classes
+        self.class_names = read_ade_class_names(self.root / ADE_CLASS_FILE, n_classes)
         self.names = sorted(p.stem for p in self.image_dir.glob("*.jpg"))
         if not self.names:
             raise DatasetError(f"{self.image_dir}: no .jpg images")
@@ -127,22 +170,6 @@ class AdeSegmentation(torch.utils.data.Dataset):
         if check:
             for name in self.names:
                 self._check(name)
-
-    def _class_names(self, n_classes: int | None) -> list[str]:
-        path = self.root / "classes.json"
-        if path.is_file():
-            try:
-                names = json.loads(path.read_text())
-            except json.JSONDecodeError as exc:
-                raise DatasetError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-            if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or not names:
-                raise DatasetError(f"{path}: expected a list of class names (ids 1..N)")
-            if n_classes is not None and n_classes != len(names):
-                raise DatasetError(f"{path}: lists {len(names)} classes, expected {n_classes}")
-            return names
-        if n_classes is None:
-            raise DatasetError(f"{path}: missing (and no number of classes given)")
-        return [f"class_{i}" for i in range(1, n_classes + 1)]
 
     def image_path(self, name: str) -> Path:
         return self.image_dir / f"{name}.jpg"
@@ -239,7 +266,25 @@ def load_coco_json(path: str | Path) -> dict[str, Any]:
             raise DatasetError(f"{path}: annotation {aid} has bbox {bbox!r}, expected [x, y, w, h]")
         if "segmentation" in ann and not isinstance(ann["segmentation"], (list, dict)):
             raise DatasetError(f"{path}: annotation {aid} has a segmentation that is neither polygons nor RLE")
+        if isinstance(ann.get("segmentation"), dict):
+            _check_rle(path, aid, ann["segmentation"], images[ann["image_id"]])
     return data
+
+
+def _check_rle(path: Path, aid, rle: dict, image: dict) -> None:
+    """An RLE must be of its image's size; uncompressed counts (crowd regions) must cover it."""
+    h, w = image["height"], image["width"]
+    if list(rle.get("size") or []) != [h, w]:
+        raise DatasetError(f"{path}: annotation {aid} has an RLE of size {rle.get('size')} (height, width), "
+                           f"its image {image['id']} is {h}x{w}")
+    counts = rle.get("counts")
+    if isinstance(counts, list):
+        if not all(isinstance(c, int) and c >= 0 for c in counts) or sum(counts) != h * w:
+            raise DatasetError(f"{path}: annotation {aid} has uncompressed RLE counts that do not sum to "
+                               f"{h} x {w} = {h * w} pixels of its image {image['id']}")
+    elif not isinstance(counts, (str, bytes)):
+        raise DatasetError(f"{path}: annotation {aid} has RLE counts {type(counts).__name__}, "
+                           "expected a list (uncompressed) or a string (compressed)")
 
 
 def annotation_mask(ann: dict, height: int, width: int) -> np.ndarray:
@@ -277,7 +322,10 @@ class CocoInstances(torch.utils.data.Dataset):
         self.root = Path(root)
         self.split = COCO_SPLITS.get(split, split)
         self.ann_file = self.root / "annotations" / f"instances_{self.split}.json"
-        self.image_dir = self.root / "images" / self.split
+        self.image_dir = self.root / self.split
+        if not self.image_dir.is_dir():
+            raise DatasetError(f"{self.image_dir}: folder missing (expected the COCO layout {{train,val}}2017/ "
+                               "and annotations/instances_{train,val}2017.json)")
         self.data = load_coco_json(self.ann_file)
         self.categories = sorted(self.data["categories"], key=lambda c: c["id"])
         self.cat_to_label = {c["id"]: i + 1 for i, c in enumerate(self.categories)}

@@ -6,15 +6,24 @@ multi-scale training, AdamW). Here the detector is torchvision's ``MaskRCNN``
 neck (strides 4..32) and torchvision's ``FeaturePyramidNetwork`` with its max-pool
 level (stride 64), exposing ``out_channels`` as torchvision expects.
 
-Multi-scale training is torchvision's own transform: ``min_size`` is the tuple of
-``detection.min_sizes`` and one is drawn per batch. Anchor sizes scale with the
-images: (32, 64, 128, 256, 512) at COCO sizes, (8, ..., 128) for 128 px scenes.
+Image sizes are torchvision's ``GeneralizedRCNNTransform``: training draws the
+shorter side from ``detection.min_sizes`` per batch, testing uses
+``detection.test_size``, and both cap the longer side at ``detection.max_size``
+(the COCO protocol: 800 / 1333). Anchor sizes scale with the images: (32, 64, 128,
+256, 512) at COCO sizes, (8, ..., 128) for 128 px scenes.
+
+On a GPU the trunk and the FPN run under bf16 autocast; the RPN and RoI heads stay
+in fp32, because box coordinates decoded in bf16 (8 significant bits) would move
+by up to 8 px at 1333 px. On the CPU everything is fp32.
 
 Outputs of :func:`run` (under the job's ``out_dir``, written atomically):
 ``detections_val.json`` (COCO results format: one list, each entry with ``bbox``
-and a compressed-RLE ``segmentation``), ``model.pth`` and ``qualitative.png``.
-Scoring is pycocotools' ``COCOeval`` against the val annotation file; for ``segm``
+and a compressed-RLE ``segmentation``, in the val file's image and category ids),
+``model.pth`` and ``qualitative.png``. Scoring is pycocotools' ``COCOeval`` against
+the val annotation file itself (crowd regions are its ignore regions); for ``segm``
 the boxes are dropped first so areas come from the masks (as detectron2 does).
+Under DDP each rank detects on its shard of val and writes it into the run's work
+folder; rank 0 joins the shards and scores them.
 """
 
 from __future__ import annotations
@@ -32,30 +41,38 @@ import torch
 from pycocotools import mask as mask_utils
 from torch import nn
 
+from pcn.train import distributed as D
+from pcn.train.engine import autocast
 from pcn.transfer import (
     IterationSampler,
     TransferJob,
+    batch_per_rank,
     build_optimizer,
+    distribute,
     finish_outputs,
+    loader_options,
     run_logger,
     run_summary,
     setup_device,
+    shard,
     train_loop,
+    unwrap,
 )
 from pcn.transfer.datasets import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     CocoInstances,
+    DatasetError,
     coco_eval_transforms,
     coco_train_transforms,
     collate_detection,
 )
-from pcn.transfer.metrics import COCO_STATS, coco_from_dict, coco_scores
+from pcn.transfer.metrics import COCO_STATS, coco_ground_truth, coco_scores
 from pcn.transfer.pyramid import PyramidBackbone, create_pyramid_backbone
 
 log = logging.getLogger(__name__)
 
-RESULTS_FILE = "detections_val.json"
+RESULTS_FILE = "detections_val2017_results.json"  # COCO's results-file naming
 MASK_THRESHOLD = 0.5
 
 
@@ -74,8 +91,10 @@ class PyramidFPN(nn.Module):
         self.out_channels = out_channels
 
     def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
-        feats = self.body(x)  # torchvision pads batches to a multiple of 32 already
-        return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(feats)))
+        with autocast(x.device):  # bf16 on a GPU; the heads stay fp32
+            feats = self.body(x)  # torchvision pads batches to a multiple of 32 already
+            levels = self.fpn(OrderedDict((str(i), f) for i, f in enumerate(feats)))
+        return OrderedDict((k, v.float()) for k, v in levels.items())
 
 
 def anchor_sizes(img_size: int) -> tuple[tuple[int, ...], ...]:
@@ -99,6 +118,7 @@ def build_model(job: TransferJob, n_classes: int):
     anchors = AnchorGenerator(sizes=sizes, aspect_ratios=((0.5, 1.0, 2.0),) * len(sizes))
     levels = ["0", "1", "2", "3"]
     min_sizes = tuple(job.cfg("min_sizes") or [job.cfg("img_size")])
+    max_size = job.cfg("max_size") or round(max(min_sizes) * 1333 / 800)
     # Box head sized with the FPN (COCO: 256 channels -> 1024-wide MLP, 512 sampled RoIs per image);
     # on small scenes with few objects the COCO sizes dominate CPU time (profiled: mm + RoIAlign ~50 %).
     fpn = backbone.out_channels
@@ -107,7 +127,7 @@ def build_model(job: TransferJob, n_classes: int):
     model = MaskRCNN(
         backbone,
         min_size=min_sizes,
-        max_size=round(max(min_sizes) * 1333 / 800),
+        max_size=max_size,
         image_mean=list(IMAGENET_MEAN),
         image_std=list(IMAGENET_STD),
         rpn_anchor_generator=anchors,
@@ -122,6 +142,13 @@ def build_model(job: TransferJob, n_classes: int):
     return model, report
 
 
+def use_test_size(model, job: TransferJob) -> None:
+    """Single-scale test: shorter side ``test_size``, longer side at most ``max_size``
+    (in eval mode torchvision resizes to the last ``min_size``)."""
+    model.transform.min_size = (job.cfg("test_size") or job.cfg("img_size"),)
+    model.transform.max_size = job.cfg("max_size") or model.transform.max_size
+
+
 def _to_device(images, targets, device):
     images = [im.to(device) for im in images]
     targets = [{k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in t.items()} for t in targets]
@@ -129,11 +156,15 @@ def _to_device(images, targets, device):
 
 
 @torch.no_grad()
-def detect(model, dataset: CocoInstances, device: torch.device, batch_size: int = 8) -> list[dict]:
-    """COCO results (bbox xywh + compressed RLE of the mask at 0.5) for every image of ``dataset``."""
+def detect(model, dataset: CocoInstances, device: torch.device, batch_size: int = 8,
+           indices: list[int] | None = None, num_workers: int = 0) -> list[dict]:
+    """COCO results (bbox xywh + compressed RLE of the mask at 0.5) for the images of
+    ``dataset`` (or those at ``indices``), in its annotation file's image and category ids."""
     model.eval()
     results = []
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_detection)
+    images_of = dataset if indices is None else torch.utils.data.Subset(dataset, indices)
+    loader = torch.utils.data.DataLoader(images_of, batch_size=batch_size, shuffle=False,
+                                         collate_fn=collate_detection, num_workers=num_workers)
     for images, targets in loader:
         outputs = model([im.to(device) for im in images])
         for out, tgt in zip(outputs, targets):
@@ -205,52 +236,83 @@ def _scheduler(optimizer, iters: int, lr: float):
                                 warmup_t=warmup, warmup_lr_init=lr * 1e-3, warmup_prefix=False, t_in_epochs=False)
 
 
-def run(job: TransferJob) -> dict[str, Any]:
-    """Train, detect on val, score with COCOeval, write the outputs; return the metrics."""
+def detect_sharded(model, dataset: CocoInstances, device: torch.device, job: TransferJob,
+                   env: D.DistEnv) -> list[dict] | None:
+    """Each rank detects on its shard of ``dataset`` and writes it to the work folder; rank 0
+    returns every rank's results (in rank order), the other ranks None."""
+    from pcn.io import write_text
+
+    folder = job.work_dir / "detections"
+    mine = detect(model, dataset, device, indices=shard(len(dataset), env), num_workers=job.num_workers)
+    write_text(folder / f"rank{env.rank}.json", json.dumps(mine))
+    D.barrier()  # every shard is written
+    if not env.is_main:
+        return None
+    return [r for rank in range(env.world_size) for r in json.loads((folder / f"rank{rank}.json").read_text())]
+
+
+def run(job: TransferJob, env: D.DistEnv | None = None) -> dict[str, Any]:
+    """Train, detect on val, score with COCOeval, write the outputs; return the metrics.
+
+    Under DDP every rank trains and detects on its shard; rank 0 scores, writes the
+    outputs and returns the metrics, the other ranks return ``{"rank": r}``.
+    """
     from pcn.io import atomic_path, write_json
 
+    env = env or D.DistEnv()
     t_start = time.perf_counter()
-    device = setup_device(job)
+    device = setup_device(job, env)
     iters, bs = job.cfg("iters"), job.cfg("batch_size")
+    per_rank = batch_per_rank(job, env)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         # The stage validated every file before submitting (pcn.steps.transfer): no second pass here.
         train_set = CocoInstances(job.data_root, "train", transforms=coco_train_transforms(), check=False)
         val_set = CocoInstances(job.data_root, "val", transforms=coco_eval_transforms(), check=False)
-    for w in caught:
-        log.warning("%s", w.message)
+    if env.is_main:
+        for w in caught:
+            log.warning("%s", w.message)
     if len({c["id"] for c in train_set.categories} ^ {c["id"] for c in val_set.categories}):
-        from pcn.transfer.datasets import DatasetError
-
         raise DatasetError(f"{val_set.ann_file}: categories differ from {train_set.ann_file}")
-    model, weights = build_model(job, len(train_set.categories))
-    model.to(device)
-    optimizer = build_optimizer(model, job.cfg("lr"), job.cfg("weight_decay", 0.05))
+    net, weights = build_model(job, len(train_set.categories))
+    net.to(device)
+    model = distribute(net, env, device, job.seed)
+    optimizer = build_optimizer(unwrap(model), job.cfg("lr"), job.cfg("weight_decay", 0.05))
     scheduler = _scheduler(optimizer, iters, job.cfg("lr"))
 
+    # Training images without an object (about 1% of COCO train, or only crowd regions) teach
+    # nothing but background: left out, as mmdetection's filter_empty_gt and torchvision's recipe do.
+    with_objects = [i for i, im in enumerate(train_set.images) if train_set.anns[im["id"]]]
+    if not with_objects:
+        raise DatasetError(f"{train_set.ann_file}: no training image has a (non-crowd) object")
+    train_items = torch.utils.data.Subset(train_set, with_objects)
+
     def loader_from(start: int):
-        sampler = IterationSampler(len(train_set), bs, iters, job.seed, start)
-        return torch.utils.data.DataLoader(train_set, batch_size=bs, sampler=sampler, num_workers=job.num_workers,
-                                           collate_fn=collate_detection, drop_last=True)
+        sampler = IterationSampler(len(train_items), bs, iters, job.seed, start, env.rank, env.world_size)
+        return torch.utils.data.DataLoader(train_items, batch_size=per_rank, sampler=sampler,
+                                           collate_fn=collate_detection, drop_last=True, **loader_options(job, device))
 
     def step(batch) -> torch.Tensor:
         images, targets = _to_device(*batch, device)
         losses = model(images, targets)
         return sum(losses.values())
 
-    mlf = run_logger(job)
-    loop = train_loop(job, model, optimizer, scheduler, loader_from, step, iters, mlf, clip_grad=None)
+    loop = train_loop(job, model, optimizer, scheduler, loader_from, step, iters, run_logger(job, env),
+                      clip_grad=None, env=env)
 
+    net = unwrap(model)
+    use_test_size(net, job)
+    t_eval = time.perf_counter()
+    results = detect_sharded(net, val_set, device, job, env)
+    if not env.is_main:
+        return {"rank": env.rank}
     out_dir = Path(job.out_dir)
-    gt = coco_from_dict(val_set.data)
+    gt = coco_ground_truth(val_set.ann_file)
     with atomic_path(out_dir, directory=True) as tmp:
-        t_eval = time.perf_counter()
-        model.transform.min_size = (job.cfg("img_size"),)  # single-scale test at img_size
-        results = detect(model, val_set, device)
         scores = {iou: coco_scores(gt, results, iou) for iou in ("bbox", "segm")}
         eval_s = time.perf_counter() - t_eval
         (tmp / RESULTS_FILE).write_text(json.dumps(results) + "\n")
-        torch.save({"model": model.state_dict()}, tmp / "model.pth")
+        torch.save({"model": net.state_dict()}, tmp / "model.pth")
         if weights is not None:  # every key the checkpoint gave the trunk, and every key it dropped
             write_json(tmp / "backbone_weights.json", {"source": weights.source, "used": weights.used,
                                                        "dropped": weights.dropped})
@@ -262,8 +324,14 @@ def run(job: TransferJob) -> dict[str, Any]:
         "annotations_file": str(val_set.ann_file),
         "segm_scored_without_bbox": True,
         "n_detections": len(results),
+        "n_train_images": len(train_items),
+        "n_train_images_without_objects": len(train_set) - len(train_items),
         "n_val_images": len(val_set),
         "n_degenerate_skipped": train_set.n_degenerate + val_set.n_degenerate,
+        "test_size": list(net.transform.min_size)[-1],
+        "max_size": net.transform.max_size,
+        "ranks": env.world_size,
+        "batch_per_rank": per_rank,
         **run_summary(job, out_dir, weights, loop, eval_s, t_start),
     })
     return metrics

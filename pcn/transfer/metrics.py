@@ -1,14 +1,17 @@
 """Scores of the dense tasks.
 
-Segmentation (mmseg's definitions): ONE confusion matrix accumulated over every
+Segmentation (mmseg's ``IoUMetric``): ONE confusion matrix accumulated over every
 labelled pixel of the validation set, then
 
 * IoU_c = TP_c / (TP_c + FP_c + FN_c), mIoU = mean over classes whose union is not
-  empty (a class never present and never predicted has no IoU and is left out);
+  empty. As in mmseg (0/0 = NaN, then ``np.nanmean``), a class absent from the
+  ground truth and never predicted has no IoU (``None``) and is left out of the
+  mean; a class absent from the ground truth but predicted somewhere has IoU 0 and
+  counts;
 * Acc_c = TP_c / (TP_c + FN_c), mAcc = mean over classes present in the ground truth;
 * aAcc = sum TP / labelled pixels.
 
-All in percent. Per-class values are ``None`` where undefined.
+All in percent, one value per class (``None`` where undefined).
 
 Detection: pycocotools' ``COCOeval`` for ``bbox`` and ``segm``; AP, AP50, AP75,
 APs, APm, APl in percent (``None`` where COCOeval reports -1: no ground truth in
@@ -22,6 +25,7 @@ import copy
 import io
 import math
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -94,12 +98,10 @@ def coco_scores(coco_gt, results: list[dict], iou_type: str) -> dict[str, float 
     return {k: (None if v < 0 else float(v) * 100) for k, v in zip(COCO_STATS, ev.stats[:6])}
 
 
-def coco_from_dict(data: dict):
-    """A ``pycocotools.coco.COCO`` built from an already parsed (and checked) dict."""
+def coco_ground_truth(ann_file: str | Path):
+    """The val annotation file itself as a ``pycocotools.coco.COCO`` (its crowd regions are
+    COCOeval's ignore regions), loaded without pycocotools' progress prints."""
     from pycocotools.coco import COCO
 
-    coco = COCO()
-    coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
-    return coco
+        return COCO(str(ann_file))

@@ -6,10 +6,16 @@ segmentation-models-pytorch's ``UPerNetDecoder`` (PSP on the stride-32 level, an
 FPN over strides 4..16, fused at stride 4) and a 1x1 segmentation head upsampled
 x4 to the input; the schedule is linear warm-up then poly decay (mmseg's).
 
-The loss copes with the dominant background of the demo scenes (about 93 % of
-pixels): cross-entropy weighted by inverse square-root class frequency (measured
-on the training label maps) plus the multi-class Dice loss, which weighs every
-class present in a batch equally.
+The loss is ``segmentation.loss``: ``ce``, UperNet's plain cross-entropy over the
+labelled pixels (ADE20k), or ``weighted_ce_dice`` for the dominant background of
+the demo scenes (about 93 % of pixels): cross-entropy weighted by inverse
+square-root class frequency (measured on the training label maps) plus the
+multi-class Dice loss, which weighs every class present in a batch equally.
+
+On a GPU the forward passes run under bf16 autocast (the loss in fp32); on the
+CPU everything stays fp32. Under DDP each rank scores its shard of the val set,
+writes its predictions into the run's work folder and the confusion matrices are
+summed over the ranks.
 
 Outputs of :func:`run` (all under the job's ``out_dir``, written atomically):
 ``predictions/<name>.png`` (predicted ids 1..N of every val image, at its label
@@ -20,6 +26,7 @@ map's size: anyone can re-score them), ``model.pth`` ({"model": state_dict}) and
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -30,15 +37,22 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from pcn.train import distributed as D
+from pcn.train.engine import autocast
 from pcn.transfer import (
     IterationSampler,
     TransferJob,
+    batch_per_rank,
     build_optimizer,
+    distribute,
     finish_outputs,
+    loader_options,
     run_logger,
     run_summary,
     setup_device,
+    shard,
     train_loop,
+    unwrap,
 )
 from pcn.transfer.datasets import (
     AdeSegmentation,
@@ -104,6 +118,16 @@ class SegmentationLoss(nn.Module):
         return loss
 
 
+def build_criterion(job: TransferJob, train_set: AdeSegmentation) -> nn.Module:
+    """``segmentation.loss``: plain cross-entropy (UperNet's) or class-weighted CE + Dice."""
+    kind = job.cfg("loss", "ce")
+    if kind == "ce":
+        return nn.CrossEntropyLoss(ignore_index=IGNORE_TARGET)
+    if kind == "weighted_ce_dice":
+        return SegmentationLoss(class_weights(train_set.pixel_counts()))
+    raise ValueError(f"segmentation.loss = {kind!r}, expected 'ce' or 'weighted_ce_dice'")
+
+
 def build_model(job: TransferJob, n_classes: int):
     ckpt = job.checkpoint if job.init == "pretrained" else None
     backbone, report = create_pyramid_backbone(job.model, job.model_options, ckpt)
@@ -114,28 +138,35 @@ def build_model(job: TransferJob, n_classes: int):
 @torch.no_grad()
 def predict(model: UperNetSegmenter, image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Ids 0..N-1 at ``size`` (the label map's) for one normalised image (C, H, W)."""
-    logits = model(image[None])
-    logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+    with autocast(image.device):
+        logits = model(image[None])
+    logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
     return logits.argmax(1)[0]
 
 
 @torch.no_grad()
 def evaluate(model: UperNetSegmenter, dataset: AdeSegmentation, device: torch.device,
-             predictions_dir: Path | None = None) -> tuple[dict[str, Any], list]:
-    """One confusion matrix over the val set; optionally the predicted id maps as PNGs."""
+             predictions_dir: Path | None = None, env: D.DistEnv | None = None,
+             num_workers: int = 0) -> tuple[dict[str, Any], list]:
+    """One confusion matrix over the val set (summed over the ranks, each scoring its
+    shard); optionally the predicted id maps as PNGs. Every rank gets the scores."""
+    env = env or D.DistEnv()
     model.eval()
     n = dataset.n_classes
     conf = torch.zeros(n, n, dtype=torch.int64)
     samples = []
     dtype = np.uint8 if n <= 255 else np.uint16
-    for i in range(len(dataset)):
-        image, label, name = dataset[i]
+    # batch_size=None: one image at a time (sizes differ), decoded by the workers
+    images = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, shard(len(dataset), env)),
+                                         batch_size=None, num_workers=num_workers)
+    for image, label, name in images:
         pred = predict(model, image.to(device), tuple(label.shape)).cpu()
         conf += confusion_matrix(pred, label - 1, n)  # label 0 -> -1: not counted
         if predictions_dir is not None:
             Image.fromarray((pred + 1).numpy().astype(dtype)).save(predictions_dir / f"{name}.png")
         if len(samples) < 4:
             samples.append((name, label.numpy(), (pred + 1).numpy()))
+    conf = D.all_reduce_sum(conf.to(device)).cpu()  # nccl reduces GPU tensors only
     return segmentation_scores(conf), samples
 
 
@@ -175,46 +206,71 @@ def _scheduler(optimizer, iters: int, lr: float):
                            warmup_lr_init=lr * 1e-3, warmup_prefix=True, t_in_epochs=False)
 
 
-def run(job: TransferJob) -> dict[str, Any]:
-    """Train, evaluate, write the outputs; return the metrics (the stage writes the JSON)."""
+def per_class(names: list[str], values: list) -> dict[str, Any]:
+    """``{class name: value}`` with one entry per class (ids prefixed where names repeat)."""
+    keys = names if len(set(names)) == len(names) else [f"{i} {n}" for i, n in enumerate(names, start=1)]
+    return dict(zip(keys, values))
+
+
+def run(job: TransferJob, env: D.DistEnv | None = None) -> dict[str, Any]:
+    """Train, evaluate, write the outputs; return the metrics (the stage writes the JSON).
+
+    Under DDP every rank trains and scores its shard; rank 0 writes the outputs and
+    returns the metrics, the other ranks return ``{"rank": r}``.
+    """
     from pcn.io import atomic_path, write_json
 
+    env = env or D.DistEnv()
     t_start = time.perf_counter()
-    device = setup_device(job)
+    device = setup_device(job, env)
     size, iters, bs = job.cfg("img_size"), job.cfg("iters"), job.cfg("batch_size")
-    # n_classes: from classes.json when the dataset has one (the demo), else the config (ADE20k: 150)
+    per_rank = batch_per_rank(job, env)
+    if per_rank < 2 and not (device.type == "cuda" and env.world_size > 1):
+        # UperNet's pyramid pooling normalises 1x1 maps: one image gives one value per channel.
+        raise ValueError(f"segmentation.batch_size = {bs} gives {per_rank} image per rank; BatchNorm needs 2 or "
+                         "more (SyncBatchNorm, used for DDP on GPUs, pools them over the ranks)")
     # The stage validated every file before submitting (pcn.steps.transfer): no second pass here.
     train_set = AdeSegmentation(job.data_root, "train", n_classes=job.cfg("n_classes"),
                                 transforms=ade_train_transforms(size), check=False)
     val_set = AdeSegmentation(job.data_root, "val", n_classes=train_set.n_classes,
                               image_transforms=ade_eval_transforms(size), check=False)
-    loss_weights = class_weights(train_set.pixel_counts())
-    model, weights = build_model(job, train_set.n_classes)
-    model.to(device)
-    criterion = SegmentationLoss(loss_weights.to(device))
-    optimizer = build_optimizer(model, job.cfg("lr"), job.cfg("weight_decay", 0.01))
+    criterion = build_criterion(job, train_set).to(device)
+    net, weights = build_model(job, train_set.n_classes)
+    net.to(device)
+    model = distribute(net, env, device, job.seed)
+    optimizer = build_optimizer(unwrap(model), job.cfg("lr"), job.cfg("weight_decay", 0.01))
     scheduler = _scheduler(optimizer, iters, job.cfg("lr"))
 
     def loader_from(start: int):
-        sampler = IterationSampler(len(train_set), bs, iters, job.seed, start)
-        return torch.utils.data.DataLoader(train_set, batch_size=bs, sampler=sampler, num_workers=job.num_workers,
-                                           drop_last=True, persistent_workers=False)
+        sampler = IterationSampler(len(train_set), bs, iters, job.seed, start, env.rank, env.world_size)
+        return torch.utils.data.DataLoader(train_set, batch_size=per_rank, sampler=sampler, drop_last=True,
+                                           persistent_workers=False, **loader_options(job, device))
 
     def step(batch) -> torch.Tensor:
         images, labels, _ = batch
-        logits = model(images.to(device, non_blocking=True))
-        return criterion(logits, labels.to(device) - 1)  # ids 1..N -> 0..N-1, 0 -> -1 (ignored)
+        with autocast(device):
+            logits = model(images.to(device, non_blocking=True))
+        # ids 1..N -> 0..N-1, 0 -> -1 (ignored); the loss in fp32
+        return criterion(logits.float(), labels.to(device, non_blocking=True) - 1)
 
-    mlf = run_logger(job)
-    loop = train_loop(job, model, optimizer, scheduler, loader_from, step, iters, mlf)
+    loop = train_loop(job, model, optimizer, scheduler, loader_from, step, iters, run_logger(job, env), env=env)
 
+    # Every rank writes its share of the predictions here; rank 0 moves the folder into the outputs.
+    pred_dir = job.work_dir / "predictions"
+    if env.is_main:
+        shutil.rmtree(pred_dir, ignore_errors=True)
+        pred_dir.mkdir(parents=True)
+    D.barrier()
+    t_eval = time.perf_counter()
+    scores, samples = evaluate(unwrap(model), val_set, device, pred_dir, env, job.num_workers)
+    eval_s = time.perf_counter() - t_eval
+    D.barrier()  # every rank's PNGs are written
+    if not env.is_main:
+        return {"rank": env.rank}
     out_dir = Path(job.out_dir)
     with atomic_path(out_dir, directory=True) as tmp:
-        (tmp / "predictions").mkdir()
-        t_eval = time.perf_counter()
-        scores, samples = evaluate(model, val_set, device, tmp / "predictions")
-        eval_s = time.perf_counter() - t_eval
-        torch.save({"model": model.state_dict()}, tmp / "model.pth")
+        shutil.move(pred_dir, tmp / "predictions")
+        torch.save({"model": unwrap(model).state_dict()}, tmp / "model.pth")
         if weights is not None:  # every key the checkpoint gave the trunk, and every key it dropped
             write_json(tmp / "backbone_weights.json", {"source": weights.source, "used": weights.used,
                                                        "dropped": weights.dropped})
@@ -225,10 +281,13 @@ def run(job: TransferJob) -> dict[str, Any]:
         "mIoU": scores["mIoU"],
         "mAcc": scores["mAcc"],
         "aAcc": scores["aAcc"],
-        "per_class_iou": dict(zip(names, scores["per_class_iou"])),
-        "per_class_acc": dict(zip(names, scores["per_class_acc"])),
+        "per_class_iou": per_class(names, scores["per_class_iou"]),
+        "per_class_acc": per_class(names, scores["per_class_acc"]),
         "n_classes": val_set.n_classes,
         "n_val_images": len(val_set),
+        "loss": job.cfg("loss", "ce"),
+        "ranks": env.world_size,
+        "batch_per_rank": per_rank,
         "predictions_dir": str(out_dir / "predictions"),
         "annotations_dir": str(val_set.label_dir),
         **run_summary(job, out_dir, weights, loop, eval_s, t_start),

@@ -88,6 +88,9 @@ def slurm_resources(stage):
         res["slurm_account"] = s.account
     if s.constraint:
         res["constraint"] = s.constraint
+    # evaluation, complexity and attention maps run their models in the job itself
+    if stage.accelerated and PARAMS.runtime.device == "cuda":
+        res["gpu"] = 1
     return res
 
 

@@ -1,0 +1,64 @@
+"""`pcn rehearse`: the paper scale's DAG, capped, on miniature copies of the real datasets."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from pcn.config import raw_params, resolve
+from pcn.errors import UserError
+from pcn.io import write_json
+from pcn.rehearsal import (CAPS_FILE, check_data_root, check_shapes, cluster_answers, prepare_workspace,
+                           rehearsal_params)
+
+
+def rehearse(args) -> int:
+    repo = Path.cwd()
+    if not CAPS_FILE.is_file():
+        raise UserError(f"{CAPS_FILE}: not found (run `pcn rehearse` from the repository root)")
+    work = Path(args.work).absolute()
+    t0 = time.perf_counter()
+    if args.data_root:
+        data_root = Path(args.data_root).absolute()
+        check_data_root(data_root)
+    else:
+        data_root = work / "datasets"
+        if not data_root.is_dir():
+            from pcn.data.miniature import write_miniatures
+
+            print(f"rehearse: writing miniature copies of ImageNet, ImageNet-v2, ADE20k and COCO to {data_root}",
+                  flush=True)
+            write_miniatures(data_root)
+    slurm = args.engine == "slurm" or (args.engine == "auto" and cluster_answers())
+    if args.engine == "slurm" and not cluster_answers():
+        raise UserError("--engine slurm: no SLURM cluster answers (sinfo); start one with scripts/slurm-cluster.sh start")
+    params = rehearsal_params(raw_params(args.params), yaml.safe_load(CAPS_FILE.read_text()), data_root,
+                              slurm=slurm, quick=args.quick)
+    prepare_workspace(repo, work, params)
+    engine = ["--profile", "slurm"] if slurm else []
+    cmd = [sys.executable, "-m", "pcn.cli", "run", "--engine", "snakemake", "--cores", str(os.cpu_count() or 2),
+           *engine, "all"]
+    how = f"SLURM ({params['scales']['paper']['launcher']['tasks']}-task DDP)" if slurm else "local cores"
+    print(f"rehearse: paper scale{' (quick: no grid)' if args.quick else ''} on {how}, data {data_root}, "
+          f"workspace {work}", flush=True)
+    rc = subprocess.call(cmd, cwd=work)
+    seconds = time.perf_counter() - t0
+    if rc != 0:
+        raise UserError(f"the rehearsal's DAG failed (exit {rc}) after {seconds:.0f} s; "
+                        f"see {work}/logs/<stage>.log and {work}/.snakemake/log/")
+    checks = check_shapes(work, data_root, resolve(params).segmentation_classes)
+    write_json(work / "metrics" / "rehearsal.json", {
+        "seconds": round(seconds, 1), "engine": "slurm" if slurm else "local", "quick": args.quick,
+        "data_root": str(data_root), "checks": {k: {"ok": ok, "found": found} for k, (ok, found) in checks.items()}})
+    for name, (ok, found) in checks.items():
+        print(f"  {'ok  ' if ok else 'FAIL'} {name}: {found}")
+    failed = [name for name, (ok, _) in checks.items() if not ok]
+    if failed:
+        raise UserError(f"the rehearsal ran, but its metrics do not have the paper scale's shape: {', '.join(failed)}")
+    print(f"rehearse: every paper-scale stage ran in {seconds / 60:.1f} min; report: {work}/reports/report.html")
+    return 0

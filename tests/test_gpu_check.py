@@ -1,0 +1,45 @@
+"""benchmarks/gpu_check.py: its CPU smoke run (--tiny) writes every number the GPU run
+reports, with the machine's yardstick beside them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+CPU_ONLY = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def test_tiny_cpu_run_writes_positive_numbers(tmp_path):
+    out = tmp_path / "check.json"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--train-batch", "4", "--out", str(out)],
+                          env=CPU_ONLY, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert {"device", "device_name", "torch", "torch_cuda", "cpu", "threads", "tiny", "model", "sgemm_1thread_gflops",
+            "paper", "inference", "inference_fp32", "train", "ffcv", "seconds"} <= set(doc)
+    assert (doc["device"], doc["tiny"], doc["model"]) == ("cpu", True, "patchconvnet_demo")
+    assert doc["torch"] == torch.__version__
+    assert doc["sgemm_1thread_gflops"] > 0 and doc["seconds"] > 0
+    for key in ("inference", "inference_fp32"):
+        part = doc[key]
+        assert (part["batch_size"], part["img_size"], part["precision"]) == (8, 32, "fp32")
+        assert part["throughput_img_s"] > 0 and part["peak_mem_mb"] >= 0 and part["mem_method"]
+    assert doc["inference"]["channels_last"] and not doc["inference_fp32"]["channels_last"]
+    train = doc["train"]
+    assert (train["batch_size"], train["precision"]) == (4, "fp32") and train["throughput_img_s"] > 0
+    ffcv = doc["ffcv"]
+    assert ffcv["images"] == 48 and ffcv["batch_size"] == 4 and ffcv["timed_epochs"] == 2
+    assert ffcv["throughput_img_s"] > 0 and ffcv["first_epoch_s"] > 0
+
+
+def test_full_run_needs_cuda(tmp_path):
+    out = tmp_path / "check.json"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--out", str(out)], env=CPU_ONLY,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "--tiny" in proc.stderr and not out.exists()

@@ -1,0 +1,88 @@
+"""The paper-scale rehearsal: its params keep the paper's protocols, its data checks, and
+(slow) the whole paper DAG on miniature copies of the real datasets."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pcn.config import raw_params, resolve
+from pcn.errors import UserError
+from pcn.rehearsal import CAPS_FILE, check_data_root, rehearsal_params
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def _params(tmp_path: Path, **kw):
+    caps = yaml.safe_load((ROOT / CAPS_FILE).read_text())
+    raw = rehearsal_params(raw_params(ROOT / "params.yaml"), caps, tmp_path, slurm=kw.get("slurm", False),
+                           quick=kw.get("quick", False))
+    return raw, resolve(raw)
+
+
+def test_rehearsal_keeps_the_paper_protocols_and_caps_only_steps(tmp_path):
+    raw, p = _params(tmp_path)
+    paper = resolve({**raw_params(ROOT / "params.yaml"), "scale": "paper"})
+    assert p.scale == "paper" and p.data.source == "real" and p.data.root == str(tmp_path.resolve())
+    # what the paper scale specifies, unchanged
+    for key in ("model.name", "pretrain.img_size", "pretrain.lr", "pretrain.lr_base_batch", "pretrain.aug",
+                "finetune.img_size", "finetune.min_lr", "evaluate.img_size", "evaluate.crop_ratio", "segmentation.img_size", "segmentation.loss",
+                "detection.test_size", "detection.max_size", "experiments.resnet", "experiments.depth_width"):
+        assert p.section(key) == paper.section(key), key
+    assert p.segmentation_classes == 150
+    # what a laptop cannot do, capped
+    for cfg in (p.pretrain, p.finetune, *(p.experiments.train_for(s) for s in ("ablation", "resnet_pool",
+                                                                              "multiclass", "depth_width"))):
+        assert cfg.max_steps is not None and cfg.max_steps <= 2 and cfg.batch_size <= 8
+    assert p.runtime.device == "cpu" and p.launcher.kind == "local" and p.experiments.enabled
+
+
+def test_rehearsal_on_slurm_trains_with_two_ddp_tasks_and_quick_drops_the_grid(tmp_path):
+    _, p = _params(tmp_path, slurm=True, quick=True)
+    assert p.launcher.kind == "slurm" and p.launcher.tasks == 2 and p.launcher.slurm.gpus_per_node == 0
+    assert not p.experiments.enabled
+    for cfg in (p.pretrain, p.finetune):
+        assert cfg.batch_size % p.launcher.tasks == 0
+
+
+def test_a_data_root_without_the_official_folders_is_refused_in_one_line(tmp_path):
+    (tmp_path / "imagenet").mkdir()
+    with pytest.raises(UserError, match=r"imagenetv2-matched-frequency: missing") as exc:
+        check_data_root(tmp_path)
+    assert "\n" not in str(exc.value)
+
+
+def test_rehearse_refuses_a_bad_data_root_before_writing_anything(tmp_path):
+    work = tmp_path / "work"
+    cp = subprocess.run([str(BIN / "pcn"), "rehearse", "--data-root", str(tmp_path / "nowhere"), "--work", str(work)],
+                        cwd=ROOT, capture_output=True, text=True)
+    assert cp.returncode == 2
+    assert cp.stderr.count("\n") == 1 and "nowhere/imagenet: missing" in cp.stderr
+    assert not work.exists()
+
+
+@pytest.mark.slow
+def test_quick_rehearsal_runs_every_main_line_stage_on_the_miniatures(tmp_path):
+    """The CI form: the paper scale's main line and transfer (no grid) on the miniatures,
+    through the slurm profile when the test cluster is up, else locally."""
+    work = tmp_path / "rehearsal"
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    cp = subprocess.run([str(BIN / "pcn"), "rehearse", "--quick", "--work", str(work)], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=3600)
+    assert cp.returncode == 0, cp.stdout[-3000:] + cp.stderr[-3000:]
+    summary = json.loads((work / "metrics" / "rehearsal.json").read_text())
+    assert all(c["ok"] for c in summary["checks"].values()), summary["checks"]
+    for stage in ("convert", "pretrain", "finetune", "eval", "complexity", "segmentation", "detection",
+                  "attention"):
+        assert (work / "metrics" / f"{stage}.json").is_file(), stage
+    assert (work / "reports" / "report.html").is_file()
+    ev = json.loads((work / "metrics" / "eval.json").read_text())
+    assert ev["img_size"] == resolve(yaml.safe_load((work / "params.yaml").read_text())).evaluate.img_size
