@@ -118,7 +118,7 @@ def _verb_arguments(verb: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("--engine", choices=["auto", "slurm", "local"], default="auto",
                        help="auto: through the slurm profile when a SLURM cluster answers, else locally")
         p.add_argument("--quick", action="store_true",
-                       help="the short form (CI): the main line and transfer, without the experiment grid")
+                       help="the short form (CI): the main line and the pretrained transfers, no experiment grid")
     if verb == "ui":
         p.add_argument("--port", type=int, default=5000)
         p.add_argument("--no-wait", action="store_true", help=argparse.SUPPRESS)

@@ -17,6 +17,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from pcn.data.shapes import SHAPES
+
 SCALES = ("demo", "study", "paper")
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -70,7 +72,7 @@ class TrackingConfig(Section):
 
 
 class DemoDataConfig(Section):
-    n_classes: int = Field(10, ge=2, le=40)
+    n_classes: int = Field(10, ge=2, le=len(SHAPES), description="shape classes (the generator draws that many)")
     train_per_class: int = Field(500, ge=1)
     val_per_class: int = Field(50, ge=1)
     image_size: int = Field(64, ge=32)
@@ -222,6 +224,7 @@ class DetectionConfig(DenseTaskConfig):
     min_sizes: list[int] = Field(default_factory=lambda: [112, 128, 144])
     test_size: int = Field(128, ge=32, description="shorter side of the test images (COCO protocol: 800)")
     max_size: int = Field(213, ge=32, description="cap on the longer side, train and test (COCO protocol: 1333)")
+    score_thresh: float = Field(0.05, ge=0.0, lt=1.0, description="lowest class score a test detection keeps")
 
 
 # The comparisons of the experiments grid, named as their stages (and MLflow `pcn.study` tags).
@@ -348,16 +351,19 @@ def resolve(raw: dict, source: str = "params.yaml") -> Params:
             raise ParamsError(f"{source}: scales.{name}: expected only 'study' or 'paper' overrides")
     # Validate every scale's overrides, not just the active one, so a typo in the
     # paper overrides is caught on this laptop and not after queueing on the cluster.
-    for name in [s for s in scales if s != scale] + [scale]:
+    # The scale in force first: a bad top-level value is then reported under its name.
+    resolved = None
+    for name in [scale] + [s for s in scales if s != scale]:
         merged = deep_merge({k: v for k, v in raw.items() if k != "scales"}, scales.get(name) or {})
         merged["scale"] = name
         merged["scales"] = scales
         try:
             params = Params.model_validate(merged)
         except ValidationError as exc:
-            where = f" (with scales.{name})" if name in scales else ""
-            raise ParamsError(f"{source}{where}: {_describe(exc.errors()[0])}") from None
-    return params
+            where = f"scale {name}" if name == scale else f"scale {scale} in force; the value under scales.{name}"
+            raise ParamsError(f"{source} ({where}): {_describe(exc.errors()[0])}") from None
+        resolved = resolved or params
+    return resolved
 
 
 def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:

@@ -7,7 +7,8 @@ it on this machine:
 1. the data: a folder holding the four datasets in their official layouts
    (``--data-root``), or miniature copies written by :mod:`pcn.data.miniature`;
 2. a workspace (``rehearsal/`` by default) that both front ends see as a checkout:
-   links to the Snakefile, ``workflow/``, ``paper/`` and the slurm profile, and its
+   links to the Snakefile, ``workflow/``, ``paper/``, ``pcn/`` (the stages depend on their code)
+   and the slurm profile, and its
    own ``params.yaml``: the repository's, at scale ``paper``, with the caps of
    ``workflow/rehearsal.yaml`` merged onto ``scales.paper`` (a few steps per
    training, small batches, the CPU) and ``data.root`` pointed at the data;
@@ -37,8 +38,26 @@ from pcn.io import write_text
 
 CAPS_FILE = Path("workflow/rehearsal.yaml")
 # What a workspace links from the repository (read-only inputs of the DAG).
-WORKSPACE_LINKS = ("Snakefile", "workflow", "paper", "environment.yml", "slurm")
+WORKSPACE_LINKS = ("Snakefile", "workflow", "paper", "pcn", "environment.yml", "slurm")
 SLURM_TASKS = 2  # DDP ranks per training job on the test cluster
+# Peak memory of one dense-transfer job on the CPU (measured: UperNet on S60, 4 crops of 512 px,
+# 12.4 GB; Mask R-CNN on S60, 2 images at 800 x 1333, 10.6 GB); locally the rehearsal runs one
+# at a time, so that two of them never share this machine's memory.
+TRANSFER_PEAK_MB = 13_000
+TRANSFER_STAGES = ("segmentation", "segmentation_scratch", "detection", "detection_scratch")
+
+
+def local_engine_args(mem_total_mb: int) -> list[str]:
+    """Snakemake flags of a local run: the jobs' declared memory may not pass 90% of the machine's."""
+    return ["--resources", f"mem_mb={int(mem_total_mb * 0.9)}", "--set-resources",
+            *(f"{s}:mem_mb={TRANSFER_PEAK_MB}" for s in TRANSFER_STAGES)]
+
+
+def memory_mb() -> int:
+    """This machine's memory in MB (Linux)."""
+    import os
+
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
 
 
 def rehearsal_params(raw: dict, caps: dict, data_root: Path, *, slurm: bool, quick: bool) -> dict:
@@ -49,8 +68,9 @@ def rehearsal_params(raw: dict, caps: dict, data_root: Path, *, slurm: bool, qui
     paper = deep_merge(paper, {"data": {"source": "real", "root": str(data_root.resolve())}})
     if slurm:
         paper = deep_merge(paper, {"launcher": {"kind": "slurm", "tasks": SLURM_TASKS}})
-    if quick:
-        paper = deep_merge(paper, {"experiments": {"enabled": False}})
+    if quick:  # the main line and the pretrained transfers: every paper-scale stage but the grid's
+        paper = deep_merge(paper, {"experiments": {"enabled": False}, "segmentation": {"init": ["pretrained"]},
+                                   "detection": {"init": ["pretrained"]}})
     out.setdefault("scales", {})["paper"] = paper
     resolve(out, "rehearsal params")  # a bad cap fails here, naming the key
     return out
@@ -125,6 +145,6 @@ def _check_detection_ids(work: Path, data_root: Path) -> tuple[bool, str]:
     dets = json.loads(found[0].read_text())
     bad_cat = {d["category_id"] for d in dets} - cats
     bad_img = {d["image_id"] for d in dets} - images
-    ok = not bad_cat and not bad_img
+    ok = bool(dets) and not bad_cat and not bad_img
     return ok, (f"{len(dets)} detections in {found[0].name}; unknown category ids {sorted(bad_cat)[:5]}, "
                 f"unknown image ids {sorted(bad_img)[:5]}")

@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
-# The README's commands.  Usage: bash scripts/quickstart.sh demo|study|paper|test
+# The README's commands.  Usage: bash scripts/quickstart.sh demo|study|paper|rehearse|test
 #   demo   set up, then run the whole DAG on the embedded demo data (minutes)
 #   study  same data, enough runs and seeds for honest verdicts (about 65 min on 2 cores)
 #   paper  switch params.yaml to the paper's datasets and recipe, print the SLURM jobs
 #          (then run `snakemake --profile slurm all` on the cluster)
+#   rehearse  the paper scale's whole DAG, capped, on miniatures of the real datasets
+#          (or on `--data-root DIR`), in rehearsal/; the repository's outputs are untouched
 #   test   set up, then run the test suite (CI runs exactly this)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-demo}
 case $mode in
-  demo | study | paper) bash scripts/setup.sh run ;;
+  demo | study | paper | rehearse) bash scripts/setup.sh run ;;
   test) bash scripts/setup.sh test ;;
-  *) echo "usage: bash scripts/quickstart.sh demo|study|paper|test" >&2; exit 2 ;;
+  *) echo "usage: bash scripts/quickstart.sh demo|study|paper|rehearse|test" >&2; exit 2 ;;
 esac
 # shellcheck disable=SC1091
 source .venv/bin/activate
@@ -24,6 +26,9 @@ case $mode in
   paper)
     pcn scale paper
     pcn dryrun
+    ;;
+  rehearse)
+    pcn rehearse "${@:2}"
     ;;
   test)
     python -m pytest "${@:2}"

@@ -103,3 +103,18 @@ def test_dataset_folders_default_to_the_official_names_under_root():
     assert str(p.data.path("imagenet_v2")) == "/d/imagenetv2-matched-frequency"
     assert str(p.data.path("coco")) == "/elsewhere/coco2017"
     assert p.segmentation_classes == p.data.demo.n_classes + 1  # the demo's shapes and its background
+
+
+def test_a_bad_top_level_value_fails_at_load_naming_the_scale_in_force(raw):
+    """The schema's limit is the generator's (12 shapes): 20 classes fail in `pcn params`,
+    not 12 s into training, and the message names the scale in force."""
+    from pcn.data.shapes import SHAPES
+
+    bad = {**raw, "scale": "demo", "data": {**raw["data"], "demo": {**raw["data"]["demo"], "n_classes": 20}}}
+    with pytest.raises(ParamsError) as err:
+        resolve(bad)
+    msg = str(err.value)
+    assert msg.startswith("params.yaml (scale demo): data.demo.n_classes = 20") and f"{len(SHAPES)}" in msg
+    paper_typo = {**raw, "scale": "demo", "scales": {**raw["scales"], "paper": {"pretrain": {"lr": -1}}}}
+    with pytest.raises(ParamsError, match=r"\(scale demo in force; the value under scales.paper\): pretrain.lr"):
+        resolve(paper_typo)

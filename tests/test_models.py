@@ -385,3 +385,38 @@ def test_grid_model_options_reach_every_patchconvnet_of_the_grid_and_no_resnet()
     assert grid_model(p, "resnet_demo_attnpool", {}) == ("resnet_demo_attnpool", {})
     name, options = grid_model(p, "patchconvnet_demo_multi", {})
     assert timm.create_model(name, num_classes=3, **options).patch_embed.stride == 16
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("text", "not a PyTorch checkpoint (unknown format)"),
+    ("empty", "not a PyTorch checkpoint (empty file)"),
+    ("truncated", "truncated"),
+    ("legacy_truncated", "truncated"),
+    ("code", "refused: contains code (argparse.Namespace)"),
+])
+def test_unreadable_checkpoints_are_named_in_one_line(tmp_path, kind, message):
+    """Every way a .pth can be bad gets its own one-line reason, not torch's paragraphs."""
+    import argparse
+
+    from pcn.models.checkpoint import read_checkpoint
+    from pcn.train import checkpoint as ckpt
+
+    path = tmp_path / f"{kind}.pth"
+    good = {"model": {"w": torch.zeros(4)}}
+    if kind == "text":
+        path.write_text("not a checkpoint\n")
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "truncated":
+        torch.save(good, path)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif kind == "legacy_truncated":
+        torch.save(good, path, _use_new_zipfile_serialization=False)
+        path.write_bytes(path.read_bytes()[:100])
+    else:  # deit's main.py pickles its argparse Namespace into checkpoints
+        torch.save({**good, "args": argparse.Namespace(lr=1e-3)}, path)
+    for load in (read_checkpoint, ckpt.load):  # released files and the training's resume state alike
+        with pytest.raises(CheckpointError) as err:
+            load(path)
+        assert str(err.value) == f"{path}: {message}" or str(err.value).startswith(f"{path}: {message}")
+        assert "\n" not in str(err.value)

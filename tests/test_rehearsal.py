@@ -47,7 +47,7 @@ def test_rehearsal_keeps_the_paper_protocols_and_caps_only_steps(tmp_path):
 def test_rehearsal_on_slurm_trains_with_two_ddp_tasks_and_quick_drops_the_grid(tmp_path):
     _, p = _params(tmp_path, slurm=True, quick=True)
     assert p.launcher.kind == "slurm" and p.launcher.tasks == 2 and p.launcher.slurm.gpus_per_node == 0
-    assert not p.experiments.enabled
+    assert not p.experiments.enabled and p.segmentation.init == p.detection.init == ["pretrained"]
     for cfg in (p.pretrain, p.finetune):
         assert cfg.batch_size % p.launcher.tasks == 0
 

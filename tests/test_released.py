@@ -141,7 +141,7 @@ def test_paper_protocol_by_resolution():
 
 
 @pytest.mark.parametrize("content, message", [
-    ("text", "cannot read checkpoint"),
+    ("text", "not a PyTorch checkpoint"),
     ({"epoch": 3}, "entry 'epoch'"),
     ({"model": {"fc.weight": torch.zeros(2, 2)}}, "no registered PatchConvNet"),
 ])

@@ -350,10 +350,10 @@ def write_miniatures(
     train_per_class: int = 2,
     val_per_class: int = 1,
     v2_per_class: int = 1,
-    ade_train: int = 30,
-    ade_val: int = 15,
-    coco_train: int = 30,
-    coco_val: int = 12,
+    ade_train: int = 20,
+    ade_val: int = 10,
+    coco_train: int = 20,
+    coco_val: int = 8,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Write miniature ImageNet, ImageNet-v2, ADE20k and COCO under ``root`` (replaced as a whole).

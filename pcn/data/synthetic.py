@@ -97,6 +97,7 @@ from pcn.data.layouts import (
     write_png,
     write_synset_mapping,
 )
+from pcn.data.shapes import SHAPES
 from pcn.io import atomic_path
 
 __all__ = [
@@ -115,22 +116,6 @@ __all__ = [
     "wnids",
 ]
 
-# Shape vocabulary, in the order classes are taken for ``n_classes`` (the
-# class *indices* are the positions in the alphabetically sorted names).
-SHAPES: tuple[str, ...] = (
-    "circle",
-    "square",
-    "triangle",
-    "star",
-    "cross",
-    "ring",
-    "crescent",
-    "heart",
-    "arrow",
-    "diamond",
-    "chevron",
-    "hexagon",  # last: at low resolution the hardest to tell from a circle
-)
 
 # Stream ids for the per-image seeds: (seed, stream, index).
 _STREAMS = {

@@ -7,16 +7,49 @@ loads it. Any problem raises ``CheckpointError`` (a ``ValueError``) whose messag
 names the file and the first bad key.
 """
 import os
+import pickle
+import re
 from typing import Dict, Iterable, Mapping, Optional, Union
 
 import torch
 import torch.nn as nn
 
-__all__ = ['CheckpointError', 'unwrap_state_dict', 'check_state_dict', 'load_checkpoint']
+__all__ = ['CheckpointError', 'read_checkpoint', 'unwrap_state_dict', 'check_state_dict', 'load_checkpoint']
+
+_ZIP_MAGIC = b'PK\x03\x04'  # torch.save's format since 1.6
+_PICKLE_PROTOCOL = 0x80  # the legacy format starts with a pickle protocol opcode
 
 
 class CheckpointError(ValueError):
     """ A checkpoint that cannot be read or does not match the model. """
+
+
+def read_checkpoint(path: Union[str, os.PathLike], map_location='cpu'):
+    """ ``torch.load(path, weights_only=True)`` with one line per way a file can be bad:
+    "not a PyTorch checkpoint", "truncated", or "refused: contains code (<global>)" (torch's
+    own messages run over several paragraphs and name none of these plainly). """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'checkpoint not found: {path}')
+    with open(path, 'rb') as f:
+        head = f.read(4)
+    if head != _ZIP_MAGIC and (not head or head[0] != _PICKLE_PROTOCOL):
+        raise CheckpointError(f'{path}: not a PyTorch checkpoint ({"empty file" if not head else "unknown format"})')
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except EOFError:
+        raise CheckpointError(f'{path}: truncated (the file ends inside the checkpoint)') from None
+    except RuntimeError as e:
+        if 'central directory' in str(e) or 'zip archive' in str(e):
+            raise CheckpointError(f'{path}: truncated (its zip archive is incomplete)') from None
+        raise CheckpointError(f'{path}: cannot read checkpoint ({str(e).splitlines()[0]})') from None
+    except pickle.UnpicklingError as e:
+        found = re.search(r'Unsupported global: GLOBAL (\S+)', str(e))
+        what = found.group(1) if found else (re.search(r'Unsupported operand \S+', str(e)) or [None])[0]
+        if found:
+            raise CheckpointError(f'{path}: refused: contains code ({what}); a checkpoint must hold only '
+                                  'tensors and plain values') from None
+        raise CheckpointError(f'{path}: not a PyTorch checkpoint ({what or "unreadable pickle"})') from None
 
 
 def unwrap_state_dict(obj, source: str = 'checkpoint') -> Dict[str, torch.Tensor]:
@@ -76,13 +109,7 @@ def load_checkpoint(
     """ Load a checkpoint file (released format ``{"model": state_dict}`` or a bare state_dict)
     into ``model``. ``filter_fn(state_dict, model)`` may remap keys first. Returns the model. """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'checkpoint not found: {path}')
-    try:
-        obj = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:  # truncated zip, not a torch file, pickled code refused by weights_only
-        raise CheckpointError(f'{path}: cannot read checkpoint ({type(e).__name__}: {e})') from e
-    state_dict = unwrap_state_dict(obj, source=path)
+    state_dict = unwrap_state_dict(read_checkpoint(path), source=path)
     if filter_fn is not None:
         state_dict = filter_fn(state_dict, None)
     check_state_dict(model, state_dict, source=path, strict=strict)

@@ -87,19 +87,9 @@ def released_transform(img_size: int, crop_ratio: float):
 
 def read_released(path: str):
     """The state_dict of a checkpoint file, read without executing pickled code."""
-    import torch
+    from pcn.models.checkpoint import read_checkpoint, unwrap_state_dict
 
-    from pcn.models.checkpoint import CheckpointError, unwrap_state_dict
-
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # not a torch file, truncated, or pickled code refused by weights_only
-        first = (str(exc).strip().splitlines() or [""])[0]  # torch's messages run over several lines
-        raise CheckpointError(f"{path}: cannot read checkpoint: expected a torch.save file of tensors "
-                              f"({type(exc).__name__}: {first})") from exc
-    return unwrap_state_dict(obj, source=path)
+    return unwrap_state_dict(read_checkpoint(path), source=path)
 
 
 def _checkpoint_classes(state_dict) -> int | None:

@@ -13,8 +13,8 @@ import yaml
 from pcn.config import raw_params, resolve
 from pcn.errors import UserError
 from pcn.io import write_json
-from pcn.rehearsal import (CAPS_FILE, check_data_root, check_shapes, cluster_answers, prepare_workspace,
-                           rehearsal_params)
+from pcn.rehearsal import (CAPS_FILE, check_data_root, check_shapes, cluster_answers, local_engine_args,
+                           memory_mb, prepare_workspace, rehearsal_params)
 
 
 def rehearse(args) -> int:
@@ -40,9 +40,11 @@ def rehearse(args) -> int:
     params = rehearsal_params(raw_params(args.params), yaml.safe_load(CAPS_FILE.read_text()), data_root,
                               slurm=slurm, quick=args.quick)
     prepare_workspace(repo, work, params)
-    engine = ["--profile", "slurm"] if slurm else []
+    engine = ["--profile", "slurm"] if slurm else local_engine_args(memory_mb())
+    # --keep-going: one failing stage must not hide the others' failures; the target comes
+    # before the engine's flags, which take lists
     cmd = [sys.executable, "-m", "pcn.cli", "run", "--engine", "snakemake", "--cores", str(os.cpu_count() or 2),
-           *engine, "all"]
+           "all", "--keep-going", *engine]
     how = f"SLURM ({params['scales']['paper']['launcher']['tasks']}-task DDP)" if slurm else "local cores"
     print(f"rehearse: paper scale{' (quick: no grid)' if args.quick else ''} on {how}, data {data_root}, "
           f"workspace {work}", flush=True)

@@ -60,7 +60,7 @@ def set_scale(args) -> int:
 def run_pipeline(args) -> int:
     """One pipeline invocation = one MLflow parent run, then the engine runs the DAG."""
     params = load_params(args.params)
-    if DVC_FILE.read_text() != expected_dvc_yaml(args.params):
+    if not DVC_FILE.is_file() or DVC_FILE.read_text() != expected_dvc_yaml(args.params):
         print("dvc.yaml is stale for this params.yaml; rewriting it (pcn dag)", file=sys.stderr)
         write_text(DVC_FILE, expected_dvc_yaml(args.params))
     uri = tracking_uri(params.tracking.uri)

@@ -69,7 +69,9 @@ def save_json(obj: Any, path: str | Path) -> None:
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    return torch.load(path, map_location=map_location, weights_only=True)
+    from pcn.models.checkpoint import read_checkpoint
+
+    return read_checkpoint(path, map_location)
 
 
 # --- RNG state as tensors and plain lists --------------------------------------------

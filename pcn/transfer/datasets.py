@@ -100,9 +100,11 @@ def ade_train_transforms(size: int, scale_range: tuple[float, float] = (0.5, 2.0
 
 
 def ade_eval_transforms(size: int) -> v2.Compose:
-    """Single-scale test: shorter side to ``size``; the label map stays at its own size."""
+    """Single-scale test, mmseg's ADE20k ``Resize(scale=(2048, 512), keep_ratio=True)``: shorter
+    side to ``size`` unless the longer side would pass 4 x ``size``; the label map stays at its
+    own size."""
     return v2.Compose([
-        v2.Resize(size),
+        v2.Resize(size, max_size=4 * size),
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
     ])

@@ -138,6 +138,7 @@ def build_model(job: TransferJob, n_classes: int):
         box_batch_size_per_image=rois_per_image,
         mask_head=MaskRCNNHeads(fpn, (fpn,) * 4, 1),  # COCO: 256 = the FPN width
         mask_predictor=MaskRCNNPredictor(fpn, fpn, n_classes + 1),
+        box_score_thresh=job.cfg("score_thresh", 0.05),  # detections kept at test time, up to 100 per image
     )
     return model, report
 
