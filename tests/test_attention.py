@@ -255,3 +255,22 @@ def test_attention_stage_scores_maps_against_the_loc_boxes(tmp_path, monkeypatch
         assert regions.shape == (6, m["img_size"], m["img_size"]) and regions.any(axis=(1, 2)).all()
     # the uniform map's scores are the boxes' mean area fraction
     assert m["uniform"]["pointing_game"] == pytest.approx(100 * regions.mean(), rel=1e-6)
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_attention_reads_exactly_the_checkpoints_its_stage_depends_on(enabled):
+    """Without the grid (experiments.enabled: false) the stage draws the main line's map
+    alone, and both front ends' dependencies say the same."""
+    import yaml
+
+    import pcn.steps.report as R
+    from pcn.config import resolve
+    from pcn.stages import attention_checkpoints
+    from test_readers import ROOT
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["experiments"]["enabled"] = enabled
+    p = resolve(raw)
+    read = sorted(path for path, _, _ in R._checkpoints(p).values())
+    assert read == sorted(attention_checkpoints(p))
+    assert (len(read) == 1) == (not enabled)

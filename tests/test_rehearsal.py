@@ -69,20 +69,29 @@ def test_rehearse_refuses_a_bad_data_root_before_writing_anything(tmp_path):
 
 
 @pytest.mark.slow
-def test_quick_rehearsal_runs_every_main_line_stage_on_the_miniatures(tmp_path):
-    """The CI form: the paper scale's main line and transfer (no grid) on the miniatures,
+def test_quick_rehearsal_runs_every_main_line_stage_on_a_data_root(tmp_path):
+    """The CI form: the paper scale's main line and transfer (no grid) on a folder in the
+    official layouts given with --data-root (miniatures of another seed than the default),
     through the slurm profile when the test cluster is up, else locally."""
-    work = tmp_path / "rehearsal"
+    from pcn.data.miniature import write_miniatures
+
+    data, work = tmp_path / "datasets", tmp_path / "rehearsal"
+    write_miniatures(data, seed=1, progress=False)
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    cp = subprocess.run([str(BIN / "pcn"), "rehearse", "--quick", "--work", str(work)], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=3600)
+    cp = subprocess.run([str(BIN / "pcn"), "rehearse", "--quick", "--data-root", str(data), "--work", str(work)],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
     assert cp.returncode == 0, cp.stdout[-3000:] + cp.stderr[-3000:]
     summary = json.loads((work / "metrics" / "rehearsal.json").read_text())
     assert all(c["ok"] for c in summary["checks"].values()), summary["checks"]
+    assert summary["data_root"] == str(data) and not (work / "datasets").exists()
     for stage in ("convert", "pretrain", "finetune", "eval", "complexity", "segmentation", "detection",
                   "attention"):
         assert (work / "metrics" / f"{stage}.json").is_file(), stage
     assert (work / "reports" / "report.html").is_file()
+    params = resolve(yaml.safe_load((work / "params.yaml").read_text()))
     ev = json.loads((work / "metrics" / "eval.json").read_text())
-    assert ev["img_size"] == resolve(yaml.safe_load((work / "params.yaml").read_text())).evaluate.img_size
+    assert ev["img_size"] == params.evaluate.img_size == 224 and ev["n_images"] == 1000
+    pretrain = json.loads((work / "metrics" / "pretrain.json").read_text())
+    assert pretrain["model"] == "patchconvnet_s60" and pretrain["num_classes"] == 1000
+    assert pretrain["world_size"] == params.launcher.tasks  # 2-task DDP on the test cluster

@@ -30,12 +30,15 @@ def _checkpoints(params) -> dict[str, tuple[str, str, dict]]:
     s0 = exp.seeds[0]
     # The grid's baseline is trained like the CAM model (a like-for-like pair); the
     # main line's fine-tuned model is the trained one (at the demo scale the grid's
-    # runs are smoke runs at chance, the fine-tuned model is not).
-    out = {"patchconvnet": (f"results/ablations/baseline-s{s0}/model.pth",
-                            *grid_model(params, None, exp.variants["baseline"])),
-           "patchconvnet_finetuned": ("results/finetune/model.pth", params.model.name, params.model.options),
-           "patchconvnet_multiclass": (f"results/multiclass/scratch-s{s0}/model.pth",
-                                       *grid_model(params, exp.multiclass_model, {}))}
+    # runs are smoke runs at chance, the fine-tuned model is not).  Without the grid
+    # (experiments.enabled: false) only the main line's map is drawn.
+    out = {"patchconvnet_finetuned": ("results/finetune/model.pth", params.model.name, params.model.options)}
+    if not exp.enabled:
+        return out
+    out["patchconvnet"] = (f"results/ablations/baseline-s{s0}/model.pth",
+                           *grid_model(params, None, exp.variants["baseline"]))
+    out["patchconvnet_multiclass"] = (f"results/multiclass/scratch-s{s0}/model.pth",
+                                      *grid_model(params, exp.multiclass_model, {}))
     avg = next((n for n, o in exp.variants.items() if o.get("pool") == "avg"), None)
     if avg:
         out["cam"] = (f"results/ablations/{avg}-s{s0}/model.pth", *grid_model(params, None, exp.variants[avg]))
@@ -78,13 +81,17 @@ def attention(args) -> int:
         # scored at the grid's (its patch grid upsampled to the same regions).
         x_finetuned = A.load_images(items, p.finetune.img_size)[1]
         for method, inputs in (("patchconvnet", x), ("patchconvnet_finetuned", x_finetuned)):
+            if method not in ckpts:
+                continue
             path, name, opts = ckpts[method]
             logits[method], raw[method] = A.attention_maps(_model(name, opts, path, k), inputs)
             maps[method] = A.upsample(raw[method], size)
-        path, name, opts = ckpts["patchconvnet_multiclass"]
-        logits["patchconvnet_multiclass"], raw["multiclass_all"] = A.attention_maps(_model(name, opts, path, k), x)
-        multi_all = A.upsample(raw["multiclass_all"], size)
-        maps["patchconvnet_multiclass"] = A.label_maps(multi_all, labels)
+        multi_all = None
+        if "patchconvnet_multiclass" in ckpts:
+            path, name, opts = ckpts["patchconvnet_multiclass"]
+            logits["patchconvnet_multiclass"], raw["multiclass_all"] = A.attention_maps(_model(name, opts, path, k), x)
+            multi_all = A.upsample(raw["multiclass_all"], size)
+            maps["patchconvnet_multiclass"] = A.label_maps(multi_all, labels)
         if "cam" in ckpts:
             path, name, opts = ckpts["cam"]
             avg_model = _model(name, opts, path, k)
@@ -106,15 +113,16 @@ def attention(args) -> int:
                 out / "maps.npz", images=images, regions=regions, labels=labels,
                 files=np.array([str(it.path) for it in items]), class_names=np.array(class_names),
                 **{f"map_{m}": v.astype(np.float16) for m, v in maps.items()},
-                multiclass_all=multi_all.astype(np.float16),
+                **({} if multi_all is None else {"multiclass_all": multi_all.astype(np.float16)}),
                 **{f"raw_{m}": v for m, v in raw.items()},
                 **{f"logits_{m}": v for m, v in logits.items()})
             shown = {m: maps[m] for m in ("patchconvnet_finetuned", "patchconvnet", "patchconvnet_multiclass",
                                           "gradcam", "cam") if m in maps}
             two_lines = {m: t.replace(" (", "\n(") for m, t in METHOD_TITLES.items()}
             F.save(F.attention_figure(images, shown, two_lines, captions, n=cfg.n_figure), out, "attention_single")
-            F.save(F.multiclass_figure(images, multi_all, class_names, logits["patchconvnet_multiclass"], labels,
-                                       n=cfg.n_figure), out, "attention_multiclass")
+            if multi_all is not None:
+                F.save(F.multiclass_figure(images, multi_all, class_names, logits["patchconvnet_multiclass"], labels,
+                                           n=cfg.n_figure), out, "attention_multiclass")
             F.save(F.localisation_figure(table, METHOD_TITLES), out, "localisation")
         metrics = {**table, "threshold": cfg.threshold, "n_images": len(items), "img_size": size,
                    "ground_truth": str(paths["loc"]),
@@ -132,7 +140,8 @@ def attention(args) -> int:
                             if isinstance(v, (int, float))})
         st.finish(metrics, "metrics/attention.json",
                   artifacts=tuple(ATTENTION_DIR / f"{n}.png" for n in ("attention_single", "attention_multiclass",
-                                                                        "localisation")))
+                                                                        "localisation")
+                                  if (ATTENTION_DIR / f"{n}.png").is_file()))
         for m, row in table.items():
             print(f"{METHOD_TITLES.get(m, m):44s} pointing {row['pointing_game']:5.1f}%  "
                   f"IoU {row['iou']:5.1f}%  (n={row['n']})")
