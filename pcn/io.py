@@ -8,20 +8,50 @@ later run never trusts a partial file or folder.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
 
+def _owner_tag() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _remove_dead_temps(path: Path) -> None:
+    """Temporary siblings of ``path`` left by a killed writer on this host (its pid is gone)."""
+    host = socket.gethostname()
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.{glob.escape(host)}-*.tmp"):
+        pid = tmp.name[len(f".{path.name}.{host}-"):].split("-", 1)[0].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path, directory: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling of ``path``; on success it replaces ``path``."""
+    """Yield a temporary sibling of ``path``; on success it replaces ``path``.
+
+    The sibling's name carries this host and pid, so the next writer of ``path`` removes
+    what a killed one left (a SIGKILL runs no cleanup) and leaves a live writer's alone.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    _remove_dead_temps(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_owner_tag()}-", suffix=".tmp", dir=path.parent))
     target = tmp if directory else tmp / path.name
     try:
         yield target

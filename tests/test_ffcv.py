@@ -269,3 +269,46 @@ def test_proportion_mode_stores_the_same_beton_content_every_time(tmp_path):
     modes = stored[0][0]
     assert 0.25 < sum(modes) / len(modes) < 0.75, "about half JPEG"
     assert stored[0] == stored[1]
+
+
+def test_a_killed_conversion_leaves_no_worker_behind(tmp_path):
+    """SIGKILL to `convert` (nothing of ours runs then) still ends its forked writers."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import write_tiny_imagefolder
+
+    # 8,000 images: the writers are still busy (and, orphaned, would block) when the kill comes
+    src = write_tiny_imagefolder(tmp_path / "src", classes=4, train_per_class=2000, val_per_class=1, size=64)
+    (tmp_path / "out").mkdir()
+    conv = subprocess.Popen([sys.executable, "-c", (
+        "from pcn.data.ffcv_io import convert_imagefolder\n"
+        f"convert_imagefolder({str(src / 'train')!r}, {str(tmp_path / 'out' / 'train.beton')!r}, "
+        "max_resolution=64, jpeg_quality=90, compress_probability=0.0, write_mode='raw', "
+        "max_bad_fraction=0.0, num_workers=2, progress=False)")])
+
+    def children() -> list[int]:
+        out = subprocess.run(["pgrep", "-P", str(conv.pid)], capture_output=True, text=True).stdout
+        return [int(p) for p in out.split()]
+
+    deadline = time.monotonic() + 120
+    # kill while ffcv's writers run: its temporary .beton exists (after the verify pass)
+    while not any((tmp_path / "out").iterdir()) and conv.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    workers = children()
+    assert conv.poll() is None and len(workers) >= 2, "the conversion finished before it could be killed"
+    conv.send_signal(signal.SIGKILL)
+    conv.wait()
+    time.sleep(3)  # unfixed, the writers and the resource tracker were still there minutes later
+
+    def running(pid: int) -> bool:
+        try:
+            state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return False
+        return state != "Z"
+
+    assert not [p for p in workers if running(p)]

@@ -425,3 +425,70 @@ def test_evaluate_stops_after_max_batches():
     batches = [(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0]))] * 5
     assert engine.evaluate(model, batches, torch.device("cpu"))["n"] == 20
     assert engine.evaluate(model, batches, torch.device("cpu"), max_batches=2)["n"] == 8
+
+
+def test_one_trainer_per_results_folder(tmp_path):
+    """A live trainer's folder is refused to a second one, naming the holder; once the
+    holder has died (its flock goes with it) the next trainer takes over and says so."""
+    import subprocess
+    import sys
+
+    from pcn.train.lock import FolderBusy, trainer_lock
+
+    out = tmp_path / "results" / "pretrain"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pcn.train.lock import trainer_lock\n"
+        f"with trainer_lock({str(out)!r}, 'pretrain'):\n"
+        "    print('held', flush=True); time.sleep(600)")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(FolderBusy, match=rf"pretrain is already being trained there by job \S+ \(pid {holder.pid} "):
+            with trainer_lock(out, "pretrain"):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    said = []
+    with trainer_lock(out, "pretrain", echo=said.append):  # the dead job's lock is free
+        pass
+    assert len(said) == 1 and f"pid {holder.pid}" in said[0] and "no longer running" in said[0]
+    with trainer_lock(out, "pretrain", echo=said.append):  # a clean release leaves nothing to take over
+        pass
+    assert len(said) == 1
+
+
+@pytest.mark.slow
+def test_a_terminated_stage_cancels_the_job_it_submitted(tiny_imagefolder, tmp_path):
+    """SIGTERM to the waiting stage (what a stopped Snakemake, DVC or `pcn run` sends) cancels
+    its training job: no trainer is left writing into the results folder."""
+    import pickle
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    job = make_job(tiny_imagefolder, tmp_path / "run", epochs=500, checkpoint_every_steps=1)
+    (tmp_path / "job.pkl").write_bytes(pickle.dumps(job))
+    stage = subprocess.Popen([sys.executable, "-c", (
+        "import pickle, sys; sys.path.insert(0, %r)\n"
+        "from pcn.config import LauncherConfig; from pcn.train.launch import launch\n"
+        "job = pickle.loads(open(%r, 'rb').read())\n"
+        "launch(job, LauncherConfig(kind='local'), %r)") % (str(Path(__file__).parent), str(tmp_path / "job.pkl"),
+                                                            str(tmp_path / "logs"))],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    last = tmp_path / "run" / "last.pth"
+    deadline = time.monotonic() + 120
+    while not last.exists() and time.monotonic() < deadline:  # the job trains and checkpoints
+        time.sleep(0.5)
+    assert last.exists(), "the job never checkpointed"
+    stage.send_signal(signal.SIGTERM)
+    out, _ = stage.communicate(timeout=60)
+    assert stage.returncode != 0 and "SIGTERM: cancelling job" in out, out[-2000:]
+    time.sleep(3)
+    mtime = last.stat().st_mtime_ns
+    time.sleep(5)
+    assert last.stat().st_mtime_ns == mtime  # nothing trains on
+    from pcn.train.lock import trainer_lock
+
+    with trainer_lock(tmp_path / "run", "test"):  # the folder is free again
+        pass

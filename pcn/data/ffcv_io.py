@@ -31,6 +31,7 @@ import hashlib
 import json
 import logging
 import multiprocessing
+import multiprocessing.util
 import os
 import time
 import warnings
@@ -253,6 +254,24 @@ def _check_image(path: str) -> str | None:
         return f"{type(exc).__name__}: {exc}"
 
 
+def _die_with_parent(_=None) -> None:
+    """In a forked worker: ask the kernel for SIGKILL when the parent dies (PR_SET_PDEATHSIG)."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG (Linux)
+    except (OSError, AttributeError):
+        pass  # not Linux: the workers end when their queue closes, as before
+
+
+def workers_die_with_parent() -> None:
+    """Every worker multiprocessing forks from now on (ffcv's writers, the verify pool) dies
+    with this process: a SIGKILLed conversion leaves no worker behind, and none holds the
+    shared-memory resource tracker open."""
+    multiprocessing.util.register_after_fork(_die_with_parent, _die_with_parent)
+
+
 def verify_images(
     index: FolderIndex, *, num_workers: int = 1, progress: bool = True
 ) -> tuple[list[tuple[str, int]], list[tuple[str, str]]]:
@@ -441,6 +460,7 @@ def convert_imagefolder(
     if not dst.parent.is_dir():
         raise DatasetError(f"{dst.parent}: output directory does not exist")
     num_workers = max(1, int(num_workers))
+    workers_die_with_parent()
     index = scan_folder(src_dir, layout, train_classes)
     digest = source_hash(index)
 

@@ -39,6 +39,7 @@ from pcn.config import TrainConfig
 from pcn.tracking import RunLogger
 from pcn.train import checkpoint as ckpt
 from pcn.train import distributed as D
+from pcn.train.lock import trainer_lock
 from pcn.train.job import TrainJob
 from pcn.train.recipe import Recipe, build_recipe, lr_at
 
@@ -441,7 +442,9 @@ def run(job: TrainJob, stop: Callable[[], bool] | None = None) -> dict[str, Any]
         torch.set_flush_denormal(True)  # before set_num_threads, see the machine notes
         torch.set_num_threads(job.threads)
     D.init(env, device, job.dist_timeout_s)
-    result = _run(job, env, device, stop or (lambda: False))
+    # rank 0 holds the results folder: a second trainer on it is refused (pcn.train.lock)
+    with trainer_lock(job.out_dir, job.stage) if env.is_main else contextlib.nullcontext():
+        result = _run(job, env, device, stop or (lambda: False))
     D.shutdown()
     return result
 

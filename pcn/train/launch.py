@@ -20,6 +20,7 @@ signal (``scontrol requeue``) resumes from the last periodic checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -281,6 +282,31 @@ def wait(job, poll_s: float = 2.0, echo=print) -> dict[str, Any]:
         time.sleep(poll_s)
 
 
+class Terminated(KeyboardInterrupt):
+    """The stage itself was told to stop (SIGTERM, SIGHUP): it cancels its job, as on Ctrl-C."""
+
+
+@contextlib.contextmanager
+def cancel_on_termination() -> Any:
+    """While the stage waits, SIGTERM and SIGHUP (a stopped Snakemake, DVC or `pcn run`, a
+    closed terminal, scancel of the stage's own job) end the wait like Ctrl-C does, so the
+    job it submitted is cancelled instead of training on unwatched into results/."""
+
+    def stop(signum, frame):
+        raise Terminated(signal.Signals(signum).name)
+
+    try:
+        previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    except ValueError:  # not the main thread: leave the handlers alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def launch(
     job: TrainJob | submitit.helpers.Checkpointable, launcher: LauncherConfig, log_dir: Path, echo=print
 ) -> dict[str, Any]:
@@ -299,11 +325,13 @@ def launch(
         f"({submitted.num_tasks} task{'s' if submitted.num_tasks > 1 else ''}); logs in {submitted.paths.folder}"
     )
     try:
-        return wait(submitted, echo=echo)
+        with cancel_on_termination():
+            return wait(submitted, echo=echo)
     except (
         UncompletedJobError
     ) as exc:  # result pickle says the job gave up (e.g. requeued too often)
         raise TrainJobFailed(f"training job {submitted.job_id}: {exc}") from None
-    except KeyboardInterrupt:
-        submitted.cancel(check=False)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or Terminated
+        echo(f"{job.stage}: {exc or 'interrupted'}: cancelling job {submitted.job_id}")
+        submitted.cancel(check=False)  # local: the controller stops its tasks; SLURM: scancel
         raise

@@ -22,6 +22,7 @@ sharded: rank ``r`` scores images ``r, r + world, ...`` and writes its share int
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -35,6 +36,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import submitit
+
+from pcn.train.lock import trainer_lock
 
 if TYPE_CHECKING:  # keeps torch out of this module's import (the stage imports it to submit)
     from pcn.train.distributed import DistEnv
@@ -108,7 +111,9 @@ class TransferTask(submitit.helpers.Checkpointable):
         env = D.detect()
         D.init(env, D.pick_device(self.job.device, env), self.job.dist_timeout_s)
         try:
-            return run(self.job, env)
+            # rank 0 holds the results folder: a second trainer on it is refused
+            with trainer_lock(self.job.work_dir, self.job.stage) if env.is_main else contextlib.nullcontext():
+                return run(self.job, env)
         finally:
             D.shutdown()
 
