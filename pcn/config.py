@@ -367,15 +367,9 @@ def resolve(raw: dict, source: str = "params.yaml") -> Params:
 
 
 def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
-    path = Path(path)
-    if not path.is_file():
-        raise ParamsError(f"{path}: file not found (run from the repository root, or pass --params)")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ParamsError(f"{path}:{where} not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    from pcn.io import read_yaml
+
+    raw = read_yaml(path, ParamsError, hint=" (run from the repository root, or pass --params)")
     return resolve(raw or {}, str(path))
 
 

@@ -95,6 +95,22 @@ def read_json(path: str | Path) -> Any:
         raise ValueError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
 
 
+def read_yaml(path: str | Path, error: type[Exception] = ValueError, hint: str = "") -> Any:
+    """The parsed YAML file; a missing or malformed file raises ``error`` in one line naming
+    the file (and the line of a syntax error)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: file not found{hint}")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise error(f"{path}:{where} not valid YAML ({getattr(exc, 'problem', exc)})") from None
+
+
 def _plain(obj: Any) -> Any:
     if hasattr(obj, "item"):
         return obj.item()

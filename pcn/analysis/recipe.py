@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel
+
+from pcn.io import read_yaml
 
 RECIPE_PATH = Path("paper/recipe.yaml")
 COLUMNS = ["topic", "params.yaml key (scale paper)", "value", "source"]
@@ -71,12 +72,7 @@ def _entry(raw: Any, where: str) -> Entry:
 
 def load_recipe(path: str | Path = RECIPE_PATH) -> list[Entry]:
     path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"{path}: file not found")
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise RecipeError(f"{path}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    doc = read_yaml(path, RecipeError)
     entries = (doc or {}).get("entries") if isinstance(doc, dict) else None
     if not isinstance(entries, list) or not entries:
         raise RecipeError(f"{path}: expected a non-empty list under 'entries'")
