@@ -345,3 +345,31 @@ def test_comparison_rows_name_their_own_recipe(tmp_path, monkeypatch):
     assert kinds["ResNet: attention pooling against average pooling"] == {"3 seeds, 12 epochs at 32 px"}
     assert kinds["Multi-class tokens: fine-tuned against scratch"] == {"3 seeds, 12 epochs at 64 px"}
     assert any("30 steps at 64 px" in t.caption for t in section.tables)
+
+
+def test_the_report_names_the_machine_of_every_metrics_file(tmp_path):
+    """"Reproducible" is bit-exact on one machine only, so the report says which machine and
+    libraries produced which metrics."""
+    from pcn.analysis.report import machines_section
+
+    a = {"cpu": "CPU A", "cores": 2, "torch": "2.14.1", "onednn": "3.12.0", "mkl": "2024.2", "gpu": None, "host": "a"}
+    b = {**a, "cpu": "CPU B", "gpu": "H200", "host": "b"}
+    (tmp_path / "metrics" / "ablations").mkdir(parents=True)
+    for rel, m in (("pretrain", b), ("evaluate", a), ("ablations/baseline-s0", b), ("old", None)):
+        (tmp_path / "metrics" / f"{rel}.json").write_text(json.dumps({"top1": 1.0, **({"machine": m} if m else {})}))
+    sec = machines_section(tmp_path)
+    assert "bit for bit" in sec.paragraphs[0]
+    rows = {r[0]: r for r in sec.tables[0].rows}
+    assert set(rows) == {"CPU A", "CPU B"}
+    assert rows["CPU B"][-1] == "ablations/baseline-s0, pretrain" and rows["CPU B"][5] == "H200"
+    assert rows["CPU A"][-1] == "evaluate" and rows["CPU A"][5] == "-"
+
+
+def test_each_run_records_its_cpu_and_libraries():
+    import torch
+
+    from pcn.machine import describe
+
+    d = describe()
+    assert d["cpu"] and d["cores"] >= 1 and d["torch"] == torch.__version__
+    assert d["onednn"] and d["mkl"]  # the libraries whose kernels set the floating-point order

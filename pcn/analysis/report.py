@@ -637,6 +637,29 @@ def recipe_section(root: Path, params) -> Section:
     return sec
 
 
+MACHINE_KEYS = ("cpu", "cores", "torch", "onednn", "mkl", "gpu", "host")
+
+
+def machines_section(root: Path) -> Section:
+    """Which machine and libraries produced which metrics (``machine`` in each metrics file)."""
+    from pcn import machine
+
+    by_machine: dict[tuple, list[str]] = {}
+    for path in sorted((root / "metrics").rglob("*.json")):
+        try:
+            m = json.loads(path.read_text()).get("machine")
+        except (json.JSONDecodeError, AttributeError):
+            continue
+        if isinstance(m, dict):
+            key = tuple(m.get(k) for k in MACHINE_KEYS)
+            by_machine.setdefault(key, []).append(str(path.relative_to(root / "metrics").with_suffix("")))
+    rows = [[*("-" if v is None else v for v in key), ", ".join(stages)] for key, stages in by_machine.items()]
+    sec = Section("Machines", paragraphs=[machine.__doc__.split("\n\n")[1].replace("\n", " ")])
+    if rows:
+        sec.tables.append(Table([*MACHINE_KEYS, "metrics"], rows))
+    return sec
+
+
 def figure_section(figures_dir: Path) -> Section:
     sec = Section("Figures")
     index = figures_dir / "index.json"
@@ -678,7 +701,7 @@ def build_report(root: str | Path, params, paper_path: str | Path | None = None)
         "this run measured it at another resolution or from other pretraining data than the paper's row.")])
     figures_dir = root / "reports" / "figures"
     sections = [summary, cmp_section, recipe_section(root, params), *results_sections(paper, params, metrics, runs),
-                figure_section(figures_dir)]
+                figure_section(figures_dir), machines_section(root)]
     return Report("PatchConvNet reproduction report", sections, comp, figures_dir)
 
 

@@ -11,6 +11,7 @@ from typing import Any, Iterator
 
 from pcn.config import Params, load_params
 from pcn.io import write_json
+from pcn.machine import describe
 from pcn.tracking import RunLogger, stage_run, tracking_uri
 
 
@@ -25,8 +26,9 @@ class Stage:
         return tracking_uri(self.params.tracking.uri)
 
     def finish(self, metrics: dict[str, Any], metrics_path: str | Path, artifacts: tuple = ()) -> dict:
-        """Write the metrics JSON (the record of truth) then mirror it to MLflow."""
-        metrics = {**metrics, "mlflow_run_id": self.run.run_id}
+        """Write the metrics JSON (the record of truth) then mirror it to MLflow.  A training
+        job's metrics already name the machine it trained on; others get this process's."""
+        metrics = {"machine": describe(), **metrics, "mlflow_run_id": self.run.run_id}
         write_json(metrics_path, metrics)
         self.run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
         for path in (metrics_path, *artifacts):

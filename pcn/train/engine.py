@@ -36,6 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from pcn.config import TrainConfig
+from pcn.machine import describe
 from pcn.tracking import RunLogger
 from pcn.train import checkpoint as ckpt
 from pcn.train import distributed as D
@@ -626,6 +627,7 @@ def _result(
         # the evaluation protocol of top1/top5, so the report compares like with like
         "img_size": job.train.img_size,
         "crop_ratio": job.data.crop_ratio,
+        "machine": describe(),  # the node that trained, not the host that submitted
     }
     if state.last_eval is not None:
         out.update({k: v for k, v in state.last_eval.items() if k != "n"})

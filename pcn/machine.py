@@ -1,0 +1,44 @@
+"""What a run ran on, recorded with its metrics.
+
+"Reproducible" here means: on the same machine with the same software, a seed gives the
+same numbers bit for bit; on another CPU, or with another torch / oneDNN / MKL, the
+floating-point reductions differ and a run is equal within its seed-to-seed noise (the
+study's intervals), not bit for bit.  So every stage's metrics name the machine and the
+libraries they came from, and the report lists them.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import sys
+from functools import lru_cache
+
+
+@lru_cache(maxsize=1)
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def describe() -> dict[str, str | int | None]:
+    """CPU model, logical cores, Python; and torch with its oneDNN, MKL and GPU when this
+    process has imported torch (a stage that never did ran no model)."""
+    out: dict[str, str | int | None] = {"host": platform.node(), "cpu": _cpu_model(), "cores": os.cpu_count(),
+                                        "python": platform.python_version()}
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        config = torch.__config__.show()
+        onednn = re.search(r"MKL-DNN v([\w.]+)", config)
+        mkl = re.search(r"Math Kernel Library Version ([\w.-]+)", config)
+        out.update(torch=torch.__version__, onednn=onednn.group(1) if onednn else None,
+                   mkl=mkl.group(1) if mkl else None,
+                   gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else None)
+    return out
