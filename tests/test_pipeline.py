@@ -122,6 +122,10 @@ def test_every_stage_run_is_tracked_under_one_pipeline_run(smk_project):
     assert {s.name for s in build_stages(load_params(project / "params.yaml"))} <= stages
     n_instances = sum(len(s.instances()) for s in build_stages(load_params(project / "params.yaml")))
     assert len(rows) == n_instances
+    # the demo data's content hash tags its run (it was read from a key the generator did not write)
+    summary = json.loads((project / "data" / "demo" / "demo_summary.json").read_text())
+    hashes = {v for (v,) in db.execute("select value from tags where key = 'data_hash'")}
+    assert hashes == {summary["content_hash"]} and summary["content_hash"]
 
 
 def test_rerun_with_nothing_changed_does_nothing(smk_project, dvc_project):
@@ -130,6 +134,19 @@ def test_rerun_with_nothing_changed_does_nothing(smk_project, dvc_project):
     assert "Nothing to be done" in out
     out = check(run([str(BIN / "dvc"), "status"], dvc_project))
     assert "up to date" in out
+
+
+def test_after_a_snakemake_run_dvc_finds_nothing_stale(smk_project):
+    """`pcn run --engine snakemake` pins what it built in dvc.lock: both front ends agree."""
+    project, out = smk_project
+    assert "pinning its outputs in dvc.lock" in out
+    status = check(run([str(BIN / "dvc"), "status"], project))
+    assert "Data and pipelines are up to date" in status, status
+
+
+def test_after_a_dvc_run_snakemake_finds_nothing_to_do(dvc_project):
+    out = check(run([str(BIN / "snakemake"), "-n", "--quiet", "all"], dvc_project))
+    assert "Nothing to be done" in out, out[-2000:]
 
 
 def test_dvc_and_snakemake_give_the_same_metrics(smk_project, dvc_project):
@@ -192,4 +209,3 @@ def test_adding_a_variant_adds_exactly_its_stages(smk_project, dvc_project):
     add_variant(project)
     smk = check(run([str(BIN / "snakemake"), "-n", "--cores", "2"], project))
     assert re.findall(r"wildcards: (.*)", smk) == ["variant=no_se, seed=0"]
-
