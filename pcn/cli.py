@@ -19,6 +19,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from pcn.config import ParamsError  # noqa: E402
 from pcn.errors import UserError  # noqa: E402
+from pcn.steps import VERBS  # noqa: E402
 
 log = logging.getLogger("pcn")
 
@@ -35,43 +36,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
-def _verbs() -> dict[str, tuple[str, str]]:
-    """verb -> (module:function, help).  Imported lazily: `pcn --help` stays fast."""
-    return {
-        "make-demo": ("pcn.steps.data:make_demo", "synthesise the demo datasets (ImageNet, ADE20k, COCO layouts)"),
-        "convert": ("pcn.steps.data:convert", "convert the ImageFolder splits to FFCV .beton files"),
-        "pixel-baseline": ("pcn.steps.data:pixel_baseline", "linear classifier on average-pooled raw pixels"),
-        "pretrain": ("pcn.steps.train:pretrain", "pretrain the model (local or SLURM through submitit)"),
-        "finetune": ("pcn.steps.train:finetune", "fine-tune the pretrained model at a higher resolution"),
-        "evaluate": ("pcn.steps.evaluate:evaluate", "top-1/top-5 of the fine-tuned model on the val split(s)"),
-        "complexity": ("pcn.steps.evaluate:complexity", "params, GMACs, throughput, peak memory"),
-        "segmentation": ("pcn.steps.transfer:segmentation", "UperNet semantic segmentation transfer (ADE20k layout)"),
-        "detection": ("pcn.steps.transfer:detection", "Mask R-CNN detection transfer (COCO layout)"),
-        "ablate": ("pcn.steps.experiments:ablate", "train one ablation variant for one seed"),
-        "resnet-pool": ("pcn.steps.experiments:resnet_pool", "ResNet with average vs attention pooling"),
-        "multiclass": ("pcn.steps.experiments:multiclass", "multi-class-token model, scratch or fine-tuned"),
-        "depth-width": ("pcn.steps.experiments:depth_width", "one point of the depth x width grid"),
-        "summarize": ("pcn.steps.experiments:summarize", "seeds -> means, intervals and verdicts"),
-        "attention": ("pcn.steps.report:attention", "attention maps and their localisation scores"),
-        "figures": ("pcn.steps.report:figures", "every figure, from the metrics files"),
-        "report": ("pcn.steps.report:report", "paper-vs-reproduced report (Markdown + HTML)"),
-        "dag": ("pcn.steps.tools:dag", "write dvc.yaml from the stage table (--check: fail if stale)"),
-        "params": ("pcn.steps.tools:show_params", "print the resolved params (after the scale switch)"),
-        "scale": ("pcn.steps.tools:set_scale", "switch params.yaml to demo | study | paper and rewrite dvc.yaml"),
-        "dryrun": ("pcn.steps.tools:dryrun", "print the SLURM jobs the paper scale would submit"),
-        "run": ("pcn.steps.tools:run_pipeline", "run the whole DAG with snakemake or dvc under one MLflow parent run"),
-        "ui": ("pcn.steps.tools:ui", "start the MLflow UI on the pipeline's store"),
-        "rehearse": ("pcn.steps.rehearse:rehearse",
-                     "run the paper scale's DAG, capped to a few steps, on miniatures of the real datasets"),
-    }
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pcn", description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-    for verb, (target, help_text) in _verbs().items():
+    for verb, (target, help_text) in VERBS.items():
         p = sub.add_parser(verb, help=help_text, description=help_text)
         p.set_defaults(target=target)
         _verb_arguments(verb, p)

@@ -13,7 +13,7 @@ Snakemake wildcards and DVC ``matrix``.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -70,8 +70,32 @@ CODE = {
 }
 
 
+# What every stage runs besides its own modules: the schema, the output helpers, tracking.
+CORE_CODE = ("pcn/config.py", "pcn/io.py", "pcn/machine.py", "pcn/tracking.py", "pcn/steps/common.py")
+
+
 def _code(*parts: str) -> tuple[str, ...]:
     return tuple(CODE[p] for p in parts)
+
+
+def python_files(folder: str) -> tuple[str, ...]:
+    """The modules of a code folder, as files: Snakemake compares files' times, and a folder's
+    time does not change when a file in it is edited."""
+    return tuple(sorted(str(p) for p in Path(folder).rglob("*.py")))
+
+
+def with_code_files(stage: Stage) -> Stage:
+    """``stage`` depending on the code it runs, file by file: its step module (from the verb
+    table), the core modules, and every module of the code folders it lists."""
+    from pcn.steps import VERBS
+
+    module = VERBS[stage.cmd.split()[1]][0].split(":")[0]
+    own = ("/".join(module.split(".")) + ".py",)
+    deps: list[str] = []
+    for dep in stage.deps:
+        deps += python_files(dep) if dep in CODE.values() else [dep]
+    extra = tuple(f for f in CORE_CODE + own if f not in deps)
+    return replace(stage, deps=tuple(deps) + extra)
 
 
 def depth_width_points(params: Params) -> list[str]:
@@ -98,21 +122,22 @@ def build_stages(params: Params) -> list[Stage]:
               params=("scale", "data.source", "data.root", "data.imagenet", "data.imagenet_v2", "data.ffcv",
                       "data.num_workers")))
     if demo:
-        add(Stage("pixel_baseline", "pcn pixel-baseline", "data", deps=image_deps + _code("data"),
+        add(Stage("pixel_baseline", "pcn pixel-baseline", "data", deps=image_deps + _code("data", "eval"),
                   metrics=("metrics/pixel_baseline.json",), params=("seed", "data.demo")))
 
     # --- the main line: pretrain -> finetune -> evaluate ------------------------------
-    add(Stage("pretrain", "pcn pretrain", "train", deps=("data/ffcv",) + _code("models", "train"),
+    add(Stage("pretrain", "pcn pretrain", "train", deps=("data/ffcv",) + _code("data", "models", "train"),
               outs=("results/pretrain/model.pth",), metrics=("metrics/pretrain.json",),
               plots=("plots/pretrain.csv",), params=train_params + ("pretrain",),
               threads=params.runtime.threads, gpu=True, priority=100))
     add(Stage("finetune", "pcn finetune", "train",
-              deps=("data/ffcv", "results/pretrain/model.pth") + _code("models", "train"),
+              deps=("data/ffcv", "results/pretrain/model.pth") + _code("data", "models", "train"),
               outs=("results/finetune/model.pth",), metrics=("metrics/finetune.json",),
               plots=("plots/finetune.csv",), params=train_params + ("finetune",),
               threads=params.runtime.threads, gpu=True, priority=90))
     add(Stage("evaluate", "pcn evaluate", "eval",
-              deps=("data/ffcv", f"results/{params.evaluate.checkpoint}/model.pth") + _code("models", "eval"),
+              deps=("data/ffcv", f"results/{params.evaluate.checkpoint}/model.pth")
+              + _code("data", "models", "train", "eval"),
               metrics=("metrics/eval.json",), params=("scale", "data.loader", "model", "evaluate", "runtime"),
               accelerated=True))
     add(Stage("complexity", "pcn complexity", "eval", deps=_code("models", "eval"),
@@ -140,7 +165,7 @@ def build_stages(params: Params) -> list[Stage]:
     if exp.enabled:
         _add_grid(st, params)
     _add_analysis(st, params, image_deps)
-    return st
+    return [with_code_files(s) for s in st]
 
 
 def _add_grid(st: list[Stage], params: Params) -> None:
@@ -148,7 +173,7 @@ def _add_grid(st: list[Stage], params: Params) -> None:
     exp = params.experiments
     add = st.append
     exp_params = ("scale",) + EXPERIMENT_PARAMS
-    exp_deps = ("data/ffcv",) + _code("models", "train")
+    exp_deps = ("data/ffcv",) + _code("data", "models", "train")
     seeds = list(exp.seeds)
     add(Stage("ablation", "pcn ablate --variant {variant} --seed {seed}", "experiments", deps=exp_deps,
               outs=("results/ablations/{variant}-s{seed}/model.pth",),
@@ -193,7 +218,7 @@ def _add_analysis(st: list[Stage], params: Params, image_deps: tuple[str, ...]) 
     """Attention maps, figures and the report."""
     add = st.append
     add(Stage("attention", "pcn attention", "report",
-              deps=image_deps + tuple(attention_checkpoints(params)) + _code("models", "analysis"),
+              deps=image_deps + tuple(attention_checkpoints(params)) + _code("data", "models", "analysis"),
               outs=("results/attention",), metrics=("metrics/attention.json",),
               params=("scale", "attention", "runtime", "model", "experiments.model_options", "experiments.train.img_size",
                       "experiments.train_by_study.ablation"),

@@ -84,9 +84,9 @@ def test_experiment_grid_expands_to_variant_x_seed():
 
 
 def test_every_stage_is_a_pcn_verb_with_help():
-    from pcn.cli import _verbs
+    from pcn.steps import VERBS
 
-    verbs = set(_verbs())
+    verbs = set(VERBS)
     for s in build_stages(load_params(ROOT / "params.yaml")):
         assert s.cmd.split()[0] == "pcn" and s.cmd.split()[1] in verbs, s.cmd
 

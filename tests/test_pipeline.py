@@ -149,6 +149,47 @@ def test_after_a_dvc_run_snakemake_finds_nothing_to_do(dvc_project):
     assert "Nothing to be done" in out, out[-2000:]
 
 
+def _affected(project: Path, edited: str) -> tuple[set[str], set[str]]:
+    """(stage instances that run ``edited``, those plus everything downstream of them), from
+    the stage table itself."""
+    from pcn.config import load_params
+    from pcn.stages import build_stages, expand
+
+    instances = [i for s in build_stages(load_params(project / "params.yaml")) for i in expand(s)]
+    direct = {i["name"] for i in instances if edited in i["deps"]}
+    stale, outs = set(direct), set()
+    while True:
+        outs |= {o for i in instances if i["name"] in stale for o in i["outs"]}
+        more = {i["name"] for i in instances if set(i["deps"]) & outs} - stale
+        if not more:
+            return direct, stale
+        stale |= more
+
+
+def test_editing_code_makes_exactly_the_stages_that_run_it_stale(smk_project, dvc_project):
+    """Both front ends see an edit of one module, and rerun what runs it and what depends on
+    that (Snakemake) / report what runs it (`dvc status` lists direct changes)."""
+    edited = "pcn/eval/pixel_baseline.py"
+    smk, _ = smk_project
+    saved = {}
+    for project in (smk, dvc_project):
+        path = project / edited
+        saved[path] = (path.read_text(), path.stat())
+        path.write_text(saved[path][0] + "\n# an edit\n")
+    try:
+        direct, stale = _affected(smk, edited)
+        assert "pixel_baseline" in direct and "report" in stale
+        out = check(run([str(BIN / "snakemake"), "-n", "--cores", "2"], smk))
+        rules = set(re.findall(r"^(?:local)?rule (\w+):", out, re.M)) - {"all"}
+        assert rules == {name.split("@")[0] for name in stale}, (rules, stale)
+        status = check(run([str(BIN / "dvc"), "status"], dvc_project))
+        assert set(re.findall(r"^(\S+):\s*$", status, re.M)) == direct, status
+    finally:
+        for path, (text, st) in saved.items():  # content and time, so the later tests see no edit
+            path.write_text(text)
+            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
 def test_dvc_and_snakemake_give_the_same_metrics(smk_project, dvc_project):
     smk, _ = smk_project
     for name in ("eval.json", "pretrain.json", "ablations/baseline-s0.json"):
