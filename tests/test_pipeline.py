@@ -136,14 +136,6 @@ def test_rerun_with_nothing_changed_does_nothing(smk_project, dvc_project):
     assert "up to date" in out
 
 
-def test_after_a_snakemake_run_dvc_finds_nothing_stale(smk_project):
-    """`pcn run --engine snakemake` pins what it built in dvc.lock: both front ends agree."""
-    project, out = smk_project
-    assert "pinning its outputs in dvc.lock" in out
-    status = check(run([str(BIN / "dvc"), "status"], project))
-    assert "Data and pipelines are up to date" in status, status
-
-
 def test_after_a_dvc_run_snakemake_finds_nothing_to_do(dvc_project):
     out = check(run([str(BIN / "snakemake"), "-n", "--quiet", "all"], dvc_project))
     assert "Nothing to be done" in out, out[-2000:]

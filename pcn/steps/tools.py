@@ -73,27 +73,10 @@ def run_pipeline(args) -> int:
         cmd = ["dvc", "repro", *extra]
     print(f"pipeline run {run_id} ({args.engine}, scale {params.scale}): {' '.join(cmd)}", flush=True)
     rc = subprocess.call(cmd, env=env)
-    if rc == 0 and args.engine == "snakemake":
-        rc = _pin_in_dvc_lock()
     from pcn.tracking import RunLogger
 
     RunLogger(run_id, uri).finish("FINISHED" if rc == 0 else "FAILED")
     return rc
-
-
-def _pin_in_dvc_lock() -> int:
-    """When Snakemake finds the whole DAG up to date, pin its outputs in dvc.lock (``dvc
-    commit``), so that ``dvc status`` agrees and ``dvc repro`` does no work.  After a partial
-    target other outputs may be stale, and committing them would hide it: then nothing is
-    pinned."""
-    if not Path(".dvc").is_dir():
-        return 0
-    dry = subprocess.run(["snakemake", "-n", "--quiet", "all"], capture_output=True, text=True)
-    if dry.returncode != 0 or "Nothing to be done" not in dry.stdout + dry.stderr:
-        print("dvc.lock not updated: Snakemake does not find the whole DAG up to date", flush=True)
-        return 0
-    print("the whole DAG is up to date: pinning its outputs in dvc.lock (dvc commit)", flush=True)
-    return subprocess.call(["dvc", "commit", "--force", "--quiet"])
 
 
 def dryrun(args) -> int:
