@@ -18,7 +18,7 @@ import sys
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from pcn.config import ParamsError  # noqa: E402
-from pcn.errors import UserError  # noqa: E402
+from pcn.errors import DatasetError, UserError  # noqa: E402
 from pcn.steps import VERBS  # noqa: E402
 
 log = logging.getLogger("pcn")
@@ -26,9 +26,9 @@ log = logging.getLogger("pcn")
 
 # Exceptions whose message is already one clear line for the user.
 def _user_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [ParamsError, UserError, FileNotFoundError]
-    for mod, name in (("pcn.data.ffcv_io", "DatasetError"), ("pcn.models.checkpoint", "CheckpointError"),
-                      ("pcn.train.launch", "TrainJobFailed"), ("pcn.transfer.datasets", "DatasetError")):
+    errors: list[type[BaseException]] = [ParamsError, UserError, DatasetError, FileNotFoundError]
+    # these two modules import torch / submitit: looked up only when an error is being reported
+    for mod, name in (("pcn.models.checkpoint", "CheckpointError"), ("pcn.train.launch", "TrainJobFailed")):
         try:
             errors.append(getattr(__import__(mod, fromlist=[name]), name))
         except (ImportError, AttributeError):

@@ -44,6 +44,7 @@ from typing import Literal
 
 import numpy as np
 
+from pcn.errors import DatasetError
 from pcn.io import write_json
 
 log = logging.getLogger(__name__)
@@ -67,9 +68,6 @@ _FINGERPRINT_CHUNK = 4 << 20  # bytes hashed at each end of a large .beton
 _FINGERPRINT_BLOCK = 64 << 10
 _FINGERPRINT_WHOLE = 64 << 20
 
-
-class DatasetError(ValueError):
-    """A dataset on disk is not what the pipeline expects (one line for the user)."""
 
 
 class DatasetWarning(UserWarning):
