@@ -56,3 +56,12 @@ def test_console_script_and_slurm_profile_are_where_the_tools_look():
     profile = ROOT / "slurm" / "config.yaml"
     assert profile.is_file(), "`snakemake --profile slurm` looks for ./slurm/config.yaml"
     assert "pcn_launcher=slurm" in profile.read_text()
+
+
+def test_readme_rehearsal_is_one_command_the_quickstart_knows():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Paper scale rehearsal", 1)[1]
+    block = re.search(r"```(?:bash|sh)?\n(.*?)```", section, re.S).group(1)
+    commands = [line for line in block.splitlines() if line.strip() and not line.strip().startswith("#")]
+    assert commands == ["bash scripts/quickstart.sh rehearse"]
+    assert "rehearse)" in (ROOT / "scripts" / "quickstart.sh").read_text()
