@@ -49,12 +49,12 @@ from pycocotools import mask as mask_utils
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from pcn.data.layouts import ADE_SPLITS  # the official split folder names, one table
 from pcn.errors import DatasetError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IGNORE = 0  # label-map id of unlabelled pixels (ADE20k convention)
-ADE_SPLITS = {"train": "training", "val": "validation"}
 ADE_CLASS_FILE = "objectInfo150.txt"
 COCO_SPLITS = {"train": "train2017", "val": "val2017"}
 
