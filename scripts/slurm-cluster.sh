@@ -142,6 +142,7 @@ start() {
     start_munge
     /usr/sbin/slurmctld || die "slurmctld did not start; see $STATE_DIR/log/slurmctld.log"
     /usr/sbin/slurmd || die "slurmd did not start; see $STATE_DIR/log/slurmd.log"
+    cancel_leftover_jobs
     local waited=0 s=""
     while [ "$waited" -lt "$START_TIMEOUT_S" ]; do
         s="$(node_state || true)"
@@ -159,6 +160,26 @@ start() {
     die "node $(node_name) not idle after ${START_TIMEOUT_S}s (state: '${s:-no answer}')"
 }
 
+# The controller keeps its job table across restarts (so job ids, and with them
+# submitit's per-job folders, never repeat). Jobs recovered from a cluster that
+# died under them have no live process: left alone, one recovered as RUNNING
+# holds the node "allocated" until the controller times it out, so a cold start
+# cancels them.
+cancel_leftover_jobs() {
+    local waited=0 jobs
+    until squeue -h >/dev/null 2>&1; do
+        [ "$waited" -lt "$START_TIMEOUT_S" ] || die "slurmctld does not answer; see $STATE_DIR/log/slurmctld.log"
+        sleep 1
+        waited=$((waited + 1))
+    done
+    jobs="$(squeue -h -o %i | tr '\n' ' ')"
+    if [ -n "${jobs// /}" ]; then
+        log "cancelling jobs left from the cluster's previous run: $jobs"
+        # shellcheck disable=SC2086  # one argument per job id
+        scancel $jobs || true
+    fi
+}
+
 stop_daemons() {
     local name pidfile pid
     for name in slurmd slurmctld; do
@@ -171,6 +192,8 @@ stop_daemons() {
         fi
         rm -f "$pidfile"
     done
+    # Step daemons outlive a killed slurmd; they belong to the jobs cancelled on the next start.
+    pkill -x slurmstepd 2>/dev/null || true
     [ "${1:-}" = quiet ] || log "stopped"
 }
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -370,3 +372,33 @@ def test_sbatch_parameters_pass_account_qos_and_skip_unset():
     script = _make_sbatch_string(command="true", folder="/tmp/x", **params)
     assert "#SBATCH --account=proj" in script and "#SBATCH --qos=high" in script
     assert "--kill-on-bad-exit=1" in script
+
+
+@pytest.mark.slurm
+def test_cold_start_after_the_cluster_died_mid_job_leaves_no_orphan(slurm_cluster, tmp_path):
+    """Daemons killed under a running job (a machine reboot, CI killing the session):
+    the next start answers with an idle node and the orphan does not run again."""
+    from conftest import _cluster
+
+    def queue() -> list[str]:
+        out = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True)
+        return out.stdout.split()
+
+    job = subprocess.run(
+        ["sbatch", "--parsable", "-o", str(tmp_path / "orphan.out"), "--wrap", "sleep 60"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    deadline = time.time() + 60
+    while subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True,
+                         text=True).stdout.strip() != "RUNNING":
+        assert time.time() < deadline, f"job {job} never started"
+        time.sleep(0.5)
+    state_dir = Path(os.environ.get("PCN_SLURM_DIR", "/tmp/pcn-slurm"))
+    for daemon in ("slurmctld", "slurmd"):
+        os.kill(int((state_dir / "run" / f"{daemon}.pid").read_text()), signal.SIGKILL)
+    time.sleep(1)
+
+    started = _cluster("start")
+    assert started.returncode == 0, started.stderr
+    assert _cluster("status").returncode == 0
+    assert job not in queue()
