@@ -28,9 +28,7 @@ from pathlib import Path
 import numpy as np
 
 
-def make_folder(
-    root: Path, n_images: int, n_classes: int, height: int, width: int, seed: int = 0
-) -> Path:
+def make_folder(root: Path, n_images: int, n_classes: int, height: int, width: int, seed: int = 0) -> Path:
     """Deterministic smooth-noise JPEGs (photo-like file sizes), q90."""
     from PIL import Image
 
@@ -38,9 +36,7 @@ def make_folder(
     for i in range(n_images):
         d = root / f"class_{i % n_classes:03d}"
         d.mkdir(parents=True, exist_ok=True)
-        coarse = rng.integers(
-            0, 256, size=(height // 16, width // 16, 3), dtype=np.uint8
-        )
+        coarse = rng.integers(0, 256, size=(height // 16, width // 16, 3), dtype=np.uint8)
         img = Image.fromarray(coarse).resize((width, height), Image.BICUBIC)
         fine = rng.normal(0, 12, size=(height, width, 3))
         arr = np.clip(np.asarray(img, dtype=np.float32) + fine, 0, 255).astype(np.uint8)
@@ -56,15 +52,13 @@ def time_loader(loader, epochs: int) -> tuple[float, int, float]:
     warmup_s = time.perf_counter() - t0
     n, t0 = 0, time.perf_counter()
     for _ in range(epochs):
-        for images, labels in loader:
+        for images, _labels in loader:
             n += images.shape[0]
     return n / (time.perf_counter() - t0), n, warmup_s
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
         "--folder",
         type=Path,
@@ -76,13 +70,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--width", type=int, default=400)
     ap.add_argument("--sizes", type=int, nargs="+", default=[224, 176])
     ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument(
-        "--epochs", type=int, default=2, help="timed epochs per loader and size"
-    )
+    ap.add_argument("--epochs", type=int, default=2, help="timed epochs per loader and size")
     ap.add_argument("--num-workers", type=int, default=os.cpu_count())
-    ap.add_argument(
-        "--write-mode", default="raw", choices=["raw", "jpg", "proportion", "smart"]
-    )
+    ap.add_argument("--write-mode", default="raw", choices=["raw", "jpg", "proportion", "smart"])
     ap.add_argument("--max-resolution", type=int, default=400)
     ap.add_argument("--jpeg-quality", type=int, default=90)
     ap.add_argument("--compress-probability", type=float, default=0.5)
@@ -92,9 +82,7 @@ def main(argv=None) -> dict:
         help="FFCV process cache + quasi-random order",
     )
     ap.add_argument("--batches-ahead", type=int, default=3)
-    ap.add_argument(
-        "--loaders", nargs="+", default=["ffcv", "torch"], choices=["ffcv", "torch", "memory"]
-    )
+    ap.add_argument("--loaders", nargs="+", default=["ffcv", "torch"], choices=["ffcv", "torch", "memory"])
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
     args = ap.parse_args(argv)
 
@@ -109,12 +97,8 @@ def main(argv=None) -> dict:
         folder = args.folder
         if folder is None:
             t0 = time.perf_counter()
-            folder = make_folder(
-                tmp / "images", args.n_images, args.n_classes, args.height, args.width
-            )
-            print(
-                f"made {args.n_images} JPEGs of {args.height}x{args.width} in {time.perf_counter() - t0:.1f} s"
-            )
+            folder = make_folder(tmp / "images", args.n_images, args.n_classes, args.height, args.width)
+            print(f"made {args.n_images} JPEGs of {args.height}x{args.width} in {time.perf_counter() - t0:.1f} s")
         beton = tmp / "train.beton"
         conv = convert_imagefolder(
             folder,
@@ -160,8 +144,10 @@ def main(argv=None) -> dict:
                         "first_epoch_s": round(warmup_s, 2),
                     }
                 )
-                print(f"  {kind:6s} {size:4d} px: {rate:8.1f} img/s (built in {build_s:.1f} s, "
-                      f"first epoch {warmup_s:.1f} s)")
+                print(
+                    f"  {kind:6s} {size:4d} px: {rate:8.1f} img/s (built in {build_s:.1f} s, "
+                    f"first epoch {warmup_s:.1f} s)"
+                )
                 del loader
 
     by = {(r["loader"], r["img_size"]): r["images_per_s"] for r in rows}
@@ -171,15 +157,9 @@ def main(argv=None) -> dict:
         f, t = by.get(("ffcv", size)), by.get(("torch", size))
         ratio = f / t if f and t else None
         ratios[str(size)] = round(ratio, 2) if ratio else None
-        print(
-            f"{size:>6} {f or float('nan'):>12.1f} {t or float('nan'):>12.1f} {ratio or float('nan'):>7.2f}"
-        )
+        print(f"{size:>6} {f or float('nan'):>12.1f} {t or float('nan'):>12.1f} {ratio or float('nan'):>7.2f}")
     result = {
-        "settings": {
-            k: (str(v) if isinstance(v, Path) else v)
-            for k, v in vars(args).items()
-            if k != "out"
-        },
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "out"},
         "machine": {
             "cpu_count": os.cpu_count(),
             "python": platform.python_version(),

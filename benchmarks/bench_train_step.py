@@ -10,6 +10,7 @@ change at a time, interleaved so that machine noise hits all alike.
     python benchmarks/bench_train_step.py --img-size 64 --stem-stride 16 --out step.json   # the study grid
     python benchmarks/bench_train_step.py --model resnet_demo_attnpool   # the study's ResNet pair
 """
+
 import argparse
 import json
 import platform
@@ -26,14 +27,14 @@ from pcn.models.patchconvnet import SqueezeExcite
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('--model', default='patchconvnet_demo')
-    p.add_argument('--img-size', type=int, default=32)
-    p.add_argument('--stem-stride', type=int, default=None, help="patch size (the model's own when unset)")
-    p.add_argument('--batch-size', type=int, default=32)
-    p.add_argument('--threads', type=int, default=1, help='the grid runs 1 thread per run')
-    p.add_argument('--steps', type=int, default=40, help='timed steps per round')
-    p.add_argument('--rounds', type=int, default=7, help='rounds; the median round is reported')
-    p.add_argument('--out', default='', help='write the results as JSON here')
+    p.add_argument("--model", default="patchconvnet_demo")
+    p.add_argument("--img-size", type=int, default=32)
+    p.add_argument("--stem-stride", type=int, default=None, help="patch size (the model's own when unset)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--threads", type=int, default=1, help="the grid runs 1 thread per run")
+    p.add_argument("--steps", type=int, default=40, help="timed steps per round")
+    p.add_argument("--rounds", type=int, default=7, help="rounds; the median round is reported")
+    p.add_argument("--out", default="", help="write the results as JSON here")
     return p.parse_args(argv)
 
 
@@ -45,11 +46,11 @@ def se_as_convolutions(self, x: torch.Tensor) -> torch.Tensor:
 
 CL, NCHW = torch.channels_last, torch.contiguous_format
 VARIANTS = {  # name: (memory format, SE forward, AdamW options)
-    'pipeline (channels_last, SE matmul, fused AdamW)': (CL, SqueezeExcite.forward, {'fused': True}),
-    'NCHW memory format': (NCHW, SqueezeExcite.forward, {'fused': True}),
-    'SE as 1x1 convolutions': (CL, se_as_convolutions, {'fused': True}),
-    'AdamW loop': (CL, SqueezeExcite.forward, {'foreach': False}),
-    'none of them': (NCHW, se_as_convolutions, {'foreach': False}),
+    "pipeline (channels_last, SE matmul, fused AdamW)": (CL, SqueezeExcite.forward, {"fused": True}),
+    "NCHW memory format": (NCHW, SqueezeExcite.forward, {"fused": True}),
+    "SE as 1x1 convolutions": (CL, se_as_convolutions, {"fused": True}),
+    "AdamW loop": (CL, SqueezeExcite.forward, {"foreach": False}),
+    "none of them": (NCHW, se_as_convolutions, {"foreach": False}),
 }
 
 
@@ -62,9 +63,9 @@ def main(argv=None) -> dict:
     setups = {}
     for name, (memory_format, se_forward, opt_kw) in VARIANTS.items():
         torch.manual_seed(0)
-        options = {} if args.stem_stride is None else {'stem_stride': args.stem_stride}
+        options = {} if args.stem_stride is None else {"stem_stride": args.stem_stride}
         model = timm.create_model(args.model, num_classes=10, **options).to(memory_format=memory_format)
-        opt = create_optimizer_v2(model, 'adamw', lr=1e-3, weight_decay=0.05, **opt_kw)
+        opt = create_optimizer_v2(model, "adamw", lr=1e-3, weight_decay=0.05, **opt_kw)
         setups[name] = (x.contiguous(memory_format=memory_format), se_forward, model, opt)
     original = SqueezeExcite.forward
     times = {name: [] for name in setups}
@@ -82,20 +83,28 @@ def main(argv=None) -> dict:
                 times[name].append((time.perf_counter() - t0) / args.steps * 1e3)
     finally:
         SqueezeExcite.forward = original
-    base = statistics.median(times['none of them'])
+    base = statistics.median(times["none of them"])
     result = {
-        'model': args.model, 'img_size': args.img_size, 'stem_stride': args.stem_stride, 'batch_size': args.batch_size,
-        'threads': args.threads, 'torch': torch.__version__, 'cpu': platform.processor() or platform.machine(),
-        'step_ms': {name: round(statistics.median(t), 2) for name, t in times.items()},
+        "model": args.model,
+        "img_size": args.img_size,
+        "stem_stride": args.stem_stride,
+        "batch_size": args.batch_size,
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "step_ms": {name: round(statistics.median(t), 2) for name, t in times.items()},
     }
-    print(f"{args.model} {args.img_size}px (stem stride {args.stem_stride or 'default'}) batch {args.batch_size}, {args.threads} thread(s), median of {args.rounds} rounds")
-    for name, ms in result['step_ms'].items():
+    print(
+        f"{args.model} {args.img_size}px (stem stride {args.stem_stride or 'default'}) batch {args.batch_size}, "
+        f"{args.threads} thread(s), median of {args.rounds} rounds"
+    )
+    for name, ms in result["step_ms"].items():
         print(f"  {name:36s} {ms:7.2f} ms/step  ({base / ms:.2f}x)")
     if args.out:
-        with open(args.out, 'w') as f:
+        with open(args.out, "w") as f:
             json.dump(result, f, indent=2)
     return result
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
     main()

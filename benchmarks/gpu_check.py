@@ -14,6 +14,7 @@ run, so that numbers from two machines can be compared.
     python benchmarks/gpu_check.py --train-batch 256 --out check.json
     python benchmarks/gpu_check.py --tiny --out /tmp/check.json     # CPU smoke run: demo model, tiny sizes
 """
+
 import argparse
 import os
 import platform
@@ -35,29 +36,29 @@ from pcn.io import write_json
 ROOT = Path(__file__).resolve().parents[1]
 # (full, --tiny) defaults of the sizes
 SIZES = {
-    'model': ('patchconvnet_s60', 'patchconvnet_demo'),
-    'img_size': (224, 32),
-    'batch': (256, 8),
-    'train_batch': (128, 8),
-    'iters': (20, 2),
-    'warmup': (3, 1),
-    'ffcv_images': (4096, 48),
-    'ffcv_workers': (min(16, os.cpu_count() or 1), 1),
+    "model": ("patchconvnet_s60", "patchconvnet_demo"),
+    "img_size": (224, 32),
+    "batch": (256, 8),
+    "train_batch": (128, 8),
+    "iters": (20, 2),
+    "warmup": (3, 1),
+    "ffcv_images": (4096, 48),
+    "ffcv_workers": (min(16, os.cpu_count() or 1), 1),
 }
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('--out', default=str(ROOT / 'benchmarks' / 'results_gpu_check.json'), help='the JSON written')
-    p.add_argument('--tiny', action='store_true', help='small model, batches and iterations (a CPU smoke run)')
-    p.add_argument('--model', help='timm name (default: patchconvnet_s60; --tiny: patchconvnet_demo)')
-    p.add_argument('--img-size', type=int, help='resolution (default 224; --tiny: 32)')
-    p.add_argument('--batch', type=int, help='inference batch (default 256, as the paper; --tiny: 8)')
-    p.add_argument('--train-batch', type=int, help='training-step batch (default 128; --tiny: 8)')
-    p.add_argument('--iters', type=int, help='timed iterations (default 20; --tiny: 2)')
-    p.add_argument('--warmup', type=int, help='untimed iterations first (default 3; --tiny: 1)')
-    p.add_argument('--ffcv-images', type=int, help='images in the temporary .beton (default 4096; --tiny: 48)')
-    p.add_argument('--ffcv-workers', type=int, help='FFCV decoding threads (default: the CPUs, up to 16; --tiny: 1)')
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results_gpu_check.json"), help="the JSON written")
+    p.add_argument("--tiny", action="store_true", help="small model, batches and iterations (a CPU smoke run)")
+    p.add_argument("--model", help="timm name (default: patchconvnet_s60; --tiny: patchconvnet_demo)")
+    p.add_argument("--img-size", type=int, help="resolution (default 224; --tiny: 32)")
+    p.add_argument("--batch", type=int, help="inference batch (default 256, as the paper; --tiny: 8)")
+    p.add_argument("--train-batch", type=int, help="training-step batch (default 128; --tiny: 8)")
+    p.add_argument("--iters", type=int, help="timed iterations (default 20; --tiny: 2)")
+    p.add_argument("--warmup", type=int, help="untimed iterations first (default 3; --tiny: 1)")
+    p.add_argument("--ffcv-images", type=int, help="images in the temporary .beton (default 4096; --tiny: 48)")
+    p.add_argument("--ffcv-workers", type=int, help="FFCV decoding threads (default: the CPUs, up to 16; --tiny: 1)")
     args = p.parse_args(argv)
     for key, values in SIZES.items():
         if getattr(args, key) is None:
@@ -79,16 +80,16 @@ def sgemm_gflops(n: int = 1024, seconds: float = 0.3) -> float:
         dt = time.perf_counter() - t0
     finally:
         torch.set_num_threads(threads)
-    return 2 * n ** 3 * reps / dt / 1e9
+    return 2 * n**3 * reps / dt / 1e9
 
 
 def _sync(device: torch.device) -> None:
-    if device.type == 'cuda':
+    if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def _peak_mb(device: torch.device):
-    return torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == 'cuda' else None
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
 
 
 def inference(args, device: torch.device, fast: bool) -> dict:
@@ -96,10 +97,14 @@ def inference(args, device: torch.device, fast: bool) -> dict:
     m = measure_throughput(model, args.img_size, args.batch, device, fast=fast, warmup=args.warmup, iters=args.iters)
     del model
     return {
-        'batch_size': args.batch, 'img_size': args.img_size, 'iters': args.iters,
-        'precision': 'bf16-autocast' if fast and device.type == 'cuda' else 'fp32',
-        'channels_last': fast, 'throughput_img_s': m['throughput'], 'peak_mem_mb': m['peak_mem_mb'],
-        'mem_method': m['mem_method'],
+        "batch_size": args.batch,
+        "img_size": args.img_size,
+        "iters": args.iters,
+        "precision": "bf16-autocast" if fast and device.type == "cuda" else "fp32",
+        "channels_last": fast,
+        "throughput_img_s": m["throughput"],
+        "peak_mem_mb": m["peak_mem_mb"],
+        "mem_method": m["mem_method"],
     }
 
 
@@ -110,7 +115,7 @@ def train_step(args, device: torch.device) -> dict:
 
     model = timm.create_model(args.model).train()
     forward = prepare_fast(model, device)
-    opt = create_optimizer_v2(model, 'adamw', lr=1e-3, weight_decay=0.05)
+    opt = create_optimizer_v2(model, "adamw", lr=1e-3, weight_decay=0.05)
     x = torch.randn(args.train_batch, 3, args.img_size, args.img_size, device=device)
     y = torch.randint(0, model.num_classes, (args.train_batch,), device=device)
 
@@ -123,7 +128,7 @@ def train_step(args, device: torch.device) -> dict:
     for _ in range(args.warmup):
         step()
     _sync(device)
-    if device.type == 'cuda':
+    if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
     for _ in range(args.iters):
@@ -131,11 +136,14 @@ def train_step(args, device: torch.device) -> dict:
     _sync(device)
     dt = time.perf_counter() - t0
     peak = _peak_mb(device)
-    del model, opt, forward
     return {
-        'batch_size': args.train_batch, 'img_size': args.img_size, 'iters': args.iters,
-        'precision': 'bf16-autocast' if device.type == 'cuda' else 'fp32', 'optimizer': 'adamw',
-        'throughput_img_s': args.train_batch * args.iters / dt, 'peak_mem_mb': peak,
+        "batch_size": args.train_batch,
+        "img_size": args.img_size,
+        "iters": args.iters,
+        "precision": "bf16-autocast" if device.type == "cuda" else "fp32",
+        "optimizer": "adamw",
+        "throughput_img_s": args.train_batch * args.iters / dt,
+        "peak_mem_mb": peak,
     }
 
 
@@ -145,10 +153,10 @@ def _write_images(folder: Path, n: int, size: tuple[int, int], seed: int = 0) ->
 
     rng = np.random.default_rng(seed)
     for i in range(n):
-        d = folder / f'c{i % 2}'
+        d = folder / f"c{i % 2}"
         d.mkdir(parents=True, exist_ok=True)
         pixels = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(d / f'{i:06d}.JPEG', quality=90)
+        Image.fromarray(pixels).save(d / f"{i:06d}.JPEG", quality=90)
 
 
 def ffcv_pipeline(args, device: torch.device) -> dict:
@@ -157,23 +165,40 @@ def ffcv_pipeline(args, device: torch.device) -> dict:
     from pcn.data.ffcv_io import convert_imagefolder
     from pcn.data.loaders import build_loader
 
-    raw = yaml.safe_load((ROOT / 'params.yaml').read_text())
-    settings = resolve({**raw, 'scale': 'paper'}).data.ffcv
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    settings = resolve({**raw, "scale": "paper"}).data.ffcv
     batch = min(args.train_batch, args.ffcv_images)
-    with tempfile.TemporaryDirectory(prefix='gpu_check_') as tmp:
+    with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
         tmp = Path(tmp)
         t0 = time.perf_counter()
         # ImageNet's typical photo in the full run; small images in the smoke run
-        _write_images(tmp / 'images', args.ffcv_images, (64, 48) if args.tiny else (500, 375))
-        beton = tmp / 'train.beton'
-        convert_imagefolder(tmp / 'images', beton, max_resolution=settings.max_resolution,
-                            jpeg_quality=settings.jpeg_quality, compress_probability=settings.compress_probability,
-                            write_mode=settings.write_mode, max_bad_fraction=0.0, num_workers=args.ffcv_workers,
-                            progress=False)
+        _write_images(tmp / "images", args.ffcv_images, (64, 48) if args.tiny else (500, 375))
+        beton = tmp / "train.beton"
+        convert_imagefolder(
+            tmp / "images",
+            beton,
+            max_resolution=settings.max_resolution,
+            jpeg_quality=settings.jpeg_quality,
+            compress_probability=settings.compress_probability,
+            write_mode=settings.write_mode,
+            max_bad_fraction=0.0,
+            num_workers=args.ffcv_workers,
+            progress=False,
+        )
         written = time.perf_counter() - t0
-        loader = build_loader(beton=beton, folder=None, kind='ffcv', train=True, img_size=args.img_size,
-                              batch_size=batch, aug=None, num_workers=args.ffcv_workers, seed=0, device=str(device),
-                              drop_last=True)
+        loader = build_loader(
+            beton=beton,
+            folder=None,
+            kind="ffcv",
+            train=True,
+            img_size=args.img_size,
+            batch_size=batch,
+            aug=None,
+            num_workers=args.ffcv_workers,
+            seed=0,
+            device=str(device),
+            drop_last=True,
+        )
         times = []
         for epoch in range(3):
             loader.set_epoch(epoch)
@@ -183,64 +208,76 @@ def ffcv_pipeline(args, device: torch.device) -> dict:
             _sync(device)
             times.append((time.perf_counter() - t0, n))
         if images.device.type != device.type or images.dtype != torch.float32:
-            raise RuntimeError(f'the FFCV pipeline ended in {images.dtype} on {images.device}, '
-                               f'expected float32 on {device}')
+            raise RuntimeError(
+                f"the FFCV pipeline ended in {images.dtype} on {images.device}, expected float32 on {device}"
+            )
         del loader
     seconds, n = sum(t for t, _ in times[1:]), sum(k for _, k in times[1:])
     return {
-        'images': args.ffcv_images, 'batch_size': batch, 'img_size': args.img_size, 'num_workers': args.ffcv_workers,
-        'write_mode': settings.write_mode, 'prepare_s': written, 'first_epoch_s': times[0][0],
-        'timed_epochs': len(times) - 1, 'throughput_img_s': n / seconds,
+        "images": args.ffcv_images,
+        "batch_size": batch,
+        "img_size": args.img_size,
+        "num_workers": args.ffcv_workers,
+        "write_mode": settings.write_mode,
+        "prepare_s": written,
+        "first_epoch_s": times[0][0],
+        "timed_epochs": len(times) - 1,
+        "throughput_img_s": n / seconds,
     }
 
 
 def _cpu_name() -> str:
     try:
-        for line in Path('/proc/cpuinfo').read_text().splitlines():
-            if line.startswith('model name'):
-                return line.split(':', 1)[1].strip()
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return platform.processor() or platform.machine()
 
 
 def paper_row(model: str) -> dict | None:
-    numbers = yaml.safe_load((ROOT / 'paper' / 'numbers.yaml').read_text())
-    row = next((r for r in numbers['model_zoo'] if r['model'] == model), None)
-    return None if row is None else {k: row.get(k) for k in ('throughput', 'peak_mem_mb', 'source')}
+    numbers = yaml.safe_load((ROOT / "paper" / "numbers.yaml").read_text())
+    row = next((r for r in numbers["model_zoo"] if r["model"] == model), None)
+    return None if row is None else {k: row.get(k) for k in ("throughput", "peak_mem_mb", "source")}
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if not torch.cuda.is_available() and not args.tiny:
-        sys.exit('gpu_check: no CUDA device here; pass --tiny for the CPU smoke run')
-    device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+        sys.exit("gpu_check: no CUDA device here; pass --tiny for the CPU smoke run")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.set_flush_denormal(True)  # LayerScale's small values: denormals make the CPU crawl
     t0 = time.perf_counter()
     result = {
-        'device': device.type,
-        'device_name': torch.cuda.get_device_name(device) if device.type == 'cuda' else _cpu_name(),
-        'torch': torch.__version__, 'torch_cuda': torch.version.cuda, 'cpu': _cpu_name(),
-        'threads': torch.get_num_threads(),
-        'tiny': args.tiny, 'model': args.model,
-        'sgemm_1thread_gflops': sgemm_gflops(),
-        'paper': paper_row(args.model),
+        "device": device.type,
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "cpu": _cpu_name(),
+        "threads": torch.get_num_threads(),
+        "tiny": args.tiny,
+        "model": args.model,
+        "sgemm_1thread_gflops": sgemm_gflops(),
+        "paper": paper_row(args.model),
     }
-    result['inference'] = inference(args, device, fast=True)
-    result['inference_fp32'] = inference(args, device, fast=False)
-    result['train'] = train_step(args, device)
-    if device.type == 'cuda':
+    result["inference"] = inference(args, device, fast=True)
+    result["inference_fp32"] = inference(args, device, fast=False)
+    result["train"] = train_step(args, device)
+    if device.type == "cuda":
         torch.cuda.empty_cache()
-    result['ffcv'] = ffcv_pipeline(args, device)
-    result['seconds'] = time.perf_counter() - t0
+    result["ffcv"] = ffcv_pipeline(args, device)
+    result["seconds"] = time.perf_counter() - t0
     write_json(args.out, result)
-    inf, tr, ff = result['inference'], result['train'], result['ffcv']
-    print(f"{result['device_name']}: {args.model} at {args.img_size} px: inference {inf['throughput_img_s']:,.0f} im/s "
-          f"(batch {args.batch}, {inf['precision']}, peak {inf['peak_mem_mb'] or 0:,.0f} MB), training "
-          f"{tr['throughput_img_s']:,.0f} im/s (batch {args.train_batch}), FFCV {ff['throughput_img_s']:,.0f} im/s; "
-          f"sgemm {result['sgemm_1thread_gflops']:.1f} GFLOP/s on 1 thread -> {args.out}")
+    inf, tr, ff = result["inference"], result["train"], result["ffcv"]
+    print(
+        f"{result['device_name']}: {args.model} at {args.img_size} px: inference {inf['throughput_img_s']:,.0f} im/s "
+        f"(batch {args.batch}, {inf['precision']}, peak {inf['peak_mem_mb'] or 0:,.0f} MB), training "
+        f"{tr['throughput_img_s']:,.0f} im/s (batch {args.train_batch}), FFCV {ff['throughput_img_s']:,.0f} im/s; "
+        f"sgemm {result['sgemm_1thread_gflops']:.1f} GFLOP/s on 1 thread -> {args.out}"
+    )
     return result
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
     main()

@@ -49,20 +49,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _verb_arguments(verb: str, p: argparse.ArgumentParser) -> None:
-    if verb in ("pretrain", "finetune", "segmentation", "detection", "ablate", "resnet-pool", "multiclass", "depth-width"):
+    if verb in (
+        "pretrain",
+        "finetune",
+        "segmentation",
+        "detection",
+        "ablate",
+        "resnet-pool",
+        "multiclass",
+        "depth-width",
+    ):
         p.add_argument("--launcher", choices=["local", "slurm"], help="override launcher.kind (also: PCN_LAUNCHER)")
     if verb in ("segmentation", "detection"):
         p.add_argument("--init", choices=["pretrained", "scratch"], required=True)
         p.add_argument("--checkpoint", help="backbone weights: a released checkpoint file instead of the DAG's")
     if verb == "evaluate":
-        p.add_argument("--checkpoint", help="a released checkpoint ({'model': state_dict}) to score on ImageNet val "
-                       "and v2 under the paper's protocol, into metrics/released/<model>-<px>.json (without it: "
-                       "the DAG stage, results/finetune/model.pth -> metrics/eval.json)")
-        p.add_argument("--model", help="its timm name (default: the registered PatchConvNet whose keys and shapes "
-                       "the checkpoint has)")
+        p.add_argument(
+            "--checkpoint",
+            help="a released checkpoint ({'model': state_dict}) to score on ImageNet val "
+            "and v2 under the paper's protocol, into metrics/released/<model>-<px>.json (without it: "
+            "the DAG stage, results/finetune/model.pth -> metrics/eval.json)",
+        )
+        p.add_argument(
+            "--model",
+            help="its timm name (default: the registered PatchConvNet whose keys and shapes the checkpoint has)",
+        )
         p.add_argument("--img-size", type=int, help="resolution (default: the model's, 224 for the releases)")
-        p.add_argument("--crop-ratio", type=float,
-                       help="centre-crop ratio (default: the paper's, 0.875 up to 224 px, 1.0 above)")
+        p.add_argument(
+            "--crop-ratio", type=float, help="centre-crop ratio (default: the paper's, 0.875 up to 224 px, 1.0 above)"
+        )
     if verb == "ablate":
         p.add_argument("--variant", required=True)
     if verb in ("ablate", "resnet-pool", "multiclass"):
@@ -82,13 +97,23 @@ def _verb_arguments(verb: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("--cores", type=int, default=2)
         p.epilog = "Unknown options are passed to the engine, e.g. `pcn run --profile slurm all`."
     if verb == "rehearse":
-        p.add_argument("--data-root", help="a folder holding the datasets in their official layouts "
-                                           "(default: write miniature copies into the workspace)")
+        p.add_argument(
+            "--data-root",
+            help="a folder holding the datasets in their official layouts "
+            "(default: write miniature copies into the workspace)",
+        )
         p.add_argument("--work", default="rehearsal", help="workspace folder (default: rehearsal/)")
-        p.add_argument("--engine", choices=["auto", "slurm", "local"], default="auto",
-                       help="auto: through the slurm profile when a SLURM cluster answers, else locally")
-        p.add_argument("--quick", action="store_true",
-                       help="the short form (CI): the main line and the pretrained transfers, no experiment grid")
+        p.add_argument(
+            "--engine",
+            choices=["auto", "slurm", "local"],
+            default="auto",
+            help="auto: through the slurm profile when a SLURM cluster answers, else locally",
+        )
+        p.add_argument(
+            "--quick",
+            action="store_true",
+            help="the short form (CI): the main line and the pretrained transfers, no experiment grid",
+        )
     if verb == "ui":
         p.add_argument("--port", type=int, default=5000)
         p.add_argument("--no-wait", action="store_true", help=argparse.SUPPRESS)
@@ -100,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     if extra and args.verb != "run":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra = extra
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
     module, func = args.target.split(":")
     try:
         fn = getattr(__import__(module, fromlist=[func]), func)

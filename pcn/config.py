@@ -64,7 +64,9 @@ class RuntimeConfig(Section):
 
 
 class TrackingConfig(Section):
-    uri: str | None = Field(None, description="MLflow tracking URI; MLFLOW_TRACKING_URI wins; default sqlite:///mlflow.db")
+    uri: str | None = Field(
+        None, description="MLflow tracking URI; MLFLOW_TRACKING_URI wins; default sqlite:///mlflow.db"
+    )
     experiment: str = "patchconvnet"
 
 
@@ -87,7 +89,9 @@ class FfcvConfig(Section):
     jpeg_quality: int = Field(90, ge=50, le=100)
     compress_probability: float = Field(0.5, ge=0.0, le=1.0)
     write_mode: Literal["raw", "jpg", "proportion", "smart"] = "proportion"
-    max_bad_fraction: float = Field(0.001, ge=0.0, le=1.0, description="fail the conversion above this share of unreadable images")
+    max_bad_fraction: float = Field(
+        0.001, ge=0.0, le=1.0, description="fail the conversion above this share of unreadable images"
+    )
 
 
 # The folder names of the official releases: ``data.root`` holds them side by side.
@@ -103,7 +107,8 @@ class DataConfig(Section):
     """Where the four datasets live, in their official layouts (docs/datasets.md)."""
 
     source: Literal["demo", "real"] = Field(
-        "demo", description="demo: the demo_data stage writes the datasets under `root`; real: they are already there")
+        "demo", description="demo: the demo_data stage writes the datasets under `root`; real: they are already there"
+    )
     root: str = Field("data/demo", description="the folder holding the datasets' official folders (DATASET_DIRS)")
     # Per-dataset folders, for a cluster where they do not sit side by side; null = <root>/<official name>.
     imagenet: str | None = None
@@ -152,9 +157,11 @@ class TrainConfig(Section):
     lr_base_batch: int | None = Field(None, description="if set, lr is scaled by batch_size / lr_base_batch")
     optimizer: Literal["adamw", "lamb"] = Field("adamw", description="timm optimizer name")
     loss: Literal["ce", "bce"] = Field(
-        "ce", description="ce: (soft-target) cross-entropy; bce: binary cross-entropy on the (mixed) targets")
+        "ce", description="ce: (soft-target) cross-entropy; bce: binary cross-entropy on the (mixed) targets"
+    )
     eval_crop_ratio: float | None = Field(
-        None, gt=0.0, le=1.0, description="centre-crop ratio of this run's evaluations; null = evaluate.crop_ratio")
+        None, gt=0.0, le=1.0, description="centre-crop ratio of this run's evaluations; null = evaluate.crop_ratio"
+    )
     min_lr: float = Field(1e-5, ge=0.0)
     warmup_epochs: float = Field(1.0, ge=0.0)
     weight_decay: float = Field(0.05, ge=0.0)
@@ -165,15 +172,21 @@ class TrainConfig(Section):
     aug: AugConfig = AugConfig()
     eval_every: int = Field(1, ge=1, description="evaluate every N epochs (and always at the end)")
     checkpoint_every_steps: int = Field(200, ge=1)
-    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (tests, demo smoke runs)")
+    max_steps: int | None = Field(
+        None, ge=1, description="stop after this many optimizer steps (tests, demo smoke runs)"
+    )
     eval_max_batches: int | None = Field(
-        None, ge=1, description="smoke runs only (the rehearsal): stop each evaluation during training after N "
-                                "batches; val is class-sorted, so this is not a sample of it")
+        None,
+        ge=1,
+        description="smoke runs only (the rehearsal): stop each evaluation during training after N "
+        "batches; val is class-sorted, so this is not a sample of it",
+    )
 
 
 class EvaluateConfig(Section):
     checkpoint: Literal["pretrain", "finetune"] = Field(
-        "finetune", description="which main-line model the evaluate stage scores (results/<checkpoint>/model.pth)")
+        "finetune", description="which main-line model the evaluate stage scores (results/<checkpoint>/model.pth)"
+    )
     loader: Literal["ffcv", "torch", "memory"] | None = Field(None, description="null = data.loader")
     img_size: int = Field(80, ge=16)
     batch_size: int = Field(128, ge=1)
@@ -193,7 +206,8 @@ class DenseTaskConfig(Section):
 
     init: list[Literal["pretrained", "scratch"]] = Field(default_factory=lambda: ["pretrained", "scratch"])
     backbone: Literal["pretrain", "finetune"] = Field(
-        "pretrain", description="the DAG's classification checkpoint a pretrained run starts from")
+        "pretrain", description="the DAG's classification checkpoint a pretrained run starts from"
+    )
 
     @property
     def backbone_checkpoint(self) -> str:
@@ -209,9 +223,13 @@ class SegmentationConfig(DenseTaskConfig):
     weight_decay: float = Field(0.01, ge=0.0)
     decoder_channels: int = Field(64, ge=8)
     n_classes: int | None = Field(
-        None, ge=1, description="label ids 1..N of the ADE20k layout (150 for ADE20k); null: the demo's shapes + background")
+        None,
+        ge=1,
+        description="label ids 1..N of the ADE20k layout (150 for ADE20k); null: the demo's shapes + background",
+    )
     loss: Literal["ce", "weighted_ce_dice"] = Field(
-        "ce", description="ce: UperNet's cross-entropy; weighted_ce_dice: class-weighted CE + Dice (short demo runs)")
+        "ce", description="ce: UperNet's cross-entropy; weighted_ce_dice: class-weighted CE + Dice (short demo runs)"
+    )
 
 
 class DetectionConfig(DenseTaskConfig):
@@ -237,24 +255,26 @@ class ExperimentsConfig(Section):
     enabled: bool = Field(True, description="false: the main line only (pretrain, finetune, evaluate, transfer)")
     seeds: list[int] = Field(default_factory=lambda: [0])
     variants: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"baseline": {}})
-    resnet: dict[str, str] = Field(
-        default_factory=lambda: {"avg": "resnet_demo", "attention": "resnet_demo_attnpool"}
-    )
+    resnet: dict[str, str] = Field(default_factory=lambda: {"avg": "resnet_demo", "attention": "resnet_demo_attnpool"})
     multiclass_model: str = "patchconvnet_demo_multi"
     depth_width: list[list[int]] = Field(default_factory=lambda: [[64, 4], [96, 8]], description="[width, depth] pairs")
     model_options: dict[str, Any] = Field(
         default_factory=dict,
         description="constructor options of every PatchConvNet the grid trains (variants, multi-class pair, "
-                    "depth x width points), under each run's own options")
+        "depth x width points), under each run's own options",
+    )
     train: TrainConfig = TrainConfig()
     train_by_study: dict[Literal[GRID_STUDIES], dict[str, Any]] = Field(
         default_factory=dict,
         description="per comparison, changes to `train` (a partial train section): e.g. the ResNet pair's "
-                    "image size, or longer runs for the ablations")
-    loader: Literal["ffcv", "torch", "memory"] | None = Field(None, description="loader of the grid runs; null = data.loader")
+        "image size, or longer runs for the ablations",
+    )
+    loader: Literal["ffcv", "torch", "memory"] | None = Field(
+        None, description="loader of the grid runs; null = data.loader"
+    )
 
     @model_validator(mode="after")
-    def _baseline(self) -> "ExperimentsConfig":
+    def _baseline(self) -> ExperimentsConfig:
         if "baseline" not in self.variants:
             raise ValueError("experiments.variants must contain 'baseline' (the reference of every comparison)")
         if len(set(self.seeds)) != len(self.seeds):

@@ -14,8 +14,9 @@ import os
 import shutil
 import socket
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 
 def _owner_tag() -> str:
@@ -26,7 +27,7 @@ def _remove_dead_temps(path: Path) -> None:
     """Temporary siblings of ``path`` left by a killed writer on this host (its pid is gone)."""
     host = socket.gethostname()
     for tmp in path.parent.glob(f".{glob.escape(path.name)}.{glob.escape(host)}-*.tmp"):
-        pid = tmp.name[len(f".{path.name}.{host}-"):].split("-", 1)[0].split(".", 1)[0]
+        pid = tmp.name[len(f".{path.name}.{host}-") :].split("-", 1)[0].split(".", 1)[0]
         if pid.isdigit() and not _alive(int(pid)):
             shutil.rmtree(tmp, ignore_errors=True)
 

@@ -31,14 +31,21 @@ def _cpu_model() -> str:
 def describe() -> dict[str, str | int | None]:
     """CPU model, logical cores, Python; and torch with its oneDNN, MKL and GPU when this
     process has imported torch (a stage that never did ran no model)."""
-    out: dict[str, str | int | None] = {"host": platform.node(), "cpu": _cpu_model(), "cores": os.cpu_count(),
-                                        "python": platform.python_version()}
+    out: dict[str, str | int | None] = {
+        "host": platform.node(),
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+    }
     torch = sys.modules.get("torch")
     if torch is not None:
         config = torch.__config__.show()
         onednn = re.search(r"MKL-DNN v([\w.]+)", config)
         mkl = re.search(r"Math Kernel Library Version ([\w.-]+)", config)
-        out.update(torch=torch.__version__, onednn=onednn.group(1) if onednn else None,
-                   mkl=mkl.group(1) if mkl else None,
-                   gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else None)
+        out.update(
+            torch=torch.__version__,
+            onednn=onednn.group(1) if onednn else None,
+            mkl=mkl.group(1) if mkl else None,
+            gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        )
     return out

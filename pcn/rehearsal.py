@@ -49,8 +49,12 @@ TRANSFER_STAGES = ("segmentation", "segmentation_scratch", "detection", "detecti
 
 def local_engine_args(mem_total_mb: int) -> list[str]:
     """Snakemake flags of a local run: the jobs' declared memory may not pass 90% of the machine's."""
-    return ["--resources", f"mem_mb={int(mem_total_mb * 0.9)}", "--set-resources",
-            *(f"{s}:mem_mb={TRANSFER_PEAK_MB}" for s in TRANSFER_STAGES)]
+    return [
+        "--resources",
+        f"mem_mb={int(mem_total_mb * 0.9)}",
+        "--set-resources",
+        *(f"{s}:mem_mb={TRANSFER_PEAK_MB}" for s in TRANSFER_STAGES),
+    ]
 
 
 def memory_mb() -> int:
@@ -69,8 +73,14 @@ def rehearsal_params(raw: dict, caps: dict, data_root: Path, *, slurm: bool, qui
     if slurm:
         paper = deep_merge(paper, {"launcher": {"kind": "slurm", "tasks": SLURM_TASKS}})
     if quick:  # the main line and the pretrained transfers: every paper-scale stage but the grid's
-        paper = deep_merge(paper, {"experiments": {"enabled": False}, "segmentation": {"init": ["pretrained"]},
-                                   "detection": {"init": ["pretrained"]}})
+        paper = deep_merge(
+            paper,
+            {
+                "experiments": {"enabled": False},
+                "segmentation": {"init": ["pretrained"]},
+                "detection": {"init": ["pretrained"]},
+            },
+        )
     out.setdefault("scales", {})["paper"] = paper
     resolve(out, "rehearsal params")  # a bad cap fails here, naming the key
     return out
@@ -95,8 +105,11 @@ def prepare_workspace(repo: Path, work: Path, params: dict) -> None:
         elif link.exists():
             raise UserError(f"{link}: exists and is not a link to {target}; choose another --work folder")
         link.symlink_to(target)
-    write_text(work / "params.yaml", "# Written by `pcn rehearse`: the paper scale, capped (workflow/rehearsal.yaml).\n"
-               + yaml.safe_dump(params, sort_keys=False))
+    write_text(
+        work / "params.yaml",
+        "# Written by `pcn rehearse`: the paper scale, capped (workflow/rehearsal.yaml).\n"
+        + yaml.safe_dump(params, sort_keys=False),
+    )
 
 
 def cluster_answers() -> bool:
@@ -146,5 +159,7 @@ def _check_detection_ids(work: Path, data_root: Path) -> tuple[bool, str]:
     bad_cat = {d["category_id"] for d in dets} - cats
     bad_img = {d["image_id"] for d in dets} - images
     ok = bool(dets) and not bad_cat and not bad_img
-    return ok, (f"{len(dets)} detections in {found[0].name}; unknown category ids {sorted(bad_cat)[:5]}, "
-                f"unknown image ids {sorted(bad_img)[:5]}")
+    return ok, (
+        f"{len(dets)} detections in {found[0].name}; unknown category ids {sorted(bad_cat)[:5]}, "
+        f"unknown image ids {sorted(bad_img)[:5]}"
+    )

@@ -22,8 +22,15 @@ import yaml
 from pcn.config import Params, ParamsError
 
 # The sections every grid run reads: its DVC params here, its logged params in pcn.steps.experiments
-EXPERIMENT_PARAMS = ("runtime", "data.loader", "data.num_workers", "model", "experiments.train", "experiments.loader",
-                     "experiments.model_options")
+EXPERIMENT_PARAMS = (
+    "runtime",
+    "data.loader",
+    "data.num_workers",
+    "model",
+    "experiments.train",
+    "experiments.loader",
+    "experiments.model_options",
+)
 
 DVC_HEADER = "# Generated from pcn/stages.py by `pcn dag` -- edit params.yaml or the stage table, not this file.\n"
 
@@ -111,39 +118,110 @@ def build_stages(params: Params) -> list[Stage]:
 
     # --- data ----------------------------------------------------------------------
     if demo:
-        add(Stage("demo_data", "pcn make-demo", "data", priority=100, deps=_code("data"), outs=(params.data.root,),
-                  params=("seed", "data.root", "data.demo")))
+        add(
+            Stage(
+                "demo_data",
+                "pcn make-demo",
+                "data",
+                priority=100,
+                deps=_code("data"),
+                outs=(params.data.root,),
+                params=("seed", "data.root", "data.demo"),
+            )
+        )
         image_deps: tuple[str, ...] = (params.data.root,)
     else:
         image_deps = ()  # real datasets live outside the repository, named in params.yaml
     # The conversion forks data.num_workers writer processes: it asks for that many cores.
-    add(Stage("convert", "pcn convert", "data", priority=100, deps=image_deps + _code("data"), outs=("data/ffcv",),
-              metrics=("metrics/convert.json",), threads=max(1, params.data.num_workers),
-              params=("scale", "data.source", "data.root", "data.imagenet", "data.imagenet_v2", "data.ffcv",
-                      "data.num_workers")))
+    add(
+        Stage(
+            "convert",
+            "pcn convert",
+            "data",
+            priority=100,
+            deps=image_deps + _code("data"),
+            outs=("data/ffcv",),
+            metrics=("metrics/convert.json",),
+            threads=max(1, params.data.num_workers),
+            params=(
+                "scale",
+                "data.source",
+                "data.root",
+                "data.imagenet",
+                "data.imagenet_v2",
+                "data.ffcv",
+                "data.num_workers",
+            ),
+        )
+    )
     if demo:
-        add(Stage("pixel_baseline", "pcn pixel-baseline", "data", deps=image_deps + _code("data", "eval"),
-                  metrics=("metrics/pixel_baseline.json",), params=("seed", "data.demo")))
+        add(
+            Stage(
+                "pixel_baseline",
+                "pcn pixel-baseline",
+                "data",
+                deps=image_deps + _code("data", "eval"),
+                metrics=("metrics/pixel_baseline.json",),
+                params=("seed", "data.demo"),
+            )
+        )
 
     # --- the main line: pretrain -> finetune -> evaluate ------------------------------
-    add(Stage("pretrain", "pcn pretrain", "train", deps=("data/ffcv",) + _code("data", "models", "train"),
-              outs=("results/pretrain/model.pth",), metrics=("metrics/pretrain.json",),
-              plots=("plots/pretrain.csv",), params=train_params + ("pretrain",),
-              threads=params.runtime.threads, gpu=True, priority=100))
-    add(Stage("finetune", "pcn finetune", "train",
-              deps=("data/ffcv", "results/pretrain/model.pth") + _code("data", "models", "train"),
-              outs=("results/finetune/model.pth",), metrics=("metrics/finetune.json",),
-              plots=("plots/finetune.csv",), params=train_params + ("finetune",),
-              threads=params.runtime.threads, gpu=True, priority=90))
-    add(Stage("evaluate", "pcn evaluate", "eval",
-              deps=("data/ffcv", f"results/{params.evaluate.checkpoint}/model.pth")
-              + _code("data", "models", "train", "eval"),
-              metrics=("metrics/eval.json",), params=("scale", "data.loader", "model", "evaluate", "runtime"),
-              accelerated=True))
-    add(Stage("complexity", "pcn complexity", "eval", deps=_code("models", "eval"),
-              outs=("reports/complexity.md",), metrics=("metrics/complexity.json",),
-              params=("scale", "complexity", "finetune.img_size", "pretrain.img_size", "runtime"),
-              report={"reports/complexity.md": "Tables"}, accelerated=True))
+    add(
+        Stage(
+            "pretrain",
+            "pcn pretrain",
+            "train",
+            deps=("data/ffcv",) + _code("data", "models", "train"),
+            outs=("results/pretrain/model.pth",),
+            metrics=("metrics/pretrain.json",),
+            plots=("plots/pretrain.csv",),
+            params=train_params + ("pretrain",),
+            threads=params.runtime.threads,
+            gpu=True,
+            priority=100,
+        )
+    )
+    add(
+        Stage(
+            "finetune",
+            "pcn finetune",
+            "train",
+            deps=("data/ffcv", "results/pretrain/model.pth") + _code("data", "models", "train"),
+            outs=("results/finetune/model.pth",),
+            metrics=("metrics/finetune.json",),
+            plots=("plots/finetune.csv",),
+            params=train_params + ("finetune",),
+            threads=params.runtime.threads,
+            gpu=True,
+            priority=90,
+        )
+    )
+    add(
+        Stage(
+            "evaluate",
+            "pcn evaluate",
+            "eval",
+            deps=("data/ffcv", f"results/{params.evaluate.checkpoint}/model.pth")
+            + _code("data", "models", "train", "eval"),
+            metrics=("metrics/eval.json",),
+            params=("scale", "data.loader", "model", "evaluate", "runtime"),
+            accelerated=True,
+        )
+    )
+    add(
+        Stage(
+            "complexity",
+            "pcn complexity",
+            "eval",
+            deps=_code("models", "eval"),
+            outs=("reports/complexity.md",),
+            metrics=("metrics/complexity.json",),
+            params=("scale", "complexity", "finetune.img_size", "pretrain.img_size", "runtime"),
+            report={"reports/complexity.md": "Tables"},
+            accelerated=True,
+        )
+    )
 
     # --- transfer to dense tasks ------------------------------------------------------
     for task, cfg in (("segmentation", params.segmentation), ("detection", params.detection)):
@@ -152,14 +230,33 @@ def build_stages(params: Params) -> list[Stage]:
             deps = image_deps
             if init == "pretrained":
                 deps += (cfg.backbone_checkpoint,)
-            add(Stage(f"{task}{suffix}", f"pcn {task} --init {init}", "transfer",
-                      deps=deps + _code("models", "train", "transfer"),
-                      outs=(f"results/{task}{suffix}",), metrics=(f"metrics/{task}{suffix}.json",),
-                      plots=(f"plots/{task}{suffix}.csv",),
-                      # the rank count and the loader workers change the batches each rank draws
-                      params=("scale", "seed", "runtime", "model", task, "launcher", "data.source", "data.root",
-                              "data.ade20k" if task == "segmentation" else "data.coco", "data.num_workers"),
-                      threads=params.runtime.threads, gpu=True, priority=50 if init == "pretrained" else 0))
+            add(
+                Stage(
+                    f"{task}{suffix}",
+                    f"pcn {task} --init {init}",
+                    "transfer",
+                    deps=deps + _code("models", "train", "transfer"),
+                    outs=(f"results/{task}{suffix}",),
+                    metrics=(f"metrics/{task}{suffix}.json",),
+                    plots=(f"plots/{task}{suffix}.csv",),
+                    # the rank count and the loader workers change the batches each rank draws
+                    params=(
+                        "scale",
+                        "seed",
+                        "runtime",
+                        "model",
+                        task,
+                        "launcher",
+                        "data.source",
+                        "data.root",
+                        "data.ade20k" if task == "segmentation" else "data.coco",
+                        "data.num_workers",
+                    ),
+                    threads=params.runtime.threads,
+                    gpu=True,
+                    priority=50 if init == "pretrained" else 0,
+                )
+            )
 
     # --- the paper's comparisons: one instance per variant x seed -------------------------
     if exp.enabled:
@@ -175,29 +272,73 @@ def _add_grid(st: list[Stage], params: Params) -> None:
     exp_params = ("scale",) + EXPERIMENT_PARAMS
     exp_deps = ("data/ffcv",) + _code("data", "models", "train")
     seeds = list(exp.seeds)
-    add(Stage("ablation", "pcn ablate --variant {variant} --seed {seed}", "experiments", deps=exp_deps,
-              outs=("results/ablations/{variant}-s{seed}/model.pth",),
-              metrics=("metrics/ablations/{variant}-s{seed}.json",),
-              params=exp_params + ("experiments.train_by_study.ablation", "experiments.variants.{variant}"),
-              matrix={"variant": list(exp.variants), "seed": seeds}, threads=1, gpu=True))
-    add(Stage("resnet_pool", "pcn resnet-pool --pool {pool} --seed {seed}", "experiments", deps=exp_deps,
-              outs=("results/resnet/{pool}-s{seed}/model.pth",), metrics=("metrics/resnet/{pool}-s{seed}.json",),
-              params=exp_params + ("experiments.train_by_study.resnet_pool", "experiments.resnet.{pool}"),
-              matrix={"pool": list(exp.resnet), "seed": seeds}, threads=1, gpu=True))
-    add(Stage("multiclass", "pcn multiclass --init {init} --seed {seed}", "experiments",
-              deps=exp_deps + ("results/ablations/baseline-s{seed}/model.pth",),
-              outs=("results/multiclass/{init}-s{seed}/model.pth",),
-              metrics=("metrics/multiclass/{init}-s{seed}.json",),
-              params=exp_params + ("experiments.train_by_study.multiclass", "experiments.multiclass_model"),
-              matrix={"init": ["scratch", "finetuned"], "seed": seeds}, threads=1, gpu=True))
-    add(Stage("depth_width", "pcn depth-width --point {point}", "experiments", deps=exp_deps + _code("eval"),
-              outs=("results/depth_width/{point}/model.pth",), metrics=("metrics/depth_width/{point}.json",),
-              params=exp_params + ("experiments.train_by_study.depth_width", "experiments.depth_width",
-                                   "experiments.seeds"),
-              matrix={"point": depth_width_points(params)}, threads=1, gpu=True))
-    add(Stage("summarize", "pcn summarize", "experiments",
-              deps=_instance_paths(st, "experiments", "metrics") + _code("analysis"),
-              metrics=("metrics/ablations.json",), params=("scale", "experiments")))
+    add(
+        Stage(
+            "ablation",
+            "pcn ablate --variant {variant} --seed {seed}",
+            "experiments",
+            deps=exp_deps,
+            outs=("results/ablations/{variant}-s{seed}/model.pth",),
+            metrics=("metrics/ablations/{variant}-s{seed}.json",),
+            params=exp_params + ("experiments.train_by_study.ablation", "experiments.variants.{variant}"),
+            matrix={"variant": list(exp.variants), "seed": seeds},
+            threads=1,
+            gpu=True,
+        )
+    )
+    add(
+        Stage(
+            "resnet_pool",
+            "pcn resnet-pool --pool {pool} --seed {seed}",
+            "experiments",
+            deps=exp_deps,
+            outs=("results/resnet/{pool}-s{seed}/model.pth",),
+            metrics=("metrics/resnet/{pool}-s{seed}.json",),
+            params=exp_params + ("experiments.train_by_study.resnet_pool", "experiments.resnet.{pool}"),
+            matrix={"pool": list(exp.resnet), "seed": seeds},
+            threads=1,
+            gpu=True,
+        )
+    )
+    add(
+        Stage(
+            "multiclass",
+            "pcn multiclass --init {init} --seed {seed}",
+            "experiments",
+            deps=exp_deps + ("results/ablations/baseline-s{seed}/model.pth",),
+            outs=("results/multiclass/{init}-s{seed}/model.pth",),
+            metrics=("metrics/multiclass/{init}-s{seed}.json",),
+            params=exp_params + ("experiments.train_by_study.multiclass", "experiments.multiclass_model"),
+            matrix={"init": ["scratch", "finetuned"], "seed": seeds},
+            threads=1,
+            gpu=True,
+        )
+    )
+    add(
+        Stage(
+            "depth_width",
+            "pcn depth-width --point {point}",
+            "experiments",
+            deps=exp_deps + _code("eval"),
+            outs=("results/depth_width/{point}/model.pth",),
+            metrics=("metrics/depth_width/{point}.json",),
+            params=exp_params
+            + ("experiments.train_by_study.depth_width", "experiments.depth_width", "experiments.seeds"),
+            matrix={"point": depth_width_points(params)},
+            threads=1,
+            gpu=True,
+        )
+    )
+    add(
+        Stage(
+            "summarize",
+            "pcn summarize",
+            "experiments",
+            deps=_instance_paths(st, "experiments", "metrics") + _code("analysis"),
+            metrics=("metrics/ablations.json",),
+            params=("scale", "experiments"),
+        )
+    )
 
 
 def attention_checkpoints(params: Params) -> list[str]:
@@ -217,20 +358,51 @@ def attention_checkpoints(params: Params) -> list[str]:
 def _add_analysis(st: list[Stage], params: Params, image_deps: tuple[str, ...]) -> None:
     """Attention maps, figures and the report."""
     add = st.append
-    add(Stage("attention", "pcn attention", "report",
-              deps=image_deps + tuple(attention_checkpoints(params)) + _code("data", "models", "analysis"),
-              outs=("results/attention",), metrics=("metrics/attention.json",),
-              params=("scale", "attention", "runtime", "model", "experiments.model_options", "experiments.train.img_size",
-                      "experiments.train_by_study.ablation"),
-              report={"results/attention": "Attention maps"}, accelerated=True))
-    add(Stage("figures", "pcn figures", "report",
-              deps=_instance_paths(st, None, "metrics") + _instance_paths(st, None, "plots") + _code("analysis"),
-              outs=("reports/figures",), params=("scale",), report={"reports/figures": "Figures"}))
-    add(Stage("report", "pcn report", "report",
-              deps=_instance_paths(st, None, "metrics") + ("reports/figures", "paper/numbers.yaml", "paper/recipe.yaml")
-              + _code("analysis"),
-              outs=("reports/report.md", "reports/report.html"), params=("scale",),
-              report={"reports/report.html": "Report"}))
+    add(
+        Stage(
+            "attention",
+            "pcn attention",
+            "report",
+            deps=image_deps + tuple(attention_checkpoints(params)) + _code("data", "models", "analysis"),
+            outs=("results/attention",),
+            metrics=("metrics/attention.json",),
+            params=(
+                "scale",
+                "attention",
+                "runtime",
+                "model",
+                "experiments.model_options",
+                "experiments.train.img_size",
+                "experiments.train_by_study.ablation",
+            ),
+            report={"results/attention": "Attention maps"},
+            accelerated=True,
+        )
+    )
+    add(
+        Stage(
+            "figures",
+            "pcn figures",
+            "report",
+            deps=_instance_paths(st, None, "metrics") + _instance_paths(st, None, "plots") + _code("analysis"),
+            outs=("reports/figures",),
+            params=("scale",),
+            report={"reports/figures": "Figures"},
+        )
+    )
+    add(
+        Stage(
+            "report",
+            "pcn report",
+            "report",
+            deps=_instance_paths(st, None, "metrics")
+            + ("reports/figures", "paper/numbers.yaml", "paper/recipe.yaml")
+            + _code("analysis"),
+            outs=("reports/report.md", "reports/report.html"),
+            params=("scale",),
+            report={"reports/report.html": "Report"},
+        )
+    )
 
 
 def _instance_paths(stages: list[Stage], topic: str | None, kind: str) -> tuple[str, ...]:
@@ -271,8 +443,10 @@ def _param_keys(stage: Stage, raw: dict) -> list:
         for key in {section.format(**wc) for wc in stage.instances()}:
             # DVC reads params.yaml itself, without pcn's defaults: a tracked key must be written there
             if _lookup(raw, key, _MISSING) is _MISSING:
-                raise ParamsError(f"params.yaml has no key {key!r}, which stage {stage.name!r} tracks "
-                                 "(DVC reads the file itself): write it, null for the default")
+                raise ParamsError(
+                    f"params.yaml has no key {key!r}, which stage {stage.name!r} tracks "
+                    "(DVC reads the file itself): write it, null for the default"
+                )
     keys = list(stage.params)
     for scale, overrides in (raw.get("scales") or {}).items():
         for section in stage.params:
@@ -299,7 +473,9 @@ def dvc_yaml(params: Params, raw: dict) -> str:
         if s.metrics:
             entry["metrics"] = [{_dvc_fmt(m, keys): {"cache": False}} for m in s.metrics]
         if s.plots:
-            entry["plots"] = [{_dvc_fmt(p, keys): {"cache": False, "x": "epoch" if s.topic == "train" else "step"}} for p in s.plots]
+            entry["plots"] = [
+                {_dvc_fmt(p, keys): {"cache": False, "x": "epoch" if s.topic == "train" else "step"}} for p in s.plots
+            ]
         stages[s.name] = entry
     doc = {"stages": stages, "plots": dvc_top_plots(params)}
     return DVC_HEADER + yaml.safe_dump(doc, sort_keys=False, width=120)
@@ -308,10 +484,20 @@ def dvc_yaml(params: Params, raw: dict) -> str:
 def dvc_top_plots(params: Params) -> list:
     """Plot definitions that combine stages (x/y declared so `dvc plots show` renders them)."""
     return [
-        {"Training accuracy": {"template": "linear", "x": "epoch",
-                               "y": {"plots/pretrain.csv": "val_top1", "plots/finetune.csv": "val_top1"}}},
-        {"Training loss": {"template": "linear", "x": "epoch",
-                           "y": {"plots/pretrain.csv": "train_loss", "plots/finetune.csv": "train_loss"}}},
+        {
+            "Training accuracy": {
+                "template": "linear",
+                "x": "epoch",
+                "y": {"plots/pretrain.csv": "val_top1", "plots/finetune.csv": "val_top1"},
+            }
+        },
+        {
+            "Training loss": {
+                "template": "linear",
+                "x": "epoch",
+                "y": {"plots/pretrain.csv": "train_loss", "plots/finetune.csv": "train_loss"},
+            }
+        },
     ]
 
 
@@ -319,11 +505,13 @@ def expand(stage: Stage) -> list[dict[str, Any]]:
     """Concrete instances of a stage: name, cmd, deps, outs (all paths)."""
     out = []
     for wc in stage.instances():
-        fmt = lambda t: t.format(**wc) if wc else t  # noqa: E731
-        out.append({
-            "name": stage.instance_name(wc),
-            "cmd": fmt(stage.cmd),
-            "deps": sorted(fmt(d) for d in stage.deps),
-            "outs": sorted(fmt(o) for o in stage.all_paths()),
-        })
+        fmt = lambda t: t.format(**wc) if wc else t  # noqa: E731, B023 (used within the iteration)
+        out.append(
+            {
+                "name": stage.instance_name(wc),
+                "cmd": fmt(stage.cmd),
+                "deps": sorted(fmt(d) for d in stage.deps),
+                "outs": sorted(fmt(o) for o in stage.all_paths()),
+            }
+        )
     return out

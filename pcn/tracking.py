@@ -17,8 +17,9 @@ import logging
 import os
 import subprocess
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,9 @@ def pipeline_run_id(uri: str, experiment: str, scale: str) -> str:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if entry.exists():
             return json.loads(entry.read_text())["run_id"]
-        engine = "dvc" if "dvc" in Path(f"/proc/{key.split('-')[0]}/cmdline").read_text(errors="replace") else "snakemake"
+        engine = (
+            "dvc" if "dvc" in Path(f"/proc/{key.split('-')[0]}/cmdline").read_text(errors="replace") else "snakemake"
+        )
         run_id = start_pipeline_run(uri, experiment, engine, scale)
         entry.write_text(json.dumps({"run_id": run_id}))
         return run_id
@@ -117,11 +120,14 @@ class RunLogger:
                 self._client = _mlflow(self.uri).MlflowClient()
             fn(self._client, *args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - tracking must never kill a stage
-            warnings.warn(f"MLflow {what} failed ({exc.__class__.__name__}: {exc}); results are still in the JSON files")
+            warnings.warn(
+                f"MLflow {what} failed ({exc.__class__.__name__}: {exc}); results are still in the JSON files"
+            )
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        from mlflow.entities import Metric
         import time
+
+        from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items() if isinstance(v, (int, float))]
@@ -159,7 +165,9 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def stage_run(stage: str, params, section_values: dict[str, Any], tags: dict[str, str] | None = None) -> Iterator[RunLogger]:
+def stage_run(
+    stage: str, params, section_values: dict[str, Any], tags: dict[str, str] | None = None
+) -> Iterator[RunLogger]:
     """A child run of the pipeline run for one stage; ends FAILED if the stage raises."""
     uri = tracking_uri(params.tracking.uri)
     logger = RunLogger(None, uri)

@@ -6,7 +6,7 @@
 #          (then run `snakemake --profile slurm all` on the cluster)
 #   rehearse  the paper scale's whole DAG, capped, on miniatures of the real datasets
 #          (or on `--data-root DIR`), in rehearsal/; the repository's outputs are untouched
-#   test   set up, then run the test suite (CI runs exactly this)
+#   test   set up, then check style (ruff) and run the test suite (CI runs exactly this)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-demo}
@@ -31,6 +31,9 @@ case $mode in
     pcn rehearse "${@:2}"
     ;;
   test)
+    # style first (seconds), then the suite; ruff's settings are in pyproject.toml
+    ruff format --check --quiet . || { echo "ruff format: files above need \`ruff format .\`" >&2; exit 1; }
+    ruff check --quiet .
     python -m pytest "${@:2}"
     ;;
 esac

@@ -32,9 +32,7 @@ def write_tiny_imagefolder(
             d = root / split / f"c{c}"
             d.mkdir(parents=True, exist_ok=True)
             for i in range(n):
-                img = np.clip(
-                    palette[c] + rng.normal(0, 40, size=(size, size, 3)), 0, 255
-                ).astype(np.uint8)
+                img = np.clip(palette[c] + rng.normal(0, 40, size=(size, size, 3)), 0, 255).astype(np.uint8)
                 Image.fromarray(img).save(d / f"{i:03d}.jpg", quality=90)
     return root
 
@@ -71,19 +69,11 @@ def slurm_cluster() -> str:
     """
     if _cluster("status").returncode == 0:
         return "running"
-    if shutil.which("slurmctld") is None and (
-        os.geteuid() != 0 or shutil.which("apt-get") is None
-    ):
-        pytest.skip(
-            "SLURM is not installed and cannot be installed here (needs root and apt-get)"
-        )
+    if shutil.which("slurmctld") is None and (os.geteuid() != 0 or shutil.which("apt-get") is None):
+        pytest.skip("SLURM is not installed and cannot be installed here (needs root and apt-get)")
     started = _cluster("start")
     if started.returncode == 3:  # the script's "cannot install SLURM here"
-        pytest.skip(
-            f"SLURM cannot be installed here: {started.stderr.strip().splitlines()[-1]}"
-        )
+        pytest.skip(f"SLURM cannot be installed here: {started.stderr.strip().splitlines()[-1]}")
     if started.returncode != 0:
-        raise RuntimeError(
-            f"scripts/slurm-cluster.sh start failed:\n{started.stdout}\n{started.stderr}"
-        )
+        raise RuntimeError(f"scripts/slurm-cluster.sh start failed:\n{started.stdout}\n{started.stderr}")
     return "started"

@@ -122,10 +122,13 @@ def test_loc_solution_boxes_are_matched_by_stem_and_scaled(tmp_path):
         "ImageId,PredictionString\n"
         "ILSVRC2012_val_00000001,n02 10 8 23 19 n01 0 0 4 4 n02 40 0 63 7\n"  # two boxes of its class, one other
         "ILSVRC2012_val_00000002,n01 10 8 23 19 \n"
-        "ILSVRC2012_val_00000099,n01 0 0 1 1\n")  # an image not in this val folder: ignored
+        "ILSVRC2012_val_00000099,n01 0 0 1 1\n"
+    )  # an image not in this val folder: ignored
     items = A.read_val_boxes(root / "val", root / "LOC_val_solution.csv", ["n01", "n02"], 5)
     assert [(it.path.stem, it.label, it.class_name, it.size) for it in items] == [
-        ("ILSVRC2012_val_00000001", 1, "n02", (32, 64)), ("ILSVRC2012_val_00000002", 0, "n01", (32, 32))]
+        ("ILSVRC2012_val_00000001", 1, "n02", (32, 64)),
+        ("ILSVRC2012_val_00000002", 0, "n01", (32, 32)),
+    ]
     assert items[0].boxes == [(10, 8, 23, 19), (40, 0, 63, 7)]  # only the labelled class's (last pixel inclusive)
     imgs, x, regions = A.load_images(items, 16)
     assert imgs.shape == (2, 16, 16, 3) and tuple(x.shape) == (2, 3, 16, 16) and regions.shape == (2, 16, 16)
@@ -138,14 +141,17 @@ def test_loc_solution_boxes_are_matched_by_stem_and_scaled(tmp_path):
     assert A.read_val_boxes(root / "val", root / "LOC_val_solution.csv", ["n01", "n02"], 1)[0].label == 1
 
 
-@pytest.mark.parametrize("row, problem", [
-    ("ILSVRC2012_val_00000001,n02 10 8 24", "line 2: PredictionString 'n02 10 8 24' is not groups"),
-    ("ILSVRC2012_val_00000001,n02 10 8 24 x", "line 2: box 'n02 10 8 24 x' has a coordinate that is not a number"),
-    ("ILSVRC2012_val_00000001,n02 10 8 4 20", "line 2: box 'n02 10 8 4 20' is not x_min <= x_max"),
-    ("ILSVRC2012_val_00000001", "line 2: expected 'ImageId,PredictionString'"),
-    ("ILSVRC2012_val_00000002,n01 1 1 2 2", "no row for val image ILSVRC2012_val_00000001"),
-    ("ILSVRC2012_val_00000001,n01 1 1 2 2", "row ILSVRC2012_val_00000001 has no box of its class n02"),
-])
+@pytest.mark.parametrize(
+    "row, problem",
+    [
+        ("ILSVRC2012_val_00000001,n02 10 8 24", "line 2: PredictionString 'n02 10 8 24' is not groups"),
+        ("ILSVRC2012_val_00000001,n02 10 8 24 x", "line 2: box 'n02 10 8 24 x' has a coordinate that is not a number"),
+        ("ILSVRC2012_val_00000001,n02 10 8 4 20", "line 2: box 'n02 10 8 4 20' is not x_min <= x_max"),
+        ("ILSVRC2012_val_00000001", "line 2: expected 'ImageId,PredictionString'"),
+        ("ILSVRC2012_val_00000002,n01 1 1 2 2", "no row for val image ILSVRC2012_val_00000001"),
+        ("ILSVRC2012_val_00000001,n01 1 1 2 2", "row ILSVRC2012_val_00000001 has no box of its class n02"),
+    ],
+)
 def test_malformed_loc_solution_is_one_line_naming_file_and_line(tmp_path, row, problem):
     from pcn.data.ffcv_io import DatasetError
 
@@ -209,11 +215,11 @@ def test_attention_stage_scores_maps_against_the_loc_boxes(tmp_path, monkeypatch
     without that file the stage fails in one line naming it and writes nothing."""
     import timm
     import yaml
+    from test_readers import ROOT, write_imagenet
 
     import pcn.models  # noqa: F401
     import pcn.steps.report as R
     from pcn.cli import main
-    from test_readers import ROOT, write_imagenet
 
     data = tmp_path / "datasets"
     write_imagenet(data)
@@ -224,10 +230,16 @@ def test_attention_stage_scores_maps_against_the_loc_boxes(tmp_path, monkeypatch
     params["attention"].update(n_images=6, n_figure=2)
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     tiny = {"embed_dim": 32, "depth": 1}
-    monkeypatch.setattr(R, "_checkpoints", lambda p: {
-        "patchconvnet": ("a.pth", "patchconvnet_demo", tiny), "patchconvnet_finetuned": ("b.pth", "patchconvnet_demo", tiny),
-        "patchconvnet_multiclass": ("c.pth", "patchconvnet_demo_multi", tiny),
-        "cam": ("d.pth", "patchconvnet_demo", {**tiny, "pool": "avg"})})
+    monkeypatch.setattr(
+        R,
+        "_checkpoints",
+        lambda p: {
+            "patchconvnet": ("a.pth", "patchconvnet_demo", tiny),
+            "patchconvnet_finetuned": ("b.pth", "patchconvnet_demo", tiny),
+            "patchconvnet_multiclass": ("c.pth", "patchconvnet_demo_multi", tiny),
+            "cam": ("d.pth", "patchconvnet_demo", {**tiny, "pool": "avg"}),
+        },
+    )
     monkeypatch.setattr(R, "_model", lambda name, opts, ckpt, k: timm.create_model(name, num_classes=k, **opts).eval())
     monkeypatch.chdir(work)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
@@ -238,16 +250,25 @@ def test_attention_stage_scores_maps_against_the_loc_boxes(tmp_path, monkeypatch
     loc.unlink()
     assert main(["attention"]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("pcn attention:")]
-    assert errors == [f"pcn attention: error: {loc}: file missing (ImageNet's localisation ground truth of val, "
-                      "rows 'ImageId,PredictionString')"]
+    assert errors == [
+        f"pcn attention: error: {loc}: file missing (ImageNet's localisation ground truth of val, "
+        "rows 'ImageId,PredictionString')"
+    ]
     assert not (work / "metrics").exists() and not (work / "results").exists()
 
     loc.write_text(saved)
     assert main(["attention"]) == 0
     m = json.loads((work / "metrics" / "attention.json").read_text())
     assert m["ground_truth"] == str(loc) and m["n_images"] == 6
-    for method in ("patchconvnet", "patchconvnet_finetuned", "patchconvnet_multiclass", "gradcam", "cam",
-                   "centre", "uniform"):
+    for method in (
+        "patchconvnet",
+        "patchconvnet_finetuned",
+        "patchconvnet_multiclass",
+        "gradcam",
+        "cam",
+        "centre",
+        "uniform",
+    ):
         assert set(m[method]) >= {"pointing_game", "iou", "n"} and "pointing_game_box" not in m[method]
         assert m[method]["n"] == 6 and 0 <= m[method]["pointing_game"] <= 100
     with np.load(work / "results" / "attention" / "maps.npz") as saved_maps:
@@ -262,11 +283,11 @@ def test_attention_reads_exactly_the_checkpoints_its_stage_depends_on(enabled):
     """Without the grid (experiments.enabled: false) the stage draws the main line's map
     alone, and both front ends' dependencies say the same."""
     import yaml
+    from test_readers import ROOT
 
     import pcn.steps.report as R
     from pcn.config import resolve
     from pcn.stages import attention_checkpoints
-    from test_readers import ROOT
 
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["experiments"]["enabled"] = enabled

@@ -16,8 +16,14 @@ import pytest
 pytestmark = pytest.mark.browser
 
 CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_MS = 120_000  # MLflow's UI took ~17 s to render its runs table on a 2-core machine
 
@@ -74,7 +80,9 @@ def test_mlflow_ui_shows_pipeline_and_stage_runs(browser, tmp_path, monkeypatch,
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     params = _params(uri)
-    mlflow.MlflowClient(uri).create_experiment(params.tracking.experiment, artifact_location=str(tmp_path / "artifacts"))
+    mlflow.MlflowClient(uri).create_experiment(
+        params.tracking.experiment, artifact_location=str(tmp_path / "artifacts")
+    )
     # runs as the pipeline creates them: a parent per invocation, one child per stage
     parent = tracking.start_pipeline_run(uri, params.tracking.experiment, "snakemake", "demo")
     monkeypatch.setenv(tracking.PIPELINE_ENV, parent)

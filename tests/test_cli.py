@@ -15,8 +15,10 @@ def _python(code: str) -> str:
 def test_help_does_not_import_torch():
     """`pcn --help` (and every tool verb's parser) stays fast: torch and timm load only in
     the verbs that use them, after the CLI has set OMP_WAIT_POLICY."""
-    out = _python("import sys, pcn.cli; pcn.cli.build_parser().format_help(); "
-                  "print(sorted(m for m in ('torch', 'timm') if m in sys.modules))")
+    out = _python(
+        "import sys, pcn.cli; pcn.cli.build_parser().format_help(); "
+        "print(sorted(m for m in ('torch', 'timm') if m in sys.modules))"
+    )
     assert out == "[]"
 
 

@@ -3,6 +3,7 @@
 Counting runs on models built on the 'meta' device (shapes only), so even B120 and L120
 take about a second.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -16,7 +17,12 @@ import torch
 import pcn.models  # noqa: F401  (registers the models)
 from pcn.eval import complexity
 from pcn.eval.complexity import (
-    complexity_table, count_gmacs, count_params, measure_throughput, prepare_fast, write_markdown,
+    complexity_table,
+    count_gmacs,
+    count_params,
+    measure_throughput,
+    prepare_fast,
+    write_markdown,
 )
 from pcn.models import AttentionPoolHead
 
@@ -59,11 +65,11 @@ def test_gmacs_include_attention_matmuls():
     c, n, k = 64, 49, 10
     head = AttentionPoolHead(c, k)
     expected = (
-        2 * (n + 1) * c * c      # k, v over the N + 1 tokens
-        + 2 * c * c              # q and proj on the class token
-        + 2 * (n + 1) * c        # q @ k^T and attn @ v
-        + 2 * 3 * c * c          # MLP, ratio 3
-        + c * k                  # classifier
+        2 * (n + 1) * c * c  # k, v over the N + 1 tokens
+        + 2 * c * c  # q and proj on the class token
+        + 2 * (n + 1) * c  # q @ k^T and attn @ v
+        + 2 * 3 * c * c  # MLP, ratio 3
+        + c * k  # classifier
     )
 
     class Wrap(torch.nn.Module):
@@ -120,10 +126,15 @@ def test_prepare_fast_matches_eager():
 
 
 def test_complexity_table_and_markdown(tmp_path):
-    rows = complexity_table(["patchconvnet_demo", "resnet_demo"], [32, 64], batch_size=2, device="cpu",
-                            fast=False, warmup=0, iters=1)
+    rows = complexity_table(
+        ["patchconvnet_demo", "resnet_demo"], [32, 64], batch_size=2, device="cpu", fast=False, warmup=0, iters=1
+    )
     assert [(r["model"], r["img_size"]) for r in rows] == [
-        ("patchconvnet_demo", 32), ("patchconvnet_demo", 64), ("resnet_demo", 32), ("resnet_demo", 64)]
+        ("patchconvnet_demo", 32),
+        ("patchconvnet_demo", 64),
+        ("resnet_demo", 32),
+        ("resnet_demo", 64),
+    ]
     keys = {"model", "img_size", "params_m", "gmacs", "throughput", "peak_mem_mb", "device", "batch_size"}
     assert all(keys <= set(r) for r in rows)
     assert rows[1]["gmacs"] == pytest.approx(4 * rows[0]["gmacs"], rel=0.05)
@@ -154,8 +165,24 @@ def test_bench_fastpath_script(tmp_path):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out = tmp_path / "bench.json"
-    report = bench.main(["--model", "patchconvnet_demo", "--img-size", "32", "--batch-size", "2",
-                         "--iters", "1", "--warmup", "1", "--threads", "1", "--out", str(out)])
+    report = bench.main(
+        [
+            "--model",
+            "patchconvnet_demo",
+            "--img-size",
+            "32",
+            "--batch-size",
+            "2",
+            "--iters",
+            "1",
+            "--warmup",
+            "1",
+            "--threads",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
     saved = json.loads(out.read_text())
     assert saved["model"] == "patchconvnet_demo" and [r["mode"] for r in saved["results"]] == ["eager_fp32", "fast"]
     assert all(r["infer_img_per_s"] > 0 and r["train_img_per_s"] > 0 for r in saved["results"])

@@ -48,9 +48,14 @@ def test_scale_switch_applies_overrides(raw):
         ({"scale": "huge"}, "scale = 'huge'"),
         ({"data": {"loader": "dali"}}, "data.loader = 'dali'"),
         ({"scales": {"paper": {"pretrain": {"batch_size": 0}}}}, "scales.paper"),
-        ({"experiments": {"train_by_study": {"ablation": {"epochs": 0}}}}, "experiments.train_by_study.ablation: epochs = 0"),
-        ({"experiments": {"train_by_study": {"ablation": {"epoch": 16}}}},
-         "experiments.train_by_study.ablation: unknown key 'epoch'"),
+        (
+            {"experiments": {"train_by_study": {"ablation": {"epochs": 0}}}},
+            "experiments.train_by_study.ablation: epochs = 0",
+        ),
+        (
+            {"experiments": {"train_by_study": {"ablation": {"epoch": 16}}}},
+            "experiments.train_by_study.ablation: unknown key 'epoch'",
+        ),
         ({"experiments": {"train_by_study": {"ablations": {}}}}, "experiments.train_by_study.ablations"),
     ],
 )
@@ -67,8 +72,9 @@ def test_cli_exits_2_with_one_line_on_bad_params(tmp_path, raw):
     raw["pretrain"]["batch_size"] = 0
     bad = tmp_path / "params.yaml"
     bad.write_text(yaml.safe_dump(raw))
-    out = subprocess.run([sys.executable, "-m", "pcn.cli", "--params", str(bad), "params"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "pcn.cli", "--params", str(bad), "params"], capture_output=True, text=True
+    )
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "pretrain.batch_size = 0" in lines[0] and str(bad) in lines[0]
@@ -88,8 +94,11 @@ def test_train_by_study_changes_only_its_comparison(raw):
     the others keep the shared recipe, and keys a change does not name keep their values."""
     from pcn.config import deep_merge
 
-    patch = {"experiments": {"train_by_study": {"ablation": {"epochs": 7, "aug": {"hflip": 0.0}},
-                                                "resnet_pool": {"img_size": 32}}}}
+    patch = {
+        "experiments": {
+            "train_by_study": {"ablation": {"epochs": 7, "aug": {"hflip": 0.0}}, "resnet_pool": {"img_size": 32}}
+        }
+    }
     exp = resolve(deep_merge(raw, patch)).experiments
     assert (exp.train_for("ablation").epochs, exp.train_for("ablation").aug.hflip) == (7, 0.0)
     assert exp.train_for("ablation").aug.scale_min == exp.train.aug.scale_min

@@ -16,20 +16,24 @@ BIN = Path(sys.executable).parent
 
 def snakemake_jobs(cwd: Path) -> dict[str, dict]:
     """Every job of `snakemake -n -p --forceall`, keyed like DVC names its stages."""
-    out = subprocess.run([str(BIN / "snakemake"), "-n", "-p", "--forceall", "all"], cwd=cwd,
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [str(BIN / "snakemake"), "-n", "-p", "--forceall", "all"], cwd=cwd, capture_output=True, text=True, check=True
+    ).stdout
     jobs = {}
     for block in re.split(r"\n(?=(?:local)?rule \w+:)", out):
         head = re.match(r"(?:local)?rule (\w+):", block)
         if not head or head.group(1) == "all":
             continue
-        field = lambda key: (re.search(rf"^\s+{key}: (.*)$", block, re.M) or [None, ""])[1]  # noqa: E731
+        field = lambda key: (re.search(rf"^\s+{key}: (.*)$", block, re.M) or [None, ""])[1]  # noqa: E731, B023
         wildcards = [kv.split("=", 1)[1] for kv in field("wildcards").split(", ") if kv]
         name = head.group(1) + ("@" + "-".join(wildcards) if wildcards else "")
         cmd = re.search(r"^Shell command: (.*?) > logs/", block, re.M).group(1)
-        jobs[name] = {"name": name, "cmd": cmd,
-                      "deps": sorted(p for p in field("input").split(", ") if p),
-                      "outs": sorted(p for p in field("output").split(", ") if p)}
+        jobs[name] = {
+            "name": name,
+            "cmd": cmd,
+            "deps": sorted(p for p in field("input").split(", ") if p),
+            "outs": sorted(p for p in field("output").split(", ") if p),
+        }
     return jobs
 
 
@@ -38,9 +42,12 @@ def dvc_stages(cwd: Path) -> dict[str, dict]:
 
     with Repo(str(cwd)) as repo:
         return {
-            s.addressing: {"name": s.addressing, "cmd": s.cmd,
-                           "deps": sorted(str(d.def_path) for d in s.deps if str(d.def_path) != "params.yaml"),
-                           "outs": sorted(str(o.def_path) for o in s.outs)}
+            s.addressing: {
+                "name": s.addressing,
+                "cmd": s.cmd,
+                "deps": sorted(str(d.def_path) for d in s.deps if str(d.def_path) != "params.yaml"),
+                "outs": sorted(str(o.def_path) for o in s.outs),
+            }
             for s in repo.index.stages
         }
 
@@ -100,8 +107,9 @@ def test_every_stage_declares_outputs_and_params(stage):
 def test_snakemake_lint_and_format():
     lint = subprocess.run([str(BIN / "snakemake"), "--lint"], cwd=ROOT, capture_output=True, text=True)
     assert lint.returncode == 0, lint.stdout + lint.stderr
-    fmt = subprocess.run([str(BIN / "snakefmt"), "--check", "Snakefile", "workflow"], cwd=ROOT,
-                         capture_output=True, text=True)
+    fmt = subprocess.run(
+        [str(BIN / "snakefmt"), "--check", "Snakefile", "workflow"], cwd=ROOT, capture_output=True, text=True
+    )
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr
 
 

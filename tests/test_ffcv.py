@@ -27,9 +27,7 @@ from pcn.data.ffcv_io import (
 
 # numba's dispatcher finaliser raises a harmless KeyError when FFCV's compiled
 # code is garbage-collected.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore::pytest.PytestUnraisableExceptionWarning"
-)
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
 CONVERT = {
     "max_resolution": 64,
@@ -42,9 +40,7 @@ CONVERT = {
 }
 
 
-def make_folder(
-    root: Path, classes, per_class: int, size=(24, 20), seed: int = 0
-) -> Path:
+def make_folder(root: Path, classes, per_class: int, size=(24, 20), seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     for c in classes:
         d = root / str(c)
@@ -67,11 +63,7 @@ def test_converts_1000_images_with_a_progress_bar(tmp_path, capfd):
     metrics = convert_imagefolder(src, dst, **{**CONVERT, "progress": True})
     err = capfd.readouterr().err
     assert "1000/1000" in err and "img/s" in err, err[-500:]
-    assert (
-        metrics["n_images"] == 1000
-        and metrics["n_skipped"] == 0
-        and metrics["n_classes"] == 4
-    )
+    assert metrics["n_images"] == 1000 and metrics["n_skipped"] == 0 and metrics["n_classes"] == 4
     assert metrics["images_per_s"] > 0 and metrics["seconds"] > 0
     assert dst.is_file()
     meta = read_metadata(dst)
@@ -92,9 +84,7 @@ def test_corrupt_and_empty_files_are_skipped_and_named(tmp_path):
     good = (src / "b" / "0000.jpg").read_bytes()
     (src / "b" / "corrupt.jpg").write_bytes(good[: len(good) // 3])  # truncated JPEG
     with pytest.warns(DatasetWarning) as record:
-        metrics = convert_imagefolder(
-            src, tmp_path / "o.beton", **{**CONVERT, "max_bad_fraction": 0.1}
-        )
+        metrics = convert_imagefolder(src, tmp_path / "o.beton", **{**CONVERT, "max_bad_fraction": 0.1})
     messages = " ".join(str(w.message) for w in record)
     assert "empty.jpg" in messages and "corrupt.jpg" in messages
     assert metrics["n_skipped"] == 2 and metrics["n_images"] == 20
@@ -106,14 +96,10 @@ def test_too_many_bad_images_is_an_error(tmp_path):
     src = make_folder(tmp_path / "src", ["a"], 9)
     (src / "a" / "bad.jpg").write_bytes(b"not a jpeg at all")
     with (
-        pytest.raises(
-            DatasetError, match=r"1 of 10 images.*10\.00%.*max_bad_fraction = 0\.05"
-        ),
+        pytest.raises(DatasetError, match=r"1 of 10 images.*10\.00%.*max_bad_fraction = 0\.05"),
         pytest.warns(DatasetWarning),
     ):
-        convert_imagefolder(
-            src, tmp_path / "o.beton", **{**CONVERT, "max_bad_fraction": 0.05}
-        )
+        convert_imagefolder(src, tmp_path / "o.beton", **{**CONVERT, "max_bad_fraction": 0.05})
     assert not (tmp_path / "o.beton").exists()
 
 
@@ -141,9 +127,7 @@ def test_killed_conversion_leaves_no_beton(tmp_path):
         "c(sys.argv[1], sys.argv[2], max_resolution=64, jpeg_quality=90, compress_probability=0.5, "
         "write_mode='jpg', max_bad_fraction=0.0, num_workers=1, progress=False)"
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code, str(src), str(dst)], start_new_session=True
-    )
+    proc = subprocess.Popen([sys.executable, "-c", code, str(src), str(dst)], start_new_session=True)
     try:
         deadline = time.time() + 60
         while not list(tmp_path.glob(".o.beton.*.tmp")):  # the writer has started
@@ -192,9 +176,7 @@ def test_imagenet_v2_layout_labels_by_integer(tmp_path):
     src = make_folder(tmp_path / "src", names, 2)
     v2 = scan_folder(src, "imagenet_v2")
     assert v2.class_names == names
-    assert {rel.split("/")[0]: label for rel, label in v2.samples} == {
-        n: int(n) for n in names
-    }
+    assert {rel.split("/")[0]: label for rel, label in v2.samples} == {n: int(n) for n in names}
     assert scan_folder(src, "imagefolder").class_names[:4] == ["0", "1", "10", "2"]
     dst = tmp_path / "v2.beton"
     convert_imagefolder(src, dst, **CONVERT, layout="imagenet_v2")
@@ -211,9 +193,7 @@ def test_sidecar_mismatch_is_refused(tmp_path):
     a = tmp_path / "a.beton"
     b = tmp_path / "b.beton"
     convert_imagefolder(make_folder(tmp_path / "A", ["x", "y"], 3), a, **CONVERT)
-    convert_imagefolder(
-        make_folder(tmp_path / "B", ["x", "y"], 3, seed=1), b, **CONVERT
-    )
+    convert_imagefolder(make_folder(tmp_path / "B", ["x", "y"], 3, seed=1), b, **CONVERT)
     assert check_metadata(a, ["x", "y"])["num_samples"] == 6
 
     def load(path, classes=None):
@@ -264,7 +244,7 @@ def test_proportion_mode_stores_the_same_beton_content_every_time(tmp_path):
         fields = reader.metadata["f0"]
         size = {int(r["ptr"]): int(r["size"]) for r in reader.alloc_table}
         data = np.memmap(dst, dtype=np.uint8, mode="r")
-        blobs = [bytes(data[p: p + size[p]]) for p in map(int, fields["data_ptr"])]
+        blobs = [bytes(data[p : p + size[p]]) for p in map(int, fields["data_ptr"])]
         stored.append((fields["mode"].tolist(), blobs))
     modes = stored[0][0]
     assert 0.25 < sum(modes) / len(modes) < 0.75, "about half JPEG"
@@ -283,11 +263,18 @@ def test_a_killed_conversion_leaves_no_worker_behind(tmp_path):
     # 8,000 images: the writers are still busy (and, orphaned, would block) when the kill comes
     src = write_tiny_imagefolder(tmp_path / "src", classes=4, train_per_class=2000, val_per_class=1, size=64)
     (tmp_path / "out").mkdir()
-    conv = subprocess.Popen([sys.executable, "-c", (
-        "from pcn.data.ffcv_io import convert_imagefolder\n"
-        f"convert_imagefolder({str(src / 'train')!r}, {str(tmp_path / 'out' / 'train.beton')!r}, "
-        "max_resolution=64, jpeg_quality=90, compress_probability=0.0, write_mode='raw', "
-        "max_bad_fraction=0.0, num_workers=2, progress=False)")])
+    conv = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "from pcn.data.ffcv_io import convert_imagefolder\n"
+                f"convert_imagefolder({str(src / 'train')!r}, {str(tmp_path / 'out' / 'train.beton')!r}, "
+                "max_resolution=64, jpeg_quality=90, compress_probability=0.0, write_mode='raw', "
+                "max_bad_fraction=0.0, num_workers=2, progress=False)"
+            ),
+        ]
+    )
 
     def children() -> list[int]:
         out = subprocess.run(["pgrep", "-P", str(conv.pid)], capture_output=True, text=True).stdout

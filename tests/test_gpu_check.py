@@ -17,12 +17,32 @@ CPU_ONLY = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_WAIT_POLICY": "PASSIV
 
 def test_tiny_cpu_run_writes_positive_numbers(tmp_path):
     out = tmp_path / "check.json"
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--train-batch", "4", "--out", str(out)],
-                          env=CPU_ONLY, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--tiny", "--train-batch", "4", "--out", str(out)],
+        env=CPU_ONLY,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     doc = json.loads(out.read_text())
-    assert {"device", "device_name", "torch", "torch_cuda", "cpu", "threads", "tiny", "model", "sgemm_1thread_gflops",
-            "paper", "inference", "inference_fp32", "train", "ffcv", "seconds"} <= set(doc)
+    assert {
+        "device",
+        "device_name",
+        "torch",
+        "torch_cuda",
+        "cpu",
+        "threads",
+        "tiny",
+        "model",
+        "sgemm_1thread_gflops",
+        "paper",
+        "inference",
+        "inference_fp32",
+        "train",
+        "ffcv",
+        "seconds",
+    } <= set(doc)
     assert (doc["device"], doc["tiny"], doc["model"]) == ("cpu", True, "patchconvnet_demo")
     assert doc["torch"] == torch.__version__
     assert doc["sgemm_1thread_gflops"] > 0 and doc["seconds"] > 0
@@ -40,6 +60,7 @@ def test_tiny_cpu_run_writes_positive_numbers(tmp_path):
 
 def test_full_run_needs_cuda(tmp_path):
     out = tmp_path / "check.json"
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--out", str(out)], env=CPU_ONLY,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--out", str(out)], env=CPU_ONLY, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode != 0 and "--tiny" in proc.stderr and not out.exists()

@@ -18,9 +18,7 @@ from pcn.data.transforms import IMAGENET_MEAN, IMAGENET_STD, center_crop_box
 CLASSES = ["cat", "dog", "eel"]
 # numba's dispatcher finaliser raises a harmless KeyError when FFCV's compiled
 # pipelines are garbage-collected (stock FFCV pipelines do the same).
-pytestmark = pytest.mark.filterwarnings(
-    "ignore::pytest.PytestUnraisableExceptionWarning"
-)
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
 
 def make_folder(root: Path, classes=CLASSES, per_class: int = 8, seed: int = 0) -> Path:
@@ -31,9 +29,7 @@ def make_folder(root: Path, classes=CLASSES, per_class: int = 8, seed: int = 0) 
         for i in range(per_class):
             w, h = int(rng.integers(40, 72)), int(rng.integers(40, 72))
             coarse = rng.integers(0, 256, size=(6, 6, 3), dtype=np.uint8)
-            Image.fromarray(coarse).resize((w, h), Image.BICUBIC).save(
-                root / c / f"{i:03d}.jpg", quality=92
-            )
+            Image.fromarray(coarse).resize((w, h), Image.BICUBIC).save(root / c / f"{i:03d}.jpg", quality=92)
     return root
 
 
@@ -117,19 +113,14 @@ def test_ffcv_and_torch_eval_images_agree(data):
     assert len(f) == len(t) == 3
     fb, tb = batches(f), batches(t)
     for (fx, fy), (tx, ty) in zip(fb, tb):
-        assert (
-            fx.shape == tx.shape == (8, 3, 32, 32)
-            and fx.dtype == tx.dtype == torch.float32
-        )
+        assert fx.shape == tx.shape == (8, 3, 32, 32) and fx.dtype == tx.dtype == torch.float32
         assert fy.dtype == ty.dtype == torch.int64 and torch.equal(fy, ty)
         diff = np.abs(to_uint8(fx) - to_uint8(tx))
         assert diff.mean() < 0.5 and diff.max() < 2, (diff.mean(), diff.max())
     assert torch.cat([y for _, y in fb]).tolist() == [i // 8 for i in range(24)]
 
 
-@pytest.mark.parametrize(
-    "kind", ["torch", pytest.param("ffcv", marks=pytest.mark.slow)]
-)
+@pytest.mark.parametrize("kind", ["torch", pytest.param("ffcv", marks=pytest.mark.slow)])
 def test_same_seed_same_batches(data, kind):
     """Identical batches for a seed, whatever the number of workers (FFCV: threads)."""
     aug = AugConfig(scale_min=0.3)
@@ -148,9 +139,7 @@ def test_epochs_differ_and_order_is_shared(data):
     assert not torch.equal(e0[0][0], e1[0][0])
     labels = torch.cat([y for _, y in e1]).tolist()
     order = epoch_order(24, train=True, seed=0, epoch=1)
-    assert labels == [
-        int(i) // 8 for i in order[:24]
-    ]  # the order FFCV's loader uses too
+    assert labels == [int(i) // 8 for i in order[:24]]  # the order FFCV's loader uses too
 
 
 def test_train_batches_look_like_the_recipe(data):
@@ -195,10 +184,7 @@ def test_missing_ffcv_is_a_clear_error(data, monkeypatch):
 
 
 def test_repeated_augmentation_spreads_copies_over_ranks():
-    orders = [
-        epoch_order(512, train=True, seed=0, epoch=0, rank=r, world_size=3, repeats=3)
-        for r in range(3)
-    ]
+    orders = [epoch_order(512, train=True, seed=0, epoch=0, rank=r, world_size=3, repeats=3) for r in range(3)]
     assert all(len(o) == 512 // 3 for o in orders)  # an epoch stays one dataset's worth
     for k in range(len(orders[0])):  # each sample's three copies land on three ranks
         assert orders[0][k] == orders[1][k] == orders[2][k]
@@ -245,8 +231,18 @@ def test_v2_layout_in_the_torch_loader(tmp_path):
     assert y.tolist() == list(range(11)) and ld.class_names[10] == "10"
 
     def v2(train_classes):
-        return build_loader(beton=None, folder=folder, kind="torch", train=False, img_size=16, batch_size=4,
-                            num_workers=0, seed=0, layout="imagenet_v2", expected_classes=train_classes)
+        return build_loader(
+            beton=None,
+            folder=folder,
+            kind="torch",
+            train=False,
+            img_size=16,
+            batch_size=4,
+            num_workers=0,
+            seed=0,
+            layout="imagenet_v2",
+            expected_classes=train_classes,
+        )
 
     # expected_classes are the train split's wnids: v2 must hold the folders 0..K-1
     assert v2([f"n{i:08d}" for i in range(11)]).num_classes == 11
@@ -259,8 +255,17 @@ def test_v2_layout_in_the_torch_loader(tmp_path):
 def test_val_classes_must_be_trains(data):
     folder, _ = data
     with pytest.raises(DatasetError) as info:
-        build_loader(beton=None, folder=folder, kind="torch", train=False, img_size=16, batch_size=4,
-                     num_workers=0, seed=0, expected_classes=["cat", "dog", "eel", "fox"])
+        build_loader(
+            beton=None,
+            folder=folder,
+            kind="torch",
+            train=False,
+            img_size=16,
+            batch_size=4,
+            num_workers=0,
+            seed=0,
+            expected_classes=["cat", "dog", "eel", "fox"],
+        )
     assert str(info.value) == f"{folder}: class list differs from train: missing fox (1 of 4)"
 
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_loaders import CLASSES, make_folder, to_uint8
 
 from pcn.config import AugConfig
 from pcn.data.loaders import build_loader, epoch_order
 from pcn.data.memory_loader import random_resized_boxes
-from test_loaders import CLASSES, make_folder, to_uint8
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +29,18 @@ def folder(tmp_path_factory):
 
 
 def build(folder, kind="memory", *, train, seed=0, aug=None, img_size=20, batch_size=8, **kw):
-    return build_loader(beton=None, folder=folder, kind=kind, train=train, img_size=img_size,
-                        batch_size=batch_size, aug=aug, num_workers=0, seed=seed, **kw)
+    return build_loader(
+        beton=None,
+        folder=folder,
+        kind=kind,
+        train=train,
+        img_size=img_size,
+        batch_size=batch_size,
+        aug=aug,
+        num_workers=0,
+        seed=seed,
+        **kw,
+    )
 
 
 def epoch(ld, e):
@@ -130,8 +140,7 @@ def test_images_of_many_sizes_are_cropped_within_their_own_size(tmp_path):
         rel, label = samples[i]
         src = torch.from_numpy(np.array(Image.open(mixed / rel).convert("RGB"))).permute(2, 0, 1).float()
         assert tuple(ld.sizes[i].tolist()) == tuple(src.shape[1:]) and y[k] == label
-        want = roi_align(src[None], torch.cat([torch.zeros(1, 1), boxes[k : k + 1]], 1), output_size=20,
-                         aligned=True)
+        want = roi_align(src[None], torch.cat([torch.zeros(1, 1), boxes[k : k + 1]], 1), output_size=20, aligned=True)
         assert np.abs(to_uint8(x[k : k + 1])[0] - want[0].numpy()).max() < 1e-2
     m, t = epoch(build(mixed, train=False), 0), epoch(build(mixed, "torch", train=False), 0)
     assert all(torch.equal(a[0], b[0]) for a, b in zip(m, t))

@@ -176,8 +176,9 @@ def test_coco_quirks(mini):
     for split in ("train", "val"):
         coco = _coco(root, split)
         annotated = {a["image_id"] for a in coco.dataset["annotations"]}
-        unannotated += [f"coco/{split}2017/{im['file_name']}" for im in coco.dataset["images"]
-                        if im["id"] not in annotated]
+        unannotated += [
+            f"coco/{split}2017/{im['file_name']}" for im in coco.dataset["images"] if im["id"] not in annotated
+        ]
         for a in coco.dataset["annotations"]:
             seg = a["segmentation"]
             if a["iscrowd"]:

@@ -4,6 +4,7 @@ Every registered ``patchconvnet*`` name is tested (parametrized over timm's regi
 Large sizes are built at reduced depth (``depth=2``) or on the 'meta' device, so the file
 runs in well under a minute on two cores.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -54,10 +55,10 @@ def _read_listing(path: Path) -> tuple[dict[str, tuple[int, ...]], int, int]:
         shape = tuple(int(s) for s in re.findall(r"\d+", shape))
         if key.startswith("blocks.0."):
             for i in range(depth):
-                keys[f"blocks.{i}." + key[len("blocks.0."):]] = shape
+                keys[f"blocks.{i}." + key[len("blocks.0.") :]] = shape
         elif n_heads and key.startswith("head.0."):
             for i in range(n_heads):
-                keys[f"head.{i}." + key[len("head.0."):]] = shape
+                keys[f"head.{i}." + key[len("head.0.") :]] = shape
         else:
             keys[key] = shape
     return keys, n_tensors, n_params
@@ -65,11 +66,18 @@ def _read_listing(path: Path) -> tuple[dict[str, tuple[int, ...]], int, int]:
 
 # --- registry -------------------------------------------------------------------------------
 
+
 def test_registered_names():
     expected = {
-        "patchconvnet_s60", "patchconvnet_s120", "patchconvnet_b60", "patchconvnet_b120",
-        "patchconvnet_l60", "patchconvnet_l120", "patchconvnet_s60_multi",
-        "patchconvnet_demo", "patchconvnet_demo_multi",
+        "patchconvnet_s60",
+        "patchconvnet_s120",
+        "patchconvnet_b60",
+        "patchconvnet_b120",
+        "patchconvnet_l60",
+        "patchconvnet_l120",
+        "patchconvnet_s60_multi",
+        "patchconvnet_demo",
+        "patchconvnet_demo_multi",
     }
     assert expected <= set(MODEL_NAMES)
     assert {"resnet50_attnpool", "resnet_demo", "resnet_demo_attnpool"} <= set(timm.list_models("resnet*"))
@@ -154,10 +162,14 @@ def test_avg_pool_has_no_attention_map():
 
 # --- exact released architecture ------------------------------------------------------------
 
-@pytest.mark.parametrize("name, listing", [
-    ("patchconvnet_s60", "patchconvnet_s60_state_dict.tsv"),
-    ("patchconvnet_s60_multi", "patchconvnet_s60_multi_state_dict.tsv"),
-])
+
+@pytest.mark.parametrize(
+    "name, listing",
+    [
+        ("patchconvnet_s60", "patchconvnet_s60_state_dict.tsv"),
+        ("patchconvnet_s60_multi", "patchconvnet_s60_multi_state_dict.tsv"),
+    ],
+)
 def test_state_dict_matches_release(name, listing):
     expected, n_tensors, n_params = _read_listing(DATA / listing)
     assert len(expected) == n_tensors
@@ -169,6 +181,7 @@ def test_state_dict_matches_release(name, listing):
 
 
 # --- checkpoints ----------------------------------------------------------------------------
+
 
 @pytest.fixture()
 def demo_ckpt(tmp_path):
@@ -184,7 +197,8 @@ def test_checkpoint_roundtrip(demo_ckpt):
     x = torch.randn(2, 3, 64, 64)
     dst = load_checkpoint(timm.create_model("patchconvnet_demo"), path, strict=True).eval()
     via_timm = timm.create_model(
-        "patchconvnet_demo", pretrained=True, pretrained_cfg_overlay=dict(file=str(path))).eval()
+        "patchconvnet_demo", pretrained=True, pretrained_cfg_overlay=dict(file=str(path))
+    ).eval()
     with torch.no_grad():
         ref = src(x)
         assert torch.equal(dst(x), ref)
@@ -194,7 +208,8 @@ def test_checkpoint_roundtrip(demo_ckpt):
 def test_checkpoint_finetune_other_classes(demo_ckpt):
     src, path = demo_ckpt
     model = timm.create_model(
-        "patchconvnet_demo", num_classes=4, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+        "patchconvnet_demo", num_classes=4, pretrained=True, pretrained_cfg_overlay=dict(file=str(path))
+    )
     assert model(torch.randn(1, 3, 64, 64)).shape == (1, 4)
     assert torch.equal(model.blocks[0].gamma_1, src.blocks[0].gamma_1)
 
@@ -207,11 +222,14 @@ def test_checkpoint_truncated(demo_ckpt, tmp_path):
         load_checkpoint(timm.create_model("patchconvnet_demo"), bad)
 
 
-@pytest.mark.parametrize("damage, pattern", [
-    ("missing", r"missing key 'blocks\.3\.attn\.qkv_pos\.2\.weight'"),
-    ("unexpected", r"unexpected key 'blocks\.99\.gamma_1'"),
-    ("shape", r"wrong shape for key 'norm\.weight': checkpoint has \(95,\), model expects \(96,\)"),
-])
+@pytest.mark.parametrize(
+    "damage, pattern",
+    [
+        ("missing", r"missing key 'blocks\.3\.attn\.qkv_pos\.2\.weight'"),
+        ("unexpected", r"unexpected key 'blocks\.99\.gamma_1'"),
+        ("shape", r"wrong shape for key 'norm\.weight': checkpoint has \(95,\), model expects \(96,\)"),
+    ],
+)
 def test_checkpoint_mismatch_names_file_and_key(demo_ckpt, tmp_path, damage, pattern):
     src, _ = demo_ckpt
     sd = src.state_dict()
@@ -247,9 +265,21 @@ def test_ablation_options_build_and_backprop(norm, stem, pool, multiclass):
     i = _ABLATIONS.index((norm, stem, pool, multiclass))
     torch.manual_seed(i)
     model = PatchConvNet(
-        num_classes=5, embed_dim=32, depth=2, norm=norm, stem=stem, pool=pool, multiclass=multiclass,
-        se=bool(i % 2), stem_stride=(8, 16)[i % 3 == 0], agg_blocks=1 + i % 3, agg_heads=(1, 2, 4)[i % 3],
-        layerscale_init=(1e-6, 1e-4, 0.1)[i % 3], drop_path_rate=0.1 * (i % 2), mlp_ratio=(3, 4)[i % 2])
+        num_classes=5,
+        embed_dim=32,
+        depth=2,
+        norm=norm,
+        stem=stem,
+        pool=pool,
+        multiclass=multiclass,
+        se=bool(i % 2),
+        stem_stride=(8, 16)[i % 3 == 0],
+        agg_blocks=1 + i % 3,
+        agg_heads=(1, 2, 4)[i % 3],
+        layerscale_init=(1e-6, 1e-4, 0.1)[i % 3],
+        drop_path_rate=0.1 * (i % 2),
+        mlp_ratio=(3, 4)[i % 2],
+    )
     model.train()
     x = torch.randn(2, 3, 32, 32)
     out = model(x)
@@ -302,7 +332,9 @@ def test_trunk_block_matmul_path_equals_its_modules(se):
     torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(g_fast, g_slow, rtol=1e-4, atol=1e-4)
 
+
 # --- dense features -------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", ["patchconvnet_demo", "patchconvnet_s60"])
 @pytest.mark.parametrize("size", [64, 96])
@@ -330,6 +362,7 @@ def test_features_only():
 
 # --- attention pooling on a ResNet ----------------------------------------------------------
 
+
 def test_resnet_attnpool_differs_only_in_head():
     torch.manual_seed(0)
     avg = timm.create_model("resnet_demo").eval()
@@ -352,8 +385,9 @@ def test_resnet_attnpool_differs_only_in_head():
     assert att.head.block.attn.k.weight.grad is not None
 
 
-@pytest.mark.parametrize("name", ["patchconvnet_demo", "patchconvnet_demo_multi", "resnet_demo",
-                                  "resnet_demo_attnpool", "resnet50"])
+@pytest.mark.parametrize(
+    "name", ["patchconvnet_demo", "patchconvnet_demo_multi", "resnet_demo", "resnet_demo_attnpool", "resnet50"]
+)
 def test_grid_passes_layerscale_init_to_exactly_the_models_that_have_it(name):
     """The experiment grid hands its ``layerscale_init`` to a model when
     ``has_layerscale`` says so: the model must then take it (and use it), and a model
@@ -376,10 +410,16 @@ def test_grid_model_options_reach_every_patchconvnet_of_the_grid_and_no_resnet()
     from pcn.config import Params
     from pcn.steps.experiments import grid_model
 
-    p = Params.model_validate({"model": {"name": "patchconvnet_demo", "options": {"drop_rate": 0.1}},
-                               "experiments": {"model_options": {"stem_stride": 16}}})
+    p = Params.model_validate(
+        {
+            "model": {"name": "patchconvnet_demo", "options": {"drop_rate": 0.1}},
+            "experiments": {"model_options": {"stem_stride": 16}},
+        }
+    )
     assert grid_model(p, None, {"pool": "avg"}) == (
-        "patchconvnet_demo", {"drop_rate": 0.1, "stem_stride": 16, "pool": "avg"})
+        "patchconvnet_demo",
+        {"drop_rate": 0.1, "stem_stride": 16, "pool": "avg"},
+    )
     assert grid_model(p, None, {"stem_stride": 8}) == ("patchconvnet_demo", {"drop_rate": 0.1, "stem_stride": 8})
     assert grid_model(p, "patchconvnet_demo_multi", {}) == ("patchconvnet_demo_multi", {"stem_stride": 16})
     assert grid_model(p, "resnet_demo_attnpool", {}) == ("resnet_demo_attnpool", {})
@@ -387,13 +427,16 @@ def test_grid_model_options_reach_every_patchconvnet_of_the_grid_and_no_resnet()
     assert timm.create_model(name, num_classes=3, **options).patch_embed.stride == 16
 
 
-@pytest.mark.parametrize("kind, message", [
-    ("text", "not a PyTorch checkpoint (unknown format)"),
-    ("empty", "not a PyTorch checkpoint (empty file)"),
-    ("truncated", "truncated"),
-    ("legacy_truncated", "truncated"),
-    ("code", "refused: contains code (argparse.Namespace)"),
-])
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("text", "not a PyTorch checkpoint (unknown format)"),
+        ("empty", "not a PyTorch checkpoint (empty file)"),
+        ("truncated", "truncated"),
+        ("legacy_truncated", "truncated"),
+        ("code", "refused: contains code (argparse.Namespace)"),
+    ],
+)
 def test_unreadable_checkpoints_are_named_in_one_line(tmp_path, kind, message):
     """Every way a .pth can be bad gets its own one-line reason, not torch's paragraphs."""
     import argparse

@@ -1,9 +1,9 @@
 """The install story: pinned torch, one dependency list in two formats, the README's commands."""
 
 import re
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +38,11 @@ def test_readme_quickstart_is_two_commands_and_ci_runs_the_second():
     block = re.search(r"```(?:bash|sh)?\n(.*?)```", section, re.S).group(1)
     commands = [line for line in block.splitlines() if line.strip() and not line.strip().startswith("#")]
     assert len(commands) == 2, commands
-    ci = [line for line in (ROOT / ".ci/run").read_text().splitlines() if line and not line.startswith(("#", "set ", "cd "))]
+    ci = [
+        line
+        for line in (ROOT / ".ci/run").read_text().splitlines()
+        if line and not line.startswith(("#", "set ", "cd "))
+    ]
     assert ci == [commands[1].split("#")[0].strip()]
     assert "demo" in commands[0]
 

@@ -119,10 +119,28 @@ def test_every_imagenet_loader_reads_the_quirky_train_split(imagenet, tmp_path, 
         from pcn.data.ffcv_io import convert_imagefolder
 
         beton = tmp_path / "train.beton"
-        convert_imagefolder(folder, beton, max_resolution=128, jpeg_quality=90, compress_probability=0.0,
-                            write_mode="raw", max_bad_fraction=0.0, num_workers=1, progress=False)
-    ld = build_loader(beton=beton, folder=folder, kind=kind, train=train, img_size=24, batch_size=9,
-                      num_workers=0 if kind != "ffcv" else 1, seed=0, expected_classes=WNIDS)
+        convert_imagefolder(
+            folder,
+            beton,
+            max_resolution=128,
+            jpeg_quality=90,
+            compress_probability=0.0,
+            write_mode="raw",
+            max_bad_fraction=0.0,
+            num_workers=1,
+            progress=False,
+        )
+    ld = build_loader(
+        beton=beton,
+        folder=folder,
+        kind=kind,
+        train=train,
+        img_size=24,
+        batch_size=9,
+        num_workers=0 if kind != "ffcv" else 1,
+        seed=0,
+        expected_classes=WNIDS,
+    )
     x, y = next(iter(ld))
     x, y = x.clone(), y.clone()
     assert tuple(x.shape) == (9, 3, 24, 24) and torch.isfinite(x).all()
@@ -145,8 +163,17 @@ def test_ffcv_stores_each_quirky_file_as_its_rgb_pixels(imagenet, tmp_path):
     root, quirks = imagenet
     folder = root / "imagenet" / "train"
     dst = tmp_path / "train.beton"
-    convert_imagefolder(folder, dst, max_resolution=128, jpeg_quality=90, compress_probability=0.0,
-                        write_mode="raw", max_bad_fraction=0.0, num_workers=1, progress=False)
+    convert_imagefolder(
+        folder,
+        dst,
+        max_resolution=128,
+        jpeg_quality=90,
+        compress_probability=0.0,
+        write_mode="raw",
+        max_bad_fraction=0.0,
+        num_workers=1,
+        progress=False,
+    )
     fields = Reader(str(dst)).metadata["f0"]
     data = np.memmap(dst, dtype=np.uint8, mode="r")
     samples = scan_folder(folder).samples
@@ -184,8 +211,9 @@ def test_val_or_v2_with_other_classes_is_refused_in_one_line(imagenet, tmp_path)
     os.rename(val / WNIDS[2], val / "n09999999")
     with pytest.raises(DatasetError) as info:
         scan_folder(val, train_classes=WNIDS)
-    assert str(info.value) == (f"{val}: class list differs from train: missing n01484850 (1 of 3); "
-                               "extra n09999999 (1 not among the 3)")
+    assert str(info.value) == (
+        f"{val}: class list differs from train: missing n01484850 (1 of 3); extra n09999999 (1 not among the 3)"
+    )
     with pytest.raises(DatasetError, match=r"val: class list differs from train: missing n01484850"):
         fit_pixel_baseline(root / "imagenet" / "train", val, epochs=1)
     os.rename(v2 / "1", v2 / "3")  # folders 0, 2, 3: K = 3 means 0..2
@@ -212,18 +240,27 @@ def _val_flat(r: Path) -> None:
             d.rmdir()
 
 
-@pytest.mark.parametrize("setup, message", [
-    (_train_renamed, "{r}/imagenet/train: no such directory (expected an image folder <root>/<class>/<image>)"),
-    (_v2_by_wnid, "{r}/imagenetv2-matched-frequency: class folder 'n01440764' is not an integer "
-                  "(the imagenet_v2 layout names class folders 0..K-1 by label)"),
-    (_val_flat, "{r}/imagenet/val: no class subfolders (expected <root>/<class>/<image>, one folder per class)"),
-])
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (_train_renamed, "{r}/imagenet/train: no such directory (expected an image folder <root>/<class>/<image>)"),
+        (
+            _v2_by_wnid,
+            "{r}/imagenetv2-matched-frequency: class folder 'n01440764' is not an integer "
+            "(the imagenet_v2 layout names class folders 0..K-1 by label)",
+        ),
+        (_val_flat, "{r}/imagenet/val: no class subfolders (expected <root>/<class>/<image>, one folder per class)"),
+    ],
+)
 def test_a_layout_that_is_not_the_official_one_is_named(imagenet, tmp_path, setup, message):
     root = _copy(imagenet, tmp_path)
     setup(root)
     with pytest.raises(DatasetError) as info:
-        for split, layout in (("imagenet/train", "imagefolder"), ("imagenet/val", "imagefolder"),
-                              ("imagenetv2-matched-frequency", "imagenet_v2")):
+        for split, layout in (
+            ("imagenet/train", "imagefolder"),
+            ("imagenet/val", "imagefolder"),
+            ("imagenetv2-matched-frequency", "imagenet_v2"),
+        ):
             scan_folder(root / split, layout, WNIDS)
     assert str(info.value) == message.format(r=root)
 
@@ -251,16 +288,27 @@ def _convert(work: Path, monkeypatch, capsys) -> tuple[int, list[str]]:
     return rc, [line for line in capsys.readouterr().err.splitlines() if line.startswith("pcn convert:")]
 
 
-@pytest.mark.parametrize("break_it, message", [
-    (lambda r: __import__("shutil").rmtree(r / "imagenet" / "val" / WNIDS[2]),
-     "{r}/imagenet/val: class list differs from train: missing n01484850 (1 of 3)"),
-    (lambda r: __import__("shutil").rmtree(r / "imagenetv2-matched-frequency" / "2"),
-     "{r}/imagenetv2-matched-frequency: class list differs from train: missing 2 (1 of 3)"),
-    (lambda r: __import__("shutil").rmtree(r / "imagenetv2-matched-frequency"),
-     "{r}/imagenetv2-matched-frequency: no such directory (expected an image folder <root>/<class>/<image>)"),
-    (lambda r: __import__("shutil").rmtree(r / "imagenet" / "val"),
-     "{r}/imagenet/val: no such directory (expected an image folder <root>/<class>/<image>)"),
-])
+@pytest.mark.parametrize(
+    "break_it, message",
+    [
+        (
+            lambda r: __import__("shutil").rmtree(r / "imagenet" / "val" / WNIDS[2]),
+            "{r}/imagenet/val: class list differs from train: missing n01484850 (1 of 3)",
+        ),
+        (
+            lambda r: __import__("shutil").rmtree(r / "imagenetv2-matched-frequency" / "2"),
+            "{r}/imagenetv2-matched-frequency: class list differs from train: missing 2 (1 of 3)",
+        ),
+        (
+            lambda r: __import__("shutil").rmtree(r / "imagenetv2-matched-frequency"),
+            "{r}/imagenetv2-matched-frequency: no such directory (expected an image folder <root>/<class>/<image>)",
+        ),
+        (
+            lambda r: __import__("shutil").rmtree(r / "imagenet" / "val"),
+            "{r}/imagenet/val: no such directory (expected an image folder <root>/<class>/<image>)",
+        ),
+    ],
+)
 def test_convert_refuses_before_writing_anything(imagenet, tmp_path, monkeypatch, capsys, break_it, message):
     pytest.importorskip("ffcv")
     root = _copy(imagenet, tmp_path)
@@ -388,23 +436,27 @@ def test_ade_errors_name_the_file(ade):
     (ade / "objectInfo150.txt").write_text("Idx\tRatio\tTrain\tVal\tName\n1\t0.1\t5\t3\twall\n2 0.1 5 3 sky\n")
     with pytest.raises(AdeError) as info:
         AdeSegmentation(ade, "val", 2)
-    assert str(info.value) == (f"{ade / 'objectInfo150.txt'}: line 3: expected 5 tab-separated fields "
-                               "'Idx Ratio Train Val Name'")
+    assert str(info.value) == (
+        f"{ade / 'objectInfo150.txt'}: line 3: expected 5 tab-separated fields 'Idx Ratio Train Val Name'"
+    )
     (ade / "objectInfo150.txt").unlink()
     os.rename(ade / "images" / "validation", ade / "images" / "val")
     with pytest.raises(AdeError) as info:
         AdeSegmentation(ade, "val", 4)
-    assert str(info.value).startswith(f"{ade / 'images' / 'validation'}: folder missing (expected the "
-                                      "ADEChallengeData2016 layout")
+    assert str(info.value).startswith(
+        f"{ade / 'images' / 'validation'}: folder missing (expected the ADEChallengeData2016 layout"
+    )
     with pytest.raises(AdeError, match=r"images/training: folder missing"):
         AdeSegmentation(ade.parent, "train", 4)  # the folder above the dataset's
 
 
 # --- COCO ---------------------------------------------------------------------------------------
 
-CATEGORIES = [{"id": 1, "name": "person", "supercategory": "person"},
-              {"id": 5, "name": "airplane", "supercategory": "vehicle"},
-              {"id": 90, "name": "toothbrush", "supercategory": "indoor"}]
+CATEGORIES = [
+    {"id": 1, "name": "person", "supercategory": "person"},
+    {"id": 5, "name": "airplane", "supercategory": "vehicle"},
+    {"id": 90, "name": "toothbrush", "supercategory": "indoor"},
+]
 
 
 def _runs(mask: np.ndarray) -> list[int]:
@@ -440,18 +492,47 @@ def write_coco(root: Path, seed: int = 0) -> Path:
         images.append({"id": image_id, "file_name": name, "width": w, "height": h})
     crowd = _crowd_mask(48, 64)
     annotations = [
-        {"id": 11, "image_id": 1, "category_id": 5, "iscrowd": 0, "area": 200.0, "bbox": [2, 2, 36, 10],
-         "segmentation": [[2, 2, 12, 2, 12, 12, 2, 12], [28, 2, 38, 2, 38, 12, 28, 12]]},  # two parts
-        {"id": 12, "image_id": 1, "category_id": 90, "iscrowd": 1, "area": float(crowd.sum()),
-         "bbox": [0, 5, 50, 25], "segmentation": {"size": [48, 64], "counts": _runs(crowd)}},
-        {"id": 13, "image_id": 1, "category_id": 1, "iscrowd": 0, "area": 100.0, "bbox": [10, 30, 10, 10],
-         "segmentation": [[10, 30, 20, 30, 20, 40, 10, 40]]},
-        {"id": 31, "image_id": 3, "category_id": 90, "iscrowd": 0, "area": 50.0, "bbox": [60, 10, 10, 5],
-         "segmentation": [[60, 10, 70, 10, 70, 15, 60, 15]]},
+        {
+            "id": 11,
+            "image_id": 1,
+            "category_id": 5,
+            "iscrowd": 0,
+            "area": 200.0,
+            "bbox": [2, 2, 36, 10],
+            "segmentation": [[2, 2, 12, 2, 12, 12, 2, 12], [28, 2, 38, 2, 38, 12, 28, 12]],
+        },  # two parts
+        {
+            "id": 12,
+            "image_id": 1,
+            "category_id": 90,
+            "iscrowd": 1,
+            "area": float(crowd.sum()),
+            "bbox": [0, 5, 50, 25],
+            "segmentation": {"size": [48, 64], "counts": _runs(crowd)},
+        },
+        {
+            "id": 13,
+            "image_id": 1,
+            "category_id": 1,
+            "iscrowd": 0,
+            "area": 100.0,
+            "bbox": [10, 30, 10, 10],
+            "segmentation": [[10, 30, 20, 30, 20, 40, 10, 40]],
+        },
+        {
+            "id": 31,
+            "image_id": 3,
+            "category_id": 90,
+            "iscrowd": 0,
+            "area": 50.0,
+            "bbox": [60, 10, 10, 5],
+            "segmentation": [[60, 10, 70, 10, 70, 15, 60, 15]],
+        },
     ]
     (coco / "annotations").mkdir(parents=True)
-    (coco / "annotations" / "instances_train2017.json").write_text(json.dumps(
-        {"images": images, "annotations": annotations, "categories": CATEGORIES}))
+    (coco / "annotations" / "instances_train2017.json").write_text(
+        json.dumps({"images": images, "annotations": annotations, "categories": CATEGORIES})
+    )
     return coco
 
 
@@ -518,10 +599,13 @@ def test_coco_errors_name_the_file(coco):
     _edit(coco, lambda d: d["annotations"][1]["segmentation"]["counts"].append(3))
     with pytest.raises(CocoError) as info:
         CocoInstances(coco, "train")
-    assert str(info.value) == (f"{ann_file}: annotation 12 has uncompressed RLE counts that do not sum to "
-                               "48 x 64 = 3072 pixels of its image 1")
+    assert str(info.value) == (
+        f"{ann_file}: annotation 12 has uncompressed RLE counts that do not sum to 48 x 64 = 3072 pixels of its image 1"
+    )
     _edit(coco, lambda d: d["annotations"][1]["segmentation"].update(size=[64, 48]))
-    with pytest.raises(CocoError, match=r"annotation 12 has an RLE of size \[64, 48\] \(height, width\), its image 1 is 48x64"):
+    with pytest.raises(
+        CocoError, match=r"annotation 12 has an RLE of size \[64, 48\] \(height, width\), its image 1 is 48x64"
+    ):
         CocoInstances(coco, "train")
     _edit(coco, lambda d: d["annotations"][0].update(category_id=2))
     with pytest.raises(CocoError, match=r"instances_train2017\.json: annotation 11 refers to category id 2"):
@@ -556,8 +640,9 @@ def test_every_reader_reads_the_miniatures(tmp_path):
     for key in ("imagenet_png_named_jpeg", "imagenet_cmyk", "imagenet_grayscale", "coco_grayscale"):
         for rel in summary["quirks"][key]:
             assert open_rgb(root / rel).mode == "RGB"
-    items = A.read_val_boxes(root / "imagenet" / "val", root / "imagenet" / "LOC_val_solution.csv",
-                             train.class_names, 1000)
+    items = A.read_val_boxes(
+        root / "imagenet" / "val", root / "imagenet" / "LOC_val_solution.csv", train.class_names, 1000
+    )
     assert len(items) == 1000 and all(it.boxes for it in items)
     for split in ("train", "val"):
         ade = AdeSegmentation(root / "ADEChallengeData2016", split, 150)

@@ -36,12 +36,30 @@ def test_committed_recipe_agrees_with_params_at_paper_scale():
     R.check_recipe(entries, R.paper_params(ROOT / "params.yaml"))
     keyed = {k for e in entries for k in e.keys}
     # the recipe covers what the brief of a reproduction needs, each with a key
-    for key in ("pretrain.optimizer", "pretrain.lr", "pretrain.lr_base_batch", "pretrain.batch_size",
-                "pretrain.epochs", "pretrain.warmup_epochs", "pretrain.weight_decay", "pretrain.drop_path",
-                "pretrain.layerscale_init", "pretrain.ema_decay", "pretrain.aug.auto_augment",
-                "pretrain.aug.mixup", "pretrain.aug.repeated_aug", "finetune.lr", "finetune.min_lr",
-                "evaluate.img_size", "evaluate.crop_ratio", "segmentation.iters", "segmentation.loss",
-                "detection.test_size", "detection.max_size", "experiments.train_by_study.resnet_pool.lr"):
+    for key in (
+        "pretrain.optimizer",
+        "pretrain.lr",
+        "pretrain.lr_base_batch",
+        "pretrain.batch_size",
+        "pretrain.epochs",
+        "pretrain.warmup_epochs",
+        "pretrain.weight_decay",
+        "pretrain.drop_path",
+        "pretrain.layerscale_init",
+        "pretrain.ema_decay",
+        "pretrain.aug.auto_augment",
+        "pretrain.aug.mixup",
+        "pretrain.aug.repeated_aug",
+        "finetune.lr",
+        "finetune.min_lr",
+        "evaluate.img_size",
+        "evaluate.crop_ratio",
+        "segmentation.iters",
+        "segmentation.loss",
+        "detection.test_size",
+        "detection.max_size",
+        "experiments.train_by_study.resnet_pool.lr",
+    ):
         assert key in keyed, key
 
 
@@ -53,8 +71,11 @@ def test_fine_tuning_decays_its_learning_rate():
 def test_resnet_pair_trains_with_its_own_recipe():
     p = R.paper_params(ROOT / "params.yaml")
     resnet, grid = p.experiments.train_for("resnet_pool"), p.experiments.train
-    assert (resnet.lr, resnet.weight_decay, resnet.aug.auto_augment) != (grid.lr, grid.weight_decay,
-                                                                         grid.aug.auto_augment)
+    assert (resnet.lr, resnet.weight_decay, resnet.aug.auto_augment) != (
+        grid.lr,
+        grid.weight_decay,
+        grid.aug.auto_augment,
+    )
 
 
 def test_an_entry_without_a_source_is_refused_naming_it(tmp_path):
@@ -65,21 +86,39 @@ def test_an_entry_without_a_source_is_refused_naming_it(tmp_path):
 
 
 def test_not_stated_needs_a_reason(tmp_path):
-    path = _write(tmp_path, [{"topic": "batch", "key": "segmentation.batch_size", "value": 16,
-                              "source": "not stated"}])
+    path = _write(tmp_path, [{"topic": "batch", "key": "segmentation.batch_size", "value": 16, "source": "not stated"}])
     with pytest.raises(R.RecipeError, match=r"\(batch\).*chosen because"):
         R.load_recipe(path)
-    ok = _write(tmp_path, [{"topic": "batch", "key": "segmentation.batch_size", "value": 16,
-                            "source": "not stated; chosen because the comparison rows use it"}])
+    ok = _write(
+        tmp_path,
+        [
+            {
+                "topic": "batch",
+                "key": "segmentation.batch_size",
+                "value": 16,
+                "source": "not stated; chosen because the comparison rows use it",
+            }
+        ],
+    )
     assert R.load_recipe(ok)[0].keys == ("segmentation.batch_size",)
 
 
 def test_a_value_that_disagrees_with_params_fails(tmp_path):
-    entries = R.load_recipe(_write(tmp_path, [
-        {"topic": "peak lr", "key": ["pretrain.lr", "experiments.train.lr"], "value": 0.003, "source": "s"},
-        {"topic": "test size", "key": ["detection.test_size", "detection.max_size"], "value": [800, 1333],
-         "source": "s"},
-        {"topic": "random erasing", "key": None, "value": 0.25, "source": "s"}]))
+    entries = R.load_recipe(
+        _write(
+            tmp_path,
+            [
+                {"topic": "peak lr", "key": ["pretrain.lr", "experiments.train.lr"], "value": 0.003, "source": "s"},
+                {
+                    "topic": "test size",
+                    "key": ["detection.test_size", "detection.max_size"],
+                    "value": [800, 1333],
+                    "source": "s",
+                },
+                {"topic": "random erasing", "key": None, "value": 0.25, "source": "s"},
+            ],
+        )
+    )
     R.check_recipe(entries, _paper())
     with pytest.raises(R.RecipeError, match=r"peak lr: experiments\.train\.lr = 0\.004 in params\.yaml"):
         R.check_recipe(entries, _paper(**{"experiments.train.lr": 0.004}))
@@ -89,8 +128,7 @@ def test_a_value_that_disagrees_with_params_fails(tmp_path):
 
 def test_a_key_the_schema_does_not_have_is_reported():
     entry = R.Entry("typo", ("pretrain.lrr",), 0.003, "s")
-    assert R.disagreements([entry], _paper()) == [
-        "typo: pretrain.lrr is not a key of the resolved paper-scale params"]
+    assert R.disagreements([entry], _paper()) == ["typo: pretrain.lrr is not a key of the resolved paper-scale params"]
 
 
 def test_markdown_table_shows_every_entry_with_its_source():

@@ -22,8 +22,9 @@ BIN = Path(sys.executable).parent
 
 def _params(tmp_path: Path, **kw):
     caps = yaml.safe_load((ROOT / CAPS_FILE).read_text())
-    raw = rehearsal_params(raw_params(ROOT / "params.yaml"), caps, tmp_path, slurm=kw.get("slurm", False),
-                           quick=kw.get("quick", False))
+    raw = rehearsal_params(
+        raw_params(ROOT / "params.yaml"), caps, tmp_path, slurm=kw.get("slurm", False), quick=kw.get("quick", False)
+    )
     return raw, resolve(raw)
 
 
@@ -32,14 +33,31 @@ def test_rehearsal_keeps_the_paper_protocols_and_caps_only_steps(tmp_path):
     paper = resolve({**raw_params(ROOT / "params.yaml"), "scale": "paper"})
     assert p.scale == "paper" and p.data.source == "real" and p.data.root == str(tmp_path.resolve())
     # what the paper scale specifies, unchanged
-    for key in ("model.name", "pretrain.img_size", "pretrain.lr", "pretrain.lr_base_batch", "pretrain.aug",
-                "finetune.img_size", "finetune.min_lr", "evaluate.img_size", "evaluate.crop_ratio", "segmentation.img_size", "segmentation.loss",
-                "detection.test_size", "detection.max_size", "experiments.resnet", "experiments.depth_width"):
+    for key in (
+        "model.name",
+        "pretrain.img_size",
+        "pretrain.lr",
+        "pretrain.lr_base_batch",
+        "pretrain.aug",
+        "finetune.img_size",
+        "finetune.min_lr",
+        "evaluate.img_size",
+        "evaluate.crop_ratio",
+        "segmentation.img_size",
+        "segmentation.loss",
+        "detection.test_size",
+        "detection.max_size",
+        "experiments.resnet",
+        "experiments.depth_width",
+    ):
         assert p.section(key) == paper.section(key), key
     assert p.segmentation_classes == 150
     # what a laptop cannot do, capped
-    for cfg in (p.pretrain, p.finetune, *(p.experiments.train_for(s) for s in ("ablation", "resnet_pool",
-                                                                              "multiclass", "depth_width"))):
+    for cfg in (
+        p.pretrain,
+        p.finetune,
+        *(p.experiments.train_for(s) for s in ("ablation", "resnet_pool", "multiclass", "depth_width")),
+    ):
         assert cfg.max_steps is not None and cfg.max_steps <= 2 and cfg.batch_size <= 8
     assert p.runtime.device == "cpu" and p.launcher.kind == "local" and p.experiments.enabled
 
@@ -61,8 +79,12 @@ def test_a_data_root_without_the_official_folders_is_refused_in_one_line(tmp_pat
 
 def test_rehearse_refuses_a_bad_data_root_before_writing_anything(tmp_path):
     work = tmp_path / "work"
-    cp = subprocess.run([str(BIN / "pcn"), "rehearse", "--data-root", str(tmp_path / "nowhere"), "--work", str(work)],
-                        cwd=ROOT, capture_output=True, text=True)
+    cp = subprocess.run(
+        [str(BIN / "pcn"), "rehearse", "--data-root", str(tmp_path / "nowhere"), "--work", str(work)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert cp.returncode == 2
     assert cp.stderr.count("\n") == 1 and "nowhere/imagenet: missing" in cp.stderr
     assert not work.exists()
@@ -79,14 +101,19 @@ def test_quick_rehearsal_runs_every_main_line_stage_on_a_data_root(tmp_path):
     write_miniatures(data, seed=1, progress=False)
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    cp = subprocess.run([str(BIN / "pcn"), "rehearse", "--quick", "--data-root", str(data), "--work", str(work)],
-                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
+    cp = subprocess.run(
+        [str(BIN / "pcn"), "rehearse", "--quick", "--data-root", str(data), "--work", str(work)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
     assert cp.returncode == 0, cp.stdout[-3000:] + cp.stderr[-3000:]
     summary = json.loads((work / "metrics" / "rehearsal.json").read_text())
     assert all(c["ok"] for c in summary["checks"].values()), summary["checks"]
     assert summary["data_root"] == str(data) and not (work / "datasets").exists()
-    for stage in ("convert", "pretrain", "finetune", "eval", "complexity", "segmentation", "detection",
-                  "attention"):
+    for stage in ("convert", "pretrain", "finetune", "eval", "complexity", "segmentation", "detection", "attention"):
         assert (work / "metrics" / f"{stage}.json").is_file(), stage
     assert (work / "reports" / "report.html").is_file()
     params = resolve(yaml.safe_load((work / "params.yaml").read_text()))

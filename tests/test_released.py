@@ -17,8 +17,18 @@ from pcn.cli import main
 
 WNIDS = ["n01440764", "n01443537", "n01484850", "n01491361"]  # sorted: class index = rank
 IMG_SIZE = 32
-KEYS = {"model", "img_size", "crop_ratio", "top1", "top5", "n_images", "v2_top1", "v2_top5", "v2_n_images",
-        "checkpoint"}
+KEYS = {
+    "model",
+    "img_size",
+    "crop_ratio",
+    "top1",
+    "top5",
+    "n_images",
+    "v2_top1",
+    "v2_top5",
+    "v2_n_images",
+    "checkpoint",
+}
 
 
 def paper_view(img, img_size: int, crop_ratio: float) -> torch.Tensor:
@@ -85,8 +95,9 @@ def release(tmp_path_factory):
     for n, (path, pred) in enumerate(kept):
         shutil.copy(path, imagenet / "val" / WNIDS[pred] / path.name)
         shutil.copy(path, v2 / str(pred) / f"{n:040x}.jpeg")
-    (root / "params.yaml").write_text("data:\n  root: data\n  num_workers: 0\nevaluate:\n  batch_size: 8\n"
-                                      "runtime:\n  threads: 1\n")
+    (root / "params.yaml").write_text(
+        "data:\n  root: data\n  num_workers: 0\nevaluate:\n  batch_size: 8\nruntime:\n  threads: 1\n"
+    )
     return root, len(kept)
 
 
@@ -110,8 +121,21 @@ def test_released_checkpoint_scores_val_and_v2_under_the_paper_protocol(release,
     assert not (root / "metrics" / "eval.json").exists(), "a released checkpoint must not replace the DAG's metrics"
 
     # Another crop ratio scores the same images differently: the protocol decides the score.
-    assert run(root, monkeypatch, "--checkpoint", "demo_release.pth", "--model", "patchconvnet_demo",
-               "--img-size", str(IMG_SIZE), "--crop-ratio", "1.0") == 0
+    assert (
+        run(
+            root,
+            monkeypatch,
+            "--checkpoint",
+            "demo_release.pth",
+            "--model",
+            "patchconvnet_demo",
+            "--img-size",
+            str(IMG_SIZE),
+            "--crop-ratio",
+            "1.0",
+        )
+        == 0
+    )
     assert json.loads(out.read_text())["top1"] < 100.0
 
 
@@ -140,11 +164,14 @@ def test_paper_protocol_by_resolution():
         torch.testing.assert_close(x, paper_view(img, size, paper_crop_ratio(size)))
 
 
-@pytest.mark.parametrize("content, message", [
-    ("text", "not a PyTorch checkpoint"),
-    ({"epoch": 3}, "entry 'epoch'"),
-    ({"model": {"fc.weight": torch.zeros(2, 2)}}, "no registered PatchConvNet"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("text", "not a PyTorch checkpoint"),
+        ({"epoch": 3}, "entry 'epoch'"),
+        ({"model": {"fc.weight": torch.zeros(2, 2)}}, "no registered PatchConvNet"),
+    ],
+)
 def test_bad_checkpoint_fails_in_one_line(release, monkeypatch, capsys, content, message):
     root, _ = release
     bad = root / "bad.pth"

@@ -37,61 +37,164 @@ def write_fixture_run(root: Path, *, evidence: bool = False, imagenet: bool = Fa
         lines = ["epoch,step,train_loss,val_loss,val_top1,val_top5,lr,images_per_s"]
         lines += [f"{r['epoch']},{r['step']},{r['train_loss']},,{r['val_top1']},,," for r in rows]
         _write(root, f"plots/{name}.csv", "\n".join(lines) + "\n")
-    _write(root, "metrics/eval.json", {"top1": 82.13 if imagenet else 34.5, "top5": 83.0, "mlflow_run_id": "run-eval",
-                                       "img_size": eval_size if imagenet else 80, "crop_ratio": 0.875})
+    _write(
+        root,
+        "metrics/eval.json",
+        {
+            "top1": 82.13 if imagenet else 34.5,
+            "top5": 83.0,
+            "mlflow_run_id": "run-eval",
+            "img_size": eval_size if imagenet else 80,
+            "crop_ratio": 0.875,
+        },
+    )
     _write(root, "metrics/pixel_baseline.json", {"top1": 18.25})
-    _write(root, "metrics/complexity.json", {"device": "cpu", "rows": [
-        {"model": "patchconvnet_demo", "img_size": 64, "params_m": 0.61, "gmacs": 0.04, "throughput": 900.0,
-         "peak_mem_mb": 50.0},
-        {"model": "patchconvnet_s60", "img_size": 224, "params_m": 25.2123, "gmacs": 4.15, "throughput": 26.3,
-         "peak_mem_mb": 700.0},
-        {"model": "patchconvnet_s120", "img_size": 224, "params_m": 47.74, "gmacs": 8.9, "throughput": 13.0,
-         "peak_mem_mb": 800.0},
-        {"model": "resnet50", "img_size": 224, "params_m": 25.56, "gmacs": 4.11, "throughput": 40.0,
-         "peak_mem_mb": 600.0},
-    ]})
+    _write(
+        root,
+        "metrics/complexity.json",
+        {
+            "device": "cpu",
+            "rows": [
+                {
+                    "model": "patchconvnet_demo",
+                    "img_size": 64,
+                    "params_m": 0.61,
+                    "gmacs": 0.04,
+                    "throughput": 900.0,
+                    "peak_mem_mb": 50.0,
+                },
+                {
+                    "model": "patchconvnet_s60",
+                    "img_size": 224,
+                    "params_m": 25.2123,
+                    "gmacs": 4.15,
+                    "throughput": 26.3,
+                    "peak_mem_mb": 700.0,
+                },
+                {
+                    "model": "patchconvnet_s120",
+                    "img_size": 224,
+                    "params_m": 47.74,
+                    "gmacs": 8.9,
+                    "throughput": 13.0,
+                    "peak_mem_mb": 800.0,
+                },
+                {
+                    "model": "resnet50",
+                    "img_size": 224,
+                    "params_m": 25.56,
+                    "gmacs": 4.11,
+                    "throughput": 40.0,
+                    "peak_mem_mb": 600.0,
+                },
+            ],
+        },
+    )
     seeds = [0, 1, 2] if evidence else [0]
 
     def grp(vals):
-        return {"n": len(vals), "values": vals, "mean": float(np.mean(vals)),
-                "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else None}
+        return {
+            "n": len(vals),
+            "values": vals,
+            "mean": float(np.mean(vals)),
+            "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else None,
+        }
 
     base = grp([40.0, 41.0, 42.0][: len(seeds)])
-    avg = {**grp([35.0, 36.0, 37.0][: len(seeds)]),
-           "vs_baseline": {"diff": -5.0, "ci95": [-7.0, -3.0] if evidence else None,
-                           "verdict": "worse" if evidence else "not resolved (single seed: smoke run)"}}
-    bn = {**grp([41.0, 40.0, 42.5][: len(seeds)]),
-          "vs_baseline": {"diff": 0.17, "ci95": [-2.0, 2.3] if evidence else None,
-                          "verdict": "within noise" if evidence else "not resolved (single seed: smoke run)"}}
-    _write(root, "metrics/ablations.json", {
-        "scale": "study" if evidence else "demo", "seeds": seeds, "evidence": evidence,
-        "note": "fixture", "baseline_std": base["std"],
-        "recipes": {"ablations": {"epochs": 16, "max_steps": None, "img_size": 64},
-                    "resnet": {"epochs": 12, "max_steps": None, "img_size": 224 if imagenet else 32},
-                    "multiclass": {"epochs": 12, "max_steps": None, "img_size": 224 if imagenet else 64},
-                    "depth_width": {"epochs": 1, "max_steps": 30, "img_size": 64}},
-        "ablations": {"baseline": base, "avgpool": avg, "batchnorm": bn},
-        "resnet": {"avg": grp([30.0] * len(seeds)),
-                   "attention": {**grp([31.0] * len(seeds)), "vs_avg": {"diff": 1.0, "ci95": None,
-                                                                        "verdict": "not resolved"}}},
-        "multiclass": {"scratch": grp([38.0] * len(seeds)),
-                       "finetuned": {**grp([39.5] * len(seeds)), "vs_scratch": {"diff": 1.5, "ci95": None,
-                                                                               "verdict": "not resolved"}}},
-        "depth_width": [
-            {"width": 64, "depth": 4, "top1": 30.0, "params_m": 0.2, "gmacs": 0.01, "throughput": 3000.0,
-             "peak_mem_mb": 20.0, "img_size": 64},
-            {"width": 64, "depth": 8, "top1": 33.0, "params_m": 0.35, "gmacs": 0.02, "throughput": 1800.0,
-             "peak_mem_mb": 25.0, "img_size": 64},
-            {"width": 96, "depth": 4, "top1": 34.0, "params_m": 0.4, "gmacs": 0.025, "throughput": 2000.0,
-             "peak_mem_mb": 30.0, "img_size": 64},
-        ]})
+    avg = {
+        **grp([35.0, 36.0, 37.0][: len(seeds)]),
+        "vs_baseline": {
+            "diff": -5.0,
+            "ci95": [-7.0, -3.0] if evidence else None,
+            "verdict": "worse" if evidence else "not resolved (single seed: smoke run)",
+        },
+    }
+    bn = {
+        **grp([41.0, 40.0, 42.5][: len(seeds)]),
+        "vs_baseline": {
+            "diff": 0.17,
+            "ci95": [-2.0, 2.3] if evidence else None,
+            "verdict": "within noise" if evidence else "not resolved (single seed: smoke run)",
+        },
+    }
+    _write(
+        root,
+        "metrics/ablations.json",
+        {
+            "scale": "study" if evidence else "demo",
+            "seeds": seeds,
+            "evidence": evidence,
+            "note": "fixture",
+            "baseline_std": base["std"],
+            "recipes": {
+                "ablations": {"epochs": 16, "max_steps": None, "img_size": 64},
+                "resnet": {"epochs": 12, "max_steps": None, "img_size": 224 if imagenet else 32},
+                "multiclass": {"epochs": 12, "max_steps": None, "img_size": 224 if imagenet else 64},
+                "depth_width": {"epochs": 1, "max_steps": 30, "img_size": 64},
+            },
+            "ablations": {"baseline": base, "avgpool": avg, "batchnorm": bn},
+            "resnet": {
+                "avg": grp([30.0] * len(seeds)),
+                "attention": {
+                    **grp([31.0] * len(seeds)),
+                    "vs_avg": {"diff": 1.0, "ci95": None, "verdict": "not resolved"},
+                },
+            },
+            "multiclass": {
+                "scratch": grp([38.0] * len(seeds)),
+                "finetuned": {
+                    **grp([39.5] * len(seeds)),
+                    "vs_scratch": {"diff": 1.5, "ci95": None, "verdict": "not resolved"},
+                },
+            },
+            "depth_width": [
+                {
+                    "width": 64,
+                    "depth": 4,
+                    "top1": 30.0,
+                    "params_m": 0.2,
+                    "gmacs": 0.01,
+                    "throughput": 3000.0,
+                    "peak_mem_mb": 20.0,
+                    "img_size": 64,
+                },
+                {
+                    "width": 64,
+                    "depth": 8,
+                    "top1": 33.0,
+                    "params_m": 0.35,
+                    "gmacs": 0.02,
+                    "throughput": 1800.0,
+                    "peak_mem_mb": 25.0,
+                    "img_size": 64,
+                },
+                {
+                    "width": 96,
+                    "depth": 4,
+                    "top1": 34.0,
+                    "params_m": 0.4,
+                    "gmacs": 0.025,
+                    "throughput": 2000.0,
+                    "peak_mem_mb": 30.0,
+                    "img_size": 64,
+                },
+            ],
+        },
+    )
     _write(root, "metrics/segmentation.json", {"mIoU": 21.5, "mAcc": 30.25, "aAcc": 90.5})
     _write(root, "metrics/segmentation_scratch.json", {"mIoU": 8.5, "mAcc": 12.0, "aAcc": 93.0})
     _write(root, "metrics/detection.json", {"bbox_AP": 15.5, "segm_AP": 14.0})
-    _write(root, "metrics/attention.json", {
-        "patchconvnet": {"pointing_game": 80.0, "iou": 40.5, "n": 200, "model_top1": 50.0},
-        "uniform": {"pointing_game": 30.0, "iou": 30.0, "n": 200},
-        "threshold": 0.5, "n_images": 200, "definitions": {"uniform": "constant map"}})
+    _write(
+        root,
+        "metrics/attention.json",
+        {
+            "patchconvnet": {"pointing_game": 80.0, "iou": 40.5, "n": 200, "model_top1": 50.0},
+            "uniform": {"pointing_game": 30.0, "iou": 30.0, "n": 200},
+            "threshold": 0.5,
+            "n_images": 200,
+            "definitions": {"uniform": "constant map"},
+        },
+    )
 
 
 def _params(scale: str = "demo", **over):
@@ -131,8 +234,14 @@ def test_every_reproduced_value_equals_its_metrics_file(demo_run):
     values = R.sourced_values(report)
     assert len(values) > 40
     files = {f for _, f, _ in values}
-    assert {"metrics/complexity.json", "metrics/ablations.json", "metrics/eval.json", "metrics/attention.json",
-            "metrics/pixel_baseline.json", "metrics/segmentation.json"} <= files
+    assert {
+        "metrics/complexity.json",
+        "metrics/ablations.json",
+        "metrics/eval.json",
+        "metrics/attention.json",
+        "metrics/pixel_baseline.json",
+        "metrics/segmentation.json",
+    } <= files
     for value, rel, key in values:
         assert R.lookup(json.loads((demo_run / rel).read_text()), key) == value, (rel, key)
     md = R.to_markdown(report)
@@ -144,8 +253,9 @@ def test_every_reproduced_value_equals_its_metrics_file(demo_run):
                         assert str(cell) in md
     # the comparison table's reproduced cells are sourced too
     comp_cells = [c for r in report.comparison.rows for c in r if isinstance(c, R.Sourced)]
-    assert comp_cells and all(R.lookup(json.loads((demo_run / c.file).read_text()), c.key) == c.value
-                              for c in comp_cells)
+    assert comp_cells and all(
+        R.lookup(json.loads((demo_run / c.file).read_text()), c.key) == c.value for c in comp_cells
+    )
 
 
 def test_statuses_at_demo_scale(demo_run):
@@ -159,10 +269,16 @@ def test_statuses_at_demo_scale(demo_run):
     assert rows[("params (M)", "patchconvnet_b60")][col] == R.NOT_RUN  # not in complexity.models
     assert rows[("GMACs (224 px)", "resnet50")][col] == R.REPRODUCED  # 4.11 vs 4.1
     # ImageNet accuracy, GPU throughput, dense tasks, ablation directions: not at this scale
-    for key in (("ImageNet top-1 (%), 224 px", "patchconvnet_s60"), ("throughput (im/s)", "patchconvnet_s60"),
-                ("peak memory (MB)", "patchconvnet_s60"), ("ADE20k mIoU (UperNet)", "patchconvnet_s60"),
-                ("COCO box AP (Mask R-CNN)", "patchconvnet_s60"), ("multi-class top-1 (%), scratch", "patchconvnet_s60_multi"),
-                ("ResNet-50 top-1 (%), avg pooling", "resnet50"), ("ablation direction: avgpool", "patchconvnet_demo")):
+    for key in (
+        ("ImageNet top-1 (%), 224 px", "patchconvnet_s60"),
+        ("throughput (im/s)", "patchconvnet_s60"),
+        ("peak memory (MB)", "patchconvnet_s60"),
+        ("ADE20k mIoU (UperNet)", "patchconvnet_s60"),
+        ("COCO box AP (Mask R-CNN)", "patchconvnet_s60"),
+        ("multi-class top-1 (%), scratch", "patchconvnet_s60_multi"),
+        ("ResNet-50 top-1 (%), avg pooling", "resnet50"),
+        ("ablation direction: avgpool", "patchconvnet_demo"),
+    ):
         assert rows[key][col] == R.NOT_RUN, key
         assert rows[key][4] == R.NONE, key
     assert {r[col] for r in rows.values()} <= set(R.STATUSES)
@@ -203,12 +319,21 @@ def test_released_checkpoints_sit_on_their_model_zoo_rows(tmp_path, monkeypatch)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     write_fixture_run(tmp_path)
     base = {"crop_ratio": 0.875, "top5": 95.9, "n_images": 50000}
-    _write(tmp_path, "metrics/released/s60.json", {**base, "model": "patchconvnet_s60", "img_size": 224,
-                                                   "top1": 82.08, "checkpoint": "/ckpt/s60_224_1k.pth"})
-    _write(tmp_path, "metrics/released/s60_21k_384.json", {**base, "model": "patchconvnet_s60", "img_size": 384,
-                                                           "top1": 84.2, "checkpoint": "s60_384_21k.pth"})
-    _write(tmp_path, "metrics/released/b60_at_384.json", {**base, "model": "patchconvnet_b60", "img_size": 384,
-                                                          "top1": 80.0, "checkpoint": "b60_224_1k.pth"})
+    _write(
+        tmp_path,
+        "metrics/released/s60.json",
+        {**base, "model": "patchconvnet_s60", "img_size": 224, "top1": 82.08, "checkpoint": "/ckpt/s60_224_1k.pth"},
+    )
+    _write(
+        tmp_path,
+        "metrics/released/s60_21k_384.json",
+        {**base, "model": "patchconvnet_s60", "img_size": 384, "top1": 84.2, "checkpoint": "s60_384_21k.pth"},
+    )
+    _write(
+        tmp_path,
+        "metrics/released/b60_at_384.json",
+        {**base, "model": "patchconvnet_b60", "img_size": 384, "top1": 80.0, "checkpoint": "b60_224_1k.pth"},
+    )
     report = R.build_report(tmp_path, _params())  # any scale: the files are evaluations of published weights
     rows = _rows(report)
     s60 = rows[("released checkpoint top-1 (%), 224 px", "patchconvnet_s60")]
@@ -249,9 +374,17 @@ def test_recipe_section_shows_every_value_with_its_source(demo_run):
     assert "agree with every keyed value" in text
 
 
-@pytest.mark.parametrize("paper,value,status", [
-    (82.1, 82.14, R.REPRODUCED), (82.1, 82.16, R.WITHIN), (82.1, 82.5, R.DIFFERS), (1322, 1322.4, R.REPRODUCED),
-    (1322, 1400, R.WITHIN), (82.1, None, R.NOT_RUN)])
+@pytest.mark.parametrize(
+    "paper,value,status",
+    [
+        (82.1, 82.14, R.REPRODUCED),
+        (82.1, 82.16, R.WITHIN),
+        (82.1, 82.5, R.DIFFERS),
+        (1322, 1322.4, R.REPRODUCED),
+        (1322, 1400, R.WITHIN),
+        (82.1, None, R.NOT_RUN),
+    ],
+)
 def test_compare(paper, value, status):
     tol = {"abs": 0.3} if paper < 100 else {"rel": 0.15}
     assert R.compare(paper, value, tol) == status
@@ -275,8 +408,14 @@ def test_figures_skip_missing_inputs(tmp_path):
     out = tmp_path / "figs"
     manifest = build_figures(tmp_path, out)
     assert manifest["figures"] == {}
-    assert {"training_curves", "ablations", "depth_width", "complexity", "attention_single",
-            "segmentation_examples"} <= set(manifest["skipped"])
+    assert {
+        "training_curves",
+        "ablations",
+        "depth_width",
+        "complexity",
+        "attention_single",
+        "segmentation_examples",
+    } <= set(manifest["skipped"])
     assert json.loads((out / "index.json").read_text()) == manifest
 
 
@@ -323,8 +462,7 @@ def test_pair_rows_show_the_papers_direction_from_its_numbers(demo_run):
     report = R.build_report(demo_run, _params())
     section = next(s for s in report.sections if s.title.startswith("Ablations"))
     tables = {t.caption: t for t in section.tables}
-    attention = next(r for r in tables["ResNet: attention pooling against average pooling"].rows
-                     if r[0] == "attention")
+    attention = next(r for r in tables["ResNet: attention pooling against average pooling"].rows if r[0] == "attention")
     finetuned = next(r for r in tables["Multi-class tokens: fine-tuned against scratch"].rows if r[0] == "finetuned")
     # paper/numbers.yaml: ResNet-50 79.8 -> 80.1 with attention pooling; multi-class 81.1 -> 82.0 fine-tuned
     assert attention[7] == "better (+0.3 top-1)"
@@ -348,7 +486,7 @@ def test_comparison_rows_name_their_own_recipe(tmp_path, monkeypatch):
 
 
 def test_the_report_names_the_machine_of_every_metrics_file(tmp_path):
-    """"Reproducible" is bit-exact on one machine only, so the report says which machine and
+    """ "Reproducible" is bit-exact on one machine only, so the report says which machine and
     libraries produced which metrics."""
     from pcn.analysis.report import machines_section
 

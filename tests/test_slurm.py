@@ -54,17 +54,13 @@ def local_ddp(tiny_imagefolder, tmp_path_factory):
     """The reference: the same 2-rank job on the local launcher (LocalExecutor, gloo)."""
     out = tmp_path_factory.mktemp("local_ddp")
     t0 = time.monotonic()
-    result = launch(
-        ddp_job(tiny_imagefolder, out / "run"), launcher("local"), out / "logs"
-    )
+    result = launch(ddp_job(tiny_imagefolder, out / "run"), launcher("local"), out / "logs")
     print(f"local 2-rank run: {time.monotonic() - t0:.1f}s")
     return out / "run", result
 
 
 def slurm_log(job_dir: Path, pattern: str = "*_0_log.out") -> str:
-    return "\n".join(
-        p.read_text(errors="replace") for p in sorted(job_dir.rglob(pattern))
-    )
+    return "\n".join(p.read_text(errors="replace") for p in sorted(job_dir.rglob(pattern)))
 
 
 @pytest.mark.slow
@@ -112,16 +108,12 @@ def _wait_for_checkpoint(job, path: Path, timeout_s: float = 300) -> int:
         if job.paths.result_pickle.exists():
             pytest.fail("the job finished before it could be interrupted")
         time.sleep(0.2)
-    pytest.fail(
-        f"no checkpoint after {timeout_s}s; job log:\n{slurm_log(job.paths.folder, '*.err')[-3000:]}"
-    )
+    pytest.fail(f"no checkpoint after {timeout_s}s; job log:\n{slurm_log(job.paths.folder, '*.err')[-3000:]}")
 
 
 @pytest.mark.slow
 @pytest.mark.slurm
-def test_preempted_job_requeues_and_matches(
-    slurm_cluster, tiny_imagefolder, tmp_path, local_ddp
-):
+def test_preempted_job_requeues_and_matches(slurm_cluster, tiny_imagefolder, tmp_path, local_ddp):
     """SIGTERM + SIGUSR2 as SLURM sends on preemption (submitit's ``_interrupt``): the engine
     saves at the next step, submitit requeues, the job resumes and ends bit-identical."""
     ref_out, ref = local_ddp
@@ -142,9 +134,7 @@ def test_preempted_job_requeues_and_matches(
 
 @pytest.mark.slow
 @pytest.mark.slurm
-def test_scheduler_requeue_resumes_from_last_checkpoint(
-    slurm_cluster, tiny_imagefolder, tmp_path, local_ddp
-):
+def test_scheduler_requeue_resumes_from_last_checkpoint(slurm_cluster, tiny_imagefolder, tmp_path, local_ddp):
     """``scontrol requeue`` (no signal to the job: it is killed) -> restart from the periodic checkpoint."""
     ref_out, ref = local_ddp
     job = ddp_job(tiny_imagefolder, tmp_path / "run")
@@ -206,9 +196,7 @@ class SlowUntilRequeued(TrainTask):
 
 @pytest.mark.slow
 @pytest.mark.slurm
-def test_crash_in_one_rank_fails_the_stage_quickly(
-    slurm_cluster, tiny_imagefolder, tmp_path
-):
+def test_crash_in_one_rank_fails_the_stage_quickly(slurm_cluster, tiny_imagefolder, tmp_path):
     job = ddp_job(tiny_imagefolder, tmp_path / "run")
     t0 = time.monotonic()
     submitted = _submit(job, tmp_path / "logs", task=CrashOnRankOne(job))
@@ -219,9 +207,7 @@ def test_crash_in_one_rank_fails_the_stage_quickly(
     message = str(err.value)
     assert f"training job {submitted.job_id}" in message
     assert "injected failure on rank 1" in message and "task 1" in message
-    assert (
-        elapsed < 150
-    )  # srun --kill-on-bad-exit ends rank 0; nothing waits for a timeout
+    assert elapsed < 150  # srun --kill-on-bad-exit ends rank 0; nothing waits for a timeout
     state = subprocess.run(
         ["scontrol", "show", "job", "-o", submitted.job_id],
         check=False,
@@ -244,9 +230,7 @@ def test_crash_in_one_rank_fails_locally_too(tiny_imagefolder, tmp_path):
         wait(submitted)
     elapsed = time.monotonic() - t0
     print(f"local crash detected after {elapsed:.1f}s")
-    assert (
-        elapsed < 150
-    )  # rank 0's gloo collective fails as soon as rank 1's socket closes
+    assert elapsed < 150  # rank 0's gloo collective fails as soon as rank 1's socket closes
 
 
 def test_dry_run_paper_s60():
@@ -269,14 +253,8 @@ def test_dry_run_paper_s60():
     # 1129 images/s of inference.
     assert (params.model.name, cfg.img_size) == ("patchconvnet_s60", 224)
     assert p.gpu_hours == pytest.approx(625 * cfg.epochs * 2048 / (1129 / 3) / 3600)
-    assert (
-        p.sbatch["nodes"] == 2
-        and p.sbatch["ntasks_per_node"] == 8
-        and p.sbatch["gpus_per_node"] == 8
-    )
-    assert (
-        p.sbatch["cpus_per_task"] == s.cpus_per_task and p.sbatch["time"] == s.time_min
-    )
+    assert p.sbatch["nodes"] == 2 and p.sbatch["ntasks_per_node"] == 8 and p.sbatch["gpus_per_node"] == 8
+    assert p.sbatch["cpus_per_task"] == s.cpus_per_task and p.sbatch["time"] == s.time_min
     t0 = time.monotonic()
     text = dry_run(params)
     assert time.monotonic() - t0 < 60, "counting the grid's MACs must not take minutes"
@@ -306,8 +284,13 @@ def test_dry_run_paper_s60():
     ft = params.finetune
     assert by_name["finetune"].gmacs == pytest.approx(s60["gmacs"] * (ft.img_size / 224) ** 2, rel=0.05)
     assert by_name["finetune"].gpu_hours == pytest.approx(
-        plan(params, cfg=ft).total_steps * ft.batch_size * 3 * by_name["finetune"].gmacs
-        / (1129 * gmacs("patchconvnet_s60", {}, 224)) / 3600)
+        plan(params, cfg=ft).total_steps
+        * ft.batch_size
+        * 3
+        * by_name["finetune"].gmacs
+        / (1129 * gmacs("patchconvnet_s60", {}, 224))
+        / 3600
+    )
     # the largest point of the depth x width grid is L120 (paper: 52.9 GMACs at 224)
     assert by_name["depth_width@w1024-d120"].gmacs == pytest.approx(52.9, rel=0.01)
     assert by_name["depth_width@w1024-d120"].gpu_hours > 10 * by_name["depth_width@w384-d36"].gpu_hours
@@ -330,13 +313,7 @@ def test_dry_run_paper_s60():
 
     # DeiT's rule with the classic base: 5e-4 per 512 images -> 2e-3 at 2048.
     aug = cfg.aug.model_copy(update={"repeated_aug": 1})
-    deit = params.model_copy(
-        update={
-            "pretrain": cfg.model_copy(
-                update={"lr": 5e-4, "lr_base_batch": 512, "aug": aug}
-            )
-        }
-    )
+    deit = params.model_copy(update={"pretrain": cfg.model_copy(update={"lr": 5e-4, "lr_base_batch": 512, "aug": aug})})
     p = plan(deit)
     assert p.lr == pytest.approx(2e-3)
     assert p.steps_per_epoch == math.ceil(1_281_167 / 16) // 128 == 625
@@ -345,9 +322,7 @@ def test_dry_run_paper_s60():
 def yaml_params() -> dict:
     import yaml
 
-    return yaml.safe_load(
-        (Path(__file__).resolve().parents[1] / "params.yaml").read_text()
-    )
+    return yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
 
 
 def test_sbatch_parameters_pass_account_qos_and_skip_unset():
@@ -360,11 +335,7 @@ def test_sbatch_parameters_pass_account_qos_and_skip_unset():
     )
     params = slurm_parameters(lc, "pretrain")
     assert params["additional_parameters"] == {"account": "proj", "qos": "high"}
-    assert (
-        params["partition"] == "gpu"
-        and params["ntasks_per_node"] == 3
-        and "gpus_per_node" not in params
-    )
+    assert params["partition"] == "gpu" and params["ntasks_per_node"] == 3 and "gpus_per_node" not in params
     assert "constraint" not in params
     # submitit accepts them and writes them into the sbatch script.
     from submitit.slurm.slurm import _make_sbatch_string
@@ -386,11 +357,15 @@ def test_cold_start_after_the_cluster_died_mid_job_leaves_no_orphan(slurm_cluste
 
     job = subprocess.run(
         ["sbatch", "--parsable", "-o", str(tmp_path / "orphan.out"), "--wrap", "sleep 60"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.strip()
     deadline = time.time() + 60
-    while subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True,
-                         text=True).stdout.strip() != "RUNNING":
+    while (
+        subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True).stdout.strip()
+        != "RUNNING"
+    ):
         assert time.time() < deadline, f"job {job} never started"
         time.sleep(0.5)
     state_dir = Path(os.environ.get("PCN_SLURM_DIR", "/tmp/pcn-slurm"))

@@ -44,22 +44,13 @@ def test_same_seed_same_bytes_different_seed_differs(demo, tmp_path):
     again = generate(tmp_path / "again", SMALL, progress=False)
     assert again["content_hash"] == summary["content_hash"] == summary["hash"]
     files = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
-    assert files == sorted(
-        p.relative_to(tmp_path / "again")
-        for p in (tmp_path / "again").rglob("*")
-        if p.is_file()
-    )
+    assert files == sorted(p.relative_to(tmp_path / "again") for p in (tmp_path / "again").rglob("*") if p.is_file())
     for rel in files[:: max(1, len(files) // 25)]:
         assert (out / rel).read_bytes() == (tmp_path / "again" / rel).read_bytes(), rel
-    other = generate(
-        tmp_path / "other", DemoSpec(**{**SMALL.__dict__, "seed": 8}), progress=False
-    )
+    other = generate(tmp_path / "other", DemoSpec(**{**SMALL.__dict__, "seed": 8}), progress=False)
     assert other["content_hash"] != summary["content_hash"]
     assert syn.content_hash(out) == summary["content_hash"]
-    assert (
-        json.loads((out / syn.SUMMARY_FILE).read_text())["content_hash"]
-        == summary["content_hash"]
-    )
+    assert json.loads((out / syn.SUMMARY_FILE).read_text())["content_hash"] == summary["content_hash"]
 
 
 @pytest.mark.slow  # spawning workers takes seconds (tens of seconds on a loaded machine)
@@ -71,9 +62,7 @@ def test_worker_processes_give_the_same_files(demo, tmp_path):
 
 def test_per_image_seeding_is_order_independent():
     a = syn.render_classification_sample(syn._rng(SMALL, "cls_train", 5), SMALL, 3)
-    syn.render_classification_sample(
-        syn._rng(SMALL, "cls_train", 4), SMALL, 2
-    )  # unrelated draw
+    syn.render_classification_sample(syn._rng(SMALL, "cls_train", 4), SMALL, 2)  # unrelated draw
     b = syn.render_classification_sample(syn._rng(SMALL, "cls_train", 5), SMALL, 3)
     assert np.array_equal(a[0], b[0]) and a[2] == b[2]
 
@@ -151,7 +140,8 @@ def test_loc_val_solution(demo):
         assert 0 <= x0 <= x1 < w and 0 <= y0 <= y1 < h
         i = int(r["ImageId"].rsplit("_", 1)[1]) - 1  # val image i is ILSVRC2012_val_<i+1>
         _, label, xywh, mask = syn.render_classification_sample(
-            syn._rng(SMALL, "cls_val", i), SMALL, i % SMALL.n_classes)
+            syn._rng(SMALL, "cls_val", i), SMALL, i % SMALL.n_classes
+        )
         assert ids[label] == wnid and mask_to_box(mask) == xywh == [x0, y0, x1 - x0 + 1, y1 - y0 + 1]
 
 
@@ -223,8 +213,10 @@ def test_ade_layout(demo):
     assert info[0].split("\t") == ["Idx", "Ratio", "Train", "Val", "Name"]
     rows = [line.split("\t") for line in info[1:]]
     assert [int(r[0]) for r in rows] == list(range(1, len(names) + 1)) and [r[4] for r in rows] == names
-    for split, short, n, col in (("training", "train", SMALL.n_scenes_train, 2),
-                                 ("validation", "val", SMALL.n_scenes_val, 3)):
+    for split, short, n, col in (
+        ("training", "train", SMALL.n_scenes_train, 2),
+        ("validation", "val", SMALL.n_scenes_val, 3),
+    ):
         imgs = sorted((ade / "images" / split).glob("*.jpg"))
         anns = sorted((ade / "annotations" / split).glob("*.png"))
         assert len(imgs) == len(anns) == n
@@ -247,8 +239,9 @@ def test_ade_and_coco_agree(demo):
     coco = _coco(out, "val")
     label_of = {cid: k + 2 for k, cid in enumerate(syn.DEMO_CATEGORY_IDS)}
     for i, img in enumerate(coco.dataset["images"]):
-        lab = np.asarray(Image.open(out / "ADEChallengeData2016" / "annotations" / "validation"
-                                    / f"ADE_val_{i + 1:08d}.png"))
+        lab = np.asarray(
+            Image.open(out / "ADEChallengeData2016" / "annotations" / "validation" / f"ADE_val_{i + 1:08d}.png")
+        )
         for a in coco.loadAnns(coco.getAnnIds(imgIds=img["id"])):
             m = coco.annToMask(a).astype(bool)
             inside = (lab[m] == label_of[a["category_id"]]).mean()
@@ -313,11 +306,7 @@ def test_scene_objects(index):
     union = np.zeros((n, n), dtype=int)
     for obj in objects:
         m = obj["mask"]
-        assert (
-            m.shape == (n, n)
-            and obj["box"] == mask_to_box(m)
-            and obj["area"] == int(m.sum()) > 0
-        )
+        assert m.shape == (n, n) and obj["box"] == mask_to_box(m) and obj["area"] == int(m.sum()) > 0
         assert 0 <= obj["class_id"] < SMALL.n_classes
         union += m
     assert union.max() <= 1  # occlusion: visible masks are disjoint
@@ -334,12 +323,7 @@ def test_every_shape_renders():
         m = cov >= 0.5
         assert cov.shape == (40, 40) and 0.15 * 1600 < m.sum() < 0.8 * 1600
         # the shape lies within the square (extent within the inscribed circle)
-        assert (
-            not m[0].any()
-            and not m[-1].any()
-            and not m[:, 0].any()
-            and not m[:, -1].any()
-        )
+        assert not m[0].any() and not m[-1].any() and not m[:, 0].any() and not m[:, -1].any()
 
 
 def test_spec_validation():
@@ -372,9 +356,7 @@ def test_failed_generation_leaves_nothing(tmp_path, monkeypatch):
 
 def test_failed_regeneration_keeps_old_and_success_replaces(tmp_path, monkeypatch):
     out = tmp_path / "data"
-    tiny = DemoSpec(
-        seed=1, train_per_class=1, val_per_class=1, n_scenes_train=2, n_scenes_val=2
-    )
+    tiny = DemoSpec(seed=1, train_per_class=1, val_per_class=1, n_scenes_train=2, n_scenes_val=2)
     first = generate(out, tiny, progress=False)
     (out / "marker").write_text("old")
 
@@ -389,6 +371,4 @@ def test_failed_regeneration_keeps_old_and_success_replaces(tmp_path, monkeypatc
     second = generate(out, tiny, progress=False)
     assert not (out / "marker").exists()
     assert second["content_hash"] == first["content_hash"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "data"
-    ]  # old copy and temp dirs removed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # old copy and temp dirs removed

@@ -61,20 +61,14 @@ def weights(out: Path) -> dict[str, torch.Tensor]:
 def assert_same_weights(a: Path, b: Path) -> None:
     wa, wb = weights(a), weights(b)
     assert wa.keys() == wb.keys()
-    diff = {
-        k: (wa[k].float() - wb[k].float()).abs().max().item()
-        for k in wa
-        if not torch.equal(wa[k], wb[k])
-    }
+    diff = {k: (wa[k].float() - wb[k].float()).abs().max().item() for k in wa if not torch.equal(wa[k], wb[k])}
     assert not diff, f"weights differ: {diff}"
 
 
 def comparable(result: dict) -> dict:
     """A result without wall-clock numbers."""
     out = {k: v for k, v in result.items() if k not in TIMING_KEYS}
-    out["history"] = [
-        {k: v for k, v in e.items() if k not in TIMING_KEYS} for e in result["history"]
-    ]
+    out["history"] = [{k: v for k, v in e.items() if k not in TIMING_KEYS} for e in result["history"]]
     return out
 
 
@@ -108,21 +102,11 @@ def test_loss_decreases_and_metrics_file(tiny_imagefolder, tmp_path):
     result = engine.run(job)
     losses = [e["train_loss"] for e in result["history"]]
     assert losses[-1] < 0.8 * losses[0], losses
-    assert result["loss"] < math.log(3), (
-        result
-    )  # better than chance on the validation images
+    assert result["loss"] < math.log(3), result  # better than chance on the validation images
 
     saved = json.loads(Path(job.metrics_path).read_text())
-    assert (
-        saved["status"] == "finished"
-        and saved["epochs"] == 4
-        and saved["global_step"] == 4 * 6
-    )
-    assert (
-        saved["val_images"] == 12
-        and saved["world_size"] == 1
-        and saved["steps_per_epoch"] == 6
-    )
+    assert saved["status"] == "finished" and saved["epochs"] == 4 and saved["global_step"] == 4 * 6
+    assert saved["val_images"] == 12 and saved["world_size"] == 1 and saved["steps_per_epoch"] == 6
     for key in ("top1", "top5", "loss"):
         assert isinstance(saved[key], float)
     assert 0.0 <= saved["top1"] <= saved["top5"] <= 100.0
@@ -148,9 +132,7 @@ def test_loss_decreases_and_metrics_file(tiny_imagefolder, tmp_path):
 
 
 def test_eval_every_skips_epochs_but_always_evaluates_last(tiny_imagefolder, tmp_path):
-    result = engine.run(
-        make_job(tiny_imagefolder, tmp_path, epochs=3, eval_every=2, max_steps=None)
-    )
+    result = engine.run(make_job(tiny_imagefolder, tmp_path, epochs=3, eval_every=2, max_steps=None))
     evaluated = [e["epoch"] for e in result["history"] if "val_top1" in e]
     assert evaluated == [2, 3]
 
@@ -165,23 +147,17 @@ def test_same_seed_same_weights(tiny_imagefolder, tmp_path, reference):
 
 def test_resume_after_max_steps_is_exact(tiny_imagefolder, tmp_path, reference):
     ref_out, ref_result = reference
-    first = engine.run(
-        make_job(tiny_imagefolder, tmp_path, max_steps=7, **FULL_RECIPE)
-    )  # mid-epoch 2
+    first = engine.run(make_job(tiny_imagefolder, tmp_path, max_steps=7, **FULL_RECIPE))  # mid-epoch 2
     assert first["global_step"] == 7
     result = engine.run(make_job(tiny_imagefolder, tmp_path, **FULL_RECIPE))
     assert result["global_step"] == ref_result["global_step"] == 18
     assert_same_weights(ref_out, tmp_path)
-    ema_ref, ema = (
-        ckpt.load(p / "model_ema.pth")["model"] for p in (ref_out, tmp_path)
-    )
+    ema_ref, ema = (ckpt.load(p / "model_ema.pth")["model"] for p in (ref_out, tmp_path))
     assert all(torch.equal(ema_ref[k], ema[k]) for k in ema_ref)
     assert comparable(result) == comparable(ref_result)
 
 
-def test_resume_after_crash_uses_periodic_checkpoint(
-    tiny_imagefolder, tmp_path, reference
-):
+def test_resume_after_crash_uses_periodic_checkpoint(tiny_imagefolder, tmp_path, reference):
     ref_out, _ = reference
     calls = {"n": 0}
 
@@ -192,12 +168,8 @@ def test_resume_after_crash_uses_periodic_checkpoint(
         return False
 
     with pytest.raises(RuntimeError, match="injected crash"):
-        engine.run(
-            make_job(tiny_imagefolder, tmp_path, **FULL_RECIPE), stop=crash_at_step_10
-        )
-    assert (
-        ckpt.load(tmp_path / "last.pth")["global_step"] == 8
-    )  # checkpoint_every_steps=4
+        engine.run(make_job(tiny_imagefolder, tmp_path, **FULL_RECIPE), stop=crash_at_step_10)
+    assert ckpt.load(tmp_path / "last.pth")["global_step"] == 8  # checkpoint_every_steps=4
     engine.run(make_job(tiny_imagefolder, tmp_path, **FULL_RECIPE))
     assert_same_weights(ref_out, tmp_path)
 
@@ -210,9 +182,7 @@ def test_stop_request_saves_and_resumes_exactly(tiny_imagefolder, tmp_path, refe
         calls["n"] += 1
         return calls["n"] >= 5
 
-    first = engine.run(
-        make_job(tiny_imagefolder, tmp_path, **FULL_RECIPE), stop=stop_after_step_5
-    )
+    first = engine.run(make_job(tiny_imagefolder, tmp_path, **FULL_RECIPE), stop=stop_after_step_5)
     assert first == {"status": "interrupted", "global_step": 5}
     assert not (tmp_path / "model.pth").exists()
     assert ckpt.load(tmp_path / "last.pth")["global_step"] == 5
@@ -256,9 +226,7 @@ def test_interrupted_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]
 
     # A crash between the write and the rename leaves the old file too.
-    monkeypatch.setattr(
-        os, "replace", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt())
-    )
+    monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
         ckpt.save({"step": 3, "w": torch.ones(4)}, path)
     monkeypatch.undo()
@@ -276,16 +244,10 @@ def test_rng_state_roundtrips_through_weights_only(tmp_path):
     expected = (torch.rand(3), np.random.rand(3), random.random())
     ckpt.set_rng_state(ckpt.load(tmp_path / "r.pth")["rng"])
     got = (torch.rand(3), np.random.rand(3), random.random())
-    assert (
-        torch.equal(expected[0], got[0])
-        and (expected[1] == got[1]).all()
-        and expected[2] == got[2]
-    )
+    assert torch.equal(expected[0], got[0]) and (expected[1] == got[1]).all() and expected[2] == got[2]
 
 
-def test_finetune_from_checkpoint_new_head_higher_resolution(
-    tiny_imagefolder, tmp_path
-):
+def test_finetune_from_checkpoint_new_head_higher_resolution(tiny_imagefolder, tmp_path):
     import timm
 
     from pcn.models import CheckpointError
@@ -341,11 +303,7 @@ def test_schedule_scaling_and_weight_decay_groups(tiny_imagefolder, tmp_path):
     model = engine.build_model(job)
     recipe = build_recipe(cfg, model, steps_per_epoch=10, num_classes=3)
     peak = 5e-4 * 64 / 32
-    assert (
-        recipe.lr == pytest.approx(peak)
-        and recipe.total_steps == 40
-        and recipe.warmup_steps == 10
-    )
+    assert recipe.lr == pytest.approx(peak) and recipe.total_steps == 40 and recipe.warmup_steps == 10
 
     def expected(
         step: int,
@@ -356,21 +314,13 @@ def test_schedule_scaling_and_weight_decay_groups(tiny_imagefolder, tmp_path):
 
     for step in range(41):
         recipe.scheduler.step_update(step)
-        assert recipe.optimizer.param_groups[0]["lr"] == pytest.approx(
-            expected(step), rel=1e-9
-        ), step
+        assert recipe.optimizer.param_groups[0]["lr"] == pytest.approx(expected(step), rel=1e-9), step
     decays = {g["weight_decay"] for g in recipe.optimizer.param_groups}
     assert decays == {0.0, 0.05}
-    no_decay = {
-        id(p)
-        for g in recipe.optimizer.param_groups
-        if g["weight_decay"] == 0
-        for p in g["params"]
-    }
+    no_decay = {id(p) for g in recipe.optimizer.param_groups if g["weight_decay"] == 0 for p in g["params"]}
     names = {n for n, p in model.named_parameters() if id(p) in no_decay}
     assert "cls_token" in names and all(
-        n.endswith(".bias") or n == "cls_token" or model.get_parameter(n).ndim <= 1
-        for n in names
+        n.endswith(".bias") or n == "cls_token" or model.get_parameter(n).ndim <= 1 for n in names
     )
 
 
@@ -401,8 +351,7 @@ def test_evaluate_reports_a_collapse_onto_the_class_token():
     assert torch.allclose(logits, logits[:1].expand_as(logits), atol=1e-4)  # the image no longer matters
     state = engine.LoopState()
     with pytest.warns(UserWarning, match="no longer depends on the image"):
-        engine._evaluate_into(state, model, [(images, labels)], torch.device("cpu"),
-                              type("R", (), {"ema": None})())
+        engine._evaluate_into(state, model, [(images, labels)], torch.device("cpu"), type("R", (), {"ema": None})())
     multi = timm.create_model("patchconvnet_demo_multi", num_classes=3, embed_dim=32, depth=2)
     assert "cls_self_attention" not in engine.evaluate(multi, [(images, labels)], torch.device("cpu"))
 
@@ -436,13 +385,24 @@ def test_one_trainer_per_results_folder(tmp_path):
     from pcn.train.lock import FolderBusy, trainer_lock
 
     out = tmp_path / "results" / "pretrain"
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pcn.train.lock import trainer_lock\n"
-        f"with trainer_lock({str(out)!r}, 'pretrain'):\n"
-        "    print('held', flush=True); time.sleep(600)")], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, time; from pcn.train.lock import trainer_lock\n"
+                f"with trainer_lock({str(out)!r}, 'pretrain'):\n"
+                "    print('held', flush=True); time.sleep(600)"
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(FolderBusy, match=rf"pretrain is already being trained there by job \S+ \(pid {holder.pid} "):
+        with pytest.raises(
+            FolderBusy, match=rf"pretrain is already being trained there by job \S+ \(pid {holder.pid} "
+        ):
             with trainer_lock(out, "pretrain"):
                 pass
     finally:
@@ -469,13 +429,21 @@ def test_a_terminated_stage_cancels_the_job_it_submitted(tiny_imagefolder, tmp_p
 
     job = make_job(tiny_imagefolder, tmp_path / "run", epochs=500, checkpoint_every_steps=1)
     (tmp_path / "job.pkl").write_bytes(pickle.dumps(job))
-    stage = subprocess.Popen([sys.executable, "-c", (
-        "import pickle, sys; sys.path.insert(0, %r)\n"
-        "from pcn.config import LauncherConfig; from pcn.train.launch import launch\n"
-        "job = pickle.loads(open(%r, 'rb').read())\n"
-        "launch(job, LauncherConfig(kind='local'), %r)") % (str(Path(__file__).parent), str(tmp_path / "job.pkl"),
-                                                            str(tmp_path / "logs"))],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    stage = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                f"import pickle, sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+                "from pcn.config import LauncherConfig; from pcn.train.launch import launch\n"
+                f"job = pickle.loads(open({str(tmp_path / 'job.pkl')!r}, 'rb').read())\n"
+                f"launch(job, LauncherConfig(kind='local'), {str(tmp_path / 'logs')!r})"
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     last = tmp_path / "run" / "last.pth"
     deadline = time.monotonic() + 120
     while not last.exists() and time.monotonic() < deadline:  # the job trains and checkpoints

@@ -21,9 +21,11 @@ TINY_OPTIONS = {"embed_dim": 32, "depth": 4}  # a patchconvnet_demo small enough
 # --- fixtures: tiny datasets in the official layouts (docs/datasets.md) ----------------------
 
 ADE_CLASSES = 6  # label ids 1..6; the scenes use 1..3 only, so 4..6 are absent from val
-COCO_CATEGORIES = [{"id": 3, "name": "car", "supercategory": "vehicle"},  # COCO's ids skip numbers
-                   {"id": 17, "name": "cat", "supercategory": "animal"},
-                   {"id": 88, "name": "teddy bear", "supercategory": "indoor"}]
+COCO_CATEGORIES = [
+    {"id": 3, "name": "car", "supercategory": "vehicle"},  # COCO's ids skip numbers
+    {"id": 17, "name": "cat", "supercategory": "animal"},
+    {"id": 88, "name": "teddy bear", "supercategory": "indoor"},
+]
 COLOURS = {1: (220, 40, 40), 2: (40, 220, 40), 3: (40, 40, 220)}
 SCENE = (64, 80)  # height, width: not square, so the longer-side cap matters
 
@@ -90,20 +92,39 @@ def write_coco(root: Path, n_train: int = 8, n_val: int = 4, seed: int = 0) -> P
             Image.fromarray(_scene(rng, list(zip(ks, boxes)))).save(coco / f"{split}2017" / name, quality=95)
             images.append({"id": image_id, "file_name": name, "height": SCENE[0], "width": SCENE[1]})
             for kk, (x0, y0, x1, y1) in zip(ks, boxes):
-                anns.append({"id": ann_id, "image_id": image_id, "category_id": cats[kk - 1], "iscrowd": 0,
-                             "segmentation": [[x0, y0, x1, y0, x1, y1, x0, y1]],
-                             "area": float((x1 - x0) * (y1 - y0)), "bbox": [x0, y0, x1 - x0, y1 - y0]})
+                anns.append(
+                    {
+                        "id": ann_id,
+                        "image_id": image_id,
+                        "category_id": cats[kk - 1],
+                        "iscrowd": 0,
+                        "segmentation": [[x0, y0, x1, y0, x1, y1, x0, y1]],
+                        "area": float((x1 - x0) * (y1 - y0)),
+                        "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    }
+                )
                 ann_id += 1
             if split == "val" and k == 0:  # a crowd region: COCOeval's ignore
                 mask = np.zeros(SCENE, np.uint8)
                 mask[40:60, 50:76] = 1
-                anns.append({"id": ann_id, "image_id": image_id, "category_id": cats[0], "iscrowd": 1,
-                             "segmentation": _uncompressed_rle(mask), "area": float(mask.sum()),
-                             "bbox": [50, 40, 26, 20]})
+                anns.append(
+                    {
+                        "id": ann_id,
+                        "image_id": image_id,
+                        "category_id": cats[0],
+                        "iscrowd": 1,
+                        "segmentation": _uncompressed_rle(mask),
+                        "area": float(mask.sum()),
+                        "bbox": [50, 40, 26, 20],
+                    }
+                )
                 ann_id += 1
         (coco / "annotations").mkdir(exist_ok=True)
-        (coco / "annotations" / f"instances_{split}2017.json").write_text(json.dumps(
-            {"info": {"description": "test"}, "images": images, "annotations": anns, "categories": COCO_CATEGORIES}))
+        (coco / "annotations" / f"instances_{split}2017.json").write_text(
+            json.dumps(
+                {"info": {"description": "test"}, "images": images, "annotations": anns, "categories": COCO_CATEGORIES}
+            )
+        )
     return coco
 
 
@@ -127,16 +148,37 @@ def data_copy(tiny_data, tmp_path) -> Path:
 def _job(task, init, data, out, iters=3, checkpoint=None, **cfg):
     from pcn.transfer import TransferJob
 
-    config = {"img_size": 64, "iters": iters, "batch_size": 2, "lr": 1e-3, "weight_decay": 0.01,
-              "decoder_channels": 16, "fpn_channels": 16, "min_sizes": [64], "test_size": 64, "max_size": 96,
-              "n_classes": ADE_CLASSES, "loss": "weighted_ce_dice"}
+    config = {
+        "img_size": 64,
+        "iters": iters,
+        "batch_size": 2,
+        "lr": 1e-3,
+        "weight_decay": 0.01,
+        "decoder_channels": 16,
+        "fpn_channels": 16,
+        "min_sizes": [64],
+        "test_size": 64,
+        "max_size": 96,
+        "n_classes": ADE_CLASSES,
+        "loss": "weighted_ce_dice",
+    }
     config.update(cfg)
     name = task if init == "pretrained" else f"{task}_{init}"
     root = data / ("ADEChallengeData2016" if task == "segmentation" else "coco")
-    return TransferJob(task=task, init=init, model="patchconvnet_demo", model_options=dict(TINY_OPTIONS),
-                       config=config, data_root=str(root), out_dir=str(out / "results" / name),
-                       plots_path=str(out / "plots" / f"{name}.csv"), checkpoint=checkpoint, threads=1,
-                       device="cpu", stage=name)
+    return TransferJob(
+        task=task,
+        init=init,
+        model="patchconvnet_demo",
+        model_options=dict(TINY_OPTIONS),
+        config=config,
+        data_root=str(root),
+        out_dir=str(out / "results" / name),
+        plots_path=str(out / "plots" / f"{name}.csv"),
+        checkpoint=checkpoint,
+        threads=1,
+        device="cpu",
+        stage=name,
+    )
 
 
 def _classification_checkpoint(path: Path, **options) -> Path:
@@ -153,10 +195,13 @@ def _classification_checkpoint(path: Path, **options) -> Path:
 
 
 @pytest.mark.parametrize("size", [64, 96, 128, 160])
-@pytest.mark.parametrize("name,options,stem", [
-    ("patchconvnet_demo", {}, 8),
-    ("patchconvnet_s60", {"embed_dim": 32, "depth": 4}, 16),
-])
+@pytest.mark.parametrize(
+    "name,options,stem",
+    [
+        ("patchconvnet_demo", {}, 8),
+        ("patchconvnet_s60", {"embed_dim": 32, "depth": 4}, 16),
+    ],
+)
 def test_pyramid_strides(name, options, stem, size):
     from pcn.transfer.pyramid import create_pyramid_backbone
 
@@ -260,10 +305,12 @@ def test_iteration_sampler_shards_every_global_batch():
     single = list(IterationSampler(n, batch, iters, seed=3))
     assert len(single) == iters * batch and sorted(single[:n]) == list(range(n))  # a permutation per pass
     shards = [list(IterationSampler(n, batch, iters, seed=3, rank=r, world_size=2)) for r in range(2)]
-    assert all(len(sh) == len(IterationSampler(n, batch, iters, 3, rank=r, world_size=2)) == iters * 2
-               for r, sh in enumerate(shards))
+    assert all(
+        len(sh) == len(IterationSampler(n, batch, iters, 3, rank=r, world_size=2)) == iters * 2
+        for r, sh in enumerate(shards)
+    )
     for it in range(iters):
-        assert shards[0][2 * it:2 * it + 2] + shards[1][2 * it:2 * it + 2] == single[batch * it:batch * (it + 1)]
+        assert shards[0][2 * it : 2 * it + 2] + shards[1][2 * it : 2 * it + 2] == single[batch * it : batch * (it + 1)]
     resumed = list(IterationSampler(n, batch, iters, seed=3, start=2, rank=1, world_size=2))
     assert resumed == shards[1][4:]
     with pytest.raises(ValueError, match="global batch of 4 does not split over 3 ranks"):
@@ -285,8 +332,9 @@ def test_evaluation_shards_cover_the_set_once():
 def test_ade_loader_reads_official_layout(tiny_data):
     from pcn.transfer.datasets import AdeSegmentation, ade_train_transforms
 
-    ds = AdeSegmentation(tiny_data / "ADEChallengeData2016", "train", n_classes=ADE_CLASSES,
-                         transforms=ade_train_transforms(64))
+    ds = AdeSegmentation(
+        tiny_data / "ADEChallengeData2016", "train", n_classes=ADE_CLASSES, transforms=ade_train_transforms(64)
+    )
     assert ds.n_classes == ADE_CLASSES and len(ds) == 8 and len(ds.class_names) == ADE_CLASSES
     image, label, _ = ds[0]
     assert image.shape == (3, 64, 64) and image.dtype == torch.float32
@@ -473,8 +521,9 @@ def test_segmentation_loss_follows_config(tiny_data, tmp_path):
     logits, target = torch.randn(1, ADE_CLASSES, 4, 4), torch.randint(0, 3, (1, 4, 4))
     masked = target.clone()
     masked[0, 0] = -1
-    expected = torch.nn.functional.cross_entropy(logits.permute(0, 2, 3, 1)[0, 1:].reshape(-1, ADE_CLASSES),
-                                                 target[0, 1:].reshape(-1))
+    expected = torch.nn.functional.cross_entropy(
+        logits.permute(0, 2, 3, 1)[0, 1:].reshape(-1, ADE_CLASSES), target[0, 1:].reshape(-1)
+    )
     assert ce(logits, masked) == pytest.approx(expected.item())
     with pytest.raises(ValueError, match="segmentation.loss = 'focal'"):
         build_criterion(_job("segmentation", "scratch", tiny_data, tmp_path, loss="focal"), train)
@@ -545,6 +594,7 @@ def test_training_resumes_from_last_checkpoint(tiny_data, tmp_path, monkeypatch)
             if calls["n"] == 4:
                 raise KeyboardInterrupt("preempted")
             return step_fn(batch)
+
         return real_loop(job_, model, opt, sched, loader_from, step, iters, *a, **k)
 
     monkeypatch.setattr(segmentation, "train_loop", crash_at_3)
@@ -609,8 +659,9 @@ def _stage_dir(tmp_path: Path, data: Path, iters: int = 2, backbone: str = "pret
     params["runtime"]["threads"] = 1
     params["data"]["num_workers"] = 0
     params["segmentation"].update(img_size=64, iters=iters, batch_size=2, decoder_channels=16, n_classes=ADE_CLASSES)
-    params["detection"].update(img_size=64, iters=iters, batch_size=2, fpn_channels=16, min_sizes=[56, 64],
-                               test_size=64, max_size=96)
+    params["detection"].update(
+        img_size=64, iters=iters, batch_size=2, fpn_channels=16, min_sizes=[56, 64], test_size=64, max_size=96
+    )
     for task in ("segmentation", "detection"):
         params[task]["backbone"] = backbone
     (work / "params.yaml").write_text(yaml.safe_dump(params))
@@ -622,8 +673,15 @@ def _stage_dir(tmp_path: Path, data: Path, iters: int = 2, backbone: str = "pret
 def _pcn(work: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}", "PYTHONPATH": str(ROOT)}
     env.pop("PCN_PIPELINE_RUN_ID", None)
-    return subprocess.run([sys.executable, "-m", "pcn.cli", *args], cwd=work, env=env, capture_output=True,
-                          text=True, timeout=600, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "pcn.cli", *args],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
 
 
 def _main_in(work: Path, monkeypatch, *argv: str) -> int:
@@ -641,8 +699,12 @@ def test_cli_bad_coco_exits_2_and_writes_nothing(data_copy, tmp_path, monkeypatc
     _coco_file(work / "data" / "demo").write_text("not json")
     assert _main_in(work, monkeypatch, "detection", "--init", "scratch") == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("pcn detection: error:")]
-    assert errors == [("pcn detection: error: data/demo/coco/annotations/instances_val2017.json: "
-                       "not valid JSON (Expecting value at line 1)")]
+    assert errors == [
+        (
+            "pcn detection: error: data/demo/coco/annotations/instances_val2017.json: "
+            "not valid JSON (Expecting value at line 1)"
+        )
+    ]
     assert not (work / "results" / "detection_scratch").exists()
     assert not (work / "metrics").exists() and not (work / "plots").exists()
 
@@ -651,8 +713,10 @@ def test_cli_missing_backbone_checkpoint_names_it(tiny_data, tmp_path, monkeypat
     work = _stage_dir(tmp_path, tiny_data, backbone="finetune")
     (work / "results" / "finetune" / "model.pth").unlink()
     assert _main_in(work, monkeypatch, "segmentation", "--init", "pretrained") == 2
-    assert ("pcn segmentation: error: results/finetune/model.pth: backbone checkpoint not found "
-            "(run `pcn finetune`, or pass --checkpoint)") in capsys.readouterr().err
+    assert (
+        "pcn segmentation: error: results/finetune/model.pth: backbone checkpoint not found "
+        "(run `pcn finetune`, or pass --checkpoint)"
+    ) in capsys.readouterr().err
     assert not (work / "results" / "segmentation").exists()
 
 
@@ -664,8 +728,10 @@ def test_cli_batch_must_split_over_the_ranks(tiny_data, tmp_path, monkeypatch, c
     params["launcher"]["tasks"] = 3
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     assert _main_in(work, monkeypatch, "segmentation", "--init", "scratch") == 2
-    assert ("pcn segmentation: error: segmentation.batch_size = 2 does not split over the launcher's 3 ranks "
-            "(the global batch: a multiple of 3 expected)") in capsys.readouterr().err
+    assert (
+        "pcn segmentation: error: segmentation.batch_size = 2 does not split over the launcher's 3 ranks "
+        "(the global batch: a multiple of 3 expected)"
+    ) in capsys.readouterr().err
     assert not (work / "results" / "segmentation_scratch").exists()
 
 
@@ -678,8 +744,17 @@ def test_stage_outputs(tiny_data, tmp_path, task, init):
     name = task if init == "pretrained" else f"{task}_{init}"
     metrics = json.loads((work / "metrics" / f"{name}.json").read_text())
     if task == "segmentation":
-        assert {"mIoU", "mAcc", "aAcc", "per_class_iou", "predictions_dir", "annotations_dir", "init", "iters",
-                "seconds"} <= set(metrics)
+        assert {
+            "mIoU",
+            "mAcc",
+            "aAcc",
+            "per_class_iou",
+            "predictions_dir",
+            "annotations_dir",
+            "init",
+            "iters",
+            "seconds",
+        } <= set(metrics)
         assert len(metrics["per_class_iou"]) == ADE_CLASSES
         assert len(list((work / metrics["predictions_dir"]).glob("*.png"))) == 4
         assert "backbone from results/finetune/model.pth" in r.stdout  # segmentation.backbone

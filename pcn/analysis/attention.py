@@ -152,33 +152,44 @@ def read_loc_solution(path: str | Path) -> dict[str, list[tuple[str, tuple[float
 
     path = Path(path)
     if not path.is_file():
-        raise DatasetError(f"{path}: file missing (ImageNet's localisation ground truth of val, "
-                           "rows 'ImageId,PredictionString')")
+        raise DatasetError(
+            f"{path}: file missing (ImageNet's localisation ground truth of val, rows 'ImageId,PredictionString')"
+        )
     out: dict[str, list] = {}
     with open(path, newline="") as f:
         rows = csv.reader(f)
         header = next(rows, None)
         if header is None or [h.strip() for h in header] != ["ImageId", "PredictionString"]:
-            raise DatasetError(f"{path}: line 1: header {','.join(header or [])!r}, expected 'ImageId,PredictionString'")
+            raise DatasetError(
+                f"{path}: line 1: header {','.join(header or [])!r}, expected 'ImageId,PredictionString'"
+            )
         for line, row in enumerate(rows, start=2):
             if not row:
                 continue
             if len(row) != 2 or not row[0].strip():
-                raise DatasetError(f"{path}: line {line}: expected 'ImageId,PredictionString', got {','.join(row)!r:.80}")
+                raise DatasetError(
+                    f"{path}: line {line}: expected 'ImageId,PredictionString', got {','.join(row)!r:.80}"
+                )
             tokens = row[1].split()
             if not tokens or len(tokens) % 5:
-                raise DatasetError(f"{path}: line {line}: PredictionString {row[1]!r:.80} is not groups of "
-                                   "'wnid x_min y_min x_max y_max'")
+                raise DatasetError(
+                    f"{path}: line {line}: PredictionString {row[1]!r:.80} is not groups of "
+                    "'wnid x_min y_min x_max y_max'"
+                )
             boxes = []
             for k in range(0, len(tokens), 5):
                 try:
                     x0, y0, x1, y1 = (float(v) for v in tokens[k + 1 : k + 5])
                 except ValueError:
-                    raise DatasetError(f"{path}: line {line}: box {' '.join(tokens[k:k + 5])!r} has a coordinate "
-                                       "that is not a number") from None
+                    raise DatasetError(
+                        f"{path}: line {line}: box {' '.join(tokens[k : k + 5])!r} has a coordinate "
+                        "that is not a number"
+                    ) from None
                 if not (0 <= x0 <= x1 and 0 <= y0 <= y1):
-                    raise DatasetError(f"{path}: line {line}: box {' '.join(tokens[k:k + 5])!r} is not "
-                                       "x_min <= x_max, y_min <= y_max (non-negative)")
+                    raise DatasetError(
+                        f"{path}: line {line}: box {' '.join(tokens[k : k + 5])!r} is not "
+                        "x_min <= x_max, y_min <= y_max (non-negative)"
+                    )
                 boxes.append((tokens[k], (x0, y0, x1, y1)))
             image_id = row[0].strip()
             if image_id in out:
@@ -187,8 +198,9 @@ def read_loc_solution(path: str | Path) -> dict[str, list[tuple[str, tuple[float
     return out
 
 
-def read_val_boxes(val_dir: str | Path, loc_csv: str | Path, train_classes: Sequence[str],
-                   n_images: int) -> list[ValImage]:
+def read_val_boxes(
+    val_dir: str | Path, loc_csv: str | Path, train_classes: Sequence[str], n_images: int
+) -> list[ValImage]:
     """The first ``n_images`` val images by file name (so that the classes interleave),
     each with its boxes of the labelled class from ``LOC_val_solution.csv``, matched by
     file stem.  A val image without a row, or without a box of its class, is refused."""
@@ -247,8 +259,11 @@ def load_images(items: Iterable[ValImage], img_size: int):
         if (h, w) != (img_size, img_size):
             arr = cv2.resize(arr, (img_size, img_size), interpolation=cv2.INTER_AREA)
         sx, sy = img_size / w, img_size / h
-        regions.append(boxes_mask([(x0 * sx, y0 * sy, (x1 + 1) * sx, (y1 + 1) * sy) for x0, y0, x1, y1 in it.boxes],
-                                  (img_size, img_size)))
+        regions.append(
+            boxes_mask(
+                [(x0 * sx, y0 * sy, (x1 + 1) * sx, (y1 + 1) * sy) for x0, y0, x1, y1 in it.boxes], (img_size, img_size)
+            )
+        )
         images.append(arr)
         tensors.append(norm(torch.from_numpy(arr).permute(2, 0, 1)))
     return np.stack(images), torch.stack(tensors), np.stack(regions)
@@ -329,8 +344,7 @@ def top1(logits: np.ndarray, labels: Sequence[int]) -> float:
     return float(100.0 * (np.argmax(logits, axis=1) == np.asarray(labels)).mean())
 
 
-def localisation_table(maps: dict[str, np.ndarray], regions: np.ndarray,
-                       threshold: float) -> dict[str, dict[str, Any]]:
+def localisation_table(maps: dict[str, np.ndarray], regions: np.ndarray, threshold: float) -> dict[str, dict[str, Any]]:
     """{method: {pointing_game, iou, n}} with the references added."""
     shape = regions.shape[1:]
     table = {name: score_maps(m, regions, threshold) for name, m in maps.items()}

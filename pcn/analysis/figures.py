@@ -60,8 +60,9 @@ def _normalise(m: np.ndarray) -> np.ndarray:
     return (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
 
 
-def attention_figure(images: np.ndarray, maps: dict[str, np.ndarray], titles: dict[str, str],
-                     captions: Sequence[str] = (), n: int = 8):
+def attention_figure(
+    images: np.ndarray, maps: dict[str, np.ndarray], titles: dict[str, str], captions: Sequence[str] = (), n: int = 8
+):
     """One row per image: the image, then each map as a heat overlay (the paper's Fig. 1 style)."""
     plt = _plt()
     n = min(n, len(images))
@@ -71,7 +72,7 @@ def attention_figure(images: np.ndarray, maps: dict[str, np.ndarray], titles: di
         axes[r, 0].imshow(images[r])
         if r < len(captions):
             axes[r, 0].set_ylabel(captions[r], fontsize=7)
-        for c, (name, m) in enumerate(maps.items(), start=1):
+        for c, m in enumerate(maps.values(), start=1):
             axes[r, c].imshow(images[r])
             axes[r, c].imshow(_normalise(m[r]), cmap="inferno", alpha=0.6, vmin=0, vmax=1)
         for ax in axes[r]:
@@ -84,8 +85,15 @@ def attention_figure(images: np.ndarray, maps: dict[str, np.ndarray], titles: di
     return fig
 
 
-def multiclass_figure(images: np.ndarray, maps: np.ndarray, class_names: Sequence[str], logits: np.ndarray,
-                      labels: Sequence[int], n: int = 8, top: int = 3):
+def multiclass_figure(
+    images: np.ndarray,
+    maps: np.ndarray,
+    class_names: Sequence[str],
+    logits: np.ndarray,
+    labels: Sequence[int],
+    n: int = 8,
+    top: int = 3,
+):
     """Multi-class tokens: the image, all K maps in one picture (each pixel takes the colour of
     the class whose map is largest there, brightness = that map), then the maps of the ``top``
     highest-scoring classes, each in its class colour."""
@@ -204,8 +212,12 @@ def ablation_chart(summary: dict[str, Any], directions: dict[str, str] | None = 
 def depth_width_figure(grid: list[dict[str, Any]]):
     """Top-1 against params, GMACs, throughput and peak memory over the depth x width grid."""
     plt = _plt()
-    axes_keys = [("params_m", "params (M)"), ("gmacs", "GMACs"), ("throughput", "throughput (im/s)"),
-                 ("peak_mem_mb", "peak memory (MB)")]
+    axes_keys = [
+        ("params_m", "params (M)"),
+        ("gmacs", "GMACs"),
+        ("throughput", "throughput (im/s)"),
+        ("peak_mem_mb", "peak memory (MB)"),
+    ]
     fig, axes = plt.subplots(1, 4, figsize=(13, 3))
     widths = sorted({g["width"] for g in grid})
     for ax, (key, label) in zip(axes, axes_keys):
@@ -215,7 +227,9 @@ def depth_width_figure(grid: list[dict[str, Any]]):
                 continue
             ax.plot([g[key] for g in pts], [g["top1"] for g in pts], marker="o", label=f"width {w}")
             for g in pts:
-                ax.annotate(f"d{g['depth']}", (g[key], g["top1"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+                ax.annotate(
+                    f"d{g['depth']}", (g[key], g["top1"]), fontsize=7, xytext=(3, 3), textcoords="offset points"
+                )
         ax.set(xlabel=label, ylabel="val top-1 (%)")
         ax.grid(alpha=0.3)
     axes[0].legend(frameon=False, fontsize=7)
@@ -246,8 +260,11 @@ def complexity_figure(rows: list[dict[str, Any]], device: str = "", img_size: in
 def transfer_figure(results: dict[str, dict[str, dict[str, Any]]]):
     """Pretrained vs scratch trunks on the dense tasks: {task: {init: metrics}}."""
     plt = _plt()
-    panels = [(task, key) for task, key in (("segmentation", "mIoU"), ("detection", "bbox_AP"),
-                                           ("detection", "segm_AP")) if task in results]
+    panels = [
+        (task, key)
+        for task, key in (("segmentation", "mIoU"), ("detection", "bbox_AP"), ("detection", "segm_AP"))
+        if task in results
+    ]
     panels = [(t, k) for t, k in panels if any(k in m for m in results[t].values())]
     fig, axes = plt.subplots(1, len(panels), figsize=(3 * len(panels), 3), squeeze=False)
     for ax, (task, key) in zip(axes[0], panels):
@@ -315,27 +332,45 @@ def build_figures(root: str | Path, out_dir: str | Path, directions: dict[str, s
         figures[name] = {"title": title, "files": files, "sources": [_rel(s, root) for s in sources]}
 
     plots = [root / "plots" / f"{s}.csv" for s in ("pretrain", "finetune")]
-    attempt("training_curves", "Training curves (pretrain, then fine-tune)", [p for p in plots if p.exists()] or plots,
-            lambda: training_curves({p.stem: read_csv(p) for p in plots if p.exists()}))
+    attempt(
+        "training_curves",
+        "Training curves (pretrain, then fine-tune)",
+        [p for p in plots if p.exists()] or plots,
+        lambda: training_curves({p.stem: read_csv(p) for p in plots if p.exists()}),
+    )
     abl = root / "metrics" / "ablations.json"
     attempt("ablations", "Ablations against the baseline", [abl], lambda: ablation_chart(_load(abl), directions))
-    attempt("depth_width", "Accuracy against cost over the depth x width grid", [abl],
-            lambda: depth_width_figure(_load(abl)["depth_width"]))
+    attempt(
+        "depth_width",
+        "Accuracy against cost over the depth x width grid",
+        [abl],
+        lambda: depth_width_figure(_load(abl)["depth_width"]),
+    )
     cx = root / "metrics" / "complexity.json"
-    attempt("complexity", "Params and GMACs of the model zoo and its peers (224 px)", [cx],
-            lambda: complexity_figure(_load(cx)["rows"], _load(cx).get("device", "")))
+    attempt(
+        "complexity",
+        "Params and GMACs of the model zoo and its peers (224 px)",
+        [cx],
+        lambda: complexity_figure(_load(cx)["rows"], _load(cx).get("device", "")),
+    )
 
     att_dir = root / "results" / "attention"
-    for name, title in (("attention_single", "Attention map of the single class token"),
-                        ("attention_multiclass", "Per-class attention maps of the multi-class model"),
-                        ("localisation", "Localisation scores of the maps")):
+    for name, title in (
+        ("attention_single", "Attention map of the single class token"),
+        ("attention_multiclass", "Per-class attention maps of the multi-class model"),
+        ("localisation", "Localisation scores of the maps"),
+    ):
         src = att_dir / f"{name}.png"
         attempt(name, title, [src], lambda name=name: _copy_pair(att_dir, out_dir, name))
 
     transfer = {t: _per_init(root, t) for t in ("segmentation", "detection")}
     transfer = {t: v for t, v in transfer.items() if v}
-    srcs = [root / "metrics" / f"{t}{s}.json" for t in transfer for s in ("", "_scratch")
-            if (root / "metrics" / f"{t}{s}.json").exists()] or [root / "metrics" / "segmentation.json"]
+    srcs = [
+        root / "metrics" / f"{t}{s}.json"
+        for t in transfer
+        for s in ("", "_scratch")
+        if (root / "metrics" / f"{t}{s}.json").exists()
+    ] or [root / "metrics" / "segmentation.json"]
     attempt("transfer", "Dense-task transfer: pretrained vs scratch trunk", srcs, lambda: transfer_figure(transfer))
     for task in ("segmentation", "detection"):
         pngs = []
@@ -345,8 +380,12 @@ def build_figures(root: str | Path, out_dir: str | Path, directions: dict[str, s
             if found:
                 pngs.append((found[0], label))
         srcs = [p for p, _ in pngs] or [root / "results" / task]
-        attempt(f"{task}_examples", f"{task.capitalize()} examples", srcs,
-                lambda pngs=pngs: compose_images([p for p, _ in pngs], [t for _, t in pngs]))
+        attempt(
+            f"{task}_examples",
+            f"{task.capitalize()} examples",
+            srcs,
+            lambda pngs=pngs: compose_images([p for p, _ in pngs], [t for _, t in pngs]),
+        )
 
     manifest = {"figures": figures, "skipped": skipped}
     (out_dir).mkdir(parents=True, exist_ok=True)

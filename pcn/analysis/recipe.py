@@ -59,11 +59,15 @@ def _entry(raw: Any, where: str) -> Entry:
         raise RecipeError(f"{where}: key = {key!r}: expected null, a dotted params key or a list of them")
     source = raw.get("source")
     if not isinstance(source, str) or not source.strip():
-        raise RecipeError(f"{where}: no 'source' (the paper's section/table, the official code's file:line, "
-                          f"or 'not stated; chosen because ...')")
+        raise RecipeError(
+            f"{where}: no 'source' (the paper's section/table, the official code's file:line, "
+            f"or 'not stated; chosen because ...')"
+        )
     if source.lower().startswith(UNSTATED) and "chosen because" not in source:
-        raise RecipeError(f"{where}: source {source!r} says the value is not stated but not why it was chosen "
-                          f"('not stated; chosen because ...')")
+        raise RecipeError(
+            f"{where}: source {source!r} says the value is not stated but not why it was chosen "
+            f"('not stated; chosen because ...')"
+        )
     unknown = set(raw) - {"topic", "key", "value", "source", "check"}
     if unknown:
         raise RecipeError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
@@ -112,8 +116,7 @@ def disagreements(entries: list[Entry], params) -> list[str]:
                 out.append(f"{e.topic}: {key} is not a key of the resolved paper-scale params")
                 continue
             if not same(got, want):
-                out.append(f"{e.topic}: {key} = {_plain(got)!r} in params.yaml (scale paper), "
-                           f"{want!r} in the recipe")
+                out.append(f"{e.topic}: {key} = {_plain(got)!r} in params.yaml (scale paper), {want!r} in the recipe")
     return out
 
 

@@ -222,8 +222,12 @@ class RunIndex:
     def stage_of(rel: str) -> tuple[str, dict[str, str]]:
         """The stage (and instance tags) that writes a metrics file."""
         p = Path(rel)
-        named = {"ablations.json": "summarize", "eval.json": "evaluate", "pixel_baseline.json": "pixel_baseline",
-                 "convert.json": "convert"}
+        named = {
+            "ablations.json": "summarize",
+            "eval.json": "evaluate",
+            "pixel_baseline.json": "pixel_baseline",
+            "convert.json": "convert",
+        }
         if p.parent.name in ("ablations", "resnet", "multiclass", "depth_width"):
             stage = {"ablations": "ablation", "resnet": "resnet_pool"}.get(p.parent.name, p.parent.name)
             m = re.fullmatch(r"(.+)-s(\d+)", p.stem)
@@ -241,8 +245,9 @@ class RunIndex:
             filt = [f"tags.`pcn.stage` = '{stage}'", "attributes.status = 'FINISHED'"]
             filt += [f"tags.`{k}` = '{v}'" for k, v in tags.items()]
             try:
-                runs = self._client.search_runs([self._exp_id], " and ".join(filt),
-                                                order_by=["attributes.start_time DESC"], max_results=1)
+                runs = self._client.search_runs(
+                    [self._exp_id], " and ".join(filt), order_by=["attributes.start_time DESC"], max_results=1
+                )
                 rid = runs[0].info.run_id if runs else None
             except Exception:  # noqa: BLE001
                 rid = None
@@ -277,15 +282,34 @@ def _zoo_top1(entry: dict, params, metrics: Metrics, imagenet: bool, not_imagene
     row = (top1_title(entry), model, entry["top1"], entry["source"])
     ev = metrics.load("metrics/eval.json") or {}
     if entry.get("pretraining") == "imagenet21k":
-        return (*row, None, "top1", "the paper's row is pretrained on ImageNet-21k, this pipeline pretrains on "
-                "ImageNet-1k (released checkpoints are compared below)", False, NOT_COMPARABLE)
+        return (
+            *row,
+            None,
+            "top1",
+            "the paper's row is pretrained on ImageNet-21k, this pipeline pretrains on "
+            "ImageNet-1k (released checkpoints are compared below)",
+            False,
+            NOT_COMPARABLE,
+        )
     if not imagenet or params.model.name != model or not ev:
-        why = (not_imagenet if not imagenet else f"the pipeline's model is {params.model.name}"
-               if params.model.name != model else "metrics/eval.json not found (the evaluate stage has not run)")
+        why = (
+            not_imagenet
+            if not imagenet
+            else f"the pipeline's model is {params.model.name}"
+            if params.model.name != model
+            else "metrics/eval.json not found (the evaluate stage has not run)"
+        )
         return (*row, None, "top1", why, False)
     if ev.get("img_size") != res:
-        return (*row, None, "top1", f"evaluated at {ev.get('img_size')} px (metrics/eval.json img_size), the "
-                f"paper's row at {res} px: not compared", False, NOT_COMPARABLE)
+        return (
+            *row,
+            None,
+            "top1",
+            f"evaluated at {ev.get('img_size')} px (metrics/eval.json img_size), the "
+            f"paper's row at {res} px: not compared",
+            False,
+            NOT_COMPARABLE,
+        )
     return (*row, metrics.get("metrics/eval.json", "top1"), "top1", f"{res} px, crop {ev.get('crop_ratio')}")
 
 
@@ -305,18 +329,34 @@ def _released_row(paper: dict, doc: Any) -> dict | None:
     for e in rows:
         if name and e.get("checkpoint") == name:
             return e
-    return next((e for e in rows if e.get("model") == doc.get("model") and e.get("resolution") == doc.get("img_size")
-                 and e.get("pretraining", "imagenet1k") == "imagenet1k"), None)
+    return next(
+        (
+            e
+            for e in rows
+            if e.get("model") == doc.get("model")
+            and e.get("resolution") == doc.get("img_size")
+            and e.get("pretraining", "imagenet1k") == "imagenet1k"
+        ),
+        None,
+    )
 
 
 def _released_top1(entry: dict, rel: str, metrics: Metrics) -> tuple:
     """The comparison row of a released checkpoint's evaluation on its paper row."""
     doc = metrics.load(rel)
     size, res = doc.get("img_size"), entry.get("resolution")
-    how = (f"released {Path(str(doc.get('checkpoint'))).name}, evaluated at {size} px, crop {doc.get('crop_ratio')}, "
-           f"{doc.get('n_images')} images")
-    row = (f"released checkpoint top-1 (%), {size} px", doc.get("model", entry["model"]),
-           entry.get("top1", entry.get("value")), entry["source"], metrics.get(rel, "top1"), "top1")
+    how = (
+        f"released {Path(str(doc.get('checkpoint'))).name}, evaluated at {size} px, crop {doc.get('crop_ratio')}, "
+        f"{doc.get('n_images')} images"
+    )
+    row = (
+        f"released checkpoint top-1 (%), {size} px",
+        doc.get("model", entry["model"]),
+        entry.get("top1", entry.get("value")),
+        entry["source"],
+        metrics.get(rel, "top1"),
+        "top1",
+    )
     if size != res:
         return (*row, f"{how}; the paper's row is at {res} px: not compared", False, NOT_COMPARABLE)
     return (*row, how)
@@ -326,8 +366,10 @@ def _grid_mismatch(abl: dict, group: str, entry: dict) -> str | None:
     """Why a grid comparison (resnet, multiclass) is not like with like, or None."""
     size = ((abl.get("recipes") or {}).get(group) or {}).get("img_size")
     if size != entry.get("resolution"):
-        return f"the grid evaluates at {size} px (ablations.json recipes.{group}), the paper's row at " \
-               f"{entry.get('resolution')} px: not compared"
+        return (
+            f"the grid evaluates at {size} px (ablations.json recipes.{group}), the paper's row at "
+            f"{entry.get('resolution')} px: not compared"
+        )
     return None
 
 
@@ -337,10 +379,24 @@ def direction_text(entry: dict) -> str:
     return f"{entry['direction']} ({cond})" if cond else str(entry["direction"])
 
 
-COMPARISON_COLUMNS = ["quantity", "model", "paper", "paper source", "reproduced", "tolerance", "status",
-                      "MLflow run", "note"]
-QUANTITY_TITLES = {"top1": "ImageNet top-1 (%)", "params_m": "params (M)", "gmacs": "GMACs (224 px)",
-                   "throughput": "throughput (im/s)", "peak_mem_mb": "peak memory (MB)"}
+COMPARISON_COLUMNS = [
+    "quantity",
+    "model",
+    "paper",
+    "paper source",
+    "reproduced",
+    "tolerance",
+    "status",
+    "MLflow run",
+    "note",
+]
+QUANTITY_TITLES = {
+    "top1": "ImageNet top-1 (%)",
+    "params_m": "params (M)",
+    "gmacs": "GMACs (224 px)",
+    "throughput": "throughput (im/s)",
+    "peak_mem_mb": "peak memory (MB)",
+}
 
 
 def comparison_table(paper: dict, params, metrics: Metrics, runs: RunIndex) -> Table:
@@ -351,8 +407,9 @@ def comparison_table(paper: dict, params, metrics: Metrics, runs: RunIndex) -> T
     rows: list[list[Any]] = []
     device = (metrics.load("metrics/complexity.json") or {}).get("device", "")
 
-    def add(quantity, model, paper_value, source, value: Sourced | None, tol_key, note="", comparable=True,
-            why_not=NOT_RUN):
+    def add(
+        quantity, model, paper_value, source, value: Sourced | None, tol_key, note="", comparable=True, why_not=NOT_RUN
+    ):
         tol = tols.get(tol_key, {"abs": 0})
         status = compare(paper_value, value.value if value is not None else None, tol) if comparable else why_not
         shown = value if (value is not None and comparable) else NONE
@@ -372,18 +429,43 @@ def comparison_table(paper: dict, params, metrics: Metrics, runs: RunIndex) -> T
                     if _released_row(paper, metrics.load(rel)) is entry:
                         add(*_released_top1(entry, rel, metrics))
                 continue
-            value = metrics.get("metrics/complexity.json", f"rows[{i}].{q}", ".1f" if q != "gmacs" else ".2f") \
-                if i is not None else None
+            value = (
+                metrics.get("metrics/complexity.json", f"rows[{i}].{q}", ".1f" if q != "gmacs" else ".2f")
+                if i is not None
+                else None
+            )
             if value is None:
-                add(QUANTITY_TITLES[q], model, entry[q], src, None, q,
-                    f"{model} at 224 px is not in complexity.models at this scale" if i is None else "not measured")
+                add(
+                    QUANTITY_TITLES[q],
+                    model,
+                    entry[q],
+                    src,
+                    None,
+                    q,
+                    f"{model} at 224 px is not in complexity.models at this scale" if i is None else "not measured",
+                )
             elif q in ("throughput", "peak_mem_mb") and not str(device).startswith("cuda"):
-                add(QUANTITY_TITLES[q], model, entry[q], src, value, q,
+                add(
+                    QUANTITY_TITLES[q],
+                    model,
+                    entry[q],
+                    src,
+                    value,
+                    q,
                     f"the paper's is a GPU number; measured here on {device or 'an unknown device'}: "
-                    f"{value} (see the complexity table)", comparable=False)
+                    f"{value} (see the complexity table)",
+                    comparable=False,
+                )
             else:
-                add(QUANTITY_TITLES[q], model, entry[q], src, value, q,
-                    "from the architecture (any scale)" if q in ("params_m", "gmacs") else f"on {device}")
+                add(
+                    QUANTITY_TITLES[q],
+                    model,
+                    entry[q],
+                    src,
+                    value,
+                    q,
+                    "from the architecture (any scale)" if q in ("params_m", "gmacs") else f"on {device}",
+                )
 
     exp = params.experiments
     abl = metrics.load("metrics/ablations.json") or {}
@@ -395,8 +477,17 @@ def comparison_table(paper: dict, params, metrics: Metrics, runs: RunIndex) -> T
         ok = imagenet and exp.multiclass_model == "patchconvnet_s60_multi"
         value = metrics.get("metrics/ablations.json", f"multiclass.{init}.mean") if ok else None
         mismatch = _grid_mismatch(abl, "multiclass", e) if ok and value is not None else None
-        add(f"multi-class top-1 (%), {init}", "patchconvnet_s60_multi", e["value"], e["source"], value, "top1",
-            mismatch or ("" if ok else not_imagenet), ok and not mismatch, NOT_COMPARABLE if mismatch else NOT_RUN)
+        add(
+            f"multi-class top-1 (%), {init}",
+            "patchconvnet_s60_multi",
+            e["value"],
+            e["source"],
+            value,
+            "top1",
+            mismatch or ("" if ok else not_imagenet),
+            ok and not mismatch,
+            NOT_COMPARABLE if mismatch else NOT_RUN,
+        )
         for rel in _released_files(metrics):
             if _released_row(paper, metrics.load(rel)) is e:
                 add(*_released_top1(e, rel, metrics))
@@ -409,42 +500,95 @@ def comparison_table(paper: dict, params, metrics: Metrics, runs: RunIndex) -> T
         ok = imagenet and exp.resnet.get(pool) == model
         value = metrics.get("metrics/ablations.json", f"resnet.{pool}.mean") if ok else None
         mismatch = _grid_mismatch(abl, "resnet", e) if ok and value is not None else None
-        add(f"ResNet-50 top-1 (%), {pool} pooling", model, e["value"], e["source"], value, "top1",
-            mismatch or ("" if ok else not_imagenet), ok and not mismatch, NOT_COMPARABLE if mismatch else NOT_RUN)
+        add(
+            f"ResNet-50 top-1 (%), {pool} pooling",
+            model,
+            e["value"],
+            e["source"],
+            value,
+            "top1",
+            mismatch or ("" if ok else not_imagenet),
+            ok and not mismatch,
+            NOT_COMPARABLE if mismatch else NOT_RUN,
+        )
         if "gmacs" in e:
             i = _complexity_row(metrics, model)
             value = metrics.get("metrics/complexity.json", f"rows[{i}].gmacs") if i is not None else None
-            add("GMACs (224 px)", model, e["gmacs"], e["source"], value, "gmacs",
-                "from the architecture (any scale)" if value is not None else
-                f"{model} at 224 px is not in complexity.models at this scale")
+            add(
+                "GMACs (224 px)",
+                model,
+                e["gmacs"],
+                e["source"],
+                value,
+                "gmacs",
+                "from the architecture (any scale)"
+                if value is not None
+                else f"{model} at 224 px is not in complexity.models at this scale",
+            )
 
-    for key, rel, mkey, title, tol_key, dataset in (
-            ("ade20k_upernet_miou", "metrics/segmentation.json", "mIoU", "ADE20k mIoU (UperNet)", "miou", "ade20k"),
-            ("coco_maskrcnn_box_ap", "metrics/detection.json", "bbox_AP", "COCO box AP (Mask R-CNN)", "box_ap", "coco")):
+    for key, rel, mkey, title, tol_key, _dataset in (
+        ("ade20k_upernet_miou", "metrics/segmentation.json", "mIoU", "ADE20k mIoU (UperNet)", "miou", "ade20k"),
+        ("coco_maskrcnn_box_ap", "metrics/detection.json", "bbox_AP", "COCO box AP (Mask R-CNN)", "box_ap", "coco"),
+    ):
         for e in paper.get(key, []):
             ok = imagenet and params.model.name == e["model"]
             value = metrics.get(rel, mkey) if ok else None
-            note = "" if ok else (f"this run transfers to synthetic {params.data.source} scenes" if not imagenet
-                                  else f"the pipeline's model is {params.model.name}")
+            note = (
+                ""
+                if ok
+                else (
+                    f"this run transfers to synthetic {params.data.source} scenes"
+                    if not imagenet
+                    else f"the pipeline's model is {params.model.name}"
+                )
+            )
             add(title, e["model"], e["value"], e["source"], value, tol_key, note, ok)
 
     grid_batch = exp.train_for("ablation").batch_size
     for variant, e in (paper.get("ablations") or {}).items():
-        cond = f"the paper's condition: {e['condition']}; this run's grid batch: {grid_batch}" \
-            if e.get("condition") else ""
+        cond = (
+            f"the paper's condition: {e['condition']}; this run's grid batch: {grid_batch}"
+            if e.get("condition")
+            else ""
+        )
         row = (abl.get("ablations") or {}).get(variant)
         diff = metrics.get("metrics/ablations.json", f"ablations.{variant}.vs_baseline.verdict")
         if not imagenet or row is None or diff is None:
-            why = ("ImageNet ablation: the measured direction on this run's data is in the ablation table below"
-                   if not imagenet else f"variant {variant} not in experiments.variants")
-            rows.append([f"ablation direction: {variant}", params.model.name, direction_text(e), e["source"], NONE,
-                         "direction", NOT_RUN, NONE, "; ".join(filter(None, (why, cond)))])
+            why = (
+                "ImageNet ablation: the measured direction on this run's data is in the ablation table below"
+                if not imagenet
+                else f"variant {variant} not in experiments.variants"
+            )
+            rows.append(
+                [
+                    f"ablation direction: {variant}",
+                    params.model.name,
+                    direction_text(e),
+                    e["source"],
+                    NONE,
+                    "direction",
+                    NOT_RUN,
+                    NONE,
+                    "; ".join(filter(None, (why, cond))),
+                ]
+            )
             continue
         verdict = str(diff.value)
         agree = {"worse": "worse", "similar": "within noise", "better": "better"}.get(e["direction"]) == verdict
         status = REPRODUCED if agree else (NOT_RUN if verdict.startswith("not resolved") else DIFFERS)
-        rows.append([f"ablation direction: {variant}", params.model.name, direction_text(e), e["source"], diff,
-                     "direction", status, runs.run_id(diff.file), cond])
+        rows.append(
+            [
+                f"ablation direction: {variant}",
+                params.model.name,
+                direction_text(e),
+                e["source"],
+                diff,
+                "direction",
+                status,
+                runs.run_id(diff.file),
+                cond,
+            ]
+        )
     return Table(COMPARISON_COLUMNS, rows, "Every number of the paper this pipeline can produce.", status_column=6)
 
 
@@ -452,8 +596,10 @@ def comparison_table(paper: dict, params, metrics: Metrics, runs: RunIndex) -> T
 
 
 # The paper's two-row comparisons outside the ablation table: (section, this row, reference row).
-PAPER_PAIRS = {("resnet", "attention"): ("resnet50", "attention_top1", "avg_top1"),
-               ("multiclass", "finetuned"): ("multiclass", "finetuned_top1", "scratch_top1")}
+PAPER_PAIRS = {
+    ("resnet", "attention"): ("resnet50", "attention_top1", "avg_top1"),
+    ("multiclass", "finetuned"): ("multiclass", "finetuned_top1", "scratch_top1"),
+}
 
 
 def _recipe_text(recipe: dict | None) -> str:
@@ -486,12 +632,14 @@ def results_sections(paper: dict, params, metrics: Metrics, runs: RunIndex) -> l
 
     # classification
     rows = []
-    for rel, key, what in (("metrics/pretrain.json", "top1", "pretrain, final val top-1 (%)"),
-                           ("metrics/finetune.json", "top1", "fine-tune, final val top-1 (%)"),
-                           ("metrics/eval.json", "top1", "evaluate: val top-1 (%)"),
-                           ("metrics/eval.json", "top5", "evaluate: val top-5 (%)"),
-                           ("metrics/eval.json", "v2_top1", "evaluate: ImageNet-V2 top-1 (%)"),
-                           ("metrics/pixel_baseline.json", "top1", "raw-pixel linear baseline: val top-1 (%)")):
+    for rel, key, what in (
+        ("metrics/pretrain.json", "top1", "pretrain, final val top-1 (%)"),
+        ("metrics/finetune.json", "top1", "fine-tune, final val top-1 (%)"),
+        ("metrics/eval.json", "top1", "evaluate: val top-1 (%)"),
+        ("metrics/eval.json", "top5", "evaluate: val top-5 (%)"),
+        ("metrics/eval.json", "v2_top1", "evaluate: ImageNet-V2 top-1 (%)"),
+        ("metrics/pixel_baseline.json", "top1", "raw-pixel linear baseline: val top-1 (%)"),
+    ):
         v = g(rel, key)
         if v is not None:
             rows.append([what, v, rel, runs.run_id(rel)])
@@ -501,19 +649,35 @@ def results_sections(paper: dict, params, metrics: Metrics, runs: RunIndex) -> l
         ev, px = g("metrics/eval.json", "top1"), g("metrics/pixel_baseline.json", "top1")
         if ev is not None and px is not None:
             gap = "above" if ev.value > px.value else "NOT above"
-            sec.paragraphs.append(f"The fine-tuned model is {gap} the raw-pixel baseline on this data "
-                                  f"(the task needs more than colour statistics when it is above).")
+            sec.paragraphs.append(
+                f"The fine-tuned model is {gap} the raw-pixel baseline on this data "
+                f"(the task needs more than colour statistics when it is above)."
+            )
     else:
         sec.paragraphs.append("No classification metrics yet (pretrain / finetune / evaluate not run).")
     released = []
     for rel in _released_files(metrics):
         row = _released_row(paper, metrics.load(rel))
-        released.append([g(rel, "model"), g(rel, "checkpoint"), g(rel, "img_size", "d"), g(rel, "crop_ratio", ".3f"),
-                         g(rel, "top1"), g(rel, "top5"), g(rel, "n_images", "d"),
-                         f"{row.get('top1', row.get('value'))} at {row.get('resolution')} px" if row else NONE])
+        released.append(
+            [
+                g(rel, "model"),
+                g(rel, "checkpoint"),
+                g(rel, "img_size", "d"),
+                g(rel, "crop_ratio", ".3f"),
+                g(rel, "top1"),
+                g(rel, "top5"),
+                g(rel, "n_images", "d"),
+                f"{row.get('top1', row.get('value'))} at {row.get('resolution')} px" if row else NONE,
+            ]
+        )
     if released:
-        sec.tables.append(Table(["model", "checkpoint", "img size", "crop", "top-1", "top-5", "images",
-                                 "paper row"], released, "Released checkpoints evaluated by this pipeline"))
+        sec.tables.append(
+            Table(
+                ["model", "checkpoint", "img size", "crop", "top-1", "top-5", "images", "paper row"],
+                released,
+                "Released checkpoints evaluated by this pipeline",
+            )
+        )
     out.append(sec)
 
     # ablations, resnet, multiclass
@@ -523,40 +687,75 @@ def results_sections(paper: dict, params, metrics: Metrics, runs: RunIndex) -> l
         sec.paragraphs.append(str(abl.get("note", "")))
         recipes = abl.get("recipes") or {}
         directions = {k: direction_text(v) for k, v in (paper.get("ablations") or {}).items()}
-        for group, ref, caption in (("ablations", "baseline", "Ablations against the baseline"),
-                                    ("resnet", "avg", "ResNet: attention pooling against average pooling"),
-                                    ("multiclass", "scratch", "Multi-class tokens: fine-tuned against scratch")):
+        for group, ref, caption in (
+            ("ablations", "baseline", "Ablations against the baseline"),
+            ("resnet", "avg", "ResNet: attention pooling against average pooling"),
+            ("multiclass", "scratch", "Multi-class tokens: fine-tuned against scratch"),
+        ):
             rows = []
             for name, r in (abl.get(group) or {}).items():
                 base = f"{group}.{name}"
                 vs = r.get(f"vs_{ref}")
-                row = [name, g("metrics/ablations.json", f"{base}.n", "d"), g("metrics/ablations.json", f"{base}.mean"),
-                       g("metrics/ablations.json", f"{base}.std") or NONE]
+                row = [
+                    name,
+                    g("metrics/ablations.json", f"{base}.n", "d"),
+                    g("metrics/ablations.json", f"{base}.mean"),
+                    g("metrics/ablations.json", f"{base}.std") or NONE,
+                ]
                 if vs is None:
                     row += ["(reference)", NONE, NONE]
                 else:
-                    row += [g("metrics/ablations.json", f"{base}.vs_{ref}.diff", "+.2f"), _fmt_ci(vs.get("ci95")),
-                            g("metrics/ablations.json", f"{base}.vs_{ref}.verdict")]
+                    row += [
+                        g("metrics/ablations.json", f"{base}.vs_{ref}.diff", "+.2f"),
+                        _fmt_ci(vs.get("ci95")),
+                        g("metrics/ablations.json", f"{base}.vs_{ref}.verdict"),
+                    ]
                 row.append(directions.get(name, NONE) if group == "ablations" else _pair_direction(paper, group, name))
-                row.append(label if not abl.get("evidence") else
-                           f"{len(abl.get('seeds', []))} seeds, {_recipe_text(recipes.get(group))}")
+                row.append(
+                    label
+                    if not abl.get("evidence")
+                    else f"{len(abl.get('seeds', []))} seeds, {_recipe_text(recipes.get(group))}"
+                )
                 rows.append(row)
             if rows:
-                sec.tables.append(Table(["variant", "seeds", "mean top-1", "std", f"diff vs {ref}", "95% CI",
-                                         "verdict", "paper direction", "run kind"], rows, caption))
+                sec.tables.append(
+                    Table(
+                        [
+                            "variant",
+                            "seeds",
+                            "mean top-1",
+                            "std",
+                            f"diff vs {ref}",
+                            "95% CI",
+                            "verdict",
+                            "paper direction",
+                            "run kind",
+                        ],
+                        rows,
+                        caption,
+                    )
+                )
         grid = abl.get("depth_width") or []
-        rows = [[g("metrics/ablations.json", f"depth_width[{i}].width", "d"),
-                 g("metrics/ablations.json", f"depth_width[{i}].depth", "d"),
-                 g("metrics/ablations.json", f"depth_width[{i}].top1"),
-                 g("metrics/ablations.json", f"depth_width[{i}].params_m", ".3f"),
-                 g("metrics/ablations.json", f"depth_width[{i}].gmacs", ".3f"),
-                 g("metrics/ablations.json", f"depth_width[{i}].throughput", ".0f") or NONE,
-                 g("metrics/ablations.json", f"depth_width[{i}].peak_mem_mb", ".0f") or NONE] for i in range(len(grid))]
+        rows = [
+            [
+                g("metrics/ablations.json", f"depth_width[{i}].width", "d"),
+                g("metrics/ablations.json", f"depth_width[{i}].depth", "d"),
+                g("metrics/ablations.json", f"depth_width[{i}].top1"),
+                g("metrics/ablations.json", f"depth_width[{i}].params_m", ".3f"),
+                g("metrics/ablations.json", f"depth_width[{i}].gmacs", ".3f"),
+                g("metrics/ablations.json", f"depth_width[{i}].throughput", ".0f") or NONE,
+                g("metrics/ablations.json", f"depth_width[{i}].peak_mem_mb", ".0f") or NONE,
+            ]
+            for i in range(len(grid))
+        ]
         if rows:
-            sec.tables.append(Table(["width", "depth", "top-1", "params (M)", "GMACs", "throughput (im/s)",
-                                     "peak mem (MB)"], rows,
-                                    "Depth x width grid (one seed per point, "
-                                    f"{_recipe_text(recipes.get('depth_width'))})"))
+            sec.tables.append(
+                Table(
+                    ["width", "depth", "top-1", "params (M)", "GMACs", "throughput (im/s)", "peak mem (MB)"],
+                    rows,
+                    f"Depth x width grid (one seed per point, {_recipe_text(recipes.get('depth_width'))})",
+                )
+            )
     else:
         sec.paragraphs.append("metrics/ablations.json not found (the summarize stage has not run).")
     out.append(sec)
@@ -567,13 +766,23 @@ def results_sections(paper: dict, params, metrics: Metrics, runs: RunIndex) -> l
     if cx:
         rows = []
         for i, r in enumerate(cx.get("rows", [])):
-            rows.append([r.get("model"), g("metrics/complexity.json", f"rows[{i}].img_size", "d"),
-                         g("metrics/complexity.json", f"rows[{i}].params_m", ".2f"),
-                         g("metrics/complexity.json", f"rows[{i}].gmacs", ".2f"),
-                         g("metrics/complexity.json", f"rows[{i}].throughput", ".1f") or NONE,
-                         g("metrics/complexity.json", f"rows[{i}].peak_mem_mb", ".0f") or NONE])
-        sec.tables.append(Table(["model", "img size", "params (M)", "GMACs", "throughput (im/s)", "peak mem (MB)"],
-                                rows, f"Measured on {cx.get('device', '?')}"))
+            rows.append(
+                [
+                    r.get("model"),
+                    g("metrics/complexity.json", f"rows[{i}].img_size", "d"),
+                    g("metrics/complexity.json", f"rows[{i}].params_m", ".2f"),
+                    g("metrics/complexity.json", f"rows[{i}].gmacs", ".2f"),
+                    g("metrics/complexity.json", f"rows[{i}].throughput", ".1f") or NONE,
+                    g("metrics/complexity.json", f"rows[{i}].peak_mem_mb", ".0f") or NONE,
+                ]
+            )
+        sec.tables.append(
+            Table(
+                ["model", "img size", "params (M)", "GMACs", "throughput (im/s)", "peak mem (MB)"],
+                rows,
+                f"Measured on {cx.get('device', '?')}",
+            )
+        )
     else:
         sec.paragraphs.append("metrics/complexity.json not found.")
     out.append(sec)
@@ -599,13 +808,22 @@ def results_sections(paper: dict, params, metrics: Metrics, runs: RunIndex) -> l
         rows = []
         for m, r in att.items():
             if isinstance(r, dict) and "pointing_game" in r:
-                rows.append([m, g("metrics/attention.json", f"{m}.pointing_game", ".1f"),
-                             g("metrics/attention.json", f"{m}.iou", ".1f"),
-                             g("metrics/attention.json", f"{m}.model_top1", ".1f") or NONE,
-                             g("metrics/attention.json", f"{m}.n", "d")])
-        sec.tables.append(Table(["map", "pointing game (boxes) %", "IoU with the boxes %",
-                                 "model top-1 %", "images"], rows,
-                                f"IoU at threshold {att.get('threshold')} x max"))
+                rows.append(
+                    [
+                        m,
+                        g("metrics/attention.json", f"{m}.pointing_game", ".1f"),
+                        g("metrics/attention.json", f"{m}.iou", ".1f"),
+                        g("metrics/attention.json", f"{m}.model_top1", ".1f") or NONE,
+                        g("metrics/attention.json", f"{m}.n", "d"),
+                    ]
+                )
+        sec.tables.append(
+            Table(
+                ["map", "pointing game (boxes) %", "IoU with the boxes %", "model top-1 %", "images"],
+                rows,
+                f"IoU at threshold {att.get('threshold')} x max",
+            )
+        )
         for k, v in (att.get("definitions") or {}).items():
             sec.notes.append(f"*{k}*: {v}")
     else:
@@ -624,15 +842,22 @@ def recipe_section(root: Path, params) -> Section:
     except R.RecipeError as exc:
         sec.paragraphs.append(f"No recipe table: {exc}.")
         return sec
-    sec.paragraphs.append("What `scales.paper` in params.yaml sets, and where each value comes from "
-                          "(paper/recipe.yaml; '(no key)': the schema has no key for it, so it is not applied).")
+    sec.paragraphs.append(
+        "What `scales.paper` in params.yaml sets, and where each value comes from "
+        "(paper/recipe.yaml; '(no key)': the schema has no key for it, so it is not applied)."
+    )
     if params.scale == "paper":
         bad = R.disagreements(entries, params)
-        sec.paragraphs.append("This run's params agree with every keyed value." if not bad else
-                              f"This run's params differ from the recipe in {len(bad)} value(s): " + "; ".join(bad))
+        sec.paragraphs.append(
+            "This run's params agree with every keyed value."
+            if not bad
+            else f"This run's params differ from the recipe in {len(bad)} value(s): " + "; ".join(bad)
+        )
     else:
-        sec.paragraphs.append(f"This run is at scale **{params.scale}**: its own values are in params.yaml; "
-                              "the table is the paper scale's.")
+        sec.paragraphs.append(
+            f"This run is at scale **{params.scale}**: its own values are in params.yaml; "
+            "the table is the paper scale's."
+        )
     sec.tables.append(Table(list(R.COLUMNS), R.table_rows(entries)))
     return sec
 
@@ -667,7 +892,7 @@ def figure_section(figures_dir: Path) -> Section:
         sec.paragraphs.append("reports/figures/index.json not found (the figures stage has not run).")
         return sec
     manifest = json.loads(index.read_text())
-    for name, info in manifest.get("figures", {}).items():
+    for info in manifest.get("figures", {}).values():
         png = next((f for f in info["files"] if f.endswith(".png")), None)
         if png:
             sec.figures.append((f"{info['title']} (from {', '.join(info['sources'])})", f"figures/{png}"))
@@ -682,26 +907,47 @@ def build_report(root: str | Path, params, paper_path: str | Path | None = None)
     metrics = Metrics(root)
     runs = RunIndex(params, metrics)
     comp = comparison_table(paper, params, metrics, runs)
-    summary = Section("Summary", paragraphs=[
-        (f"Scale **{params.scale}**, data **{params.data.source}**, model **{params.model.name}**, "
-        f"seeds {list(params.experiments.seeds)}; MLflow experiment *{params.tracking.experiment}*."),
-        ("Paper: Touvron et al., *Augmenting Convolutional networks with attention-based aggregation*, "
-        "arXiv:2112.13692 (2021)."),
-    ])
+    summary = Section(
+        "Summary",
+        paragraphs=[
+            (
+                f"Scale **{params.scale}**, data **{params.data.source}**, model **{params.model.name}**, "
+                f"seeds {list(params.experiments.seeds)}; MLflow experiment *{params.tracking.experiment}*."
+            ),
+            (
+                "Paper: Touvron et al., *Augmenting Convolutional networks with attention-based aggregation*, "
+                "arXiv:2112.13692 (2021)."
+            ),
+        ],
+    )
     counts = {s: sum(1 for r in comp.rows if r[comp.status_column] == s) for s in STATUSES}
     summary.paragraphs.append("Paper numbers: " + ", ".join(f"{v} {k}" for k, v in counts.items()) + ".")
     if params.data.source == "demo":
         summary.paragraphs.append(
             "This run trains on synthetic demo data: the paper's ImageNet, ADE20k and COCO numbers are "
             "'not run at this scale'; params and GMACs of the paper's models come from their architecture and "
-            "are compared at any scale. The demo's own results follow the comparison.")
-    cmp_section = Section("Paper vs reproduced", tables=[comp], paragraphs=[
-        ("Status: reproduced = equal at the paper's precision; within tolerance = inside the tolerance column; "
-        "differs = outside it; not run at this scale = this run cannot produce the number; not comparable = "
-        "this run measured it at another resolution or from other pretraining data than the paper's row.")])
+            "are compared at any scale. The demo's own results follow the comparison."
+        )
+    cmp_section = Section(
+        "Paper vs reproduced",
+        tables=[comp],
+        paragraphs=[
+            (
+                "Status: reproduced = equal at the paper's precision; within tolerance = inside the tolerance column; "
+                "differs = outside it; not run at this scale = this run cannot produce the number; not comparable = "
+                "this run measured it at another resolution or from other pretraining data than the paper's row."
+            )
+        ],
+    )
     figures_dir = root / "reports" / "figures"
-    sections = [summary, cmp_section, recipe_section(root, params), *results_sections(paper, params, metrics, runs),
-                figure_section(figures_dir), machines_section(root)]
+    sections = [
+        summary,
+        cmp_section,
+        recipe_section(root, params),
+        *results_sections(paper, params, metrics, runs),
+        figure_section(figures_dir),
+        machines_section(root),
+    ]
     return Report("PatchConvNet reproduction report", sections, comp, figures_dir)
 
 
@@ -760,9 +1006,13 @@ def _inline(text: str) -> str:
 
 def to_html(report: Report, base: Path) -> str:
     """One file: CSS inline, figures as base64 PNG data URIs, no links to other files."""
-    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-           f"<title>{html.escape(report.title)}</title>", f"<style>{CSS}</style></head><body>",
-           f"<h1>{html.escape(report.title)}</h1>"]
+    out = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{html.escape(report.title)}</title>",
+        f"<style>{CSS}</style></head><body>",
+        f"<h1>{html.escape(report.title)}</h1>",
+    ]
     for sec in report.sections:
         anchor = re.sub(r"[^a-z0-9]+", "-", sec.title.lower()).strip("-")
         out.append(f'<section id="{anchor}"><h2>{html.escape(sec.title)}</h2>')
@@ -772,7 +1022,9 @@ def to_html(report: Report, base: Path) -> str:
             out.append("<table>")
             if t.caption:
                 out.append(f"<caption>{html.escape(t.caption)}</caption>")
-            out.append("<thead><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in t.columns) + "</tr></thead><tbody>")
+            out.append(
+                "<thead><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in t.columns) + "</tr></thead><tbody>"
+            )
             for row in t.rows:
                 cells = []
                 for j, c in enumerate(row):
@@ -790,8 +1042,10 @@ def to_html(report: Report, base: Path) -> str:
             if not png.is_file():
                 continue
             data = base64.b64encode(png.read_bytes()).decode("ascii")
-            out.append(f'<figure><img alt="{html.escape(title)}" src="data:image/png;base64,{data}">'
-                       f"<figcaption>{html.escape(title)}</figcaption></figure>")
+            out.append(
+                f'<figure><img alt="{html.escape(title)}" src="data:image/png;base64,{data}">'
+                f"<figcaption>{html.escape(title)}</figcaption></figure>"
+            )
         out.append("</section>")
     out.append("</body></html>")
     return "\n".join(out) + "\n"

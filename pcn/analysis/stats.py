@@ -16,8 +16,12 @@ MIN_SEEDS_FOR_VERDICT = 2
 
 
 def describe(values: list[float]) -> dict:
-    return {"n": len(values), "values": values, "mean": mean(values) if values else None,
-            "std": stdev(values) if len(values) > 1 else None}
+    return {
+        "n": len(values),
+        "values": values,
+        "mean": mean(values) if values else None,
+        "std": stdev(values) if len(values) > 1 else None,
+    }
 
 
 def difference(a: list[float], b: list[float], level: float = 0.95) -> dict:
@@ -58,13 +62,22 @@ def compare(groups: dict[str, list[float]], reference: str) -> dict:
 
 
 # The groups of metrics/ablations.json and the comparison (GRID_STUDIES name) each holds.
-RECIPE_OF_GROUP = {"ablations": "ablation", "resnet": "resnet_pool", "multiclass": "multiclass",
-                   "depth_width": "depth_width"}
+RECIPE_OF_GROUP = {
+    "ablations": "ablation",
+    "resnet": "resnet_pool",
+    "multiclass": "multiclass",
+    "depth_width": "depth_width",
+}
 
 
 def _recipe(cfg) -> dict:
-    return {"epochs": cfg.epochs, "max_steps": cfg.max_steps, "img_size": cfg.img_size,
-            "batch_size": cfg.batch_size, "lr": cfg.lr}
+    return {
+        "epochs": cfg.epochs,
+        "max_steps": cfg.max_steps,
+        "img_size": cfg.img_size,
+        "batch_size": cfg.batch_size,
+        "lr": cfg.lr,
+    }
 
 
 def summarize_experiments(params, metrics_dir: Path) -> dict:
@@ -76,16 +89,23 @@ def summarize_experiments(params, metrics_dir: Path) -> dict:
     grid = []
     for w, d in exp.depth_width:
         m = json.loads((metrics_dir / "depth_width" / f"w{w}-d{d}.json").read_text())
-        grid.append({k: m.get(k) for k in ("width", "depth", "top1", "params_m", "gmacs", "throughput", "peak_mem_mb",
-                                           "img_size")})
+        grid.append(
+            {
+                k: m.get(k)
+                for k in ("width", "depth", "top1", "params_m", "gmacs", "throughput", "peak_mem_mb", "img_size")
+            }
+        )
     return {
         "scale": params.scale,
         "seeds": seeds,
         # each comparison's recipe (experiments.train with its train_by_study changes), for the report
         "recipes": {group: _recipe(exp.train_for(study)) for group, study in RECIPE_OF_GROUP.items()},
         "evidence": len(seeds) >= 3,
-        "note": ("at least 3 seeds per comparison: differences come with 95% intervals" if len(seeds) >= 3
-                 else "smoke run: too few seeds for verdicts; run the study scale for evidence"),
+        "note": (
+            "at least 3 seeds per comparison: differences come with 95% intervals"
+            if len(seeds) >= 3
+            else "smoke run: too few seeds for verdicts; run the study scale for evidence"
+        ),
         "baseline_std": ablations["baseline"]["std"],
         "ablations": ablations,
         "resnet": resnet,

@@ -93,16 +93,26 @@ def serve(params, port: int = 5000, wait: bool = True, timeout_s: float = 180.0)
         print(f"pcn ui: port {port} on {HOST} is in use; pass --port", file=sys.stderr)
         return 2
     exp_id = experiment_id(uri, name)
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", HOST,
-           "--port", str(port), "--workers", "1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + timeout_s
     while not _answers(port):
         if proc.poll() is not None:
             tail = (proc.stderr.read() if proc.stderr else "").strip().splitlines()[-5:]
-            print("pcn ui: mlflow server exited with code "
-                  f"{proc.returncode}:\n  " + "\n  ".join(tail), file=sys.stderr)
+            print(f"pcn ui: mlflow server exited with code {proc.returncode}:\n  " + "\n  ".join(tail), file=sys.stderr)
             return 1
         if time.monotonic() > deadline:
             _terminate(proc)

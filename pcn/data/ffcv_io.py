@@ -69,7 +69,6 @@ _FINGERPRINT_BLOCK = 64 << 10
 _FINGERPRINT_WHOLE = 64 << 20
 
 
-
 class DatasetWarning(UserWarning):
     """An image was skipped."""
 
@@ -82,9 +81,7 @@ class FolderIndex:
     root: Path
     layout: str
     class_names: list[str]  # label order
-    samples: list[
-        tuple[str, int]
-    ]  # (path relative to root, label), in class then file order
+    samples: list[tuple[str, int]]  # (path relative to root, label), in class then file order
 
     @property
     def num_classes(self) -> int:
@@ -147,9 +144,7 @@ def scan_folder(
             f"{root}: no images in its {len(class_names)} class folders "
             f"(expected files ending in {', '.join(IMAGE_EXTENSIONS)})"
         )
-    return FolderIndex(
-        root=root, layout=layout, class_names=class_names, samples=samples
-    )
+    return FolderIndex(root=root, layout=layout, class_names=class_names, samples=samples)
 
 
 def class_folders(src_dir: str | Path) -> list[str]:
@@ -157,20 +152,12 @@ def class_folders(src_dir: str | Path) -> list[str]:
     when it is missing or holds no class folders)."""
     root = Path(src_dir)
     if not root.exists():
-        raise DatasetError(
-            f"{root}: no such directory (expected an image folder <root>/<class>/<image>)"
-        )
+        raise DatasetError(f"{root}: no such directory (expected an image folder <root>/<class>/<image>)")
     if not root.is_dir():
-        raise DatasetError(
-            f"{root}: not a directory (expected an image folder <root>/<class>/<image>)"
-        )
-    folders = sorted(
-        p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
-    )
+        raise DatasetError(f"{root}: not a directory (expected an image folder <root>/<class>/<image>)")
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
-        raise DatasetError(
-            f"{root}: no class subfolders (expected <root>/<class>/<image>, one folder per class)"
-        )
+        raise DatasetError(f"{root}: no class subfolders (expected <root>/<class>/<image>, one folder per class)")
     return folders
 
 
@@ -361,9 +348,7 @@ def _writer_progress(progress: bool) -> Iterator[None]:
     from tqdm import tqdm
 
     original = ffcv.writer.tqdm
-    ffcv.writer.tqdm = partial(
-        tqdm, desc="write", unit="img", disable=not progress, dynamic_ncols=True
-    )
+    ffcv.writer.tqdm = partial(tqdm, desc="write", unit="img", disable=not progress, dynamic_ncols=True)
     try:
         yield
     finally:
@@ -405,9 +390,7 @@ def beton_fingerprint(path: str | Path) -> str:
                 h.update(block)
             return h.hexdigest()
         h.update(fp.read(_FINGERPRINT_CHUNK))
-        for offset in np.linspace(
-            _FINGERPRINT_CHUNK, size - _FINGERPRINT_CHUNK - _FINGERPRINT_BLOCK, 256
-        ):
+        for offset in np.linspace(_FINGERPRINT_CHUNK, size - _FINGERPRINT_CHUNK - _FINGERPRINT_BLOCK, 256):
             fp.seek(int(offset))
             h.update(fp.read(_FINGERPRINT_BLOCK))
         fp.seek(size - _FINGERPRINT_CHUNK)
@@ -494,9 +477,7 @@ def convert_imagefolder(
     try:
         writer = DatasetWriter(str(tmp), fields, num_workers=num_workers)
         with _writer_progress(progress):
-            writer.from_indexed_dataset(
-                _ImageDataset(index.root, good, failures), chunksize=64
-            )
+            writer.from_indexed_dataset(_ImageDataset(index.root, good, failures), chunksize=64)
         if failures.value:
             raise DatasetError(
                 f"{index.root}: {failures.value} images passed verification but failed to decode while "
@@ -558,15 +539,11 @@ def read_metadata(beton_path: str | Path) -> dict:
         raise DatasetError(f"{side}: unreadable metadata sidecar ({exc})") from None
     for key in ("num_samples", "class_names", "beton_fingerprint"):
         if key not in meta:
-            raise DatasetError(
-                f"{side}: metadata sidecar lacks '{key}' (re-run the conversion)"
-            )
+            raise DatasetError(f"{side}: metadata sidecar lacks '{key}' (re-run the conversion)")
     return meta
 
 
-def check_metadata(
-    beton_path: str | Path, expected_classes: Sequence[str] | None = None
-) -> dict:
+def check_metadata(beton_path: str | Path, expected_classes: Sequence[str] | None = None) -> dict:
     """Refuse a .beton whose sidecar does not describe it, or whose classes differ
     from ``expected_classes`` (the train split's, mapped to the .beton's layout);
     return the metadata."""
@@ -577,12 +554,11 @@ def check_metadata(
     n = beton_num_samples(beton)
     if n != meta["num_samples"]:
         raise DatasetError(
-            f"{beton}: holds {n} samples but its sidecar says {meta['num_samples']} (stale sidecar; re-run the conversion)"
+            f"{beton}: holds {n} samples but its sidecar says {meta['num_samples']} "
+            "(stale sidecar; re-run the conversion)"
         )
     if beton_fingerprint(beton) != meta["beton_fingerprint"]:
-        raise DatasetError(
-            f"{beton}: does not match its sidecar's fingerprint (stale sidecar; re-run the conversion)"
-        )
+        raise DatasetError(f"{beton}: does not match its sidecar's fingerprint (stale sidecar; re-run the conversion)")
     if expected_classes is not None:
         want = layout_classes(meta.get("layout", "imagefolder"), expected_classes)
         diff = class_list_difference(meta["class_names"], want)

@@ -22,8 +22,9 @@ import functools
 import hashlib
 import io
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -175,8 +176,18 @@ def imagenet_classes() -> tuple[tuple[str, str], ...]:
 
 # COCO's supercategories by id range (ids skip 12, 26, 29, 30, 45, 66, 68, 69, 71, 83).
 _COCO_SUPERCATEGORY = (
-    (1, "person"), (2, "vehicle"), (10, "outdoor"), (16, "animal"), (27, "accessory"), (34, "sports"),
-    (44, "kitchen"), (52, "food"), (62, "furniture"), (72, "electronic"), (78, "appliance"), (84, "indoor"),
+    (1, "person"),
+    (2, "vehicle"),
+    (10, "outdoor"),
+    (16, "animal"),
+    (27, "accessory"),
+    (34, "sports"),
+    (44, "kitchen"),
+    (52, "food"),
+    (62, "furniture"),
+    (72, "electronic"),
+    (78, "appliance"),
+    (84, "indoor"),
 )
 
 

@@ -97,9 +97,7 @@ def epoch_order(
         # scores every image exactly once (DistributedSampler pads with repeats).
         return np.arange(rank, n, world_size, dtype=np.int64)
     if world_size > 1:
-        sampler = DistributedSampler(
-            range(n), num_replicas=world_size, rank=rank, shuffle=train, seed=seed
-        )
+        sampler = DistributedSampler(range(n), num_replicas=world_size, rank=rank, shuffle=train, seed=seed)
         sampler.set_epoch(epoch)
         return np.fromiter(iter(sampler), dtype=np.int64)
     if train:
@@ -116,9 +114,7 @@ def _import_ffcv():
         from ffcv.loader import Loader, OrderOption
         from ffcv.traversal_order.base import TraversalOrder
     except Exception as exc:  # ImportError, or a broken native build
-        raise ImportError(
-            FFCV_MISSING.format(error=f"{type(exc).__name__}: {exc}")
-        ) from exc
+        raise ImportError(FFCV_MISSING.format(error=f"{type(exc).__name__}: {exc}")) from exc
     return Loader, OrderOption, TraversalOrder
 
 
@@ -199,12 +195,8 @@ class FfcvLoader:
             loader.first_traversal_order = loader.next_traversal_order()
         self._iterator = None
         if self.device.type != "cpu":
-            self._mean = (
-                torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1) * 255
-            )
-            self._std = (
-                torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1) * 255
-            )
+            self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1) * 255
+            self._std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1) * 255
 
     def __len__(self) -> int:
         return len(self._loader)
@@ -249,9 +241,7 @@ def _seeded_rngs(seed: int, fork: bool):
         states = random.getstate(), np.random.get_state(), torch.get_rng_state()
     random.seed(seed)
     np.random.seed(seed & 0xFFFFFFFF)
-    torch.default_generator.manual_seed(
-        seed & 0x7FFFFFFFFFFFFFFF
-    )  # CPU only: leave CUDA generators alone
+    torch.default_generator.manual_seed(seed & 0x7FFFFFFFFFFFFFFF)  # CPU only: leave CUDA generators alone
     try:
         yield
     finally:
@@ -268,9 +258,7 @@ class FolderDataset(torch.utils.data.Dataset):
     seeded from (seed, rank, epoch, position).
     """
 
-    def __init__(
-        self, index: FolderIndex, transform, *, seed: int, rank: int, random: bool
-    ):
+    def __init__(self, index: FolderIndex, transform, *, seed: int, rank: int, random: bool):
         self.index = index
         self.transform = transform
         self.key = stream_key(seed, rank, 0x7042)
@@ -287,9 +275,7 @@ class FolderDataset(torch.utils.data.Dataset):
         try:
             img = open_rgb(path)  # by content: PNG named .JPEG, CMYK, grayscale
         except Exception as exc:
-            raise DatasetError(
-                f"{path}: cannot decode image ({type(exc).__name__}: {exc})"
-            ) from exc
+            raise DatasetError(f"{path}: cannot decode image ({type(exc).__name__}: {exc})") from exc
         if self.random:
             in_main = torch.utils.data.get_worker_info() is None
             with _seeded_rngs(stream_key(self.key, self.epoch, position), fork=in_main):
@@ -335,14 +321,8 @@ class TorchLoader:
         self.num_classes = index.num_classes
         self.num_samples = len(index.samples)
         self.device = torch.device(device)
-        transform = (
-            torch_train_transform(img_size, aug)
-            if train
-            else torch_eval_transform(img_size, crop_ratio)
-        )
-        self.dataset = FolderDataset(
-            index, transform, seed=seed, rank=rank, random=train
-        )
+        transform = torch_train_transform(img_size, aug) if train else torch_eval_transform(img_size, crop_ratio)
+        self.dataset = FolderDataset(index, transform, seed=seed, rank=rank, random=train)
         self.sampler = _OrderSampler(
             self.num_samples,
             {
@@ -384,12 +364,18 @@ class TorchLoader:
 # --- the entry point --------------------------------------------------------------------
 
 
-def folder_index(folder: Path, *, layout: str, beton: Path | None, expected_classes: Sequence[str] | None) -> FolderIndex:
+def folder_index(
+    folder: Path, *, layout: str, beton: Path | None, expected_classes: Sequence[str] | None
+) -> FolderIndex:
     """The samples of an image folder, less the files the conversion to ``beton`` skipped
     as unreadable (so that every kind indexes the same samples).  ``expected_classes``
     (the train split's) refuses a folder listing other classes."""
     index = scan_folder(folder, layout, expected_classes)
-    skip = set(read_metadata(beton).get("skipped_files", [])) if beton is not None and metadata_path(beton).is_file() else set()
+    skip = (
+        set(read_metadata(beton).get("skipped_files", []))
+        if beton is not None and metadata_path(beton).is_file()
+        else set()
+    )
     if skip:
         index = replace(index, samples=[s for s in index.samples if s[0] not in skip])
     return index
@@ -450,14 +436,17 @@ def build_loader(
         if beton is None:
             raise ValueError("kind='ffcv' needs beton= (the converted dataset)")
         loader = FfcvLoader(
-            Path(beton), expected_classes=expected_classes, os_cache=os_cache,
-            batches_ahead=batches_ahead, **common
+            Path(beton), expected_classes=expected_classes, os_cache=os_cache, batches_ahead=batches_ahead, **common
         )
     else:
         if folder is None:
             raise ValueError(f"kind={kind!r} needs folder= (the image folder)")
-        index = folder_index(Path(folder), layout=layout, beton=Path(beton) if beton is not None else None,
-                             expected_classes=expected_classes)
+        index = folder_index(
+            Path(folder),
+            layout=layout,
+            beton=Path(beton) if beton is not None else None,
+            expected_classes=expected_classes,
+        )
         if kind == "torch":
             loader = TorchLoader(index, **common)
         else:

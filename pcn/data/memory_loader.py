@@ -102,9 +102,7 @@ def decode_folder(index: FolderIndex, transform=None) -> tuple[torch.Tensor, tor
     return out, sizes
 
 
-def random_resized_boxes(
-    n: int, height, width, scale: tuple[float, float], gen: torch.Generator
-) -> torch.Tensor:
+def random_resized_boxes(n: int, height, width, scale: tuple[float, float], gen: torch.Generator) -> torch.Tensor:
     """``n`` random-resized-crop boxes (x0, y0, x1, y1), drawn as torchvision draws them:
     up to 10 tries of (area fraction, log aspect ratio), else the central crop whose
     aspect ratio is clamped to the range.  ``height`` and ``width``: one size for all,
@@ -267,4 +265,3 @@ class MemoryLoader:
             if self.device.type != "cpu":
                 x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             yield x, y
-

@@ -265,14 +265,16 @@ def _coco_image(
     def add(cat: int, mask: np.ndarray, crowd_region: bool) -> None:
         x0, y0, x1, y1 = box_xyxy(mask)
         seg = None if crowd_region else mask_polygons(mask)
-        anns.append({
-            "image_id": image_id,
-            "category_id": cat,
-            "segmentation": uncompressed_rle(mask) if seg is None else seg,
-            "area": float(mask.sum()),
-            "bbox": [float(x0), float(y0), float(x1 - x0 + 1), float(y1 - y0 + 1)],
-            "iscrowd": int(crowd_region),
-        })
+        anns.append(
+            {
+                "image_id": image_id,
+                "category_id": cat,
+                "segmentation": uncompressed_rle(mask) if seg is None else seg,
+                "area": float(mask.sum()),
+                "bbox": [float(x0), float(y0), float(x1 - x0 + 1), float(y1 - y0 + 1)],
+                "iscrowd": int(crowd_region),
+            }
+        )
 
     for k, cat in enumerate(cats):
         shape = _SOLID[cat % len(_SOLID)]
@@ -326,15 +328,19 @@ def _write_coco(root: Path, seed: int, counts: dict[str, int], bar) -> dict[str,
                 next_ann += 1
             bar.update(1)
         write_coco_instances(
-            coco / "annotations" / f"instances_{split}2017.json", images, annotations, cats,
+            coco / "annotations" / f"instances_{split}2017.json",
+            images,
+            annotations,
+            cats,
             f"pcn miniature of COCO 2017 {split}, seed {seed}",
         )
         summary[split] = {
             "images": n,
             "annotations": len(annotations),
             "crowd": sum(a["iscrowd"] for a in annotations),
-            "multi_polygon": sum(isinstance(a["segmentation"], list) and len(a["segmentation"]) > 1
-                                 for a in annotations),
+            "multi_polygon": sum(
+                isinstance(a["segmentation"], list) and len(a["segmentation"]) > 1 for a in annotations
+            ),
         }
     summary["quirks"] = quirks
     return summary
@@ -367,9 +373,13 @@ def write_miniatures(
     from tqdm.auto import tqdm
 
     for name, value, least in (
-        ("train_per_class", train_per_class, 1), ("val_per_class", val_per_class, 1),
-        ("v2_per_class", v2_per_class, 1), ("ade_train", ade_train, 10), ("ade_val", ade_val, 10),
-        ("coco_train", coco_train, 10), ("coco_val", coco_val, 8),
+        ("train_per_class", train_per_class, 1),
+        ("val_per_class", val_per_class, 1),
+        ("v2_per_class", v2_per_class, 1),
+        ("ade_train", ade_train, 10),
+        ("ade_val", ade_val, 10),
+        ("coco_train", coco_train, 10),
+        ("coco_val", coco_val, 8),
     ):
         if value < least:
             raise ValueError(f"write_miniatures: {name} = {value}: expected at least {least}")

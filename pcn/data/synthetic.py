@@ -161,9 +161,7 @@ class DemoSpec:
 
     def __post_init__(self) -> None:
         if not 1 <= self.n_classes <= len(SHAPES):
-            raise ValueError(
-                f"n_classes must be in 1..{len(SHAPES)}, got {self.n_classes}"
-            )
+            raise ValueError(f"n_classes must be in 1..{len(SHAPES)}, got {self.n_classes}")
         if self.n_classes + 1 > 255:
             raise ValueError("too many classes for uint8 label maps")
         for name in (
@@ -180,10 +178,7 @@ class DemoSpec:
             raise ValueError("jpeg_quality must be in 1..100")
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            k: list(v) if isinstance(v, tuple) else v
-            for k, v in dataclasses.asdict(self).items()
-        }
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
 
 def class_names(spec_or_n: DemoSpec | int) -> list[str]:
@@ -249,9 +244,7 @@ _POLYGONS: dict[str, np.ndarray] = {
 }
 
 
-_FILL = (
-    0.94  # the unit disc's radius in half-sides of the object square (keeps a margin)
-)
+_FILL = 0.94  # the unit disc's radius in half-sides of the object square (keeps a margin)
 
 
 def _inside(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -268,9 +261,7 @@ def _inside(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         return (r2 <= 1.0) & ((u - 0.48) * (u - 0.48) + v * v >= 0.82**2)
     if shape == "heart":
         x = u * np.float32(1 / 0.74)
-        y = np.float32(0.12) - v * np.float32(
-            1 / 0.74
-        )  # implicit heart, centred, point towards +v
+        y = np.float32(0.12) - v * np.float32(1 / 0.74)  # implicit heart, centred, point towards +v
         x2 = x * x
         q = x2 + y * y - 1
         return q * q * q - x2 * y * y * y <= 0
@@ -310,14 +301,10 @@ def render_object(
         py = ((sn * pu + c * pv) * radius + half) * s
         canvas = Image.new("L", (size * s, size * s), 0)
         # PIL fills pixels whose centres are inside; shift by half a sample
-        ImageDraw.Draw(canvas).polygon(
-            [(float(x) - 0.5, float(y) - 0.5) for x, y in zip(px, py)], fill=1
-        )
+        ImageDraw.Draw(canvas).polygon([(float(x) - 0.5, float(y) - 0.5) for x, y in zip(px, py)], fill=1)
         inside = np.asarray(canvas, dtype=np.float32)
     else:
-        t = (
-            (np.arange(size * s, dtype=np.float32) + 0.5) / s - half
-        ) / radius  # sample positions
+        t = ((np.arange(size * s, dtype=np.float32) + 0.5) / s - half) / radius  # sample positions
         u = np.float32(c / aspect) * t[None, :] + np.float32(sn / aspect) * t[:, None]
         v = np.float32(-sn) * t[None, :] + np.float32(c) * t[:, None]
         inside = _inside(shape, u, v)
@@ -347,9 +334,7 @@ def _random_colour(rng: np.random.Generator) -> np.ndarray:
     return rng.uniform(0, 255, 3)
 
 
-def render_background(
-    rng: np.random.Generator, size: int, strokes: tuple[int, int] = (2, 6)
-) -> np.ndarray:
+def render_background(rng: np.random.Generator, size: int, strokes: tuple[int, int] = (2, 6)) -> np.ndarray:
     """Cluttered background (float32 H x W x 3, 0..255).
 
     A colour gradient, low-frequency colour noise, pixel noise and thin random
@@ -365,22 +350,13 @@ def render_background(
     g = int(rng.integers(3, 7))
     low = rng.normal(0, 20, (g, g, 3)).astype(np.float32)
     low_img = np.stack(
-        [
-            np.asarray(
-                Image.fromarray(low[..., k], mode="F").resize((w, h), Image.BICUBIC)
-            )
-            for k in range(3)
-        ],
+        [np.asarray(Image.fromarray(low[..., k], mode="F").resize((w, h), Image.BICUBIC)) for k in range(3)],
         -1,
     )
     img = img + low_img
     pil = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(pil)
-    n = (
-        round(int(rng.integers(strokes[0], strokes[1] + 1)) * size / 64)
-        if strokes[1] > 0
-        else 0
-    )
+    n = round(int(rng.integers(strokes[0], strokes[1] + 1)) * size / 64) if strokes[1] > 0 else 0
     max_w = max(1, round(size / 40))
     for _ in range(n):
         col = tuple(int(c) for c in rng.integers(0, 256, 3))
@@ -398,17 +374,13 @@ def render_background(
             r = rng.uniform(size / 10, size / 2)
             a0 = float(rng.uniform(0, 360))
             span = float(rng.uniform(40, 200))  # never a closed circle
-            draw.arc(
-                [cx - r, cy - r, cx + r, cy + r], a0, a0 + span, fill=col, width=width
-            )
+            draw.arc([cx - r, cy - r, cx + r, cy + r], a0, a0 + span, fill=col, width=width)
     out = np.asarray(pil, dtype=np.float32)
     out = out + rng.normal(0, 5, out.shape).astype(np.float32)
     return out
 
 
-def _object_colour(
-    rng: np.random.Generator, under: np.ndarray, min_dist: float = 140.0
-) -> np.ndarray:
+def _object_colour(rng: np.random.Generator, under: np.ndarray, min_dist: float = 140.0) -> np.ndarray:
     """A random colour far enough from ``under`` (mean background colour under the object)."""
     best, best_d = None, -1.0
     for _ in range(24):
@@ -421,9 +393,7 @@ def _object_colour(
     return best  # type: ignore[return-value]
 
 
-def _paint(
-    rng: np.random.Generator, img: np.ndarray, cov: np.ndarray, top: int, left: int
-) -> np.ndarray:
+def _paint(rng: np.random.Generator, img: np.ndarray, cov: np.ndarray, top: int, left: int) -> np.ndarray:
     """Composite a shape (coverage ``cov`` at ``top, left``) onto ``img`` in place.
 
     Returns the placed boolean mask (image-sized). Shading and noise vary the
@@ -441,14 +411,8 @@ def _paint(
     col = _object_colour(rng, under)
     th = rng.uniform(0, 2 * math.pi)
     yy, xx = np.mgrid[0 : c.shape[0], 0 : c.shape[1]].astype(np.float32)
-    shade = ((xx * math.cos(th) + yy * math.sin(th)) / max(s, 1) - 0.5) * rng.uniform(
-        0, 40
-    )
-    fill = (
-        col[None, None, :]
-        + shade[..., None]
-        + rng.normal(0, 4, (*c.shape, 3)).astype(np.float32)
-    )
+    shade = ((xx * math.cos(th) + yy * math.sin(th)) / max(s, 1) - 0.5) * rng.uniform(0, 40)
+    fill = col[None, None, :] + shade[..., None] + rng.normal(0, 4, (*c.shape, 3)).astype(np.float32)
     a = c[..., None]
     region[...] = region * (1 - a) + fill * a
     full = np.zeros((h, w), dtype=bool)
@@ -456,9 +420,7 @@ def _paint(
     return full
 
 
-def _placement(
-    rng: np.random.Generator, cov: np.ndarray, canvas: int
-) -> tuple[int, int]:
+def _placement(rng: np.random.Generator, cov: np.ndarray, canvas: int) -> tuple[int, int]:
     """Random top-left of the object square so that its mask lies inside the canvas."""
     m = cov >= 0.5
     x, y, w, h = mask_to_box(m)
@@ -478,9 +440,7 @@ def render_classification_sample(
     if spec.max_distractors > 0:
         for _ in range(int(rng.integers(0, spec.max_distractors + 1))):
             d = max(6, round(n * float(rng.uniform(0.12, 0.2))))
-            cov = render_object(
-                rng, int(rng.integers(spec.n_classes)), d, n_classes=spec.n_classes
-            )
+            cov = render_object(rng, int(rng.integers(spec.n_classes)), d, n_classes=spec.n_classes)
             top, left = _placement(rng, cov, n)
             _paint(rng, img, cov, top, left)
     lo, hi = spec.object_scale
@@ -524,10 +484,7 @@ def render_scene(
             y0, x0 = max(top, 0), max(left, 0)
             y1, x1 = min(top + size, n), min(left + size, n)
             placed[y0:y1, x0:x1] = m[y0 - top : y1 - top, x0 - left : x1 - left]
-            ok = all(
-                ((v & ~placed).sum() >= 0.5 * f.sum())
-                for v, f in zip(visible, full_masks)
-            )
+            ok = all(((v & ~placed).sum() >= 0.5 * f.sum()) for v, f in zip(visible, full_masks))
             if ok:
                 break
         else:
@@ -539,8 +496,7 @@ def render_scene(
         full_masks.append(placed)
         classes.append(cls)
     objects = [
-        {"class_id": c, "box": mask_to_box(v), "mask": v, "area": int(v.sum())}
-        for c, v in zip(classes, visible)
+        {"class_id": c, "box": mask_to_box(v), "mask": v, "area": int(v.sum())} for c, v in zip(classes, visible)
     ]
     image = np.clip(np.rint(img), 0, 255).astype(np.uint8)
     return image, objects
@@ -713,7 +669,10 @@ def _generate_into(root: Path, spec: DemoSpec, progress: bool, workers: int, min
             n_inst[split] = len(annotations)
             n_rle[split] = sum(isinstance(a["segmentation"], dict) for a in annotations)
             write_coco_instances(
-                coco / "annotations" / f"instances_{split}2017.json", images, annotations, categories,
+                coco / "annotations" / f"instances_{split}2017.json",
+                images,
+                annotations,
+                categories,
                 f"pcn synthetic shapes demo, seed {spec.seed}",
             )
         write_object_info(ade / "objectInfo150.txt", ["background", *names], stats)

@@ -53,9 +53,7 @@ BLUR_SIGMA = (
     0.1,
     2.0,
 )  # 3-Augment's Gaussian blur radius range (DeiT III, timm 'GaussianBlurRand')
-SOLARIZE_THRESHOLD = (
-    128  # 3-Augment's solarize threshold (PIL ImageOps.solarize default)
-)
+SOLARIZE_THRESHOLD = 128  # 3-Augment's solarize threshold (PIL ImageOps.solarize default)
 
 
 # --- the recipe ---------------------------------------------------------------------
@@ -171,9 +169,7 @@ def torch_train_transform(img_size: int, aug: TrainAug) -> Callable:
 def torch_eval_transform(img_size: int, crop_ratio: float) -> Callable:
     from torchvision import transforms
 
-    return transforms.Compose(
-        [CenterCropResize(img_size, crop_ratio), NormalizeUint8()]
-    )
+    return transforms.Compose([CenterCropResize(img_size, crop_ratio), NormalizeUint8()])
 
 
 # --- FFCV (numba) implementation ------------------------------------------------------
@@ -216,10 +212,7 @@ def _numba_helpers():
 
     @njit
     def sample_key(epoch_key, batch, slot):
-        return mix(
-            epoch_key
-            ^ mix((np.uint64(batch) << np.uint64(20)) + np.uint64(slot) + _GOLDEN)
-        )
+        return mix(epoch_key ^ mix((np.uint64(batch) << np.uint64(20)) + np.uint64(slot) + _GOLDEN))
 
     @njit
     def uniform(key, draw):
@@ -278,12 +271,8 @@ def _ffcv_ops():
         # torchvision's / FFCV's RandomResizedCrop.get_params, with hashed draws.
         area = height * width
         for attempt in range(10):
-            target_area = area * (
-                scale_lo + (scale_hi - scale_lo) * uniform(key, 4 * attempt)
-            )
-            aspect = math.exp(
-                log_r0 + (log_r1 - log_r0) * uniform(key, 4 * attempt + 1)
-            )
+            target_area = area * (scale_lo + (scale_hi - scale_lo) * uniform(key, 4 * attempt))
+            aspect = math.exp(log_r0 + (log_r1 - log_r0) * uniform(key, 4 * attempt + 1))
             w = int(round(math.sqrt(target_area * aspect)))  # noqa: RUF046 - explicit for numba
             h = int(round(math.sqrt(target_area / aspect)))  # noqa: RUF046 - explicit for numba
             if 0 < w <= width and 0 < h <= height:
@@ -397,9 +386,7 @@ def _ffcv_ops():
             return flip
 
         def declare_state_and_memory(self, previous_state):
-            return replace(previous_state, jit_mode=True), AllocationQuery(
-                previous_state.shape, previous_state.dtype
-            )
+            return replace(previous_state, jit_mode=True), AllocationQuery(previous_state.shape, previous_state.dtype)
 
     @njit
     def to_gray(r, g, b):
@@ -469,9 +456,7 @@ def _ffcv_ops():
                 for y in range(height):
                     for x in range(width):
                         for c in range(3):
-                            img[y, x, c] = min(
-                                255.0, max(0.0, mean + factor * (img[y, x, c] - mean))
-                            )
+                            img[y, x, c] = min(255.0, max(0.0, mean + factor * (img[y, x, c] - mean)))
             else:  # saturation: blend with the greyscale image
                 for y in range(height):
                     for x in range(width):
@@ -481,9 +466,7 @@ def _ffcv_ops():
                             round(img[y, x, 2]),
                         )
                         for c in range(3):
-                            img[y, x, c] = min(
-                                255.0, max(0.0, gray + factor * (img[y, x, c] - gray))
-                            )
+                            img[y, x, c] = min(255.0, max(0.0, gray + factor * (img[y, x, c] - gray)))
 
     class ThreeAugment(Operation):
         """DeiT III's 3-Augment on uint8 HWC batches, then optional colour jitter.
@@ -523,25 +506,19 @@ def _ffcv_ops():
                             elif choice == 1:
                                 for c in range(3):
                                     v = src[y, x, c]
-                                    img[y, x, c] = (
-                                        float(255 - v) if v >= threshold else float(v)
-                                    )
+                                    img[y, x, c] = float(255 - v) if v >= threshold else float(v)
                             else:
                                 for c in range(3):
                                     img[y, x, c] = float(src[y, x, c])
                     if choice == 2:
-                        gaussian_blur(
-                            img, tmp[i], sig_lo + (sig_hi - sig_lo) * uniform(key, 1)
-                        )
+                        gaussian_blur(img, tmp[i], sig_lo + (sig_hi - sig_lo) * uniform(key, 1))
                     if strength > 0:
                         color_jitter(img, key, strength)
                     out = dst[i]
                     for y in range(height):
                         for x in range(width):
                             for c in range(3):
-                                out[y, x, c] = np.uint8(
-                                    min(255.0, max(0.0, img[y, x, c] + 0.5))
-                                )
+                                out[y, x, c] = np.uint8(min(255.0, max(0.0, img[y, x, c] + 0.5)))
                 return dst[: images.shape[0]]
 
             three_augment.is_parallel = True
@@ -596,11 +573,11 @@ def ffcv_image_pipeline(
                 "set data.loader: torch in params.yaml, or use aug.three_augment with FFCV"
             )
         if aug.random_erasing:
-            raise ValueError(f"aug.random_erasing = {aug.random_erasing} is implemented for the torch loader only: "
-                             "set data.loader: torch in params.yaml")
-        ops = [
-            SeededRandomResizedCrop(size, scale=(aug.scale_min, 1.0), ratio=RRC_RATIO)
-        ]
+            raise ValueError(
+                f"aug.random_erasing = {aug.random_erasing} is implemented for the torch loader only: "
+                "set data.loader: torch in params.yaml"
+            )
+        ops = [SeededRandomResizedCrop(size, scale=(aug.scale_min, 1.0), ratio=RRC_RATIO)]
         if aug.hflip > 0:
             ops.append(SeededHorizontalFlip(aug.hflip))
         if aug.three_augment:

@@ -1,4 +1,4 @@
-""" Model complexity: parameters, GMACs, throughput and peak memory (a pure library).
+"""Model complexity: parameters, GMACs, throughput and peak memory (a pure library).
 
 How GMACs are counted
 ---------------------
@@ -19,11 +19,12 @@ Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` during the timed passes
 process above its level before the passes, sampled every 2 ms from /proc
 (``mem_method='cpu_peak_rss_delta'``), a best-effort figure.
 """
+
 import gc
 import os
 import threading
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -31,34 +32,45 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 __all__ = [
-    'count_params', 'count_gmacs', 'prepare_fast', 'measure_throughput',
-    'complexity_table', 'write_markdown', 'DEFAULT_MODELS',
+    "count_params",
+    "count_gmacs",
+    "prepare_fast",
+    "measure_throughput",
+    "complexity_table",
+    "write_markdown",
+    "DEFAULT_MODELS",
 ]
 
 # PatchConvNet sizes of the paper and the peers of its tables (timm names, pretrained=False)
 DEFAULT_MODELS = [
-    'patchconvnet_s60', 'patchconvnet_s120', 'patchconvnet_b60', 'patchconvnet_b120',
-    'patchconvnet_s60_multi',
-    'resnet50', 'resnet50_attnpool', 'deit_small_patch16_224', 'swin_tiny_patch4_window7_224',
-    'convnext_tiny',
+    "patchconvnet_s60",
+    "patchconvnet_s120",
+    "patchconvnet_b60",
+    "patchconvnet_b120",
+    "patchconvnet_s60_multi",
+    "resnet50",
+    "resnet50_attnpool",
+    "deit_small_patch16_224",
+    "swin_tiny_patch4_window7_224",
+    "convnext_tiny",
 ]
 
 
 def count_params(model: nn.Module) -> int:
-    """ Number of parameters (all, trainable or not). """
+    """Number of parameters (all, trainable or not)."""
     return sum(p.numel() for p in model.parameters())
 
 
 def _in_chans(model: nn.Module) -> int:
-    cfg = getattr(model, 'pretrained_cfg', None) or {}
-    size = cfg.get('input_size')
-    return int(size[0]) if size else int(getattr(model, 'in_chans', 3))
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    size = cfg.get("input_size")
+    return int(size[0]) if size else int(getattr(model, "in_chans", 3))
 
 
-def count_gmacs(model: nn.Module, img_size: Union[int, Sequence[int]] = 224) -> float:
-    """ Multiply-accumulates (in billions) of one forward pass of one image; see module docstring.
+def count_gmacs(model: nn.Module, img_size: int | Sequence[int] = 224) -> float:
+    """Multiply-accumulates (in billions) of one forward pass of one image; see module docstring.
     Works on a model built on the 'meta' device (``with torch.device('meta'): create_model(...)``),
-    which needs neither weights nor compute. """
+    which needs neither weights nor compute."""
     h, w = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
     ref = next(model.parameters())
     x = torch.zeros(1, _in_chans(model), h, w, device=ref.device, dtype=ref.dtype)
@@ -74,16 +86,16 @@ def count_gmacs(model: nn.Module, img_size: Union[int, Sequence[int]] = 224) -> 
     return counter.get_total_flops() / 2 / 1e9
 
 
-def prepare_fast(model: nn.Module, device: Union[str, torch.device], compile: bool = False) -> Callable:
-    """ The fast path: the model on ``device`` in channels_last memory format; on CUDA the
+def prepare_fast(model: nn.Module, device: str | torch.device, compile: bool = False) -> Callable:
+    """The fast path: the model on ``device`` in channels_last memory format; on CUDA the
     call runs under bfloat16 autocast (TF32 matmuls allowed); optionally ``torch.compile``.
     Returns a callable ``f(images) -> outputs`` (grad mode is left to the caller, so the same
     callable serves inference and training). On CPU, autocast is not used: bf16 is only
-    faster on CPUs with bf16 matrix units. """
+    faster on CPUs with bf16 matrix units."""
     device = torch.device(device)
     model = model.to(device=device, memory_format=torch.channels_last)
     run = torch.compile(model) if compile else model
-    use_amp = device.type == 'cuda'
+    use_amp = device.type == "cuda"
     if use_amp:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -98,18 +110,18 @@ def prepare_fast(model: nn.Module, device: Union[str, torch.device], compile: bo
 
 
 class _RssSampler:
-    """ Peak resident set size of this process, sampled in a thread (Linux /proc). """
+    """Peak resident set size of this process, sampled in a thread (Linux /proc)."""
 
     def __init__(self, interval: float = 0.002):
         self.interval = interval
-        self.page = os.sysconf('SC_PAGE_SIZE') if hasattr(os, 'sysconf') else 4096
+        self.page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
         self.peak = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def rss(self) -> Optional[int]:
+    def rss(self) -> int | None:
         try:
-            with open('/proc/self/statm') as f:
+            with open("/proc/self/statm") as f:
                 return int(f.read().split()[1]) * self.page
         except (OSError, ValueError, IndexError):
             return None
@@ -131,27 +143,27 @@ class _RssSampler:
         self._thread.join()
 
     @property
-    def delta_mb(self) -> Optional[float]:
-        return None if self.start is None else max(0, self.peak - self.start) / 2 ** 20
+    def delta_mb(self) -> float | None:
+        return None if self.start is None else max(0, self.peak - self.start) / 2**20
 
 
 def _sync(device: torch.device):
-    if device.type == 'cuda':
+    if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 @torch.inference_mode()
 def measure_throughput(
-        model: nn.Module,
-        img_size: int = 224,
-        batch_size: int = 256,
-        device: Union[str, torch.device] = 'cpu',
-        fast: bool = False,
-        warmup: int = 3,
-        iters: int = 10,
-        compile: bool = False,
-) -> Dict[str, object]:
-    """ Inference throughput (images/s) and peak memory of ``model`` at one batch size.
+    model: nn.Module,
+    img_size: int = 224,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    fast: bool = False,
+    warmup: int = 3,
+    iters: int = 10,
+    compile: bool = False,
+) -> dict[str, object]:
+    """Inference throughput (images/s) and peak memory of ``model`` at one batch size.
 
     ``fast=False``: eager fp32 (NCHW). ``fast=True``: ``prepare_fast`` (channels_last, bf16
     autocast on CUDA, ``torch.compile`` if ``compile``). The model is moved to ``device``.
@@ -167,7 +179,7 @@ def measure_throughput(
     for _ in range(warmup):
         fn(x)
     _sync(device)
-    if device.type == 'cuda':
+    if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
         t0 = time.perf_counter()
@@ -176,7 +188,7 @@ def measure_throughput(
         _sync(device)
         dt = time.perf_counter() - t0
         # the model and the input batch are part of the footprint, as in the model zoo's figures
-        peak, method = torch.cuda.max_memory_allocated(device) / 2 ** 20, 'cuda_max_memory_allocated'
+        peak, method = torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_memory_allocated"
         del base
     else:
         gc.collect()
@@ -185,7 +197,7 @@ def measure_throughput(
             for _ in range(iters):
                 fn(x)
             dt = time.perf_counter() - t0
-        peak, method = sampler.delta_mb, 'cpu_peak_rss_delta'
+        peak, method = sampler.delta_mb, "cpu_peak_rss_delta"
     return dict(
         throughput=batch_size * iters / dt,
         peak_mem_mb=peak,
@@ -198,47 +210,58 @@ def measure_throughput(
 
 
 def _is_oom(e: BaseException) -> bool:
-    return isinstance(e, torch.OutOfMemoryError) or 'out of memory' in str(e).lower()
+    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
 
 
 def complexity_table(
-        model_names: List[str],
-        resolutions: List[int],
-        batch_size: int = 256,
-        device: str = 'cpu',
-        fast: bool = False,
-        warmup: int = 3,
-        iters: int = 10,
-        measure: bool = True,
-) -> List[Dict[str, object]]:
-    """ One row per model x resolution: model, img_size, params_m, gmacs, throughput,
+    model_names: list[str],
+    resolutions: list[int],
+    batch_size: int = 256,
+    device: str = "cpu",
+    fast: bool = False,
+    warmup: int = 3,
+    iters: int = 10,
+    measure: bool = True,
+) -> list[dict[str, object]]:
+    """One row per model x resolution: model, img_size, params_m, gmacs, throughput,
     peak_mem_mb, mem_method, device, batch_size, fast. Models come from timm's registry
     (``import pcn`` registers the PatchConvNet ones) with ``pretrained=False``. The batch is
     ``batch_size`` or the largest power-of-two fraction of it that fits (halved on OOM).
-    ``measure=False`` skips timing (throughput and memory None). """
+    ``measure=False`` skips timing (throughput and memory None)."""
     import timm  # timm is the model registry
 
     rows = []
     for name in model_names:
         for res in resolutions:
             kwargs = {}
-            if any(k in name for k in ('swin', 'deit', 'vit')):
-                kwargs['img_size'] = res  # fixed-size transformers are built for the resolution
-            with torch.device('meta'):  # shapes only: counting needs no weights and no time
+            if any(k in name for k in ("swin", "deit", "vit")):
+                kwargs["img_size"] = res  # fixed-size transformers are built for the resolution
+            with torch.device("meta"):  # shapes only: counting needs no weights and no time
                 shape_model = timm.create_model(name, pretrained=False, **kwargs)
             row = dict(
-                model=name, img_size=res, params_m=count_params(shape_model) / 1e6,
-                gmacs=count_gmacs(shape_model, res), throughput=None, peak_mem_mb=None,
-                mem_method=None, device=str(device), batch_size=None, fast=fast)
+                model=name,
+                img_size=res,
+                params_m=count_params(shape_model) / 1e6,
+                gmacs=count_gmacs(shape_model, res),
+                throughput=None,
+                peak_mem_mb=None,
+                mem_method=None,
+                device=str(device),
+                batch_size=None,
+                fast=fast,
+            )
             del shape_model
             model = timm.create_model(name, pretrained=False, **kwargs) if measure else None
             bs = batch_size
             while measure and bs >= 1:
                 try:
-                    m = measure_throughput(
-                        model, res, bs, device, fast=fast, warmup=warmup, iters=iters)
-                    row.update(throughput=m['throughput'], peak_mem_mb=m['peak_mem_mb'],
-                               mem_method=m['mem_method'], batch_size=bs)
+                    m = measure_throughput(model, res, bs, device, fast=fast, warmup=warmup, iters=iters)
+                    row.update(
+                        throughput=m["throughput"],
+                        peak_mem_mb=m["peak_mem_mb"],
+                        mem_method=m["mem_method"],
+                        batch_size=bs,
+                    )
                     break
                 except (RuntimeError, torch.OutOfMemoryError) as e:
                     if not _is_oom(e):
@@ -253,23 +276,27 @@ def complexity_table(
     return rows
 
 
-def write_markdown(rows: List[Dict[str, object]], path: Union[str, os.PathLike]) -> None:
-    """ The rows of ``complexity_table`` as a Markdown table. """
+def write_markdown(rows: list[dict[str, object]], path: str | os.PathLike) -> None:
+    """The rows of ``complexity_table`` as a Markdown table."""
+
     def fmt(v, spec):
-        return '-' if v is None else format(v, spec)
+        return "-" if v is None else format(v, spec)
 
     lines = [
-        '| model | img size | params (M) | GMACs | throughput (im/s) | peak mem (MB) | device | batch |',
-        '|---|---|---|---|---|---|---|---|',
+        "| model | img size | params (M) | GMACs | throughput (im/s) | peak mem (MB) | device | batch |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['img_size']} | {fmt(r['params_m'], '.1f')} | {fmt(r['gmacs'], '.2f')} | "
             f"{fmt(r['throughput'], '.1f')} | {fmt(r['peak_mem_mb'], '.0f')} | {r['device']} | "
-            f"{fmt(r['batch_size'], 'd')} |")
-    methods = sorted({r['mem_method'] for r in rows if r.get('mem_method')})
-    lines.append('')
-    lines.append('GMACs: multiply-accumulates of one image (convs, linears, attention matmuls; '
-                 'torch FlopCounterMode / 2).' + (f" Peak memory: {', '.join(methods)}." if methods else ''))
-    with open(path, 'w') as f:
-        f.write('\n'.join(lines) + '\n')
+            f"{fmt(r['batch_size'], 'd')} |"
+        )
+    methods = sorted({r["mem_method"] for r in rows if r.get("mem_method")})
+    lines.append("")
+    lines.append(
+        "GMACs: multiply-accumulates of one image (convs, linears, attention matmuls; "
+        "torch FlopCounterMode / 2)." + (f" Peak memory: {', '.join(methods)}." if methods else "")
+    )
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")

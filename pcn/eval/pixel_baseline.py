@@ -43,5 +43,12 @@ def fit_pixel_baseline(train_dir, val_dir, seed: int = 0, grid: int = 8, epochs:
     with torch.no_grad():
         train_top1 = (linear(xtr_t).argmax(1) == ytr_t).float().mean().item() * 100
         val_top1 = (linear(xva_t).argmax(1) == yva_t).float().mean().item() * 100
-    return {"top1": round(val_top1, 2), "train_top1": round(train_top1, 2), "chance": round(100 / n_classes, 2),
-            "grid": grid, "features": int(xtr.shape[1]), "n_train": len(ytr), "n_val": len(yva)}
+    return {
+        "top1": round(val_top1, 2),
+        "train_top1": round(train_top1, 2),
+        "chance": round(100 / n_classes, 2),
+        "grid": grid,
+        "features": int(xtr.shape[1]),
+        "n_train": len(ytr),
+        "n_val": len(yva),
+    }

@@ -1,4 +1,4 @@
-""" PatchConvNet: a convolutional trunk with attention-based aggregation
+"""PatchConvNet: a convolutional trunk with attention-based aggregation
 
 Paper:
 * `Augmenting Convolutional networks with attention-based aggregation`
@@ -25,13 +25,12 @@ Layout, top to bottom:
 Internally the trunk keeps the patches as a (B, H, W, C) tensor: the norm acts
 on the last dimension and the convolutions see a channels-last NCHW view.
 """
+
 from functools import partial
-from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
@@ -41,11 +40,11 @@ from timm.models._manipulate import checkpoint_seq
 
 from .checkpoint import check_state_dict, unwrap_state_dict
 
-__all__ = ['PatchConvNet', 'ConvStem', 'TrunkBlock', 'AggregationBlock', 'AggregationAttention']
+__all__ = ["PatchConvNet", "ConvStem", "TrunkBlock", "AggregationBlock", "AggregationAttention"]
 
 
 class ConvStem(nn.Module):
-    """ Image -> (B, H, W, C) patch grid.
+    """Image -> (B, H, W, C) patch grid.
 
     ``kind='conv'``: four 3x3 convolutions (no bias) with GELU between them, widths
     C/8, C/4, C/2, C, each stride 2 (the last one stride 1 when ``stride=8``).
@@ -56,18 +55,18 @@ class ConvStem(nn.Module):
     """
 
     def __init__(
-            self,
-            in_chans: int = 3,
-            embed_dim: int = 384,
-            kind: str = 'conv',
-            stride: int = 16,
-            act_layer=nn.GELU,
+        self,
+        in_chans: int = 3,
+        embed_dim: int = 384,
+        kind: str = "conv",
+        stride: int = 16,
+        act_layer=nn.GELU,
     ):
         super().__init__()
         if stride not in (8, 16):
-            raise ValueError(f'stem stride must be 8 or 16, got {stride}')
+            raise ValueError(f"stem stride must be 8 or 16, got {stride}")
         self.stride = stride
-        if kind == 'conv':
+        if kind == "conv":
             widths = [embed_dim // 8, embed_dim // 4, embed_dim // 2, embed_dim]
             strides = [2, 2, 2, 2 if stride == 16 else 1]
             layers = []
@@ -78,7 +77,7 @@ class ConvStem(nn.Module):
                 layers.append(nn.Sequential(nn.Conv2d(prev, w, 3, stride=s, padding=1, bias=False)))
                 prev = w
             self.proj = nn.Sequential(*layers)
-        elif kind == 'linear':
+        elif kind == "linear":
             self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=stride, stride=stride)
         else:
             raise ValueError(f"stem must be 'conv' or 'linear', got {kind!r}")
@@ -89,7 +88,7 @@ class ConvStem(nn.Module):
 
 
 class SqueezeExcite(nn.Module):
-    """ Squeeze-excitation with 1x1 convolutions (keys ``conv_reduce``, ``conv_expand``). """
+    """Squeeze-excitation with 1x1 convolutions (keys ``conv_reduce``, ``conv_expand``)."""
 
     def __init__(self, dim: int, rd_ratio: float = 0.25):
         super().__init__()
@@ -107,27 +106,27 @@ class SqueezeExcite(nn.Module):
 
 
 class ChannelsLastBatchNorm(nn.BatchNorm2d):
-    """ BatchNorm2d over the last dimension of a (B, H, W, C) tensor (the ``norm='batch'`` ablation). """
+    """BatchNorm2d over the last dimension of a (B, H, W, C) tensor (the ``norm='batch'`` ablation)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
 class TrunkBlock(nn.Module):
-    """ Residual column block on a (B, H, W, C) grid.
+    """Residual column block on a (B, H, W, C) grid.
 
     x = x + drop_path(gamma_1 * f(norm1(x))); f = 1x1 conv -> GELU -> 3x3 dw conv
     -> GELU -> SE -> 1x1 conv, stored as ``attn.qkv_pos.{0..5}`` (the released name).
     """
 
     def __init__(
-            self,
-            dim: int,
-            drop_path: float = 0.,
-            layerscale_init: float = 1e-4,
-            norm_layer=partial(nn.LayerNorm, eps=1e-6),
-            act_layer=nn.GELU,
-            se: bool = True,
+        self,
+        dim: int,
+        drop_path: float = 0.0,
+        layerscale_init: float = 1e-4,
+        norm_layer=partial(nn.LayerNorm, eps=1e-6),  # noqa: B008 (immutable, timm's idiom)
+        act_layer=nn.GELU,
+        se: bool = True,
     ):
         super().__init__()
         self.norm1 = norm_layer(dim)
@@ -140,7 +139,7 @@ class TrunkBlock(nn.Module):
             SqueezeExcite(dim) if se else nn.Identity(),
             nn.Conv2d(dim, dim, 1),
         )
-        self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.gamma_1 = nn.Parameter(layerscale_init * torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -155,7 +154,7 @@ class TrunkBlock(nn.Module):
 
 
 class AggregationAttention(nn.Module):
-    """ Cross-attention from class token(s) to the patches.
+    """Cross-attention from class token(s) to the patches.
 
     ``keys_include_cls=True`` (single token): keys and values are the class token
     followed by the N patches, softmax over N+1 entries.
@@ -165,7 +164,7 @@ class AggregationAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int = 1, qkv_bias: bool = True):
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f'dim {dim} is not divisible by num_heads {num_heads}')
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.scale = (dim // num_heads) ** -0.5
         self.q = nn.Linear(dim, dim, bias=qkv_bias)
@@ -178,13 +177,13 @@ class AggregationAttention(nn.Module):
         return t.reshape(B, L, self.num_heads, C // self.num_heads).transpose(1, 2)
 
     def forward(
-            self,
-            cls: torch.Tensor,
-            kv: torch.Tensor,
-            return_attn: bool = False,
-    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """ cls: (B, K, C) normalised queries; kv: (B, L, C) normalised keys/values.
-        Returns the attended (B, K, C) and, if asked, the softmax (B, heads, K, L). """
+        self,
+        cls: torch.Tensor,
+        kv: torch.Tensor,
+        return_attn: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """cls: (B, K, C) normalised queries; kv: (B, L, C) normalised keys/values.
+        Returns the attended (B, K, C) and, if asked, the softmax (B, heads, K, L)."""
         B, K, C = cls.shape
         q, k, v = self._heads(self.q(cls)), self._heads(self.k(kv)), self._heads(self.v(kv))
         if return_attn:
@@ -199,41 +198,41 @@ class AggregationAttention(nn.Module):
 
 
 class AggregationBlock(nn.Module):
-    """ Class token(s) attend to the patches, then an MLP on the class token(s).
+    """Class token(s) attend to the patches, then an MLP on the class token(s).
 
     cls = cls + gamma_1 * attn(norm1(cls), norm1([cls,] x))
     cls = cls + gamma_2 * mlp(norm2(cls))
     """
 
     def __init__(
-            self,
-            dim: int,
-            num_heads: int = 1,
-            mlp_ratio: float = 3.,
-            layerscale_init: float = 1e-4,
-            drop_path: float = 0.,
-            norm_layer=partial(nn.LayerNorm, eps=1e-6),
-            act_layer=nn.GELU,
-            keys_include_cls: bool = True,
+        self,
+        dim: int,
+        num_heads: int = 1,
+        mlp_ratio: float = 3.0,
+        layerscale_init: float = 1e-4,
+        drop_path: float = 0.0,
+        norm_layer=partial(nn.LayerNorm, eps=1e-6),  # noqa: B008 (immutable, timm's idiom)
+        act_layer=nn.GELU,
+        keys_include_cls: bool = True,
     ):
         super().__init__()
         self.keys_include_cls = keys_include_cls
         self.norm1 = norm_layer(dim)
         self.attn = AggregationAttention(dim, num_heads=num_heads)
-        self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = norm_layer(dim)
         self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=act_layer)
         self.gamma_1 = nn.Parameter(layerscale_init * torch.ones(dim))
         self.gamma_2 = nn.Parameter(layerscale_init * torch.ones(dim))
 
     def forward(
-            self,
-            x: torch.Tensor,
-            cls: torch.Tensor,
-            return_attn: bool = False,
-    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """ x: (B, N, C) patch tokens; cls: (B, K, C). Returns the new cls and, if asked,
-        the attention (B, heads, K, N+1) with the class token first, or (B, heads, K, N). """
+        self,
+        x: torch.Tensor,
+        cls: torch.Tensor,
+        return_attn: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x: (B, N, C) patch tokens; cls: (B, K, C). Returns the new cls and, if asked,
+        the attention (B, heads, K, N+1) with the class token first, or (B, heads, K, N)."""
         K = cls.shape[1]
         u = self.norm1(torch.cat((cls, x), dim=1))
         kv = u if self.keys_include_cls else u[:, K:]
@@ -244,7 +243,7 @@ class AggregationBlock(nn.Module):
 
 
 class PatchConvNet(nn.Module):
-    """ PatchConvNet, with the ablations of the paper as options.
+    """PatchConvNet, with the ablations of the paper as options.
 
     Args:
         img_size: nominal input size (only used for bookkeeping; any size divisible
@@ -270,37 +269,37 @@ class PatchConvNet(nn.Module):
     """
 
     def __init__(
-            self,
-            img_size: int = 224,
-            in_chans: int = 3,
-            num_classes: int = 1000,
-            embed_dim: int = 384,
-            depth: int = 60,
-            mlp_ratio: float = 3.,
-            layerscale_init: float = 1e-4,
-            drop_rate: float = 0.,
-            drop_path_rate: float = 0.,
-            norm: str = 'layer',
-            stem: str = 'conv',
-            stem_stride: int = 16,
-            pool: str = 'attention',
-            agg_blocks: int = 1,
-            agg_heads: int = 1,
-            se: bool = True,
-            multiclass: bool = False,
-            act_layer=nn.GELU,
+        self,
+        img_size: int = 224,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        embed_dim: int = 384,
+        depth: int = 60,
+        mlp_ratio: float = 3.0,
+        layerscale_init: float = 1e-4,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        norm: str = "layer",
+        stem: str = "conv",
+        stem_stride: int = 16,
+        pool: str = "attention",
+        agg_blocks: int = 1,
+        agg_heads: int = 1,
+        se: bool = True,
+        multiclass: bool = False,
+        act_layer=nn.GELU,
     ):
         super().__init__()
-        if norm not in ('layer', 'batch'):
+        if norm not in ("layer", "batch"):
             raise ValueError(f"norm must be 'layer' or 'batch', got {norm!r}")
-        if pool not in ('attention', 'avg'):
+        if pool not in ("attention", "avg"):
             raise ValueError(f"pool must be 'attention' or 'avg', got {pool!r}")
-        if pool == 'attention' and agg_blocks < 1:
-            raise ValueError('attention pooling needs agg_blocks >= 1')
+        if pool == "attention" and agg_blocks < 1:
+            raise ValueError("attention pooling needs agg_blocks >= 1")
         if multiclass and num_classes < 1:
-            raise ValueError('multiclass needs num_classes >= 1')
+            raise ValueError("multiclass needs num_classes >= 1")
         norm_layer = partial(nn.LayerNorm, eps=1e-6)
-        trunk_norm = norm_layer if norm == 'layer' else ChannelsLastBatchNorm
+        trunk_norm = norm_layer if norm == "layer" else ChannelsLastBatchNorm
 
         self.num_classes = num_classes
         self.in_chans = in_chans
@@ -310,35 +309,40 @@ class PatchConvNet(nn.Module):
         self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
         self.grad_checkpointing = False
         # class tokens in front of the patch tokens in forward_features' output
-        self.num_prefix_tokens = 0 if pool == 'avg' else (num_classes if multiclass else 1)
+        self.num_prefix_tokens = 0 if pool == "avg" else (num_classes if multiclass else 1)
 
         self.patch_embed = ConvStem(in_chans, embed_dim, kind=stem, stride=stem_stride, act_layer=act_layer)
-        self.blocks = nn.Sequential(*[
-            TrunkBlock(
-                embed_dim,
-                drop_path=drop_path_rate,
-                layerscale_init=layerscale_init,
-                norm_layer=trunk_norm,
-                act_layer=act_layer,
-                se=se,
-            )
-            for _ in range(depth)])
-        self.feature_info = [
-            dict(num_chs=embed_dim, reduction=stem_stride, module=f'blocks.{i}') for i in range(depth)]
-
-        if pool == 'attention':
-            self.cls_token = nn.Parameter(torch.zeros(1, self.num_prefix_tokens, embed_dim))
-            self.blocks_token_only = nn.ModuleList([
-                AggregationBlock(
+        self.blocks = nn.Sequential(
+            *[
+                TrunkBlock(
                     embed_dim,
-                    num_heads=agg_heads,
-                    mlp_ratio=mlp_ratio,
+                    drop_path=drop_path_rate,
                     layerscale_init=layerscale_init,
-                    norm_layer=norm_layer,
+                    norm_layer=trunk_norm,
                     act_layer=act_layer,
-                    keys_include_cls=not multiclass,
+                    se=se,
                 )
-                for _ in range(agg_blocks)])
+                for _ in range(depth)
+            ]
+        )
+        self.feature_info = [dict(num_chs=embed_dim, reduction=stem_stride, module=f"blocks.{i}") for i in range(depth)]
+
+        if pool == "attention":
+            self.cls_token = nn.Parameter(torch.zeros(1, self.num_prefix_tokens, embed_dim))
+            self.blocks_token_only = nn.ModuleList(
+                [
+                    AggregationBlock(
+                        embed_dim,
+                        num_heads=agg_heads,
+                        mlp_ratio=mlp_ratio,
+                        layerscale_init=layerscale_init,
+                        norm_layer=norm_layer,
+                        act_layer=act_layer,
+                        keys_include_cls=not multiclass,
+                    )
+                    for _ in range(agg_blocks)
+                ]
+            )
         else:
             self.cls_token = None
             self.blocks_token_only = None
@@ -347,7 +351,7 @@ class PatchConvNet(nn.Module):
         self.head = self._make_head(num_classes)
 
         if self.cls_token is not None:
-            trunc_normal_(self.cls_token, std=.02)
+            trunc_normal_(self.cls_token, std=0.02)
         self.apply(self._init_weights)
 
     def _make_head(self, num_classes: int) -> nn.Module:
@@ -359,7 +363,7 @@ class PatchConvNet(nn.Module):
 
     def _init_weights(self, m: nn.Module):
         if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=.02)
+            trunc_normal_(m.weight, std=0.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.LayerNorm):
@@ -368,34 +372,34 @@ class PatchConvNet(nn.Module):
 
     @torch.jit.ignore
     def no_weight_decay(self):
-        return {'cls_token'}
+        return {"cls_token"}
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True):
         self.grad_checkpointing = enable
 
     @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> Dict:
+    def group_matcher(self, coarse: bool = False) -> dict:
         return dict(
-            stem=r'^cls_token|patch_embed',  # stem and embed
-            blocks=[(r'^blocks\.(\d+)', None), (r'^blocks_token_only|^norm', (99999,))],
+            stem=r"^cls_token|patch_embed",  # stem and embed
+            blocks=[(r"^blocks\.(\d+)", None), (r"^blocks_token_only|^norm", (99999,))],
         )
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
         return self.head
 
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
-        """ New classifier. In multi-class models the class tokens follow the number of classes. """
-        if global_pool not in (None, '', self.pool, 'token' if self.pool == 'attention' else self.pool):
-            raise ValueError(f'cannot switch pooling of a built model from {self.pool!r} to {global_pool!r}')
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None):
+        """New classifier. In multi-class models the class tokens follow the number of classes."""
+        if global_pool not in (None, "", self.pool, "token" if self.pool == "attention" else self.pool):
+            raise ValueError(f"cannot switch pooling of a built model from {self.pool!r} to {global_pool!r}")
         if self.multiclass and num_classes != self.num_classes:
             if num_classes < 1:
-                raise ValueError('a multi-class model needs num_classes >= 1')
+                raise ValueError("a multi-class model needs num_classes >= 1")
             old = self.cls_token.data
             new = old.new_empty(1, num_classes, self.embed_dim)
-            trunc_normal_(new, std=.02)
-            new[:, :min(num_classes, old.shape[1])] = old[:, :num_classes]
+            trunc_normal_(new, std=0.02)
+            new[:, : min(num_classes, old.shape[1])] = old[:, :num_classes]
             self.cls_token = nn.Parameter(new)
             self.num_prefix_tokens = num_classes
         self.num_classes = num_classes
@@ -407,7 +411,7 @@ class PatchConvNet(nn.Module):
     # --- forward ---------------------------------------------------------------------------
 
     def _trunk(self, x: torch.Tensor) -> torch.Tensor:
-        """ Image -> (B, H, W, C) after stem and trunk blocks. """
+        """Image -> (B, H, W, C) after stem and trunk blocks."""
         x = self.patch_embed(x)
         if self.grad_checkpointing and not torch.jit.is_scripting():
             x = checkpoint_seq(self.blocks, x)
@@ -416,12 +420,12 @@ class PatchConvNet(nn.Module):
         return x
 
     def _aggregate(
-            self,
-            x: torch.Tensor,
-            return_attn: bool = False,
-    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """ (B, H, W, C) grid -> (B, prefix + N, C) tokens, class token(s) first, not normalised.
-        With ``return_attn`` also the softmax of the LAST aggregation block. """
+        self,
+        x: torch.Tensor,
+        return_attn: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, H, W, C) grid -> (B, prefix + N, C) tokens, class token(s) first, not normalised.
+        With ``return_attn`` also the softmax of the LAST aggregation block."""
         x = x.flatten(1, 2)
         if self.blocks_token_only is None:
             return x, None
@@ -433,16 +437,16 @@ class PatchConvNet(nn.Module):
         return torch.cat((cls, x), dim=1), attn
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """ Image -> (B, prefix + N, C) tokens: class token(s) (after aggregation) then patches.
-        With ``pool='avg'`` there is no prefix. The final norm is applied in forward_head. """
+        """Image -> (B, prefix + N, C) tokens: class token(s) (after aggregation) then patches.
+        With ``pool='avg'`` there is no prefix. The final norm is applied in forward_head."""
         return self._aggregate(self._trunk(x))[0]
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """ Tokens -> logits: pool (class tokens or mean of patches) -> norm -> head. """
-        if self.pool == 'avg':
+        """Tokens -> logits: pool (class tokens or mean of patches) -> norm -> head."""
+        if self.pool == "avg":
             x = x.mean(dim=1)
         else:
-            x = x[:, :self.num_prefix_tokens]
+            x = x[:, : self.num_prefix_tokens]
             if not self.multiclass:
                 x = x[:, 0]
         x = self.head_drop(self.norm(x))
@@ -453,18 +457,18 @@ class PatchConvNet(nn.Module):
             b = torch.cat([h.bias for h in self.head], dim=0)
             if x.ndim == 2:  # avg pooling: one vector for every class
                 return F.linear(x, w, b)
-            return torch.einsum('bkc,kc->bk', x, w) + b  # class k's token through head k
+            return torch.einsum("bkc,kc->bk", x, w) + b  # class k's token through head k
         return self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
-    def forward_attention(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """ Logits and the aggregation attention map of the last aggregation block,
+    def forward_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and the aggregation attention map of the last aggregation block,
         averaged over heads: (B, H, W) for one class token (the patch part of the softmax,
         which sums to 1 minus the class token's weight on itself), (B, K, H, W) for the
-        multi-class model (one map per class, each sums to 1). """
-        if self.pool != 'attention':
+        multi-class model (one map per class, each sums to 1)."""
+        if self.pool != "attention":
             raise RuntimeError("forward_attention needs pool='attention'; an average-pooled model has no map")
         grid = self._trunk(x)
         B, H, W, _ = grid.shape
@@ -478,28 +482,28 @@ class PatchConvNet(nn.Module):
 
     @property
     def single_class_token(self) -> bool:
-        """ One class token among its own keys: the model that can collapse onto it. """
-        return self.pool == 'attention' and not self.multiclass
+        """One class token among its own keys: the model that can collapse onto it."""
+        return self.pool == "attention" and not self.multiclass
 
     @torch.no_grad()
     def class_token_self_attention(self, x: torch.Tensor) -> torch.Tensor:
-        """ (B,) softmax weight the class token puts on its own key in the last aggregation
+        """(B,) softmax weight the class token puts on its own key in the last aggregation
         block (single-token models). Near 1 for every image, the model's output no longer
-        depends on the image: training has collapsed onto the class token. """
+        depends on the image: training has collapsed onto the class token."""
         if not self.single_class_token:
-            raise RuntimeError('only a single class token attends to itself (multi-class keys are the patches)')
+            raise RuntimeError("only a single class token attends to itself (multi-class keys are the patches)")
         return 1 - self.forward_attention(x)[1].flatten(1).sum(1)
 
     def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = 'NCHW',
-            intermediates_only: bool = False,
-    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
-        """ Trunk block outputs as feature maps (stride = stem stride).
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Trunk block outputs as feature maps (stride = stem stride).
 
         Args:
             x: input images.
@@ -509,19 +513,19 @@ class PatchConvNet(nn.Module):
             output_fmt: 'NCHW', 'NHWC' or 'NLC'.
             intermediates_only: return only the intermediates.
         """
-        if output_fmt not in ('NCHW', 'NHWC', 'NLC'):
+        if output_fmt not in ("NCHW", "NHWC", "NLC"):
             raise ValueError(f"output_fmt must be 'NCHW', 'NHWC' or 'NLC', got {output_fmt!r}")
         take_indices, max_index = feature_take_indices(len(self.blocks), indices)
         intermediates = []
         x = self.patch_embed(x)
-        blocks = self.blocks[:max_index + 1] if (stop_early and intermediates_only) else self.blocks
+        blocks = self.blocks[: max_index + 1] if (stop_early and intermediates_only) else self.blocks
         for i, blk in enumerate(blocks):
             x = blk(x)
             if i in take_indices:
                 y = self.norm(x) if norm else x
-                if output_fmt == 'NCHW':
+                if output_fmt == "NCHW":
                     y = y.permute(0, 3, 1, 2).contiguous()
-                elif output_fmt == 'NLC':
+                elif output_fmt == "NLC":
                     y = y.flatten(1, 2)
                 intermediates.append(y)
         if intermediates_only:
@@ -529,20 +533,20 @@ class PatchConvNet(nn.Module):
         return self._aggregate(x)[0], intermediates
 
     def prune_intermediate_layers(
-            self,
-            indices: Union[int, List[int]] = 1,
-            prune_norm: bool = False,
-            prune_head: bool = True,
-    ) -> List[int]:
-        """ Drop the blocks (and head) not needed for the given intermediates. """
+        self,
+        indices: int | list[int] = 1,
+        prune_norm: bool = False,
+        prune_head: bool = True,
+    ) -> list[int]:
+        """Drop the blocks (and head) not needed for the given intermediates."""
         take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        self.blocks = self.blocks[:max_index + 1]
+        self.blocks = self.blocks[: max_index + 1]
         if prune_norm:
             self.norm = nn.Identity()
         if prune_head:
             self.blocks_token_only = None
             self.cls_token = None
-            self.pool = 'avg'
+            self.pool = "avg"
             self.multiclass = False
             self.num_prefix_tokens = 0
             self.num_classes = 0
@@ -550,8 +554,8 @@ class PatchConvNet(nn.Module):
         return take_indices
 
 
-def checkpoint_filter_fn(state_dict: Dict, model: Optional[PatchConvNet] = None) -> Dict[str, torch.Tensor]:
-    """ Map a released checkpoint onto this model's keys.
+def checkpoint_filter_fn(state_dict: dict, model: PatchConvNet | None = None) -> dict[str, torch.Tensor]:
+    """Map a released checkpoint onto this model's keys.
 
     The released files hold ``{"model": state_dict}`` with our key names already; this
     unwraps it and drops a DistributedDataParallel ``module.`` prefix. Given the model, it
@@ -559,24 +563,24 @@ def checkpoint_filter_fn(state_dict: Dict, model: Optional[PatchConvNet] = None)
     model has another number of classes (fine-tuning), the classifier (and, for the
     multi-class model, the class tokens) is dropped and left to its fresh initialisation.
     """
-    source = 'checkpoint'
-    cfg = getattr(model, 'pretrained_cfg', None) or {}
-    if cfg.get('file') or cfg.get('url'):
-        source = str(cfg.get('file') or cfg.get('url'))
+    source = "checkpoint"
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    if cfg.get("file") or cfg.get("url"):
+        source = str(cfg.get("file") or cfg.get("url"))
     state_dict = unwrap_state_dict(state_dict, source=source)
     if model is None:
         return state_dict
     allow_missing, allow_shape = [], []
-    if model.multiclass and 'cls_token' in state_dict:
-        ckpt_classes = state_dict['cls_token'].shape[1]
+    if model.multiclass and "cls_token" in state_dict:
+        ckpt_classes = state_dict["cls_token"].shape[1]
     else:
-        ckpt_classes = state_dict['head.weight'].shape[0] if 'head.weight' in state_dict else None
+        ckpt_classes = state_dict["head.weight"].shape[0] if "head.weight" in state_dict else None
     if ckpt_classes is not None and ckpt_classes != model.num_classes:
-        drop = ('head.', 'cls_token') if model.multiclass else ('head.',)
+        drop = ("head.", "cls_token") if model.multiclass else ("head.",)
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith(drop)}
         allow_missing += list(drop)
     if model.in_chans != 3:  # timm adapts the first conv from 3 input channels
-        allow_shape.append('patch_embed.proj.0.0.weight')
+        allow_shape.append("patch_embed.proj.0.0.weight")
     check_state_dict(model, state_dict, source=source, allow_missing=allow_missing, allow_shape=allow_shape)
     return state_dict
 
@@ -585,100 +589,108 @@ def _create_patchconvnet(variant: str, pretrained: bool = False, **kwargs) -> Pa
     if pretrained:
         cfg = resolve_pretrained_cfg(
             variant,
-            pretrained_cfg=kwargs.get('pretrained_cfg'),
-            pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'),
+            pretrained_cfg=kwargs.get("pretrained_cfg"),
+            pretrained_cfg_overlay=kwargs.get("pretrained_cfg_overlay"),
         )
         if not (cfg.url or cfg.file or cfg.hf_hub_id or cfg.state_dict):
             raise ValueError(
-                f'{variant}: no released weights; pass pretrained_cfg_overlay=dict(file=PATH) '
-                'or use pretrained=False')
-    out_indices = kwargs.pop('out_indices', 3)
+                f"{variant}: no released weights; pass pretrained_cfg_overlay=dict(file=PATH) or use pretrained=False"
+            )
+    out_indices = kwargs.pop("out_indices", 3)
     return build_model_with_cfg(
         PatchConvNet,
         variant,
         pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls='getter'),
+        feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
         **kwargs,
     )
 
 
-def _cfg(url: str = '', **kwargs) -> Dict:
+def _cfg(url: str = "", **kwargs) -> dict:
     return {
-        'url': url,
-        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None,
-        'crop_pct': 0.875, 'interpolation': 'bicubic', 'fixed_input_size': False,
-        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
-        'first_conv': 'patch_embed.proj.0.0', 'classifier': 'head',
-        'license': 'apache-2.0',
-        'paper_ids': 'arXiv:2112.13692',
+        "url": url,
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "pool_size": None,
+        "crop_pct": 0.875,
+        "interpolation": "bicubic",
+        "fixed_input_size": False,
+        "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "patch_embed.proj.0.0",
+        "classifier": "head",
+        "license": "apache-2.0",
+        "paper_ids": "arXiv:2112.13692",
         **kwargs,
     }
 
 
-default_cfgs = generate_default_cfgs({
-    'patchconvnet_s60.fb_in1k': _cfg(url='https://dl.fbaipublicfiles.com/deit/s60_224_1k.pth'),
-    'patchconvnet_s120.fb_in1k': _cfg(url='https://dl.fbaipublicfiles.com/deit/s120_224_1k.pth'),
-    'patchconvnet_b60.fb_in1k': _cfg(url='https://dl.fbaipublicfiles.com/deit/b60_224_1k.pth'),
-    'patchconvnet_b120.fb_in1k': _cfg(url='https://dl.fbaipublicfiles.com/deit/b120_224_1k.pth'),
-    'patchconvnet_l60': _cfg(),  # no ImageNet-1k release
-    'patchconvnet_l120': _cfg(),  # no ImageNet-1k release
-    'patchconvnet_s60_multi.fb_in1k': _cfg(url='https://dl.fbaipublicfiles.com/deit/s60_224_multi_1k.pth'),
-    # untrained demo sizes for small images on CPUs (10 classes, 64 px by default)
-    'patchconvnet_demo': _cfg(num_classes=10, input_size=(3, 64, 64), crop_pct=1.0),
-    'patchconvnet_demo_multi': _cfg(num_classes=10, input_size=(3, 64, 64), crop_pct=1.0),
-})
+default_cfgs = generate_default_cfgs(
+    {
+        "patchconvnet_s60.fb_in1k": _cfg(url="https://dl.fbaipublicfiles.com/deit/s60_224_1k.pth"),
+        "patchconvnet_s120.fb_in1k": _cfg(url="https://dl.fbaipublicfiles.com/deit/s120_224_1k.pth"),
+        "patchconvnet_b60.fb_in1k": _cfg(url="https://dl.fbaipublicfiles.com/deit/b60_224_1k.pth"),
+        "patchconvnet_b120.fb_in1k": _cfg(url="https://dl.fbaipublicfiles.com/deit/b120_224_1k.pth"),
+        "patchconvnet_l60": _cfg(),  # no ImageNet-1k release
+        "patchconvnet_l120": _cfg(),  # no ImageNet-1k release
+        "patchconvnet_s60_multi.fb_in1k": _cfg(url="https://dl.fbaipublicfiles.com/deit/s60_224_multi_1k.pth"),
+        # untrained demo sizes for small images on CPUs (10 classes, 64 px by default)
+        "patchconvnet_demo": _cfg(num_classes=10, input_size=(3, 64, 64), crop_pct=1.0),
+        "patchconvnet_demo_multi": _cfg(num_classes=10, input_size=(3, 64, 64), crop_pct=1.0),
+    }
+)
 
 
 @register_model
 def patchconvnet_s60(pretrained=False, **kwargs) -> PatchConvNet:
     model_args = dict(embed_dim=384, depth=60, layerscale_init=1e-4)
-    return _create_patchconvnet('patchconvnet_s60', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_patchconvnet("patchconvnet_s60", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def patchconvnet_s120(pretrained=False, **kwargs) -> PatchConvNet:
     model_args = dict(embed_dim=384, depth=120, layerscale_init=1e-6)
-    return _create_patchconvnet('patchconvnet_s120', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_patchconvnet("patchconvnet_s120", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def patchconvnet_b60(pretrained=False, **kwargs) -> PatchConvNet:
     model_args = dict(embed_dim=768, depth=60, layerscale_init=1e-6)
-    return _create_patchconvnet('patchconvnet_b60', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_patchconvnet("patchconvnet_b60", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def patchconvnet_b120(pretrained=False, **kwargs) -> PatchConvNet:
     model_args = dict(embed_dim=768, depth=120, layerscale_init=1e-6)
-    return _create_patchconvnet('patchconvnet_b120', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_patchconvnet("patchconvnet_b120", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def patchconvnet_l60(pretrained=False, **kwargs) -> PatchConvNet:
     model_args = dict(embed_dim=1024, depth=60, layerscale_init=1e-6)
-    return _create_patchconvnet('patchconvnet_l60', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_patchconvnet("patchconvnet_l60", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def patchconvnet_l120(pretrained=False, **kwargs) -> PatchConvNet:
     model_args = dict(embed_dim=1024, depth=120, layerscale_init=1e-6)
-    return _create_patchconvnet('patchconvnet_l120', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_patchconvnet("patchconvnet_l120", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def patchconvnet_s60_multi(pretrained=False, **kwargs) -> PatchConvNet:
     model_args = dict(embed_dim=384, depth=60, layerscale_init=1e-4, multiclass=True)
-    return _create_patchconvnet('patchconvnet_s60_multi', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_patchconvnet("patchconvnet_s60_multi", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def patchconvnet_demo(pretrained=False, **kwargs) -> PatchConvNet:
     model_args = dict(embed_dim=96, depth=8, layerscale_init=1e-4, stem_stride=8)
-    return _create_patchconvnet('patchconvnet_demo', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_patchconvnet("patchconvnet_demo", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def patchconvnet_demo_multi(pretrained=False, **kwargs) -> PatchConvNet:
     model_args = dict(embed_dim=96, depth=8, layerscale_init=1e-4, stem_stride=8, multiclass=True)
-    return _create_patchconvnet('patchconvnet_demo_multi', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_patchconvnet("patchconvnet_demo_multi", pretrained=pretrained, **dict(model_args, **kwargs))

@@ -1,4 +1,4 @@
-""" Attention-based pooling as a head for any convnet (Touvron et al. 2021, arXiv:2112.13692, Sec. 3).
+"""Attention-based pooling as a head for any convnet (Touvron et al. 2021, arXiv:2112.13692, Sec. 3).
 
 ``AttentionPoolHead`` replaces global average pooling + classifier: a learned class token
 attends once to the positions of a (B, C, H, W) feature map (one head, keys and values are
@@ -12,21 +12,20 @@ Use on a timm convnet::
     logits = head(model.forward_features(images))
     logits, maps = head(model.forward_features(images), return_attn=True)  # maps: B x H x W
 """
+
 from functools import partial
-from typing import Tuple, Union
 
 import torch
 import torch.nn as nn
-
 from timm.layers import trunc_normal_
 
 from .patchconvnet import AggregationBlock
 
-__all__ = ['AttentionPoolHead']
+__all__ = ["AttentionPoolHead"]
 
 
 class AttentionPoolHead(nn.Module):
-    """ (B, C, H, W) features -> logits, optionally with the attention map (B, H, W).
+    """(B, C, H, W) features -> logits, optionally with the attention map (B, H, W).
 
     Args:
         in_chans: channels C of the feature map.
@@ -38,13 +37,13 @@ class AttentionPoolHead(nn.Module):
     """
 
     def __init__(
-            self,
-            in_chans: int,
-            num_classes: int = 1000,
-            num_heads: int = 1,
-            mlp_ratio: float = 3.,
-            layerscale_init: float = 1e-4,
-            drop_rate: float = 0.,
+        self,
+        in_chans: int,
+        num_classes: int = 1000,
+        num_heads: int = 1,
+        mlp_ratio: float = 3.0,
+        layerscale_init: float = 1e-4,
+        drop_rate: float = 0.0,
     ):
         super().__init__()
         norm_layer = partial(nn.LayerNorm, eps=1e-6)
@@ -52,18 +51,23 @@ class AttentionPoolHead(nn.Module):
         self.num_classes = num_classes
         self.cls_token = nn.Parameter(torch.zeros(1, 1, in_chans))
         self.block = AggregationBlock(
-            in_chans, num_heads=num_heads, mlp_ratio=mlp_ratio, layerscale_init=layerscale_init,
-            norm_layer=norm_layer, keys_include_cls=True)
+            in_chans,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            layerscale_init=layerscale_init,
+            norm_layer=norm_layer,
+            keys_include_cls=True,
+        )
         self.norm = norm_layer(in_chans)
         self.head_drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(in_chans, num_classes) if num_classes > 0 else nn.Identity()
-        trunc_normal_(self.cls_token, std=.02)
+        trunc_normal_(self.cls_token, std=0.02)
         self.apply(self._init_weights)
 
     @staticmethod
     def _init_weights(m: nn.Module):
         if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=.02)
+            trunc_normal_(m.weight, std=0.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.LayerNorm):
@@ -78,11 +82,11 @@ class AttentionPoolHead(nn.Module):
         self.fc.to(device=ref.device, dtype=ref.dtype)
 
     def forward(
-            self,
-            x: torch.Tensor,
-            pre_logits: bool = False,
-            return_attn: bool = False,
-    ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+        self,
+        x: torch.Tensor,
+        pre_logits: bool = False,
+        return_attn: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         B, C, H, W = x.shape
         tokens = x.flatten(2).transpose(1, 2)  # B, HW, C
         cls, attn = self.block(tokens, self.cls_token.expand(B, -1, -1), return_attn=return_attn)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from pcn.config import Params, load_params
 from pcn.io import write_json
@@ -30,7 +31,9 @@ class Stage:
         job's metrics already name the machine it trained on; others get this process's."""
         metrics = {"machine": describe(), **metrics, "mlflow_run_id": self.run.run_id}
         write_json(metrics_path, metrics)
-        self.run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        self.run.log_metrics(
+            {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        )
         for path in (metrics_path, *artifacts):
             self.run.log_artifact(path)
         return metrics
@@ -66,10 +69,15 @@ def launcher_kind(args, params: Params) -> str:
 def data_paths(params: Params) -> dict[str, Path]:
     """Where the classification splits live, as image folders (official layouts) and FFCV files."""
     imagenet, v2 = params.data.path("imagenet"), params.data.path("imagenet_v2")
-    return {"train": imagenet / "train", "val": imagenet / "val", "v2": v2,
-            "loc": imagenet / "LOC_val_solution.csv",
-            "train_beton": Path("data/ffcv/train.beton"), "val_beton": Path("data/ffcv/val.beton"),
-            "v2_beton": Path("data/ffcv/v2.beton")}
+    return {
+        "train": imagenet / "train",
+        "val": imagenet / "val",
+        "v2": v2,
+        "loc": imagenet / "LOC_val_solution.csv",
+        "train_beton": Path("data/ffcv/train.beton"),
+        "val_beton": Path("data/ffcv/val.beton"),
+        "v2_beton": Path("data/ffcv/v2.beton"),
+    }
 
 
 def load_json(path: str | Path) -> Any:

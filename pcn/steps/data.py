@@ -28,8 +28,11 @@ def convert(args) -> int:
     anything is written."""
     from pcn.data.ffcv_io import convert_imagefolder, scan_folder
 
-    with stage(args, "convert", ("data.source", "data.root", "data.imagenet", "data.imagenet_v2", "data.ffcv",
-                                 "data.num_workers")) as st:
+    with stage(
+        args,
+        "convert",
+        ("data.source", "data.root", "data.imagenet", "data.imagenet_v2", "data.ffcv", "data.num_workers"),
+    ) as st:
         p, f = st.params, st.params.data.ffcv
         paths = data_paths(p)
         splits = [("train", "imagefolder"), ("val", "imagefolder"), ("v2", "imagenet_v2")]
@@ -40,11 +43,20 @@ def convert(args) -> int:
         with atomic_path(FFCV_DIR, directory=True) as out:
             for split, layout in splits:
                 metrics[split] = convert_imagefolder(
-                    paths[split], out / f"{split}.beton", max_resolution=f.max_resolution,
-                    jpeg_quality=f.jpeg_quality, compress_probability=f.compress_probability,
-                    write_mode=f.write_mode, max_bad_fraction=f.max_bad_fraction,
-                    num_workers=p.data.num_workers, layout=layout, train_classes=train_classes)
-        flat = {f"{split}_{k}": v for split, m in metrics.items() for k, v in m.items() if not isinstance(v, (list, dict))}
+                    paths[split],
+                    out / f"{split}.beton",
+                    max_resolution=f.max_resolution,
+                    jpeg_quality=f.jpeg_quality,
+                    compress_probability=f.compress_probability,
+                    write_mode=f.write_mode,
+                    max_bad_fraction=f.max_bad_fraction,
+                    num_workers=p.data.num_workers,
+                    layout=layout,
+                    train_classes=train_classes,
+                )
+        flat = {
+            f"{split}_{k}": v for split, m in metrics.items() for k, v in m.items() if not isinstance(v, (list, dict))
+        }
         st.run.set_tags({f"data_hash_{s}": m.get("source_hash", "") for s, m in metrics.items()})
         st.finish({**flat, "splits": metrics}, "metrics/convert.json")
     return 0

@@ -53,14 +53,31 @@ def evaluate(args) -> int:
         metrics = {"checkpoint": checkpoint, "img_size": e.img_size, "crop_ratio": e.crop_ratio}
         train_classes = class_folders(paths["train"])  # val and v2 must list the same classes
         for split, layout in (("val", "imagefolder"), ("v2", "imagenet_v2")):
-            loader = build_loader(beton=paths[f"{split}_beton"], folder=paths[split], kind=e.loader or p.data.loader,
-                                  train=False, img_size=e.img_size, batch_size=e.batch_size, aug=None,
-                                  crop_ratio=e.crop_ratio, num_workers=p.data.num_workers, seed=p.seed,
-                                  device=str(device), layout=layout, expected_classes=train_classes)
+            loader = build_loader(
+                beton=paths[f"{split}_beton"],
+                folder=paths[split],
+                kind=e.loader or p.data.loader,
+                train=False,
+                img_size=e.img_size,
+                batch_size=e.batch_size,
+                aug=None,
+                crop_ratio=e.crop_ratio,
+                num_workers=p.data.num_workers,
+                seed=p.seed,
+                device=str(device),
+                layout=layout,
+                expected_classes=train_classes,
+            )
             m = eval_loop(model, loader, device)
             prefix = "" if split == "val" else "v2_"
-            metrics.update({f"{prefix}top1": round(m["top1"], 3), f"{prefix}top5": round(m["top5"], 3),
-                            f"{prefix}loss": round(m["loss"], 5), f"{prefix}n_images": m["n"]})
+            metrics.update(
+                {
+                    f"{prefix}top1": round(m["top1"], 3),
+                    f"{prefix}top5": round(m["top5"], 3),
+                    f"{prefix}loss": round(m["loss"], 5),
+                    f"{prefix}n_images": m["n"],
+                }
+            )
         st.finish(metrics, "metrics/eval.json")
         print(f"top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  on {metrics['n_images']} val images")
     return 0
@@ -121,21 +138,25 @@ def released_model(state_dict, path: str, name: str | None = None):
         for candidate in timm.list_models("patchconvnet_*"):
             with torch.device("meta"):
                 shape_model = timm.create_model(candidate, num_classes=1)
-            shapes = {key: tuple(v.shape) for key, v in shape_model.state_dict().items()
-                      if not key.startswith(per_class)}
+            shapes = {
+                key: tuple(v.shape) for key, v in shape_model.state_dict().items() if not key.startswith(per_class)
+            }
             if shapes == trunk and shape_model.multiclass == multiclass:
                 name = candidate
                 break
-            best = max(best, (sum(trunk.get(key) == s for key, s in shapes.items()) - abs(len(trunk) - len(shapes)),
-                              candidate))
+            best = max(
+                best, (sum(trunk.get(key) == s for key, s in shapes.items()) - abs(len(trunk) - len(shapes)), candidate)
+            )
         if name is None:
             with torch.device("meta"):
                 closest = timm.create_model(best[1], **classes)
             try:
                 check_state_dict(closest, state_dict, source=path)
             except CheckpointError as exc:
-                raise CheckpointError(f"{exc} (no registered PatchConvNet has this checkpoint's keys and shapes; "
-                                      f"closest: {best[1]}; pass --model NAME)") from None
+                raise CheckpointError(
+                    f"{exc} (no registered PatchConvNet has this checkpoint's keys and shapes; "
+                    f"closest: {best[1]}; pass --model NAME)"
+                ) from None
             name = best[1]
     try:
         with torch.device("meta"):
@@ -156,8 +177,9 @@ def _folder_loader(index, transform, batch_size: int, num_workers: int, device):
 
     dataset = FolderDataset(index, transform, seed=0, rank=0, random=False)
     order = [(i, i) for i in range(len(dataset))]  # (sample, position in the epoch)
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=order, num_workers=num_workers,
-                                       pin_memory=device.type == "cuda")
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, sampler=order, num_workers=num_workers, pin_memory=device.type == "cuda"
+    )
 
 
 def evaluate_released(args) -> int:
@@ -178,12 +200,18 @@ def evaluate_released(args) -> int:
     paths = data_paths(p)
     val = scan_folder(paths["val"])
     if val.num_classes != model.num_classes:
-        raise DatasetError(f"{paths['val']}: {val.num_classes} class folders, but the checkpoint's "
-                           f"classifier has {model.num_classes} classes")
+        raise DatasetError(
+            f"{paths['val']}: {val.num_classes} class folders, but the checkpoint's "
+            f"classifier has {model.num_classes} classes"
+        )
     v2 = scan_folder(paths["v2"], "imagenet_v2", train_classes=val.class_names)
 
-    with stage(args, "evaluate_released", ("evaluate", "runtime", "data.root", "data.imagenet", "data.imagenet_v2"),
-               tags={"pcn.checkpoint": str(args.checkpoint), "pcn.model": name}) as st:
+    with stage(
+        args,
+        "evaluate_released",
+        ("evaluate", "runtime", "data.root", "data.imagenet", "data.imagenet_v2"),
+        tags={"pcn.checkpoint": str(args.checkpoint), "pcn.model": name},
+    ) as st:
         device = _device(p)
         model.to(device=device, memory_format=torch.channels_last)
         transform = released_transform(img_size, crop_ratio)
@@ -191,14 +219,21 @@ def evaluate_released(args) -> int:
         for prefix, index in (("", val), ("v2_", v2)):
             loader = _folder_loader(index, transform, p.evaluate.batch_size, p.data.num_workers, device)
             m = eval_loop(model, loader, device)
-            metrics.update({f"{prefix}top1": round(m["top1"], 3), f"{prefix}top5": round(m["top5"], 3),
-                            f"{prefix}n_images": m["n"]})
+            metrics.update(
+                {
+                    f"{prefix}top1": round(m["top1"], 3),
+                    f"{prefix}top5": round(m["top5"], 3),
+                    f"{prefix}n_images": m["n"],
+                }
+            )
         metrics["checkpoint"] = str(args.checkpoint)
         out = RELEASED_DIR / f"{name}-{img_size}.json"
         st.finish(metrics, out)
-    print(f"{name} at {img_size} px (crop ratio {crop_ratio:g}): top-1 {metrics['top1']:.2f}%, "
-          f"top-5 {metrics['top5']:.2f}% on {metrics['n_images']} val images; ImageNet-v2 top-1 "
-          f"{metrics['v2_top1']:.2f}% on {metrics['v2_n_images']} -> {out}")
+    print(
+        f"{name} at {img_size} px (crop ratio {crop_ratio:g}): top-1 {metrics['top1']:.2f}%, "
+        f"top-5 {metrics['top5']:.2f}% on {metrics['n_images']} val images; ImageNet-v2 top-1 "
+        f"{metrics['v2_top1']:.2f}% on {metrics['v2_n_images']} -> {out}"
+    )
     return 0
 
 
@@ -219,12 +254,24 @@ def complexity(args) -> int:
         for model, res in plan:
             timed = c.timed is None or model in c.timed
             try:
-                rows += complexity_table([model], [res], batch_size=c.batch_size, device=device, warmup=1,
-                                         iters=c.iters, measure=timed)
+                rows += complexity_table(
+                    [model], [res], batch_size=c.batch_size, device=device, warmup=1, iters=c.iters, measure=timed
+                )
             except Exception as exc:  # noqa: BLE001 - one model that cannot run at a size must not hide the others
-                rows.append({"model": model, "img_size": res, "params_m": None, "gmacs": None, "throughput": None,
-                             "peak_mem_mb": None, "mem_method": None, "device": device, "batch_size": None,
-                             "error": f"{exc.__class__.__name__}: {exc}"[:300]})
+                rows.append(
+                    {
+                        "model": model,
+                        "img_size": res,
+                        "params_m": None,
+                        "gmacs": None,
+                        "throughput": None,
+                        "peak_mem_mb": None,
+                        "mem_method": None,
+                        "device": device,
+                        "batch_size": None,
+                        "error": f"{exc.__class__.__name__}: {exc}"[:300],
+                    }
+                )
                 print(f"complexity: {model} at {res} px failed: {rows[-1]['error']}")
         out = Path("reports/complexity.md")
         with atomic_path(out) as tmp:

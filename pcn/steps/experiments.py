@@ -12,8 +12,18 @@ from pcn.steps.common import stage
 from pcn.steps.train import num_classes, train_stage
 
 
-def _train(args, name: str, out: str, *, seed: int, tags: dict, model: str | None, options: dict,
-           extra: dict | None = None, **kw) -> dict:
+def _train(
+    args,
+    name: str,
+    out: str,
+    *,
+    seed: int,
+    tags: dict,
+    model: str | None,
+    options: dict,
+    extra: dict | None = None,
+    **kw,
+) -> dict:
     """One run of comparison ``name`` (a stage of ``GRID_STUDIES``), with that comparison's recipe."""
     sections = EXPERIMENT_PARAMS + (f"experiments.train_by_study.{name}",) + tuple(kw.pop("sections", ()))
     with stage(args, name, sections, tags={**tags, "pcn.seed": str(seed)}) as st:
@@ -23,9 +33,20 @@ def _train(args, name: str, out: str, *, seed: int, tags: dict, model: str | Non
         if not has_layerscale(model):
             cfg = cfg.model_copy(update={"layerscale_init": None})
         info = {k.removeprefix("pcn."): v for k, v in tags.items()}
-        return train_stage(args, st, cfg=cfg, out_dir=f"results/{out}", seed=seed, threads=1,
-                           loader=p.experiments.loader, model=model, options=options,
-                           metrics_path=f"metrics/{out}.json", extra={**info, "seed": seed, **(extra or {})}, **kw)
+        return train_stage(
+            args,
+            st,
+            cfg=cfg,
+            out_dir=f"results/{out}",
+            seed=seed,
+            threads=1,
+            loader=p.experiments.loader,
+            model=model,
+            options=options,
+            metrics_path=f"metrics/{out}.json",
+            extra={**info, "seed": seed, **(extra or {})},
+            **kw,
+        )
 
 
 def grid_model(p, model: str | None, options: dict) -> tuple[str, dict]:
@@ -54,9 +75,16 @@ def ablate(args) -> int:
     variants = load_params(args.params).experiments.variants
     if args.variant not in variants:
         raise UserError(f"experiments.variants has no variant {args.variant!r} (known: {', '.join(variants)})")
-    _train(args, "ablation", f"ablations/{args.variant}-s{args.seed}", seed=args.seed,
-           tags={"pcn.study": "ablation", "pcn.variant": args.variant},
-           model=None, options=variants[args.variant], sections=(f"experiments.variants.{args.variant}",))
+    _train(
+        args,
+        "ablation",
+        f"ablations/{args.variant}-s{args.seed}",
+        seed=args.seed,
+        tags={"pcn.study": "ablation", "pcn.variant": args.variant},
+        model=None,
+        options=variants[args.variant],
+        sections=(f"experiments.variants.{args.variant}",),
+    )
     return 0
 
 
@@ -66,9 +94,16 @@ def resnet_pool(args) -> int:
     exp = load_params(args.params).experiments
     if args.pool not in exp.resnet:
         raise UserError(f"experiments.resnet has no entry {args.pool!r} (known: {', '.join(exp.resnet)})")
-    _train(args, "resnet_pool", f"resnet/{args.pool}-s{args.seed}", seed=args.seed,
-           tags={"pcn.study": "resnet_pool", "pcn.variant": args.pool}, model=exp.resnet[args.pool],
-           options={}, sections=(f"experiments.resnet.{args.pool}",))
+    _train(
+        args,
+        "resnet_pool",
+        f"resnet/{args.pool}-s{args.seed}",
+        seed=args.seed,
+        tags={"pcn.study": "resnet_pool", "pcn.variant": args.pool},
+        model=exp.resnet[args.pool],
+        options={},
+        sections=(f"experiments.resnet.{args.pool}",),
+    )
     return 0
 
 
@@ -81,9 +116,17 @@ def multiclass(args) -> int:
     if args.init == "finetuned":
         init = f"results/multiclass/{args.init}-s{args.seed}/init.pth"
         single_to_multiclass(f"results/ablations/baseline-s{args.seed}/model.pth", init, num_classes(p))
-    _train(args, "multiclass", f"multiclass/{args.init}-s{args.seed}", seed=args.seed,
-           tags={"pcn.study": "multiclass", "pcn.variant": args.init}, model=p.experiments.multiclass_model,
-           options={}, init=init, sections=("experiments.multiclass_model",))
+    _train(
+        args,
+        "multiclass",
+        f"multiclass/{args.init}-s{args.seed}",
+        seed=args.seed,
+        tags={"pcn.study": "multiclass", "pcn.variant": args.init},
+        model=p.experiments.multiclass_model,
+        options={},
+        init=init,
+        sections=("experiments.multiclass_model",),
+    )
     return 0
 
 
@@ -114,10 +157,17 @@ def depth_width(args) -> int:
 
     p = load_params(args.params)
     options = {"embed_dim": width, "depth": depth}
-    _train(args, "depth_width", f"depth_width/{args.point}", seed=p.experiments.seeds[0],
-           tags={"pcn.study": "depth_width", "pcn.variant": args.point}, model=None, options=options,
-           sections=("experiments.depth_width",),
-           extra={"width": width, "depth": depth, **point_complexity(p, options)})
+    _train(
+        args,
+        "depth_width",
+        f"depth_width/{args.point}",
+        seed=p.experiments.seeds[0],
+        tags={"pcn.study": "depth_width", "pcn.variant": args.point},
+        model=None,
+        options=options,
+        sections=("experiments.depth_width",),
+        extra={"width": width, "depth": depth, **point_complexity(p, options)},
+    )
     return 0
 
 
@@ -139,8 +189,14 @@ def point_complexity(p, options: dict) -> dict:
     img = p.experiments.train_for("depth_width").img_size
     name, options = grid_model(p, None, options)
     model = timm.create_model(name, num_classes=num_classes(p), **options)
-    out = {"params_m": count_params(model) / 1e6, "gmacs": count_gmacs(model, img), "img_size": img,
-           "throughput": None, "peak_mem_mb": None, "mem_method": None}
+    out = {
+        "params_m": count_params(model) / 1e6,
+        "gmacs": count_gmacs(model, img),
+        "img_size": img,
+        "throughput": None,
+        "peak_mem_mb": None,
+        "mem_method": None,
+    }
     device = "cuda" if p.runtime.device != "cpu" and torch.cuda.is_available() else "cpu"
     if device == "cpu" and p.runtime.device == "cuda":
         return out

@@ -13,8 +13,16 @@ import yaml
 from pcn.config import raw_params, resolve
 from pcn.errors import UserError
 from pcn.io import write_json
-from pcn.rehearsal import (CAPS_FILE, check_data_root, check_shapes, cluster_answers, local_engine_args,
-                           memory_mb, prepare_workspace, rehearsal_params)
+from pcn.rehearsal import (
+    CAPS_FILE,
+    check_data_root,
+    check_shapes,
+    cluster_answers,
+    local_engine_args,
+    memory_mb,
+    prepare_workspace,
+    rehearsal_params,
+)
 
 
 def rehearse(args) -> int:
@@ -31,32 +39,60 @@ def rehearse(args) -> int:
         if not data_root.is_dir():
             from pcn.data.miniature import write_miniatures
 
-            print(f"rehearse: writing miniature copies of ImageNet, ImageNet-v2, ADE20k and COCO to {data_root}",
-                  flush=True)
+            print(
+                f"rehearse: writing miniature copies of ImageNet, ImageNet-v2, ADE20k and COCO to {data_root}",
+                flush=True,
+            )
             write_miniatures(data_root)
     slurm = args.engine == "slurm" or (args.engine == "auto" and cluster_answers())
     if args.engine == "slurm" and not cluster_answers():
-        raise UserError("--engine slurm: no SLURM cluster answers (sinfo); start one with scripts/slurm-cluster.sh start")
-    params = rehearsal_params(raw_params(args.params), yaml.safe_load(CAPS_FILE.read_text()), data_root,
-                              slurm=slurm, quick=args.quick)
+        raise UserError(
+            "--engine slurm: no SLURM cluster answers (sinfo); start one with scripts/slurm-cluster.sh start"
+        )
+    params = rehearsal_params(
+        raw_params(args.params), yaml.safe_load(CAPS_FILE.read_text()), data_root, slurm=slurm, quick=args.quick
+    )
     prepare_workspace(repo, work, params)
     engine = ["--profile", "slurm"] if slurm else local_engine_args(memory_mb())
     # --keep-going: one failing stage must not hide the others' failures; the target comes
     # before the engine's flags, which take lists
-    cmd = [sys.executable, "-m", "pcn.cli", "run", "--engine", "snakemake", "--cores", str(os.cpu_count() or 2),
-           "all", "--keep-going", *engine]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pcn.cli",
+        "run",
+        "--engine",
+        "snakemake",
+        "--cores",
+        str(os.cpu_count() or 2),
+        "all",
+        "--keep-going",
+        *engine,
+    ]
     how = f"SLURM ({params['scales']['paper']['launcher']['tasks']}-task DDP)" if slurm else "local cores"
-    print(f"rehearse: paper scale{' (quick: no grid)' if args.quick else ''} on {how}, data {data_root}, "
-          f"workspace {work}", flush=True)
+    print(
+        f"rehearse: paper scale{' (quick: no grid)' if args.quick else ''} on {how}, data {data_root}, "
+        f"workspace {work}",
+        flush=True,
+    )
     rc = subprocess.call(cmd, cwd=work)
     seconds = time.perf_counter() - t0
     if rc != 0:
-        raise UserError(f"the rehearsal's DAG failed (exit {rc}) after {seconds:.0f} s; "
-                        f"see {work}/logs/<stage>.log and {work}/.snakemake/log/")
+        raise UserError(
+            f"the rehearsal's DAG failed (exit {rc}) after {seconds:.0f} s; "
+            f"see {work}/logs/<stage>.log and {work}/.snakemake/log/"
+        )
     checks = check_shapes(work, data_root, resolve(params).segmentation_classes)
-    write_json(work / "metrics" / "rehearsal.json", {
-        "seconds": round(seconds, 1), "engine": "slurm" if slurm else "local", "quick": args.quick,
-        "data_root": str(data_root), "checks": {k: {"ok": ok, "found": found} for k, (ok, found) in checks.items()}})
+    write_json(
+        work / "metrics" / "rehearsal.json",
+        {
+            "seconds": round(seconds, 1),
+            "engine": "slurm" if slurm else "local",
+            "quick": args.quick,
+            "data_root": str(data_root),
+            "checks": {k: {"ok": ok, "found": found} for k, (ok, found) in checks.items()},
+        },
+    )
     for name, (ok, found) in checks.items():
         print(f"  {'ok  ' if ok else 'FAIL'} {name}: {found}")
     failed = [name for name, (ok, _) in checks.items() if not ok]

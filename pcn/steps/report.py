@@ -35,10 +35,14 @@ def _checkpoints(params) -> dict[str, tuple[str, str, dict]]:
     out = {"patchconvnet_finetuned": ("results/finetune/model.pth", params.model.name, params.model.options)}
     if not exp.enabled:
         return out
-    out["patchconvnet"] = (f"results/ablations/baseline-s{s0}/model.pth",
-                           *grid_model(params, None, exp.variants["baseline"]))
-    out["patchconvnet_multiclass"] = (f"results/multiclass/scratch-s{s0}/model.pth",
-                                      *grid_model(params, exp.multiclass_model, {}))
+    out["patchconvnet"] = (
+        f"results/ablations/baseline-s{s0}/model.pth",
+        *grid_model(params, None, exp.variants["baseline"]),
+    )
+    out["patchconvnet_multiclass"] = (
+        f"results/multiclass/scratch-s{s0}/model.pth",
+        *grid_model(params, exp.multiclass_model, {}),
+    )
     avg = next((n for n, o in exp.variants.items() if o.get("pool") == "avg"), None)
     if avg:
         out["cam"] = (f"results/ablations/{avg}-s{s0}/model.pth", *grid_model(params, None, exp.variants[avg]))
@@ -61,9 +65,20 @@ def attention(args) -> int:
     from pcn.analysis import figures as F
     from pcn.data.ffcv_io import class_folders
 
-    with stage(args, "attention", ("attention", "data.root", "data.imagenet", "runtime", "model",
-                                   "experiments.model_options", "experiments.train.img_size",
-                                   "experiments.train_by_study.ablation")) as st:
+    with stage(
+        args,
+        "attention",
+        (
+            "attention",
+            "data.root",
+            "data.imagenet",
+            "runtime",
+            "model",
+            "experiments.model_options",
+            "experiments.train.img_size",
+            "experiments.train_by_study.ablation",
+        ),
+    ) as st:
         p, cfg = st.params, st.params.attention
         setup_torch(p.runtime.threads)
         paths = data_paths(p)
@@ -110,41 +125,68 @@ def attention(args) -> int:
         captions = [class_names[it.label] for it in items]
         with atomic_path(ATTENTION_DIR, directory=True) as out:
             np.savez_compressed(
-                out / "maps.npz", images=images, regions=regions, labels=labels,
-                files=np.array([str(it.path) for it in items]), class_names=np.array(class_names),
+                out / "maps.npz",
+                images=images,
+                regions=regions,
+                labels=labels,
+                files=np.array([str(it.path) for it in items]),
+                class_names=np.array(class_names),
                 **{f"map_{m}": v.astype(np.float16) for m, v in maps.items()},
                 **({} if multi_all is None else {"multiclass_all": multi_all.astype(np.float16)}),
                 **{f"raw_{m}": v for m, v in raw.items()},
-                **{f"logits_{m}": v for m, v in logits.items()})
-            shown = {m: maps[m] for m in ("patchconvnet_finetuned", "patchconvnet", "patchconvnet_multiclass",
-                                          "gradcam", "cam") if m in maps}
+                **{f"logits_{m}": v for m, v in logits.items()},
+            )
+            shown = {
+                m: maps[m]
+                for m in ("patchconvnet_finetuned", "patchconvnet", "patchconvnet_multiclass", "gradcam", "cam")
+                if m in maps
+            }
             two_lines = {m: t.replace(" (", "\n(") for m, t in METHOD_TITLES.items()}
             F.save(F.attention_figure(images, shown, two_lines, captions, n=cfg.n_figure), out, "attention_single")
             if multi_all is not None:
-                F.save(F.multiclass_figure(images, multi_all, class_names, logits["patchconvnet_multiclass"], labels,
-                                           n=cfg.n_figure), out, "attention_multiclass")
+                F.save(
+                    F.multiclass_figure(
+                        images, multi_all, class_names, logits["patchconvnet_multiclass"], labels, n=cfg.n_figure
+                    ),
+                    out,
+                    "attention_multiclass",
+                )
             F.save(F.localisation_figure(table, METHOD_TITLES), out, "localisation")
-        metrics = {**table, "threshold": cfg.threshold, "n_images": len(items), "img_size": size,
-                   "ground_truth": str(paths["loc"]),
-                   "definitions": {
-                       "pointing_game": "% of images whose map maximum lies in the union of the labelled class's "
-                                        "boxes (ties: share of the tied maxima inside; so a uniform map scores "
-                                        "the boxes' area fraction)",
-                       "iou": f"% mean IoU of (map >= {cfg.threshold} x max) with the union of the boxes",
-                       "model_top1": "top-1 of the map's model on these images",
-                       "cam": "pytorch_grad_cam.HiResCAM on the last trunk block (= CAM for avg-pool + linear)",
-                       "gradcam": "pytorch_grad_cam.GradCAM on the last trunk block, labelled class",
-                       "centre": "Gaussian on the image centre, sigma = side / 4",
-                       "uniform": "constant map: the chance floor"}}
-        st.run.log_metrics({f"{m}.{k2}": v for m, row in table.items() for k2, v in row.items()
-                            if isinstance(v, (int, float))})
-        st.finish(metrics, "metrics/attention.json",
-                  artifacts=tuple(ATTENTION_DIR / f"{n}.png" for n in ("attention_single", "attention_multiclass",
-                                                                        "localisation")
-                                  if (ATTENTION_DIR / f"{n}.png").is_file()))
+        metrics = {
+            **table,
+            "threshold": cfg.threshold,
+            "n_images": len(items),
+            "img_size": size,
+            "ground_truth": str(paths["loc"]),
+            "definitions": {
+                "pointing_game": "% of images whose map maximum lies in the union of the labelled class's "
+                "boxes (ties: share of the tied maxima inside; so a uniform map scores "
+                "the boxes' area fraction)",
+                "iou": f"% mean IoU of (map >= {cfg.threshold} x max) with the union of the boxes",
+                "model_top1": "top-1 of the map's model on these images",
+                "cam": "pytorch_grad_cam.HiResCAM on the last trunk block (= CAM for avg-pool + linear)",
+                "gradcam": "pytorch_grad_cam.GradCAM on the last trunk block, labelled class",
+                "centre": "Gaussian on the image centre, sigma = side / 4",
+                "uniform": "constant map: the chance floor",
+            },
+        }
+        st.run.log_metrics(
+            {f"{m}.{k2}": v for m, row in table.items() for k2, v in row.items() if isinstance(v, (int, float))}
+        )
+        st.finish(
+            metrics,
+            "metrics/attention.json",
+            artifacts=tuple(
+                ATTENTION_DIR / f"{n}.png"
+                for n in ("attention_single", "attention_multiclass", "localisation")
+                if (ATTENTION_DIR / f"{n}.png").is_file()
+            ),
+        )
         for m, row in table.items():
-            print(f"{METHOD_TITLES.get(m, m):44s} pointing {row['pointing_game']:5.1f}%  "
-                  f"IoU {row['iou']:5.1f}%  (n={row['n']})")
+            print(
+                f"{METHOD_TITLES.get(m, m):44s} pointing {row['pointing_game']:5.1f}%  "
+                f"IoU {row['iou']:5.1f}%  (n={row['n']})"
+            )
     return 0
 
 

@@ -26,8 +26,10 @@ def dag(args) -> int:
     text = expected_dvc_yaml(args.params)
     if args.check:
         if not DVC_FILE.is_file() or DVC_FILE.read_text() != text:
-            print("dvc.yaml is stale: it differs from the stage table for the current params.yaml; run `pcn dag`",
-                  file=sys.stderr)
+            print(
+                "dvc.yaml is stale: it differs from the stage table for the current params.yaml; run `pcn dag`",
+                file=sys.stderr,
+            )
             return 1
         print("dvc.yaml is current")
         return 0

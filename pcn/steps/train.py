@@ -22,10 +22,22 @@ def num_classes(params: Params) -> int:
     return len(class_folders(data_paths(params)["train"]))
 
 
-def train_stage(args, st: Stage, *, cfg: TrainConfig, out_dir: str, metrics_path: str, model: str | None = None,
-                options: dict[str, Any] | None = None, init: str | None = None, seed: int | None = None,
-                threads: int | None = None, plots_path: str | None = None, extra: dict | None = None,
-                loader: str | None = None) -> dict:
+def train_stage(
+    args,
+    st: Stage,
+    *,
+    cfg: TrainConfig,
+    out_dir: str,
+    metrics_path: str,
+    model: str | None = None,
+    options: dict[str, Any] | None = None,
+    init: str | None = None,
+    seed: int | None = None,
+    threads: int | None = None,
+    plots_path: str | None = None,
+    extra: dict | None = None,
+    loader: str | None = None,
+) -> dict:
     """Build the job from params, launch it (local or SLURM), write metrics and plots."""
     from pcn.train.job import DataSpec, TrainJob
     from pcn.train.launch import launch
@@ -35,13 +47,29 @@ def train_stage(args, st: Stage, *, cfg: TrainConfig, out_dir: str, metrics_path
     # model.options belong to the pipeline's model (and its variants), not to other families
     opts = {**(p.model.options if model is None else {}), **(options or {})}
     job = TrainJob(
-        model=model or p.model.name, model_options=opts, num_classes=num_classes(p), train=cfg,
-        data=DataSpec(train_beton=str(paths["train_beton"]), val_beton=str(paths["val_beton"]),
-                      train_folder=str(paths["train"]), val_folder=str(paths["val"]), loader=loader or p.data.loader,
-                      num_workers=p.data.num_workers, crop_ratio=cfg.eval_crop_ratio or p.evaluate.crop_ratio),
-        out_dir=out_dir, seed=p.seed if seed is None else seed, threads=threads or p.runtime.threads,
-        device=p.runtime.device, init_checkpoint=init, metrics_path=None, stage=st.name,
-        mlflow_run_id=st.run.run_id, mlflow_uri=st.uri)
+        model=model or p.model.name,
+        model_options=opts,
+        num_classes=num_classes(p),
+        train=cfg,
+        data=DataSpec(
+            train_beton=str(paths["train_beton"]),
+            val_beton=str(paths["val_beton"]),
+            train_folder=str(paths["train"]),
+            val_folder=str(paths["val"]),
+            loader=loader or p.data.loader,
+            num_workers=p.data.num_workers,
+            crop_ratio=cfg.eval_crop_ratio or p.evaluate.crop_ratio,
+        ),
+        out_dir=out_dir,
+        seed=p.seed if seed is None else seed,
+        threads=threads or p.runtime.threads,
+        device=p.runtime.device,
+        init_checkpoint=init,
+        metrics_path=None,
+        stage=st.name,
+        mlflow_run_id=st.run.run_id,
+        mlflow_uri=st.uri,
+    )
     launcher = p.launcher.model_copy(update={"kind": launcher_kind(args, p)})
     result = launch(job, launcher, Path("logs/submitit") / st.name)
     # The resume state only serves an interrupted run; once the stage has succeeded a
@@ -65,13 +93,26 @@ def history_csv(history: list[dict]) -> str:
 
 def pretrain(args) -> int:
     with stage(args, "pretrain", TRAIN_SECTIONS + ("pretrain",)) as st:
-        train_stage(args, st, cfg=st.params.pretrain, out_dir="results/pretrain",
-                    metrics_path="metrics/pretrain.json", plots_path="plots/pretrain.csv")
+        train_stage(
+            args,
+            st,
+            cfg=st.params.pretrain,
+            out_dir="results/pretrain",
+            metrics_path="metrics/pretrain.json",
+            plots_path="plots/pretrain.csv",
+        )
     return 0
 
 
 def finetune(args) -> int:
     with stage(args, "finetune", TRAIN_SECTIONS + ("finetune",)) as st:
-        train_stage(args, st, cfg=st.params.finetune, out_dir="results/finetune", init="results/pretrain/model.pth",
-                    metrics_path="metrics/finetune.json", plots_path="plots/finetune.csv")
+        train_stage(
+            args,
+            st,
+            cfg=st.params.finetune,
+            out_dir="results/finetune",
+            init="results/pretrain/model.pth",
+            metrics_path="metrics/finetune.json",
+            plots_path="plots/finetune.csv",
+        )
     return 0

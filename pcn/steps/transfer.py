@@ -64,8 +64,9 @@ def _transfer(args, task: str) -> int:
         if args.init == "pretrained":
             checkpoint = Path(args.checkpoint) if getattr(args, "checkpoint", None) else Path(cfg.backbone_checkpoint)
             if not checkpoint.is_file():
-                raise UserError(f"{checkpoint}: backbone checkpoint not found "
-                                f"(run `pcn {cfg.backbone}`, or pass --checkpoint)")
+                raise UserError(
+                    f"{checkpoint}: backbone checkpoint not found (run `pcn {cfg.backbone}`, or pass --checkpoint)"
+                )
         elif getattr(args, "checkpoint", None):
             raise UserError("--checkpoint is only used with --init pretrained")
         config = cfg.model_dump()
@@ -78,27 +79,48 @@ def _transfer(args, task: str) -> int:
         launcher = p.launcher.model_copy(update={"kind": launcher_kind(args, p)})
         world = ranks(launcher)
         if cfg.batch_size % world:
-            raise UserError(f"{task}.batch_size = {cfg.batch_size} does not split over the launcher's {world} ranks "
-                            f"(the global batch: a multiple of {world} expected)")
+            raise UserError(
+                f"{task}.batch_size = {cfg.batch_size} does not split over the launcher's {world} ranks "
+                f"(the global batch: a multiple of {world} expected)"
+            )
         root = data_root(p, task)
         if not root.is_dir():
-            raise UserError(f"{root}: dataset folder not found" + (" (run `pcn make-demo`)" if p.data.source == "demo" else ""))
+            raise UserError(
+                f"{root}: dataset folder not found" + (" (run `pcn make-demo`)" if p.data.source == "demo" else "")
+            )
         validate_dataset(task, root, config.get("n_classes"))  # bad input fails here, in one line
         job = TransferJob(
-            task=task, init=args.init, model=p.model.name, model_options=dict(p.model.options),
-            config=config, data_root=str(root), out_dir=f"results/{name}", plots_path=f"plots/{name}.csv",
-            checkpoint=str(checkpoint) if checkpoint else None, seed=p.seed, threads=p.runtime.threads,
-            device=p.runtime.device, stage=name, mlflow_run_id=st.run.run_id, mlflow_uri=st.uri,
-            num_workers=p.data.num_workers)
+            task=task,
+            init=args.init,
+            model=p.model.name,
+            model_options=dict(p.model.options),
+            config=config,
+            data_root=str(root),
+            out_dir=f"results/{name}",
+            plots_path=f"plots/{name}.csv",
+            checkpoint=str(checkpoint) if checkpoint else None,
+            seed=p.seed,
+            threads=p.runtime.threads,
+            device=p.runtime.device,
+            stage=name,
+            mlflow_run_id=st.run.run_id,
+            mlflow_uri=st.uri,
+            num_workers=p.data.num_workers,
+        )
         metrics = launch(TransferTask(job), launcher, Path("logs/submitit") / name)
         if metrics.get("backbone_weights"):
             w = metrics["backbone_weights"]
-            print(f"{name}: backbone from {w['source']}: {w['n_used']} tensors used, {w['n_dropped']} dropped "
-                  f"({', '.join(w['dropped'])})")
+            print(
+                f"{name}: backbone from {w['source']}: {w['n_used']} tensors used, {w['n_dropped']} dropped "
+                f"({', '.join(w['dropped'])})"
+            )
         st.finish(metrics, f"metrics/{name}.json", artifacts=(job.plots_path, f"results/{name}/qualitative.png"))
         headline = ("mIoU", "mAcc", "aAcc") if task == "segmentation" else ("bbox_AP", "bbox_AP50", "segm_AP")
-        print(f"{name}: " + ", ".join(f"{k} {metrics[k]:.1f}" for k in headline if metrics.get(k) is not None)
-              + f" ({metrics['seconds']:.0f} s on {metrics['ranks']} rank{'s' if metrics['ranks'] > 1 else ''})")
+        print(
+            f"{name}: "
+            + ", ".join(f"{k} {metrics[k]:.1f}" for k in headline if metrics.get(k) is not None)
+            + f" ({metrics['seconds']:.0f} s on {metrics['ranks']} rank{'s' if metrics['ranks'] > 1 else ''})"
+        )
     return 0
 
 

@@ -26,9 +26,7 @@ def _atomic_write(path: Path, write) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            os.chmod(
-                tmp, 0o666 & ~_umask()
-            )  # mkstemp makes 0600; give the usual permissions
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -63,9 +61,7 @@ def save(obj: dict[str, Any], path: str | Path) -> None:
 
 
 def save_json(obj: Any, path: str | Path) -> None:
-    _atomic_write(
-        Path(path), lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode())
-    )
+    _atomic_write(Path(path), lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

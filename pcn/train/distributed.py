@@ -35,9 +35,7 @@ def detect() -> DistEnv:
         from submitit.helpers import TorchDistributedEnvironment
 
         env = TorchDistributedEnvironment()
-        return DistEnv(
-            env.rank, env.world_size, env.local_rank, env.master_addr, env.master_port
-        )
+        return DistEnv(env.rank, env.world_size, env.local_rank, env.master_addr, env.master_port)
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # torchrun
         return DistEnv(
             int(os.environ["RANK"]),

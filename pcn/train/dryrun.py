@@ -51,7 +51,7 @@ def _build(name: str, options_json: str, device: str):
         return timm.create_model(name, pretrained=False, **json.loads(options_json))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _count(name: str, options_json: str, img_size: int, build_on: str = "meta") -> float:
     from pcn.eval.complexity import count_gmacs
 
@@ -59,13 +59,13 @@ def _count(name: str, options_json: str, img_size: int, build_on: str = "meta") 
     return count_gmacs(_build(name, options_json, build_on).to("meta"), img_size)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _default_depth(name: str) -> int:
     # on the meta device (shapes only), with one class: the depth does not depend on it
     return len(_build(name, json.dumps({"num_classes": 1}), "meta").blocks)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _gmacs(name: str, options_json: str, img_size: int) -> float:
     options = json.loads(options_json)
     if not name.startswith("patchconvnet"):
@@ -128,11 +128,7 @@ def samples_per_rank(n: int, ranks: int, repeats: int) -> int:
     if repeats > 1:
         from timm.data.distributed_sampler import RepeatAugSampler
 
-        return len(
-            RepeatAugSampler(
-                range(n), num_replicas=ranks, rank=0, shuffle=True, num_repeats=repeats
-            )
-        )
+        return len(RepeatAugSampler(range(n), num_replicas=ranks, rank=0, shuffle=True, num_repeats=repeats))
     return math.ceil(n / ranks)  # DistributedSampler pads to an even split
 
 
@@ -153,9 +149,7 @@ def plan(
     per_node = s.gpus_per_node or launcher.tasks
     ranks = s.nodes * per_node
     if cfg.batch_size % ranks:
-        raise ValueError(
-            f"{name}: batch_size = {cfg.batch_size} does not split over {ranks} ranks"
-        )
+        raise ValueError(f"{name}: batch_size = {cfg.batch_size} does not split over {ranks} ranks")
     per_rank = cfg.batch_size // ranks
     repeats = cfg.aug.repeated_aug
     seen = samples_per_rank(train_images, ranks, repeats)
@@ -250,17 +244,44 @@ def jobs(params: Params, train_images: int = IMAGENET_TRAIN_IMAGES) -> list[Job]
                 # dense transfer: DDP over the launcher's ranks for cfg.iters global batches;
                 # the decoder and heads are not counted, only the trunk at the crop size
                 rate = train_images_per_gpu_s(*main_model, cfg.img_size)
-                out.append(Job(name, stage.topic, main_model[0], cfg.img_size, gmacs(*main_model, cfg.img_size),
-                               f"{cfg.iters:,} iterations", cfg.batch_size, cfg.batch_size // ranks, cfg.lr, rate,
-                               cfg.iters * cfg.batch_size / rate / 3600, slurm_parameters(params.launcher, name)))
+                out.append(
+                    Job(
+                        name,
+                        stage.topic,
+                        main_model[0],
+                        cfg.img_size,
+                        gmacs(*main_model, cfg.img_size),
+                        f"{cfg.iters:,} iterations",
+                        cfg.batch_size,
+                        cfg.batch_size // ranks,
+                        cfg.lr,
+                        rate,
+                        cfg.iters * cfg.batch_size / rate / 3600,
+                        slurm_parameters(params.launcher, name),
+                    )
+                )
                 continue
             if stage.topic == "experiments":
                 cfg, model = params.experiments.train_for(stage.name), _grid_model(params, stage.name, wc)
             else:
                 cfg, model = params.section(stage.name), main_model
             p = plan(params, train_images, cfg=cfg, name=name, model=model)
-            out.append(Job(name, stage.topic, p.model, p.img_size, p.gmacs, f"{p.epochs} epochs", p.global_batch,
-                           p.batch_per_rank, p.lr, p.images_per_gpu_s, p.gpu_hours, p.sbatch))
+            out.append(
+                Job(
+                    name,
+                    stage.topic,
+                    p.model,
+                    p.img_size,
+                    p.gmacs,
+                    f"{p.epochs} epochs",
+                    p.global_batch,
+                    p.batch_per_rank,
+                    p.lr,
+                    p.images_per_gpu_s,
+                    p.gpu_hours,
+                    p.sbatch,
+                )
+            )
     return out
 
 
@@ -279,17 +300,14 @@ def _pretrain_text(params: Params, p: Plan) -> list[str]:
         if p.lr_base_batch
         else f"{p.lr:g} (not scaled: lr_base_batch unset)"
     )
-    device = (
-        f"{p.gpus_per_node} GPUs"
-        if p.gpus_per_node
-        else f"{p.ranks // p.nodes} CPU ranks"
-    )
+    device = f"{p.gpus_per_node} GPUs" if p.gpus_per_node else f"{p.ranks // p.nodes} CPU ranks"
     lines = [
         f"pretrain dry run ({p.model}, {p.img_size} px); nothing is submitted",
         f"  submitit.SlurmExecutor parameters: {p.sbatch}",
         f"  ranks: {p.nodes} node(s) x {device} = {p.ranks}",
         f"  batch: global {p.global_batch} = {p.ranks} x {p.batch_per_rank} per rank",
-        f"  lr: {scaling}; cosine to {params.pretrain.min_lr:g}, warm-up {p.warmup_epochs:g} epochs ({p.warmup_steps} steps)",
+        f"  lr: {scaling}; cosine to {params.pretrain.min_lr:g}, "
+        f"warm-up {p.warmup_epochs:g} epochs ({p.warmup_steps} steps)",
         f"  data: {p.train_images:,} training images; {p.samples_per_rank:,} per rank per epoch"
         + (f" (repeated augmentation x{p.repeated_aug})" if p.repeated_aug > 1 else ""),
         f"  steps: {p.steps_per_epoch} per epoch x {p.epochs} epochs = {p.total_steps:,}",
@@ -303,15 +321,15 @@ def _pretrain_text(params: Params, p: Plan) -> list[str]:
         ),
     ]
     if p.jobs_needed - 1 > p.max_requeues:
-        lines.append(
-            "  warning: more requeues needed than launcher.slurm.max_requeues allows"
-        )
+        lines.append("  warning: more requeues needed than launcher.slurm.max_requeues allows")
     return lines
 
 
 def _resources(sb: dict[str, Any]) -> str:
-    return (f"{sb.get('nodes', 1)} node(s) x {sb.get('gpus_per_node', 0)} GPU, {sb.get('cpus_per_task')} CPU/task, "
-            f"{sb.get('mem')}, {sb.get('time')} min")
+    return (
+        f"{sb.get('nodes', 1)} node(s) x {sb.get('gpus_per_node', 0)} GPU, {sb.get('cpus_per_task')} CPU/task, "
+        f"{sb.get('mem')}, {sb.get('time')} min"
+    )
 
 
 def dry_run(params: Params, train_images: int = IMAGENET_TRAIN_IMAGES) -> str:
@@ -330,18 +348,24 @@ def dry_run(params: Params, train_images: int = IMAGENET_TRAIN_IMAGES) -> str:
         lines.append(
             f"  {j.name:34s} {j.model:24s} {j.img_size:>5d} {j.gmacs:>7.2f} {j.schedule:>20s} {j.global_batch:>6d} "
             f"{j.batch_per_gpu:>5d} {j.lr:>8.2g} {j.images_per_gpu_s:>9,.0f} {j.gpu_hours:>9,.1f}  "
-            f"{_resources(j.sbatch)}")
+            f"{_resources(j.sbatch)}"
+        )
     by_topic = {t: sum(j.gpu_hours for j in all_jobs if j.topic == t) for t in ("train", "transfer", "experiments")}
     lines.append(
         f"  total: about {total:,.0f} GPU-hours: main line {by_topic['train']:,.0f}, dense transfer "
-        f"{by_topic['transfer']:,.0f} (trunk only), experiment grid {by_topic['experiments']:,.0f}")
+        f"{by_topic['transfer']:,.0f} (trunk only), experiment grid {by_topic['experiments']:,.0f}"
+    )
     share = f"{grid_share(all_jobs):.0%} of the total"
-    lines.append(f"  experiment grid: {share}" if params.experiments.enabled
-                 else f"  experiment grid: skipped (experiments.enabled: false), {share}")
+    lines.append(
+        f"  experiment grid: {share}"
+        if params.experiments.enabled
+        else f"  experiment grid: skipped (experiments.enabled: false), {share}"
+    )
     ref = REFERENCE
     lines.append(
         f"  GPU-hours = images x {TRAIN_COST:g} x GMACs per image, at the MAC rate of {ref['model']} inferring "
-        f"{ref['images_per_s']:g} images/s at {ref['img_size']} px (paper, Table 1): hours of that table's GPU")
+        f"{ref['images_per_s']:g} images/s at {ref['img_size']} px (paper, Table 1): hours of that table's GPU"
+    )
     return "\n".join(lines)
 
 

@@ -40,8 +40,8 @@ from pcn.machine import describe
 from pcn.tracking import RunLogger
 from pcn.train import checkpoint as ckpt
 from pcn.train import distributed as D
-from pcn.train.lock import trainer_lock
 from pcn.train.job import TrainJob
+from pcn.train.lock import trainer_lock
 from pcn.train.recipe import Recipe, build_recipe, lr_at
 
 
@@ -54,12 +54,8 @@ class LoopState:
     global_step: int = 0
     loss_sum: float = 0.0  # this rank's running epoch sums
     loss_count: int = 0
-    rng_epoch: dict | None = (
-        None  # this rank's RNG when the epoch's iterator was created
-    )
-    rng_step: dict | None = (
-        None  # this rank's RNG at the resume point (restored after skipping)
-    )
+    rng_epoch: dict | None = None  # this rank's RNG when the epoch's iterator was created
+    rng_step: dict | None = None  # this rank's RNG at the resume point (restored after skipping)
     history: list[dict] = field(default_factory=list)
     last_eval: dict | None = None
     last_eval_step: int = -1
@@ -108,16 +104,11 @@ def load_init(model: torch.nn.Module, path: str) -> list[str]:
     dropped = [
         k
         for k, v in state.items()
-        if prefix
-        and k.startswith(prefix)
-        and k in own
-        and tuple(v.shape) != tuple(own[k].shape)
+        if prefix and k.startswith(prefix) and k in own and tuple(v.shape) != tuple(own[k].shape)
     ]
     for k in dropped:
         del state[k]
-    check_state_dict(
-        model, state, source=path, allow_missing=(prefix,) if dropped else ()
-    )
+    check_state_dict(model, state, source=path, allow_missing=(prefix,) if dropped else ())
     model.load_state_dict(state, strict=not dropped)
     return dropped
 
@@ -199,9 +190,7 @@ def train_one_epoch(
                 loss = recipe.loss(model(images), targets)
             loss_value = loss.item()
             if not math.isfinite(loss_value):
-                raise FloatingPointError(
-                    f"loss is {loss_value} at step {state.global_step} (epoch {state.epoch + 1})"
-                )
+                raise FloatingPointError(f"loss is {loss_value} at step {state.global_step} (epoch {state.epoch + 1})")
             recipe.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.clip_grad:
@@ -299,9 +288,7 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device, max_batches: 
 # --- checkpoints ----------------------------------------------------------------------
 
 
-def _save_resume(
-    job: TrainJob, model, recipe: Recipe, state: LoopState, env: D.DistEnv
-) -> None:
+def _save_resume(job: TrainJob, model, recipe: Recipe, state: LoopState, env: D.DistEnv) -> None:
     """Gather every rank's RNG and loss sums, then rank 0 writes ``last.pth`` atomically."""
     per_rank = D.all_gather_object(
         {
@@ -343,8 +330,10 @@ def _restore(job: TrainJob, model, recipe: Recipe, env: D.DistEnv) -> LoopState 
         if env.is_main:
             stale = job.last_path.with_suffix(".stale.pth")
             os.replace(job.last_path, stale)
-            warnings.warn(f"{job.last_path} was written by a different training configuration; "
-                          f"moved to {stale.name}, starting from scratch")
+            warnings.warn(
+                f"{job.last_path} was written by a different training configuration; "
+                f"moved to {stale.name}, starting from scratch"
+            )
         return None
     model.load_state_dict(saved["model"])
     recipe.optimizer.load_state_dict(saved["optimizer"])
@@ -395,9 +384,7 @@ def _loaders(job: TrainJob, env: D.DistEnv, device: torch.device):
 
     cfg, data = job.train, job.data
     if cfg.batch_size % env.world_size:
-        raise ValueError(
-            f"train.batch_size = {cfg.batch_size} is not divisible by the {env.world_size} ranks"
-        )
+        raise ValueError(f"train.batch_size = {cfg.batch_size} is not divisible by the {env.world_size} ranks")
     per_rank = cfg.batch_size // env.world_size
     common = {
         "kind": data.loader,
@@ -450,9 +437,7 @@ def run(job: TrainJob, stop: Callable[[], bool] | None = None) -> dict[str, Any]
     return result
 
 
-def _run(
-    job: TrainJob, env: D.DistEnv, device: torch.device, stop: Callable[[], bool]
-) -> dict[str, Any]:
+def _run(job: TrainJob, env: D.DistEnv, device: torch.device, stop: Callable[[], bool]) -> dict[str, Any]:
     cfg = job.train
     log = RunLogger(job.mlflow_run_id, job.mlflow_uri, enabled=env.is_main)
     train_loader, val_loader = _loaders(job, env, device)
@@ -488,9 +473,7 @@ def _run(
             flush=True,
         )
     if env.world_size > 1:
-        model = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if state.global_step == 0:
         log.log_params(
             {
@@ -507,9 +490,7 @@ def _run(
 
     outcome = "epoch"
     t_start = time.perf_counter()
-    while state.epoch < cfg.epochs and not (
-        cfg.max_steps and state.global_step >= cfg.max_steps
-    ):
+    while state.epoch < cfg.epochs and not (cfg.max_steps and state.global_step >= cfg.max_steps):
         t0, step0 = time.perf_counter(), state.global_step
         outcome = train_one_epoch(
             model,
@@ -531,9 +512,7 @@ def _run(
             return {"status": "interrupted", "global_step": state.global_step}
         if outcome != "epoch":
             break
-        sums = D.all_reduce_sum(
-            torch.tensor([state.loss_sum, float(state.loss_count)], dtype=torch.float64)
-        )
+        sums = D.all_reduce_sum(torch.tensor([state.loss_sum, float(state.loss_count)], dtype=torch.float64))
         elapsed = time.perf_counter() - t0
         entry = {
             "epoch": state.epoch,
@@ -541,25 +520,17 @@ def _run(
             "train_loss": (sums[0] / sums[1]).item(),
             "lr": lr_at(recipe, state.global_step),
             "epoch_time_s": elapsed,
-            "images_per_s": (state.global_step - step0)
-            * cfg.batch_size
-            / max(elapsed, 1e-9),
+            "images_per_s": (state.global_step - step0) * cfg.batch_size / max(elapsed, 1e-9),
         }
         state.loss_sum, state.loss_count = 0.0, 0
         if state.epoch % cfg.eval_every == 0 or state.epoch == cfg.epochs:
             _evaluate_into(state, model, val_loader, device, recipe, cfg.eval_max_batches)
-            entry.update(
-                {f"val_{k}": v for k, v in state.last_eval.items() if k != "n"}
-            )
+            entry.update({f"val_{k}": v for k, v in state.last_eval.items() if k != "n"})
         state.history.append(entry)
         log.log_metrics(entry, step=state.epoch)
         if env.is_main:
-            shown = ", ".join(
-                f"{k} {v:.4g}" for k, v in entry.items() if k not in ("epoch", "step")
-            )
-            print(
-                f"[{job.stage}] epoch {state.epoch}/{cfg.epochs}: {shown}", flush=True
-            )
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in entry.items() if k not in ("epoch", "step"))
+            print(f"[{job.stage}] epoch {state.epoch}/{cfg.epochs}: {shown}", flush=True)
             if job.metrics_path:
                 ckpt.save_json(
                     _result(job, env, recipe, state, steps_per_epoch, status="running"),
@@ -580,8 +551,7 @@ def _run(
         if job.metrics_path:
             log.log_artifact(job.metrics_path)
         print(
-            f"[{job.stage}] done: top1 {result['top1']:.2f}%, top5 {result['top5']:.2f}%, "
-            f"{state.global_step} steps",
+            f"[{job.stage}] done: top1 {result['top1']:.2f}%, top5 {result['top5']:.2f}%, {state.global_step} steps",
             flush=True,
         )
     return result
@@ -591,17 +561,15 @@ def _evaluate_into(state: LoopState, model, loader, device, recipe: Recipe, max_
     metrics = evaluate(model, loader, device, max_batches)
     if recipe.ema is not None:
         metrics.update(
-            {
-                f"ema_{k}": v
-                for k, v in evaluate(recipe.ema.module, loader, device, max_batches).items()
-                if k != "n"
-            }
+            {f"ema_{k}": v for k, v in evaluate(recipe.ema.module, loader, device, max_batches).items() if k != "n"}
         )
     if metrics.get("cls_self_attention", 0.0) > COLLAPSED_SELF_ATTENTION:
         warnings.warn(
             f"step {state.global_step}: the class token puts {metrics['cls_self_attention']:.4f} of its attention on "
             "itself, so the prediction no longer depends on the image (a collapse; it rarely recovers). "
-            "Lengthen warmup_epochs or lower lr.", stacklevel=2)
+            "Lengthen warmup_epochs or lower lr.",
+            stacklevel=2,
+        )
     state.last_eval, state.last_eval_step = metrics, state.global_step
 
 

@@ -65,9 +65,7 @@ class TrainJob:
         ``max_steps`` (it only truncates a run, which is how tests interrupt one).
         """
         d = asdict(self)
-        d["train"] = self.train.model_dump(
-            exclude={"max_steps", "eval_every", "checkpoint_every_steps"}
-        )
+        d["train"] = self.train.model_dump(exclude={"max_steps", "eval_every", "checkpoint_every_steps"})
         for key in (
             "out_dir",
             "metrics_path",
@@ -81,6 +79,4 @@ class TrainJob:
         ):
             d.pop(key)
         d["data"].pop("num_workers")
-        return hashlib.sha256(
-            json.dumps(d, sort_keys=True, default=str).encode()
-        ).hexdigest()[:16]
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -46,12 +46,8 @@ TERMINAL_SLURM = {
     "DEADLINE",
     "GONE",
 }
-LOCAL_TIMEOUT_MIN = (
-    7 * 24 * 60
-)  # the local controller has no wall-clock limit worth the name
-ERROR_GRACE_S = (
-    60  # a rank failed: the others get this long to fail too, then the job is cancelled
-)
+LOCAL_TIMEOUT_MIN = 7 * 24 * 60  # the local controller has no wall-clock limit worth the name
+ERROR_GRACE_S = 60  # a rank failed: the others get this long to fail too, then the job is cancelled
 TAIL_LINES = 30
 
 
@@ -63,11 +59,7 @@ class _StopFlag:
     """SIGUSR2 -> a flag the engine polls; the handler it replaced (submitit's) runs later."""
 
     def __init__(self) -> None:
-        self.signum = (
-            submitit.JobEnvironment._usr_sig()
-            if os.environ.get("SUBMITIT_EXECUTOR")
-            else signal.SIGUSR2
-        )
+        self.signum = submitit.JobEnvironment._usr_sig() if os.environ.get("SUBMITIT_EXECUTOR") else signal.SIGUSR2
         self.previous = signal.getsignal(self.signum)
         self.raised = False
         signal.signal(self.signum, self._set)
@@ -84,9 +76,7 @@ class _StopFlag:
         signal.signal(self.signum, self.previous)
         if callable(self.previous):
             self.previous(self.signum, None)
-            raise SystemExit(
-                0
-            )  # not rank 0: submitit's handler returned; rank 0 requeues the job
+            raise SystemExit(0)  # not rank 0: submitit's handler returned; rank 0 requeues the job
 
 
 class TrainTask(submitit.helpers.Checkpointable):
@@ -104,9 +94,7 @@ class TrainTask(submitit.helpers.Checkpointable):
             flag.hand_over()
         return result
 
-    def checkpoint(
-        self, *args: Any, **kwargs: Any
-    ) -> submitit.helpers.DelayedSubmission:
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         # The engine has already written last.pth (at a step boundary); resubmit the same job.
         return submitit.helpers.DelayedSubmission(TrainTask(self.job))
 
@@ -114,9 +102,7 @@ class TrainTask(submitit.helpers.Checkpointable):
 # --- executors -----------------------------------------------------------------------------
 
 
-def slurm_parameters(
-    launcher: LauncherConfig, job_name: str, gpus_available: bool = True
-) -> dict[str, Any]:
+def slurm_parameters(launcher: LauncherConfig, job_name: str, gpus_available: bool = True) -> dict[str, Any]:
     """The ``submitit.SlurmExecutor`` parameters (sbatch names) of ``launcher.slurm``."""
     s: SlurmConfig = launcher.slurm
     params: dict[str, Any] = {
@@ -143,24 +129,14 @@ def slurm_parameters(
 
 def _executor(launcher: LauncherConfig, job: TrainJob, log_dir: Path):
     if launcher.kind == "slurm":
-        ex = submitit.SlurmExecutor(
-            folder=log_dir / "%j", max_num_timeout=launcher.slurm.max_requeues
-        )
+        ex = submitit.SlurmExecutor(folder=log_dir / "%j", max_num_timeout=launcher.slurm.max_requeues)
         ex.update_parameters(**slurm_parameters(launcher, job.stage))
         return ex
     import torch
 
-    ex = submitit.LocalExecutor(
-        folder=log_dir / "%j", max_num_timeout=launcher.slurm.max_requeues
-    )
-    gpus = (
-        launcher.tasks
-        if job.device != "cpu" and torch.cuda.device_count() >= launcher.tasks
-        else 0
-    )
-    ex.update_parameters(
-        tasks_per_node=launcher.tasks, gpus_per_node=gpus, timeout_min=LOCAL_TIMEOUT_MIN
-    )
+    ex = submitit.LocalExecutor(folder=log_dir / "%j", max_num_timeout=launcher.slurm.max_requeues)
+    gpus = launcher.tasks if job.device != "cpu" and torch.cuda.device_count() >= launcher.tasks else 0
+    ex.update_parameters(tasks_per_node=launcher.tasks, gpus_per_node=gpus, timeout_min=LOCAL_TIMEOUT_MIN)
     return ex
 
 
@@ -224,11 +200,7 @@ def _failure(job, state: str, why: str) -> TrainJobFailed:
         key=lambda t: t.paths.result_pickle.stat().st_mtime,
     )
     culprit = (
-        failed[0]
-        if failed
-        else next(
-            (t for t in tasks if "Traceback" in _tail(t.paths.stderr, 10_000)), tasks[0]
-        )
+        failed[0] if failed else next((t for t in tasks if "Traceback" in _tail(t.paths.stderr, 10_000)), tasks[0])
     )
     task_id = culprit.task_id if culprit.task_id is not None else 0
     return TrainJobFailed(
@@ -253,20 +225,14 @@ def wait(job, poll_s: float = 2.0, echo=print) -> dict[str, Any]:
                 f.seek(seen)
                 new = f.read()
             seen += len(new)
-            parts = [
-                p
-                for p in re.split(r"[\r\n]+", new.decode(errors="replace"))
-                if p.strip()
-            ]
+            parts = [p for p in re.split(r"[\r\n]+", new.decode(errors="replace")) if p.strip()]
             if parts and parts[-1] != last_line:
                 last_line = parts[-1]
                 echo(f"  {last_line.strip()}")
         except OSError:
             pass
         outcomes = [_outcome(t) for t in tasks]
-        if outcomes[0] == "success" and (
-            all(o is not None for o in outcomes) or _terminal(job, state)
-        ):
+        if outcomes[0] == "success" and (all(o is not None for o in outcomes) or _terminal(job, state)):
             return main.result()
         if "error" in outcomes:
             error_at = error_at or time.monotonic()
@@ -327,9 +293,7 @@ def launch(
     try:
         with cancel_on_termination():
             return wait(submitted, echo=echo)
-    except (
-        UncompletedJobError
-    ) as exc:  # result pickle says the job gave up (e.g. requeued too often)
+    except UncompletedJobError as exc:  # result pickle says the job gave up (e.g. requeued too often)
         raise TrainJobFailed(f"training job {submitted.job_id}: {exc}") from None
     except KeyboardInterrupt as exc:  # Ctrl-C, or Terminated
         echo(f"{job.stage}: {exc or 'interrupted'}: cancelling job {submitted.job_id}")

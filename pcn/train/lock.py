@@ -39,8 +39,10 @@ def trainer_lock(out_dir: str | Path, stage: str, echo=print) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise FolderBusy(f"{out_dir}: {stage} is already being trained there by {_describe(fd)}; "
-                             "cancel that job (scancel, or kill its process) or wait for it") from None
+            raise FolderBusy(
+                f"{out_dir}: {stage} is already being trained there by {_describe(fd)}; "
+                "cancel that job (scancel, or kill its process) or wait for it"
+            ) from None
         previous = _describe(fd)
         if previous:
             echo(f"[{stage}] taking over {out_dir} from {previous}, which is no longer running")

@@ -39,9 +39,7 @@ def scaled_lr(cfg: TrainConfig) -> float:
     return cfg.lr * cfg.batch_size / cfg.lr_base_batch if cfg.lr_base_batch else cfg.lr
 
 
-def build_recipe(
-    cfg: TrainConfig, model: torch.nn.Module, steps_per_epoch: int, num_classes: int
-) -> Recipe:
+def build_recipe(cfg: TrainConfig, model: torch.nn.Module, steps_per_epoch: int, num_classes: int) -> Recipe:
     """Everything the loop needs besides model and data; ``model`` is the unwrapped module."""
     lr = scaled_lr(cfg)
     optimizer = create_optimizer_v2(
@@ -79,9 +77,7 @@ def build_recipe(
     else:
         mixup = None
         loss = (
-            LabelSmoothingCrossEntropy(aug.label_smoothing)
-            if aug.label_smoothing > 0
-            else torch.nn.CrossEntropyLoss()
+            LabelSmoothingCrossEntropy(aug.label_smoothing) if aug.label_smoothing > 0 else torch.nn.CrossEntropyLoss()
         )
     ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay else None
     return Recipe(optimizer, scheduler, mixup, loss, ema, lr, total, warmup)

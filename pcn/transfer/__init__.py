@@ -84,8 +84,18 @@ class TransferJob:
     def fingerprint(self) -> str:
         """What determines the trajectory: a resume state from another config is refused."""
         d = asdict(self)
-        for key in ("out_dir", "plots_path", "threads", "device", "stage", "mlflow_run_id", "mlflow_uri",
-                    "num_workers", "resume", "dist_timeout_s"):
+        for key in (
+            "out_dir",
+            "plots_path",
+            "threads",
+            "device",
+            "stage",
+            "mlflow_run_id",
+            "mlflow_uri",
+            "num_workers",
+            "resume",
+            "dist_timeout_s",
+        ):
             d.pop(key)
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -150,8 +160,9 @@ class IterationSampler:
     together see exactly the batches of a one-process run.
     """
 
-    def __init__(self, n: int, batch_size: int, iters: int, seed: int, start: int = 0,
-                 rank: int = 0, world_size: int = 1):
+    def __init__(
+        self, n: int, batch_size: int, iters: int, seed: int, start: int = 0, rank: int = 0, world_size: int = 1
+    ):
         if batch_size % world_size:
             raise ValueError(f"a global batch of {batch_size} does not split over {world_size} ranks")
         if not 0 <= rank < world_size:
@@ -224,9 +235,18 @@ class LoopResult:
     resumed_from: int
 
 
-def train_loop(job: TransferJob, model, optimizer, scheduler, loader_from: Callable[[int], Any],
-               step_fn: Callable[[Any], Any], iters: int, run_logger=None, clip_grad: float | None = None,
-               env: DistEnv | None = None) -> LoopResult:
+def train_loop(
+    job: TransferJob,
+    model,
+    optimizer,
+    scheduler,
+    loader_from: Callable[[int], Any],
+    step_fn: Callable[[Any], Any],
+    iters: int,
+    run_logger=None,
+    clip_grad: float | None = None,
+    env: DistEnv | None = None,
+) -> LoopResult:
     """``iters`` optimizer steps of ``step_fn(batch) -> loss``; resume state every
     ``CHECKPOINT_EVERY`` steps; MLflow ``train_loss`` every ``LOG_EVERY`` steps.
     ``loader_from(start)`` gives the batches from iteration ``start`` on.
@@ -276,13 +296,23 @@ def train_loop(job: TransferJob, model, optimizer, scheduler, loader_from: Calla
         step += 1
         if run_logger is not None and (step % LOG_EVERY == 0 or step == iters):
             window = losses[-LOG_EVERY:]
-            run_logger.log_metrics({"train_loss": sum(window) / len(window),
-                                    "lr": optimizer.param_groups[0]["lr"]}, step)
+            run_logger.log_metrics(
+                {"train_loss": sum(window) / len(window), "lr": optimizer.param_groups[0]["lr"]}, step
+            )
         if step % CHECKPOINT_EVERY == 0 and step < iters:
             rngs = D.all_gather_object(ckpt.rng_state())
             if env.is_main:
-                ckpt.save({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                           "losses": losses, "rng": rngs, "fingerprint": fp}, job.last_path)
+                ckpt.save(
+                    {
+                        "model": unwrap(model).state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "step": step,
+                        "losses": losses,
+                        "rng": rngs,
+                        "fingerprint": fp,
+                    },
+                    job.last_path,
+                )
     return LoopResult(losses, time.perf_counter() - t0, start)
 
 

@@ -59,7 +59,6 @@ ADE_CLASS_FILE = "objectInfo150.txt"
 COCO_SPLITS = {"train": "train2017", "val": "val2017"}
 
 
-
 def read_rgb(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
@@ -88,25 +87,29 @@ def image_size(path: Path) -> tuple[int, int]:
 def ade_train_transforms(size: int, scale_range: tuple[float, float] = (0.5, 2.0)) -> v2.Compose:
     """mmseg's ADE20k recipe: random rescale (shorter side x 0.5..2), random crop, flip,
     photometric distortion, normalise. Padding is unlabelled (ignored)."""
-    return v2.Compose([
-        v2.RandomResize(int(size * scale_range[0]), int(size * scale_range[1]) + 1),
-        v2.RandomCrop(size, pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE}),
-        v2.RandomHorizontalFlip(0.5),
-        v2.RandomPhotometricDistort(p=0.5),
-        v2.ToDtype({tv_tensors.Image: torch.float32, tv_tensors.Mask: torch.int64, "others": None}, scale=True),
-        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
+    return v2.Compose(
+        [
+            v2.RandomResize(int(size * scale_range[0]), int(size * scale_range[1]) + 1),
+            v2.RandomCrop(size, pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE}),
+            v2.RandomHorizontalFlip(0.5),
+            v2.RandomPhotometricDistort(p=0.5),
+            v2.ToDtype({tv_tensors.Image: torch.float32, tv_tensors.Mask: torch.int64, "others": None}, scale=True),
+            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
 
 
 def ade_eval_transforms(size: int) -> v2.Compose:
     """Single-scale test, mmseg's ADE20k ``Resize(scale=(2048, 512), keep_ratio=True)``: shorter
     side to ``size`` unless the longer side would pass 4 x ``size``; the label map stays at its
     own size."""
-    return v2.Compose([
-        v2.Resize(size, max_size=4 * size),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
+    return v2.Compose(
+        [
+            v2.Resize(size, max_size=4 * size),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
 
 
 def read_ade_class_names(path: Path, n_classes: int) -> list[str]:
@@ -145,9 +148,15 @@ class AdeSegmentation(torch.utils.data.Dataset):
     ``image_transforms`` and the label map is returned untouched (for scoring at full size).
     """
 
-    def __init__(self, root: str | Path, split: str, n_classes: int,
-                 transforms: v2.Transform | None = None, image_transforms: v2.Transform | None = None,
-                 check: bool = True):
+    def __init__(
+        self,
+        root: str | Path,
+        split: str,
+        n_classes: int,
+        transforms: v2.Transform | None = None,
+        image_transforms: v2.Transform | None = None,
+        check: bool = True,
+    ):
         if not isinstance(n_classes, int) or n_classes < 1:
             raise ValueError(f"n_classes = {n_classes!r}: expected the number of label ids 1..N (ADE20k: 150)")
         self.root = Path(root)
@@ -156,8 +165,10 @@ class AdeSegmentation(torch.utils.data.Dataset):
         self.label_dir = self.root / "annotations" / self.split
         for d in (self.image_dir, self.label_dir):
             if not d.is_dir():
-                raise DatasetError(f"{d}: folder missing (expected the ADEChallengeData2016 layout "
-                                   "images/{training,validation}/ and annotations/{training,validation}/)")
+                raise DatasetError(
+                    f"{d}: folder missing (expected the ADEChallengeData2016 layout "
+                    "images/{training,validation}/ and annotations/{training,validation}/)"
+                )
         self.n_classes = n_classes
         self.class_names = read_ade_class_names(self.root / ADE_CLASS_FILE, n_classes)
         self.names = sorted(p.stem for p in self.image_dir.glob("*.jpg"))
@@ -189,15 +200,19 @@ class AdeSegmentation(torch.utils.data.Dataset):
             raise DatasetError(f"{path}: unreadable label map ({exc.__class__.__name__}: {exc})") from None
         top = int(label.max(initial=0))
         if top > self.n_classes:
-            raise DatasetError(f"{path}: label id {top} above the {self.n_classes} classes (ids 1..{self.n_classes}, 0 = unlabelled)")
+            raise DatasetError(
+                f"{path}: label id {top} above the {self.n_classes} classes (ids 1..{self.n_classes}, 0 = unlabelled)"
+            )
         return label
 
     def _check(self, name: str) -> None:
         h, w = image_size(self.image_path(name))
         label = self.read_label(name)
         if label.shape != (h, w):
-            raise DatasetError(f"{self.label_path(name)}: label map is {label.shape[1]}x{label.shape[0]}, "
-                               f"its image {self.image_path(name).name} is {w}x{h}")
+            raise DatasetError(
+                f"{self.label_path(name)}: label map is {label.shape[1]}x{label.shape[0]}, "
+                f"its image {self.image_path(name).name} is {w}x{h}"
+            )
 
     def pixel_counts(self) -> np.ndarray:
         """Labelled pixels per class (index 0 = id 1) over the split: for class weighting."""
@@ -214,8 +229,10 @@ class AdeSegmentation(torch.utils.data.Dataset):
         image = tv_tensors.Image(torch.from_numpy(read_rgb(self.image_path(name))).permute(2, 0, 1))
         label = self.read_label(name)
         if label.shape != tuple(image.shape[-2:]):
-            raise DatasetError(f"{self.label_path(name)}: label map is {label.shape[1]}x{label.shape[0]}, "
-                               f"its image is {image.shape[-1]}x{image.shape[-2]}")
+            raise DatasetError(
+                f"{self.label_path(name)}: label map is {label.shape[1]}x{label.shape[0]}, "
+                f"its image is {image.shape[-1]}x{image.shape[-2]}"
+            )
         mask = tv_tensors.Mask(torch.from_numpy(label.astype(np.int64))[None])
         if self.transforms is not None:
             image, mask = self.transforms(image, mask)
@@ -259,9 +276,13 @@ def load_coco_json(path: str | Path) -> dict[str, Any]:
             raise DatasetError(f"{path}: annotation id {aid} appears twice")
         ann_ids.add(aid)
         if ann.get("image_id") not in images:
-            raise DatasetError(f"{path}: annotation {aid} refers to image id {ann.get('image_id')}, which is not in 'images'")
+            raise DatasetError(
+                f"{path}: annotation {aid} refers to image id {ann.get('image_id')}, which is not in 'images'"
+            )
         if ann.get("category_id") not in cats:
-            raise DatasetError(f"{path}: annotation {aid} refers to category id {ann.get('category_id')}, which is not in 'categories'")
+            raise DatasetError(
+                f"{path}: annotation {aid} refers to category id {ann.get('category_id')}, which is not in 'categories'"
+            )
         bbox = ann.get("bbox")
         if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
             raise DatasetError(f"{path}: annotation {aid} has bbox {bbox!r}, expected [x, y, w, h]")
@@ -276,16 +297,22 @@ def _check_rle(path: Path, aid, rle: dict, image: dict) -> None:
     """An RLE must be of its image's size; uncompressed counts (crowd regions) must cover it."""
     h, w = image["height"], image["width"]
     if list(rle.get("size") or []) != [h, w]:
-        raise DatasetError(f"{path}: annotation {aid} has an RLE of size {rle.get('size')} (height, width), "
-                           f"its image {image['id']} is {h}x{w}")
+        raise DatasetError(
+            f"{path}: annotation {aid} has an RLE of size {rle.get('size')} (height, width), "
+            f"its image {image['id']} is {h}x{w}"
+        )
     counts = rle.get("counts")
     if isinstance(counts, list):
         if not all(isinstance(c, int) and c >= 0 for c in counts) or sum(counts) != h * w:
-            raise DatasetError(f"{path}: annotation {aid} has uncompressed RLE counts that do not sum to "
-                               f"{h} x {w} = {h * w} pixels of its image {image['id']}")
+            raise DatasetError(
+                f"{path}: annotation {aid} has uncompressed RLE counts that do not sum to "
+                f"{h} x {w} = {h * w} pixels of its image {image['id']}"
+            )
     elif not isinstance(counts, (str, bytes)):
-        raise DatasetError(f"{path}: annotation {aid} has RLE counts {type(counts).__name__}, "
-                           "expected a list (uncompressed) or a string (compressed)")
+        raise DatasetError(
+            f"{path}: annotation {aid} has RLE counts {type(counts).__name__}, "
+            "expected a list (uncompressed) or a string (compressed)"
+        )
 
 
 def annotation_mask(ann: dict, height: int, width: int) -> np.ndarray:
@@ -325,8 +352,10 @@ class CocoInstances(torch.utils.data.Dataset):
         self.ann_file = self.root / "annotations" / f"instances_{self.split}.json"
         self.image_dir = self.root / self.split
         if not self.image_dir.is_dir():
-            raise DatasetError(f"{self.image_dir}: folder missing (expected the COCO layout {{train,val}}2017/ "
-                               "and annotations/instances_{train,val}2017.json)")
+            raise DatasetError(
+                f"{self.image_dir}: folder missing (expected the COCO layout {{train,val}}2017/ "
+                "and annotations/instances_{train,val}2017.json)"
+            )
         self.data = load_coco_json(self.ann_file)
         self.categories = sorted(self.data["categories"], key=lambda c: c["id"])
         self.cat_to_label = {c["id"]: i + 1 for i, c in enumerate(self.categories)}
@@ -338,21 +367,28 @@ class CocoInstances(torch.utils.data.Dataset):
             w, h = ann["bbox"][2:]
             if w <= 0 or h <= 0:
                 self.n_degenerate += 1
-                warnings.warn(f"{self.ann_file}: annotation {ann.get('id')} (image {ann['image_id']}) has a "
-                              f"degenerate box {ann['bbox']}; skipped", stacklevel=2)
+                warnings.warn(
+                    f"{self.ann_file}: annotation {ann.get('id')} (image {ann['image_id']}) has a "
+                    f"degenerate box {ann['bbox']}; skipped",
+                    stacklevel=2,
+                )
                 continue
             if ann.get("iscrowd", 0):
                 continue
             if "segmentation" not in ann:
-                raise DatasetError(f"{self.ann_file}: annotation {ann.get('id')} has no segmentation (Mask R-CNN needs masks)")
+                raise DatasetError(
+                    f"{self.ann_file}: annotation {ann.get('id')} has no segmentation (Mask R-CNN needs masks)"
+                )
             self.anns[ann["image_id"]].append(ann)
         self.transforms = transforms
         if check:
             for im in self.images:
                 h, w = image_size(self.image_path(im))
                 if (h, w) != (im["height"], im["width"]):
-                    raise DatasetError(f"{self.image_path(im)}: image is {w}x{h}, {self.ann_file.name} says "
-                                       f"{im['width']}x{im['height']} (image id {im['id']})")
+                    raise DatasetError(
+                        f"{self.image_path(im)}: image is {w}x{h}, {self.ann_file.name} says "
+                        f"{im['width']}x{im['height']} (image id {im['id']})"
+                    )
 
     @property
     def class_names(self) -> list[str]:
@@ -368,8 +404,10 @@ class CocoInstances(torch.utils.data.Dataset):
         im = self.images[i]
         anns = self.anns[im["id"]]
         h, w = im["height"], im["width"]
-        boxes = torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
-                              for a in anns], dtype=torch.float32).reshape(-1, 4)
+        boxes = torch.tensor(
+            [[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]] for a in anns],
+            dtype=torch.float32,
+        ).reshape(-1, 4)
         masks = np.stack([annotation_mask(a, h, w) for a in anns]) if anns else np.zeros((0, h, w), np.uint8)
         return {
             "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(h, w)),
@@ -382,8 +420,10 @@ class CocoInstances(torch.utils.data.Dataset):
         im = self.images[i]
         image = tv_tensors.Image(torch.from_numpy(read_rgb(self.image_path(im))).permute(2, 0, 1))
         if tuple(image.shape[-2:]) != (im["height"], im["width"]):
-            raise DatasetError(f"{self.image_path(im)}: image is {image.shape[-1]}x{image.shape[-2]}, "
-                               f"{self.ann_file.name} says {im['width']}x{im['height']} (image id {im['id']})")
+            raise DatasetError(
+                f"{self.image_path(im)}: image is {image.shape[-1]}x{image.shape[-2]}, "
+                f"{self.ann_file.name} says {im['width']}x{im['height']} (image id {im['id']})"
+            )
         target = self.target(i)
         if self.transforms is not None:
             image, target = self.transforms(image, target)

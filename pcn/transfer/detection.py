@@ -100,7 +100,7 @@ class PyramidFPN(nn.Module):
 def anchor_sizes(img_size: int) -> tuple[tuple[int, ...], ...]:
     """One size per level (strides 4..64): 8x the stride at COCO sizes, smaller for small images."""
     base = min(32, max(8, round(32 * img_size / 512)))
-    return tuple((base * 2 ** i,) for i in range(5))
+    return tuple((base * 2**i,) for i in range(5))
 
 
 def build_model(job: TransferJob, n_classes: int):
@@ -157,15 +157,22 @@ def _to_device(images, targets, device):
 
 
 @torch.no_grad()
-def detect(model, dataset: CocoInstances, device: torch.device, batch_size: int = 8,
-           indices: list[int] | None = None, num_workers: int = 0) -> list[dict]:
+def detect(
+    model,
+    dataset: CocoInstances,
+    device: torch.device,
+    batch_size: int = 8,
+    indices: list[int] | None = None,
+    num_workers: int = 0,
+) -> list[dict]:
     """COCO results (bbox xywh + compressed RLE of the mask at 0.5) for the images of
     ``dataset`` (or those at ``indices``), in its annotation file's image and category ids."""
     model.eval()
     results = []
     images_of = dataset if indices is None else torch.utils.data.Subset(dataset, indices)
-    loader = torch.utils.data.DataLoader(images_of, batch_size=batch_size, shuffle=False,
-                                         collate_fn=collate_detection, num_workers=num_workers)
+    loader = torch.utils.data.DataLoader(
+        images_of, batch_size=batch_size, shuffle=False, collate_fn=collate_detection, num_workers=num_workers
+    )
     for images, targets in loader:
         outputs = model([im.to(device) for im in images])
         for out, tgt in zip(outputs, targets):
@@ -175,17 +182,21 @@ def detect(model, dataset: CocoInstances, device: torch.device, batch_size: int 
                 rle = mask_utils.encode(np.asfortranarray(m))
                 rle["counts"] = rle["counts"].decode("ascii")
                 x0, y0, x1, y1 = (float(v) for v in box)
-                results.append({
-                    "image_id": int(tgt["image_id"]),
-                    "category_id": int(dataset.label_to_cat[int(label)]),
-                    "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
-                    "score": round(float(score), 5),
-                    "segmentation": rle,
-                })
+                results.append(
+                    {
+                        "image_id": int(tgt["image_id"]),
+                        "category_id": int(dataset.label_to_cat[int(label)]),
+                        "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
+                        "score": round(float(score), 5),
+                        "segmentation": rle,
+                    }
+                )
     return results
 
 
-def qualitative_figure(dataset: CocoInstances, results: list[dict], path: Path, n: int = 4, min_score: float = 0.5) -> None:
+def qualitative_figure(
+    dataset: CocoInstances, results: list[dict], path: Path, n: int = 4, min_score: float = 0.5
+) -> None:
     """A few val images: ground truth (left) and detections above ``min_score`` (right)."""
     import matplotlib
 
@@ -204,13 +215,22 @@ def qualitative_figure(dataset: CocoInstances, results: list[dict], path: Path, 
     fig, axes = plt.subplots(n, 2, figsize=(5.5, 2.7 * n), squeeze=False)
     for row, im in zip(axes, dataset.images[:n]):
         image = read_rgb(dataset.image_path(im)).astype(np.float32) / 255
-        gts = [(a["bbox"], annotation_mask(a, im["height"], im["width"]), a["category_id"], None)
-               for a in dataset.anns[im["id"]]]
-        dts = [(r["bbox"], mask_utils.decode({**r["segmentation"], "counts": r["segmentation"]["counts"].encode()}),
-                r["category_id"], r["score"]) for r in by_image.get(im["id"], [])]
+        gts = [
+            (a["bbox"], annotation_mask(a, im["height"], im["width"]), a["category_id"], None)
+            for a in dataset.anns[im["id"]]
+        ]
+        dts = [
+            (
+                r["bbox"],
+                mask_utils.decode({**r["segmentation"], "counts": r["segmentation"]["counts"].encode()}),
+                r["category_id"],
+                r["score"],
+            )
+            for r in by_image.get(im["id"], [])
+        ]
         for ax, items, title in ((row[0], gts, "ground truth"), (row[1], dts, f"detections >= {min_score}")):
             shown = image.copy()
-            for k, (_, m, cat, _) in enumerate(items):
+            for _, m, cat, _ in items:
                 colour = np.array(cmap(cat % 10)[:3])
                 shown[m > 0] = 0.5 * shown[m > 0] + 0.5 * colour
             ax.imshow(shown)
@@ -218,8 +238,14 @@ def qualitative_figure(dataset: CocoInstances, results: list[dict], path: Path, 
                 colour = cmap(cat % 10)
                 ax.add_patch(Rectangle((bbox[0], bbox[1]), bbox[2], bbox[3], fill=False, color=colour, lw=1.2))
                 text = names.get(cat, str(cat)) + (f" {score:.2f}" if score is not None else "")
-                ax.text(bbox[0], bbox[1] - 1, text, fontsize=6, color="white",
-                        bbox={"facecolor": colour, "alpha": 0.7, "pad": 0.5, "lw": 0})
+                ax.text(
+                    bbox[0],
+                    bbox[1] - 1,
+                    text,
+                    fontsize=6,
+                    color="white",
+                    bbox={"facecolor": colour, "alpha": 0.7, "pad": 0.5, "lw": 0},
+                )
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_title(title, fontsize=9)
@@ -233,12 +259,20 @@ def _scheduler(optimizer, iters: int, lr: float):
     from timm.scheduler import MultiStepLRScheduler
 
     warmup = min(1000, iters // 10)
-    return MultiStepLRScheduler(optimizer, decay_t=[int(iters * 0.75), int(iters * 11 / 12)], decay_rate=0.1,
-                                warmup_t=warmup, warmup_lr_init=lr * 1e-3, warmup_prefix=False, t_in_epochs=False)
+    return MultiStepLRScheduler(
+        optimizer,
+        decay_t=[int(iters * 0.75), int(iters * 11 / 12)],
+        decay_rate=0.1,
+        warmup_t=warmup,
+        warmup_lr_init=lr * 1e-3,
+        warmup_prefix=False,
+        t_in_epochs=False,
+    )
 
 
-def detect_sharded(model, dataset: CocoInstances, device: torch.device, job: TransferJob,
-                   env: D.DistEnv) -> list[dict] | None:
+def detect_sharded(
+    model, dataset: CocoInstances, device: torch.device, job: TransferJob, env: D.DistEnv
+) -> list[dict] | None:
     """Each rank detects on its shard of ``dataset`` and writes it to the work folder; rank 0
     returns every rank's results (in rank order), the other ranks None."""
     from pcn.io import write_text
@@ -290,16 +324,23 @@ def run(job: TransferJob, env: D.DistEnv | None = None) -> dict[str, Any]:
 
     def loader_from(start: int):
         sampler = IterationSampler(len(train_items), bs, iters, job.seed, start, env.rank, env.world_size)
-        return torch.utils.data.DataLoader(train_items, batch_size=per_rank, sampler=sampler,
-                                           collate_fn=collate_detection, drop_last=True, **loader_options(job, device))
+        return torch.utils.data.DataLoader(
+            train_items,
+            batch_size=per_rank,
+            sampler=sampler,
+            collate_fn=collate_detection,
+            drop_last=True,
+            **loader_options(job, device),
+        )
 
     def step(batch) -> torch.Tensor:
         images, targets = _to_device(*batch, device)
         losses = model(images, targets)
         return sum(losses.values())
 
-    loop = train_loop(job, model, optimizer, scheduler, loader_from, step, iters, run_logger(job, env),
-                      clip_grad=None, env=env)
+    loop = train_loop(
+        job, model, optimizer, scheduler, loader_from, step, iters, run_logger(job, env), clip_grad=None, env=env
+    )
 
     net = unwrap(model)
     use_test_size(net, job)
@@ -315,24 +356,28 @@ def run(job: TransferJob, env: D.DistEnv | None = None) -> dict[str, Any]:
         (tmp / RESULTS_FILE).write_text(json.dumps(results) + "\n")
         torch.save({"model": net.state_dict()}, tmp / "model.pth")
         if weights is not None:  # every key the checkpoint gave the trunk, and every key it dropped
-            write_json(tmp / "backbone_weights.json", {"source": weights.source, "used": weights.used,
-                                                       "dropped": weights.dropped})
+            write_json(
+                tmp / "backbone_weights.json",
+                {"source": weights.source, "used": weights.used, "dropped": weights.dropped},
+            )
         qualitative_figure(val_set, results, tmp / "qualitative.png")
     finish_outputs(job, loop.losses)
     metrics: dict[str, Any] = {f"{iou}_{k}": scores[iou][k] for iou in ("bbox", "segm") for k in COCO_STATS}
-    metrics.update({
-        "results_file": str(out_dir / RESULTS_FILE),
-        "annotations_file": str(val_set.ann_file),
-        "segm_scored_without_bbox": True,
-        "n_detections": len(results),
-        "n_train_images": len(train_items),
-        "n_train_images_without_objects": len(train_set) - len(train_items),
-        "n_val_images": len(val_set),
-        "n_degenerate_skipped": train_set.n_degenerate + val_set.n_degenerate,
-        "test_size": list(net.transform.min_size)[-1],
-        "max_size": net.transform.max_size,
-        "ranks": env.world_size,
-        "batch_per_rank": per_rank,
-        **run_summary(job, out_dir, weights, loop, eval_s, t_start),
-    })
+    metrics.update(
+        {
+            "results_file": str(out_dir / RESULTS_FILE),
+            "annotations_file": str(val_set.ann_file),
+            "segm_scored_without_bbox": True,
+            "n_detections": len(results),
+            "n_train_images": len(train_items),
+            "n_train_images_without_objects": len(train_set) - len(train_items),
+            "n_val_images": len(val_set),
+            "n_degenerate_skipped": train_set.n_degenerate + val_set.n_degenerate,
+            "test_size": list(net.transform.min_size)[-1],
+            "max_size": net.transform.max_size,
+            "ranks": env.world_size,
+            "batch_per_rank": per_rank,
+            **run_summary(job, out_dir, weights, loop, eval_s, t_start),
+        }
+    )
     return metrics

@@ -34,8 +34,9 @@ import torch
 COCO_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
-def confusion_matrix(pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray, n_classes: int,
-                     ignore_index: int | None = None) -> torch.Tensor:
+def confusion_matrix(
+    pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray, n_classes: int, ignore_index: int | None = None
+) -> torch.Tensor:
     """(n, n) int64 counts, rows = ground truth, columns = prediction, over pixels whose
     target is a class (0..n-1); ``ignore_index`` and out-of-range targets are skipped."""
     pred = torch.as_tensor(pred).reshape(-1).long()

@@ -122,10 +122,10 @@ class WeightsReport:
 
     def summary(self) -> dict:
         # "head", "cls_token", "blocks_token_only", "norm", or "blocks.<i>" for pruned blocks
-        prefixes = sorted({".".join(k.split(".")[:2]) if k.startswith("blocks.") else k.split(".")[0]
-                           for k in self.dropped})
-        return {"source": self.source, "n_used": len(self.used), "n_dropped": len(self.dropped),
-                "dropped": prefixes}
+        prefixes = sorted(
+            {".".join(k.split(".")[:2]) if k.startswith("blocks.") else k.split(".")[0] for k in self.dropped}
+        )
+        return {"source": self.source, "n_used": len(self.used), "n_dropped": len(self.dropped), "dropped": prefixes}
 
 
 def load_trunk_weights(trunk: nn.Module, path: str | os.PathLike) -> WeightsReport:
@@ -155,10 +155,10 @@ def load_trunk_weights(trunk: nn.Module, path: str | os.PathLike) -> WeightsRepo
 
 
 def create_pyramid_backbone(
-        model_name: str,
-        model_options: dict | None = None,
-        checkpoint: str | os.PathLike | None = None,
-        indices: list[int] | None = None,
+    model_name: str,
+    model_options: dict | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    indices: list[int] | None = None,
 ) -> tuple[PyramidBackbone, WeightsReport | None]:
     """The trunk of ``model_name`` (random init, or the checkpoint's trunk) wrapped in the pyramid neck."""
     options = dict(model_options or {})

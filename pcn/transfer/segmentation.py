@@ -77,8 +77,9 @@ class UperNetSegmenter(nn.Module):
         super().__init__()
         self.backbone = backbone
         # The decoder reads [x, 1/2, 1/4, 1/8, 1/16, 1/32] and skips the first two.
-        self.decoder = UPerNetDecoder(encoder_channels=[3, 0, *backbone.out_channels], encoder_depth=5,
-                                      decoder_channels=decoder_channels)
+        self.decoder = UPerNetDecoder(
+            encoder_channels=[3, 0, *backbone.out_channels], encoder_depth=5, decoder_channels=decoder_channels
+        )
         self.head = SegmentationHead(decoder_channels, n_classes, kernel_size=1, upsampling=4)
         self.n_classes = n_classes
 
@@ -145,9 +146,14 @@ def predict(model: UperNetSegmenter, image: torch.Tensor, size: tuple[int, int])
 
 
 @torch.no_grad()
-def evaluate(model: UperNetSegmenter, dataset: AdeSegmentation, device: torch.device,
-             predictions_dir: Path | None = None, env: D.DistEnv | None = None,
-             num_workers: int = 0) -> tuple[dict[str, Any], list]:
+def evaluate(
+    model: UperNetSegmenter,
+    dataset: AdeSegmentation,
+    device: torch.device,
+    predictions_dir: Path | None = None,
+    env: D.DistEnv | None = None,
+    num_workers: int = 0,
+) -> tuple[dict[str, Any], list]:
     """One confusion matrix over the val set (summed over the ranks, each scoring its
     shard); optionally the predicted id maps as PNGs. Every rank gets the scores."""
     env = env or D.DistEnv()
@@ -157,8 +163,9 @@ def evaluate(model: UperNetSegmenter, dataset: AdeSegmentation, device: torch.de
     samples = []
     dtype = np.uint8 if n <= 255 else np.uint16
     # batch_size=None: one image at a time (sizes differ), decoded by the workers
-    images = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, shard(len(dataset), env)),
-                                         batch_size=None, num_workers=num_workers)
+    images = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(dataset, shard(len(dataset), env)), batch_size=None, num_workers=num_workers
+    )
     for image, label, name in images:
         pred = predict(model, image.to(device), tuple(label.shape)).cpu()
         conf += confusion_matrix(pred, label - 1, n)  # label 0 -> -1: not counted
@@ -202,8 +209,16 @@ def _scheduler(optimizer, iters: int, lr: float):
     from timm.scheduler import PolyLRScheduler
 
     warmup = min(1500, iters // 10)  # mmseg: 1500 linear warm-up iterations of 160k
-    return PolyLRScheduler(optimizer, t_initial=max(iters - warmup, 1), power=1.0, lr_min=0.0, warmup_t=warmup,
-                           warmup_lr_init=lr * 1e-3, warmup_prefix=True, t_in_epochs=False)
+    return PolyLRScheduler(
+        optimizer,
+        t_initial=max(iters - warmup, 1),
+        power=1.0,
+        lr_min=0.0,
+        warmup_t=warmup,
+        warmup_lr_init=lr * 1e-3,
+        warmup_prefix=True,
+        t_in_epochs=False,
+    )
 
 
 def per_class(names: list[str], values: list) -> dict[str, Any]:
@@ -227,13 +242,17 @@ def run(job: TransferJob, env: D.DistEnv | None = None) -> dict[str, Any]:
     per_rank = batch_per_rank(job, env)
     if per_rank < 2 and not (device.type == "cuda" and env.world_size > 1):
         # UperNet's pyramid pooling normalises 1x1 maps: one image gives one value per channel.
-        raise ValueError(f"segmentation.batch_size = {bs} gives {per_rank} image per rank; BatchNorm needs 2 or "
-                         "more (SyncBatchNorm, used for DDP on GPUs, pools them over the ranks)")
+        raise ValueError(
+            f"segmentation.batch_size = {bs} gives {per_rank} image per rank; BatchNorm needs 2 or "
+            "more (SyncBatchNorm, used for DDP on GPUs, pools them over the ranks)"
+        )
     # The stage validated every file before submitting (pcn.steps.transfer): no second pass here.
-    train_set = AdeSegmentation(job.data_root, "train", n_classes=job.cfg("n_classes"),
-                                transforms=ade_train_transforms(size), check=False)
-    val_set = AdeSegmentation(job.data_root, "val", n_classes=train_set.n_classes,
-                              image_transforms=ade_eval_transforms(size), check=False)
+    train_set = AdeSegmentation(
+        job.data_root, "train", n_classes=job.cfg("n_classes"), transforms=ade_train_transforms(size), check=False
+    )
+    val_set = AdeSegmentation(
+        job.data_root, "val", n_classes=train_set.n_classes, image_transforms=ade_eval_transforms(size), check=False
+    )
     criterion = build_criterion(job, train_set).to(device)
     net, weights = build_model(job, train_set.n_classes)
     net.to(device)
@@ -243,8 +262,14 @@ def run(job: TransferJob, env: D.DistEnv | None = None) -> dict[str, Any]:
 
     def loader_from(start: int):
         sampler = IterationSampler(len(train_set), bs, iters, job.seed, start, env.rank, env.world_size)
-        return torch.utils.data.DataLoader(train_set, batch_size=per_rank, sampler=sampler, drop_last=True,
-                                           persistent_workers=False, **loader_options(job, device))
+        return torch.utils.data.DataLoader(
+            train_set,
+            batch_size=per_rank,
+            sampler=sampler,
+            drop_last=True,
+            persistent_workers=False,
+            **loader_options(job, device),
+        )
 
     def step(batch) -> torch.Tensor:
         images, labels, _ = batch
@@ -272,8 +297,10 @@ def run(job: TransferJob, env: D.DistEnv | None = None) -> dict[str, Any]:
         shutil.move(pred_dir, tmp / "predictions")
         torch.save({"model": unwrap(model).state_dict()}, tmp / "model.pth")
         if weights is not None:  # every key the checkpoint gave the trunk, and every key it dropped
-            write_json(tmp / "backbone_weights.json", {"source": weights.source, "used": weights.used,
-                                                       "dropped": weights.dropped})
+            write_json(
+                tmp / "backbone_weights.json",
+                {"source": weights.source, "used": weights.used, "dropped": weights.dropped},
+            )
         qualitative_figure(val_set, samples, tmp / "qualitative.png")
     finish_outputs(job, loop.losses)
     names = val_set.class_names
