@@ -2,6 +2,7 @@
 import json
 import os
 import re
+from pathlib import Path
 
 from pcn.config import ParamsError, raw_params, resolve
 from pcn.stages import build_stages
