@@ -17,7 +17,7 @@ import sys
 # threads made torch 10-20x slower here.  Must be set before torch is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from pcn.config import ParamsError  # noqa: E402
+from pcn.config import SCALES, ParamsError  # noqa: E402
 from pcn.errors import DatasetError, UserError  # noqa: E402
 from pcn.steps import VERBS  # noqa: E402
 
@@ -90,6 +90,17 @@ def _verb_arguments(verb: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("--point", required=True, help="w<width>-d<depth>")
     if verb == "dag":
         p.add_argument("--check", action="store_true", help="exit 1 if dvc.yaml differs from the stage table")
+    if verb == "params":
+        p.add_argument(
+            "--scale",
+            choices=list(SCALES),
+            help="resolve at this scale instead of the one params.yaml selects (the file is not changed)",
+        )
+        p.add_argument("key", nargs="?", help="print only this dotted key, e.g. experiments.train_by_study.ablation")
+        p.epilog = (
+            "Prints one scale's resolved recipe as YAML: params.yaml's values with that scale's overrides "
+            "merged on, and each comparison's whole training recipe under experiments.train_by_study."
+        )
     if verb == "scale":
         p.add_argument("scale", choices=["demo", "study", "paper"])
     if verb == "run":

@@ -6,6 +6,13 @@ one; :func:`load_params` deep-merges that scale's overrides onto the base and
 validates the result, so every stage (and both workflow front ends) sees the same
 resolved values.  A bad value raises :class:`ParamsError` with one line naming the
 key, the value and what was expected.
+
+One source for every value: params.yaml is the source of every key it writes; the
+schema below gives each key its type and range, and a default of its own only for the
+keys params.yaml leaves out.  Where the schema also has a default for a key that
+params.yaml writes (so that a partial section validates, e.g. in tests), it is the
+params.yaml value; tests/test_config.py fails if the two differ.  ``pcn params
+--scale NAME`` prints the one resolved recipe of a scale.
 """
 
 from __future__ import annotations
@@ -25,6 +32,17 @@ DEFAULT_PARAMS = Path("params.yaml")
 
 class ParamsError(ValueError):
     """A params.yaml problem, phrased as one line for the user."""
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """``override`` merged into ``base``, dict by dict; neither is changed."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
 
 
 class Section(BaseModel):
@@ -59,7 +77,7 @@ class LauncherConfig(Section):
 
 
 class RuntimeConfig(Section):
-    threads: int = Field(2, ge=1, description="torch intra-op threads per stage process on CPU")
+    threads: int = Field(1, ge=1, description="torch intra-op threads per stage process on CPU")
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
@@ -75,7 +93,7 @@ class TrackingConfig(Section):
 
 class DemoDataConfig(Section):
     n_classes: int = Field(10, ge=2, le=len(SHAPES), description="shape classes (the generator draws that many)")
-    train_per_class: int = Field(500, ge=1)
+    train_per_class: int = Field(1000, ge=1)
     val_per_class: int = Field(50, ge=1)
     image_size: int = Field(64, ge=32)
     scene_size: int = Field(128, ge=64)
@@ -117,7 +135,7 @@ class DataConfig(Section):
     coco: str | None = None
     demo: DemoDataConfig = DemoDataConfig()
     loader: Literal["ffcv", "torch", "memory"] = "ffcv"
-    num_workers: int = Field(2, ge=0)
+    num_workers: int = Field(1, ge=0)
     ffcv: FfcvConfig = FfcvConfig()
 
     def path(self, dataset: str) -> Path:
@@ -127,6 +145,23 @@ class DataConfig(Section):
 
 
 # --- models and training ---------------------------------------------------------
+
+# Every model the demo's complexity stage measures: the demo model and the paper's table.
+DEMO_COMPLEXITY_MODELS = (
+    "patchconvnet_demo",
+    "patchconvnet_s60",
+    "patchconvnet_s120",
+    "patchconvnet_b60",
+    "patchconvnet_b120",
+    "patchconvnet_l60",
+    "patchconvnet_l120",
+    "patchconvnet_s60_multi",
+    "resnet50",
+    "resnet50_attnpool",
+    "deit_small_patch16_224",
+    "swin_tiny_patch4_window7_224",
+    "convnext_tiny",
+)
 
 
 class ModelConfig(Section):
@@ -151,9 +186,9 @@ class AugConfig(Section):
 
 class TrainConfig(Section):
     img_size: int = Field(64, ge=16)
-    epochs: int = Field(10, ge=1)
+    epochs: int = Field(14, ge=1)
     batch_size: int = Field(64, ge=1, description="global batch over all ranks")
-    lr: float = Field(2e-3, gt=0.0, description="peak learning rate at batch_size (scaled by lr_base_batch)")
+    lr: float = Field(1e-3, gt=0.0, description="peak learning rate at batch_size (scaled by lr_base_batch)")
     lr_base_batch: int | None = Field(None, description="if set, lr is scaled by batch_size / lr_base_batch")
     optimizer: Literal["adamw", "lamb"] = Field("adamw", description="timm optimizer name")
     loss: Literal["ce", "bce"] = Field(
@@ -163,7 +198,7 @@ class TrainConfig(Section):
         None, gt=0.0, le=1.0, description="centre-crop ratio of this run's evaluations; null = evaluate.crop_ratio"
     )
     min_lr: float = Field(1e-5, ge=0.0)
-    warmup_epochs: float = Field(1.0, ge=0.0)
+    warmup_epochs: float = Field(0.5, ge=0.0)
     weight_decay: float = Field(0.05, ge=0.0)
     drop_path: float = Field(0.0, ge=0.0, lt=1.0)
     layerscale_init: float | None = Field(None, gt=0.0)
@@ -194,11 +229,14 @@ class EvaluateConfig(Section):
 
 
 class ComplexityConfig(Section):
-    models: list[str] = Field(default_factory=lambda: ["patchconvnet_s60"])
-    timed: list[str] | None = Field(None, description="models whose throughput/memory are measured; null = all")
+    models: list[str] = Field(default_factory=lambda: list(DEMO_COMPLEXITY_MODELS))
+    timed: list[str] | None = Field(
+        default_factory=lambda: ["patchconvnet_demo", "patchconvnet_s60", "resnet50"],
+        description="models whose throughput/memory are measured; null = all",
+    )
     resolutions: list[int] = Field(default_factory=lambda: [224])
-    batch_size: int = Field(256, ge=1)
-    iters: int = Field(3, ge=1)
+    batch_size: int = Field(8, ge=1)
+    iters: int = Field(2, ge=1)
 
 
 class DenseTaskConfig(Section):
@@ -206,7 +244,7 @@ class DenseTaskConfig(Section):
 
     init: list[Literal["pretrained", "scratch"]] = Field(default_factory=lambda: ["pretrained", "scratch"])
     backbone: Literal["pretrain", "finetune"] = Field(
-        "pretrain", description="the DAG's classification checkpoint a pretrained run starts from"
+        "finetune", description="the DAG's classification checkpoint a pretrained run starts from"
     )
 
     @property
@@ -228,15 +266,16 @@ class SegmentationConfig(DenseTaskConfig):
         description="label ids 1..N of the ADE20k layout (150 for ADE20k); null: the demo's shapes + background",
     )
     loss: Literal["ce", "weighted_ce_dice"] = Field(
-        "ce", description="ce: UperNet's cross-entropy; weighted_ce_dice: class-weighted CE + Dice (short demo runs)"
+        "weighted_ce_dice",
+        description="ce: UperNet's cross-entropy; weighted_ce_dice: class-weighted CE + Dice (short demo runs)",
     )
 
 
 class DetectionConfig(DenseTaskConfig):
     img_size: int = Field(128, ge=32)
-    iters: int = Field(300, ge=1)
+    iters: int = Field(400, ge=1)
     batch_size: int = Field(4, ge=1)
-    lr: float = Field(2e-4, gt=0.0)
+    lr: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(0.05, ge=0.0)
     fpn_channels: int = Field(64, ge=8)
     min_sizes: list[int] = Field(default_factory=lambda: [112, 128, 144])
@@ -254,23 +293,39 @@ class ExperimentsConfig(Section):
 
     enabled: bool = Field(True, description="false: the main line only (pretrain, finetune, evaluate, transfer)")
     seeds: list[int] = Field(default_factory=lambda: [0])
-    variants: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"baseline": {}})
+    variants: dict[str, dict[str, Any]] = Field(
+        default_factory=lambda: {
+            "baseline": {},
+            "avgpool": {"pool": "avg"},
+            "linear_stem": {"stem": "linear"},
+            "batchnorm": {"norm": "batch"},
+            "no_se": {"se": False},
+            "two_agg_blocks": {"agg_blocks": 2},
+            "multi_head_agg": {"agg_heads": 4},
+        },
+        description="the ablations: each variant's constructor options of the same PatchConvNet class",
+    )
     resnet: dict[str, str] = Field(default_factory=lambda: {"avg": "resnet_demo", "attention": "resnet_demo_attnpool"})
     multiclass_model: str = "patchconvnet_demo_multi"
-    depth_width: list[list[int]] = Field(default_factory=lambda: [[64, 4], [96, 8]], description="[width, depth] pairs")
+    depth_width: list[list[int]] = Field(
+        default_factory=lambda: [[64, 4], [64, 8], [96, 4], [96, 8]], description="[width, depth] pairs"
+    )
     model_options: dict[str, Any] = Field(
-        default_factory=dict,
+        default_factory=lambda: {"stem_stride": 16},
         description="constructor options of every PatchConvNet the grid trains (variants, multi-class pair, "
         "depth x width points), under each run's own options",
     )
-    train: TrainConfig = TrainConfig()
+    # the demo grid's smoke runs: 30 steps each
+    train: TrainConfig = TrainConfig(
+        epochs=1, max_steps=30, warmup_epochs=0.3, layerscale_init=0.1, aug=AugConfig(scale_min=0.35)
+    )
     train_by_study: dict[Literal[GRID_STUDIES], dict[str, Any]] = Field(
-        default_factory=dict,
+        default_factory=lambda: {study: {} for study in GRID_STUDIES},
         description="per comparison, changes to `train` (a partial train section): e.g. the ResNet pair's "
         "image size, or longer runs for the ablations",
     )
     loader: Literal["ffcv", "torch", "memory"] | None = Field(
-        None, description="loader of the grid runs; null = data.loader"
+        "memory", description="loader of the grid runs; null = data.loader"
     )
 
     @model_validator(mode="after")
@@ -305,8 +360,9 @@ class Params(Section):
     tracking: TrackingConfig = TrackingConfig()
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
-    pretrain: TrainConfig = TrainConfig()
-    finetune: TrainConfig = TrainConfig(img_size=80, epochs=2, lr=5e-4, warmup_epochs=0.0)
+    # The demo recipes (TrainConfig's own defaults are the demo pretrain's where the three agree).
+    pretrain: TrainConfig = TrainConfig(layerscale_init=0.1, aug=AugConfig(scale_min=0.35))
+    finetune: TrainConfig = TrainConfig(img_size=80, epochs=6, warmup_epochs=0.2, aug=AugConfig(scale_min=0.35))
     evaluate: EvaluateConfig = EvaluateConfig()
     complexity: ComplexityConfig = ComplexityConfig()
     segmentation: SegmentationConfig = SegmentationConfig()
@@ -332,16 +388,6 @@ class Params(Section):
         for part in dotted.split("."):
             node = node[part] if isinstance(node, dict) else getattr(node, part)
         return node
-
-
-def deep_merge(base: dict, override: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 def _describe(error: dict) -> str:
@@ -386,11 +432,27 @@ def resolve(raw: dict, source: str = "params.yaml") -> Params:
     return resolved
 
 
-def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
+def load_params(path: str | Path = DEFAULT_PARAMS, scale: str | None = None) -> Params:
+    """The resolved params of ``path`` at its own ``scale:``, or at ``scale`` when given
+    (the file is not changed)."""
     from pcn.io import read_yaml
 
-    raw = read_yaml(path, ParamsError, hint=" (run from the repository root, or pass --params)")
-    return resolve(raw or {}, str(path))
+    raw = read_yaml(path, ParamsError, hint=" (run from the repository root, or pass --params)") or {}
+    if scale is not None and isinstance(raw, dict):
+        raw = {**raw, "scale": scale}
+    return resolve(raw, str(path))
+
+
+def recipe(params: Params) -> dict:
+    """One scale's resolved values as one plain mapping, the scales folded in: every key
+    with the value the stages read, and ``experiments.train_by_study`` written out as each
+    comparison's whole training recipe (``train`` with its changes).  It is itself a valid
+    params.yaml that resolves to the same values."""
+    out = params.model_dump(mode="json", exclude={"scales"})
+    out["experiments"]["train_by_study"] = {
+        study: params.experiments.train_for(study).model_dump(mode="json") for study in GRID_STUDIES
+    }
+    return out
 
 
 def raw_params(path: str | Path = DEFAULT_PARAMS) -> dict:

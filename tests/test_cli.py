@@ -25,3 +25,60 @@ def test_help_does_not_import_torch():
 def test_importing_pcn_registers_the_models_before_or_after_timm():
     for order in ("import pcn, timm", "import timm, pcn", "import pcn.cli, timm.models"):
         assert _python(f"{order}; import timm; print(timm.is_model('patchconvnet_s60'))") == "True", order
+
+
+def _pcn_params(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pcn.cli", *args], capture_output=True, text=True, timeout=120, cwd=cwd
+    )
+
+
+def test_params_prints_one_scales_resolved_recipe_without_changing_the_file():
+    """`pcn params --scale study`: the top level, scales.study and each comparison's changes
+    merged into one YAML recipe, which itself resolves to the same values."""
+    from pathlib import Path
+
+    import yaml
+
+    from pcn.config import GRID_STUDIES, resolve
+
+    params_file = Path(__file__).resolve().parents[1] / "params.yaml"
+    before = params_file.read_bytes()
+    raw = yaml.safe_load(before)
+    out = _pcn_params("--params", str(params_file), "params", "--scale", "study")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"# {params_file} resolved at scale study\n")
+    printed = yaml.safe_load(out.stdout)
+    assert params_file.read_bytes() == before, "printing a scale leaves params.yaml as it is"
+
+    study = resolve({**raw, "scale": "study"})
+    assert printed["scale"] == "study" and "scales" not in printed
+    assert printed["experiments"]["seeds"] == study.experiments.seeds
+    for name in GRID_STUDIES:  # every comparison's whole recipe, not its changes
+        assert printed["experiments"]["train_by_study"][name] == study.experiments.train_for(name).model_dump()
+    ablation = printed["experiments"]["train_by_study"]["ablation"]
+    assert (ablation["epochs"], ablation["batch_size"], ablation["aug"]["scale_min"]) == (16, 32, 0.8)
+
+    again = resolve(printed)
+    assert again.model_dump(exclude={"scales", "experiments"}) == study.model_dump(exclude={"scales", "experiments"})
+    for name in GRID_STUDIES:
+        assert again.experiments.train_for(name) == study.experiments.train_for(name)
+
+
+def test_params_prints_one_key_and_refuses_an_unknown_one(tmp_path):
+    import argparse
+    from pathlib import Path
+
+    import pytest
+
+    from pcn.config import ParamsError
+    from pcn.steps.tools import show_params
+
+    params_file = str(Path(__file__).resolve().parents[1] / "params.yaml")
+    out = _pcn_params("--params", params_file, "params", "--scale", "paper", "pretrain.lr")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[1:] == ["0.003"]
+    out = _pcn_params("--params", params_file, "params", "--scale", "demo", "experiments.seeds")
+    assert out.stdout.splitlines()[1:] == ["- 0"]
+    with pytest.raises(ParamsError, match="pretrain.lrr: no such key"):
+        show_params(argparse.Namespace(params=params_file, scale="demo", key="pretrain.lrr"))

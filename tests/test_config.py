@@ -127,3 +127,32 @@ def test_a_bad_top_level_value_fails_at_load_naming_the_scale_in_force(raw):
     paper_typo = {**raw, "scale": "demo", "scales": {**raw["scales"], "paper": {"pretrain": {"lr": -1}}}}
     with pytest.raises(ParamsError, match=r"\(scale demo in force; the value under scales.paper\): pretrain.lr"):
         resolve(paper_typo)
+
+
+def test_schema_defaults_are_the_params_yaml_values(raw):
+    """One source for every value: where pcn/config.py has a default for a key that
+    params.yaml writes at its top level (the demo scale), the two are the same."""
+    from pydantic import BaseModel
+
+    from pcn.config import Params
+
+    differ = []
+
+    def walk(written: dict, default: BaseModel, path: str) -> None:
+        for key in written.keys() & type(default).model_fields.keys():
+            value, where = getattr(default, key), f"{path}{key}"
+            if isinstance(value, BaseModel) and isinstance(written[key], dict):
+                walk(written[key], value, where + ".")  # a section: key by key
+            elif written[key] != (value.model_dump() if isinstance(value, BaseModel) else value):
+                differ.append(f"{where}: params.yaml {written[key]!r}, schema {value!r}")
+
+    walk({k: v for k, v in raw.items() if k != "scales"}, Params(), "")
+    assert not differ, "schema defaults differ from params.yaml:\n" + "\n".join(differ)
+
+
+def test_load_params_at_another_scale_leaves_the_file(tmp_path, raw):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    text = path.read_text()
+    assert load_params(path, scale="study") == resolve({**raw, "scale": "study"})
+    assert load_params(path).scale == raw["scale"] and path.read_text() == text

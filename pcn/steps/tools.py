@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from pcn.config import load_params, raw_params
+from pcn.config import ParamsError, load_params, raw_params, recipe
 from pcn.io import write_text
 from pcn.stages import dvc_yaml
 from pcn.tracking import PIPELINE_ENV, start_pipeline_run, tracking_uri
@@ -39,7 +39,17 @@ def dag(args) -> int:
 
 
 def show_params(args) -> int:
-    print(yaml.safe_dump(load_params(args.params).model_dump(exclude={"scales"}), sort_keys=False), end="")
+    """The resolved values of one scale (params.yaml's own, or --scale), whole or one dotted key."""
+    params = load_params(args.params, scale=getattr(args, "scale", None))
+    doc: object = recipe(params)
+    key = getattr(args, "key", None)
+    for part in key.split(".") if key else []:
+        if not isinstance(doc, dict) or part not in doc:
+            raise ParamsError(f"{key}: no such key in the resolved params (see `pcn params`)")
+        doc = doc[part]
+    print(f"# {args.params} resolved at scale {params.scale}{': ' + key if key else ''}")
+    text = yaml.safe_dump(doc, sort_keys=False, width=120)
+    print(text.removesuffix("...\n") if not isinstance(doc, (dict, list)) else text, end="")
     return 0
 
 
