@@ -14,8 +14,12 @@ import numpy as np
 import pytest
 import yaml
 
+from pcn.analysis import comparison as C
+from pcn.analysis import document as D
 from pcn.analysis import report as R
+from pcn.analysis import sourced as S
 from pcn.analysis.figures import build_figures
+from pcn.analysis.render import to_markdown
 from pcn.config import resolve
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,10 +131,11 @@ def write_fixture_run(root: Path, *, evidence: bool = False, imagenet: bool = Fa
             "note": "fixture",
             "baseline_std": base["std"],
             "recipes": {
-                "ablations": {"epochs": 16, "max_steps": None, "img_size": 64},
-                "resnet": {"epochs": 12, "max_steps": None, "img_size": 224 if imagenet else 32},
-                "multiclass": {"epochs": 12, "max_steps": None, "img_size": 224 if imagenet else 64},
-                "depth_width": {"epochs": 1, "max_steps": 30, "img_size": 64},
+                # as pcn.analysis.stats.summarize_experiments records them
+                "ablations": {"epochs": 16, "max_steps": None, "img_size": 64, "batch_size": 32},
+                "resnet": {"epochs": 12, "max_steps": None, "img_size": 224 if imagenet else 32, "batch_size": 128},
+                "multiclass": {"epochs": 12, "max_steps": None, "img_size": 224 if imagenet else 64, "batch_size": 32},
+                "depth_width": {"epochs": 1, "max_steps": 30, "img_size": 64, "batch_size": 64},
             },
             "ablations": {"baseline": base, "avgpool": avg, "batchnorm": bn},
             "resnet": {
@@ -229,9 +234,17 @@ def _rows(report):
     return {(str(r[0]), str(r[1])): r for r in report.comparison.rows}
 
 
-def test_every_reproduced_value_equals_its_metrics_file(demo_run):
+def test_lookup_follows_key_paths():
+    doc = {"rows": [{"model": "a", "gmacs": 1.5}, {"model": "b", "gmacs": 2.5}], "x": {"vs_y": {"ci95": [-1, 2]}}}
+    assert S.lookup(doc, "rows[1].gmacs") == 2.5
+    assert S.lookup(doc, "x.vs_y.ci95[0]") == -1
+    with pytest.raises(KeyError):
+        S.lookup(doc, "rows[0].params_m")
+
+
+def test_every_reproduced_value_is_read_from_its_row_of_its_metrics_file(demo_run):
     report = R.build_report(demo_run, _params())
-    values = R.sourced_values(report)
+    values = report.sourced_values()
     assert len(values) > 40
     files = {f for _, f, _ in values}
     assert {
@@ -242,32 +255,46 @@ def test_every_reproduced_value_equals_its_metrics_file(demo_run):
         "metrics/pixel_baseline.json",
         "metrics/segmentation.json",
     } <= files
-    for value, rel, key in values:
-        assert R.lookup(json.loads((demo_run / rel).read_text()), key) == value, (rel, key)
-    md = R.to_markdown(report)
+    # each labelled cell shows the fixture's number for that label (a wrong row or key would not)
+    rows = _rows(report)
+    assert rows[("params (M)", "patchconvnet_s60")][4].value == 25.2123
+    assert rows[("params (M)", "patchconvnet_s120")][4].value == 47.74
+    assert rows[("GMACs (224 px)", "resnet50")][4].value == 4.11
+    tables = {t.caption or t.columns[0]: t for s in report.sections for t in s.tables}
+    measured = {r[0]: r[1].value for r in tables["quantity"].rows}
+    assert measured["evaluate: val top-1 (%)"] == 34.5 and measured["raw-pixel linear baseline: val top-1 (%)"] == 18.25
+    seg = {r[0]: r[1].value for r in tables["segmentation (demo data)"].rows}
+    assert seg == {"pretrained": 21.5, "scratch": 8.5}
+    # every complexity value in the comparison comes from the complexity row of the row's model
+    quantity_keys = {"params (M)": "params_m", "GMACs (224 px)": "gmacs"}
+    cx = json.loads((demo_run / "metrics/complexity.json").read_text())
+    checked = 0
+    for row in report.comparison.rows:
+        cell = row[4]
+        if isinstance(cell, S.Sourced) and cell.file == "metrics/complexity.json":
+            index, key = re.fullmatch(r"rows\[(\d+)\]\.(\w+)", cell.key).groups()
+            assert cx["rows"][int(index)]["model"] == row[1] and key == quantity_keys[row[0]], row
+            checked += 1
+    assert checked >= 5
+    md = to_markdown(report)
     for sec in report.sections:
         for t in sec.tables:
             for row in t.rows:
                 for cell in row:
-                    if isinstance(cell, R.Sourced):
+                    if isinstance(cell, S.Sourced):
                         assert str(cell) in md
-    # the comparison table's reproduced cells are sourced too
-    comp_cells = [c for r in report.comparison.rows for c in r if isinstance(c, R.Sourced)]
-    assert comp_cells and all(
-        R.lookup(json.loads((demo_run / c.file).read_text()), c.key) == c.value for c in comp_cells
-    )
 
 
 def test_statuses_at_demo_scale(demo_run):
     rows = _rows(R.build_report(demo_run, _params()))
     col = 6
     # architecture numbers are reproducible at any scale
-    assert rows[("params (M)", "patchconvnet_s60")][col] == R.REPRODUCED  # 25.2123 vs 25.2
-    assert rows[("GMACs (224 px)", "patchconvnet_s60")][col] == R.WITHIN  # 4.15 vs 4.0 (5%: 0.2)
-    assert rows[("GMACs (224 px)", "patchconvnet_s120")][col] == R.DIFFERS  # 8.9 vs 7.5
-    assert rows[("params (M)", "patchconvnet_s120")][col] == R.REPRODUCED
-    assert rows[("params (M)", "patchconvnet_b60")][col] == R.NOT_RUN  # not in complexity.models
-    assert rows[("GMACs (224 px)", "resnet50")][col] == R.REPRODUCED  # 4.11 vs 4.1
+    assert rows[("params (M)", "patchconvnet_s60")][col] == D.REPRODUCED  # 25.2123 vs 25.2
+    assert rows[("GMACs (224 px)", "patchconvnet_s60")][col] == D.WITHIN  # 4.15 vs 4.0 (5%: 0.2)
+    assert rows[("GMACs (224 px)", "patchconvnet_s120")][col] == D.DIFFERS  # 8.9 vs 7.5
+    assert rows[("params (M)", "patchconvnet_s120")][col] == D.REPRODUCED
+    assert rows[("params (M)", "patchconvnet_b60")][col] == D.NOT_RUN  # not in complexity.models
+    assert rows[("GMACs (224 px)", "resnet50")][col] == D.REPRODUCED  # 4.11 vs 4.1
     # ImageNet accuracy, GPU throughput, dense tasks, ablation directions: not at this scale
     for key in (
         ("ImageNet top-1 (%), 224 px", "patchconvnet_s60"),
@@ -279,9 +306,9 @@ def test_statuses_at_demo_scale(demo_run):
         ("ResNet-50 top-1 (%), avg pooling", "resnet50"),
         ("ablation direction: avgpool", "patchconvnet_demo"),
     ):
-        assert rows[key][col] == R.NOT_RUN, key
-        assert rows[key][4] == R.NONE, key
-    assert {r[col] for r in rows.values()} <= set(R.STATUSES)
+        assert rows[key][col] == D.NOT_RUN, key
+        assert rows[key][4] == S.NONE, key
+    assert {r[col] for r in rows.values()} <= set(D.STATUSES)
 
 
 def test_statuses_at_paper_scale(tmp_path, monkeypatch):
@@ -289,15 +316,15 @@ def test_statuses_at_paper_scale(tmp_path, monkeypatch):
     write_fixture_run(tmp_path, evidence=True, imagenet=True)
     rows = _rows(R.build_report(tmp_path, _params("paper")))
     top1 = rows[("ImageNet top-1 (%), 224 px", "patchconvnet_s60")]
-    assert top1[6] == R.REPRODUCED and top1[4].value == 82.13 and top1[7] == "run-eval"
-    assert rows[("ImageNet top-1 (%), 224 px", "patchconvnet_s120")][6] == R.NOT_RUN  # another model
+    assert top1[6] == D.REPRODUCED and top1[4].value == 82.13 and top1[7] == "run-eval"
+    assert rows[("ImageNet top-1 (%), 224 px", "patchconvnet_s120")][6] == D.NOT_RUN  # another model
     # the ImageNet-21k rows are another protocol: never beside this pipeline's ImageNet-1k run
     row21k = rows[("ImageNet top-1 (%), 224 px, ImageNet-21k pretraining", "patchconvnet_s60")]
-    assert row21k[6] == R.NOT_COMPARABLE and row21k[4] == R.NONE and "ImageNet-21k" in row21k[8]
-    assert rows[("ResNet-50 top-1 (%), attention pooling", "resnet50_attnpool")][6] == R.DIFFERS  # 31 vs 80.1
-    assert rows[("ablation direction: batchnorm", "patchconvnet_s60")][6] == R.DIFFERS  # within noise, paper: better
-    assert rows[("ablation direction: avgpool", "patchconvnet_s60")][6] == R.DIFFERS  # worse, paper: similar
-    assert rows[("ablation direction: linear_stem", "patchconvnet_s60")][6] == R.NOT_RUN  # variant not run
+    assert row21k[6] == D.NOT_COMPARABLE and row21k[4] == S.NONE and "ImageNet-21k" in row21k[8]
+    assert rows[("ResNet-50 top-1 (%), attention pooling", "resnet50_attnpool")][6] == D.DIFFERS  # 31 vs 80.1
+    assert rows[("ablation direction: batchnorm", "patchconvnet_s60")][6] == D.DIFFERS  # within noise, paper: better
+    assert rows[("ablation direction: avgpool", "patchconvnet_s60")][6] == D.DIFFERS  # worse, paper: similar
+    assert rows[("ablation direction: linear_stem", "patchconvnet_s60")][6] == D.NOT_RUN  # variant not run
 
 
 def test_top1_is_compared_only_at_the_rows_resolution(tmp_path, monkeypatch):
@@ -305,14 +332,14 @@ def test_top1_is_compared_only_at_the_rows_resolution(tmp_path, monkeypatch):
     write_fixture_run(tmp_path, evidence=True, imagenet=True, eval_size=384)
     rows = _rows(R.build_report(tmp_path, _params("paper")))
     top1 = rows[("ImageNet top-1 (%), 224 px", "patchconvnet_s60")]
-    assert top1[6] == R.NOT_COMPARABLE and top1[4] == R.NONE
+    assert top1[6] == D.NOT_COMPARABLE and top1[4] == S.NONE
     assert "evaluated at 384 px" in top1[8] and "224 px" in top1[8]
     # the grid's pairs likewise, from the resolution their recipe trained and evaluated at
     write_fixture_run(tmp_path, evidence=True, imagenet=False)
     _write(tmp_path, "metrics/eval.json", {"top1": 82.13, "img_size": 224, "crop_ratio": 0.875})
     rows = _rows(R.build_report(tmp_path, _params("paper")))
     resnet = rows[("ResNet-50 top-1 (%), avg pooling", "resnet50")]
-    assert resnet[6] == R.NOT_COMPARABLE and "grid evaluates at 32 px" in resnet[8]
+    assert resnet[6] == D.NOT_COMPARABLE and "grid evaluates at 32 px" in resnet[8]
 
 
 def test_released_checkpoints_sit_on_their_model_zoo_rows(tmp_path, monkeypatch):
@@ -338,11 +365,11 @@ def test_released_checkpoints_sit_on_their_model_zoo_rows(tmp_path, monkeypatch)
     rows = _rows(report)
     s60 = rows[("released checkpoint top-1 (%), 224 px", "patchconvnet_s60")]
     assert s60[2] == 82.1 and s60[4].value == 82.08 and s60[4].file == "metrics/released/s60.json"
-    assert s60[6] == R.REPRODUCED and "s60_224_1k.pth" in s60[8] and "crop 0.875" in s60[8]
+    assert s60[6] == D.REPRODUCED and "s60_224_1k.pth" in s60[8] and "crop 0.875" in s60[8]
     s60_384 = rows[("released checkpoint top-1 (%), 384 px", "patchconvnet_s60")]
-    assert s60_384[2] == 84.9 and s60_384[6] == R.DIFFERS  # 84.2 vs 84.9, on the 21k row at 384 px
+    assert s60_384[2] == 84.9 and s60_384[6] == D.DIFFERS  # 84.2 vs 84.9, on the 21k row at 384 px
     b60 = rows[("released checkpoint top-1 (%), 384 px", "patchconvnet_b60")]
-    assert b60[2] == 83.5 and b60[6] == R.NOT_COMPARABLE and "row is at 224 px" in b60[8]
+    assert b60[2] == 83.5 and b60[6] == D.NOT_COMPARABLE and "row is at 224 px" in b60[8]
     section = next(s for s in report.sections if s.title == "Classification")
     table = next(t for t in section.tables if t.caption.startswith("Released"))
     assert [str(r[1]) for r in table.rows] == ["b60_224_1k.pth", "/ckpt/s60_224_1k.pth", "s60_384_21k.pth"]
@@ -353,7 +380,10 @@ def test_the_papers_condition_is_shown_with_its_direction(tmp_path, monkeypatch)
     write_fixture_run(tmp_path, evidence=True)
     report = R.build_report(tmp_path, _params("study"))
     bn = _rows(report)[("ablation direction: batchnorm", "patchconvnet_demo")]
-    assert bn[2].startswith("better (only with a large enough batch") and "grid batch: 32" in bn[8]
+    assert bn[2].startswith("better (only with a large enough batch")
+    # beside the condition: the batch, resolution and token count the grid ran at (metrics/ablations.json)
+    assert "the paper's condition: only with a large enough batch" in bn[8]
+    assert "this run's grid: 16 epochs at 64 px, batch 32, 16 tokens (4x4, stride 16)" in bn[8]
     section = next(s for s in report.sections if s.title.startswith("Ablations"))
     table = next(t for t in section.tables if t.caption == "Ablations against the baseline")
     assert next(r for r in table.rows if r[0] == "batchnorm")[7].startswith("better (only with a large enough batch")
@@ -367,7 +397,7 @@ def test_recipe_section_shows_every_value_with_its_source(demo_run):
     entries = RC.load_recipe(demo_run / "paper/recipe.yaml")
     assert len(section.tables[0].rows) == len(entries)
     assert "scale **demo**" in " ".join(section.paragraphs)
-    md = R.to_markdown(report)
+    md = to_markdown(report)
     assert "facebookresearch/deit#185" in md and "| schedule | (no key) | cosine per step, warm-up from 1e-6 |" in md
     paper = R.build_report(demo_run, _params("paper"))
     text = " ".join(next(s for s in paper.sections if s.title == "Paper-scale recipe").paragraphs)
@@ -377,17 +407,17 @@ def test_recipe_section_shows_every_value_with_its_source(demo_run):
 @pytest.mark.parametrize(
     "paper,value,status",
     [
-        (82.1, 82.14, R.REPRODUCED),
-        (82.1, 82.16, R.WITHIN),
-        (82.1, 82.5, R.DIFFERS),
-        (1322, 1322.4, R.REPRODUCED),
-        (1322, 1400, R.WITHIN),
-        (82.1, None, R.NOT_RUN),
+        (82.1, 82.14, D.REPRODUCED),
+        (82.1, 82.16, D.WITHIN),
+        (82.1, 82.5, D.DIFFERS),
+        (1322, 1322.4, D.REPRODUCED),
+        (1322, 1400, D.WITHIN),
+        (82.1, None, D.NOT_RUN),
     ],
 )
 def test_compare(paper, value, status):
     tol = {"abs": 0.3} if paper < 100 else {"rel": 0.15}
-    assert R.compare(paper, value, tol) == status
+    assert C.compare(paper, value, tol) == status
 
 
 def test_html_is_self_contained(demo_run):
@@ -449,11 +479,11 @@ def test_run_ids_from_mlflow(tmp_path, monkeypatch):
     write_fixture_run(tmp_path)
     _write(tmp_path, "metrics/ablations/avgpool-s0.json", {"top1": 35.0})
     params = _params(**{"tracking.uri": uri})
-    runs = R.RunIndex(params, R.Metrics(tmp_path))
+    runs = S.RunIndex(params, S.Metrics(tmp_path))
     assert runs.run_id("metrics/complexity.json") == new.info.run_id
     assert runs.run_id("metrics/ablations/avgpool-s0.json") == abl.info.run_id
     assert runs.run_id("metrics/eval.json") == "run-eval"  # named in the file
-    assert runs.run_id("metrics/attention.json") == R.NONE
+    assert runs.run_id("metrics/attention.json") == S.NONE
     rows = _rows(R.build_report(tmp_path, params))
     assert rows[("params (M)", "patchconvnet_s60")][7] == new.info.run_id
 
@@ -469,6 +499,8 @@ def test_pair_rows_show_the_papers_direction_from_its_numbers(demo_run):
     assert finetuned[7] == "better (+0.9 top-1)"
     avgpool = next(r for r in tables["Ablations against the baseline"].rows if r[0] == "avgpool")
     assert avgpool[7] == "similar"  # the write-up: attention pooling brings almost no gain
+    # smoke runs state what they ran at too (the recipe metrics/ablations.json recorded)
+    assert avgpool[8] == "smoke run, 16 epochs at 64 px, batch 32, 16 tokens (4x4, stride 16)"
 
 
 def test_comparison_rows_name_their_own_recipe(tmp_path, monkeypatch):
@@ -479,16 +511,23 @@ def test_comparison_rows_name_their_own_recipe(tmp_path, monkeypatch):
     report = R.build_report(tmp_path, _params("study"))
     section = next(s for s in report.sections if s.title.startswith("Ablations"))
     kinds = {t.caption: {r[-1] for r in t.rows} for t in section.tables if t.rows and len(t.rows[0]) == 9}
-    assert kinds["Ablations against the baseline"] == {"3 seeds, 16 epochs at 64 px"}
-    assert kinds["ResNet: attention pooling against average pooling"] == {"3 seeds, 12 epochs at 32 px"}
-    assert kinds["Multi-class tokens: fine-tuned against scratch"] == {"3 seeds, 12 epochs at 64 px"}
-    assert any("30 steps at 64 px" in t.caption for t in section.tables)
+    assert kinds["Ablations against the baseline"] == {
+        "3 seeds, 16 epochs at 64 px, batch 32, 16 tokens (4x4, stride 16)"
+    }
+    # the ResNets' feature stride is not in the params: the report says so rather than guess
+    assert kinds["ResNet: attention pooling against average pooling"] == {
+        "3 seeds, 12 epochs at 32 px, batch 128, tokens not recorded (no patch stride in the params)"
+    }
+    assert kinds["Multi-class tokens: fine-tuned against scratch"] == {
+        "3 seeds, 12 epochs at 64 px, batch 32, 16 tokens (4x4, stride 16)"
+    }
+    assert any("30 steps at 64 px, batch 64, 16 tokens" in t.caption for t in section.tables)
 
 
 def test_the_report_names_the_machine_of_every_metrics_file(tmp_path):
     """ "Reproducible" is bit-exact on one machine only, so the report says which machine and
     libraries produced which metrics."""
-    from pcn.analysis.report import machines_section
+    from pcn.analysis.sections import machines_section
 
     a = {"cpu": "CPU A", "cores": 2, "torch": "2.14.1", "onednn": "3.12.0", "mkl": "2024.2", "gpu": None, "host": "a"}
     b = {**a, "cpu": "CPU B", "gpu": "H200", "host": "b"}
@@ -511,3 +550,81 @@ def test_each_run_records_its_cpu_and_libraries():
     d = describe()
     assert d["cpu"] and d["cores"] >= 1 and d["torch"] == torch.__version__
     assert d["onednn"] and d["mkl"]  # the libraries whose kernels set the floating-point order
+
+
+def test_welch_interval_matches_a_textbook_example():
+    """Welch's t-test, worked example 1 of its Wikipedia article: t = -2.46 with about 25
+    degrees of freedom, two-sided p = 0.021."""
+    from scipy.stats import t
+
+    from pcn.analysis.stats import difference
+
+    a = [27.5, 21.0, 19.0, 23.6, 17.0, 17.9, 16.9, 20.1, 21.9, 22.6, 23.1, 19.6, 19.0, 21.7, 21.4]
+    b = [27.1, 22.0, 20.8, 23.4, 23.4, 23.5, 25.8, 22.0, 24.8, 20.2, 21.9, 22.1, 22.9, 20.5, 24.4]
+    d = difference(a, b)
+    assert d["diff"] == pytest.approx(20.82 - 22.99, abs=0.01)
+    se = abs(d["diff"]) / 2.46  # the standard error the textbook's t implies
+    lo, hi = d["ci95"]
+    assert (hi - lo) / 2 == pytest.approx(t.ppf(0.975, 25) * se, rel=0.005)
+    assert d["verdict"] == "worse"  # p = 0.021: the 95% interval excludes zero ...
+    assert difference(a, b, level=1 - 0.021)["ci95"][1] == pytest.approx(0, abs=0.01)  # ... and touches it at 97.9%
+    # identical seeds on both sides: an interval of width zero, not nan
+    assert difference([40.0, 40.0], [40.0, 40.0]) == {"diff": 0.0, "ci95": [0.0, 0.0], "verdict": "within noise"}
+    assert difference([40.0], [39.0, 41.0])["ci95"] is None  # one seed: a smoke run, no verdict
+
+
+def test_run_lookup_uses_the_stage_table():
+    """The stage (and instance tags) behind a metrics file come from the stage table, so a
+    renamed stage or a new grid comparison is looked up without a second map to update."""
+    runs = S.RunIndex(_params("study"), S.Metrics(Path(".")))
+    assert runs.stage_of("metrics/complexity.json") == ("complexity", {})
+    assert runs.stage_of("metrics/segmentation_scratch.json") == ("segmentation_scratch", {})
+    assert runs.stage_of("metrics/ablations.json") == ("summarize", {})
+    assert runs.stage_of("metrics/resnet/attention-s2.json") == (
+        "resnet_pool",
+        {"pcn.variant": "attention", "pcn.seed": "2"},
+    )
+    assert runs.stage_of("metrics/multiclass/finetuned-s1.json") == (
+        "multiclass",
+        {"pcn.variant": "finetuned", "pcn.seed": "1"},
+    )
+    assert runs.stage_of("metrics/depth_width/w96-d8.json") == ("depth_width", {"pcn.variant": "w96-d8"})
+    assert runs.stage_of("metrics/ablations/avgpool-s7.json") is None  # seed 7 is not in the grid
+    assert runs.stage_of("metrics/released/patchconvnet_s60-224.json") is None  # names its own run
+
+
+def test_html_renders_the_markdown_and_names_each_values_source(demo_run):
+    from pcn.analysis.document import Report, Section, Table
+    from pcn.analysis.render import to_html
+
+    report = R.build_report(demo_run, _params())
+    page = to_html(report, demo_run / "reports")
+    # paragraphs are Markdown: emphasis becomes markup, never literal asterisks
+    assert "Scale <strong>demo</strong>" in page and "**demo**" not in page
+    # every measured cell carries its metrics file and key, for a reader to check
+    for _, rel, key in report.sourced_values():
+        assert f'title="{rel}#{key}"' in page, (rel, key)
+    # text from files is escaped, in paragraphs and in cells alike
+    hostile = Section(
+        "x",
+        paragraphs=["<script>alert(1)</script> *ok* [a](other.html) ![b](b.png) <http://x.org>"],
+        tables=[Table(["a"], [["<b>cell</b>"]], "<i>cap</i>")],
+    )
+    page = to_html(Report("t", [hostile], Table([], []), demo_run), demo_run)
+    assert "<script>" not in page and "<b>cell" not in page and "<i>cap" not in page
+    assert "&lt;script&gt;" in page and "<em>ok</em>" in page
+    assert "href=" not in page and "src=" not in page  # still self-contained
+
+
+def test_every_paper_direction_names_its_source():
+    """A direction the report compares against must say where the paper (or the seed write-up)
+    states it, or say plainly that it is inferred or unsourced."""
+    paper = C.load_paper(ROOT / "paper" / "numbers.yaml")
+    kinds = ("write-up", "inferred: write-up", "not in the reference material:", "Table", "Section")
+    for name, entry in paper["ablations"].items():
+        assert entry["direction"] in ("better", "worse", "similar"), name
+        assert str(entry.get("source", "")).startswith(kinds), name
+    for group in ("resnet50", "multiclass"):  # the pairs whose direction comes from their two numbers
+        assert all(e.get("source") for e in paper[group].values()), group
+    # the BatchNorm direction holds only with large batches: the report says so beside it
+    assert "large enough batch" in paper["ablations"]["batchnorm"]["condition"]

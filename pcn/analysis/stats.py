@@ -8,7 +8,6 @@ those rows are smoke runs, never evidence.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from statistics import mean, stdev
 
@@ -25,20 +24,17 @@ def describe(values: list[float]) -> dict:
 
 
 def difference(a: list[float], b: list[float], level: float = 0.95) -> dict:
-    """mean(a) - mean(b) with a Welch t interval and a verdict in words."""
+    """mean(a) - mean(b) with a Welch t interval (unequal variances) and a verdict in words."""
     diff = mean(a) - mean(b)
     if min(len(a), len(b)) < MIN_SEEDS_FOR_VERDICT:
         return {"diff": diff, "ci95": None, "verdict": "not resolved (single seed: smoke run)"}
-    from scipy.stats import t
-
-    va, vb = stdev(a) ** 2 / len(a), stdev(b) ** 2 / len(b)
-    se = math.sqrt(va + vb)
-    if se == 0:
-        lo = hi = diff
+    if stdev(a) == stdev(b) == 0:
+        lo = hi = diff  # identical seeds on both sides: scipy's interval would be nan
     else:
-        dof = (va + vb) ** 2 / ((va**2 / (len(a) - 1)) + (vb**2 / (len(b) - 1))) if va + vb > 0 else 1
-        half = t.ppf(0.5 + level / 2, dof) * se
-        lo, hi = diff - half, diff + half
+        from scipy.stats import ttest_ind
+
+        ci = ttest_ind(a, b, equal_var=False).confidence_interval(confidence_level=level)
+        lo, hi = float(ci.low), float(ci.high)
     verdict = "better" if lo > 0 else "worse" if hi < 0 else "within noise"
     return {"diff": diff, "ci95": [lo, hi], "verdict": verdict}
 
@@ -70,7 +66,7 @@ RECIPE_OF_GROUP = {
 }
 
 
-def _recipe(cfg) -> dict:
+def recipe(cfg) -> dict:
     return {
         "epochs": cfg.epochs,
         "max_steps": cfg.max_steps,
@@ -99,7 +95,7 @@ def summarize_experiments(params, metrics_dir: Path) -> dict:
         "scale": params.scale,
         "seeds": seeds,
         # each comparison's recipe (experiments.train with its train_by_study changes), for the report
-        "recipes": {group: _recipe(exp.train_for(study)) for group, study in RECIPE_OF_GROUP.items()},
+        "recipes": {group: recipe(exp.train_for(study)) for group, study in RECIPE_OF_GROUP.items()},
         "evidence": len(seeds) >= 3,
         "note": (
             "at least 3 seeds per comparison: differences come with 95% intervals"

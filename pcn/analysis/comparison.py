@@ -1,0 +1,392 @@
+"""The paper's numbers against this run's: one row per paper number the pipeline can produce.
+
+A row's status follows the paper's printed precision and the tolerances of
+paper/numbers.yaml (pcn.analysis.document lists the statuses).  Like with like: every
+accuracy row of paper/numbers.yaml states its ``resolution`` (and ``pretraining``); a
+reproduced top-1 is put beside it only when the evaluation ran at that resolution
+(``img_size`` in metrics/eval.json, in a released checkpoint's evaluation, or the grid's
+recipe).  Released checkpoints evaluated by this pipeline (``metrics/released/*.json``) are
+shown on their model-zoo rows.  Params and GMACs depend on the architecture only, so they
+are compared at every scale.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pcn.analysis.document import DIFFERS, NOT_COMPARABLE, NOT_RUN, REPRODUCED, WITHIN, Table
+from pcn.analysis.setting import patch_stride, recipe_of, setting_text
+from pcn.analysis.sourced import NONE, Metrics, RunIndex, Sourced
+
+
+def half_unit(paper: float) -> float:
+    """Half a unit of the last digit the paper prints (82.1 -> 0.05, 4.0 -> 0.05, 1322 -> 0.5)."""
+    if isinstance(paper, int):
+        return 0.5
+    exp = Decimal(repr(float(paper))).as_tuple().exponent
+    return 0.5 * 10.0 ** min(int(exp), 0)
+
+
+def tolerance_of(tol: dict, paper: float) -> float:
+    return float(tol["abs"]) if "abs" in tol else float(tol["rel"]) * abs(paper)
+
+
+def describe_tolerance(tol: dict) -> str:
+    return f"±{tol['abs']}" if "abs" in tol else f"±{100 * float(tol['rel']):g}%"
+
+
+def compare(paper: float, value: float | None, tol: dict) -> str:
+    if value is None:
+        return NOT_RUN
+    diff = abs(float(value) - float(paper))
+    if diff <= half_unit(paper) + 1e-9:
+        return REPRODUCED
+    if diff <= tolerance_of(tol, paper) + 1e-9:
+        return WITHIN
+    return DIFFERS
+
+
+def load_paper(path: Path) -> dict:
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def _complexity_row(metrics: Metrics, model: str, img_size: int = 224) -> int | None:
+    doc = metrics.load("metrics/complexity.json")
+    for i, r in enumerate((doc or {}).get("rows", [])):
+        if r.get("model") == model and r.get("img_size") == img_size:
+            return i
+    return None
+
+
+RELEASED_DIR = "metrics/released"
+
+
+def top1_title(entry: dict) -> str:
+    """'ImageNet top-1 (%), 224 px' (with the pretraining data when it is not ImageNet-1k)."""
+    pre = ", ImageNet-21k pretraining" if entry.get("pretraining") == "imagenet21k" else ""
+    return f"ImageNet top-1 (%), {entry['resolution']} px{pre}" if entry.get("resolution") else "ImageNet top-1 (%)"
+
+
+def _zoo_top1(entry: dict, params, metrics: Metrics, imagenet: bool, not_imagenet: str) -> tuple:
+    """The comparison row of a model-zoo top-1: compared only at the row's resolution and pretraining."""
+    model, res = entry["model"], entry.get("resolution")
+    row = (top1_title(entry), model, entry["top1"], entry["source"])
+    ev = metrics.load("metrics/eval.json") or {}
+    if entry.get("pretraining") == "imagenet21k":
+        return (
+            *row,
+            None,
+            "top1",
+            "the paper's row is pretrained on ImageNet-21k, this pipeline pretrains on "
+            "ImageNet-1k (released checkpoints are compared below)",
+            False,
+            NOT_COMPARABLE,
+        )
+    if not imagenet or params.model.name != model or not ev:
+        why = (
+            not_imagenet
+            if not imagenet
+            else f"the pipeline's model is {params.model.name}"
+            if params.model.name != model
+            else "metrics/eval.json not found (the evaluate stage has not run)"
+        )
+        return (*row, None, "top1", why, False)
+    if ev.get("img_size") != res:
+        return (
+            *row,
+            None,
+            "top1",
+            f"evaluated at {ev.get('img_size')} px (metrics/eval.json img_size), the "
+            f"paper's row at {res} px: not compared",
+            False,
+            NOT_COMPARABLE,
+        )
+    return (*row, metrics.get("metrics/eval.json", "top1"), "top1", f"{res} px, crop {ev.get('crop_ratio')}")
+
+
+def released_files(metrics: Metrics) -> list[str]:
+    folder = metrics.root / RELEASED_DIR
+    return [f"{RELEASED_DIR}/{f.name}" for f in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+
+
+def released_row(paper: dict, doc: Any) -> dict | None:
+    """The paper row of a released checkpoint's evaluation: the row naming its file, else the
+    ImageNet-1k row of its model at its resolution."""
+    if not isinstance(doc, dict):
+        return None
+    rows = [e for e in paper.get("model_zoo", []) if "top1" in e]
+    rows += [e for e in (paper.get("multiclass") or {}).values() if isinstance(e, dict) and "model" in e]
+    name = Path(str(doc.get("checkpoint") or "")).name
+    for e in rows:
+        if name and e.get("checkpoint") == name:
+            return e
+    return next(
+        (
+            e
+            for e in rows
+            if e.get("model") == doc.get("model")
+            and e.get("resolution") == doc.get("img_size")
+            and e.get("pretraining", "imagenet1k") == "imagenet1k"
+        ),
+        None,
+    )
+
+
+def _released_top1(entry: dict, rel: str, metrics: Metrics) -> tuple:
+    """The comparison row of a released checkpoint's evaluation on its paper row."""
+    doc = metrics.load(rel)
+    size, res = doc.get("img_size"), entry.get("resolution")
+    how = (
+        f"released {Path(str(doc.get('checkpoint'))).name}, evaluated at {size} px, crop {doc.get('crop_ratio')}, "
+        f"{doc.get('n_images')} images"
+    )
+    row = (
+        f"released checkpoint top-1 (%), {size} px",
+        doc.get("model", entry["model"]),
+        entry.get("top1", entry.get("value")),
+        entry["source"],
+        metrics.get(rel, "top1"),
+        "top1",
+    )
+    if size != res:
+        return (*row, f"{how}; the paper's row is at {res} px: not compared", False, NOT_COMPARABLE)
+    return (*row, how)
+
+
+def _grid_mismatch(abl: dict, group: str, entry: dict) -> str | None:
+    """Why a grid comparison (resnet, multiclass) is not like with like, or None."""
+    size = ((abl.get("recipes") or {}).get(group) or {}).get("img_size")
+    if size != entry.get("resolution"):
+        return (
+            f"the grid evaluates at {size} px (ablations.json recipes.{group}), the paper's row at "
+            f"{entry.get('resolution')} px: not compared"
+        )
+    return None
+
+
+def direction_text(entry: dict) -> str:
+    """The paper's direction of an ablation, with the condition the paper attaches to it."""
+    cond = entry.get("condition")
+    return f"{entry['direction']} ({cond})" if cond else str(entry["direction"])
+
+
+COMPARISON_COLUMNS = [
+    "quantity",
+    "model",
+    "paper",
+    "paper source",
+    "reproduced",
+    "tolerance",
+    "status",
+    "MLflow run",
+    "note",
+]
+QUANTITY_TITLES = {
+    "top1": "ImageNet top-1 (%)",
+    "params_m": "params (M)",
+    "gmacs": "GMACs (224 px)",
+    "throughput": "throughput (im/s)",
+    "peak_mem_mb": "peak memory (MB)",
+}
+
+
+def comparison_table(paper: dict, params, metrics: Metrics, runs: RunIndex) -> Table:
+    """One row per paper number this pipeline can produce."""
+    tols = paper.get("tolerances", {})
+    imagenet = params.data.source == "real"
+    scale = params.scale
+    rows: list[list[Any]] = []
+    device = (metrics.load("metrics/complexity.json") or {}).get("device", "")
+
+    def add(
+        quantity, model, paper_value, source, value: Sourced | None, tol_key, note="", comparable=True, why_not=NOT_RUN
+    ):
+        tol = tols.get(tol_key, {"abs": 0})
+        status = compare(paper_value, value.value if value is not None else None, tol) if comparable else why_not
+        shown = value if (value is not None and comparable) else NONE
+        run = runs.run_id(value.file) if value is not None and comparable else NONE
+        rows.append([quantity, model, paper_value, source, shown, describe_tolerance(tol), status, run, note])
+
+    not_imagenet = f"ImageNet accuracy: this run trains on {params.data.source} data ({scale} scale)"
+    for entry in paper.get("model_zoo", []):
+        model, src = entry["model"], entry["source"]
+        i = _complexity_row(metrics, model)
+        for q in ("top1", "params_m", "gmacs", "throughput", "peak_mem_mb"):
+            if q not in entry:
+                continue
+            if q == "top1":
+                add(*_zoo_top1(entry, params, metrics, imagenet, not_imagenet))
+                for rel in released_files(metrics):
+                    if released_row(paper, metrics.load(rel)) is entry:
+                        add(*_released_top1(entry, rel, metrics))
+                continue
+            value = (
+                metrics.get("metrics/complexity.json", f"rows[{i}].{q}", ".1f" if q != "gmacs" else ".2f")
+                if i is not None
+                else None
+            )
+            if value is None:
+                add(
+                    QUANTITY_TITLES[q],
+                    model,
+                    entry[q],
+                    src,
+                    None,
+                    q,
+                    f"{model} at 224 px is not in complexity.models at this scale" if i is None else "not measured",
+                )
+            elif q in ("throughput", "peak_mem_mb") and not str(device).startswith("cuda"):
+                add(
+                    QUANTITY_TITLES[q],
+                    model,
+                    entry[q],
+                    src,
+                    value,
+                    q,
+                    f"the paper's is a GPU number; measured here on {device or 'an unknown device'}: "
+                    f"{value} (see the complexity table)",
+                    comparable=False,
+                )
+            else:
+                add(
+                    QUANTITY_TITLES[q],
+                    model,
+                    entry[q],
+                    src,
+                    value,
+                    q,
+                    "from the architecture (any scale)" if q in ("params_m", "gmacs") else f"on {device}",
+                )
+
+    exp = params.experiments
+    abl = metrics.load("metrics/ablations.json") or {}
+    multi = paper.get("multiclass", {})
+    for init in ("scratch", "finetuned"):
+        e = multi.get(f"{init}_top1")
+        if not e:
+            continue
+        ok = imagenet and exp.multiclass_model == "patchconvnet_s60_multi"
+        value = metrics.get("metrics/ablations.json", f"multiclass.{init}.mean") if ok else None
+        mismatch = _grid_mismatch(abl, "multiclass", e) if ok and value is not None else None
+        add(
+            f"multi-class top-1 (%), {init}",
+            "patchconvnet_s60_multi",
+            e["value"],
+            e["source"],
+            value,
+            "top1",
+            mismatch or ("" if ok else not_imagenet),
+            ok and not mismatch,
+            NOT_COMPARABLE if mismatch else NOT_RUN,
+        )
+        for rel in released_files(metrics):
+            if released_row(paper, metrics.load(rel)) is e:
+                add(*_released_top1(e, rel, metrics))
+
+    res = paper.get("resnet50", {})
+    for pool, model in (("avg", "resnet50"), ("attention", "resnet50_attnpool")):
+        e = res.get(f"{pool}_top1")
+        if not e:
+            continue
+        ok = imagenet and exp.resnet.get(pool) == model
+        value = metrics.get("metrics/ablations.json", f"resnet.{pool}.mean") if ok else None
+        mismatch = _grid_mismatch(abl, "resnet", e) if ok and value is not None else None
+        add(
+            f"ResNet-50 top-1 (%), {pool} pooling",
+            model,
+            e["value"],
+            e["source"],
+            value,
+            "top1",
+            mismatch or ("" if ok else not_imagenet),
+            ok and not mismatch,
+            NOT_COMPARABLE if mismatch else NOT_RUN,
+        )
+        if "gmacs" in e:
+            i = _complexity_row(metrics, model)
+            value = metrics.get("metrics/complexity.json", f"rows[{i}].gmacs") if i is not None else None
+            add(
+                "GMACs (224 px)",
+                model,
+                e["gmacs"],
+                e["source"],
+                value,
+                "gmacs",
+                "from the architecture (any scale)"
+                if value is not None
+                else f"{model} at 224 px is not in complexity.models at this scale",
+            )
+
+    for key, rel, mkey, title, tol_key, _dataset in (
+        ("ade20k_upernet_miou", "metrics/segmentation.json", "mIoU", "ADE20k mIoU (UperNet)", "miou", "ade20k"),
+        ("coco_maskrcnn_box_ap", "metrics/detection.json", "bbox_AP", "COCO box AP (Mask R-CNN)", "box_ap", "coco"),
+    ):
+        for e in paper.get(key, []):
+            ok = imagenet and params.model.name == e["model"]
+            value = metrics.get(rel, mkey) if ok else None
+            note = (
+                ""
+                if ok
+                else (
+                    f"this run transfers to synthetic {params.data.source} scenes"
+                    if not imagenet
+                    else f"the pipeline's model is {params.model.name}"
+                )
+            )
+            add(title, e["model"], e["value"], e["source"], value, tol_key, note, ok)
+
+    grid = recipe_of(abl, params, "ablations")
+    for variant, e in (paper.get("ablations") or {}).items():
+        # what the grid ran at, beside the paper's condition where it states one
+        cond = "; ".join(
+            filter(
+                None,
+                (
+                    e.get("condition") and f"the paper's condition: {e['condition']}",
+                    f"this run's grid: {setting_text(grid, patch_stride(params, 'ablations', variant))}",
+                ),
+            )
+        )
+        row = (abl.get("ablations") or {}).get(variant)
+        diff = metrics.get("metrics/ablations.json", f"ablations.{variant}.vs_baseline.verdict")
+        if not imagenet or row is None or diff is None:
+            why = (
+                "ImageNet ablation: the measured direction on this run's data is in the ablation table below"
+                if not imagenet
+                else f"variant {variant} not in experiments.variants"
+            )
+            rows.append(
+                [
+                    f"ablation direction: {variant}",
+                    params.model.name,
+                    direction_text(e),
+                    e["source"],
+                    NONE,
+                    "direction",
+                    NOT_RUN,
+                    NONE,
+                    "; ".join(filter(None, (why, cond))),
+                ]
+            )
+            continue
+        verdict = str(diff.value)
+        agree = {"worse": "worse", "similar": "within noise", "better": "better"}.get(e["direction"]) == verdict
+        status = REPRODUCED if agree else (NOT_RUN if verdict.startswith("not resolved") else DIFFERS)
+        rows.append(
+            [
+                f"ablation direction: {variant}",
+                params.model.name,
+                direction_text(e),
+                e["source"],
+                diff,
+                "direction",
+                status,
+                runs.run_id(diff.file),
+                cond,
+            ]
+        )
+    return Table(COMPARISON_COLUMNS, rows, "Every number of the paper this pipeline can produce.", status_column=6)

@@ -1,0 +1,313 @@
+"""This run's own results, section by section: classification, the grid's comparisons,
+complexity, dense transfer, attention maps; the paper-scale recipe, the figures and the
+machines that produced the metrics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pcn.analysis.comparison import direction_text, released_files, released_row
+from pcn.analysis.document import Section, Table
+from pcn.analysis.setting import patch_stride, recipe_of, setting_text
+from pcn.analysis.sourced import NONE, Metrics, RunIndex
+
+# The paper's two-row comparisons outside the ablation table: (section, this row, reference row).
+PAPER_PAIRS = {
+    ("resnet", "attention"): ("resnet50", "attention_top1", "avg_top1"),
+    ("multiclass", "finetuned"): ("multiclass", "finetuned_top1", "scratch_top1"),
+}
+# The grid's comparisons in metrics/ablations.json: (group, reference row, caption).
+GRID_GROUPS = (
+    ("ablations", "baseline", "Ablations against the baseline"),
+    ("resnet", "avg", "ResNet: attention pooling against average pooling"),
+    ("multiclass", "scratch", "Multi-class tokens: fine-tuned against scratch"),
+)
+GRID_COLUMNS = [
+    "variant",
+    "seeds",
+    "mean top-1",
+    "std",
+    "diff vs {ref}",
+    "95% CI",
+    "verdict",
+    "paper direction",
+    "run kind (length, batch, resolution, tokens)",
+]
+ABL = "metrics/ablations.json"
+
+
+def _pair_direction(paper: dict, group: str, name: str) -> str:
+    """The paper's direction for a ResNet / multi-class row, from its two numbers in paper/numbers.yaml."""
+    pair = PAPER_PAIRS.get((group, name))
+    if pair is None or pair[0] not in paper:
+        return NONE
+    sec, row, ref = pair
+    d = paper[sec][row]["value"] - paper[sec][ref]["value"]
+    return f"{'better' if d > 0 else 'worse' if d < 0 else 'similar'} ({d:+.1f} top-1)"
+
+
+def _fmt_ci(ci) -> str:
+    return f"[{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else NONE
+
+
+def results_sections(paper: dict, params, metrics: Metrics, runs: RunIndex) -> list[Section]:
+    return [
+        classification_section(paper, metrics, runs),
+        grid_section(paper, params, metrics),
+        complexity_section(metrics),
+        transfer_section(params, metrics, runs),
+        attention_section(metrics),
+    ]
+
+
+def classification_section(paper: dict, metrics: Metrics, runs: RunIndex) -> Section:
+    g = metrics.get
+    rows = []
+    for rel, key, what in (
+        ("metrics/pretrain.json", "top1", "pretrain, final val top-1 (%)"),
+        ("metrics/finetune.json", "top1", "fine-tune, final val top-1 (%)"),
+        ("metrics/eval.json", "top1", "evaluate: val top-1 (%)"),
+        ("metrics/eval.json", "top5", "evaluate: val top-5 (%)"),
+        ("metrics/eval.json", "v2_top1", "evaluate: ImageNet-V2 top-1 (%)"),
+        ("metrics/pixel_baseline.json", "top1", "raw-pixel linear baseline: val top-1 (%)"),
+    ):
+        v = g(rel, key)
+        if v is not None:
+            rows.append([what, v, rel, runs.run_id(rel)])
+    sec = Section("Classification")
+    if rows:
+        sec.tables.append(Table(["quantity", "value", "metrics file", "MLflow run"], rows))
+        ev, px = g("metrics/eval.json", "top1"), g("metrics/pixel_baseline.json", "top1")
+        if ev is not None and px is not None:
+            gap = "above" if ev.value > px.value else "NOT above"
+            sec.paragraphs.append(
+                f"The fine-tuned model is {gap} the raw-pixel baseline on this data "
+                f"(the task needs more than colour statistics when it is above)."
+            )
+    else:
+        sec.paragraphs.append("No classification metrics yet (pretrain / finetune / evaluate not run).")
+    released = []
+    for rel in released_files(metrics):
+        row = released_row(paper, metrics.load(rel))
+        released.append(
+            [
+                g(rel, "model"),
+                g(rel, "checkpoint"),
+                g(rel, "img_size", "d"),
+                g(rel, "crop_ratio", ".3f"),
+                g(rel, "top1"),
+                g(rel, "top5"),
+                g(rel, "n_images", "d"),
+                f"{row.get('top1', row.get('value'))} at {row.get('resolution')} px" if row else NONE,
+            ]
+        )
+    if released:
+        sec.tables.append(
+            Table(
+                ["model", "checkpoint", "img size", "crop", "top-1", "top-5", "images", "paper row"],
+                released,
+                "Released checkpoints evaluated by this pipeline",
+            )
+        )
+    return sec
+
+
+def grid_section(paper: dict, params, metrics: Metrics) -> Section:
+    """The ablations, the ResNet pair, multi-class tokens and depth x width; every row says
+    what it ran at (the paper's directions hold under conditions: batch, resolution)."""
+    g = metrics.get
+    abl = metrics.load(ABL)
+    sec = Section("Ablations and comparisons" + (" (smoke runs)" if abl and not abl.get("evidence") else ""))
+    if not abl:
+        sec.paragraphs.append("metrics/ablations.json not found (the summarize stage has not run).")
+        return sec
+    sec.paragraphs.append(str(abl.get("note", "")))
+    kind = f"{len(abl.get('seeds', []))} seeds" if abl.get("evidence") else "smoke run"
+    directions = {k: direction_text(v) for k, v in (paper.get("ablations") or {}).items()}
+    for group, ref, caption in GRID_GROUPS:
+        rec = recipe_of(abl, params, group)
+        rows = []
+        for name, r in (abl.get(group) or {}).items():
+            base = f"{group}.{name}"
+            vs = r.get(f"vs_{ref}")
+            row = [name, g(ABL, f"{base}.n", "d"), g(ABL, f"{base}.mean"), g(ABL, f"{base}.std") or NONE]
+            if vs is None:
+                row += ["(reference)", NONE, NONE]
+            else:
+                row += [
+                    g(ABL, f"{base}.vs_{ref}.diff", "+.2f"),
+                    _fmt_ci(vs.get("ci95")),
+                    g(ABL, f"{base}.vs_{ref}.verdict"),
+                ]
+            row.append(directions.get(name, NONE) if group == "ablations" else _pair_direction(paper, group, name))
+            row.append(f"{kind}, {setting_text(rec, patch_stride(params, group, name))}")
+            rows.append(row)
+        if rows:
+            columns = [c.format(ref=ref) for c in GRID_COLUMNS]
+            sec.tables.append(Table(columns, rows, caption))
+    grid = abl.get("depth_width") or []
+    rows = [
+        [
+            g(ABL, f"depth_width[{i}].width", "d"),
+            g(ABL, f"depth_width[{i}].depth", "d"),
+            g(ABL, f"depth_width[{i}].top1"),
+            g(ABL, f"depth_width[{i}].params_m", ".3f"),
+            g(ABL, f"depth_width[{i}].gmacs", ".3f"),
+            g(ABL, f"depth_width[{i}].throughput", ".0f") or NONE,
+            g(ABL, f"depth_width[{i}].peak_mem_mb", ".0f") or NONE,
+        ]
+        for i in range(len(grid))
+    ]
+    if rows:
+        setting = setting_text(recipe_of(abl, params, "depth_width"), patch_stride(params, "depth_width"))
+        sec.tables.append(
+            Table(
+                ["width", "depth", "top-1", "params (M)", "GMACs", "throughput (im/s)", "peak mem (MB)"],
+                rows,
+                f"Depth x width grid (one seed per point, {setting})",
+            )
+        )
+    return sec
+
+
+def complexity_section(metrics: Metrics) -> Section:
+    g = metrics.get
+    cx = metrics.load("metrics/complexity.json")
+    sec = Section("Complexity")
+    if not cx:
+        sec.paragraphs.append("metrics/complexity.json not found.")
+        return sec
+    rows = [
+        [
+            r.get("model"),
+            g("metrics/complexity.json", f"rows[{i}].img_size", "d"),
+            g("metrics/complexity.json", f"rows[{i}].params_m", ".2f"),
+            g("metrics/complexity.json", f"rows[{i}].gmacs", ".2f"),
+            g("metrics/complexity.json", f"rows[{i}].throughput", ".1f") or NONE,
+            g("metrics/complexity.json", f"rows[{i}].peak_mem_mb", ".0f") or NONE,
+        ]
+        for i, r in enumerate(cx.get("rows", []))
+    ]
+    sec.tables.append(
+        Table(
+            ["model", "img size", "params (M)", "GMACs", "throughput (im/s)", "peak mem (MB)"],
+            rows,
+            f"Measured on {cx.get('device', '?')}",
+        )
+    )
+    return sec
+
+
+def transfer_section(params, metrics: Metrics, runs: RunIndex) -> Section:
+    sec = Section("Transfer to dense tasks: pretrained vs scratch trunk")
+    for task, keys in (("segmentation", ("mIoU", "mAcc", "aAcc")), ("detection", ("bbox_AP", "segm_AP"))):
+        rows = []
+        for init, suffix in (("pretrained", ""), ("scratch", "_scratch")):
+            rel = f"metrics/{task}{suffix}.json"
+            if metrics.exists(rel):
+                rows.append([init, *[metrics.get(rel, k) or NONE for k in keys], runs.run_id(rel)])
+        if rows:
+            sec.tables.append(Table(["trunk", *keys, "MLflow run"], rows, f"{task} ({params.data.source} data)"))
+        else:
+            sec.paragraphs.append(f"No {task} metrics (metrics/{task}.json) at this point.")
+    return sec
+
+
+def attention_section(metrics: Metrics) -> Section:
+    g = metrics.get
+    att = metrics.load("metrics/attention.json")
+    sec = Section("Attention maps: localisation of the labelled object")
+    if not att:
+        sec.paragraphs.append("metrics/attention.json not found (the attention stage has not run).")
+        return sec
+    rows = [
+        [
+            m,
+            g("metrics/attention.json", f"{m}.pointing_game", ".1f"),
+            g("metrics/attention.json", f"{m}.iou", ".1f"),
+            g("metrics/attention.json", f"{m}.model_top1", ".1f") or NONE,
+            g("metrics/attention.json", f"{m}.n", "d"),
+        ]
+        for m, r in att.items()
+        if isinstance(r, dict) and "pointing_game" in r
+    ]
+    sec.tables.append(
+        Table(
+            ["map", "pointing game (boxes) %", "IoU with the boxes %", "model top-1 %", "images"],
+            rows,
+            f"IoU at threshold {att.get('threshold')} x max",
+        )
+    )
+    for k, v in (att.get("definitions") or {}).items():
+        sec.notes.append(f"*{k}*: {v}")
+    return sec
+
+
+def recipe_section(root: Path, params) -> Section:
+    """The paper-scale recipe with the source of every value (paper/recipe.yaml)."""
+    from pcn.analysis import recipe as R
+
+    sec = Section("Paper-scale recipe")
+    try:
+        entries = R.load_recipe(root / R.RECIPE_PATH)
+    except R.RecipeError as exc:
+        sec.paragraphs.append(f"No recipe table: {exc}.")
+        return sec
+    sec.paragraphs.append(
+        "What `scales.paper` in params.yaml sets, and where each value comes from "
+        "(paper/recipe.yaml; '(no key)': the schema has no key for it, so it is not applied)."
+    )
+    if params.scale == "paper":
+        bad = R.disagreements(entries, params)
+        sec.paragraphs.append(
+            "This run's params agree with every keyed value."
+            if not bad
+            else f"This run's params differ from the recipe in {len(bad)} value(s): " + "; ".join(bad)
+        )
+    else:
+        sec.paragraphs.append(
+            f"This run is at scale **{params.scale}**: its own values are in params.yaml; "
+            "the table is the paper scale's."
+        )
+    sec.tables.append(Table(list(R.COLUMNS), R.table_rows(entries)))
+    return sec
+
+
+MACHINE_KEYS = ("cpu", "cores", "torch", "onednn", "mkl", "gpu", "host")
+
+
+def machines_section(root: Path) -> Section:
+    """Which machine and libraries produced which metrics (``machine`` in each metrics file)."""
+    from pcn import machine
+
+    by_machine: dict[tuple, list[str]] = {}
+    for path in sorted((root / "metrics").rglob("*.json")):
+        try:
+            m = json.loads(path.read_text()).get("machine")
+        except (json.JSONDecodeError, AttributeError):
+            continue
+        if isinstance(m, dict):
+            key = tuple(m.get(k) for k in MACHINE_KEYS)
+            by_machine.setdefault(key, []).append(str(path.relative_to(root / "metrics").with_suffix("")))
+    rows = [[*("-" if v is None else v for v in key), ", ".join(stages)] for key, stages in by_machine.items()]
+    sec = Section("Machines", paragraphs=[machine.__doc__.split("\n\n")[1].replace("\n", " ")])
+    if rows:
+        sec.tables.append(Table([*MACHINE_KEYS, "metrics"], rows))
+    return sec
+
+
+def figure_section(figures_dir: Path) -> Section:
+    sec = Section("Figures")
+    index = figures_dir / "index.json"
+    if not index.is_file():
+        sec.paragraphs.append("reports/figures/index.json not found (the figures stage has not run).")
+        return sec
+    manifest = json.loads(index.read_text())
+    for info in manifest.get("figures", {}).values():
+        png = next((f for f in info["files"] if f.endswith(".png")), None)
+        if png:
+            sec.figures.append((f"{info['title']} (from {', '.join(info['sources'])})", f"figures/{png}"))
+    for name, why in manifest.get("skipped", {}).items():
+        sec.paragraphs.append(f"Skipped *{name}*: {why}.")
+    return sec
