@@ -1,37 +1,53 @@
 """MLflow tracking: one parent run per pipeline invocation, one child run per stage.
 
-The parent run is found in this order: ``PCN_PIPELINE_RUN_ID`` (set by ``pcn run``
-and by the Snakefile's ``onstart``), else the run registered for the workflow
-process that started this stage (``dvc repro`` or ``snakemake``: the first stage
-it starts creates the parent, the others find it), else a fresh parent for a stage
-run by hand.  Tracking never loses a result: every call is failure-safe and the
-stages also write their metrics to JSON files.
+The parent run is named by ``PCN_PIPELINE_RUN_ID``: ``pcn run`` creates one per
+invocation, the Snakefile's ``onstart`` one per ``snakemake`` run that lacks it, and every
+job inherits it (SLURM jobs too: sbatch exports the environment).  Without it (plain
+``dvc repro``, which has no start hook, or a stage run by hand) the stages share one parent
+per (engine, scale, git commit), found by its ``pcn.group`` tag: every ``dvc repro`` at one
+commit collects under one parent.
+
+Artifacts of a sqlite store sit in ``mlartifacts/`` beside the database file.  The
+experiment's artifact root is the proxied URI ``mlflow-artifacts:/<id>``, which names no
+folder: stages copy their files under that folder themselves, and ``mlflow server
+--artifacts-destination`` (``pcn ui``) serves them from it, so a moved or copied project
+keeps its runs and artifacts together.  Tracking never loses a result: every call is
+failure-safe and the stages also write their metrics to JSON files.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import logging
 import os
+import shutil
 import subprocess
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 log = logging.getLogger(__name__)
 
 PIPELINE_ENV = "PCN_PIPELINE_RUN_ID"
 STAGE_ENV = "PCN_STAGE_RUN_ID"
 DEFAULT_URI = "sqlite:///mlflow.db"
-_REGISTRY = Path(".pcn/pipelines")
-_ENGINES = ("dvc", "snakemake")
+PROXIED_ROOT = "mlflow-artifacts:/"
+_LOCK = Path(".pcn/pipeline.lock")
 
 
 def tracking_uri(configured: str | None = None) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or configured or DEFAULT_URI
+
+
+def artifacts_dir(uri: str) -> Path | None:
+    """The folder holding a sqlite store's artifacts (relative if the store's path is), or
+    None for a server, whose artifacts MLflow itself routes."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri.removeprefix("sqlite:///").split("?")[0]).parent / "mlartifacts"
 
 
 def _mlflow(uri: str):
@@ -49,68 +65,82 @@ def git_commit() -> str:
         return "unknown"
 
 
-def _workflow_process() -> str | None:
-    """'<pid>-<start time>' of the dvc/snakemake process that started us, if any."""
-    pid = os.getppid()
-    while pid > 1:
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            return None
-        words = [Path(w.decode(errors="replace")).name for w in cmdline[:3] if w]
-        if any(w in _ENGINES for w in words):
-            return f"{pid}-{stat.rsplit(')', 1)[1].split()[19]}"
-        pid = int(stat.rsplit(")", 1)[1].split()[1])
-    return None
+def experiment_id(uri: str, name: str) -> str:
+    """The experiment's id, created if missing: in a sqlite store with the proxied artifact
+    root ``mlflow-artifacts:/<id>`` (MLflow's own layout under a serving server)."""
+    from mlflow.exceptions import MlflowException
+
+    client = _mlflow(uri).MlflowClient()
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        if artifacts_dir(uri) is None:
+            return client.create_experiment(name)
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        return SqlAlchemyStore(uri, PROXIED_ROOT).create_experiment(name)
+    except MlflowException:  # another stage created it first
+        return client.get_experiment_by_name(name).experiment_id
 
 
-def experiment_id(mlflow, name: str) -> str:
-    exp = mlflow.get_experiment_by_name(name)
-    return exp.experiment_id if exp else mlflow.create_experiment(name)
-
-
-def start_pipeline_run(uri: str, experiment: str, engine: str, scale: str) -> str:
+def start_pipeline_run(uri: str, experiment: str, engine: str, scale: str, tags: dict | None = None) -> str:
     """Create the parent run of one pipeline invocation and return its id."""
-    mlflow = _mlflow(uri)
-    client = mlflow.MlflowClient()
-    run = client.create_run(
-        experiment_id(mlflow, experiment),
-        run_name=f"pipeline-{engine}-{scale}",
-        tags={"pcn.kind": "pipeline", "pcn.engine": engine, "pcn.scale": scale, "git_commit": git_commit()},
-    )
+    tags = {
+        "pcn.kind": "pipeline",
+        "pcn.engine": engine,
+        "pcn.scale": scale,
+        "git_commit": git_commit(),
+        **(tags or {}),
+    }
+    client = _mlflow(uri).MlflowClient()
+    run = client.create_run(experiment_id(uri, experiment), run_name=f"pipeline-{engine}-{scale}", tags=tags)
     return run.info.run_id
 
 
+def ensure_pipeline_run(engine: str, params) -> str | None:
+    """Start a parent run for this process and the jobs it starts, unless one is already
+    named in the environment (``pcn run`` made it).  Failure-safe: None if MLflow fails."""
+    if not os.environ.get(PIPELINE_ENV):
+        uri = tracking_uri(params.tracking.uri)
+        try:
+            os.environ[PIPELINE_ENV] = start_pipeline_run(uri, params.tracking.experiment, engine, params.scale)
+        except Exception as exc:  # noqa: BLE001 - tracking must never stop a pipeline
+            warnings.warn(f"MLflow unavailable ({exc.__class__.__name__}: {exc}); no pipeline run")
+            return None
+    return os.environ[PIPELINE_ENV]
+
+
 def pipeline_run_id(uri: str, experiment: str, scale: str) -> str:
+    """The parent run for a stage: the one named in the environment, else the shared parent
+    of its (engine, scale, git commit), created by the first stage that needs it."""
     if os.environ.get(PIPELINE_ENV):
         return os.environ[PIPELINE_ENV]
-    key = _workflow_process()
-    if key is None:
-        return start_pipeline_run(uri, experiment, "manual", scale)
-    _REGISTRY.mkdir(parents=True, exist_ok=True)
-    entry = _REGISTRY / f"{key}.json"
-    # Two stages may start at once under snakemake: the lock makes one of them the creator.
-    with open(_REGISTRY / ".lock", "w") as lock:
+    engine = "dvc" if os.environ.get("DVC_STAGE") else "manual"  # dvc sets DVC_STAGE for stage commands
+    group = f"{engine}/{scale}/{git_commit()}"
+    client = _mlflow(uri).MlflowClient()
+    exp_id = experiment_id(uri, experiment)
+    _LOCK.parent.mkdir(parents=True, exist_ok=True)
+    # Stages started at once must not each create a parent: the lock makes one the creator.
+    with open(_LOCK, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if entry.exists():
-            return json.loads(entry.read_text())["run_id"]
-        engine = (
-            "dvc" if "dvc" in Path(f"/proc/{key.split('-')[0]}/cmdline").read_text(errors="replace") else "snakemake"
+        found = client.search_runs(
+            [exp_id], f"tags.`pcn.group` = '{group}'", max_results=1, order_by=["attributes.start_time ASC"]
         )
-        run_id = start_pipeline_run(uri, experiment, engine, scale)
-        entry.write_text(json.dumps({"run_id": run_id}))
-        return run_id
+        if found:
+            return found[0].info.run_id
+        return start_pipeline_run(uri, experiment, engine, scale, {"pcn.group": group})
 
 
 class RunLogger:
     """Failure-safe logging into one existing MLflow run (rank 0 only: others get a no-op)."""
 
-    def __init__(self, run_id: str | None, uri: str, enabled: bool = True):
+    def __init__(self, run_id: str | None, uri: str, enabled: bool = True, artifact_uri: str | None = None):
         self.run_id = run_id
         self.uri = uri
         self.enabled = enabled and run_id is not None
         self._client = None
+        self._artifact_uri = artifact_uri
 
     def _call(self, what: str, fn, *args, **kwargs) -> None:
         if not self.enabled:
@@ -147,7 +177,23 @@ class RunLogger:
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         if Path(path).exists():
-            self._call("log_artifact", lambda c: c.log_artifact(self.run_id, str(path), artifact_path))
+            self._call("log_artifact", self._log_artifact, Path(path), artifact_path)
+
+    def _log_artifact(self, client, path: Path, artifact_path: str | None) -> None:
+        if self._artifact_uri is None:
+            self._artifact_uri = client.get_run(self.run_id).info.artifact_uri
+        root = artifacts_dir(self.uri)
+        if root is None or not self._artifact_uri.startswith(PROXIED_ROOT):
+            client.log_artifact(self.run_id, str(path), artifact_path)
+            return
+        # MLflow's client uploads to mlflow-artifacts: URIs through a server only; with the
+        # store on disk, copy to where the server will look (the same layout as MLflow's).
+        dest = root / urlparse(self._artifact_uri).path.lstrip("/") / (artifact_path or "")
+        dest.mkdir(parents=True, exist_ok=True)
+        if path.is_dir():
+            shutil.copytree(path, dest / path.name, dirs_exist_ok=True)
+        else:
+            shutil.copy2(path, dest / path.name)
 
     def finish(self, status: str = "FINISHED") -> None:
         self._call("set_terminated", lambda c: c.set_terminated(self.run_id, status))
@@ -172,11 +218,10 @@ def stage_run(
     uri = tracking_uri(params.tracking.uri)
     logger = RunLogger(None, uri)
     try:
-        mlflow = _mlflow(uri)
-        client = mlflow.MlflowClient()
+        client = _mlflow(uri).MlflowClient()
         parent = pipeline_run_id(uri, params.tracking.experiment, params.scale)
         run = client.create_run(
-            experiment_id(mlflow, params.tracking.experiment),
+            experiment_id(uri, params.tracking.experiment),
             run_name=stage,
             tags={
                 "mlflow.parentRunId": parent,
@@ -187,7 +232,7 @@ def stage_run(
                 **(tags or {}),
             },
         )
-        logger = RunLogger(run.info.run_id, uri)
+        logger = RunLogger(run.info.run_id, uri, artifact_uri=run.info.artifact_uri)
         logger.log_params(section_values)
     except Exception as exc:  # noqa: BLE001
         warnings.warn(f"MLflow unavailable ({exc.__class__.__name__}: {exc}); stage {stage} runs untracked")

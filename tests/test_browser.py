@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
+import subprocess
+import sys
+import threading
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -56,33 +61,45 @@ def _keep(shots: Path) -> None:
         print(f"copied to {dest}")
 
 
-def _params(uri: str):
-    import yaml
+def _pcn_ui(project: Path, port: int) -> tuple[subprocess.Popen, str]:
+    """`pcn ui` as a user starts it in the project; returns it and the link it printed."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    cmd = [sys.executable, "-m", "pcn.cli", "ui", "--port", str(port)]
+    proc = subprocess.Popen(cmd, cwd=project, env={**env, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True)
+    for line in proc.stdout:  # it prints the link once the server answers
+        if line.startswith("MLflow UI: "):
+            threading.Thread(target=proc.stdout.read, daemon=True).start()
+            return proc, line.split()[-1]
+    raise AssertionError(f"pcn ui exited with code {proc.wait()} before printing a link")
 
-    from pcn.config import resolve
 
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw["tracking"]["uri"] = uri
-    return resolve(raw)
+def _answers(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+            return True
+    except OSError:
+        return False
 
 
-def test_mlflow_ui_shows_pipeline_and_stage_runs(browser, tmp_path, monkeypatch, capsys):
+def test_mlflow_ui_shows_pipeline_and_stage_runs(browser, tmp_path, monkeypatch):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import mlflow
+    import yaml
 
     from pcn import tracking
-    from pcn.analysis import ui
+    from pcn.config import load_params
 
+    # a project with the default store (sqlite:///mlflow.db beside params.yaml), no server running
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    params = _params(uri)
-    mlflow.MlflowClient(uri).create_experiment(
-        params.tracking.experiment, artifact_location=str(tmp_path / "artifacts")
-    )
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["tracking"]["uri"] = None
+    Path("params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    params = load_params("params.yaml")
+    uri = tracking.tracking_uri(params.tracking.uri)
     # runs as the pipeline creates them: a parent per invocation, one child per stage
     parent = tracking.start_pipeline_run(uri, params.tracking.experiment, "snakemake", "demo")
     monkeypatch.setenv(tracking.PIPELINE_ENV, parent)
@@ -98,15 +115,14 @@ def test_mlflow_ui_shows_pipeline_and_stage_runs(browser, tmp_path, monkeypatch,
                 run.log_artifact(tmp_path / "training_curves.png", "figures")
             stages[name] = run.run_id
     tracking.RunLogger(parent, uri).finish()
+    exp_id = mlflow.MlflowClient(uri).get_experiment_by_name(params.tracking.experiment).experiment_id
 
     port = _free_port()
-    assert ui.serve(params, port=port, wait=False) == 0
+    proc, url = _pcn_ui(tmp_path, port)
     shots = tmp_path / "screenshots"
     shots.mkdir()
     try:
-        exp_id = ui.experiment_id(uri, params.tracking.experiment)
-        url = ui.runs_url(port, exp_id)
-        assert url in capsys.readouterr().out and url.endswith(f"/#/experiments/{exp_id}/runs")
+        assert url == f"http://127.0.0.1:{port}/#/experiments/{exp_id}/runs"
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         page.set_default_timeout(TIMEOUT_MS)
         page.goto(url)
@@ -124,7 +140,7 @@ def test_mlflow_ui_shows_pipeline_and_stage_runs(browser, tmp_path, monkeypatch,
         page.get_by_text("top1").first.wait_for()
         page.get_by_text("42.5").first.wait_for()
         page.screenshot(path=shots / "mlflow-stage-run.png", full_page=True)
-        # ... and its figure artifact, previewed as an image
+        # ... and its figure artifact, written by the stage with no server, served by this one
         page.goto(f"http://127.0.0.1:{port}/#/experiments/{exp_id}/runs/{stages['evaluate']}/artifacts")
         page.get_by_text("figures", exact=True).first.click()
         page.get_by_text("training_curves.png").first.click()
@@ -134,8 +150,11 @@ def test_mlflow_ui_shows_pipeline_and_stage_runs(browser, tmp_path, monkeypatch,
         page.screenshot(path=shots / "mlflow-artifact.png")
         page.close()
     finally:
-        ui.stop(port)
+        proc.send_signal(signal.SIGTERM)  # what a service manager (or Ctrl-C) does
+        code = proc.wait(timeout=60)
         _keep(shots)
+    assert code == 0
+    assert not _answers(port), "pcn ui exited but left its server running"
     assert len(list(shots.glob("*.png"))) == 4
 
 

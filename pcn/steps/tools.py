@@ -13,7 +13,7 @@ import yaml
 from pcn.config import ParamsError, load_params, raw_params, recipe
 from pcn.io import write_text
 from pcn.stages import dvc_yaml
-from pcn.tracking import PIPELINE_ENV, start_pipeline_run, tracking_uri
+from pcn.tracking import PIPELINE_ENV, RunLogger, start_pipeline_run, tracking_uri
 
 DVC_FILE = Path("dvc.yaml")
 
@@ -85,8 +85,6 @@ def run_pipeline(args) -> int:
         cmd = ["dvc", "repro", *extra]
     print(f"pipeline run {run_id} ({args.engine}, scale {params.scale}): {' '.join(cmd)}", flush=True)
     rc = subprocess.call(cmd, env=env)
-    from pcn.tracking import RunLogger
-
     RunLogger(run_id, uri).finish("FINISHED" if rc == 0 else "FAILED")
     return rc
 

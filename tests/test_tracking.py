@@ -1,0 +1,161 @@
+"""MLflow tracking: artifacts that move with the project, and the pipeline's parent run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def params(monkeypatch):
+    """The project's params with the default store, sqlite:///mlflow.db in the working directory."""
+    from pcn.config import resolve
+
+    for var in ("MLFLOW_TRACKING_URI", "PCN_PIPELINE_RUN_ID", "DVC_STAGE"):
+        monkeypatch.delenv(var, raising=False)
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["tracking"]["uri"] = None
+    return resolve(raw)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stage(params, name: str, artifact: Path) -> str:
+    from pcn.tracking import stage_run
+
+    with stage_run(name, params, {}) as run:
+        run.log_artifact(artifact, "files")
+    return run.run_id
+
+
+STAGE = """
+import sys
+from pcn.config import load_params
+from pcn.tracking import stage_run
+with stage_run(sys.argv[1], load_params("params.yaml"), {}) as run:
+    run.log_artifact(sys.argv[2], "files")
+print(run.run_id)
+"""
+
+
+def test_a_moved_project_keeps_its_runs_and_artifacts_together(params, tmp_path):
+    import mlflow
+
+    from pcn.analysis import ui
+
+    old, new = tmp_path / "project", tmp_path / "moved"
+    old.mkdir()
+    shutil.copy(ROOT / "params.yaml", old / "params.yaml")
+
+    def stage(cwd: Path, name: str, artifact: str) -> str:
+        """A stage process in the project, logging to the default store with no server running."""
+        (cwd / artifact).write_text(f"logged by {name} in {cwd.name}")
+        env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "PCN_PIPELINE_RUN_ID")}
+        cmd = [sys.executable, "-c", STAGE, name, artifact]
+        cp = subprocess.run(cmd, cwd=cwd, env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
+        assert cp.returncode == 0 and "UserWarning" not in cp.stderr, cp.stderr[-3000:]
+        return cp.stdout.split()[-1]
+
+    before = stage(old, "evaluate", "before.txt")
+    old.rename(new)
+    after = stage(new, "report", "after.txt")
+    assert not old.exists(), "a run after the move wrote into the project's old folder"
+
+    # the stages wrote with no server; `pcn ui`'s server finds both runs' artifacts
+    port = _free_port()
+    proc = ui.start(f"sqlite:///{new / 'mlflow.db'}", port)
+    try:
+        client = mlflow.MlflowClient(f"http://127.0.0.1:{port}")
+        for run_id, name in ((before, "before.txt"), (after, "after.txt")):
+            assert str(old) not in client.get_run(run_id).info.artifact_uri
+            got = client.download_artifacts(run_id, f"files/{name}", str(tmp_path))
+            assert Path(got).read_text() == (new / name).read_text()
+    finally:
+        ui.stop(proc)
+    assert not old.exists()
+
+
+def _parents(client, exp_id: str, stage: str) -> list[str]:
+    runs = client.search_runs([exp_id], f"tags.`pcn.stage` = '{stage}'")
+    return [r.data.tags["mlflow.parentRunId"] for r in runs]
+
+
+def test_without_a_named_parent_stages_share_one_per_engine_scale_and_commit(params, tmp_path, monkeypatch):
+    """Plain `dvc repro` has no start hook: its stages (DVC sets DVC_STAGE) find one parent."""
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)
+    Path("a.txt").write_text("a")
+    monkeypatch.setenv("DVC_STAGE", "train")
+    _stage(params, "train", Path("a.txt"))
+    _stage(params, "train", Path("a.txt"))
+    _stage(params.model_copy(update={"scale": "study"}), "train", Path("a.txt"))
+    monkeypatch.delenv("DVC_STAGE")
+    _stage(params, "train", Path("a.txt"))
+
+    client = mlflow.MlflowClient("sqlite:///mlflow.db")
+    exp_id = client.get_experiment_by_name(params.tracking.experiment).experiment_id
+    dvc_demo, dvc_demo_again, dvc_study, by_hand = sorted(
+        _parents(client, exp_id, "train"), key=lambda p: client.get_run(p).info.start_time
+    )
+    assert dvc_demo == dvc_demo_again
+    assert len({dvc_demo, dvc_study, by_hand}) == 3
+    tags = client.get_run(dvc_demo).data.tags
+    assert (tags["pcn.kind"], tags["pcn.engine"], tags["pcn.scale"]) == ("pipeline", "dvc", params.scale)
+
+
+PROBE = """
+include: "{workflow}"
+
+
+rule probes:
+    input:
+        expand("probe/{{n}}.txt", n=range(2)),
+
+
+rule probe:
+    output:
+        "probe/{{n}}.txt",
+    shell:
+        "{python} -c 'from pcn.config import load_params; from pcn.tracking import stage_run\\n"
+        "with stage_run(\\"probe\\", load_params(\\"params.yaml\\"), dict()): pass' "
+        "&& echo $PCN_PIPELINE_RUN_ID > {{output}}"
+"""
+
+
+def test_snakemake_names_one_parent_run_in_every_jobs_environment(params, tmp_path):
+    """`snakemake` run directly: the Snakefile starts the parent run and the jobs inherit its id."""
+    import mlflow
+
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    (tmp_path / "probe.smk").write_text(PROBE.format(workflow=ROOT / "workflow" / "Snakefile", python=sys.executable))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def snakemake(*args: str) -> None:
+        cmd = [sys.executable, "-m", "snakemake", "-s", "probe.smk", "--cores", "2", *args, "probes"]
+        cp = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert cp.returncode == 0, (cp.stdout + cp.stderr)[-3000:]
+
+    snakemake("-n")
+    assert not (tmp_path / "mlflow.db").exists(), "a dry run started a pipeline run"
+    snakemake()
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp_id = client.get_experiment_by_name(params.tracking.experiment).experiment_id
+    parents = set(_parents(client, exp_id, "probe"))
+    named = {(tmp_path / "probe" / f"{n}.txt").read_text().strip() for n in range(2)}
+    assert len(parents) == 1 and named == parents
+    assert client.get_run(parents.pop()).data.tags["pcn.engine"] == "snakemake"
