@@ -12,7 +12,8 @@ from PIL import Image
 
 from pcn.config import AugConfig
 from pcn.data.ffcv_io import DatasetError
-from pcn.data.loaders import build_loader, epoch_order
+from pcn.data.loaders import build_loader
+from pcn.data.order import epoch_order
 from pcn.data.transforms import IMAGENET_MEAN, IMAGENET_STD, center_crop_box
 
 CLASSES = ["cat", "dog", "eel"]

@@ -12,8 +12,9 @@ from PIL import Image
 from test_loaders import CLASSES, make_folder, to_uint8
 
 from pcn.config import AugConfig
-from pcn.data.loaders import build_loader, epoch_order
+from pcn.data.loaders import build_loader
 from pcn.data.memory_loader import random_resized_boxes
+from pcn.data.order import epoch_order
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +124,7 @@ def test_images_of_many_sizes_are_cropped_within_their_own_size(tmp_path):
     from torchvision.ops import roi_align
 
     from pcn.data.ffcv_io import scan_folder
-    from pcn.data.transforms import stream_key
+    from pcn.data.random_streams import stream_key
 
     mixed = make_folder(tmp_path / "mixed")  # assorted sizes, 40..72 px
     ld = build(mixed, train=True, aug=AugConfig(scale_min=0.5, hflip=0.0), img_size=20, batch_size=24)
@@ -181,6 +182,32 @@ def test_decoded_folders_are_cached_until_a_file_changes(tmp_path, monkeypatch, 
     assert torch.equal(build(images, train=False).images, fresh)
     entry.write_bytes(b"")
     assert torch.equal(build(images, train=False).images, fresh)
+
+
+def test_a_killed_cache_writer_leaves_no_entry_and_its_temporary_is_removed(tmp_path, monkeypatch, folder):
+    """A process killed while storing a decoded folder runs no cleanup: its half-written array
+    (tens of MB at the demo's size) must not be read as an entry, and the next process that
+    stores the folder removes it, leaving a live writer's alone."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    cache = tmp_path / "cache" / "decoded"
+    monkeypatch.setenv("PCN_CACHE_DIR", str(cache.parent))
+    want = build(folder, train=False).images
+    (entry,) = cache.glob("*.npz")
+    entry.unlink()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    leftovers = {}
+    for who, pid in (("dead", dead.pid), ("live", os.getppid())):
+        leftovers[who] = cache / f".{entry.name}.{host}-{pid}-x1y2z3.tmp"
+        leftovers[who].mkdir()
+        (leftovers[who] / entry.name).write_bytes(b"PK\x03\x04 half an array")
+    assert torch.equal(build(folder, train=False).images, want)
+    assert entry.is_file() and not leftovers["dead"].exists() and leftovers["live"].exists()
 
 
 def test_cache_can_be_switched_off(tmp_path, monkeypatch, folder):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import re
@@ -12,20 +13,22 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pcn.data import layouts
-from pcn.data import synthetic as syn
-from pcn.data.synthetic import DemoSpec, class_names, generate, mask_to_box
+from pcn.config import DemoDataConfig
+from pcn.data import demo_scenes, layouts
+from pcn.data.demo_classification import render_classification_sample
+from pcn.data.demo_scenes import DEMO_CATEGORY_IDS, render_scene
+from pcn.data.demo_spec import DemoSpec, image_rng
+from pcn.data.drawing import mask_to_box, render_background, render_object
+from pcn.data.shapes import SHAPES, class_names, wnids
+from pcn.data.synthetic import SUMMARY_FILE, content_hash, generate
 
 # pycocotools 2.0.x calls np.array(copy=False)-style APIs that numpy 2 warns about
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
+# The sizes come from the params schema (its defaults, less data), as the demo_data stage builds them.
 SMALL = DemoSpec(
     seed=7,
-    n_classes=10,
-    train_per_class=3,
-    val_per_class=2,
-    n_scenes_train=12,
-    n_scenes_val=10,
+    **DemoDataConfig(n_classes=10, train_per_class=3, val_per_class=2, n_scenes_train=12, n_scenes_val=10).model_dump(),
 )
 
 
@@ -49,8 +52,8 @@ def test_same_seed_same_bytes_different_seed_differs(demo, tmp_path):
         assert (out / rel).read_bytes() == (tmp_path / "again" / rel).read_bytes(), rel
     other = generate(tmp_path / "other", DemoSpec(**{**SMALL.__dict__, "seed": 8}), progress=False)
     assert other["content_hash"] != summary["content_hash"]
-    assert syn.content_hash(out) == summary["content_hash"]
-    assert json.loads((out / syn.SUMMARY_FILE).read_text())["content_hash"] == summary["content_hash"]
+    assert content_hash(out) == summary["content_hash"]
+    assert json.loads((out / SUMMARY_FILE).read_text())["content_hash"] == summary["content_hash"]
 
 
 @pytest.mark.slow  # spawning workers takes seconds (tens of seconds on a loaded machine)
@@ -61,9 +64,9 @@ def test_worker_processes_give_the_same_files(demo, tmp_path):
 
 
 def test_per_image_seeding_is_order_independent():
-    a = syn.render_classification_sample(syn._rng(SMALL, "cls_train", 5), SMALL, 3)
-    syn.render_classification_sample(syn._rng(SMALL, "cls_train", 4), SMALL, 2)  # unrelated draw
-    b = syn.render_classification_sample(syn._rng(SMALL, "cls_train", 5), SMALL, 3)
+    a = render_classification_sample(image_rng(SMALL, "cls_train", 5), SMALL, 3)
+    render_classification_sample(image_rng(SMALL, "cls_train", 4), SMALL, 2)  # unrelated draw
+    b = render_classification_sample(image_rng(SMALL, "cls_train", 5), SMALL, 3)
     assert np.array_equal(a[0], b[0]) and a[2] == b[2]
 
 
@@ -97,9 +100,9 @@ def test_only_official_files(demo):
 
 
 def test_wnids_sort_like_the_class_names():
-    every = dict(zip(class_names(len(syn.SHAPES)), syn.wnids(len(syn.SHAPES))))
-    for n in range(1, len(syn.SHAPES) + 1):
-        ids = syn.wnids(n)
+    every = dict(zip(class_names(len(SHAPES)), wnids(len(SHAPES))))
+    for n in range(1, len(SHAPES) + 1):
+        ids = wnids(n)
         assert ids == sorted(ids) and len(set(ids)) == n
         assert all(re.fullmatch(r"n9\d{7}", w) for w in ids)
         assert ids == [every[name] for name in class_names(n)]  # a shape keeps its wnid
@@ -109,7 +112,7 @@ def test_imagenet_layout(demo):
     from torchvision.datasets import ImageFolder
 
     out, summary = demo
-    names, ids = class_names(SMALL), syn.wnids(SMALL)
+    names, ids = class_names(SMALL.n_classes), wnids(SMALL.n_classes)
     assert summary["classes"] == names and summary["wnids"] == ids
     for split, per in (("train", SMALL.train_per_class), ("val", SMALL.val_per_class)):
         ds = ImageFolder(str(out / "imagenet" / split))
@@ -130,7 +133,7 @@ def test_loc_val_solution(demo):
     assert list(rows[0]) == ["ImageId", "PredictionString"]
     files = {p.stem: p for p in (out / "imagenet" / "val").rglob("*.JPEG")}
     assert sorted(r["ImageId"] for r in rows) == sorted(files)
-    ids = syn.wnids(SMALL)
+    ids = wnids(SMALL.n_classes)
     for r in rows:
         wnid, *box = r["PredictionString"].split()
         x0, y0, x1, y1 = (int(v) for v in box)
@@ -139,9 +142,7 @@ def test_loc_val_solution(demo):
             w, h = im.size
         assert 0 <= x0 <= x1 < w and 0 <= y0 <= y1 < h
         i = int(r["ImageId"].rsplit("_", 1)[1]) - 1  # val image i is ILSVRC2012_val_<i+1>
-        _, label, xywh, mask = syn.render_classification_sample(
-            syn._rng(SMALL, "cls_val", i), SMALL, i % SMALL.n_classes
-        )
+        _, label, xywh, mask = render_classification_sample(image_rng(SMALL, "cls_val", i), SMALL, i % SMALL.n_classes)
         assert ids[label] == wnid and mask_to_box(mask) == xywh == [x0, y0, x1 - x0 + 1, y1 - y0 + 1]
 
 
@@ -168,13 +169,13 @@ def _coco(out: Path, split: str):
 def test_coco_layout(demo):
     out, summary = demo
     n_poly = n_rle = 0
-    cat_ids = list(syn.DEMO_CATEGORY_IDS[: SMALL.n_classes])
+    cat_ids = list(DEMO_CATEGORY_IDS[: SMALL.n_classes])
     assert cat_ids != list(range(1, SMALL.n_classes + 1))  # not contiguous
     for split, n_img in (("train", SMALL.n_scenes_train), ("val", SMALL.n_scenes_val)):
         coco = _coco(out, split)
         cats = coco.loadCats(coco.getCatIds())
         assert [c["id"] for c in cats] == cat_ids
-        assert [c["name"] for c in cats] == class_names(SMALL)
+        assert [c["name"] for c in cats] == class_names(SMALL.n_classes)
         images = coco.dataset["images"]
         assert len(images) == n_img == len(list((out / "coco" / f"{split}2017").iterdir()))
         assert [im["id"] for im in images] != list(range(1, n_img + 1))
@@ -208,7 +209,7 @@ def test_coco_layout(demo):
 def test_ade_layout(demo):
     out, _ = demo
     ade = out / "ADEChallengeData2016"
-    names = ["background", *class_names(SMALL)]
+    names = ["background", *class_names(SMALL.n_classes)]
     info = (ade / "objectInfo150.txt").read_text().splitlines()
     assert info[0].split("\t") == ["Idx", "Ratio", "Train", "Val", "Name"]
     rows = [line.split("\t") for line in info[1:]]
@@ -237,7 +238,7 @@ def test_ade_and_coco_agree(demo):
     """Scene i of ADE and COCO is the same render: RLE masks equal the label map's class pixels."""
     out, _ = demo
     coco = _coco(out, "val")
-    label_of = {cid: k + 2 for k, cid in enumerate(syn.DEMO_CATEGORY_IDS)}
+    label_of = {cid: k + 2 for k, cid in enumerate(DEMO_CATEGORY_IDS)}
     for i, img in enumerate(coco.dataset["images"]):
         lab = np.asarray(
             Image.open(out / "ADEChallengeData2016" / "annotations" / "validation" / f"ADE_val_{i + 1:08d}.png")
@@ -267,9 +268,9 @@ def test_uncompressed_rle_round_trips():
 
 @pytest.mark.parametrize("index", range(12))
 def test_classification_sample_mask_box_pixels(index):
-    rng = syn._rng(SMALL, "cls_val", index)
+    rng = image_rng(SMALL, "cls_val", index)
     label = index % SMALL.n_classes
-    image, lab, box, mask = syn.render_classification_sample(rng, SMALL, label)
+    image, lab, box, mask = render_classification_sample(rng, SMALL, label)
     assert image.dtype == np.uint8 and image.shape == (
         SMALL.image_size,
         SMALL.image_size,
@@ -284,7 +285,7 @@ def test_classification_sample_mask_box_pixels(index):
     # the background is drawn first from the same stream: outside the object
     # (and its anti-aliased rim; sub-pixel tips such as a crescent's may reach
     # a little further) the image is exactly the background
-    bg = syn.render_background(syn._rng(SMALL, "cls_val", index), side, SMALL.strokes)
+    bg = render_background(image_rng(SMALL, "cls_val", index), side, SMALL.strokes)
     bg = np.clip(np.rint(bg), 0, 255).astype(np.uint8)
     rim = mask.copy()
     for dy in (-1, 0, 1):
@@ -298,8 +299,8 @@ def test_classification_sample_mask_box_pixels(index):
 
 @pytest.mark.parametrize("index", range(8))
 def test_scene_objects(index):
-    rng = syn._rng(SMALL, "scene_val", index)
-    image, objects = syn.render_scene(rng, SMALL, first_class=index % SMALL.n_classes)
+    rng = image_rng(SMALL, "scene_val", index)
+    image, objects = render_scene(rng, SMALL, first_class=index % SMALL.n_classes)
     n = SMALL.scene_size
     assert image.shape == (n, n, 3) and 1 <= len(objects) <= SMALL.objects_per_scene[1]
     assert objects[0]["class_id"] == index % SMALL.n_classes
@@ -318,8 +319,8 @@ def test_scene_objects(index):
 
 def test_every_shape_renders():
     rng = np.random.default_rng(0)
-    for k in range(len(syn.SHAPES)):
-        cov = syn.render_object(rng, k, 40, n_classes=len(syn.SHAPES))
+    for k in range(len(SHAPES)):
+        cov = render_object(rng, k, 40, n_classes=len(SHAPES))
         m = cov >= 0.5
         assert cov.shape == (40, 40) and 0.15 * 1600 < m.sum() < 0.8 * 1600
         # the shape lies within the square (extent within the inscribed circle)
@@ -328,9 +329,18 @@ def test_every_shape_renders():
 
 def test_spec_validation():
     with pytest.raises(ValueError):
-        DemoSpec(n_classes=len(syn.SHAPES) + 1)
+        dataclasses.replace(SMALL, n_classes=len(SHAPES) + 1)
     with pytest.raises(ValueError):
-        DemoSpec(train_per_class=-1)
+        dataclasses.replace(SMALL, train_per_class=-1)
+
+
+def test_the_schema_is_the_one_source_of_the_demo_sizes():
+    """The generator has no defaults of its own for what params.yaml sets (``seed`` and every
+    ``data.demo`` key), so it cannot draw other data than the params say."""
+    required = {f.name for f in dataclasses.fields(DemoSpec) if f.default is dataclasses.MISSING}
+    assert required == {"seed", *DemoDataConfig.model_fields}
+    with pytest.raises(TypeError, match="train_per_class"):
+        DemoSpec(**{k: v for k, v in dataclasses.asdict(SMALL).items() if k != "train_per_class"})
 
 
 # --------------------------------------------------------------------------- atomic write
@@ -339,7 +349,7 @@ def test_spec_validation():
 def test_failed_generation_leaves_nothing(tmp_path, monkeypatch):
     out = tmp_path / "data"
     calls = {"n": 0}
-    real = syn._write_png
+    real = demo_scenes.write_png
 
     def flaky(path, label_map):
         calls["n"] += 1
@@ -347,7 +357,7 @@ def test_failed_generation_leaves_nothing(tmp_path, monkeypatch):
             raise RuntimeError("disk full (simulated)")
         real(path, label_map)
 
-    monkeypatch.setattr(syn, "_write_png", flaky)
+    monkeypatch.setattr(demo_scenes, "write_png", flaky)
     with pytest.raises(RuntimeError, match="simulated"):
         generate(out, SMALL, progress=False)
     assert not out.exists()
@@ -356,14 +366,14 @@ def test_failed_generation_leaves_nothing(tmp_path, monkeypatch):
 
 def test_failed_regeneration_keeps_old_and_success_replaces(tmp_path, monkeypatch):
     out = tmp_path / "data"
-    tiny = DemoSpec(seed=1, train_per_class=1, val_per_class=1, n_scenes_train=2, n_scenes_val=2)
+    tiny = dataclasses.replace(SMALL, seed=1, train_per_class=1, val_per_class=1, n_scenes_train=2, n_scenes_val=2)
     first = generate(out, tiny, progress=False)
     (out / "marker").write_text("old")
 
     def boom(*args, **kwargs):
         raise KeyboardInterrupt  # e.g. Ctrl-C half-way
 
-    monkeypatch.setattr(syn, "_write_png", boom)
+    monkeypatch.setattr(demo_scenes, "write_png", boom)
     with pytest.raises(KeyboardInterrupt):
         generate(out, tiny, progress=False)
     assert (out / "marker").exists()  # old data untouched

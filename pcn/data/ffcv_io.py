@@ -12,11 +12,13 @@ wrap it). It
 2. decodes every image once to verify it, skipping unreadable, corrupt or empty
    files with a warning naming each, and fails if their share exceeds
    ``max_bad_fraction``;
-3. writes the .beton under a temporary name in the target directory, then the
-   sidecar ``<dst>.json`` (class names in label order, count, source hash, layout,
-   resolution, a fingerprint of the .beton), then renames the .beton onto ``dst``.
-   A conversion killed at any point leaves no partial file at ``dst``; a sidecar
-   that does not describe the .beton beside it is refused by ``check_metadata``.
+3. writes the .beton under a temporary name in the target directory
+   (:func:`pcn.io.atomic_path`), then the sidecar ``<dst>.json`` (class names in
+   label order, count, source hash, layout, resolution, a fingerprint of the
+   .beton), then renames the .beton onto ``dst``. A conversion killed at any point
+   leaves no partial file at ``dst`` (the next one removes its temporary file); a
+   sidecar that does not describe the .beton beside it is refused by
+   ``check_metadata``.
 
 Images are decoded by content, never by extension (``open_rgb``): ImageNet's train
 split holds a PNG named ``.JPEG``, CMYK JPEGs and grayscale JPEGs, and every reader
@@ -45,7 +47,7 @@ from typing import Literal
 import numpy as np
 
 from pcn.errors import DatasetError
-from pcn.io import write_json
+from pcn.io import atomic_path, write_json
 
 log = logging.getLogger(__name__)
 
@@ -355,28 +357,6 @@ def _writer_progress(progress: bool) -> Iterator[None]:
         ffcv.writer.tqdm = original
 
 
-def _temp_name(dst: Path, suffix: str) -> Path:
-    return dst.with_name(f".{dst.name}.{os.getpid()}.{suffix}.tmp")
-
-
-def _remove_stale_temps(dst: Path) -> None:
-    """Delete temporaries that killed conversions to ``dst`` left behind."""
-    for p in dst.parent.glob(f".{dst.name}.*.tmp"):
-        parts = p.name[len(dst.name) + 2 :].split(".")
-        try:
-            pid = int(parts[0])
-            os.kill(pid, 0)
-            alive = pid != os.getpid()
-        except (ValueError, IndexError):
-            continue
-        except ProcessLookupError:
-            alive = False
-        except PermissionError:
-            alive = True
-        if not alive:
-            p.unlink(missing_ok=True)
-
-
 def beton_fingerprint(path: str | Path) -> str:
     """sha256 identifying one written .beton, cheap to compute: the whole file up to
     64 MiB, else its size, first and last 4 MiB (header, field table, per-sample
@@ -460,8 +440,6 @@ def convert_imagefolder(
     if not good:
         raise DatasetError(f"{index.root}: none of its {total} images can be decoded")
 
-    _remove_stale_temps(dst)
-    tmp = _temp_name(dst, "beton")
     failures = multiprocessing.get_context("fork").Value("i", 0)
     fields = {
         "image": _content_seeded(
@@ -474,7 +452,11 @@ def convert_imagefolder(
         ),
         "label": IntField(),
     }
-    try:
+    # The .beton is written under a temporary name (which the next conversion removes if
+    # this one is killed) and renamed onto dst last, after its sidecar: a kill in between
+    # leaves the old .beton (if any) beside a sidecar whose fingerprint does not match it,
+    # which the loader refuses, and never a partial .beton at dst.
+    with atomic_path(dst) as tmp:
         writer = DatasetWriter(str(tmp), fields, num_workers=num_workers)
         with _writer_progress(progress):
             writer.from_indexed_dataset(_ImageDataset(index.root, good, failures), chunksize=64)
@@ -502,13 +484,7 @@ def convert_imagefolder(
             "compress_probability": compress_probability,
             "beton_fingerprint": beton_fingerprint(tmp),
         }
-        # Sidecar first, then the .beton: a kill in between leaves the old .beton
-        # (if any) beside a sidecar whose fingerprint does not match it, which the
-        # loader refuses, and never a partial .beton at dst.
         write_json(metadata_path(dst), meta)
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
 
     seconds = time.perf_counter() - t0
     return {

@@ -15,10 +15,9 @@ and ``num_samples`` (images in the dataset).
 * ``memory`` decodes the image folder once into RAM and augments whole batches
   (``pcn.data.memory_loader``): for small datasets read by many short runs.
 
-The sample order of an epoch is one function (``epoch_order``) shared by both
-kinds: a permutation seeded by ``seed + epoch`` (FFCV's own RANDOM order), torch's
-DistributedSampler under DDP, timm's RepeatAugSampler when ``aug.repeated_aug > 1``.
-So with the same seed the two loaders visit the same images in the same order.
+The sample order of an epoch is one function shared by every kind
+(:func:`pcn.data.order.epoch_order`), so with the same seed the loaders visit the
+same images in the same order.
 Augmentation randomness depends on (seed, rank, epoch, position) only: two loaders
 built alike give identical batches, for any ``num_workers``.
 """
@@ -44,13 +43,15 @@ from pcn.data.ffcv_io import (
     read_metadata,
     scan_folder,
 )
+from pcn.data.memory_loader import MemoryLoader
+from pcn.data.order import epoch_order
+from pcn.data.random_streams import stream_key
 from pcn.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     TrainAug,
     ffcv_image_pipeline,
     ffcv_label_pipeline,
-    stream_key,
     torch_eval_transform,
     torch_train_transform,
 )
@@ -61,48 +62,6 @@ FFCV_MISSING = (
     "(pip install ffcv, which needs libopencv-dev, libturbojpeg0-dev and pkg-config) or set "
     "data.loader: torch in params.yaml"
 )
-
-
-# --- the order of an epoch, shared by both kinds ------------------------------------------
-
-
-def epoch_order(
-    n: int,
-    *,
-    train: bool,
-    seed: int,
-    epoch: int,
-    rank: int = 0,
-    world_size: int = 1,
-    repeats: int = 1,
-) -> np.ndarray:
-    """Indices this rank visits in ``epoch`` (before batching and drop_last)."""
-    from torch.utils.data import DistributedSampler
-
-    if train and repeats > 1:
-        from timm.data.distributed_sampler import RepeatAugSampler
-
-        sampler = RepeatAugSampler(
-            range(n),
-            num_replicas=world_size,
-            rank=rank,
-            shuffle=True,
-            num_repeats=repeats,
-        )
-        # timm seeds its permutation with the epoch alone; fold the seed in.
-        sampler.set_epoch(stream_key(seed, epoch) & 0x7FFFFFFFFFFFFFFF)
-        return np.fromiter(iter(sampler), dtype=np.int64)
-    if not train and world_size > 1:
-        # Evaluation shards by stride without padding, so that summing the ranks' counts
-        # scores every image exactly once (DistributedSampler pads with repeats).
-        return np.arange(rank, n, world_size, dtype=np.int64)
-    if world_size > 1:
-        sampler = DistributedSampler(range(n), num_replicas=world_size, rank=rank, shuffle=train, seed=seed)
-        sampler.set_epoch(epoch)
-        return np.fromiter(iter(sampler), dtype=np.int64)
-    if train:
-        return np.random.default_rng(seed + epoch).permutation(n).astype(np.int64)
-    return np.arange(n, dtype=np.int64)
 
 
 # --- the FFCV loader ----------------------------------------------------------------
@@ -450,8 +409,6 @@ def build_loader(
         if kind == "torch":
             loader = TorchLoader(index, **common)
         else:
-            from pcn.data.memory_loader import MemoryLoader
-
             del common["num_workers"]  # no worker processes: batches are cut from RAM
             loader = MemoryLoader(index, **common)
     return loader

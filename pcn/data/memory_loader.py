@@ -42,13 +42,10 @@ import numpy as np
 import torch
 
 from pcn.data.ffcv_io import DatasetError, FolderIndex, open_rgb
-from pcn.data.transforms import (
-    RRC_RATIO,
-    CenterCropResize,
-    NormalizeUint8,
-    TrainAug,
-    stream_key,
-)
+from pcn.data.order import epoch_order
+from pcn.data.random_streams import stream_key
+from pcn.data.transforms import RRC_RATIO, CenterCropResize, NormalizeUint8, TrainAug
+from pcn.io import atomic_path
 
 RRC_ATTEMPTS = 10  # torchvision's RandomResizedCrop tries 10 boxes before its fallback
 
@@ -174,17 +171,14 @@ def load_folder(index: FolderIndex, transform=None) -> tuple[torch.Tensor, torch
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):  # absent or unreadable: decode again
         pass
     images, sizes = decode_folder(index, transform)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp")
     try:
-        cache.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.savez(f, images=images.numpy(), sizes=sizes.numpy())
-        os.replace(tmp, path)
         for old in cache.glob(path.name.split("-")[0] + "-*.np[yz]"):
             if old != path:
                 old.unlink(missing_ok=True)
     except OSError:  # a read-only or full cache only costs the next process a decode
-        tmp.unlink(missing_ok=True)
+        pass
     return images, sizes
 
 
@@ -228,8 +222,6 @@ class MemoryLoader:
         self._epoch = 0
 
     def _order(self, epoch: int) -> np.ndarray:
-        from pcn.data.loaders import epoch_order
-
         return epoch_order(self.num_samples, epoch=epoch, **self.order_args)
 
     def __len__(self) -> int:

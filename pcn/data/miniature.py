@@ -39,6 +39,7 @@ import numpy as np
 from PIL import Image
 
 from pcn.data import layouts
+from pcn.data.drawing import render_object
 from pcn.data.layouts import (
     ADE_SPLITS,
     DATASET_DIRS,
@@ -60,7 +61,7 @@ from pcn.data.layouts import (
     write_png,
     write_synset_mapping,
 )
-from pcn.data.synthetic import SHAPES, render_object
+from pcn.data.shapes import SHAPES
 from pcn.io import atomic_path
 
 __all__ = ["ADE_CLASSES", "write_miniatures"]
