@@ -10,7 +10,7 @@ names the file and the first bad key.
 import os
 import pickle
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
 import torch.nn as nn
@@ -108,7 +108,7 @@ def load_checkpoint(
     model: nn.Module,
     path: str | os.PathLike,
     strict: bool = True,
-    filter_fn: callable | None = None,
+    filter_fn: Callable[[dict], dict] | None = None,
 ) -> nn.Module:
     """Load a checkpoint file (released format ``{"model": state_dict}`` or a bare state_dict)
     into ``model``. ``filter_fn(state_dict, model)`` may remap keys first. Returns the model."""
