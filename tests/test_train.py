@@ -202,6 +202,101 @@ def test_resume_ignores_the_state_of_a_different_config(tiny_imagefolder, tmp_pa
     assert comparable(result) == comparable(fresh), "it starts from scratch, as if no state was there"
 
 
+def _toy_loop(path: Path, stop=lambda: False):
+    """The shared loop on a toy task whose every step draws from the torch and numpy RNGs
+    (noise on the batch, dropout), with an EMA as extra module and a per-epoch history."""
+    import copy
+
+    from timm.scheduler import CosineLRScheduler
+
+    from pcn.train.loop import Loop
+
+    ckpt.seed_everything(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Dropout(0.3), torch.nn.Linear(8, 2))
+    ema = copy.deepcopy(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    scheduler = CosineLRScheduler(optimizer, t_initial=10, warmup_t=3, warmup_lr_init=1e-4, t_in_epochs=False)
+    data = torch.randn(20, 4)
+    labels = (data[:, 0] > 0).long()
+
+    def batches(epoch: int, start: int):
+        order = torch.randperm(20, generator=torch.Generator().manual_seed(epoch))
+        for i in range(start, 5):
+            idx = order[4 * i : 4 * i + 4]
+            yield data[idx] + 0.1 * torch.randn(4, 4) + float(np.random.rand()), labels[idx]
+
+    def ema_update():
+        with torch.no_grad():
+            for e, p in zip(ema.parameters(), model.parameters()):
+                e.lerp_(p, 0.2)
+
+    def on_epoch(state):
+        state.history.append({"epoch": state.epoch, "loss": sum(state.epoch_losses(5)) / 5})
+
+    loop = Loop(
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        batches=batches,
+        loss=lambda b: torch.nn.functional.cross_entropy(model(b[0]), b[1]),
+        steps_per_epoch=5,
+        path=path,
+        fingerprint="toy",
+        seed=0,
+        epochs=2,
+        checkpoint_every=3,
+        extras={"ema": ema},
+        after_step=ema_update,
+        on_epoch=on_epoch,
+        stop=stop,
+    )
+    return loop, [model, ema]
+
+
+def _toy_run(path: Path, stop=lambda: False):
+    loop, modules = _toy_loop(path, stop)
+    state = loop.restore()
+    return loop.run(state), state, [m.state_dict() for m in modules]
+
+
+def test_shared_loop_resumes_exactly_after_a_crash_or_a_stop(tmp_path):
+    """The one resume scheme (classification and transfer train through it): a crash resumes
+    from the last periodic state, a stop request saves at once; either way the resumed run is
+    the uninterrupted one, step for step."""
+    outcome, ref, ref_weights = _toy_run(tmp_path / "ref" / "last.pth")
+    assert outcome == "finished" and ref.global_step == 10 and len(ref.losses) == 10 and len(ref.history) == 2
+
+    def same_as_ref(state, weights):
+        assert state.losses == ref.losses and state.history == ref.history
+        for got, want in zip(weights, ref_weights):  # the model and the EMA
+            assert all(torch.equal(got[k], want[k]) for k in want)
+
+    calls = {"n": 0}
+
+    def crash_at_step_8():
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise RuntimeError("injected crash")
+        return False
+
+    path = tmp_path / "crash" / "last.pth"
+    with pytest.raises(RuntimeError, match="injected crash"):
+        _toy_run(path, crash_at_step_8)
+    assert ckpt.load(path)["global_step"] == 6  # checkpoint_every=3
+    outcome, state, weights = _toy_run(path)
+    assert outcome == "finished"
+    same_as_ref(state, weights)
+
+    calls["n"] = 0
+    path = tmp_path / "stop" / "last.pth"
+    outcome, state, _ = _toy_run(path, lambda: calls.__setitem__("n", calls["n"] + 1) or calls["n"] == 5)
+    assert outcome == "interrupted" and state.global_step == 5 and state.history == []  # the epoch's last step
+    saved = ckpt.load(path)
+    assert (saved["global_step"], saved["epoch"], saved["step_in_epoch"]) == (5, 0, 5)
+    outcome, state, weights = _toy_run(path)
+    same_as_ref(state, weights)
+
+
 def test_interrupted_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "last.pth"
     good = {"step": 1, "w": torch.arange(4.0)}

@@ -579,33 +579,40 @@ def test_detection_test_and_max_size_reach_the_transform(tiny_data, tmp_path):
     assert model.transform([image])[0].image_sizes == [(40, 50)]
 
 
-def test_training_resumes_from_last_checkpoint(tiny_data, tmp_path, monkeypatch):
+def test_training_resumes_exactly_through_the_shared_loop(tiny_data, tmp_path, monkeypatch):
+    """Transfer trains through the classification engine's loop and its resume state: a crash
+    resumes from the last periodic state, a stop request (preemption) saves at once, and the
+    resumed run ends with the weights and losses of the run that was never interrupted."""
     import pcn.transfer as T
+    from pcn.train.loop import FORMAT
     from pcn.transfer import segmentation
 
     monkeypatch.setattr(T, "CHECKPOINT_EVERY", 2)
-    job = _job("segmentation", "scratch", tiny_data, tmp_path, iters=5)
-    real_loop = T.train_loop
+    ref_job = _job("segmentation", "scratch", tiny_data, tmp_path / "ref", iters=5)
+    ref = segmentation.run(ref_job)
+    assert ref["resumed_from"] == 0
+    job = _job("segmentation", "scratch", tiny_data, tmp_path / "run", iters=5)
     calls = {"n": 0}
 
-    def crash_at_3(job_, model, opt, sched, loader_from, step_fn, iters, *a, **k):
-        def step(batch):
-            calls["n"] += 1
-            if calls["n"] == 4:
-                raise KeyboardInterrupt("preempted")
-            return step_fn(batch)
+    def crash_at_step_4() -> bool:
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt("killed")
+        return False
 
-        return real_loop(job_, model, opt, sched, loader_from, step, iters, *a, **k)
-
-    monkeypatch.setattr(segmentation, "train_loop", crash_at_3)
     with pytest.raises(KeyboardInterrupt):
-        segmentation.run(job)
-    assert job.last_path.is_file() and not Path(job.out_dir).exists()  # nothing half-written
-    assert torch.load(job.last_path, weights_only=True)["step"] == 2
-    monkeypatch.setattr(segmentation, "train_loop", real_loop)
+        segmentation.run(job, stop=crash_at_step_4)
+    assert not Path(job.out_dir).exists()  # nothing half-written
+    saved = torch.load(job.last_path, weights_only=True)
+    assert saved["format"] == FORMAT and saved["global_step"] == 2  # CHECKPOINT_EVERY=2
+    assert segmentation.run(job, stop=lambda: True) == {"status": "interrupted", "global_step": 3}
+    assert torch.load(job.last_path, weights_only=True)["global_step"] == 3 and not Path(job.out_dir).exists()
     m = segmentation.run(job)
-    assert m["resumed_from"] == 2
-    assert len(Path(job.plots_path).read_text().splitlines()) == 1 + 5
+    assert m["resumed_from"] == 3 and m["final_loss"] == ref["final_loss"]
+    assert Path(job.plots_path).read_text() == Path(ref_job.plots_path).read_text()
+    got, want = (torch.load(Path(j.out_dir) / "model.pth", weights_only=True)["model"] for j in (job, ref_job))
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert m["mIoU"] == ref["mIoU"]
     assert not job.work_dir.exists()
 
 

@@ -2,6 +2,8 @@
 
 - ``pcn.train.engine.run(job)`` trains in this process (one rank, or one DDP rank of a
   launched job);
+- ``pcn.train.loop.Loop`` is the training loop and its exact resume state, which the
+  classification engine and the dense-transfer stages (``pcn.transfer``) both train through;
 - ``pcn.train.launch.launch(job, launcher, log_dir)`` runs it through submitit, locally
   or on SLURM, and waits (``TrainJobFailed`` when the job fails);
 - ``pcn.train.dryrun.dry_run(params)`` prints the paper-scale plan without submitting.

@@ -1,67 +1,39 @@
 """Checkpoints: atomic writes, ``weights_only`` loads, and the RNG state they carry.
 
-Every file is written to a temporary file in the same directory, flushed and
-fsync'ed, then moved over the target with ``os.replace``: a save that is killed
-half-way leaves the previous good file in place.  Loads use
-``torch.load(weights_only=True)``, so a checkpoint holds only tensors, plain
-containers and numbers (no pickled objects, no argparse Namespaces).
+Every file is written through :func:`pcn.io.atomic_path` (a temporary sibling,
+moved over the target when complete), flushed and fsync'ed before the move and
+the move made durable after it: a save that is killed half-way leaves the previous
+good file in place.  Loads use ``torch.load(weights_only=True)``, so a checkpoint
+holds only tensors, plain containers and numbers (no pickled objects, no argparse
+Namespaces).
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from pcn.io import atomic_path
 
-def _atomic_write(path: Path, write) -> None:
+
+def save(obj: dict[str, Any], path: str | Path) -> None:
+    """``torch.save`` to ``path`` atomically and durably."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
-    # Make the rename itself durable.
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    dir_fd = os.open(path.parent, os.O_RDONLY)  # make the rename itself durable
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-
-
-def save(obj: dict[str, Any], path: str | Path) -> None:
-    """``torch.save`` to ``path`` atomically."""
-    _atomic_write(Path(path), lambda f: torch.save(obj, f))
-
-
-def save_json(obj: Any, path: str | Path) -> None:
-    _atomic_write(Path(path), lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -71,6 +43,12 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
 
 
 # --- RNG state as tensors and plain lists --------------------------------------------
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def rng_state() -> dict[str, Any]:
@@ -109,3 +87,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"].cpu())
+
+
+@contextlib.contextmanager
+def rng_preserved():
+    """Whatever runs inside (an evaluation) leaves every RNG as it found it."""
+    state = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(state)

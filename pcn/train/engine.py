@@ -1,73 +1,38 @@
-"""The training loop: ``run(job)`` trains one model with the DeiT recipe and returns its metrics.
+"""Classification training: ``run(job)`` trains one model with the DeiT recipe and returns its metrics.
 
-One ``train_one_epoch`` and one ``evaluate``; the recipe comes from
-:func:`pcn.train.recipe.build_recipe`, the launcher (local or SLURM) lives in
-:mod:`pcn.train.launch`.  The same code runs as one process or as DDP ranks.
-
-Resume is exact: ``out_dir/last.pth`` holds model, optimizer, scheduler, EMA,
-epoch, step within the epoch, the loss sums of the running epoch, and for every
-rank the RNG states (torch, numpy - timm's Mixup draws from it - and python) at
-the last step and at the start of the epoch.  Resuming restores the epoch-start
-RNG, calls ``loader.set_epoch(epoch)``, skips the batches already trained on,
-then restores the step RNG, so on CPU a resumed run is bit-for-bit the run that
-was never interrupted.  Evaluation saves and restores every RNG, so when (or
-whether) it runs does not change training.
+The loop, its checkpoints and exact resume are :class:`pcn.train.loop.Loop`'s (shared
+with the dense-transfer stages); this module gives it the recipe
+(:func:`pcn.train.recipe.build_recipe`), the image batches and the per-epoch
+evaluation.  The launcher (local or SLURM) lives in :mod:`pcn.train.launch`.  The
+same code runs as one process or as DDP ranks.  Evaluation saves and restores
+every RNG, so when (or whether) it runs does not change training.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
-import os
-import random
-import sys
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
-from pcn.config import TrainConfig
+from pcn.io import write_json
 from pcn.machine import describe
 from pcn.tracking import RunLogger
 from pcn.train import checkpoint as ckpt
 from pcn.train import distributed as D
 from pcn.train.job import TrainJob
 from pcn.train.lock import trainer_lock
+from pcn.train.loop import Loop, LoopState, autocast, unwrap
 from pcn.train.recipe import Recipe, build_recipe, lr_at
 
-
-@dataclass
-class LoopState:
-    """Where training is; everything here is saved in ``last.pth``."""
-
-    epoch: int = 0
-    step_in_epoch: int = 0
-    global_step: int = 0
-    loss_sum: float = 0.0  # this rank's running epoch sums
-    loss_count: int = 0
-    rng_epoch: dict | None = None  # this rank's RNG when the epoch's iterator was created
-    rng_step: dict | None = None  # this rank's RNG at the resume point (restored after skipping)
-    history: list[dict] = field(default_factory=list)
-    last_eval: dict | None = None
-    last_eval_step: int = -1
-
-
 # --- set-up ---------------------------------------------------------------------------
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def build_model(job: TrainJob) -> torch.nn.Module:
@@ -113,122 +78,6 @@ def load_init(model: torch.nn.Module, path: str) -> list[str]:
     return dropped
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if isinstance(model, DistributedDataParallel) else model
-
-
-@contextlib.contextmanager
-def rng_preserved():
-    state = ckpt.rng_state()
-    try:
-        yield
-    finally:
-        ckpt.set_rng_state(state)
-
-
-def autocast(device: torch.device):
-    # bf16 on GPU (no grad scaler needed); exact fp32 on CPU.
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-# --- the loop -------------------------------------------------------------------------
-
-
-def train_one_epoch(
-    model: torch.nn.Module,
-    loader,
-    recipe: Recipe,
-    state: LoopState,
-    *,
-    cfg: TrainConfig,
-    device: torch.device,
-    save: Callable[[], None],
-    stop: Callable[[], bool],
-    is_main: bool,
-) -> str:
-    """Train until the epoch ends ("epoch"), ``max_steps`` is reached ("max_steps") or a stop
-    is requested on any rank ("interrupted").  ``state`` is advanced in place."""
-    loader.set_epoch(state.epoch)
-    if state.step_in_epoch == 0:
-        if state.rng_step is not None:  # resumed exactly at an epoch boundary
-            ckpt.set_rng_state(state.rng_step)
-            state.rng_step = None
-        state.rng_epoch = ckpt.rng_state()
-    else:
-        ckpt.set_rng_state(state.rng_epoch)
-    steps = len(loader)
-    batches = iter(loader) if state.step_in_epoch < steps else iter(())
-    for _ in range(state.step_in_epoch if state.step_in_epoch < steps else 0):
-        next(batches)  # same data order as the uninterrupted run
-    if state.rng_step is not None:
-        ckpt.set_rng_state(state.rng_step)
-        state.rng_step = None
-
-    model.train()
-    bar = tqdm(
-        total=steps,
-        initial=state.step_in_epoch,
-        desc=f"epoch {state.epoch + 1}/{cfg.epochs}",
-        disable=not is_main,
-        file=sys.stdout,
-        mininterval=1 if sys.stdout.isatty() else 10,
-        dynamic_ncols=True,
-        leave=sys.stdout.isatty(),
-    )
-    t0, seen = time.perf_counter(), 0
-    try:
-        for images, labels in batches:
-            images = images.to(device, non_blocking=True)
-            labels = labels.to(device, non_blocking=True)
-            images = images.contiguous(memory_format=torch.channels_last)
-            targets = labels
-            if recipe.mixup is not None:
-                images, targets = recipe.mixup(images, labels)
-            with autocast(device):
-                loss = recipe.loss(model(images), targets)
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                raise FloatingPointError(f"loss is {loss_value} at step {state.global_step} (epoch {state.epoch + 1})")
-            recipe.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.clip_grad:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-            recipe.optimizer.step()
-            state.global_step += 1
-            state.step_in_epoch += 1
-            recipe.scheduler.step_update(state.global_step)
-            if recipe.ema is not None:
-                recipe.ema.update(_unwrap(model))
-            state.loss_sum += loss_value * len(labels)
-            state.loss_count += len(labels)
-
-            seen += len(labels)
-            bar.update(1)
-            if bar.n % 10 == 0 or bar.n == steps:
-                rate = seen * D.world() / (time.perf_counter() - t0)
-                bar.set_postfix(
-                    loss=f"{loss_value:.3f}",
-                    lr=f"{lr_at(recipe, state.global_step):.2e}",
-                    img_s=f"{rate:.0f}",
-                    refresh=False,
-                )
-
-            if state.global_step % cfg.checkpoint_every_steps == 0:
-                save()
-            if cfg.max_steps is not None and state.global_step >= cfg.max_steps:
-                return "max_steps"
-            if D.any_rank(stop(), device):
-                save()
-                return "interrupted"
-    finally:
-        bar.close()
-    state.epoch += 1
-    state.step_in_epoch = 0
-    return "epoch"
-
-
 # Above this mean softmax weight of the class token on its own key, the aggregation has
 # collapsed: the head sees the same vector for every image (seen on the demo data with a
 # short warm-up at lr 1e-3: 0.99999, top-1 at chance for the rest of the run).
@@ -244,14 +93,14 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device, max_batches: 
     are summed over the ranks, so every image is scored once and the ranks share the
     work (50,000 ImageNet val images per evaluation).  RNG states are left untouched.
     """
-    model = _unwrap(model)
+    model = unwrap(model)
     was_training = model.training
     model.eval()
     correct1 = correct5 = 0
     loss_sum, n = 0.0, 0
     probe = getattr(model, "single_class_token", False)
     self_weight = None
-    with rng_preserved():
+    with ckpt.rng_preserved():
         for i, (images, labels) in enumerate(loader):
             if max_batches is not None and i >= max_batches:
                 break
@@ -285,95 +134,19 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device, max_batches: 
     return out
 
 
-# --- checkpoints ----------------------------------------------------------------------
-
-
-def _save_resume(job: TrainJob, model, recipe: Recipe, state: LoopState, env: D.DistEnv) -> None:
-    """Gather every rank's RNG and loss sums, then rank 0 writes ``last.pth`` atomically."""
-    per_rank = D.all_gather_object(
-        {
-            "rng": ckpt.rng_state(),
-            "rng_epoch": state.rng_epoch,
-            "loss_sum": state.loss_sum,
-            "loss_count": state.loss_count,
-        }
-    )
-    if not env.is_main:
-        return
-    ckpt.save(
-        {
-            "format": "pcn-train-resume-v1",
-            "fingerprint": job.fingerprint(),
-            "model": _unwrap(model).state_dict(),
-            "optimizer": recipe.optimizer.state_dict(),
-            "scheduler": recipe.scheduler.state_dict(),
-            "ema": recipe.ema.module.state_dict() if recipe.ema is not None else None,
-            "epoch": state.epoch,
-            "step_in_epoch": state.step_in_epoch,
-            "global_step": state.global_step,
-            "history": state.history,
-            "last_eval": state.last_eval,
-            "last_eval_step": state.last_eval_step,
-            "ranks": per_rank,
-        },
-        job.last_path,
-    )
-
-
-def _restore(job: TrainJob, model, recipe: Recipe, env: D.DistEnv) -> LoopState | None:
-    if not (job.resume and job.last_path.exists()):
-        return None
-    saved = ckpt.load(job.last_path)
-    if saved.get("fingerprint") != job.fingerprint():
-        # An interrupted run of another configuration: its state must not leak into
-        # this one.  Keep it aside (nothing is deleted) and start from scratch.
-        if env.is_main:
-            stale = job.last_path.with_suffix(".stale.pth")
-            os.replace(job.last_path, stale)
-            warnings.warn(
-                f"{job.last_path} was written by a different training configuration; "
-                f"moved to {stale.name}, starting from scratch"
-            )
-        return None
-    model.load_state_dict(saved["model"])
-    recipe.optimizer.load_state_dict(saved["optimizer"])
-    recipe.scheduler.load_state_dict(saved["scheduler"])
-    if recipe.ema is not None:
-        recipe.ema.module.load_state_dict(saved["ema"])
-    state = LoopState(
-        epoch=saved["epoch"],
-        step_in_epoch=saved["step_in_epoch"],
-        global_step=saved["global_step"],
-        history=saved["history"],
-        last_eval=saved["last_eval"],
-        last_eval_step=saved["last_eval_step"],
-    )
-    ranks = saved["ranks"]
-    if len(ranks) == env.world_size:
-        mine = ranks[env.rank]
-        state.rng_step, state.rng_epoch = mine["rng"], mine["rng_epoch"]
-        state.loss_sum, state.loss_count = mine["loss_sum"], mine["loss_count"]
-    else:
-        warnings.warn(
-            f"{job.last_path} was written by {len(ranks)} ranks, resuming on {env.world_size}: "
-            "RNG streams are reseeded, so this run will not repeat an uninterrupted one exactly"
-        )
-        seed_everything(job.seed + 1000 * state.global_step + env.rank)
-        state.rng_epoch = ckpt.rng_state()
-    recipe.scheduler.step_update(state.global_step)
-    return state
+# --- outputs --------------------------------------------------------------------------
 
 
 def _write_outputs(job: TrainJob, model, recipe: Recipe, result: dict) -> None:
     Path(job.out_dir).mkdir(parents=True, exist_ok=True)
-    ckpt.save({"model": _unwrap(model).state_dict()}, job.final_path)
+    ckpt.save({"model": unwrap(model).state_dict()}, job.final_path)
     if recipe.ema is not None:
         ckpt.save(
             {"model": recipe.ema.module.state_dict()},
             Path(job.out_dir) / "model_ema.pth",
         )
     if job.metrics_path:
-        ckpt.save_json(result, job.metrics_path)
+        write_json(job.metrics_path, result)
 
 
 # --- entry point ----------------------------------------------------------------------
@@ -420,7 +193,7 @@ def _loaders(job: TrainJob, env: D.DistEnv, device: torch.device):
 def run(job: TrainJob, stop: Callable[[], bool] | None = None) -> dict[str, Any]:
     """Train ``job`` (resuming from ``out_dir/last.pth`` if there is one) and return its metrics.
 
-    ``stop`` is polled after every step; when it returns True on any rank, the
+    ``stop`` is polled at every step; when it returns True on any rank, the
     state is saved and ``{"status": "interrupted"}`` is returned (the launcher
     then requeues the job).
     """
@@ -446,7 +219,7 @@ def _run(job: TrainJob, env: D.DistEnv, device: torch.device, stop: Callable[[],
             f"the model has {job.num_classes} classes but the training data has {train_loader.num_classes}"
         )
 
-    seed_everything(job.seed)  # identical init on every rank
+    ckpt.seed_everything(job.seed)  # identical init on every rank
     model = build_model(job)
     if job.init_checkpoint:
         dropped = load_init(model, job.init_checkpoint)
@@ -461,19 +234,75 @@ def _run(job: TrainJob, env: D.DistEnv, device: torch.device, stop: Callable[[],
     model.to(device=device, memory_format=torch.channels_last)
     steps_per_epoch = len(train_loader)
     recipe = build_recipe(cfg, model, steps_per_epoch, job.num_classes)
-
-    state = _restore(job, model, recipe, env)
-    if state is None:
-        state = LoopState()
-        seed_everything(job.seed + env.rank)  # per-rank streams for drop-path and mixup
-    elif env.is_main:
-        print(
-            f"[{job.stage}] resuming from {job.last_path} at epoch {state.epoch + 1}, "
-            f"step {state.step_in_epoch}/{steps_per_epoch} (global step {state.global_step})",
-            flush=True,
-        )
+    ckpt.seed_everything(job.seed + env.rank)  # per-rank streams for drop-path and mixup (a resume restores its own)
     if env.world_size > 1:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def batches(epoch: int, start: int):
+        train_loader.set_epoch(epoch)
+        it = iter(train_loader)
+        for _ in range(start):
+            next(it)  # same data order as the uninterrupted run
+        return it
+
+    def loss(batch) -> torch.Tensor:
+        images, labels = (t.to(device, non_blocking=True) for t in batch)
+        images = images.contiguous(memory_format=torch.channels_last)
+        targets = labels
+        if recipe.mixup is not None:
+            images, targets = recipe.mixup(images, labels)
+        with autocast(device):
+            return recipe.loss(model(images), targets)
+
+    clock = {"t": 0.0, "step": 0}  # where the running epoch started
+
+    def on_epoch(state: LoopState) -> None:
+        elapsed = time.perf_counter() - clock["t"]
+        losses = state.epoch_losses(steps_per_epoch)
+        entry = {
+            "epoch": state.epoch,
+            "step": state.global_step,
+            "train_loss": sum(losses) / len(losses),
+            "lr": lr_at(recipe, state.global_step),
+            "epoch_time_s": elapsed,
+            "images_per_s": (state.global_step - clock["step"]) * cfg.batch_size / max(elapsed, 1e-9),
+        }
+        if state.epoch % cfg.eval_every == 0 or state.epoch == cfg.epochs:
+            _evaluate_into(state, model, val_loader, device, recipe, cfg.eval_max_batches)
+            entry.update({f"val_{k}": v for k, v in state.last_eval.items() if k != "n"})
+        state.history.append(entry)
+        log.log_metrics(entry, step=state.epoch)
+        if env.is_main:
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in entry.items() if k not in ("epoch", "step"))
+            print(f"[{job.stage}] epoch {state.epoch}/{cfg.epochs}: {shown}", flush=True)
+            if job.metrics_path:
+                write_json(job.metrics_path, _result(job, env, recipe, state, steps_per_epoch, status="running"))
+        clock.update(t=time.perf_counter(), step=state.global_step)
+
+    loop = Loop(
+        model=model,
+        optimizer=recipe.optimizer,
+        scheduler=recipe.scheduler,
+        batches=batches,
+        loss=loss,
+        steps_per_epoch=steps_per_epoch,
+        path=job.last_path,
+        fingerprint=job.fingerprint(),
+        seed=job.seed,
+        name=job.stage,
+        epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        checkpoint_every=cfg.checkpoint_every_steps,
+        clip_grad=cfg.clip_grad,
+        images_per_step=cfg.batch_size,
+        extras={"ema": recipe.ema.module} if recipe.ema is not None else {},
+        after_step=(lambda: recipe.ema.update(unwrap(model))) if recipe.ema is not None else lambda: None,
+        on_epoch=on_epoch,
+        stop=stop,
+        env=env,
+        device=device,
+    )
+    state = loop.restore(job.resume)
     if state.global_step == 0:
         log.log_params(
             {
@@ -485,59 +314,15 @@ def _run(job: TrainJob, env: D.DistEnv, device: torch.device, stop: Callable[[],
             }
         )
 
-    def save() -> None:
-        _save_resume(job, model, recipe, state, env)
-
-    outcome = "epoch"
-    t_start = time.perf_counter()
-    while state.epoch < cfg.epochs and not (cfg.max_steps and state.global_step >= cfg.max_steps):
-        t0, step0 = time.perf_counter(), state.global_step
-        outcome = train_one_epoch(
-            model,
-            train_loader,
-            recipe,
-            state,
-            cfg=cfg,
-            device=device,
-            save=save,
-            stop=stop,
-            is_main=env.is_main,
-        )
-        if outcome == "interrupted":
-            if env.is_main:
-                print(
-                    f"[{job.stage}] interrupted at global step {state.global_step}; state saved to {job.last_path}",
-                    flush=True,
-                )
-            return {"status": "interrupted", "global_step": state.global_step}
-        if outcome != "epoch":
-            break
-        sums = D.all_reduce_sum(torch.tensor([state.loss_sum, float(state.loss_count)], dtype=torch.float64))
-        elapsed = time.perf_counter() - t0
-        entry = {
-            "epoch": state.epoch,
-            "step": state.global_step,
-            "train_loss": (sums[0] / sums[1]).item(),
-            "lr": lr_at(recipe, state.global_step),
-            "epoch_time_s": elapsed,
-            "images_per_s": (state.global_step - step0) * cfg.batch_size / max(elapsed, 1e-9),
-        }
-        state.loss_sum, state.loss_count = 0.0, 0
-        if state.epoch % cfg.eval_every == 0 or state.epoch == cfg.epochs:
-            _evaluate_into(state, model, val_loader, device, recipe, cfg.eval_max_batches)
-            entry.update({f"val_{k}": v for k, v in state.last_eval.items() if k != "n"})
-        state.history.append(entry)
-        log.log_metrics(entry, step=state.epoch)
+    t_start = clock["t"] = time.perf_counter()
+    clock["step"] = state.global_step
+    if loop.run(state) == "interrupted":
         if env.is_main:
-            shown = ", ".join(f"{k} {v:.4g}" for k, v in entry.items() if k not in ("epoch", "step"))
-            print(f"[{job.stage}] epoch {state.epoch}/{cfg.epochs}: {shown}", flush=True)
-            if job.metrics_path:
-                ckpt.save_json(
-                    _result(job, env, recipe, state, steps_per_epoch, status="running"),
-                    job.metrics_path,
-                )
-
-    save()  # the resume state at the end (a later run with more max_steps continues from here)
+            print(
+                f"[{job.stage}] interrupted at global step {state.global_step}; state saved to {job.last_path}",
+                flush=True,
+            )
+        return {"status": "interrupted", "global_step": state.global_step}
     if state.last_eval_step != state.global_step:
         _evaluate_into(state, model, val_loader, device, recipe, cfg.eval_max_batches)
     result = _result(job, env, recipe, state, steps_per_epoch, status="finished")

@@ -10,12 +10,13 @@ Both kinds go through submitit, so requeue, logs and results follow one code pat
   one fails.
 
 Preemption and time-out: SLURM (or the local controller) sends ``SIGUSR2``.
-:class:`TrainTask` replaces submitit's handler with one that only raises a flag;
-the engine sees it after the current step, every rank agrees to stop, the state
-goes to ``out_dir/last.pth``, and then submitit's own handler runs from ordinary
-code: it calls :meth:`TrainTask.checkpoint` (the same task: it resumes from
-``last.pth``) and requeues the job.  A job requeued by the scheduler without the
-signal (``scontrol requeue``) resumes from the last periodic checkpoint.
+:class:`TrainTask` (and the transfer stages' task) replaces submitit's handler with
+one that only raises a flag (:class:`StopFlag`); the training loop sees it at the
+current step, every rank agrees to stop, the state goes to the resume file, and
+then submitit's own handler runs from ordinary code: it calls the task's
+``checkpoint`` (the same task: it resumes from the file) and requeues the job.  A
+job requeued by the scheduler without the signal (``scontrol requeue``) resumes
+from the last periodic checkpoint.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class TrainJobFailed(RuntimeError):
     """The training job ended without a result; the message names the job and shows its error tail."""
 
 
-class _StopFlag:
+class StopFlag:
     """SIGUSR2 -> a flag the engine polls; the handler it replaced (submitit's) runs later."""
 
     def __init__(self) -> None:
@@ -88,7 +89,7 @@ class TrainTask(submitit.helpers.Checkpointable):
     def __call__(self) -> dict[str, Any]:
         from pcn.train import engine
 
-        flag = _StopFlag()  # before the loaders fork workers, which inherit it
+        flag = StopFlag()  # before the loaders fork workers, which inherit it
         result = engine.run(self.job, stop=flag)
         if result.get("status") == "interrupted":
             flag.hand_over()

@@ -7,8 +7,10 @@ Mask R-CNN (``detection``) or segmentation-models-pytorch's UperNet decoder
 
 This module holds what both tasks share: the job spec (:class:`TransferJob`, plain
 values so that submitit can pickle it), the submitit task around it
-(:class:`TransferTask`, requeued as itself) and the training loop with its resume
-state (:func:`train_loop`), written atomically to ``work_dir/last.pth``.
+(:class:`TransferTask`, requeued as itself; on preemption it saves and requeues as
+classification training does) and :func:`train_loop`, which trains through the
+classification engine's loop (:class:`pcn.train.loop.Loop`: one epoch of ``iters``
+steps) with its checkpoints and exact resume from ``work_dir/last.pth``.
 
 Distributed runs: the task joins the job's process group the way classification
 training does (:mod:`pcn.train.distributed`: rank, world and rendezvous from
@@ -27,10 +29,9 @@ import csv
 import hashlib
 import io
 import json
-import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -41,8 +42,6 @@ from pcn.train.lock import trainer_lock
 
 if TYPE_CHECKING:  # keeps torch out of this module's import (the stage imports it to submit)
     from pcn.train.distributed import DistEnv
-
-log = logging.getLogger(__name__)
 
 LOG_EVERY = 10  # iterations between MLflow loss points (mean over the window)
 CHECKPOINT_EVERY = 100  # iterations between resume states
@@ -113,19 +112,24 @@ class TransferTask(submitit.helpers.Checkpointable):
 
     def __call__(self) -> dict[str, Any]:
         from pcn.train import distributed as D
+        from pcn.train.launch import StopFlag
 
         if self.job.task == "segmentation":
             from pcn.transfer.segmentation import run
         else:
             from pcn.transfer.detection import run
+        flag = StopFlag()  # before the loaders fork workers, which inherit it
         env = D.detect()
         D.init(env, D.pick_device(self.job.device, env), self.job.dist_timeout_s)
         try:
             # rank 0 holds the results folder: a second trainer on it is refused
             with trainer_lock(self.job.work_dir, self.job.stage) if env.is_main else contextlib.nullcontext():
-                return run(self.job, env)
+                result = run(self.job, env, stop=flag)
         finally:
             D.shutdown()
+        if result.get("status") == "interrupted":
+            flag.hand_over()  # the state is saved: submitit requeues this task
+        return result
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         return submitit.helpers.DelayedSubmission(TransferTask(self.job))
@@ -211,11 +215,6 @@ def distribute(model, env: DistEnv, device, seed: int):
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def unwrap(model):
-    """The module inside DDP (what is saved, evaluated and reconfigured)."""
-    return getattr(model, "module", model)
-
-
 def shard(n: int, env: DistEnv) -> list[int]:
     """This rank's evaluation images: ``rank, rank + world, ...`` (each image once, no padding)."""
     return list(range(env.rank, n, env.world_size))
@@ -230,7 +229,8 @@ def build_optimizer(model, lr: float, weight_decay: float):
 
 @dataclass
 class LoopResult:
-    losses: list[float]
+    status: str  # "finished" or "interrupted" (a stop request; the state is saved)
+    losses: list[float]  # every iteration's loss, mean over the ranks
     seconds: float
     resumed_from: int
 
@@ -240,80 +240,63 @@ def train_loop(
     model,
     optimizer,
     scheduler,
-    loader_from: Callable[[int], Any],
+    loader_from: Callable[[int], Iterable],
     step_fn: Callable[[Any], Any],
     iters: int,
     run_logger=None,
     clip_grad: float | None = None,
     env: DistEnv | None = None,
+    device=None,
+    stop: Callable[[], bool] | None = None,
 ) -> LoopResult:
-    """``iters`` optimizer steps of ``step_fn(batch) -> loss``; resume state every
-    ``CHECKPOINT_EVERY`` steps; MLflow ``train_loss`` every ``LOG_EVERY`` steps.
-    ``loader_from(start)`` gives the batches from iteration ``start`` on.
-
-    Under DDP (``model`` wrapped by :func:`distribute`) the recorded loss is the mean
-    over the ranks, so every rank sees the same value and a non-finite loss on any
-    rank stops them all; rank 0 writes the resume state with every rank's RNG.
+    """``iters`` optimizer steps of ``step_fn(batch) -> loss`` through the training loop
+    (:class:`pcn.train.loop.Loop`, one epoch of ``iters`` steps): resume state every
+    ``CHECKPOINT_EVERY`` steps, on a stop request and at the end; MLflow ``train_loss``
+    every ``LOG_EVERY`` steps.  ``loader_from(start)`` gives the batches from iteration
+    ``start`` on.  Under DDP (``model`` wrapped by :func:`distribute`) the recorded loss
+    is the mean over the ranks.
     """
     import torch
 
-    from pcn.train import checkpoint as ckpt
     from pcn.train import distributed as D
+    from pcn.train.loop import Loop
 
-    env = env or D.DistEnv()
-    start, losses = 0, []
-    fp = job.fingerprint()
-    if job.resume and job.last_path.is_file():
-        state = ckpt.load(job.last_path)
-        if state.get("fingerprint") == fp:
-            unwrap(model).load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            start, losses = int(state["step"]), [float(v) for v in state["losses"]]
-            rngs = state["rng"]  # one per rank; a run resumed on more ranks than saved reuses rank 0's
-            ckpt.set_rng_state(rngs[env.rank] if env.rank < len(rngs) else rngs[0])
-            log.info("%s: resumed at iteration %d from %s", job.stage, start, job.last_path)
-        else:
-            log.warning("%s: ignoring %s (written by another configuration)", job.stage, job.last_path)
-    t0 = time.perf_counter()
-    model.train()
-    step = start
-    for batch in loader_from(start):
-        if step >= iters:
-            break
-        scheduler.step_update(step)
-        loss = step_fn(batch)
-        value = loss.detach().float()
-        if env.world_size > 1:
-            value = D.all_reduce_sum(value.clone()) / env.world_size
-        if not torch.isfinite(value):
-            raise FloatingPointError(f"{job.stage}: loss is {value.item()} at iteration {step} (lower the lr?)")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if clip_grad:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-        optimizer.step()
-        losses.append(float(value))
-        step += 1
+    def log_window(state) -> None:
+        step = state.global_step
         if run_logger is not None and (step % LOG_EVERY == 0 or step == iters):
-            window = losses[-LOG_EVERY:]
+            window = state.losses[-LOG_EVERY:]
             run_logger.log_metrics(
                 {"train_loss": sum(window) / len(window), "lr": optimizer.param_groups[0]["lr"]}, step
             )
-        if step % CHECKPOINT_EVERY == 0 and step < iters:
-            rngs = D.all_gather_object(ckpt.rng_state())
-            if env.is_main:
-                ckpt.save(
-                    {
-                        "model": unwrap(model).state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "step": step,
-                        "losses": losses,
-                        "rng": rngs,
-                        "fingerprint": fp,
-                    },
-                    job.last_path,
-                )
-    return LoopResult(losses, time.perf_counter() - t0, start)
+
+    loop = Loop(
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        batches=lambda _epoch, start: loader_from(start),
+        loss=step_fn,
+        steps_per_epoch=iters,
+        path=job.last_path,
+        fingerprint=job.fingerprint(),
+        seed=job.seed,
+        name=job.stage,
+        checkpoint_every=CHECKPOINT_EVERY,
+        clip_grad=clip_grad,
+        images_per_step=job.cfg("batch_size"),
+        on_step=log_window,
+        stop=stop or (lambda: False),
+        env=env or D.DistEnv(),
+        device=device or torch.device("cpu"),
+    )
+    state = loop.restore(job.resume)
+    start, t0 = state.global_step, time.perf_counter()
+    status = loop.run(state)
+    return LoopResult(status, state.losses, time.perf_counter() - t0, start)
+
+
+def interrupted(loop: LoopResult) -> dict[str, Any]:
+    """What every rank of a stopped run returns (the launcher then requeues the job)."""
+    return {"status": "interrupted", "global_step": len(loop.losses)}
 
 
 def run_summary(job: TransferJob, out_dir: Path, weights, loop: LoopResult, eval_s: float, t_start: float) -> dict:

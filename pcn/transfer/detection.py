@@ -42,7 +42,7 @@ from pycocotools import mask as mask_utils
 from torch import nn
 
 from pcn.train import distributed as D
-from pcn.train.engine import autocast
+from pcn.train.loop import autocast, unwrap
 from pcn.transfer import (
     IterationSampler,
     TransferJob,
@@ -50,13 +50,13 @@ from pcn.transfer import (
     build_optimizer,
     distribute,
     finish_outputs,
+    interrupted,
     loader_options,
     run_logger,
     run_summary,
     setup_device,
     shard,
     train_loop,
-    unwrap,
 )
 from pcn.transfer.datasets import (
     IMAGENET_MEAN,
@@ -286,11 +286,13 @@ def detect_sharded(
     return [r for rank in range(env.world_size) for r in json.loads((folder / f"rank{rank}.json").read_text())]
 
 
-def run(job: TransferJob, env: D.DistEnv | None = None) -> dict[str, Any]:
+def run(job: TransferJob, env: D.DistEnv | None = None, stop=None) -> dict[str, Any]:
     """Train, detect on val, score with COCOeval, write the outputs; return the metrics.
 
     Under DDP every rank trains and detects on its shard; rank 0 scores, writes the
-    outputs and returns the metrics, the other ranks return ``{"rank": r}``.
+    outputs and returns the metrics, the other ranks return ``{"rank": r}``.  When
+    ``stop()`` turns true on any rank, the state is saved and every rank returns
+    ``{"status": "interrupted"}``.
     """
     from pcn.io import atomic_path, write_json
 
@@ -339,8 +341,20 @@ def run(job: TransferJob, env: D.DistEnv | None = None) -> dict[str, Any]:
         return sum(losses.values())
 
     loop = train_loop(
-        job, model, optimizer, scheduler, loader_from, step, iters, run_logger(job, env), clip_grad=None, env=env
+        job,
+        model,
+        optimizer,
+        scheduler,
+        loader_from,
+        step,
+        iters,
+        run_logger(job, env),
+        env=env,
+        device=device,
+        stop=stop,
     )
+    if loop.status == "interrupted":
+        return interrupted(loop)
 
     net = unwrap(model)
     use_test_size(net, job)

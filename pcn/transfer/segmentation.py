@@ -38,7 +38,7 @@ from PIL import Image
 from torch import nn
 
 from pcn.train import distributed as D
-from pcn.train.engine import autocast
+from pcn.train.loop import autocast, unwrap
 from pcn.transfer import (
     IterationSampler,
     TransferJob,
@@ -46,13 +46,13 @@ from pcn.transfer import (
     build_optimizer,
     distribute,
     finish_outputs,
+    interrupted,
     loader_options,
     run_logger,
     run_summary,
     setup_device,
     shard,
     train_loop,
-    unwrap,
 )
 from pcn.transfer.datasets import (
     AdeSegmentation,
@@ -227,11 +227,12 @@ def per_class(names: list[str], values: list) -> dict[str, Any]:
     return dict(zip(keys, values))
 
 
-def run(job: TransferJob, env: D.DistEnv | None = None) -> dict[str, Any]:
+def run(job: TransferJob, env: D.DistEnv | None = None, stop=None) -> dict[str, Any]:
     """Train, evaluate, write the outputs; return the metrics (the stage writes the JSON).
 
     Under DDP every rank trains and scores its shard; rank 0 writes the outputs and
-    returns the metrics, the other ranks return ``{"rank": r}``.
+    returns the metrics, the other ranks return ``{"rank": r}``.  When ``stop()`` turns
+    true on any rank, the state is saved and every rank returns ``{"status": "interrupted"}``.
     """
     from pcn.io import atomic_path, write_json
 
@@ -278,7 +279,21 @@ def run(job: TransferJob, env: D.DistEnv | None = None) -> dict[str, Any]:
         # ids 1..N -> 0..N-1, 0 -> -1 (ignored); the loss in fp32
         return criterion(logits.float(), labels.to(device, non_blocking=True) - 1)
 
-    loop = train_loop(job, model, optimizer, scheduler, loader_from, step, iters, run_logger(job, env), env=env)
+    loop = train_loop(
+        job,
+        model,
+        optimizer,
+        scheduler,
+        loader_from,
+        step,
+        iters,
+        run_logger(job, env),
+        env=env,
+        device=device,
+        stop=stop,
+    )
+    if loop.status == "interrupted":
+        return interrupted(loop)
 
     # Every rank writes its share of the predictions here; rank 0 moves the folder into the outputs.
     pred_dir = job.work_dir / "predictions"
