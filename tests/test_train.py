@@ -512,12 +512,10 @@ def test_one_trainer_per_results_folder(tmp_path):
     assert len(said) == 1
 
 
-@pytest.mark.slow
-def test_a_terminated_stage_cancels_the_job_it_submitted(tiny_imagefolder, tmp_path):
-    """SIGTERM to the waiting stage (what a stopped Snakemake, DVC or `pcn run` sends) cancels
-    its training job: no trainer is left writing into the results folder."""
+def _start_training_stage(tiny_imagefolder, tmp_path):
+    """A stage process that launches a long local training and waits for it; returns it once
+    the job has written its first checkpoint."""
     import pickle
-    import signal
     import subprocess
     import sys
     import time
@@ -544,14 +542,49 @@ def test_a_terminated_stage_cancels_the_job_it_submitted(tiny_imagefolder, tmp_p
     while not last.exists() and time.monotonic() < deadline:  # the job trains and checkpoints
         time.sleep(0.5)
     assert last.exists(), "the job never checkpointed"
+    return stage
+
+
+def _assert_nothing_trains_on(run_dir: Path, within_s: float = 20) -> None:
+    """The results folder's trainer lock comes free and its checkpoint stops changing."""
+    import time
+
+    from pcn.train.lock import FolderBusy, trainer_lock
+
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            with trainer_lock(run_dir, "test"):
+                break
+        except FolderBusy:
+            assert time.monotonic() < deadline, f"a trainer still holds {run_dir} {within_s:g} s later"
+            time.sleep(0.5)
+    mtime = (run_dir / "last.pth").stat().st_mtime_ns
+    time.sleep(5)
+    assert (run_dir / "last.pth").stat().st_mtime_ns == mtime
+
+
+@pytest.mark.slow
+def test_a_terminated_stage_cancels_the_job_it_submitted(tiny_imagefolder, tmp_path):
+    """SIGTERM to the waiting stage (what a stopped Snakemake, DVC or `pcn run` sends) cancels
+    its training job: no trainer is left writing into the results folder."""
+    import signal
+
+    stage = _start_training_stage(tiny_imagefolder, tmp_path)
     stage.send_signal(signal.SIGTERM)
     out, _ = stage.communicate(timeout=60)
     assert stage.returncode != 0 and "SIGTERM: cancelling job" in out, out[-2000:]
-    time.sleep(3)
-    mtime = last.stat().st_mtime_ns
-    time.sleep(5)
-    assert last.stat().st_mtime_ns == mtime  # nothing trains on
-    from pcn.train.lock import trainer_lock
+    _assert_nothing_trains_on(tmp_path / "run")
 
-    with trainer_lock(tmp_path / "run", "test"):  # the folder is free again
-        pass
+
+@pytest.mark.slow
+def test_a_killed_stage_takes_its_local_job_with_it(tiny_imagefolder, tmp_path):
+    """SIGKILL (the OOM killer, kill -9) gives the stage no chance to cancel: the local job's
+    ranks notice their stage is gone and stop, leaving the last checkpoint for the rerun."""
+    stage = _start_training_stage(tiny_imagefolder, tmp_path)
+    stage.kill()
+    stage.wait(timeout=60)
+    stage.stdout.close()  # the job's processes inherited the pipe; not waiting for them to close it
+    _assert_nothing_trains_on(tmp_path / "run")
+    logs = "".join(p.read_text(errors="replace") for p in (tmp_path / "logs").rglob("*.err"))
+    assert "the stage that launched this job" in logs, logs[-2000:]

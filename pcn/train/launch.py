@@ -35,6 +35,7 @@ from submitit.core.utils import UncompletedJobError
 
 from pcn.config import LauncherConfig, SlurmConfig
 from pcn.train.job import TrainJob
+from pcn.train.watchdog import launching_stage_named, watch_launching_stage
 
 TERMINAL_SLURM = {
     "COMPLETED",
@@ -89,6 +90,7 @@ class TrainTask(submitit.helpers.Checkpointable):
     def __call__(self) -> dict[str, Any]:
         from pcn.train import engine
 
+        watch_launching_stage()  # a local job ends with the stage that launched it
         flag = StopFlag()  # before the loaders fork workers, which inherit it
         result = engine.run(self.job, stop=flag)
         if result.get("status") == "interrupted":
@@ -286,7 +288,8 @@ def launch(
     log_dir.mkdir(parents=True, exist_ok=True)
     task = job if isinstance(job, submitit.helpers.Checkpointable) else TrainTask(job)
     executor = _executor(launcher, job, log_dir)
-    submitted = executor.submit(task)
+    with launching_stage_named(launcher.kind == "local"):
+        submitted = executor.submit(task)
     echo(
         f"submitted {job.stage} as {launcher.kind} job {submitted.job_id} "
         f"({submitted.num_tasks} task{'s' if submitted.num_tasks > 1 else ''}); logs in {submitted.paths.folder}"

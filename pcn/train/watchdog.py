@@ -12,10 +12,12 @@ folder's lock stops a second trainer.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 STAGE_ENV = "PCN_LAUNCHING_STAGE"  # "<pid>:<start time>", set by the stage before it submits
@@ -41,6 +43,25 @@ def stage_identity() -> str | None:
 def stage_alive(identity: str) -> bool:
     pid, started = identity.split(":", 1)
     return _start_time(int(pid)) == started
+
+
+@contextlib.contextmanager
+def launching_stage_named(local: bool) -> Iterator[None]:
+    """Around a local submission: the job's environment (copied by submitit's controller)
+    names this process as the stage it watches."""
+    identity = stage_identity() if local else None
+    if identity is None:
+        yield
+        return
+    previous = os.environ.get(STAGE_ENV)
+    os.environ[STAGE_ENV] = identity
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(STAGE_ENV, None)
+        else:
+            os.environ[STAGE_ENV] = previous
 
 
 def watch_launching_stage(poll_s: float = POLL_S) -> threading.Thread | None:

@@ -118,6 +118,9 @@ class TransferTask(submitit.helpers.Checkpointable):
             from pcn.transfer.segmentation import run
         else:
             from pcn.transfer.detection import run
+        from pcn.train.watchdog import watch_launching_stage
+
+        watch_launching_stage()  # a local job ends with the stage that launched it
         flag = StopFlag()  # before the loaders fork workers, which inherit it
         env = D.detect()
         D.init(env, D.pick_device(self.job.device, env), self.job.dist_timeout_s)
