@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import yaml
 
 from pcn.config import ParamsError, load_params, raw_params, recipe
+from pcn.engine_process import run_engine
 from pcn.io import write_text
 from pcn.stages import dvc_yaml
 from pcn.tracking import PIPELINE_ENV, RunLogger, start_pipeline_run, tracking_uri
@@ -84,8 +84,8 @@ def run_pipeline(args) -> int:
     else:
         cmd = ["dvc", "repro", *extra]
     print(f"pipeline run {run_id} ({args.engine}, scale {params.scale}): {' '.join(cmd)}", flush=True)
-    rc = subprocess.call(cmd, env=env)
-    RunLogger(run_id, uri).finish("FINISHED" if rc == 0 else "FAILED")
+    rc = run_engine(cmd, env)
+    RunLogger(run_id, uri).finish("FINISHED" if rc == 0 else "KILLED" if rc > 128 else "FAILED")
     return rc
 
 
