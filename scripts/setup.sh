@@ -2,14 +2,23 @@
 # Set up a fresh machine for the pipeline: Debian packages (when missing), a virtual
 # environment in .venv and the project with its pinned dependencies.  Idempotent:
 # a second run only checks.   Usage: bash scripts/setup.sh [run|test]
+# docs/install.md: what each Debian package is for, and what the choices cost.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-run}
+PY=${PYTHON:-python3}
 
-# FFCV compiles against OpenCV and libjpeg-turbo; the tests also need a real SLURM
-# cluster (slurm-wlm + munge) and a headless browser (chromium).
-apt_pkgs=(libopencv-dev libturbojpeg0-dev pkg-config)
+# FFCV compiles one C++ file against libjpeg-turbo and OpenCV, of which it calls
+# cv::resize only: OpenCV's core and imgproc development packages are enough (about 60
+# packages; libopencv-dev, every OpenCV module, pulls in about 350).  The tests also need
+# a real SLURM cluster (slurm-wlm + munge) and a headless browser (chromium).
+apt_pkgs=(libopencv-core-dev libopencv-imgproc-dev libturbojpeg0-dev pkg-config)
 if [[ $what == test ]]; then apt_pkgs+=(slurm-wlm munge chromium); fi
+# Building FFCV also needs a C++ compiler and Python's headers; `python3 -m venv` needs ensurepip.
+command -v g++ >/dev/null 2>&1 || apt_pkgs+=(g++)
+"$PY" -c 'import os, sysconfig, sys; sys.exit(not os.path.isfile(sysconfig.get_path("include") + "/Python.h"))' \
+  2>/dev/null || apt_pkgs+=(python3-dev)
+[[ -x .venv/bin/python ]] || "$PY" -c 'import ensurepip' 2>/dev/null || apt_pkgs+=(python3-venv)
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -21,7 +30,31 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-PY=${PYTHON:-python3}
+# slim_opencv_pc DIR INCLUDEDIR LIBDIR VERSION: what FFCV's build needs of OpenCV when no
+# opencv4.pc is installed (libopencv-dev ships it; the slim packages do not).  FFCV's
+# setup.py takes its -I/-L/-l flags from `pkg-config --cflags --libs opencv4`, and its C++
+# file includes <opencv2/opencv.hpp>, which includes the header of every module OpenCV was
+# built with.  So: DIR/pkgconfig/opencv4.pc naming core and imgproc only, and a
+# DIR/include/opencv2/opencv.hpp that includes just those two, first on the include path.
+slim_opencv_pc() {
+  local dir=$1 inc=$2 lib=$3 version=$4
+  mkdir -p "$dir/include/opencv2" "$dir/pkgconfig"
+  cat >"$dir/include/opencv2/opencv.hpp" <<'EOF'
+// Written by scripts/setup.sh: OpenCV's umbrella header reduced to the modules that FFCV uses.
+#pragma once
+#include <opencv2/core.hpp>
+#include <opencv2/imgproc.hpp>
+EOF
+  cat >"$dir/pkgconfig/opencv4.pc" <<EOF
+# Written by scripts/setup.sh for building FFCV: OpenCV core and imgproc only.
+Name: opencv4
+Description: OpenCV core and imgproc (the modules FFCV links)
+Version: $version
+Cflags: -I$dir/include -I$inc
+Libs: -L$lib -lopencv_imgproc -lopencv_core
+EOF
+}
+
 if [[ ! -x .venv/bin/python ]]; then
   echo "setup: creating .venv"
   "$PY" -m venv .venv
@@ -29,11 +62,21 @@ fi
 stamp=.venv/.pcn-installed
 if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
   echo "setup: installing the project and its dependencies into .venv (a few minutes the first time)"
+  if ! pkg-config --exists opencv4 && ! pkg-config --exists opencv; then
+    core_hpp=$(dpkg -L libopencv-core-dev | grep '/opencv2/core\.hpp$')
+    core_so=$(dpkg -L libopencv-core-dev | grep '/libopencv_core\.so$')
+    version=$(dpkg-query -W -f='${Version}' libopencv-core-dev)
+    version=${version#*:}
+    slim_opencv_pc "$PWD/.venv/opencv-slim" "${core_hpp%/opencv2/core.hpp}" "${core_so%/libopencv_core.so}" \
+      "${version%%[+~-]*}"
+    export PKG_CONFIG_PATH=$PWD/.venv/opencv-slim/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}
+  fi
   .venv/bin/pip install -q --upgrade pip
   # torch first, pinned: an unpinned resolver pass could pull a different multi-GB build.
   .venv/bin/pip install -q torch==2.14.1 torchvision==0.29.1
   .venv/bin/pip install -q -e ".[test]"
   touch "$stamp"
 fi
-# DVC needs a git repository with the project committed (a fresh clone is one).
-if [[ ! -d .git ]]; then git init -q && git add -A && git commit -qm "initial import"; fi
+# DVC needs a git repository with the project committed (a fresh clone is one; in a git
+# worktree .git is a file).
+if [[ ! -e .git ]]; then git init -q && git add -A && git commit -qm "initial import"; fi
