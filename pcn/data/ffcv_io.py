@@ -1,5 +1,8 @@
 """ImageFolder -> FFCV .beton conversion, its sidecar metadata, and the folder scan.
 
+Over 500 lines because the sidecar's checks and the conversion's worker protocol
+describe one file format: split, they would each need the other's details.
+
 ``convert_imagefolder`` is a pure library function (the CLI verb and the DAG stage
 wrap it). It
 

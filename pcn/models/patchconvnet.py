@@ -22,6 +22,10 @@ Layout, top to bottom:
   arguments (norm layer, stem kind, pooling kind, number of aggregation blocks
   and heads, squeeze-excitation, multi-class tokens, stem stride).
 
+One file for one model family, as timm keeps its model files (about 700 lines):
+the blocks, the model, the checkpoint filter and the registered variants are read
+together when checking the architecture against the released weights.
+
 Internally the trunk keeps the patches as a (B, H, W, C) tensor: the norm acts
 on the last dimension and the convolutions see a channels-last NCHW view.
 """
