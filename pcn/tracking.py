@@ -98,6 +98,9 @@ def start_pipeline_run(uri: str, experiment: str, engine: str, scale: str, tags:
     return run.info.run_id
 
 
+_STARTED_HERE: list[str] = []  # parent runs this process started (and so must end)
+
+
 def ensure_pipeline_run(engine: str, params) -> str | None:
     """Start a parent run for this process and the jobs it starts, unless one is already
     named in the environment (``pcn run`` made it).  Failure-safe: None if MLflow fails."""
@@ -108,7 +111,15 @@ def ensure_pipeline_run(engine: str, params) -> str | None:
         except Exception as exc:  # noqa: BLE001 - tracking must never stop a pipeline
             warnings.warn(f"MLflow unavailable ({exc.__class__.__name__}: {exc}); no pipeline run")
             return None
+        _STARTED_HERE.append(os.environ[PIPELINE_ENV])
     return os.environ[PIPELINE_ENV]
+
+
+def end_pipeline_run(params, status: str) -> None:
+    """End the parent run :func:`ensure_pipeline_run` started here (one started by ``pcn run``
+    is ended there)."""
+    while _STARTED_HERE:
+        RunLogger(_STARTED_HERE.pop(), tracking_uri(params.tracking.uri)).finish(status)
 
 
 def pipeline_run_id(uri: str, experiment: str, scale: str) -> str:

@@ -158,4 +158,6 @@ def test_snakemake_names_one_parent_run_in_every_jobs_environment(params, tmp_pa
     parents = set(_parents(client, exp_id, "probe"))
     named = {(tmp_path / "probe" / f"{n}.txt").read_text().strip() for n in range(2)}
     assert len(parents) == 1 and named == parents
-    assert client.get_run(parents.pop()).data.tags["pcn.engine"] == "snakemake"
+    parent = client.get_run(parents.pop())
+    assert parent.data.tags["pcn.engine"] == "snakemake"
+    assert parent.info.status == "FINISHED", "the Snakefile ends the parent run it started"
