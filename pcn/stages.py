@@ -20,8 +20,9 @@ from typing import Any
 import yaml
 
 from pcn.config import Params, ParamsError
+from pcn.errors import UserError
 
-# The sections every grid run reads: its DVC params here, its logged params in pcn.steps.experiments
+# The sections every grid run reads (each study adds its own)
 EXPERIMENT_PARAMS = (
     "runtime",
     "data.loader",
@@ -31,6 +32,19 @@ EXPERIMENT_PARAMS = (
     "experiments.loader",
     "experiments.model_options",
 )
+
+# Snakemake starts the ready job of highest priority first.  The main line is the DAG's longest
+# chain (data -> pretrain -> finetune -> evaluate, transfers): its head starts before the grid's
+# many short runs, each next link as soon as it can, and the long pretrained transfers before
+# the short from-scratch ones.
+PRIORITY_CHAIN_HEAD = 100
+PRIORITY_CHAIN_NEXT = 90
+PRIORITY_LONG_TRANSFER = 50
+PRIORITY_ANY_TIME = 0
+
+# Paths more than one stage names (one writes, others read)
+FFCV_DIR = "data/ffcv"
+BASELINE_VARIANT = "baseline"  # the grid's reference run: the multi-class init and the attention maps read it
 
 DVC_HEADER = "# Generated from pcn/stages.py by `pcn dag` -- edit params.yaml or the stage table, not this file.\n"
 
@@ -50,7 +64,7 @@ class Stage:
     gpu: bool = False  # training-like: launched through submitit (local or SLURM)
     accelerated: bool = False  # runs models in its own process: on a cluster its job asks for one GPU
     report: dict[str, str] = field(default_factory=dict)  # out -> category in `snakemake --report`
-    priority: int = 0  # Snakemake starts higher first: the longest chain (pretrain -> finetune -> ...) early
+    priority: int = PRIORITY_ANY_TIME  # Snakemake starts higher first: see the PRIORITY_* constants
 
     def instances(self) -> list[dict[str, str]]:
         """One wildcard assignment per stage instance ([{}] for a plain stage)."""
@@ -66,6 +80,25 @@ class Stage:
     def all_paths(self) -> tuple[str, ...]:
         return self.outs + self.metrics + self.plots
 
+    def instance(self, wc: dict[str, str]) -> Stage:
+        """This stage with one instance's wildcards filled in (its command, paths and params
+        sections); the name stays the stage's."""
+
+        def fmt(texts: tuple[str, ...]) -> tuple[str, ...]:
+            return tuple(t.format(**wc) for t in texts)
+
+        return replace(
+            self,
+            cmd=self.cmd.format(**wc),
+            deps=fmt(self.deps),
+            outs=fmt(self.outs),
+            metrics=fmt(self.metrics),
+            plots=fmt(self.plots),
+            params=fmt(self.params),
+            report={k.format(**wc): v for k, v in self.report.items()},
+            matrix={},
+        )
+
 
 CODE = {
     "data": "pcn/data",
@@ -78,6 +111,8 @@ CODE = {
 
 
 # What every stage runs besides its own modules: the schema, the output helpers, tracking.
+# Not this table, though the steps read their paths and sections from it: those are the DAG's
+# own outs and params, which both front ends compare already; a new stage must not rerun all.
 CORE_CODE = ("pcn/config.py", "pcn/io.py", "pcn/machine.py", "pcn/tracking.py", "pcn/steps/common.py")
 
 
@@ -109,7 +144,28 @@ def depth_width_points(params: Params) -> list[str]:
     return [f"w{w}-d{d}" for w, d in params.experiments.depth_width]
 
 
+def checkpoint_path(stage: str) -> str:
+    """The model a main-line stage (pretrain, finetune) writes, which later stages read."""
+    return f"results/{stage}/model.pth"
+
+
+def stage_record(name: str, params: Params) -> Stage:
+    """The table's record of stage ``name`` for these params: what a step writes and reads."""
+    records = {s.name: s for s in _table(params)}
+    if name not in records:
+        raise UserError(
+            f"stage {name!r} is not part of the DAG for these params (stages: {', '.join(records)}); "
+            "check params.yaml (data.source, experiments.enabled, <task>.init)"
+        )
+    return records[name]
+
+
 def build_stages(params: Params) -> list[Stage]:
+    """The DAG: the table, each stage depending on the code it runs."""
+    return [with_code_files(s) for s in _table(params)]
+
+
+def _table(params: Params) -> list[Stage]:
     demo = params.data.source == "demo"
     train_params = ("scale", "seed", "runtime", "data.loader", "data.num_workers", "model")
     exp = params.experiments
@@ -123,7 +179,7 @@ def build_stages(params: Params) -> list[Stage]:
                 "demo_data",
                 "pcn make-demo",
                 "data",
-                priority=100,
+                priority=PRIORITY_CHAIN_HEAD,
                 deps=_code("data"),
                 outs=(params.data.root,),
                 params=("seed", "data.root", "data.demo"),
@@ -138,9 +194,9 @@ def build_stages(params: Params) -> list[Stage]:
             "convert",
             "pcn convert",
             "data",
-            priority=100,
+            priority=PRIORITY_CHAIN_HEAD,
             deps=image_deps + _code("data"),
-            outs=("data/ffcv",),
+            outs=(FFCV_DIR,),
             metrics=("metrics/convert.json",),
             threads=max(1, params.data.num_workers),
             params=(
@@ -172,14 +228,14 @@ def build_stages(params: Params) -> list[Stage]:
             "pretrain",
             "pcn pretrain",
             "train",
-            deps=("data/ffcv",) + _code("data", "models", "train"),
-            outs=("results/pretrain/model.pth",),
+            deps=(FFCV_DIR,) + _code("data", "models", "train"),
+            outs=(checkpoint_path("pretrain"),),
             metrics=("metrics/pretrain.json",),
             plots=("plots/pretrain.csv",),
             params=train_params + ("pretrain",),
             threads=params.runtime.threads,
             gpu=True,
-            priority=100,
+            priority=PRIORITY_CHAIN_HEAD,
         )
     )
     add(
@@ -187,14 +243,14 @@ def build_stages(params: Params) -> list[Stage]:
             "finetune",
             "pcn finetune",
             "train",
-            deps=("data/ffcv", "results/pretrain/model.pth") + _code("data", "models", "train"),
-            outs=("results/finetune/model.pth",),
+            deps=(FFCV_DIR, checkpoint_path("pretrain")) + _code("data", "models", "train"),
+            outs=(checkpoint_path("finetune"),),
             metrics=("metrics/finetune.json",),
             plots=("plots/finetune.csv",),
             params=train_params + ("finetune",),
             threads=params.runtime.threads,
             gpu=True,
-            priority=90,
+            priority=PRIORITY_CHAIN_NEXT,
         )
     )
     add(
@@ -202,8 +258,7 @@ def build_stages(params: Params) -> list[Stage]:
             "evaluate",
             "pcn evaluate",
             "eval",
-            deps=("data/ffcv", f"results/{params.evaluate.checkpoint}/model.pth")
-            + _code("data", "models", "train", "eval"),
+            deps=(FFCV_DIR, checkpoint_path(params.evaluate.checkpoint)) + _code("data", "models", "train", "eval"),
             metrics=("metrics/eval.json",),
             params=("scale", "data.loader", "model", "evaluate", "runtime"),
             accelerated=True,
@@ -254,7 +309,7 @@ def build_stages(params: Params) -> list[Stage]:
                     ),
                     threads=params.runtime.threads,
                     gpu=True,
-                    priority=50 if init == "pretrained" else 0,
+                    priority=PRIORITY_LONG_TRANSFER if init == "pretrained" else PRIORITY_ANY_TIME,
                 )
             )
 
@@ -262,74 +317,13 @@ def build_stages(params: Params) -> list[Stage]:
     if exp.enabled:
         _add_grid(st, params)
     _add_analysis(st, params, image_deps)
-    return [with_code_files(s) for s in st]
+    return st
 
 
 def _add_grid(st: list[Stage], params: Params) -> None:
     """The experiment grid: ablations, the ResNet pair, multi-class, depth x width, and their summary."""
-    exp = params.experiments
-    add = st.append
-    exp_params = ("scale",) + EXPERIMENT_PARAMS
-    exp_deps = ("data/ffcv",) + _code("data", "models", "train")
-    seeds = list(exp.seeds)
-    add(
-        Stage(
-            "ablation",
-            "pcn ablate --variant {variant} --seed {seed}",
-            "experiments",
-            deps=exp_deps,
-            outs=("results/ablations/{variant}-s{seed}/model.pth",),
-            metrics=("metrics/ablations/{variant}-s{seed}.json",),
-            params=exp_params + ("experiments.train_by_study.ablation", "experiments.variants.{variant}"),
-            matrix={"variant": list(exp.variants), "seed": seeds},
-            threads=1,
-            gpu=True,
-        )
-    )
-    add(
-        Stage(
-            "resnet_pool",
-            "pcn resnet-pool --pool {pool} --seed {seed}",
-            "experiments",
-            deps=exp_deps,
-            outs=("results/resnet/{pool}-s{seed}/model.pth",),
-            metrics=("metrics/resnet/{pool}-s{seed}.json",),
-            params=exp_params + ("experiments.train_by_study.resnet_pool", "experiments.resnet.{pool}"),
-            matrix={"pool": list(exp.resnet), "seed": seeds},
-            threads=1,
-            gpu=True,
-        )
-    )
-    add(
-        Stage(
-            "multiclass",
-            "pcn multiclass --init {init} --seed {seed}",
-            "experiments",
-            deps=exp_deps + ("results/ablations/baseline-s{seed}/model.pth",),
-            outs=("results/multiclass/{init}-s{seed}/model.pth",),
-            metrics=("metrics/multiclass/{init}-s{seed}.json",),
-            params=exp_params + ("experiments.train_by_study.multiclass", "experiments.multiclass_model"),
-            matrix={"init": ["scratch", "finetuned"], "seed": seeds},
-            threads=1,
-            gpu=True,
-        )
-    )
-    add(
-        Stage(
-            "depth_width",
-            "pcn depth-width --point {point}",
-            "experiments",
-            deps=exp_deps + _code("eval"),
-            outs=("results/depth_width/{point}/model.pth",),
-            metrics=("metrics/depth_width/{point}.json",),
-            params=exp_params
-            + ("experiments.train_by_study.depth_width", "experiments.depth_width", "experiments.seeds"),
-            matrix={"point": depth_width_points(params)},
-            threads=1,
-            gpu=True,
-        )
-    )
-    add(
+    st += _grid_runs(params).values()
+    st.append(
         Stage(
             "summarize",
             "pcn summarize",
@@ -341,18 +335,94 @@ def _add_grid(st: list[Stage], params: Params) -> None:
     )
 
 
-def attention_checkpoints(params: Params) -> list[str]:
-    """The checkpoints whose maps the attention stage scores: the main line's, and with the
-    grid the baseline's, the multi-class model's and the average-pooling variant's (CAM)."""
-    maps = ["results/finetune/model.pth"]
+def _grid_runs(params: Params) -> dict[str, Stage]:
+    """The grid's training stages by name: ablations, the ResNet pair, multi-class, depth x width."""
     exp = params.experiments
-    if exp.enabled:
-        s0 = exp.seeds[0]
-        maps += [f"results/ablations/baseline-s{s0}/model.pth", f"results/multiclass/scratch-s{s0}/model.pth"]
-        avg = next((n for n, o in exp.variants.items() if o.get("pool") == "avg"), None)
-        if avg:
-            maps.append(f"results/ablations/{avg}-s{s0}/model.pth")
+    exp_params = ("scale",) + EXPERIMENT_PARAMS
+    exp_deps = (FFCV_DIR,) + _code("data", "models", "train")
+    seeds = list(exp.seeds)
+    ablation = Stage(
+        "ablation",
+        "pcn ablate --variant {variant} --seed {seed}",
+        "experiments",
+        deps=exp_deps,
+        outs=("results/ablations/{variant}-s{seed}/model.pth",),
+        metrics=("metrics/ablations/{variant}-s{seed}.json",),
+        params=exp_params + ("experiments.train_by_study.ablation", "experiments.variants.{variant}"),
+        matrix={"variant": list(exp.variants), "seed": seeds},
+        threads=1,
+        gpu=True,
+    )
+    resnet_pool = Stage(
+        "resnet_pool",
+        "pcn resnet-pool --pool {pool} --seed {seed}",
+        "experiments",
+        deps=exp_deps,
+        outs=("results/resnet/{pool}-s{seed}/model.pth",),
+        metrics=("metrics/resnet/{pool}-s{seed}.json",),
+        params=exp_params + ("experiments.train_by_study.resnet_pool", "experiments.resnet.{pool}"),
+        matrix={"pool": list(exp.resnet), "seed": seeds},
+        threads=1,
+        gpu=True,
+    )
+    multiclass = Stage(
+        "multiclass",
+        "pcn multiclass --init {init} --seed {seed}",
+        "experiments",
+        # the baseline's model of the same seed (the seed stays a wildcard)
+        deps=exp_deps + (ablation.outs[0].format(variant=BASELINE_VARIANT, seed="{seed}"),),
+        outs=("results/multiclass/{init}-s{seed}/model.pth",),
+        metrics=("metrics/multiclass/{init}-s{seed}.json",),
+        params=exp_params + ("experiments.train_by_study.multiclass", "experiments.multiclass_model"),
+        matrix={"init": ["scratch", "finetuned"], "seed": seeds},
+        threads=1,
+        gpu=True,
+    )
+    depth_width = Stage(
+        "depth_width",
+        "pcn depth-width --point {point}",
+        "experiments",
+        deps=exp_deps + _code("eval"),
+        outs=("results/depth_width/{point}/model.pth",),
+        metrics=("metrics/depth_width/{point}.json",),
+        params=exp_params + ("experiments.train_by_study.depth_width", "experiments.depth_width", "experiments.seeds"),
+        matrix={"point": depth_width_points(params)},
+        threads=1,
+        gpu=True,
+    )
+    return {s.name: s for s in (ablation, resnet_pool, multiclass, depth_width)}
+
+
+def avg_pool_variant(params: Params) -> str | None:
+    """The ablation variant with average pooling (the CAM model), if the grid has one."""
+    return next((n for n, o in params.experiments.variants.items() if o.get("pool") == "avg"), None)
+
+
+def attention_map_checkpoints(params: Params) -> dict[str, str]:
+    """method -> checkpoint of the maps the attention stage scores: the main line's, and with
+    the grid the baseline's, the multi-class model's and the average-pooling variant's (CAM),
+    each of the first seed."""
+    maps = {"patchconvnet_finetuned": checkpoint_path("finetune")}
+    exp = params.experiments
+    if not exp.enabled:
+        return maps
+    runs = _grid_runs(params)
+
+    def model(stage: str, **wc) -> str:
+        return runs[stage].instance({k: str(v) for k, v in wc.items()}).outs[0]
+
+    s0 = exp.seeds[0]
+    maps["patchconvnet"] = model("ablation", variant=BASELINE_VARIANT, seed=s0)
+    maps["patchconvnet_multiclass"] = model("multiclass", init="scratch", seed=s0)
+    avg = avg_pool_variant(params)
+    if avg:
+        maps["cam"] = model("ablation", variant=avg, seed=s0)
     return maps
+
+
+def attention_checkpoints(params: Params) -> list[str]:
+    """The checkpoints the attention stage reads (its dependencies)."""
+    return list(attention_map_checkpoints(params).values())
 
 
 def _add_analysis(st: list[Stage], params: Params, image_deps: tuple[str, ...]) -> None:
@@ -369,6 +439,8 @@ def _add_analysis(st: list[Stage], params: Params, image_deps: tuple[str, ...]) 
             params=(
                 "scale",
                 "attention",
+                "data.root",  # the val images and their boxes, read from the dataset folder
+                "data.imagenet",
                 "runtime",
                 "model",
                 "experiments.model_options",
@@ -379,24 +451,24 @@ def _add_analysis(st: list[Stage], params: Params, image_deps: tuple[str, ...]) 
             accelerated=True,
         )
     )
-    add(
-        Stage(
-            "figures",
-            "pcn figures",
-            "report",
-            deps=_instance_paths(st, None, "metrics") + _instance_paths(st, None, "plots") + _code("analysis"),
-            outs=("reports/figures",),
-            params=("scale",),
-            report={"reports/figures": "Figures"},
-        )
+    figures = Stage(
+        "figures",
+        "pcn figures",
+        "report",
+        deps=_instance_paths(st, None, "metrics") + _instance_paths(st, None, "plots") + _code("analysis"),
+        outs=("reports/figures",),
+        params=("scale",),
+        report={"reports/figures": "Figures"},
     )
+    add(figures)
     add(
         Stage(
             "report",
             "pcn report",
             "report",
             deps=_instance_paths(st, None, "metrics")
-            + ("reports/figures", "paper/numbers.yaml", "paper/recipe.yaml")
+            + figures.outs
+            + ("paper/numbers.yaml", "paper/recipe.yaml")
             + _code("analysis"),
             outs=("reports/report.md", "reports/report.html"),
             params=("scale",),
@@ -505,13 +577,13 @@ def expand(stage: Stage) -> list[dict[str, Any]]:
     """Concrete instances of a stage: name, cmd, deps, outs (all paths)."""
     out = []
     for wc in stage.instances():
-        fmt = lambda t: t.format(**wc) if wc else t  # noqa: E731, B023 (used within the iteration)
+        one = stage.instance(wc)
         out.append(
             {
                 "name": stage.instance_name(wc),
-                "cmd": fmt(stage.cmd),
-                "deps": sorted(fmt(d) for d in stage.deps),
-                "outs": sorted(fmt(o) for o in stage.all_paths()),
+                "cmd": one.cmd,
+                "deps": sorted(one.deps),
+                "outs": sorted(one.all_paths()),
             }
         )
     return out

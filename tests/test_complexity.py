@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -110,7 +111,21 @@ def test_measure_throughput_cpu():
     res = measure_throughput(model, img_size=32, batch_size=2, device="cpu", warmup=1, iters=2)
     assert res["throughput"] > 0 and res["batch_size"] == 2
     assert res["mem_method"] == "cpu_peak_rss_delta"
-    assert res["peak_mem_mb"] is None or res["peak_mem_mb"] >= 0
+
+
+def test_cpu_peak_memory_sees_what_a_forward_pass_allocates():
+    """The CPU figure is the resident memory the passes add: a pass that holds a 64 MiB buffer
+    (above glibc's largest mmap threshold, so it is returned when freed) must show about that."""
+    hog_mib = 64
+
+    class Hog(torch.nn.Module):
+        def forward(self, x):
+            buf = torch.ones(hog_mib * 2**20 // 4)  # written, so every page is resident
+            time.sleep(0.1)  # held across many samples
+            return x.mean() + buf[0]
+
+    res = measure_throughput(Hog(), img_size=8, batch_size=1, device="cpu", warmup=0, iters=2)
+    assert 0.9 * hog_mib <= res["peak_mem_mb"] < 2 * hog_mib, res
 
 
 def test_prepare_fast_matches_eager():

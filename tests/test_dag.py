@@ -90,18 +90,53 @@ def test_experiment_grid_expands_to_variant_x_seed():
             assert f"ablation@{variant}-{seed}" in names
 
 
-def test_every_stage_is_a_pcn_verb_with_help():
-    from pcn.steps import VERBS
+def test_every_stage_command_parses_to_a_step_that_finds_its_instance():
+    """Each instance's command is one the CLI accepts, naming a step function that exists, and
+    its flags carry every wildcard with the instance's value: a step finds its outputs and
+    params in the stage table from them (``--variant`` fills ``{variant}``)."""
+    import importlib
 
-    verbs = set(VERBS)
+    from pcn.cli import build_parser
+
+    parser = build_parser()
     for s in build_stages(load_params(ROOT / "params.yaml")):
-        assert s.cmd.split()[0] == "pcn" and s.cmd.split()[1] in verbs, s.cmd
+        for wc in s.instances():
+            argv = s.instance(wc).cmd.split()
+            assert argv[0] == "pcn", s.cmd
+            args = parser.parse_args(argv[1:])
+            module, func = args.target.split(":")
+            assert callable(getattr(importlib.import_module(module), func, None)), (s.name, args.target)
+            assert {k: str(getattr(args, k, None)) for k in wc} == wc, (s.name, argv)
 
 
-@pytest.mark.parametrize("stage", ["pretrain", "finetune", "ablation", "report"])
-def test_every_stage_declares_outputs_and_params(stage):
-    s = {s.name: s for s in build_stages(load_params(ROOT / "params.yaml"))}[stage]
-    assert s.all_paths() and s.params
+def test_every_tracked_section_names_a_params_section():
+    """The sections a stage tracks are the ones its step logs and reads: a misspelt one would
+    track nothing, so each must resolve in the params, for every instance."""
+    params = load_params(ROOT / "params.yaml")
+    for s in build_stages(params):
+        for wc in s.instances():
+            for key in s.instance(wc).params:
+                try:
+                    params.section(key)
+                except (AttributeError, KeyError):
+                    pytest.fail(f"stage {s.instance_name(wc)} tracks {key!r}, which params.yaml has not")
+
+
+def test_every_output_has_one_writer_and_every_generated_input_a_writer():
+    """A path two stages write would be overwritten by whichever runs last; a generated input
+    that no stage writes could never be made; a stage that writes nothing no target runs."""
+    instances = [i for s in build_stages(load_params(ROOT / "params.yaml")) for i in expand(s)]
+    writers: dict[str, str] = {}
+    for i in instances:
+        assert i["outs"], f"{i['name']} writes nothing"
+        for out in i["outs"]:
+            assert out not in writers, f"{out}: written by {writers[out]} and {i['name']}"
+            writers[out] = i["name"]
+    generated = ("data/ffcv", "results/", "metrics/", "plots/", "reports/")
+    for i in instances:
+        for dep in i["deps"]:
+            if dep.startswith(generated):
+                assert dep in writers, f"{i['name']} reads {dep}, which no stage writes"
 
 
 def test_snakemake_lint_and_format():
@@ -120,3 +155,47 @@ def test_pretrained_transfer_depends_on_its_backbone_checkpoint(backbone):
     deps = {i["name"]: i["deps"] for s in build_stages(params) for i in expand(s)}
     assert f"results/{backbone}/model.pth" in deps["detection"]
     assert not any(d.startswith("results/") for d in deps["detection_scratch"])
+
+
+def test_a_step_writes_and_logs_what_its_instance_declares(monkeypatch):
+    """A step's paths and logged sections are its instance's record in the stage table, with
+    the wildcards its flags give: it writes where both front ends look for its outputs."""
+    import argparse
+    import contextlib
+
+    import pcn.steps.common as common
+
+    logged = {}
+
+    @contextlib.contextmanager
+    def fake_run(name, params, sections, tags=None):
+        logged.update(sections)
+        yield None
+
+    monkeypatch.setattr(common, "stage_run", fake_run)
+    args = argparse.Namespace(params=str(ROOT / "params.yaml"), variant="avgpool", seed=0)
+    with common.stage(args, "ablation") as st:
+        assert (st.out, st.metrics_path) == (
+            "results/ablations/avgpool-s0/model.pth",
+            "metrics/ablations/avgpool-s0.json",
+        )
+        assert not st.plots
+    assert "experiments.variants.avgpool" in logged and logged["experiments.variants.avgpool"] == {"pool": "avg"}
+    record = [
+        i
+        for s in build_stages(load_params(ROOT / "params.yaml"))
+        for i in expand(s)
+        if i["name"] == "ablation@avgpool-0"
+    ]
+    assert record and set(record[0]["outs"]) == {st.out, st.metrics_path}
+
+
+def test_a_step_outside_the_dag_for_its_params_is_refused_by_name():
+    from pcn.config import resolve
+    from pcn.errors import UserError
+    from pcn.stages import stage_record
+
+    raw = raw_params(ROOT / "params.yaml")
+    raw["experiments"]["enabled"] = False
+    with pytest.raises(UserError, match="'ablation' is not part of the DAG"):
+        stage_record("ablation", resolve(raw))

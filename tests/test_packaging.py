@@ -27,9 +27,18 @@ def test_environment_yml_names_the_same_packages_as_pyproject():
     assert got == wanted, "same packages, same version constraints"
 
 
-def test_torch_and_torchvision_are_pinned():
-    deps = _pyproject()["project"]["dependencies"]
-    assert "torch==2.14.1" in deps and "torchvision==0.29.1" in deps
+def test_torch_is_pinned_and_setup_installs_pyprojects_pins():
+    """torch and torchvision are pinned exactly (a resolver pass could pull another multi-GB
+    build); the setup script installs them first, by pin, and must install pyproject's."""
+    deps = {_name(r): r for r in _pyproject()["project"]["dependencies"]}
+    for pkg in ("torch", "torchvision"):
+        assert re.fullmatch(rf"{pkg}==\d+(\.\d+)*", deps[pkg]), f"pyproject.toml: {deps[pkg]} is not an exact pin"
+    pins = re.findall(r"(?<![\w.-])([A-Za-z][\w.-]*==[\w.]+)", (ROOT / "scripts" / "setup.sh").read_text())
+    assert {"torch", "torchvision"} <= {_name(p) for p in pins}, pins
+    for pin in pins:
+        assert deps.get(_name(pin)) == pin, (
+            f"scripts/setup.sh installs {pin}, pyproject.toml says {deps.get(_name(pin))}"
+        )
 
 
 def test_readme_quickstart_is_two_commands_and_ci_runs_the_second():

@@ -1,11 +1,13 @@
 """End to end: the whole DAG on a tiny demo config, through both front ends.
 
-One copy of the project runs the DAG as a user would on a cluster,
-`snakemake --profile slurm all` against the real one-node SLURM cluster (CPU
-stages as SLURM jobs of the executor plugin, training-like stages as submitit
-SLURM jobs); another runs `dvc repro` with the local launcher.  The tests then
-check outputs, tracking, no-op re-runs, determinism across front ends and
-launchers, and that a parameter change re-runs only what depends on it.
+One copy of the project runs the DAG through Snakemake: where a SLURM cluster runs
+or can be started (scripts/slurm-cluster.sh), as a user would on a cluster,
+`snakemake --profile slurm all` (CPU stages as SLURM jobs of the executor plugin,
+training-like stages as submitit SLURM jobs); elsewhere on local cores with the local
+launcher.  Another copy runs `dvc repro` with the local launcher.  The tests then
+check outputs, tracking, no-op re-runs, determinism across front ends and launchers,
+and that a parameter change re-runs only what depends on it; only the check that the
+jobs went through SLURM needs the cluster (marked slurm).
 """
 
 import json
@@ -24,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 COPY = ["pcn", "workflow", "Snakefile", "paper", "params.yaml", "slurm", "environment.yml"]
 
-pytestmark = [pytest.mark.slow, pytest.mark.slurm]
+pytestmark = pytest.mark.slow
+SLURM_PROFILE = ["--profile", "slurm"]
 
 # Small enough to run every stage in a few minutes on 2 cores; still the real code paths.
 TINY = {
@@ -81,11 +84,28 @@ def make_project(dest: Path, patch: dict) -> Path:
 
 
 @pytest.fixture(scope="module")
-def smk_project(tmp_path_factory, slurm_cluster):
+def smk_engine(request) -> list[str]:
+    """The Snakemake run's engine flags: the slurm profile when the session checks the SLURM
+    run (the whole suite does, as CI) and the cluster runs or can be started; else none, the
+    local launcher on this machine's cores (no SLURM, or `-m "not slurm"`)."""
+    checks_slurm = any(
+        item.get_closest_marker("slurm") and "smk_project" in item.fixturenames for item in request.session.items
+    )
+    if not checks_slurm:
+        return []
+    try:
+        request.getfixturevalue("slurm_cluster")
+    except pytest.skip.Exception:
+        return []
+    return SLURM_PROFILE
+
+
+@pytest.fixture(scope="module")
+def smk_project(tmp_path_factory, smk_engine):
     project = make_project(tmp_path_factory.mktemp("e2e") / "smk", TINY)
     out = check(
         run(
-            [str(BIN / "pcn"), "run", "--engine", "snakemake", "--cores", "2", "--profile", "slurm", "all"],
+            [str(BIN / "pcn"), "run", "--engine", "snakemake", "--cores", "2", "all", *smk_engine],
             project,
             timeout=2400,
         )
@@ -113,6 +133,12 @@ def test_snakemake_runs_every_stage(smk_project):
     assert 0 <= ev["top1"] <= 100 and ev["top1"] <= ev["top5"] <= 100
     assert (project / "data/ffcv/train.beton").stat().st_size > 0
     assert "paper" in (project / "reports/report.md").read_text().lower()
+
+
+@pytest.mark.slurm
+def test_snakemake_ran_the_jobs_on_slurm(slurm_cluster, smk_engine, smk_project):
+    project, _ = smk_project
+    assert smk_engine == SLURM_PROFILE, "a cluster runs, so the DAG went through the slurm profile"
     # the training-like stages went through submitit to SLURM, the others through the executor plugin
     assert "as slurm job" in (project / "logs/pretrain.log").read_text()
     assert list((project / ".snakemake/slurm_logs").rglob("*.log")), "CPU stages ran as SLURM jobs"

@@ -109,12 +109,19 @@ def prepare_fast(model: nn.Module, device: str | torch.device, compile: bool = F
     return fast_forward
 
 
+# Often enough to catch a forward pass's activations (a pass takes milliseconds or more),
+# rarely enough that the sampling thread does not slow the timed passes
+RSS_SAMPLE_INTERVAL_S = 0.002
+FALLBACK_PAGE_BYTES = 4096  # where os.sysconf is missing
+MIB = 2**20
+
+
 class _RssSampler:
     """Peak resident set size of this process, sampled in a thread (Linux /proc)."""
 
-    def __init__(self, interval: float = 0.002):
+    def __init__(self, interval: float = RSS_SAMPLE_INTERVAL_S):
         self.interval = interval
-        self.page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+        self.page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else FALLBACK_PAGE_BYTES
         self.peak = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -144,7 +151,7 @@ class _RssSampler:
 
     @property
     def delta_mb(self) -> float | None:
-        return None if self.start is None else max(0, self.peak - self.start) / 2**20
+        return None if self.start is None else max(0, self.peak - self.start) / MIB
 
 
 def _sync(device: torch.device):
@@ -188,7 +195,7 @@ def measure_throughput(
         _sync(device)
         dt = time.perf_counter() - t0
         # the model and the input batch are part of the footprint, as in the model zoo's figures
-        peak, method = torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_memory_allocated"
+        peak, method = torch.cuda.max_memory_allocated(device) / MIB, "cuda_max_memory_allocated"
         del base
     else:
         gc.collect()

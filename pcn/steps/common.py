@@ -13,22 +13,52 @@ from typing import Any
 from pcn.config import Params, load_params
 from pcn.io import write_json
 from pcn.machine import describe
+from pcn.stages import FFCV_DIR, stage_record
 from pcn.tracking import RunLogger, stage_run, tracking_uri
+
+# Where submitit keeps each launched job's logs and pickles, one folder per stage
+SUBMITIT_LOGS = Path("logs/submitit")
 
 
 @dataclass
-class Stage:
+class StageRun:
+    """One run of a stage's step: its params, its MLflow run, and the paths the stage table
+    declares for this instance (its wildcards filled in), so a step writes where the DAG looks."""
+
     name: str
     params: Params
     run: RunLogger
+    outs: tuple[str, ...] = ()
+    metrics: tuple[str, ...] = ()
+    plots: tuple[str, ...] = ()
 
     @property
     def uri(self) -> str:
         return tracking_uri(self.params.tracking.uri)
 
-    def finish(self, metrics: dict[str, Any], metrics_path: str | Path, artifacts: tuple = ()) -> dict:
-        """Write the metrics JSON (the record of truth) then mirror it to MLflow.  A training
-        job's metrics already name the machine it trained on; others get this process's."""
+    @property
+    def out(self) -> str:
+        return self._one("outs")
+
+    @property
+    def metrics_path(self) -> str:
+        return self._one("metrics")
+
+    @property
+    def plots_path(self) -> str:
+        return self._one("plots")
+
+    def _one(self, kind: str) -> str:
+        paths = getattr(self, kind)
+        if len(paths) != 1:
+            raise LookupError(f"stage {self.name!r} declares {len(paths)} {kind} in pcn/stages.py, not one")
+        return paths[0]
+
+    def finish(self, metrics: dict[str, Any], metrics_path: str | Path | None = None, artifacts: tuple = ()) -> dict:
+        """Write the metrics JSON (the record of truth; by default the stage's declared file)
+        then mirror it to MLflow.  A training job's metrics already name the machine it
+        trained on; others get this process's."""
+        metrics_path = metrics_path or self.metrics_path
         metrics = {"machine": describe(), **metrics, "mlflow_run_id": self.run.run_id}
         write_json(metrics_path, metrics)
         self.run.log_metrics(
@@ -48,10 +78,22 @@ def section_values(params: Params, sections: tuple[str, ...]) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def stage(args, name: str, sections: tuple[str, ...], tags: dict[str, str] | None = None) -> Iterator[Stage]:
+def stage(
+    args, name: str, sections: tuple[str, ...] | None = None, tags: dict[str, str] | None = None
+) -> Iterator[StageRun]:
+    """Run stage ``name``: its params sections and output paths come from its record in the
+    stage table, for the instance the command line names (a matrix stage's wildcards are its
+    flags: ``--variant`` fills ``{variant}``).  ``sections`` is for runs outside the DAG (a
+    released checkpoint's evaluation), which have no record and name their outputs."""
     params = load_params(args.params)
+    paths: dict[str, tuple[str, ...]] = {}
+    if sections is None:
+        record = stage_record(name, params)
+        one = record.instance({k: str(getattr(args, k)) for k in record.matrix})
+        sections = one.params
+        paths = {"outs": one.outs, "metrics": one.metrics, "plots": one.plots}
     with stage_run(name, params, section_values(params, sections), tags) as run:
-        yield Stage(name, params, run)
+        yield StageRun(name, params, run, **paths)
 
 
 def setup_torch(threads: int) -> None:
@@ -66,6 +108,10 @@ def launcher_kind(args, params: Params) -> str:
     return getattr(args, "launcher", None) or os.environ.get("PCN_LAUNCHER") or params.launcher.kind
 
 
+# The classification splits and the layout each is read in; the convert stage writes each as <split>.beton
+SPLIT_LAYOUTS = {"train": "imagefolder", "val": "imagefolder", "v2": "imagenet_v2"}
+
+
 def data_paths(params: Params) -> dict[str, Path]:
     """Where the classification splits live, as image folders (official layouts) and FFCV files."""
     imagenet, v2 = params.data.path("imagenet"), params.data.path("imagenet_v2")
@@ -74,9 +120,7 @@ def data_paths(params: Params) -> dict[str, Path]:
         "val": imagenet / "val",
         "v2": v2,
         "loc": imagenet / "LOC_val_solution.csv",
-        "train_beton": Path("data/ffcv/train.beton"),
-        "val_beton": Path("data/ffcv/val.beton"),
-        "v2_beton": Path("data/ffcv/v2.beton"),
+        **{f"{split}_beton": Path(FFCV_DIR) / f"{split}.beton" for split in SPLIT_LAYOUTS},
     }
 
 

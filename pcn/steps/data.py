@@ -5,18 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from pcn.io import atomic_path
-from pcn.steps.common import data_paths, setup_torch, stage
-
-FFCV_DIR = Path("data/ffcv")
+from pcn.steps.common import SPLIT_LAYOUTS, data_paths, setup_torch, stage
 
 
 def make_demo(args) -> int:
     from pcn.data.synthetic import DemoSpec, generate
 
-    with stage(args, "demo_data", ("seed", "data.root", "data.demo")) as st:
+    with stage(args, "demo_data") as st:
         d = st.params.data.demo
         spec = DemoSpec(seed=st.params.seed, **d.model_dump())
-        summary = generate(Path(st.params.data.root), spec)  # the four datasets' folders, side by side
+        summary = generate(Path(st.out), spec)  # the four datasets' folders, side by side
         st.run.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
         st.run.set_tags({"data_hash": summary.get("content_hash", "")})
     return 0
@@ -28,19 +26,15 @@ def convert(args) -> int:
     anything is written."""
     from pcn.data.ffcv_io import convert_imagefolder, scan_folder
 
-    with stage(
-        args,
-        "convert",
-        ("data.source", "data.root", "data.imagenet", "data.imagenet_v2", "data.ffcv", "data.num_workers"),
-    ) as st:
+    with stage(args, "convert") as st:
         p, f = st.params, st.params.data.ffcv
         paths = data_paths(p)
-        splits = [("train", "imagefolder"), ("val", "imagefolder"), ("v2", "imagenet_v2")]
+        splits = list(SPLIT_LAYOUTS.items())
         train_classes = scan_folder(paths["train"]).class_names
         for split, layout in splits[1:]:
             scan_folder(paths[split], layout, train_classes)
         metrics = {}
-        with atomic_path(FFCV_DIR, directory=True) as out:
+        with atomic_path(Path(st.out), directory=True) as out:
             for split, layout in splits:
                 metrics[split] = convert_imagefolder(
                     paths[split],
@@ -58,7 +52,7 @@ def convert(args) -> int:
             f"{split}_{k}": v for split, m in metrics.items() for k, v in m.items() if not isinstance(v, (list, dict))
         }
         st.run.set_tags({f"data_hash_{s}": m.get("source_hash", "") for s, m in metrics.items()})
-        st.finish({**flat, "splits": metrics}, "metrics/convert.json")
+        st.finish({**flat, "splits": metrics})
     return 0
 
 
@@ -66,9 +60,9 @@ def pixel_baseline(args) -> int:
     """How far a linear model on average-pooled raw pixels gets: the task must need more."""
     from pcn.eval.pixel_baseline import fit_pixel_baseline
 
-    with stage(args, "pixel_baseline", ("seed", "data.demo")) as st:
+    with stage(args, "pixel_baseline") as st:
         setup_torch(st.params.runtime.threads)
         paths = data_paths(st.params)
         metrics = fit_pixel_baseline(paths["train"], paths["val"], seed=st.params.seed)
-        st.finish(metrics, "metrics/pixel_baseline.json")
+        st.finish(metrics)
     return 0

@@ -13,10 +13,12 @@ from pathlib import Path
 
 from pcn.errors import UserError
 from pcn.io import atomic_path
-from pcn.steps.common import data_paths, setup_torch, stage
+from pcn.stages import checkpoint_path
+from pcn.steps.common import SPLIT_LAYOUTS, data_paths, setup_torch, stage
 from pcn.steps.train import num_classes
 
 RELEASED_DIR = Path("metrics/released")
+ERROR_CHARS = 300  # a failed model's row keeps the error's first line, not a page of it
 
 
 def _device(params):
@@ -41,18 +43,19 @@ def evaluate(args) -> int:
     from pcn.models.checkpoint import load_checkpoint
     from pcn.train.engine import evaluate as eval_loop
 
-    with stage(args, "evaluate", ("data.loader", "model", "evaluate", "runtime")) as st:
+    with stage(args, "evaluate") as st:
         p, e = st.params, st.params.evaluate
         setup_torch(p.runtime.threads)
         device = _device(p)
-        checkpoint = f"results/{e.checkpoint}/model.pth"
+        checkpoint = checkpoint_path(e.checkpoint)
         model = timm.create_model(p.model.name, num_classes=num_classes(p), **p.model.options)
         load_checkpoint(model, checkpoint, strict=True)
         model.to(device=device, memory_format=torch.channels_last)  # as in training's evaluations
         paths = data_paths(p)
         metrics = {"checkpoint": checkpoint, "img_size": e.img_size, "crop_ratio": e.crop_ratio}
         train_classes = class_folders(paths["train"])  # val and v2 must list the same classes
-        for split, layout in (("val", "imagefolder"), ("v2", "imagenet_v2")):
+        for split in ("val", "v2"):
+            layout = SPLIT_LAYOUTS[split]
             loader = build_loader(
                 beton=paths[f"{split}_beton"],
                 folder=paths[split],
@@ -78,7 +81,7 @@ def evaluate(args) -> int:
                     f"{prefix}n_images": m["n"],
                 }
             )
-        st.finish(metrics, "metrics/eval.json")
+        st.finish(metrics)
         print(f"top-1 {metrics['top1']:.2f}%  top-5 {metrics['top5']:.2f}%  on {metrics['n_images']} val images")
     return 0
 
@@ -86,11 +89,18 @@ def evaluate(args) -> int:
 # --- released checkpoints -------------------------------------------------------------------
 
 
+# DeiT's evaluation protocol, which the paper follows: a centre crop of this fraction of the
+# resized image up to this size, the whole resized image above it
+DEIT_CROP_RATIO = 0.875
+DEIT_CROP_MAX_SIZE = 224
+WHOLE_IMAGE = 1.0
+
+
 def paper_crop_ratio(img_size: int) -> float:
     """The paper's evaluation crop (DeiT's protocol, deit's ``--eval-crop-ratio``): up to
     224 px the shorter side is resized to ``img_size / 0.875`` and the centre cropped; the
     models fine-tuned at higher resolution (384, 512 px) see the whole resized image."""
-    return 0.875 if img_size <= 224 else 1.0
+    return DEIT_CROP_RATIO if img_size <= DEIT_CROP_MAX_SIZE else WHOLE_IMAGE
 
 
 def released_transform(img_size: int, crop_ratio: float):
@@ -204,7 +214,7 @@ def evaluate_released(args) -> int:
             f"{paths['val']}: {val.num_classes} class folders, but the checkpoint's "
             f"classifier has {model.num_classes} classes"
         )
-    v2 = scan_folder(paths["v2"], "imagenet_v2", train_classes=val.class_names)
+    v2 = scan_folder(paths["v2"], SPLIT_LAYOUTS["v2"], train_classes=val.class_names)
 
     with stage(
         args,
@@ -240,7 +250,7 @@ def evaluate_released(args) -> int:
 def complexity(args) -> int:
     from pcn.eval.complexity import complexity_table, write_markdown
 
-    with stage(args, "complexity", ("complexity", "finetune.img_size", "pretrain.img_size", "runtime")) as st:
+    with stage(args, "complexity") as st:
         p, c = st.params, st.params.complexity
         setup_torch(p.runtime.threads)
         device = str(_device(p))
@@ -269,13 +279,13 @@ def complexity(args) -> int:
                         "mem_method": None,
                         "device": device,
                         "batch_size": None,
-                        "error": f"{exc.__class__.__name__}: {exc}"[:300],
+                        "error": f"{exc.__class__.__name__}: {exc}"[:ERROR_CHARS],
                     }
                 )
                 print(f"complexity: {model} at {res} px failed: {rows[-1]['error']}")
-        out = Path("reports/complexity.md")
+        out = Path(st.out)
         with atomic_path(out) as tmp:
             write_markdown(rows, tmp)
-        st.finish({"device": device, "rows": rows}, "metrics/complexity.json", artifacts=(out,))
+        st.finish({"device": device, "rows": rows}, artifacts=(out,))
         print(out.read_text())
     return 0

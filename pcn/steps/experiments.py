@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from pcn.errors import UserError
-from pcn.stages import EXPERIMENT_PARAMS
+from pcn.stages import BASELINE_VARIANT, stage_record
 from pcn.steps.common import stage
 from pcn.steps.train import num_classes, train_stage
 
@@ -15,7 +15,6 @@ from pcn.steps.train import num_classes, train_stage
 def _train(
     args,
     name: str,
-    out: str,
     *,
     seed: int,
     tags: dict,
@@ -24,9 +23,8 @@ def _train(
     extra: dict | None = None,
     **kw,
 ) -> dict:
-    """One run of comparison ``name`` (a stage of ``GRID_STUDIES``), with that comparison's recipe."""
-    sections = EXPERIMENT_PARAMS + (f"experiments.train_by_study.{name}",) + tuple(kw.pop("sections", ()))
-    with stage(args, name, sections, tags={**tags, "pcn.seed": str(seed)}) as st:
+    """One run of comparison ``name`` (a grid stage of the table), with that comparison's recipe."""
+    with stage(args, name, tags={**tags, "pcn.seed": str(seed)}) as st:
         p = st.params
         model, options = grid_model(p, model, options)
         cfg = p.experiments.train_for(name)
@@ -37,13 +35,11 @@ def _train(
             args,
             st,
             cfg=cfg,
-            out_dir=f"results/{out}",
             seed=seed,
             threads=1,
             loader=p.experiments.loader,
             model=model,
             options=options,
-            metrics_path=f"metrics/{out}.json",
             extra={**info, "seed": seed, **(extra or {})},
             **kw,
         )
@@ -78,12 +74,10 @@ def ablate(args) -> int:
     _train(
         args,
         "ablation",
-        f"ablations/{args.variant}-s{args.seed}",
         seed=args.seed,
         tags={"pcn.study": "ablation", "pcn.variant": args.variant},
         model=None,
         options=variants[args.variant],
-        sections=(f"experiments.variants.{args.variant}",),
     )
     return 0
 
@@ -97,12 +91,10 @@ def resnet_pool(args) -> int:
     _train(
         args,
         "resnet_pool",
-        f"resnet/{args.pool}-s{args.seed}",
         seed=args.seed,
         tags={"pcn.study": "resnet_pool", "pcn.variant": args.pool},
         model=exp.resnet[args.pool],
         options={},
-        sections=(f"experiments.resnet.{args.pool}",),
     )
     return 0
 
@@ -114,20 +106,25 @@ def multiclass(args) -> int:
     p = load_params(args.params)
     init = None
     if args.init == "finetuned":
-        init = f"results/multiclass/{args.init}-s{args.seed}/init.pth"
-        single_to_multiclass(f"results/ablations/baseline-s{args.seed}/model.pth", init, num_classes(p))
+        # next to the run's model; from the baseline of the same seed, as the table's dependency says
+        init = str(Path(_model_path("multiclass", p, init=args.init, seed=args.seed)).with_name("init.pth"))
+        baseline = _model_path("ablation", p, variant=BASELINE_VARIANT, seed=args.seed)
+        single_to_multiclass(baseline, init, num_classes(p))
     _train(
         args,
         "multiclass",
-        f"multiclass/{args.init}-s{args.seed}",
         seed=args.seed,
         tags={"pcn.study": "multiclass", "pcn.variant": args.init},
         model=p.experiments.multiclass_model,
         options={},
         init=init,
-        sections=("experiments.multiclass_model",),
     )
     return 0
+
+
+def _model_path(name: str, params, **wildcards) -> str:
+    """The model file of one instance of grid stage ``name``, as the stage table declares it."""
+    return stage_record(name, params).instance({k: str(v) for k, v in wildcards.items()}).outs[0]
 
 
 def single_to_multiclass(src: str, dst: str, k: int) -> None:
@@ -160,12 +157,10 @@ def depth_width(args) -> int:
     _train(
         args,
         "depth_width",
-        f"depth_width/{args.point}",
         seed=p.experiments.seeds[0],
         tags={"pcn.study": "depth_width", "pcn.variant": args.point},
         model=None,
         options=options,
-        sections=("experiments.depth_width",),
         extra={"width": width, "depth": depth, **point_complexity(p, options)},
     )
     return 0
@@ -208,7 +203,7 @@ def point_complexity(p, options: dict) -> dict:
 def summarize(args) -> int:
     from pcn.analysis.stats import summarize_experiments
 
-    with stage(args, "summarize", ("experiments",)) as st:
+    with stage(args, "summarize") as st:
         summary = summarize_experiments(st.params, Path("metrics"))
-        st.finish(summary, "metrics/ablations.json")
+        st.finish(summary)
     return 0

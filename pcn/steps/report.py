@@ -7,10 +7,9 @@ from pathlib import Path
 import numpy as np
 
 from pcn.io import atomic_path
+from pcn.stages import BASELINE_VARIANT, attention_map_checkpoints, avg_pool_variant
 from pcn.steps.common import data_paths, setup_torch, stage
 
-ATTENTION_DIR = Path("results/attention")
-FIGURES_DIR = Path("reports/figures")
 METHOD_TITLES = {
     "patchconvnet": "PatchConvNet (class token)",
     "patchconvnet_finetuned": "PatchConvNet fine-tuned (main line)",
@@ -27,26 +26,18 @@ def _checkpoints(params) -> dict[str, tuple[str, str, dict]]:
     from pcn.steps.experiments import grid_model
 
     exp = params.experiments
-    s0 = exp.seeds[0]
     # The grid's baseline is trained like the CAM model (a like-for-like pair); the
     # main line's fine-tuned model is the trained one (at the demo scale the grid's
     # runs are smoke runs at chance, the fine-tuned model is not).  Without the grid
     # (experiments.enabled: false) only the main line's map is drawn.
-    out = {"patchconvnet_finetuned": ("results/finetune/model.pth", params.model.name, params.model.options)}
-    if not exp.enabled:
-        return out
-    out["patchconvnet"] = (
-        f"results/ablations/baseline-s{s0}/model.pth",
-        *grid_model(params, None, exp.variants["baseline"]),
-    )
-    out["patchconvnet_multiclass"] = (
-        f"results/multiclass/scratch-s{s0}/model.pth",
-        *grid_model(params, exp.multiclass_model, {}),
-    )
-    avg = next((n for n, o in exp.variants.items() if o.get("pool") == "avg"), None)
-    if avg:
-        out["cam"] = (f"results/ablations/{avg}-s{s0}/model.pth", *grid_model(params, None, exp.variants[avg]))
-    return out
+    models = {"patchconvnet_finetuned": (params.model.name, params.model.options)}
+    if exp.enabled:
+        models["patchconvnet"] = grid_model(params, None, exp.variants[BASELINE_VARIANT])
+        models["patchconvnet_multiclass"] = grid_model(params, exp.multiclass_model, {})
+        avg = avg_pool_variant(params)
+        if avg:
+            models["cam"] = grid_model(params, None, exp.variants[avg])
+    return {method: (path, *models[method]) for method, path in attention_map_checkpoints(params).items()}
 
 
 def _model(name: str, options: dict, checkpoint: str, num_classes: int):
@@ -65,21 +56,9 @@ def attention(args) -> int:
     from pcn.analysis import figures as F
     from pcn.data.ffcv_io import class_folders
 
-    with stage(
-        args,
-        "attention",
-        (
-            "attention",
-            "data.root",
-            "data.imagenet",
-            "runtime",
-            "model",
-            "experiments.model_options",
-            "experiments.train.img_size",
-            "experiments.train_by_study.ablation",
-        ),
-    ) as st:
+    with stage(args, "attention") as st:
         p, cfg = st.params, st.params.attention
+        attention_dir = Path(st.out)
         setup_torch(p.runtime.threads)
         paths = data_paths(p)
         wnids = class_folders(paths["train"])  # label order of every model
@@ -123,7 +102,7 @@ def attention(args) -> int:
                 table[m].update(checkpoint=path, model=name)
 
         captions = [class_names[it.label] for it in items]
-        with atomic_path(ATTENTION_DIR, directory=True) as out:
+        with atomic_path(attention_dir, directory=True) as out:
             np.savez_compressed(
                 out / "maps.npz",
                 images=images,
@@ -175,11 +154,10 @@ def attention(args) -> int:
         )
         st.finish(
             metrics,
-            "metrics/attention.json",
             artifacts=tuple(
-                ATTENTION_DIR / f"{n}.png"
+                attention_dir / f"{n}.png"
                 for n in ("attention_single", "attention_multiclass", "localisation")
-                if (ATTENTION_DIR / f"{n}.png").is_file()
+                if (attention_dir / f"{n}.png").is_file()
             ),
         )
         for m, row in table.items():
@@ -203,8 +181,9 @@ def _paper_directions(path: str | Path = "paper/numbers.yaml") -> dict[str, str]
 def figures(args) -> int:
     from pcn.analysis.figures import build_figures
 
-    with stage(args, "figures", ("scale",)) as st:
-        with atomic_path(FIGURES_DIR, directory=True) as out:
+    with stage(args, "figures") as st:
+        figures_dir = Path(st.out)
+        with atomic_path(figures_dir, directory=True) as out:
             manifest = build_figures(Path("."), out, _paper_directions())
         for name, info in manifest["figures"].items():
             print(f"figure {name}: {', '.join(info['files'])}")
@@ -214,17 +193,19 @@ def figures(args) -> int:
         for info in manifest["figures"].values():
             for f in info["files"]:
                 if f.endswith(".png"):
-                    st.run.log_artifact(FIGURES_DIR / f, "figures")
-        st.run.log_artifact(FIGURES_DIR / "index.json", "figures")
+                    st.run.log_artifact(figures_dir / f, "figures")
+        st.run.log_artifact(figures_dir / "index.json", "figures")
     return 0
 
 
 def report(args) -> int:
     from pcn.analysis.report import build_report, write_report
 
-    with stage(args, "report", ("scale",)) as st:
+    with stage(args, "report") as st:
         doc = build_report(Path("."), st.params)
-        md, html = write_report(doc, Path("reports"))
+        md, html = write_report(doc, Path(st.outs[0]).parent)
+        if {str(md), str(html)} != set(st.outs):  # the library names its files: say so before the DAG does
+            raise RuntimeError(f"report: wrote {md} and {html}, the stage table declares {', '.join(st.outs)}")
         counts = doc.status_counts()
         st.run.log_metrics({f"rows_{k.replace(' ', '_')}": v for k, v in counts.items()})
         st.run.log_artifact(md)

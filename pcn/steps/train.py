@@ -9,9 +9,9 @@ from typing import Any
 
 from pcn.config import Params, TrainConfig
 from pcn.io import write_text
-from pcn.steps.common import Stage, data_paths, launcher_kind, stage
+from pcn.stages import checkpoint_path
+from pcn.steps.common import SUBMITIT_LOGS, StageRun, data_paths, launcher_kind, stage
 
-TRAIN_SECTIONS = ("seed", "runtime", "data.loader", "data.num_workers", "model")
 PLOT_COLUMNS = ("epoch", "step", "train_loss", "val_loss", "val_top1", "val_top5", "lr", "images_per_s")
 
 
@@ -24,21 +24,19 @@ def num_classes(params: Params) -> int:
 
 def train_stage(
     args,
-    st: Stage,
+    st: StageRun,
     *,
     cfg: TrainConfig,
-    out_dir: str,
-    metrics_path: str,
     model: str | None = None,
     options: dict[str, Any] | None = None,
     init: str | None = None,
     seed: int | None = None,
     threads: int | None = None,
-    plots_path: str | None = None,
     extra: dict | None = None,
     loader: str | None = None,
 ) -> dict:
-    """Build the job from params, launch it (local or SLURM), write metrics and plots."""
+    """Build the job from params, launch it (local or SLURM), write metrics and plots where
+    the stage table says: its model file (in the job's folder), metrics and plots (if any)."""
     from pcn.train.job import DataSpec, TrainJob
     from pcn.train.launch import launch
 
@@ -46,6 +44,7 @@ def train_stage(
     paths = data_paths(p)
     # model.options belong to the pipeline's model (and its variants), not to other families
     opts = {**(p.model.options if model is None else {}), **(options or {})}
+    plots_path = st.plots_path if st.plots else None
     job = TrainJob(
         model=model or p.model.name,
         model_options=opts,
@@ -60,7 +59,7 @@ def train_stage(
             num_workers=p.data.num_workers,
             crop_ratio=cfg.eval_crop_ratio or p.evaluate.crop_ratio,
         ),
-        out_dir=out_dir,
+        out_dir=str(Path(st.out).parent),
         seed=p.seed if seed is None else seed,
         threads=threads or p.runtime.threads,
         device=p.runtime.device,
@@ -70,8 +69,10 @@ def train_stage(
         mlflow_run_id=st.run.run_id,
         mlflow_uri=st.uri,
     )
+    if job.final_path != Path(st.out):  # a job names its model file itself: refuse before hours of training
+        raise RuntimeError(f"{st.name}: the job would write {job.final_path}, the stage table declares {st.out}")
     launcher = p.launcher.model_copy(update={"kind": launcher_kind(args, p)})
-    result = launch(job, launcher, Path("logs/submitit") / st.name)
+    result = launch(job, launcher, SUBMITIT_LOGS / st.name)
     # The resume state only serves an interrupted run; once the stage has succeeded a
     # rerun (new code, new params) must train again, not resume at the end.
     job.last_path.unlink(missing_ok=True)
@@ -79,7 +80,7 @@ def train_stage(
     history = result.get("history", [])
     if plots_path:
         write_text(plots_path, history_csv(history))
-    st.finish(result, metrics_path, artifacts=(plots_path,) if plots_path else ())
+    st.finish(result, artifacts=(plots_path,) if plots_path else ())
     return result
 
 
@@ -92,27 +93,12 @@ def history_csv(history: list[dict]) -> str:
 
 
 def pretrain(args) -> int:
-    with stage(args, "pretrain", TRAIN_SECTIONS + ("pretrain",)) as st:
-        train_stage(
-            args,
-            st,
-            cfg=st.params.pretrain,
-            out_dir="results/pretrain",
-            metrics_path="metrics/pretrain.json",
-            plots_path="plots/pretrain.csv",
-        )
+    with stage(args, "pretrain") as st:
+        train_stage(args, st, cfg=st.params.pretrain)
     return 0
 
 
 def finetune(args) -> int:
-    with stage(args, "finetune", TRAIN_SECTIONS + ("finetune",)) as st:
-        train_stage(
-            args,
-            st,
-            cfg=st.params.finetune,
-            out_dir="results/finetune",
-            init="results/pretrain/model.pth",
-            metrics_path="metrics/finetune.json",
-            plots_path="plots/finetune.csv",
-        )
+    with stage(args, "finetune") as st:
+        train_stage(args, st, cfg=st.params.finetune, init=checkpoint_path("pretrain"))
     return 0
