@@ -457,3 +457,26 @@ def recipe(params: Params) -> dict:
 
 def raw_params(path: str | Path = DEFAULT_PARAMS) -> dict:
     return yaml.safe_load(Path(path).read_text()) or {}
+
+
+# --- the experiment grid's models -------------------------------------------------------
+
+
+def grid_model(p, model: str | None, options: dict) -> tuple[str, dict]:
+    """(timm name, constructor options) of a grid model; ``model=None`` is the pipeline's
+    model.  The one place the layers of options meet: ``model.options`` (the pipeline's
+    model only), ``experiments.model_options`` (every PatchConvNet of the grid), then the
+    run's own (a variant's, a depth x width point's).  Training, complexity and the
+    attention maps all build grid models through it."""
+    name = model or p.model.name
+    merged = dict(p.model.options) if model is None else {}
+    if name.startswith("patchconvnet"):
+        merged.update(p.experiments.model_options)
+    return name, {**merged, **options}
+
+
+def has_layerscale(model: str) -> bool:
+    """Whether ``model`` takes ``layerscale_init``: PatchConvNets and the attention-pooling
+    ResNets do (so the pair's attention head gets the grid's init, as the PatchConvNet's
+    aggregation does); plain ResNets have no LayerScale."""
+    return model.startswith("patchconvnet") or model.endswith("_attnpool")

@@ -120,10 +120,14 @@ def _code(*parts: str) -> tuple[str, ...]:
     return tuple(CODE[p] for p in parts)
 
 
-def python_files(folder: str) -> tuple[str, ...]:
-    """The modules of a code folder, as files: Snakemake compares files' times, and a folder's
+# What a code folder holds that its stages run: modules, and the report's templates.
+CODE_SUFFIXES = (".py", ".j2")
+
+
+def code_files(folder: str) -> tuple[str, ...]:
+    """The code of a folder, as files: Snakemake compares files' times, and a folder's
     time does not change when a file in it is edited."""
-    return tuple(sorted(str(p) for p in Path(folder).rglob("*.py")))
+    return tuple(sorted(str(p) for p in Path(folder).rglob("*") if p.suffix in CODE_SUFFIXES))
 
 
 def with_code_files(stage: Stage) -> Stage:
@@ -135,7 +139,7 @@ def with_code_files(stage: Stage) -> Stage:
     own = ("/".join(module.split(".")) + ".py",)
     deps: list[str] = []
     for dep in stage.deps:
-        deps += python_files(dep) if dep in CODE.values() else [dep]
+        deps += code_files(dep) if dep in CODE.values() else [dep]
     extra = tuple(f for f in CORE_CODE + own if f not in deps)
     return replace(stage, deps=tuple(deps) + extra)
 

@@ -392,7 +392,7 @@ def test_grid_passes_layerscale_init_to_exactly_the_models_that_have_it(name):
     """The experiment grid hands its ``layerscale_init`` to a model when
     ``has_layerscale`` says so: the model must then take it (and use it), and a model
     it skips must have no such option."""
-    from pcn.steps.experiments import has_layerscale
+    from pcn.config import has_layerscale
 
     if has_layerscale(name):
         model = timm.create_model(name, layerscale_init=0.1)
@@ -407,8 +407,7 @@ def test_grid_model_options_reach_every_patchconvnet_of_the_grid_and_no_resnet()
     """``experiments.model_options`` (the grid's 16x16 patches) apply to the variants, the
     multi-class pair and the depth x width points, under each run's own options; the
     ResNet pair gets neither them nor the pipeline's ``model.options``."""
-    from pcn.config import Params
-    from pcn.steps.experiments import grid_model
+    from pcn.config import Params, grid_model
 
     p = Params.model_validate(
         {

@@ -5,7 +5,7 @@ The paper attaches conditions to some directions (BatchNorm is better only with 
 enough batches), so every comparison states these next to its verdict.  The recipe is the
 one metrics/ablations.json recorded (``recipes``); a comparison that has not run yet shows
 the one its params set.  The patch stride is the grid PatchConvNet's ``stem_stride`` option
-(params); models without that option (the ResNets) have no recorded stride.
+(params); a ResNet's is the reduction of its last feature map (timm's ``feature_info``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ def recipe_of(abl: dict, params, group: str) -> dict:
 
 def patch_stride(params, group: str, name: str | None = None) -> int | None:
     """The patch stride of a comparison's model (``name``: its variant, pool or point), or None."""
-    from pcn.steps.experiments import grid_model
+    from pcn.config import grid_model
 
     exp = params.experiments
     model, options = {
@@ -30,7 +30,23 @@ def patch_stride(params, group: str, name: str | None = None) -> int | None:
         "depth_width": (None, {}),
     }[group]
     full, merged = grid_model(params, model, options)
-    return merged.get("stem_stride") if full and full.startswith("patchconvnet") else None
+    if not full:
+        return None
+    if full.startswith("patchconvnet"):
+        return merged.get("stem_stride")
+    return output_stride(full)
+
+
+def output_stride(model: str) -> int | None:
+    """The stride of a timm model's last feature map (a ResNet's: 16 or 32), from its
+    ``feature_info``; None for a model that does not declare one."""
+    import timm
+
+    try:
+        info = timm.create_model(model, pretrained=False).feature_info
+    except Exception:  # noqa: BLE001 - a name timm does not know: the report says "not recorded"
+        return None
+    return info[-1]["reduction"] if info else None
 
 
 def tokens_text(img_size: int | None, stride: int | None) -> str:

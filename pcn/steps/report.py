@@ -23,7 +23,7 @@ METHOD_TITLES = {
 
 def _checkpoints(params) -> dict[str, tuple[str, str, dict]]:
     """method -> (checkpoint, timm model name, constructor options) of the maps the stage draws."""
-    from pcn.steps.experiments import grid_model
+    from pcn.config import grid_model
 
     exp = params.experiments
     # The grid's baseline is trained like the CAM model (a like-for-like pair); the
@@ -175,7 +175,12 @@ def _paper_directions(path: str | Path = "paper/numbers.yaml") -> dict[str, str]
     if not p.is_file():
         return {}
     doc = yaml.safe_load(p.read_text()) or {}
-    return {k: v.get("direction") for k, v in (doc.get("ablations") or {}).items() if isinstance(v, dict)}
+    # the chart's label: the direction, and the paper's condition on it in a few words
+    return {
+        k: ", ".join(filter(None, (v.get("direction"), v.get("when"))))
+        for k, v in (doc.get("ablations") or {}).items()
+        if isinstance(v, dict)
+    }
 
 
 def figures(args) -> int:

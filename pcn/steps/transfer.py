@@ -22,7 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pcn.errors import UserError
-from pcn.steps.common import launcher_kind, stage
+from pcn.steps.common import SUBMITIT_LOGS, launcher_kind, stage
 
 DATASETS = {"segmentation": "ade20k", "detection": "coco"}
 
@@ -56,8 +56,7 @@ def _transfer(args, task: str) -> int:
 
     suffix = "" if args.init == "pretrained" else f"_{args.init}"
     name = f"{task}{suffix}"
-    sections = ("scale", "seed", "runtime", "model", task, "data", "launcher")
-    with stage(args, name, sections, tags={"pcn.init": args.init}) as st:
+    with stage(args, name, tags={"pcn.init": args.init}) as st:
         p = st.params
         cfg = p.section(task)
         checkpoint = None
@@ -96,8 +95,8 @@ def _transfer(args, task: str) -> int:
             model_options=dict(p.model.options),
             config=config,
             data_root=str(root),
-            out_dir=f"results/{name}",
-            plots_path=f"plots/{name}.csv",
+            out_dir=st.out,
+            plots_path=st.plots_path,
             checkpoint=str(checkpoint) if checkpoint else None,
             seed=p.seed,
             threads=p.runtime.threads,
@@ -107,14 +106,14 @@ def _transfer(args, task: str) -> int:
             mlflow_uri=st.uri,
             num_workers=p.data.num_workers,
         )
-        metrics = launch(TransferTask(job), launcher, Path("logs/submitit") / name)
+        metrics = launch(TransferTask(job), launcher, SUBMITIT_LOGS / name)
         if metrics.get("backbone_weights"):
             w = metrics["backbone_weights"]
             print(
                 f"{name}: backbone from {w['source']}: {w['n_used']} tensors used, {w['n_dropped']} dropped "
                 f"({', '.join(w['dropped'])})"
             )
-        st.finish(metrics, f"metrics/{name}.json", artifacts=(job.plots_path, f"results/{name}/qualitative.png"))
+        st.finish(metrics, artifacts=(job.plots_path, f"{st.out}/qualitative.png"))
         headline = ("mIoU", "mAcc", "aAcc") if task == "segmentation" else ("bbox_AP", "bbox_AP50", "segm_AP")
         print(
             f"{name}: "

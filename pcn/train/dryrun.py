@@ -211,7 +211,7 @@ class Job:
 
 def _grid_model(params: Params, stage: str, wc: dict[str, str]) -> tuple[str, dict[str, Any]]:
     """(timm name, options) of one instance of a grid stage, as its `pcn` verb builds it."""
-    from pcn.steps.experiments import grid_model
+    from pcn.config import grid_model
 
     exp = params.experiments
     if stage == "ablation":
