@@ -44,6 +44,8 @@ SLURM_TASKS = 2  # DDP ranks per training job on the test cluster
 # 12.4 GB; Mask R-CNN on S60, 2 images at 800 x 1333, 10.6 GB); locally the rehearsal runs one
 # at a time, so that two of them never share this machine's memory.
 TRANSFER_PEAK_MB = 13_000
+# what the local jobs together may declare: the rest is for Snakemake, the OS and the page cache
+LOCAL_MEMORY_SHARE = 0.9
 TRANSFER_STAGES = ("segmentation", "segmentation_scratch", "detection", "detection_scratch")
 
 
@@ -51,7 +53,7 @@ def local_engine_args(mem_total_mb: int) -> list[str]:
     """Snakemake flags of a local run: the jobs' declared memory may not pass 90% of the machine's."""
     return [
         "--resources",
-        f"mem_mb={int(mem_total_mb * 0.9)}",
+        f"mem_mb={int(mem_total_mb * LOCAL_MEMORY_SHARE)}",
         "--set-resources",
         *(f"{s}:mem_mb={TRANSFER_PEAK_MB}" for s in TRANSFER_STAGES),
     ]

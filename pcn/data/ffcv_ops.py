@@ -55,6 +55,11 @@ def uniform(key, draw):
     return float(mix(key ^ mix(np.uint64(draw) + GOLDEN)) >> S11) * INV53
 
 
+# Each random operation draws from its own stream (key = seed, rank, salt): adding or
+# removing one operation leaves the others' draws unchanged.
+CROP_STREAM, FLIP_STREAM, JITTER_STREAM = 1, 2, 3
+
+
 class _Clock:
     """[key, epoch, batch counter], read (and the counter bumped) from compiled code."""
 
@@ -121,7 +126,7 @@ class SeededRandomResizedCrop(ResizedCropRGBImageDecoder):
         super().__init__(output_size)
         self.scale = scale
         self.ratio = ratio
-        self.clock = _Clock(salt=1)
+        self.clock = _Clock(salt=CROP_STREAM)
 
     @property
     def get_crop_generator(self):  # unused: generate_code below draws seeded crops
@@ -190,7 +195,7 @@ class SeededHorizontalFlip(Operation):
     def __init__(self, flip_prob: float = 0.5):
         super().__init__()
         self.flip_prob = flip_prob
-        self.clock = _Clock(salt=2)
+        self.clock = _Clock(salt=FLIP_STREAM)
 
     def generate_code(self) -> Callable:
         my_range = Compiler.get_iterator()
@@ -307,7 +312,7 @@ class ThreeAugment(Operation):
     def __init__(self, color_jitter: float = 0.0):
         super().__init__()
         self.color_jitter = float(color_jitter)
-        self.clock = _Clock(salt=3)
+        self.clock = _Clock(salt=JITTER_STREAM)
 
     def generate_code(self) -> Callable:
         my_range = Compiler.get_iterator()

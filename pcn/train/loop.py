@@ -43,6 +43,11 @@ from pcn.train import distributed as D
 FORMAT = "pcn-train-resume-v2"
 
 
+# A resume on another rank count reseeds every rank from (seed, step, rank): distinct streams
+# for up to this many ranks.
+RESEED_STEP_STRIDE = 1000
+
+
 @dataclass
 class LoopState:
     """Where training is; everything here but ``rng_*`` (kept per rank) is saved as is."""
@@ -176,7 +181,7 @@ class Loop:
                 "RNG streams are reseeded, so this run will not repeat an uninterrupted one exactly",
                 stacklevel=2,
             )
-            ckpt.seed_everything(self.seed + 1000 * state.global_step + self.env.rank)
+            ckpt.seed_everything(self.seed + RESEED_STEP_STRIDE * state.global_step + self.env.rank)
             state.rng_epoch = ckpt.rng_state()
         self.scheduler.step_update(state.global_step)
         if self.env.is_main:

@@ -47,6 +47,11 @@ LOG_EVERY = 10  # iterations between MLflow loss points (mean over the window)
 CHECKPOINT_EVERY = 100  # iterations between resume states
 
 
+# The transfer loader's shuffle of epoch e is seeded by seed * prime + e: no two (seed, epoch)
+# pairs share an order for fewer than this many epochs.
+EPOCH_SEED_PRIME = 100_003
+
+
 @dataclass
 class TransferJob:
     """Everything one dense-transfer run needs (picklable: plain values only)."""
@@ -188,7 +193,7 @@ class IterationSampler:
         end = self.iters * self.batch_size
         while pos < end:
             epoch, offset = divmod(pos, self.n)
-            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            g = torch.Generator().manual_seed(self.seed * EPOCH_SEED_PRIME + epoch)
             perm = torch.randperm(self.n, generator=g).tolist()
             for i in perm[offset:]:
                 if pos >= end:
