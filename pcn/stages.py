@@ -8,6 +8,8 @@ outs).  The table depends on the resolved params: the scale picks whether demo
 data is synthesised or real datasets are read, and the experiment grid (variants,
 seeds, depth/width points) expands into one stage instance per element, through
 Snakemake wildcards and DVC ``matrix``.
+
+About 500 lines: the table is meant to be read in one place, stage after stage.
 """
 
 from __future__ import annotations
