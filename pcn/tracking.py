@@ -39,7 +39,16 @@ _LOCK = Path(".pcn/pipeline.lock")
 
 
 def tracking_uri(configured: str | None = None) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or configured or DEFAULT_URI
+    """The store's URI; a relative sqlite path is made absolute here, against the working
+    directory of the call: MLflow caches stores (and their pooled connections) by URI, so
+    one relative URI used from two directories in one process would reach the first one's
+    database."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or configured or DEFAULT_URI
+    if uri.startswith("sqlite:///"):
+        path, _, query = uri.removeprefix("sqlite:///").partition("?")
+        if not Path(path).is_absolute():
+            uri = f"sqlite:///{Path.cwd() / path}" + (f"?{query}" if query else "")
+    return uri
 
 
 def artifacts_dir(uri: str) -> Path | None:
@@ -50,11 +59,13 @@ def artifacts_dir(uri: str) -> Path | None:
     return Path(uri.removeprefix("sqlite:///").split("?")[0]).parent / "mlartifacts"
 
 
-def _mlflow(uri: str):
-    import mlflow
+def _client(uri: str):
+    """A client of ``uri``.  Not ``mlflow.set_tracking_uri``: that also sets
+    MLFLOW_TRACKING_URI in this process's environment, which would then override the store
+    of every later stage run in the process (and of the jobs it starts)."""
+    from mlflow import MlflowClient
 
-    mlflow.set_tracking_uri(uri)
-    return mlflow
+    return MlflowClient(tracking_uri=uri)
 
 
 def git_commit() -> str:
@@ -70,7 +81,7 @@ def experiment_id(uri: str, name: str) -> str:
     root ``mlflow-artifacts:/<id>`` (MLflow's own layout under a serving server)."""
     from mlflow.exceptions import MlflowException
 
-    client = _mlflow(uri).MlflowClient()
+    client = _client(uri)
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
@@ -93,7 +104,7 @@ def start_pipeline_run(uri: str, experiment: str, engine: str, scale: str, tags:
         "git_commit": git_commit(),
         **(tags or {}),
     }
-    client = _mlflow(uri).MlflowClient()
+    client = _client(uri)
     run = client.create_run(experiment_id(uri, experiment), run_name=f"pipeline-{engine}-{scale}", tags=tags)
     return run.info.run_id
 
@@ -129,7 +140,7 @@ def pipeline_run_id(uri: str, experiment: str, scale: str) -> str:
         return os.environ[PIPELINE_ENV]
     engine = "dvc" if os.environ.get("DVC_STAGE") else "manual"  # dvc sets DVC_STAGE for stage commands
     group = f"{engine}/{scale}/{git_commit()}"
-    client = _mlflow(uri).MlflowClient()
+    client = _client(uri)
     exp_id = experiment_id(uri, experiment)
     _LOCK.parent.mkdir(parents=True, exist_ok=True)
     # Stages started at once must not each create a parent: the lock makes one the creator.
@@ -158,7 +169,7 @@ class RunLogger:
             return
         try:
             if self._client is None:
-                self._client = _mlflow(self.uri).MlflowClient()
+                self._client = _client(self.uri)
             fn(self._client, *args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - tracking must never kill a stage
             warnings.warn(
@@ -229,7 +240,7 @@ def stage_run(
     uri = tracking_uri(params.tracking.uri)
     logger = RunLogger(None, uri)
     try:
-        client = _mlflow(uri).MlflowClient()
+        client = _client(uri)
         parent = pipeline_run_id(uri, params.tracking.experiment, params.scale)
         run = client.create_run(
             experiment_id(uri, params.tracking.experiment),

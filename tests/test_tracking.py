@@ -161,3 +161,21 @@ def test_snakemake_names_one_parent_run_in_every_jobs_environment(params, tmp_pa
     parent = client.get_run(parents.pop())
     assert parent.data.tags["pcn.engine"] == "snakemake"
     assert parent.info.status == "FINISHED", "the Snakefile ends the parent run it started"
+
+
+def test_one_process_in_two_projects_tracks_each_into_its_own_store(params, tmp_path, monkeypatch):
+    """MLflow caches a store (and its pooled connections) by URI: the default relative URI,
+    used from two project folders in one process, must still reach each folder's database."""
+    import mlflow
+
+    runs = {}
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        monkeypatch.chdir(tmp_path / name)
+        Path("x.txt").write_text(name)
+        runs[name] = _stage(params, "train", Path("x.txt"))
+    for name, run_id in runs.items():
+        client = mlflow.MlflowClient(f"sqlite:///{tmp_path / name / 'mlflow.db'}")
+        exp_id = client.get_experiment_by_name(params.tracking.experiment).experiment_id
+        found = {r.info.run_id for r in client.search_runs([exp_id], "attributes.run_name = 'train'")}
+        assert found == {run_id}, f"project {name}'s store holds {found}, expected only {run_id}"

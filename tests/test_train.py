@@ -514,7 +514,8 @@ def test_one_trainer_per_results_folder(tmp_path):
 
 def _start_training_stage(tiny_imagefolder, tmp_path):
     """A stage process that launches a long local training and waits for it; returns it once
-    the job has written its first checkpoint."""
+    the job has written its first checkpoint.  Its output goes to ``stage.log`` (a file, not
+    a pipe: the job's processes inherit it, and a reader would wait for them to close it)."""
     import pickle
     import subprocess
     import sys
@@ -533,9 +534,8 @@ def _start_training_stage(tiny_imagefolder, tmp_path):
                 f"launch(job, LauncherConfig(kind='local'), {str(tmp_path / 'logs')!r})"
             ),
         ],
-        stdout=subprocess.PIPE,
+        stdout=open(tmp_path / "stage.log", "w"),
         stderr=subprocess.STDOUT,
-        text=True,
     )
     last = tmp_path / "run" / "last.pth"
     deadline = time.monotonic() + 120
@@ -572,7 +572,8 @@ def test_a_terminated_stage_cancels_the_job_it_submitted(tiny_imagefolder, tmp_p
 
     stage = _start_training_stage(tiny_imagefolder, tmp_path)
     stage.send_signal(signal.SIGTERM)
-    out, _ = stage.communicate(timeout=60)
+    stage.wait(timeout=60)
+    out = (tmp_path / "stage.log").read_text()
     assert stage.returncode != 0 and "SIGTERM: cancelling job" in out, out[-2000:]
     _assert_nothing_trains_on(tmp_path / "run")
 
@@ -584,7 +585,6 @@ def test_a_killed_stage_takes_its_local_job_with_it(tiny_imagefolder, tmp_path):
     stage = _start_training_stage(tiny_imagefolder, tmp_path)
     stage.kill()
     stage.wait(timeout=60)
-    stage.stdout.close()  # the job's processes inherited the pipe; not waiting for them to close it
     _assert_nothing_trains_on(tmp_path / "run")
     logs = "".join(p.read_text(errors="replace") for p in (tmp_path / "logs").rglob("*.err"))
     assert "the stage that launched this job" in logs, logs[-2000:]
