@@ -27,27 +27,29 @@ from pcn.stages import Stage, expand
 CLOCK_SLACK_NS = 5 * 10**9
 
 
-def _tree(path: Path) -> list[Path]:
-    return [path, *path.rglob("*")] if path.is_dir() else [path]
+def _stamps(path: Path) -> dict[Path, tuple[int, int]]:
+    """(atime, mtime) in ns of an output and, for a folder, of everything in it (links skipped)."""
+    files = [path, *path.rglob("*")] if path.is_dir() else [path]
+    return {p: (st.st_atime_ns, st.st_mtime_ns) for p in files if not p.is_symlink() for st in [p.stat()]}
 
 
-def newest_mtime_ns(path: Path) -> int:
-    return max(p.lstat().st_mtime_ns for p in _tree(path))
-
-
-def stages_that_ran(root: Path, stages: Iterable[Stage], started_ns: int) -> list[dict]:
-    """Stage instances whose outputs all exist and were all written since ``started_ns``."""
-    ran = []
+def stages_that_ran(
+    root: Path, stages: Iterable[Stage], started_ns: int
+) -> tuple[list[dict], dict[Path, tuple[int, int]]]:
+    """Stage instances whose outputs all exist and were all written since ``started_ns``, and
+    the times of those outputs' files (read once: the commit puts them back)."""
+    ran, times = [], {}
     for stage in stages:
         for inst in expand(stage):
             outs = [root / o for o in inst["outs"]]
-            if (
-                outs
-                and all(o.exists() for o in outs)
-                and all(newest_mtime_ns(o) >= started_ns - CLOCK_SLACK_NS for o in outs)
-            ):
+            if not outs or not all(o.exists() for o in outs):
+                continue
+            stamps = [_stamps(o) for o in outs]
+            if all(max((m for _, m in st.values()), default=0) >= started_ns - CLOCK_SLACK_NS for st in stamps):
                 ran.append(inst)
-    return ran
+                for st in stamps:
+                    times.update(st)
+    return ran, times
 
 
 def commit_stages_that_ran(root: Path, stages: Iterable[Stage], started_ns: int) -> str:
@@ -61,17 +63,9 @@ def commit_stages_that_ran(root: Path, stages: Iterable[Stage], started_ns: int)
     dvc = shutil.which("dvc")
     if dvc is None:
         return "dvc.lock: the dvc command is not on PATH, nothing recorded"
-    ran = stages_that_ran(root, stages, started_ns)
+    ran, times = stages_that_ran(root, stages, started_ns)
     if not ran:
         return "dvc.lock: no stage ran, nothing recorded"
-    times = {
-        p: (st.st_atime_ns, st.st_mtime_ns)
-        for inst in ran
-        for o in inst["outs"]
-        for p in _tree(root / o)
-        if not p.is_symlink()
-        for st in [p.stat()]
-    }
     try:
         done = subprocess.run(
             [dvc, "commit", "--force", "--quiet", *(i["name"] for i in ran)],
