@@ -86,16 +86,6 @@ def write_text(path: str | Path, text: str) -> Path:
     return Path(path)
 
 
-def read_json(path: str | Path) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found (has the stage that writes it run?)")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-
-
 def read_yaml(path: str | Path, error: type[Exception] = ValueError, hint: str = "") -> Any:
     """The parsed YAML file; a missing or malformed file raises ``error`` in one line naming
     the file (and the line of a syntax error)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -122,7 +121,3 @@ def data_paths(params: Params) -> dict[str, Path]:
         "loc": imagenet / "LOC_val_solution.csv",
         **{f"{split}_beton": Path(FFCV_DIR) / f"{split}.beton" for split in SPLIT_LAYOUTS},
     }
-
-
-def load_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text())

@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from pcn.config import Params, TrainConfig
@@ -367,7 +367,3 @@ def dry_run(params: Params, train_images: int = IMAGENET_TRAIN_IMAGES) -> str:
         f"{ref['images_per_s']:g} images/s at {ref['img_size']} px (paper, Table 1): hours of that table's GPU"
     )
     return "\n".join(lines)
-
-
-def as_dict(params: Params) -> dict[str, Any]:
-    return asdict(plan(params))
