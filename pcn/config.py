@@ -306,6 +306,11 @@ class ExperimentsConfig(Section):
         description="the ablations: each variant's constructor options of the same PatchConvNet class",
     )
     resnet: dict[str, str] = Field(default_factory=lambda: {"avg": "resnet_demo", "attention": "resnet_demo_attnpool"})
+    resnet_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="constructor options of both ResNets of the pair, e.g. {output_stride: 8}: the stride of "
+        "the last feature map sets how many positions attention pooling chooses among",
+    )
     multiclass_model: str = "patchconvnet_demo_multi"
     depth_width: list[list[int]] = Field(
         default_factory=lambda: [[64, 4], [64, 8], [96, 4], [96, 8]], description="[width, depth] pairs"
@@ -465,13 +470,16 @@ def raw_params(path: str | Path = DEFAULT_PARAMS) -> dict:
 def grid_model(p, model: str | None, options: dict) -> tuple[str, dict]:
     """(timm name, constructor options) of a grid model; ``model=None`` is the pipeline's
     model.  The one place the layers of options meet: ``model.options`` (the pipeline's
-    model only), ``experiments.model_options`` (every PatchConvNet of the grid), then the
-    run's own (a variant's, a depth x width point's).  Training, complexity and the
+    model only), ``experiments.model_options`` (every PatchConvNet of the grid) or
+    ``experiments.resnet_options`` (the ResNet pair), then the run's own (a variant's, a
+    depth x width point's).  Training, complexity and the
     attention maps all build grid models through it."""
     name = model or p.model.name
     merged = dict(p.model.options) if model is None else {}
     if name.startswith("patchconvnet"):
         merged.update(p.experiments.model_options)
+    elif name in p.experiments.resnet.values():
+        merged.update(p.experiments.resnet_options)
     return name, {**merged, **options}
 
 

@@ -43,7 +43,7 @@ def describe() -> dict[str, str | int | None]:
         onednn = re.search(r"MKL-DNN v([\w.]+)", config)
         mkl = re.search(r"Math Kernel Library Version ([\w.-]+)", config)
         out.update(
-            torch=torch.__version__,
+            torch=str(torch.__version__),  # a plain str: unpickling a TorchVersion imports torch
             onednn=onednn.group(1) if onednn else None,
             mkl=mkl.group(1) if mkl else None,
             gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else None,

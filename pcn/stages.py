@@ -366,7 +366,8 @@ def _grid_runs(params: Params) -> dict[str, Stage]:
         deps=exp_deps,
         outs=("results/resnet/{pool}-s{seed}/model.pth",),
         metrics=("metrics/resnet/{pool}-s{seed}.json",),
-        params=exp_params + ("experiments.train_by_study.resnet_pool", "experiments.resnet.{pool}"),
+        params=exp_params
+        + ("experiments.train_by_study.resnet_pool", "experiments.resnet.{pool}", "experiments.resnet_options"),
         matrix={"pool": list(exp.resnet), "seed": seeds},
         threads=1,
         gpu=True,

@@ -156,3 +156,34 @@ def test_load_params_at_another_scale_leaves_the_file(tmp_path, raw):
     text = path.read_text()
     assert load_params(path, scale="study") == resolve({**raw, "scale": "study"})
     assert load_params(path).scale == raw["scale"] and path.read_text() == text
+
+
+def test_the_study_tests_the_claims_in_the_setting_they_hold(raw):
+    """The study's evidence is never weaker than the demo's: its dense transfer trains at least
+    the demo's schedule, and every attention pool of the grid, the ResNet pair's included,
+    chooses among at least 16 positions (the PatchConvNet grid's 4x4), not the 2x2 a ResNet
+    at stride 16 leaves at 32 px."""
+    from pcn.analysis.setting import patch_stride
+
+    demo = resolve({**raw, "scale": "demo"})
+    study = resolve({**raw, "scale": "study"})
+    for task in ("segmentation", "detection"):
+        assert getattr(study, task).iters >= getattr(demo, task).iters, task
+    exp = study.experiments
+    for group, name, study_name in (
+        ("ablations", "baseline", "ablation"),
+        ("resnet", "attention", "resnet_pool"),
+        ("multiclass", None, "multiclass"),
+    ):
+        side = exp.train_for(study_name).img_size // patch_stride(study, group, name)
+        assert side * side >= 16, (group, side)
+
+
+def test_resnet_options_reach_both_models_of_the_pair_and_nothing_else(raw):
+    from pcn.config import deep_merge, grid_model
+
+    p = resolve(deep_merge(raw, {"experiments": {"resnet_options": {"output_stride": 8}}}))
+    for model in p.experiments.resnet.values():
+        assert grid_model(p, model, {})[1] == {"output_stride": 8}
+    assert "output_stride" not in grid_model(p, None, {})[1]
+    assert "output_stride" not in grid_model(p, p.experiments.multiclass_model, {})[1]

@@ -34,16 +34,16 @@ def patch_stride(params, group: str, name: str | None = None) -> int | None:
         return None
     if full.startswith("patchconvnet"):
         return merged.get("stem_stride")
-    return output_stride(full)
+    return output_stride(full, merged)
 
 
-def output_stride(model: str) -> int | None:
-    """The stride of a timm model's last feature map (a ResNet's: 16 or 32), from its
-    ``feature_info``; None for a model that does not declare one."""
+def output_stride(model: str, options: dict | None = None) -> int | None:
+    """The stride of a timm model's last feature map (a ResNet's: 8, 16 or 32), from its
+    ``feature_info`` with the run's constructor options; None for a model that does not declare one."""
     import timm
 
     try:
-        info = timm.create_model(model, pretrained=False).feature_info
+        info = timm.create_model(model, pretrained=False, **(options or {})).feature_info
     except Exception:  # noqa: BLE001 - a name timm does not know: the report says "not recorded"
         return None
     return info[-1]["reduction"] if info else None

@@ -135,12 +135,21 @@ def _executor(launcher: LauncherConfig, job: TrainJob, log_dir: Path):
         ex = submitit.SlurmExecutor(folder=log_dir / "%j", max_num_timeout=launcher.slurm.max_requeues)
         ex.update_parameters(**slurm_parameters(launcher, job.stage))
         return ex
-    import torch
-
     ex = submitit.LocalExecutor(folder=log_dir / "%j", max_num_timeout=launcher.slurm.max_requeues)
-    gpus = launcher.tasks if job.device != "cpu" and torch.cuda.device_count() >= launcher.tasks else 0
+    gpus = launcher.tasks if _local_gpu_count(job.device) >= launcher.tasks else 0
     ex.update_parameters(tasks_per_node=launcher.tasks, gpus_per_node=gpus, timeout_min=LOCAL_TIMEOUT_MIN)
     return ex
+
+
+def _local_gpu_count(device: str) -> int:
+    """CUDA devices a local job may use.  Without the NVIDIA driver's control node there are
+    none, and the stage process (which only launches and waits) skips torch's ~2 s import:
+    31 stages pay it in every demo run."""
+    if device == "cpu" or not os.path.exists("/dev/nvidiactl"):
+        return 0
+    import torch
+
+    return torch.cuda.device_count()
 
 
 # --- waiting ---------------------------------------------------------------------------------
@@ -213,7 +222,10 @@ def _failure(job, state: str, why: str) -> TrainJobFailed:
 
 
 def wait(job, poll_s: float = 2.0, echo=print) -> dict[str, Any]:
-    """Wait for ``job``, echoing its state changes and progress; its result, or :class:`TrainJobFailed`."""
+    """Wait for ``job``, echoing its state changes and progress; its result, or :class:`TrainJobFailed`.
+    Polls every 0.2 s at first, then less often up to ``poll_s``: a short job (the demo grid's
+    take ~8 s) is noticed as it ends, not up to ``poll_s`` later."""
+    delay = min(0.2, poll_s)
     tasks = [job.task(i) for i in range(job.num_tasks)] if job.num_tasks > 1 else [job]
     main = tasks[0]
     last_state, seen, last_line = None, 0, ""
@@ -248,7 +260,8 @@ def wait(job, poll_s: float = 2.0, echo=print) -> dict[str, Any]:
             ended_at = ended_at or time.monotonic()
             if time.monotonic() - ended_at > 15:
                 raise _failure(job, state, "ended without a result")
-        time.sleep(poll_s)
+        time.sleep(delay)
+        delay = min(poll_s, delay * 1.5)
 
 
 class Terminated(KeyboardInterrupt):
