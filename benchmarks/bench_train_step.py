@@ -35,6 +35,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 import pcn.models  # noqa: F401  (registers the patchconvnet_* models)
+from pcn.machine_speed import sgemm_gflops, sgemm_seconds
 from pcn.models.patchconvnet import SqueezeExcite
 
 
@@ -51,23 +52,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default="", help="write the results as JSON here")
     p.add_argument("--key", default="", help="with --out: add the results under this key of the JSON file")
     return p.parse_args(argv)
-
-
-def sgemm_seconds(n: int = 1024, reps: int = 3) -> list[tuple[float, float]]:
-    """(wall, CPU) seconds of each of ``reps`` fp32 n x n matmuls on one thread (after one untimed)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        a, b = torch.randn(n, n), torch.randn(n, n)
-        torch.mm(a, b)
-        times = []
-        for _ in range(reps):
-            t0, c0 = time.perf_counter(), time.process_time()
-            torch.mm(a, b)
-            times.append((time.perf_counter() - t0, time.process_time() - c0))
-    finally:
-        torch.set_num_threads(threads)
-    return times
 
 
 def conv_backward_flop(grad_out_shape, x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
@@ -151,7 +135,7 @@ def main(argv=None) -> dict:
         SqueezeExcite.forward = original
     ref = flops["pipeline (channels_last, SE matmul, fused AdamW)"]
     # index 0: wall-clock time, 1: CPU time
-    sgemm_gflops = [2 * 1024**3 / statistics.median(t[k] for t in sgemm) / 1e9 for k in (0, 1)]
+    sgemm_rate = [sgemm_gflops(sgemm, cpu=bool(k)) for k in (0, 1)]
     step_ms = [{name: statistics.median(r[k] for r in t) for name, t in times.items()} for k in (0, 1)]
     step_gflops = [{name: sum(flops[name]) / ms[name] / 1e6 for name in ms} for ms in step_ms]
     base = step_ms[0]["none of them"]
@@ -167,15 +151,15 @@ def main(argv=None) -> dict:
         "forward_gflop": round(ref[0] / 1e9, 4),
         "backward_gflop": round(ref[1] / 1e9, 4),
         "step_gflop": {name: round(sum(f) / 1e9, 4) for name, f in flops.items()},
-        "sgemm_1thread_gflops": round(sgemm_gflops[0], 2),
+        "sgemm_1thread_gflops": round(sgemm_rate[0], 2),
         "sgemm_samples": len(sgemm),
         "step_gflops": {name: round(g, 2) for name, g in step_gflops[0].items()},
-        "step_vs_sgemm": {name: round(g / sgemm_gflops[0], 4) for name, g in step_gflops[0].items()},
+        "step_vs_sgemm": {name: round(g / sgemm_rate[0], 4) for name, g in step_gflops[0].items()},
         "cpu_time": {
-            "sgemm_1thread_gflops": round(sgemm_gflops[1], 2),
+            "sgemm_1thread_gflops": round(sgemm_rate[1], 2),
             "step_ms": {name: round(ms, 2) for name, ms in step_ms[1].items()},
             "step_gflops": {name: round(g, 2) for name, g in step_gflops[1].items()},
-            "step_vs_sgemm": {name: round(g / sgemm_gflops[1], 4) for name, g in step_gflops[1].items()},
+            "step_vs_sgemm": {name: round(g / sgemm_rate[1], 4) for name, g in step_gflops[1].items()},
         },
     }
     print(
@@ -184,12 +168,12 @@ def main(argv=None) -> dict:
     )
     print(
         f"  step: {ref[0] / 1e9:.3f} GFLOP forward + {ref[1] / 1e9:.3f} GFLOP backward "
-        f"(backward/forward {ref[1] / ref[0]:.2f}); 1-thread sgemm {sgemm_gflops[0]:.1f} GFLOP/s, "
-        f"{sgemm_gflops[1]:.1f} per CPU second (median of {len(sgemm)})"
+        f"(backward/forward {ref[1] / ref[0]:.2f}); 1-thread sgemm {sgemm_rate[0]:.1f} GFLOP/s, "
+        f"{sgemm_rate[1]:.1f} per CPU second (median of {len(sgemm)})"
     )
     print(f"  {'':50s} {'ms/step':>8s} {'speed-up':>9s} {'GFLOP/s':>8s} {'x sgemm':>8s} {'CPU ms':>7s} {'x sgemm':>8s}")
     for name, ms in step_ms[0].items():
-        ratio, cpu_ratio = step_gflops[0][name] / sgemm_gflops[0], step_gflops[1][name] / sgemm_gflops[1]
+        ratio, cpu_ratio = step_gflops[0][name] / sgemm_rate[0], step_gflops[1][name] / sgemm_rate[1]
         print(
             f"  {name:50s} {ms:8.2f} {base / ms:8.2f}x {step_gflops[0][name]:8.2f} {ratio:8.3f} "
             f"{step_ms[1][name]:7.2f} {cpu_ratio:8.3f}"

@@ -32,6 +32,7 @@ import pcn.models  # noqa: F401  (registers the patchconvnet_* models)
 from pcn.config import resolve
 from pcn.eval.complexity import measure_throughput, prepare_fast
 from pcn.io import write_json
+from pcn.machine_speed import sgemm_gflops
 
 ROOT = Path(__file__).resolve().parents[1]
 # (full, --tiny) defaults of the sizes
@@ -64,23 +65,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         if getattr(args, key) is None:
             setattr(args, key, values[args.tiny])
     return args
-
-
-def sgemm_gflops(n: int = 1024, seconds: float = 0.3) -> float:
-    """fp32 GFLOP/s of an n x n matmul on one thread: a yardstick of this machine's CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        a, b = torch.randn(n, n), torch.randn(n, n)
-        torch.mm(a, b)
-        reps, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
-            torch.mm(a, b)
-            reps += 1
-        dt = time.perf_counter() - t0
-    finally:
-        torch.set_num_threads(threads)
-    return 2 * n**3 * reps / dt / 1e9
 
 
 def _sync(device: torch.device) -> None:

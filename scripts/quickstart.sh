@@ -20,6 +20,7 @@ source .venv/bin/activate
 case $mode in
   demo | study)
     pcn scale "$mode"
+    pcn machine # this machine's sgemm figure and the expected minutes (benchmarks/results_quickstart.json)
     pcn run --engine snakemake --cores "$(nproc)"
     echo "done: reports/report.md, reports/report.html; browse runs with: pcn ui"
     ;;

@@ -101,3 +101,10 @@ def ui(args) -> int:
     from pcn.analysis.ui import serve
 
     return serve(load_params(args.params), port=args.port, wait=not args.no_wait)
+
+
+def machine(args) -> int:
+    from pcn.machine_speed import report
+
+    print(report())
+    return 0
