@@ -74,7 +74,7 @@ def report(path: Path = REFERENCE) -> str:
     ref = json.loads(path.read_text())
     expected = expected_minutes(ref, gflops, cores)
     lines.append(
-        f"reference ({path}, {ref['date']}, commit {ref['commit']}): {ref['cores']} cores at "
+        f"reference ({path}, {ref['date']}): {ref['cores']} cores at "
         f"{ref['sgemm_1thread_gflops']:.0f} GFLOP/s: "
         + ", ".join(f"{name} {minutes:.0f} min" for name, minutes in ref["minutes"].items())
     )

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's commands.  Usage: bash scripts/quickstart.sh demo|study|paper|rehearse|test
 #   demo   set up, then run the whole DAG on the embedded demo data (minutes)
-#   study  same data, enough runs and seeds for honest verdicts (about 65 min on 2 cores)
+#   study  same data, enough runs and seeds for honest verdicts (about 70 min on 2 cores)
 #   paper  switch params.yaml to the paper's datasets and recipe, print the SLURM jobs
 #          (then run `snakemake --profile slurm all` on the cluster)
 #   rehearse  the paper scale's whole DAG, capped, on miniatures of the real datasets

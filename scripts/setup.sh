@@ -13,6 +13,11 @@ PY=${PYTHON:-python3}
 # packages; libopencv-dev, every OpenCV module, pulls in about 350).  The tests also need
 # a real SLURM cluster (slurm-wlm + munge) and a headless browser (chromium).
 apt_pkgs=(libopencv-core-dev libopencv-imgproc-dev libturbojpeg0-dev pkg-config)
+# FFCV requires the GUI build of OpenCV's wheel (opencv-python), whose cv2 module shares
+# its folder with opencv-python-headless; whichever was installed last is imported, and
+# the GUI one loads libGL, GLib's gthread and X11's SM/ICE at import (a fresh machine
+# without them fails in `pcn make-demo` on "libGL.so.1: cannot open shared object file").
+apt_pkgs+=(libgl1 libglib2.0-0 libsm6 libice6)
 if [[ $what == test ]]; then apt_pkgs+=(slurm-wlm munge chromium); fi
 # Building FFCV also needs a C++ compiler and Python's headers; `python3 -m venv` needs ensurepip.
 command -v g++ >/dev/null 2>&1 || apt_pkgs+=(g++)
