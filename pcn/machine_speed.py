@@ -78,6 +78,10 @@ def report(path: Path = REFERENCE) -> str:
         f"{ref['sgemm_1thread_gflops']:.0f} GFLOP/s: "
         + ", ".join(f"{name} {minutes:.0f} min" for name, minutes in ref["minutes"].items())
     )
+    if "setup_minutes" in ref:
+        lines.append(
+            f"set-up on a fresh machine: {ref['setup_minutes']} min there (downloads and unpacking; not scaled)"
+        )
     lines.append(
         "expected here: "
         + ", ".join(f"{name} about {minutes:.0f} min" for name, minutes in expected.items())
