@@ -93,7 +93,7 @@ def critical_path(jobs: list[Job], deps: dict[int, list[int]]) -> list[int]:
     """The chain of dependent jobs with the most seconds, first job first."""
     best: dict[int, tuple[float, int | None]] = {}
     for i in sorted(range(len(jobs)), key=lambda k: jobs[k].start):
-        prev = max(deps.get(i, []), key=lambda d: best[d][0], default=None) if deps.get(i) else None
+        prev = max(deps.get(i, []), key=lambda d: best[d][0], default=None)
         best[i] = (jobs[i].seconds + (best[prev][0] if prev is not None else 0.0), prev)
     node: int | None = max(best, key=lambda k: best[k][0])
     chain = []

@@ -143,8 +143,8 @@ def _executor(launcher: LauncherConfig, job: TrainJob, log_dir: Path):
 
 def _local_gpu_count(device: str) -> int:
     """CUDA devices a local job may use.  Without the NVIDIA driver's control node there are
-    none, and the stage process (which only launches and waits) skips torch's ~2 s import:
-    31 stages pay it in every demo run."""
+    none, and the stage process (which only launches and waits) skips torch's ~2 s import,
+    paid by each of the demo's 23 training stages before."""
     if device == "cpu" or not os.path.exists("/dev/nvidiactl"):
         return 0
     import torch
