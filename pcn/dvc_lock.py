@@ -10,14 +10,19 @@ whose outputs were written by this run.
 would make them newer than their dependants and so stale to Snakemake. The
 outputs' times are put back afterwards; DVC then re-hashes them once, finds the
 same content, and both front ends report nothing to do.
+
+The commit goes through DVC's Python API in one pass: ``dvc commit A B ...`` on the
+command line commits each target on its own, parsing ``dvc.yaml`` and rewriting
+``dvc.lock`` once per target (75 s for the demo's 29 stages, all of it YAML), where
+one pass reads them once and writes the lock once.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
-import shutil
-import subprocess
 from collections.abc import Iterable
+from itertools import groupby
 from pathlib import Path
 
 from pcn.stages import Stage, expand
@@ -52,33 +57,44 @@ def stages_that_ran(
     return ran, times
 
 
+def dvc_commit(root: Path, names: list[str]) -> None:
+    """``dvc commit --force`` of the named stage instances, reading ``dvc.yaml`` and writing
+    each lock file once (what ``Repo.commit`` does for all stages, for these only)."""
+    from dvc.repo import Repo, lock_repo
+
+    with Repo(str(root)) as repo, lock_repo(repo):
+        wanted = set(names)
+        stages = [s for s in repo.index.stages if s.name in wanted]
+        unknown = wanted - {s.name for s in stages}
+        if unknown:
+            raise KeyError(f"no such stage in {root / 'dvc.yaml'}: {', '.join(sorted(unknown))}")
+        for stage in stages:
+            stage.save()
+            stage.commit()
+        for dvcfile, group in groupby(sorted(stages, key=lambda s: s.path), key=lambda s: s.dvcfile):
+            dvcfile.dump_stages(list(group), update_pipeline=False)
+
+
 def commit_stages_that_ran(root: Path, stages: Iterable[Stage], started_ns: int) -> str:
     """``dvc commit`` the stage instances this run wrote, keeping every output's time.
 
     Returns a one-line account for the Snakemake log. Does nothing outside a DVC
-    repository or without the ``dvc`` command.
+    repository or without DVC installed.
     """
     if not (root / ".dvc").is_dir():
         return "dvc.lock: not a DVC repository, nothing recorded"
-    dvc = shutil.which("dvc")
-    if dvc is None:
-        return "dvc.lock: the dvc command is not on PATH, nothing recorded"
+    if importlib.util.find_spec("dvc") is None:
+        return "dvc.lock: DVC is not installed here, nothing recorded"
     ran, times = stages_that_ran(root, stages, started_ns)
     if not ran:
         return "dvc.lock: no stage ran, nothing recorded"
     try:
-        done = subprocess.run(
-            [dvc, "commit", "--force", "--quiet", *(i["name"] for i in ran)],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        dvc_commit(root, [i["name"] for i in ran])
+    except Exception as e:  # noqa: BLE001  (reported in the log; the run itself succeeded)
+        last = (str(e).strip() or type(e).__name__).splitlines()[-1]
+        return f"dvc.lock: committing failed ({last}); `dvc repro` will redo these stages"
     finally:
         for p, (atime, mtime) in times.items():
             if p.exists():
                 os.utime(p, ns=(atime, mtime))
-    if done.returncode != 0:
-        last = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()[-1]
-        return f"dvc.lock: `dvc commit` failed ({last}); `dvc repro` will redo these stages"
     return f"dvc.lock: recorded {len(ran)} stage run(s) for `dvc repro`/`dvc status`"

@@ -579,6 +579,25 @@ def test_detection_test_and_max_size_reach_the_transform(tiny_data, tmp_path):
     assert model.transform([image])[0].image_sizes == [(40, 50)]
 
 
+def test_detection_keeps_mmdetection_counts_at_coco_sizes_and_scales_them_down(tiny_data, tmp_path):
+    """At COCO's sizes the detector samples as mmdetection's Mask R-CNN (512 RoIs, RPN 2000 -> 1000
+    in training, 1000 -> 1000 at test, adaptive RoIAlign); on small scenes the per-image counts
+    shrink with the area, never below their floors."""
+    from pcn.transfer.detection import build_model, scaled_count
+
+    assert [scaled_count(2000, s, floor=500) for s in (64, 400, 800, 1024)] == [500, 500, 2000, 2000]
+    big, _ = build_model(_job("detection", "scratch", tiny_data, tmp_path, img_size=1024), n_classes=3)
+    small, _ = build_model(_job("detection", "scratch", tiny_data, tmp_path, img_size=128), n_classes=3)
+    counts = {
+        m: (m.roi_heads.fg_bg_sampler.batch_size_per_image, m.rpn._pre_nms_top_n, m.rpn._post_nms_top_n)
+        for m in (big, small)
+    }
+    assert counts[big] == (512, {"training": 2000, "testing": 1000}, {"training": 1000, "testing": 1000})
+    assert counts[small] == (128, {"training": 500, "testing": 500}, {"training": 500, "testing": 500})
+    for pool in (big.roi_heads.box_roi_pool, big.roi_heads.mask_roi_pool):
+        assert pool.sampling_ratio == 0
+
+
 def test_training_resumes_exactly_through_the_shared_loop(tiny_data, tmp_path, monkeypatch):
     """Transfer trains through the classification engine's loop and its resume state: a crash
     resumes from the last periodic state, a stop request (preemption) saves at once, and the

@@ -103,6 +103,12 @@ def anchor_sizes(img_size: int) -> tuple[tuple[int, ...], ...]:
     return tuple((base * 2**i,) for i in range(5))
 
 
+def scaled_count(coco: int, img_size: int, floor: int) -> int:
+    """A per-image count of the COCO recipe (shorter side 800) scaled with the image area,
+    between ``floor`` and the COCO value: the paper scale keeps COCO's."""
+    return min(coco, max(floor, round(coco * (img_size / 800) ** 2)))
+
+
 def build_model(job: TransferJob, n_classes: int):
     """torchvision MaskRCNN over the pyramid; ``n_classes`` object classes (+ background)."""
     from torchvision.models.detection import MaskRCNN
@@ -123,7 +129,18 @@ def build_model(job: TransferJob, n_classes: int):
     # on small scenes with few objects the COCO sizes dominate CPU time (profiled: mm + RoIAlign ~50 %).
     fpn = backbone.out_channels
     representation = 4 * fpn
-    rois_per_image = min(512, max(128, round(512 * (job.cfg("img_size") / 800) ** 2)))
+    rois_per_image = scaled_count(512, job.cfg("img_size"), floor=128)
+    # RPN proposals as mmdetection's Mask R-CNN (configs/_base_/models/mask-rcnn_r50_fpn.py):
+    # train 2000 per level before NMS, 1000 kept; test 1000 and 1000 (torchvision keeps 2000
+    # in training).  Scaled down with the image area like the RoIs: a 128 px scene has about
+    # 4,000 anchors, and NMS over half of them was a tenth of a demo step.
+    size = job.cfg("img_size")
+    proposals = {
+        "rpn_pre_nms_top_n_train": scaled_count(2000, size, floor=500),
+        "rpn_post_nms_top_n_train": scaled_count(1000, size, floor=500),
+        "rpn_pre_nms_top_n_test": scaled_count(1000, size, floor=500),
+        "rpn_post_nms_top_n_test": scaled_count(1000, size, floor=500),
+    }
     model = MaskRCNN(
         backbone,
         min_size=min_sizes,
@@ -131,14 +148,18 @@ def build_model(job: TransferJob, n_classes: int):
         image_mean=list(IMAGENET_MEAN),
         image_std=list(IMAGENET_STD),
         rpn_anchor_generator=anchors,
-        box_roi_pool=MultiScaleRoIAlign(levels, output_size=7, sampling_ratio=2),
-        mask_roi_pool=MultiScaleRoIAlign(levels, output_size=14, sampling_ratio=2),
+        # sampling_ratio=0: as many bilinear samples per bin as the RoI needs (mmdetection's
+        # RoIAlign setting; torchvision's builder uses 2).  Small RoIs then take one sample
+        # where 2 x 2 were taken: RoIAlign's CPU backward was 30% of a demo step.
+        box_roi_pool=MultiScaleRoIAlign(levels, output_size=7, sampling_ratio=0),
+        mask_roi_pool=MultiScaleRoIAlign(levels, output_size=14, sampling_ratio=0),
         box_head=TwoMLPHead(fpn * 7 * 7, representation),
         box_predictor=FastRCNNPredictor(representation, n_classes + 1),
         box_batch_size_per_image=rois_per_image,
         mask_head=MaskRCNNHeads(fpn, (fpn,) * 4, 1),  # COCO: 256 = the FPN width
         mask_predictor=MaskRCNNPredictor(fpn, fpn, n_classes + 1),
         box_score_thresh=job.cfg("score_thresh", 0.05),  # detections kept at test time, up to 100 per image
+        **proposals,
     )
     return model, report
 
