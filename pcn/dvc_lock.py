@@ -19,7 +19,9 @@ one pass reads them once and writes the lock once.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import logging
 import os
 from collections.abc import Iterable
 from itertools import groupby
@@ -62,17 +64,24 @@ def dvc_commit(root: Path, names: list[str]) -> None:
     each lock file once (what ``Repo.commit`` does for all stages, for these only)."""
     from dvc.repo import Repo, lock_repo
 
-    with Repo(str(root)) as repo, lock_repo(repo):
-        wanted = set(names)
-        stages = [s for s in repo.index.stages if s.name in wanted]
-        unknown = wanted - {s.name for s in stages}
-        if unknown:
-            raise KeyError(f"no such stage in {root / 'dvc.yaml'}: {', '.join(sorted(unknown))}")
-        for stage in stages:
-            stage.save()
-            stage.commit()
-        for dvcfile, group in groupby(sorted(stages, key=lambda s: s.path), key=lambda s: s.dvcfile):
-            dvcfile.dump_stages(list(group), update_pipeline=False)
+    dvc_log = logging.getLogger("dvc")  # its INFO lines ("Updating lock file"): the caller reports
+    level = dvc_log.level
+    dvc_log.setLevel(logging.WARNING)
+    try:
+        # DVC resolves some paths against the working directory, as its command line runs in the repo
+        with contextlib.chdir(root), Repo(str(root)) as repo, lock_repo(repo):
+            wanted = set(names)
+            stages = [s for s in repo.index.stages if s.name in wanted]
+            unknown = wanted - {s.name for s in stages}
+            if unknown:
+                raise KeyError(f"no such stage in {root / 'dvc.yaml'}: {', '.join(sorted(unknown))}")
+            for stage in stages:
+                stage.save()
+                stage.commit()
+            for dvcfile, group in groupby(sorted(stages, key=lambda s: s.path), key=lambda s: s.dvcfile):
+                dvcfile.dump_stages(list(group), update_pipeline=False)
+    finally:
+        dvc_log.setLevel(level)
 
 
 def commit_stages_that_ran(root: Path, stages: Iterable[Stage], started_ns: int) -> str:
