@@ -367,7 +367,7 @@ class Params(Section):
     model: ModelConfig = ModelConfig()
     # The demo recipes (TrainConfig's own defaults are the demo pretrain's where the three agree).
     pretrain: TrainConfig = TrainConfig(layerscale_init=0.1, aug=AugConfig(scale_min=0.35))
-    finetune: TrainConfig = TrainConfig(img_size=80, epochs=6, warmup_epochs=0.2, aug=AugConfig(scale_min=0.35))
+    finetune: TrainConfig = TrainConfig(img_size=80, epochs=5, warmup_epochs=0.2, aug=AugConfig(scale_min=0.35))
     evaluate: EvaluateConfig = EvaluateConfig()
     complexity: ComplexityConfig = ComplexityConfig()
     segmentation: SegmentationConfig = SegmentationConfig()
