@@ -13,8 +13,8 @@ same content, and both front ends report nothing to do.
 
 The commit goes through DVC's Python API in one pass: ``dvc commit A B ...`` on the
 command line commits each target on its own, parsing ``dvc.yaml`` and rewriting
-``dvc.lock`` once per target (75 s for the demo's 29 stages, all of it YAML), where
-one pass reads them once and writes the lock once.
+``dvc.lock`` once per target (about 80 s for the demo's 30 stages, nearly all of it
+YAML), where one pass reads them once and writes the lock once (about 20 s).
 """
 
 from __future__ import annotations

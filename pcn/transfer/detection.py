@@ -129,12 +129,12 @@ def build_model(job: TransferJob, n_classes: int):
     # on small scenes with few objects the COCO sizes dominate CPU time (profiled: mm + RoIAlign ~50 %).
     fpn = backbone.out_channels
     representation = 4 * fpn
-    rois_per_image = scaled_count(512, job.cfg("img_size"), floor=128)
+    size = job.cfg("img_size")
+    rois_per_image = scaled_count(512, size, floor=128)
     # RPN proposals as mmdetection's Mask R-CNN (configs/_base_/models/mask-rcnn_r50_fpn.py):
     # train 2000 per level before NMS, 1000 kept; test 1000 and 1000 (torchvision keeps 2000
     # in training).  Scaled down with the image area like the RoIs: a 128 px scene has about
     # 4,000 anchors, and NMS over half of them was a tenth of a demo step.
-    size = job.cfg("img_size")
     proposals = {
         "rpn_pre_nms_top_n_train": scaled_count(2000, size, floor=500),
         "rpn_post_nms_top_n_train": scaled_count(1000, size, floor=500),
