@@ -70,6 +70,17 @@ def test_rehearsal_on_slurm_trains_with_two_ddp_tasks_and_quick_drops_the_grid(t
         assert cfg.batch_size % p.launcher.tasks == 0
 
 
+def test_every_training_job_of_the_full_rehearsal_on_slurm_passes_the_dry_run(tmp_path):
+    """Two DDP tasks split every batch; the dry run refuses an odd per-rank batch under mixup
+    (the depth x width grid once had 1 per rank and failed at its first step)."""
+    from pcn.train.dryrun import jobs
+
+    _, p = _params(tmp_path, slurm=True)
+    planned = jobs(p, train_images=1000)
+    assert {j.name.split("@")[0] for j in planned} >= {"pretrain", "finetune", "ablation", "depth_width"}
+    assert all(j.batch_per_gpu >= 1 for j in planned)
+
+
 def test_a_data_root_without_the_official_folders_is_refused_in_one_line(tmp_path):
     (tmp_path / "imagenet").mkdir()
     with pytest.raises(UserError, match=r"imagenetv2-matched-frequency: missing") as exc:

@@ -16,7 +16,7 @@ from pcn.config import AugConfig, TrainConfig
 from pcn.train import checkpoint as ckpt
 from pcn.train import engine
 from pcn.train.job import DataSpec, TrainJob
-from pcn.train.recipe import build_recipe
+from pcn.train.recipe import batch_per_rank, build_recipe
 
 TINY_MODEL = "patchconvnet_demo"
 TINY_OPTIONS = {"embed_dim": 32, "depth": 2}
@@ -427,6 +427,19 @@ def _collapse_onto_class_token(model) -> None:
         blk.attn.q.weight.copy_(4 * eye)
         blk.attn.k.weight.copy_(4 * eye)
         model.cls_token.copy_(torch.randn_like(model.cls_token))
+
+
+def test_a_batch_that_leaves_mixup_an_odd_count_per_rank_is_refused_naming_the_stage():
+    """timm's Mixup pairs images within a rank's batch: an odd per-rank batch would fail at
+    the first step, on the cluster; refused up front instead (the engine and the dry run)."""
+    mixed = TrainConfig(batch_size=6, aug=AugConfig(mixup=0.8, cutmix=1.0))
+    assert batch_per_rank(mixed, 3, "pretrain") == 2
+    with pytest.raises(ValueError, match=r"depth_width@w768-d120: batch_size = 6 over 2 ranks is 3 per rank"):
+        batch_per_rank(mixed, 2, "depth_width@w768-d120")
+    with pytest.raises(ValueError, match="batch_size = 6 does not split over 4 ranks"):
+        batch_per_rank(mixed, 4, "pretrain")
+    plain = TrainConfig(batch_size=6, aug=AugConfig(mixup=0.0, cutmix=0.0))
+    assert batch_per_rank(plain, 2, "finetune") == 3
 
 
 def test_evaluate_reports_a_collapse_onto_the_class_token():

@@ -25,7 +25,7 @@ from typing import Any
 
 from pcn.config import Params, TrainConfig
 from pcn.train.launch import slurm_parameters
-from pcn.train.recipe import scaled_lr
+from pcn.train.recipe import batch_per_rank, scaled_lr
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
 # The one measured point GPU-hours are calibrated on: PatchConvNet-S60 infers 1129
@@ -148,9 +148,7 @@ def plan(
     s = launcher.slurm
     per_node = s.gpus_per_node or launcher.tasks
     ranks = s.nodes * per_node
-    if cfg.batch_size % ranks:
-        raise ValueError(f"{name}: batch_size = {cfg.batch_size} does not split over {ranks} ranks")
-    per_rank = cfg.batch_size // ranks
+    per_rank = batch_per_rank(cfg, ranks, name)
     repeats = cfg.aug.repeated_aug
     seen = samples_per_rank(train_images, ranks, repeats)
     steps = seen // per_rank  # drop_last on the training loader

@@ -30,7 +30,7 @@ from pcn.train import distributed as D
 from pcn.train.job import TrainJob
 from pcn.train.lock import trainer_lock
 from pcn.train.loop import Loop, LoopState, autocast, unwrap
-from pcn.train.recipe import Recipe, build_recipe, lr_at
+from pcn.train.recipe import Recipe, batch_per_rank, build_recipe, lr_at
 
 # --- set-up ---------------------------------------------------------------------------
 
@@ -156,9 +156,7 @@ def _loaders(job: TrainJob, env: D.DistEnv, device: torch.device):
     from pcn.data.loaders import build_loader
 
     cfg, data = job.train, job.data
-    if cfg.batch_size % env.world_size:
-        raise ValueError(f"train.batch_size = {cfg.batch_size} is not divisible by the {env.world_size} ranks")
-    per_rank = cfg.batch_size // env.world_size
+    per_rank = batch_per_rank(cfg, env.world_size, job.stage)
     common = {
         "kind": data.loader,
         "img_size": cfg.img_size,
