@@ -64,3 +64,24 @@ def test_full_run_needs_cuda(tmp_path):
         [sys.executable, str(SCRIPT), "--out", str(out)], env=CPU_ONLY, capture_output=True, text=True, timeout=120
     )
     assert proc.returncode != 0 and "--tiny" in proc.stderr and not out.exists()
+
+
+def test_paper_steps_tiny_run_uses_the_paper_recipe(tmp_path):
+    """benchmarks/gpu_paper_steps.py trains with the paper scale's pretrain recipe through the
+    pipeline's own loop; its CPU smoke run shows the recipe it took and finite losses."""
+    out = tmp_path / "steps.json"
+    script = SCRIPT.with_name("gpu_paper_steps.py")
+    proc = subprocess.run(
+        [sys.executable, str(script), "--tiny", "--steps", "6", "--warmup", "2", "--out", str(out)],
+        env=CPU_ONLY,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert (doc["optimizer"], doc["global_batch"], doc["mixup"], doc["cutmix"]) == ("lamb", 2048, 0.8, 1.0)
+    assert doc["lr_scaled"] == 0.003 and doc["drop_path"] > 0
+    assert doc["steps"] == 6 and doc["timed_steps"] == 3  # 5 gaps between 6 steps, the first 2 left out
+    assert doc["images_per_s"] > 0 and doc["step_s_median"] > 0
+    assert doc["loss_first"] > 0 and doc["loss_last"] > 0
