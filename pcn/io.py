@@ -3,6 +3,10 @@
 Everything a stage publishes goes through here: it is written under a temporary
 name next to its destination and renamed into place only when complete, so a
 later run never trusts a partial file or folder.
+
+A destination that is a symbolic link (``data/ffcv`` linked to scratch, the usual cluster
+set-up) stays one: the write happens at the link's target, its temporary name beside the
+target, on the target's filesystem.
 """
 
 from __future__ import annotations
@@ -48,8 +52,9 @@ def atomic_path(path: str | Path, directory: bool = False) -> Iterator[Path]:
 
     The sibling's name carries this host and pid, so the next writer of ``path`` removes
     what a killed one left (a SIGKILL runs no cleanup) and leaves a live writer's alone.
+    Links are followed (in ``path`` and its folders): the sibling is the target's.
     """
-    path = Path(path)
+    path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_dead_temps(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_owner_tag()}-", suffix=".tmp", dir=path.parent))

@@ -42,3 +42,40 @@ def test_a_failed_write_leaves_the_previous_output(tmp_path):
             tmp.write_text("half")
             raise RuntimeError("killed")
     assert target.read_text() == "good" and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_a_linked_output_folder_stays_a_link_and_is_written_at_its_target(tmp_path, monkeypatch):
+    """data/ffcv linked to scratch: the new folder replaces the target, the link stays, and
+    nothing is written on the project's side (no real folder, no .ffcv.old)."""
+    monkeypatch.chdir(tmp_path)
+    scratch = tmp_path / "scratch"
+    (scratch / "ffcv").mkdir(parents=True)
+    (scratch / "ffcv" / "train.beton").write_text("old")
+    (tmp_path / "data").mkdir()
+    os.symlink(scratch / "ffcv", "data/ffcv")
+    for _ in range(2):  # a second run replaces the first
+        with atomic_path("data/ffcv", directory=True) as out:
+            assert out.parent == scratch and out.stat().st_dev == scratch.stat().st_dev
+            (out / "train.beton").write_text("new")
+    assert os.path.islink("data/ffcv") and os.readlink("data/ffcv") == str(scratch / "ffcv")
+    assert (scratch / "ffcv" / "train.beton").read_text() == "new"
+    assert sorted(os.listdir("data")) == ["ffcv"] and sorted(os.listdir(scratch)) == ["ffcv"]
+
+
+def test_files_under_a_linked_results_folder_are_written_at_its_target(tmp_path, monkeypatch):
+    from pcn.io import write_json
+
+    monkeypatch.chdir(tmp_path)
+    scratch = tmp_path / "scratch" / "results"
+    scratch.mkdir(parents=True)
+    os.symlink(scratch, "results")
+    (tmp_path / "elsewhere.json").write_text("{}")
+    os.makedirs("metrics")
+    os.symlink(tmp_path / "elsewhere.json", "metrics/eval.json")  # a linked file stays linked too
+    with atomic_path("results/finetune/model.pth") as tmp:
+        assert tmp.parent.parent == scratch / "finetune"
+        tmp.write_bytes(b"weights")
+    write_json("metrics/eval.json", {"top1": 1.0})
+    assert os.path.islink("results") and (scratch / "finetune" / "model.pth").read_bytes() == b"weights"
+    assert os.listdir(scratch / "finetune") == ["model.pth"]
+    assert os.path.islink("metrics/eval.json") and '"top1"' in (tmp_path / "elsewhere.json").read_text()
