@@ -67,7 +67,8 @@ def _verb_arguments(verb: str, p: argparse.ArgumentParser) -> None:
         p.add_argument(
             "--checkpoint",
             help="a released checkpoint ({'model': state_dict}) to score on ImageNet val "
-            "and v2 under the paper's protocol, into metrics/released/<model>-<px>.json (without it: "
+            "and v2 under the paper's protocol, into metrics/released/<model>-<px>-<sha>.json, "
+            "one file per checkpoint (without it: "
             "the DAG stage, results/finetune/model.pth -> metrics/eval.json)",
         )
         p.add_argument(
