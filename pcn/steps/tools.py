@@ -13,7 +13,7 @@ from pcn.config import ParamsError, load_params, raw_params, recipe
 from pcn.engine_process import run_engine
 from pcn.io import write_text
 from pcn.stages import dvc_yaml
-from pcn.tracking import PIPELINE_ENV, RunLogger, start_pipeline_run, tracking_uri
+from pcn.tracking import PIPELINE_ENV, RunLogger, one_line, start_pipeline_run, tracking_uri, turn_off
 
 DVC_FILE = Path("dvc.yaml")
 
@@ -76,8 +76,12 @@ def run_pipeline(args) -> int:
         print("dvc.yaml is stale for this params.yaml; rewriting it (pcn dag)", file=sys.stderr)
         write_text(DVC_FILE, expected_dvc_yaml(args.params))
     uri = tracking_uri(params.tracking.uri)
-    run_id = start_pipeline_run(uri, params.tracking.experiment, args.engine, params.scale)
-    env = {**os.environ, PIPELINE_ENV: run_id}
+    try:
+        run_id = start_pipeline_run(uri, params.tracking.experiment, args.engine, params.scale)
+    except Exception as exc:  # noqa: BLE001 - tracking must never stop a pipeline
+        turn_off(uri, one_line(exc))  # each stage probes again and runs untracked
+        run_id = None
+    env = {**os.environ, **({PIPELINE_ENV: run_id} if run_id else {})}
     extra = [a for a in args.extra if a != "--"]  # everything `pcn run` did not know goes to the engine
     if args.engine == "snakemake":
         cmd = ["snakemake", "--cores", str(args.cores), *extra]
