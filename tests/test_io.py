@@ -79,3 +79,25 @@ def test_files_under_a_linked_results_folder_are_written_at_its_target(tmp_path,
     assert os.path.islink("results") and (scratch / "finetune" / "model.pth").read_bytes() == b"weights"
     assert os.listdir(scratch / "finetune") == ["model.pth"]
     assert os.path.islink("metrics/eval.json") and '"top1"' in (tmp_path / "elsewhere.json").read_text()
+
+
+def test_a_full_disk_is_one_line_naming_the_output_and_leaves_the_old_file(small_tmpfs):
+    """Metrics (an OSError) and a checkpoint (torch.save hides the errno in a RuntimeError)."""
+    import torch
+
+    from pcn.io import DiskFull, write_json
+
+    metrics = small_tmpfs / "metrics" / "eval.json"
+    write_json(metrics, {"top1": 1.0})
+    with pytest.raises(OSError), open(small_tmpfs / "filler", "wb") as f:
+        while True:
+            f.write(b"\0" * (1 << 16))
+    (small_tmpfs / "filler").write_bytes(b"\0" * ((1 << 21) - (64 << 10)))  # 64 KiB left, less the metrics
+    with pytest.raises(DiskFull, match=rf"^{metrics}: no space left on device \(it needs more than"):
+        write_json(metrics, {"top1": 2.0, "rows": ["x" * 100] * 1000})
+    assert metrics.read_text() == '{\n  "top1": 1.0\n}\n'
+    with pytest.raises(DiskFull, match="model.pth: no space left on device"):
+        with atomic_path(small_tmpfs / "model.pth") as tmp:
+            torch.save({"w": torch.zeros(1 << 16)}, tmp)
+    assert sorted(p.name for p in small_tmpfs.iterdir()) == ["filler", "metrics"]
+    assert os.listdir(metrics.parent) == ["eval.json"]

@@ -41,14 +41,14 @@ import os
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
+from pcn.data.worker_watch import WorkerDied, watch_workers
 from pcn.errors import DatasetError
 from pcn.io import atomic_path, write_json
 
@@ -352,12 +352,28 @@ def _writer_progress(progress: bool) -> Iterator[None]:
     import ffcv.writer
     from tqdm import tqdm
 
-    original = ffcv.writer.tqdm
-    ffcv.writer.tqdm = partial(tqdm, desc="write", unit="img", disable=not progress, dynamic_ncols=True)
+    original, bars = ffcv.writer.tqdm, []
+
+    def bar(*args, **kwargs):
+        bars.append(tqdm(*args, desc="write", unit="img", disable=not progress, dynamic_ncols=True, **kwargs))
+        return bars[-1]
+
+    ffcv.writer.tqdm = bar
     try:
         yield
     finally:
         ffcv.writer.tqdm = original
+        for b in bars:  # a failed write leaves its bar open: an error would follow on its line
+            b.close()
+
+
+def _free_shared_metadata(writer) -> None:
+    """The shared memory ffcv's writer frees only when it completes (else a leak warning at exit)."""
+    shared = getattr(writer, "metadata_sm", None)
+    if shared is not None:
+        with suppress(OSError):
+            shared.close()
+            shared.unlink()
 
 
 def beton_fingerprint(path: str | Path) -> str:
@@ -461,8 +477,12 @@ def convert_imagefolder(
     # which the loader refuses, and never a partial .beton at dst.
     with atomic_path(dst) as tmp:
         writer = DatasetWriter(str(tmp), fields, num_workers=num_workers)
-        with _writer_progress(progress):
-            writer.from_indexed_dataset(_ImageDataset(index.root, good, failures), chunksize=64)
+        try:
+            with _writer_progress(progress), watch_workers(str(dst)):
+                writer.from_indexed_dataset(_ImageDataset(index.root, good, failures), chunksize=64)
+        except WorkerDied:
+            _free_shared_metadata(writer)
+            raise
         if failures.value:
             raise DatasetError(
                 f"{index.root}: {failures.value} images passed verification but failed to decode while "
