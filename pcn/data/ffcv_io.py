@@ -152,6 +152,13 @@ def scan_folder(
     return FolderIndex(root=root, layout=layout, class_names=class_names, samples=samples)
 
 
+# ImageNet's val tarball unpacks flat: its images must be sorted into class folders first
+FLAT_FOLDER_FIX = (
+    "; it holds images directly, as ImageNet's val tarball unpacks: sort them into one folder per "
+    "class first (the usual valprep.sh does, or the labels of LOC_val_solution.csv; docs/datasets.md)"
+)
+
+
 def class_folders(src_dir: str | Path) -> list[str]:
     """The class folder names of an image folder, sorted (DatasetError naming the path
     when it is missing or holds no class folders)."""
@@ -162,7 +169,9 @@ def class_folders(src_dir: str | Path) -> list[str]:
         raise DatasetError(f"{root}: not a directory (expected an image folder <root>/<class>/<image>)")
     folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
-        raise DatasetError(f"{root}: no class subfolders (expected <root>/<class>/<image>, one folder per class)")
+        images = any(p.name.lower().endswith(IMAGE_EXTENSIONS) for p in root.iterdir())
+        fix = FLAT_FOLDER_FIX if images else ""
+        raise DatasetError(f"{root}: no class subfolders (expected <root>/<class>/<image>, one folder per class){fix}")
     return folders
 
 
