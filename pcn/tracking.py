@@ -120,8 +120,8 @@ def _probe(uri: str) -> str | None:
             with socket.create_connection((parsed.hostname, port), timeout=PROBE_TIMEOUT_S):
                 return None
         except OSError as exc:
-            why = "no answer" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
-            return f"tracking server {parsed.hostname}:{port} unreachable ({why} within {PROBE_TIMEOUT_S:g} s)"
+            why = f"no answer within {PROBE_TIMEOUT_S:g} s" if isinstance(exc, TimeoutError) else exc.strerror or exc
+            return f"tracking server {parsed.hostname}:{port} unreachable ({why})"
     if uri.startswith("sqlite:///"):
         db = Path(uri.removeprefix("sqlite:///").split("?")[0])
         if db.exists() and not os.access(db, os.W_OK):
