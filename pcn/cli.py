@@ -17,6 +17,7 @@ import sys
 # threads made torch 10-20x slower here.  Must be set before torch is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from pcn import __version__  # noqa: E402
 from pcn.config import SCALES, ParamsError  # noqa: E402
 from pcn.errors import DatasetError, UserError  # noqa: E402
 from pcn.steps import VERBS  # noqa: E402
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pcn", description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--version", action="version", version=f"pcn {__version__}")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for verb, (target, help_text) in VERBS.items():
         p = sub.add_parser(verb, help=help_text, description=help_text)
@@ -67,7 +69,8 @@ def _verb_arguments(verb: str, p: argparse.ArgumentParser) -> None:
         p.add_argument(
             "--checkpoint",
             help="a released checkpoint ({'model': state_dict}) to score on ImageNet val "
-            "and v2 under the paper's protocol, into metrics/released/<model>-<px>.json (without it: "
+            "and v2 under the paper's protocol, into metrics/released/<model>-<px>-<sha>.json, "
+            "one file per checkpoint (without it: "
             "the DAG stage, results/finetune/model.pth -> metrics/eval.json)",
         )
         p.add_argument(

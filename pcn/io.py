@@ -3,11 +3,16 @@
 Everything a stage publishes goes through here: it is written under a temporary
 name next to its destination and renamed into place only when complete, so a
 later run never trusts a partial file or folder.
+
+A destination that is a symbolic link (``data/ffcv`` linked to scratch, the usual cluster
+set-up) stays one: the write happens at the link's target, its temporary name beside the
+target, on the target's filesystem.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import json
 import os
@@ -17,6 +22,15 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from pcn.errors import UserError
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+NEARLY_FULL_BYTES = 1 << 20  # a write that failed with less free than this failed for want of it
+
+
+class DiskFull(UserError):
+    """An output's filesystem (or quota) is full: one line naming the output and the free space."""
 
 
 def _owner_tag() -> str:
@@ -48,11 +62,19 @@ def atomic_path(path: str | Path, directory: bool = False) -> Iterator[Path]:
 
     The sibling's name carries this host and pid, so the next writer of ``path`` removes
     what a killed one left (a SIGKILL runs no cleanup) and leaves a live writer's alone.
+    Links are followed (in ``path`` and its folders): the sibling is the target's.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_dead_temps(path)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_owner_tag()}-", suffix=".tmp", dir=path.parent))
+    shown = path
+    path = Path(os.path.realpath(path))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_dead_temps(path)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_owner_tag()}-", suffix=".tmp", dir=path.parent))
+    except OSError as exc:
+        full = _disk_full(shown, path.parent, exc)
+        if full is None:
+            raise
+        raise full from None
     target = tmp if directory else tmp / path.name
     try:
         yield target
@@ -70,8 +92,43 @@ def atomic_path(path: str | Path, directory: bool = False) -> Iterator[Path]:
                 shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(target, path)
+    except DiskFull:
+        raise
+    except Exception as exc:
+        full = _disk_full(shown, path.parent, exc, partial=tmp)
+        if full is None:
+            raise
+        raise full from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _disk_full(shown: str | Path, folder: Path, exc: BaseException, partial: Path | None = None) -> DiskFull | None:
+    """``exc`` as a :class:`DiskFull` if it failed for want of space, else None.  Beside the
+    errno, a writer's own message (a dead FFCV worker's line) and, for writers that hide the
+    errno (torch.save's RuntimeError), a filesystem left with under 1 MiB tell it.  The
+    output needs more than the free space plus what its partial copy (removed next) holds."""
+    free = _free_bytes(folder)
+    if not (
+        (isinstance(exc, OSError) and exc.errno in NO_SPACE)
+        or "No space left on device" in str(exc)
+        or "Disk quota exceeded" in str(exc)
+        or (isinstance(exc, RuntimeError) and free is not None and free < NEARLY_FULL_BYTES)
+    ):
+        return None
+    if free is None:
+        where = "free space unknown"
+    else:
+        written = sum(f.stat().st_size for f in partial.rglob("*") if f.is_file()) if partial else 0
+        where = f"it needs more than the {(free + written) / 1e6:.1f} MB free there"
+    return DiskFull(f"{shown}: no space left on device ({where}); free some space or link the output elsewhere")
+
+
+def _free_bytes(folder: Path) -> int | None:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
 
 
 def write_json(path: str | Path, obj: Any) -> Path:

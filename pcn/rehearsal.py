@@ -89,11 +89,15 @@ def rehearsal_params(raw: dict, caps: dict, data_root: Path, *, slurm: bool, qui
 
 
 def check_data_root(root: Path) -> None:
-    """Each official folder must be there before anything is written (one line naming the path)."""
-    for name, folder in DATASET_DIRS.items():
-        path = root / folder
-        if not path.is_dir():
-            raise UserError(f"{path}: missing ({name} in its official layout expected; see docs/datasets.md)")
+    """Each official folder must be there before anything is written: one line naming every
+    missing one, so that one run tells all that is to be fetched."""
+    missing = [(name, root / folder) for name, folder in DATASET_DIRS.items() if not (root / folder).is_dir()]
+    if missing:
+        listed = ", ".join(f"{path} ({name})" for name, path in missing)
+        raise UserError(
+            f"{listed}: missing ({len(missing)} of {len(DATASET_DIRS)} datasets; each in its official layout "
+            "expected, see docs/datasets.md)"
+        )
 
 
 def prepare_workspace(repo: Path, work: Path, params: dict) -> None:

@@ -13,6 +13,12 @@ folder: stages copy their files under that folder themselves, and ``mlflow serve
 --artifacts-destination`` (``pcn ui``) serves them from it, so a moved or copied project
 keeps its runs and artifacts together.  Tracking never loses a result: every call is
 failure-safe and the stages also write their metrics to JSON files.
+
+A store that cannot be written costs little: one short probe per process (a TCP connect to
+a server, an access check of a sqlite file and its folder) finds an unreachable server or a
+read-only database before any MLflow call, and the first failed call (a locked database, a
+server gone mid-stage) turns tracking off for the rest of the process.  Either way one
+line says so, instead of minutes of HTTP retries or a page of SQLAlchemy traceback.
 """
 
 from __future__ import annotations
@@ -22,8 +28,8 @@ import fcntl
 import logging
 import os
 import shutil
+import socket
 import subprocess
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,6 +42,12 @@ STAGE_ENV = "PCN_STAGE_RUN_ID"
 DEFAULT_URI = "sqlite:///mlflow.db"
 PROXIED_ROOT = "mlflow-artifacts:/"
 _LOCK = Path(".pcn/pipeline.lock")
+PROBE_TIMEOUT_S = 3.0  # a server that has not accepted a connection by then is taken as down
+# MLflow's HTTP defaults (several retries with backoff, 120 s timeouts) made an unreachable
+# server cost minutes per stage; these bound a server that dies mid-stage.  The user's own
+# settings of the same variables win.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+_DOWN: dict[str, str] = {}  # store URI -> why tracking into it is off in this process
 
 
 def tracking_uri(configured: str | None = None) -> str:
@@ -59,13 +71,64 @@ def artifacts_dir(uri: str) -> Path | None:
     return Path(uri.removeprefix("sqlite:///").split("?")[0]).parent / "mlartifacts"
 
 
-def _client(uri: str):
-    """A client of ``uri``.  Not ``mlflow.set_tracking_uri``: that also sets
-    MLFLOW_TRACKING_URI in this process's environment, which would then override the store
-    of every later stage run in the process (and of the jobs it starts)."""
+def client(uri: str):
+    """A client of ``uri``, or :class:`TrackingOff` when the store failed its probe.  Not
+    ``mlflow.set_tracking_uri``: that also sets MLFLOW_TRACKING_URI in this process's
+    environment, which would then override the store of every later stage run in the
+    process (and of the jobs it starts)."""
+    problem = store_problem(uri)
+    if problem:
+        raise TrackingOff(problem)
+    for var, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(var, value)
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=uri)
+
+
+class TrackingOff(RuntimeError):
+    """The store failed its probe or an earlier call in this process."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one short line (SQLAlchemy's messages carry the SQL and a URL below it)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{exc.__class__.__name__}: {lines[0][:200] if lines else ''}".rstrip(": ")
+
+
+def turn_off(uri: str, why: str) -> None:
+    """Stop tracking into ``uri`` for the rest of this process, saying why once."""
+    if uri not in _DOWN:
+        _DOWN[uri] = why
+        log.warning("MLflow tracking off: %s; results are still in the JSON files", why)
+
+
+def store_problem(uri: str) -> str | None:
+    """Why ``uri`` cannot be tracked into, from one short probe per process; None if it can."""
+    if uri not in _DOWN:
+        problem = _probe(uri)
+        if problem:
+            turn_off(uri, problem)
+    return _DOWN.get(uri)
+
+
+def _probe(uri: str) -> str | None:
+    parsed = urlparse(uri)
+    if parsed.scheme in ("http", "https"):
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        try:
+            with socket.create_connection((parsed.hostname, port), timeout=PROBE_TIMEOUT_S):
+                return None
+        except OSError as exc:
+            why = f"no answer within {PROBE_TIMEOUT_S:g} s" if isinstance(exc, TimeoutError) else exc.strerror or exc
+            return f"tracking server {parsed.hostname}:{port} unreachable ({why})"
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///").split("?")[0])
+        if db.exists() and not os.access(db, os.W_OK):
+            return f"{db}: the tracking database is read-only"
+        if db.parent.is_dir() and not os.access(db.parent, os.W_OK | os.X_OK):
+            return f"{db.parent}: folder not writable (SQLite writes its journal beside {db.name})"
+    return None
 
 
 def git_commit() -> str:
@@ -81,18 +144,18 @@ def experiment_id(uri: str, name: str) -> str:
     root ``mlflow-artifacts:/<id>`` (MLflow's own layout under a serving server)."""
     from mlflow.exceptions import MlflowException
 
-    client = _client(uri)
-    exp = client.get_experiment_by_name(name)
+    mlf = client(uri)
+    exp = mlf.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
     try:
         if artifacts_dir(uri) is None:
-            return client.create_experiment(name)
+            return mlf.create_experiment(name)
         from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
         return SqlAlchemyStore(uri, PROXIED_ROOT).create_experiment(name)
     except MlflowException:  # another stage created it first
-        return client.get_experiment_by_name(name).experiment_id
+        return mlf.get_experiment_by_name(name).experiment_id
 
 
 def start_pipeline_run(uri: str, experiment: str, engine: str, scale: str, tags: dict | None = None) -> str:
@@ -104,8 +167,8 @@ def start_pipeline_run(uri: str, experiment: str, engine: str, scale: str, tags:
         "git_commit": git_commit(),
         **(tags or {}),
     }
-    client = _client(uri)
-    run = client.create_run(experiment_id(uri, experiment), run_name=f"pipeline-{engine}-{scale}", tags=tags)
+    mlf = client(uri)
+    run = mlf.create_run(experiment_id(uri, experiment), run_name=f"pipeline-{engine}-{scale}", tags=tags)
     return run.info.run_id
 
 
@@ -120,7 +183,7 @@ def ensure_pipeline_run(engine: str, params) -> str | None:
         try:
             os.environ[PIPELINE_ENV] = start_pipeline_run(uri, params.tracking.experiment, engine, params.scale)
         except Exception as exc:  # noqa: BLE001 - tracking must never stop a pipeline
-            warnings.warn(f"MLflow unavailable ({exc.__class__.__name__}: {exc}); no pipeline run")
+            turn_off(uri, one_line(exc))
             return None
         _STARTED_HERE.append(os.environ[PIPELINE_ENV])
     return os.environ[PIPELINE_ENV]
@@ -140,13 +203,13 @@ def pipeline_run_id(uri: str, experiment: str, scale: str) -> str:
         return os.environ[PIPELINE_ENV]
     engine = "dvc" if os.environ.get("DVC_STAGE") else "manual"  # dvc sets DVC_STAGE for stage commands
     group = f"{engine}/{scale}/{git_commit()}"
-    client = _client(uri)
+    mlf = client(uri)
     exp_id = experiment_id(uri, experiment)
     _LOCK.parent.mkdir(parents=True, exist_ok=True)
     # Stages started at once must not each create a parent: the lock makes one the creator.
     with open(_LOCK, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        found = client.search_runs(
+        found = mlf.search_runs(
             [exp_id], f"tags.`pcn.group` = '{group}'", max_results=1, order_by=["attributes.start_time ASC"]
         )
         if found:
@@ -165,16 +228,16 @@ class RunLogger:
         self._artifact_uri = artifact_uri
 
     def _call(self, what: str, fn, *args, **kwargs) -> None:
-        if not self.enabled:
+        if not self.enabled or self.uri in _DOWN:
             return
         try:
             if self._client is None:
-                self._client = _client(self.uri)
+                self._client = client(self.uri)
             fn(self._client, *args, **kwargs)
+        except TrackingOff:
+            pass
         except Exception as exc:  # noqa: BLE001 - tracking must never kill a stage
-            warnings.warn(
-                f"MLflow {what} failed ({exc.__class__.__name__}: {exc}); results are still in the JSON files"
-            )
+            turn_off(self.uri, f"{what} failed ({one_line(exc)})")
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         import time
@@ -240,9 +303,9 @@ def stage_run(
     uri = tracking_uri(params.tracking.uri)
     logger = RunLogger(None, uri)
     try:
-        client = _client(uri)
+        mlf = client(uri)
         parent = pipeline_run_id(uri, params.tracking.experiment, params.scale)
-        run = client.create_run(
+        run = mlf.create_run(
             experiment_id(uri, params.tracking.experiment),
             run_name=stage,
             tags={
@@ -256,8 +319,10 @@ def stage_run(
         )
         logger = RunLogger(run.info.run_id, uri, artifact_uri=run.info.artifact_uri)
         logger.log_params(section_values)
-    except Exception as exc:  # noqa: BLE001
-        warnings.warn(f"MLflow unavailable ({exc.__class__.__name__}: {exc}); stage {stage} runs untracked")
+    except TrackingOff:
+        pass
+    except Exception as exc:  # noqa: BLE001 - tracking must never kill a stage
+        turn_off(uri, f"stage {stage} runs untracked ({one_line(exc)})")
     try:
         yield logger
     except BaseException:

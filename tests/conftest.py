@@ -37,6 +37,26 @@ def write_tiny_imagefolder(
     return root
 
 
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 2 MiB tmpfs at ``tmp_path/fs``, a filesystem a test can fill (or remount read-only:
+    as root a file's mode bits do not stop a write); unmounted afterwards.  Mounting needs
+    root: the test is skipped where it is not permitted."""
+    mount = tmp_path / "fs"
+    mount.mkdir()
+    cp = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if cp.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs to fill ({cp.stderr.strip() or 'mount failed'}); needs root")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def remount_read_only(mount: Path) -> None:
+    subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True, capture_output=True)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _decoded_cache(tmp_path_factory):
     """The memory loader's cache of decoded folders goes to a temporary directory, not the

@@ -82,3 +82,18 @@ def test_params_prints_one_key_and_refuses_an_unknown_one(tmp_path):
     assert out.stdout.splitlines()[1:] == ["- 0"]
     with pytest.raises(ParamsError, match="pretrain.lrr: no such key"):
         show_params(argparse.Namespace(params=params_file, scale="demo", key="pretrain.lrr"))
+
+
+def test_version_is_the_packages():
+    from pathlib import Path
+
+    import tomllib
+
+    version = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["version"]
+    out = _pcn_params("--version")
+    assert out.returncode == 0 and out.stdout.strip() == f"pcn {version}", out.stdout + out.stderr
+
+
+def test_dryrun_help_names_the_scale_in_force_not_the_paper_scale():
+    out = _pcn_params("dryrun", "--help")
+    assert out.returncode == 0 and "scale in force" in out.stdout and "paper scale" not in out.stdout, out.stdout

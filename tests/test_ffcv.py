@@ -299,3 +299,45 @@ def test_a_killed_conversion_leaves_no_worker_behind(tmp_path):
         return state != "Z"
 
     assert not [p for p in workers if running(p)]
+
+
+def test_a_full_disk_ends_convert_in_one_line_with_no_temp_file(tmp_path, small_tmpfs):
+    """data/ffcv linked to a 2 MiB filesystem that the .beton files overflow: an FFCV worker
+    dies of ENOSPC; `pcn convert` must end (not wait for it for ever) in one line naming
+    the output, leave no temporary file, keep the link and end its MLflow run FAILED."""
+    import shutil
+
+    import mlflow
+    import yaml
+    from conftest import ROOT, write_tiny_imagefolder
+
+    data = tmp_path / "datasets"
+    write_tiny_imagefolder(data / "imagenet", classes=3, train_per_class=120, val_per_class=4, size=64)
+    for c in range(3):  # ImageNet-v2's layout: class folders by label
+        shutil.copytree(data / "imagenet" / "val" / f"c{c}", data / "imagenetv2-matched-frequency" / str(c))
+    work = tmp_path / "work"
+    (work / "data").mkdir(parents=True)
+    (small_tmpfs / "ffcv").mkdir()  # a folder on scratch, as on a cluster
+    os.symlink(small_tmpfs / "ffcv", work / "data" / "ffcv")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["data"].update(source="real", root=str(data), num_workers=2)
+    params["data"]["ffcv"].update(max_resolution=64, write_mode="raw")
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PCN_PIPELINE"))}
+    env.update(PYTHONPATH=str(ROOT), MLFLOW_TRACKING_URI=f"sqlite:///{work / 'mlflow.db'}")
+
+    start = time.monotonic()
+    cp = subprocess.run(
+        [sys.executable, "-m", "pcn.cli", "convert"], cwd=work, env=env, capture_output=True, text=True, timeout=120
+    )
+    seconds = time.monotonic() - start
+    assert seconds < 60, f"a full disk took {seconds:.0f} s to end the conversion"
+    errors = [line for line in cp.stderr.splitlines() if "error" in line.lower() or "Traceback" in line]
+    assert cp.returncode == 2 and len(errors) == 1, cp.stderr[-3000:]
+    assert errors[0].startswith("pcn convert: error: ") and "no space left on device" in errors[0]
+    assert str(small_tmpfs) in errors[0] and "MB free there" in errors[0], errors[0]
+    assert os.path.islink(work / "data" / "ffcv") and os.listdir(small_tmpfs) == ["ffcv"]  # no temp file
+    assert sorted(os.listdir(work / "data")) == ["ffcv"]
+    client = mlflow.MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name(params["tracking"]["experiment"]).experiment_id])
+    assert [(r.info.run_name, r.info.status) for r in runs if r.info.run_name == "convert"] == [("convert", "FAILED")]

@@ -249,7 +249,12 @@ def _val_flat(r: Path) -> None:
             "{r}/imagenetv2-matched-frequency: class folder 'n01440764' is not an integer "
             "(the imagenet_v2 layout names class folders 0..K-1 by label)",
         ),
-        (_val_flat, "{r}/imagenet/val: no class subfolders (expected <root>/<class>/<image>, one folder per class)"),
+        (
+            _val_flat,
+            "{r}/imagenet/val: no class subfolders (expected <root>/<class>/<image>, one folder per class); "
+            "it holds images directly, as ImageNet's val tarball unpacks: sort them into one folder per class "
+            "first (the usual valprep.sh does, or the labels of LOC_val_solution.csv; docs/datasets.md)",
+        ),
     ],
 )
 def test_a_layout_that_is_not_the_official_one_is_named(imagenet, tmp_path, setup, message):
@@ -422,6 +427,18 @@ def test_ade_names_default_without_object_info(tmp_path):
     assert AdeSegmentation(ade, "val", 4).class_names == ["class_1", "class_2", "class_3", "class_4"]
     with pytest.raises(ValueError, match="n_classes = None: expected the number of label ids"):
         AdeSegmentation(ade, "val", None)
+
+
+@pytest.mark.parametrize("object_info", [True, False])
+def test_ade_says_that_a_csv_of_class_names_is_ignored(tmp_path, object_info):
+    from pcn.transfer.datasets import AdeSegmentation
+
+    ade = write_ade(tmp_path, object_info=object_info)
+    (ade / "objectInfo150.csv").write_text("Idx,Ratio,Train,Val,Name\n1,0.1,1,1,mirror\n")
+    with pytest.warns(UserWarning, match=r"objectInfo150.csv ignored: ADE20k's class names are read from") as rec:
+        names = AdeSegmentation(ade, "val", 4).class_names
+    assert ("which is missing" in str(rec[0].message)) != object_info
+    assert names[0] != "mirror"
 
 
 def test_ade_errors_name_the_file(ade):

@@ -82,10 +82,15 @@ def test_every_training_job_of_the_full_rehearsal_on_slurm_passes_the_dry_run(tm
 
 
 def test_a_data_root_without_the_official_folders_is_refused_in_one_line(tmp_path):
+    """Every missing dataset at once: one run tells all that is to be fetched."""
     (tmp_path / "imagenet").mkdir()
-    with pytest.raises(UserError, match=r"imagenetv2-matched-frequency: missing") as exc:
+    with pytest.raises(UserError) as exc:
         check_data_root(tmp_path)
-    assert "\n" not in str(exc.value)
+    message = str(exc.value)
+    assert "\n" not in message and "3 of 4 datasets" in message, message
+    for folder in ("imagenetv2-matched-frequency", "ADEChallengeData2016", "coco"):
+        assert f"{tmp_path / folder} (" in message, message
+    assert f"{tmp_path / 'imagenet'} (" not in message
 
 
 def test_rehearse_refuses_a_bad_data_root_before_writing_anything(tmp_path):
@@ -97,7 +102,11 @@ def test_rehearse_refuses_a_bad_data_root_before_writing_anything(tmp_path):
         text=True,
     )
     assert cp.returncode == 2
-    assert cp.stderr.count("\n") == 1 and "nowhere/imagenet: missing" in cp.stderr
+    assert (
+        cp.stderr.count("\n") == 1
+        and "nowhere/imagenet (imagenet)" in cp.stderr
+        and ": missing (4 of 4 datasets" in cp.stderr
+    )
     assert not work.exists()
 
 

@@ -1,6 +1,6 @@
 """`pcn evaluate --checkpoint FILE`: a checkpoint in the official release format
 ({'model': state_dict}) scored on ImageNet val and ImageNet-v2 (official layouts) under
-the paper's evaluation protocol, into metrics/released/<model>-<img_size>.json."""
+the paper's evaluation protocol, into metrics/released/<model>-<img_size>-<sha>.json."""
 
 from __future__ import annotations
 
@@ -106,10 +106,16 @@ def run(root: Path, monkeypatch, *argv: str) -> int:
     return main(["--params", "params.yaml", "evaluate", *argv])
 
 
+def result_of(root: Path, checkpoint: str) -> Path:
+    from pcn.steps.evaluate import file_sha256
+
+    return root / "metrics" / "released" / f"patchconvnet_demo-{IMG_SIZE}-{file_sha256(root / checkpoint)[:12]}.json"
+
+
 def test_released_checkpoint_scores_val_and_v2_under_the_paper_protocol(release, monkeypatch):
     root, n = release
     assert run(root, monkeypatch, "--checkpoint", "demo_release.pth", "--img-size", str(IMG_SIZE)) == 0
-    out = root / "metrics" / "released" / f"patchconvnet_demo-{IMG_SIZE}.json"
+    out = result_of(root, "demo_release.pth")
     doc = json.loads(out.read_text())
     assert KEYS <= set(doc), doc
     # the model is recognised from the checkpoint's keys and shapes; 32 px -> crop 0.875
@@ -137,6 +143,29 @@ def test_released_checkpoint_scores_val_and_v2_under_the_paper_protocol(release,
         == 0
     )
     assert json.loads(out.read_text())["top1"] < 100.0
+
+
+def test_two_checkpoints_of_one_architecture_keep_two_results(release, monkeypatch):
+    """A second fine-tuning of the same model scored after the first must not replace its
+    result, and the report lists both."""
+    from pcn.analysis import report as R
+    from pcn.config import load_params
+
+    root, n = release
+    other = torch.load(root / "demo_release.pth", weights_only=True)
+    other["model"]["head.bias"] = other["model"]["head.bias"] + torch.arange(len(WNIDS)) * 100.0  # one class wins
+    torch.save(other, root / "other_release.pth")
+    for name in ("demo_release.pth", "other_release.pth"):
+        assert run(root, monkeypatch, "--checkpoint", name, "--img-size", str(IMG_SIZE)) == 0
+    first, second = (json.loads(result_of(root, c).read_text()) for c in ("demo_release.pth", "other_release.pth"))
+    assert (first["checkpoint"], first["top1"]) == ("demo_release.pth", 100.0)
+    assert second["checkpoint"] == "other_release.pth" and second["top1"] < 100.0
+
+    shutil.copytree(Path(__file__).resolve().parents[1] / "paper", root / "paper", dirs_exist_ok=True)
+    report = R.build_report(root, load_params(root / "params.yaml"))
+    section = next(s for s in report.sections if s.title == "Classification")
+    table = next(t for t in section.tables if t.caption.startswith("Released"))
+    assert sorted(str(r[1]) for r in table.rows) == ["demo_release.pth", "other_release.pth"]
 
 
 def test_multi_class_release_is_told_from_the_single_token_one():

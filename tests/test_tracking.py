@@ -179,3 +179,74 @@ def test_one_process_in_two_projects_tracks_each_into_its_own_store(params, tmp_
         exp_id = client.get_experiment_by_name(params.tracking.experiment).experiment_id
         found = {r.info.run_id for r in client.search_runs([exp_id], "attributes.run_name = 'train'")}
         assert found == {run_id}, f"project {name}'s store holds {found}, expected only {run_id}"
+
+
+FINISH = """
+import time
+from pcn.config import load_params
+from pcn.steps.common import StageRun
+from pcn.tracking import stage_run
+params = load_params("params.yaml")
+start = time.monotonic()
+with stage_run("convert", params, {"data": {"root": "data"}}) as run:
+    StageRun("convert", params, run, metrics=("metrics/convert.json",)).finish({"n": 3})
+print(time.monotonic() - start)
+"""
+
+
+def _finish_a_stage(cwd: Path, uri: str) -> tuple[subprocess.CompletedProcess, float]:
+    """A stage process that writes its metrics and mirrors them to the store at ``uri``; the
+    seconds its tracking and metrics took (not its imports, slow on a loaded machine)."""
+    shutil.copy(ROOT / "params.yaml", cwd / "params.yaml")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PCN_PIPELINE", "DVC_STAGE"))}
+    env.update({"PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": uri})
+    cp = subprocess.run([sys.executable, "-c", FINISH], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return cp, float(cp.stdout.split()[-1]) if cp.returncode == 0 else float("inf")
+
+
+def _mlflow_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if "mlflow" in line.lower() or "Traceback" in line]
+
+
+def test_an_unreachable_server_costs_seconds_and_one_line(tmp_path):
+    """A closed port: one short probe, no retries, the metrics still written."""
+    cp, seconds = _finish_a_stage(tmp_path, f"http://127.0.0.1:{_free_port()}")
+    assert cp.returncode == 0, cp.stderr[-3000:]
+    assert seconds < 10, f"an unreachable server cost {seconds:.1f} s"
+    lines = _mlflow_lines(cp.stderr)
+    assert len(lines) == 1 and "unreachable" in lines[0], cp.stderr[-3000:]
+    assert '"n": 3' in (tmp_path / "metrics" / "convert.json").read_text()
+
+
+def test_a_read_only_store_gives_one_line(tmp_path, small_tmpfs):
+    from conftest import remount_read_only
+
+    cp, _ = _finish_a_stage(small_tmpfs, f"sqlite:///{small_tmpfs / 'mlflow.db'}")  # a store with one run
+    assert cp.returncode == 0 and (small_tmpfs / "mlflow.db").is_file(), cp.stderr[-3000:]
+    remount_read_only(small_tmpfs)
+    project = tmp_path / "project"
+    project.mkdir()
+    cp, _ = _finish_a_stage(project, f"sqlite:///{small_tmpfs / 'mlflow.db'}")
+    assert cp.returncode == 0, cp.stderr[-3000:]
+    lines = _mlflow_lines(cp.stderr)
+    assert len(lines) == 1 and "read-only" in lines[0], cp.stderr[-3000:]
+    assert '"n": 3' in (project / "metrics" / "convert.json").read_text()
+
+
+def test_a_locked_store_gives_one_line(tmp_path):
+    """Another process holds the database's write lock for the whole stage."""
+    import sqlite3
+
+    cp, _ = _finish_a_stage(tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert cp.returncode == 0, cp.stderr[-3000:]
+    holder = sqlite3.connect(tmp_path / "mlflow.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        cp, seconds = _finish_a_stage(tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert cp.returncode == 0, cp.stderr[-3000:]
+    lines = _mlflow_lines(cp.stderr)
+    assert len(lines) == 1 and "locked" in lines[0], cp.stderr[-3000:]
+    assert seconds < 30, f"a locked store cost {seconds:.1f} s"

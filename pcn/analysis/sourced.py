@@ -106,15 +106,13 @@ class RunIndex:
             return False
         if self._client is None:
             try:
-                from pcn.tracking import tracking_uri
+                from pcn.tracking import client, tracking_uri
 
                 uri = tracking_uri(self.params.tracking.uri)
                 if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
                     self._failed = True  # no store yet: do not create an empty one
                     return False
-                import mlflow
-
-                self._client = mlflow.MlflowClient(uri)
+                self._client = client(uri)
                 exp = self._client.get_experiment_by_name(self.params.tracking.experiment)
                 self._exp_id = exp.experiment_id if exp else None
             except Exception:  # noqa: BLE001 - the report is written without run ids then

@@ -41,14 +41,14 @@ import os
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
+from pcn.data.worker_watch import WorkerDied, watch_workers
 from pcn.errors import DatasetError
 from pcn.io import atomic_path, write_json
 
@@ -152,6 +152,13 @@ def scan_folder(
     return FolderIndex(root=root, layout=layout, class_names=class_names, samples=samples)
 
 
+# ImageNet's val tarball unpacks flat: its images must be sorted into class folders first
+FLAT_FOLDER_FIX = (
+    "; it holds images directly, as ImageNet's val tarball unpacks: sort them into one folder per "
+    "class first (the usual valprep.sh does, or the labels of LOC_val_solution.csv; docs/datasets.md)"
+)
+
+
 def class_folders(src_dir: str | Path) -> list[str]:
     """The class folder names of an image folder, sorted (DatasetError naming the path
     when it is missing or holds no class folders)."""
@@ -162,7 +169,9 @@ def class_folders(src_dir: str | Path) -> list[str]:
         raise DatasetError(f"{root}: not a directory (expected an image folder <root>/<class>/<image>)")
     folders = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
-        raise DatasetError(f"{root}: no class subfolders (expected <root>/<class>/<image>, one folder per class)")
+        images = any(p.name.lower().endswith(IMAGE_EXTENSIONS) for p in root.iterdir())
+        fix = FLAT_FOLDER_FIX if images else ""
+        raise DatasetError(f"{root}: no class subfolders (expected <root>/<class>/<image>, one folder per class){fix}")
     return folders
 
 
@@ -352,12 +361,28 @@ def _writer_progress(progress: bool) -> Iterator[None]:
     import ffcv.writer
     from tqdm import tqdm
 
-    original = ffcv.writer.tqdm
-    ffcv.writer.tqdm = partial(tqdm, desc="write", unit="img", disable=not progress, dynamic_ncols=True)
+    original, bars = ffcv.writer.tqdm, []
+
+    def bar(*args, **kwargs):
+        bars.append(tqdm(*args, desc="write", unit="img", disable=not progress, dynamic_ncols=True, **kwargs))
+        return bars[-1]
+
+    ffcv.writer.tqdm = bar
     try:
         yield
     finally:
         ffcv.writer.tqdm = original
+        for b in bars:  # a failed write leaves its bar open: an error would follow on its line
+            b.close()
+
+
+def _free_shared_metadata(writer) -> None:
+    """The shared memory ffcv's writer frees only when it completes (else a leak warning at exit)."""
+    shared = getattr(writer, "metadata_sm", None)
+    if shared is not None:
+        with suppress(OSError):
+            shared.close()
+            shared.unlink()
 
 
 def beton_fingerprint(path: str | Path) -> str:
@@ -461,8 +486,12 @@ def convert_imagefolder(
     # which the loader refuses, and never a partial .beton at dst.
     with atomic_path(dst) as tmp:
         writer = DatasetWriter(str(tmp), fields, num_workers=num_workers)
-        with _writer_progress(progress):
-            writer.from_indexed_dataset(_ImageDataset(index.root, good, failures), chunksize=64)
+        try:
+            with _writer_progress(progress), watch_workers(str(dst)):
+                writer.from_indexed_dataset(_ImageDataset(index.root, good, failures), chunksize=64)
+        except WorkerDied:
+            _free_shared_metadata(writer)
+            raise
         if failures.value:
             raise DatasetError(
                 f"{index.root}: {failures.value} images passed verification but failed to decode while "

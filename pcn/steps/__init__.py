@@ -29,7 +29,10 @@ VERBS: dict[str, tuple[str, str]] = {
     "dag": ("pcn.steps.tools:dag", "write dvc.yaml from the stage table (--check: fail if stale)"),
     "params": ("pcn.steps.tools:show_params", "print the resolved params (after the scale switch)"),
     "scale": ("pcn.steps.tools:set_scale", "switch params.yaml to demo | study | paper and rewrite dvc.yaml"),
-    "dryrun": ("pcn.steps.tools:dryrun", "print the SLURM jobs the paper scale would submit"),
+    "dryrun": (
+        "pcn.steps.tools:dryrun",
+        "print the SLURM jobs the scale in force (params.yaml's `scale`) would submit, with their GPU-hours",
+    ),
     "run": ("pcn.steps.tools:run_pipeline", "run the whole DAG with snakemake or dvc under one MLflow parent run"),
     "ui": ("pcn.steps.tools:ui", "start the MLflow UI on the pipeline's store"),
     "machine": (

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pcn import frontend
 from pcn.config import Params, load_params
 from pcn.io import write_json
 from pcn.machine import describe
@@ -91,8 +92,15 @@ def stage(
         one = record.instance({k: str(getattr(args, k)) for k in record.matrix})
         sections = one.params
         paths = {"outs": one.outs, "metrics": one.metrics, "plots": one.plots}
-    with stage_run(name, params, section_values(params, sections), tags) as run:
-        yield StageRun(name, params, run, **paths)
+    # A bare `dvc repro` has no start hook: each of its stages holds the front-end lock
+    # while it runs (under `pcn run` or Snakemake, the front end above holds it).
+    held = bool(os.environ.get("DVC_STAGE")) and frontend.acquire(f"dvc repro (stage {name})")
+    try:
+        with stage_run(name, params, section_values(params, sections), tags) as run:
+            yield StageRun(name, params, run, **paths)
+    finally:
+        if held:
+            frontend.release()
 
 
 def setup_torch(threads: int) -> None:

@@ -4,7 +4,10 @@ complexity of the family.
 ``pcn evaluate`` is the DAG stage (results/<evaluate.checkpoint>/model.pth -> metrics/eval.json).
 ``pcn evaluate --checkpoint FILE`` scores a released PatchConvNet file (``{"model":
 state_dict}``, the official format) on ImageNet val and ImageNet-v2 under the paper's
-evaluation protocol and writes ``metrics/released/<model>-<img_size>.json``.
+evaluation protocol and writes ``metrics/released/<model>-<img_size>-<sha>.json``, where
+``<sha>`` begins the checkpoint file's SHA-256: every evaluated checkpoint keeps its own
+result (two fine-tunings of one architecture are two files), and scoring the same file
+again replaces its earlier result.
 """
 
 from __future__ import annotations
@@ -192,6 +195,23 @@ def _folder_loader(index, transform, batch_size: int, num_workers: int, device):
     )
 
 
+SHA_CHARS = 12  # of the checkpoint's SHA-256 in its result's file name
+
+
+def file_sha256(path: str | Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def released_result_path(model: str, img_size: int, sha256: str) -> Path:
+    return RELEASED_DIR / f"{model}-{img_size}-{sha256[:SHA_CHARS]}.json"
+
+
 def evaluate_released(args) -> int:
     import torch
 
@@ -236,8 +256,9 @@ def evaluate_released(args) -> int:
                     f"{prefix}n_images": m["n"],
                 }
             )
-        metrics["checkpoint"] = str(args.checkpoint)
-        out = RELEASED_DIR / f"{name}-{img_size}.json"
+        sha = file_sha256(args.checkpoint)
+        metrics.update({"checkpoint": str(args.checkpoint), "checkpoint_sha256": sha})
+        out = released_result_path(name, img_size, sha)
         st.finish(metrics, out)
     print(
         f"{name} at {img_size} px (crop ratio {crop_ratio:g}): top-1 {metrics['top1']:.2f}%, "

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import yaml
 
+from pcn import frontend
 from pcn.config import ParamsError, load_params, raw_params, recipe
 from pcn.engine_process import run_engine
 from pcn.io import write_text
 from pcn.stages import dvc_yaml
-from pcn.tracking import PIPELINE_ENV, RunLogger, start_pipeline_run, tracking_uri
+from pcn.tracking import PIPELINE_ENV, RunLogger, one_line, start_pipeline_run, tracking_uri, turn_off
 
 DVC_FILE = Path("dvc.yaml")
 
@@ -72,19 +73,27 @@ def set_scale(args) -> int:
 def run_pipeline(args) -> int:
     """One pipeline invocation = one MLflow parent run, then the engine runs the DAG."""
     params = load_params(args.params)
-    if not DVC_FILE.is_file() or DVC_FILE.read_text() != expected_dvc_yaml(args.params):
-        print("dvc.yaml is stale for this params.yaml; rewriting it (pcn dag)", file=sys.stderr)
-        write_text(DVC_FILE, expected_dvc_yaml(args.params))
-    uri = tracking_uri(params.tracking.uri)
-    run_id = start_pipeline_run(uri, params.tracking.experiment, args.engine, params.scale)
-    env = {**os.environ, PIPELINE_ENV: run_id}
-    extra = [a for a in args.extra if a != "--"]  # everything `pcn run` did not know goes to the engine
-    if args.engine == "snakemake":
-        cmd = ["snakemake", "--cores", str(args.cores), *extra]
-    else:
-        cmd = ["dvc", "repro", *extra]
-    print(f"pipeline run {run_id} ({args.engine}, scale {params.scale}): {' '.join(cmd)}", flush=True)
-    rc = run_engine(cmd, env)
+    frontend.acquire(f"pcn run --engine {args.engine}")  # refuses while another front end runs
+    try:
+        if not DVC_FILE.is_file() or DVC_FILE.read_text() != expected_dvc_yaml(args.params):
+            print("dvc.yaml is stale for this params.yaml; rewriting it (pcn dag)", file=sys.stderr)
+            write_text(DVC_FILE, expected_dvc_yaml(args.params))
+        uri = tracking_uri(params.tracking.uri)
+        try:
+            run_id = start_pipeline_run(uri, params.tracking.experiment, args.engine, params.scale)
+        except Exception as exc:  # noqa: BLE001 - tracking must never stop a pipeline
+            turn_off(uri, one_line(exc))  # each stage probes again and runs untracked
+            run_id = None
+        env = {**os.environ, **({PIPELINE_ENV: run_id} if run_id else {})}
+        extra = [a for a in args.extra if a != "--"]  # everything `pcn run` did not know goes to the engine
+        if args.engine == "snakemake":
+            cmd = ["snakemake", "--cores", str(args.cores), *extra]
+        else:
+            cmd = ["dvc", "repro", *extra]
+        print(f"pipeline run {run_id} ({args.engine}, scale {params.scale}): {' '.join(cmd)}", flush=True)
+        rc = run_engine(cmd, env)
+    finally:
+        frontend.release()
     RunLogger(run_id, uri).finish("FINISHED" if rc == 0 else "KILLED" if rc > 128 else "FAILED")
     return rc
 

@@ -4,7 +4,8 @@ ADE20k (``root`` = the ``ADEChallengeData2016`` folder)::
 
     images/{training,validation}/ADE_{train,val}_<8 digits>.jpg
     annotations/{training,validation}/ADE_{train,val}_<8 digits>.png   uint8, 0 = other, 1..N = classes
-    objectInfo150.txt        optional: tab-separated ``Idx Ratio Train Val Name`` (the class names)
+    objectInfo150.txt        optional: tab-separated ``Idx Ratio Train Val Name`` (the class names;
+                             a .csv beside it is not read, and a warning says so)
 
 The number of classes N comes from the caller (``params.segmentation_classes``: 150
 for ADE20k); the model predicts N classes (label id - 1) and id 0 is ignored by the
@@ -115,7 +116,15 @@ def ade_eval_transforms(size: int) -> v2.Compose:
 def read_ade_class_names(path: Path, n_classes: int) -> list[str]:
     """The names of ids 1..N from ``objectInfo150.txt`` (tab-separated, header ``Idx Ratio
     Train Val Name``; a name is the first of its comma-separated synonyms, or all of them
-    where first synonyms repeat), else ``class_<id>``."""
+    where first synonyms repeat), else ``class_<id>``.  A ``.csv`` beside it (some copies of
+    ADE20k ship the names as CSV too) is not read: a warning says so."""
+    ignored = sorted(p.name for p in path.parent.glob("*.csv"))
+    if ignored:
+        warnings.warn(
+            f"{path.parent}: {', '.join(ignored)} ignored: ADE20k's class names are read from {path.name} only"
+            + ("" if path.is_file() else ", which is missing, so the classes are named class_<id>"),
+            stacklevel=2,
+        )
     if not path.is_file():
         return [f"class_{i}" for i in range(1, n_classes + 1)]
     lines = path.read_text(encoding="utf-8").splitlines()
