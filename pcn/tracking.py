@@ -68,29 +68,54 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
-def git_commit() -> str:
+def _git(*args: str) -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or "unknown"
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() if out.returncode == 0 else ""
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return ""
+
+
+def git_commit() -> str:
+    return _git("rev-parse", "HEAD") or "unknown"
+
+
+def source_tags() -> dict[str, str]:
+    """The tags MLflow's UI reads for a run's source (its Source and Version columns): the
+    commit and branch, plus whether the tree had uncommitted changes (then the commit alone
+    does not reproduce the run)."""
+    commit = git_commit()
+    if commit == "unknown":
+        return {}
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "mlflow.source.git.commit": commit,
+        "mlflow.source.git.branch": _git("rev-parse", "--abbrev-ref", "HEAD") or "unknown",
+        "pcn.git_dirty": str(bool(status)).lower(),
+    }
+
+
+# The UI opens a model-development experiment on its runs, not on the GenAI overview.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def experiment_id(uri: str, name: str) -> str:
     """The experiment's id, created if missing: in a sqlite store with the proxied artifact
     root ``mlflow-artifacts:/<id>`` (MLflow's own layout under a serving server)."""
+    from mlflow.entities import ExperimentTag
     from mlflow.exceptions import MlflowException
 
     client = _client(uri)
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
+    tags = [ExperimentTag(k, v) for k, v in EXPERIMENT_TAGS.items()]
     try:
         if artifacts_dir(uri) is None:
-            return client.create_experiment(name)
+            return client.create_experiment(name, tags=EXPERIMENT_TAGS)
         from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-        return SqlAlchemyStore(uri, PROXIED_ROOT).create_experiment(name)
+        return SqlAlchemyStore(uri, PROXIED_ROOT).create_experiment(name, tags=tags)
     except MlflowException:  # another stage created it first
         return client.get_experiment_by_name(name).experiment_id
 
@@ -101,7 +126,7 @@ def start_pipeline_run(uri: str, experiment: str, engine: str, scale: str, tags:
         "pcn.kind": "pipeline",
         "pcn.engine": engine,
         "pcn.scale": scale,
-        "git_commit": git_commit(),
+        **source_tags(),
         **(tags or {}),
     }
     client = _client(uri)
@@ -234,9 +259,15 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 
 @contextlib.contextmanager
 def stage_run(
-    stage: str, params, section_values: dict[str, Any], tags: dict[str, str] | None = None
+    stage: str,
+    params,
+    section_values: dict[str, Any],
+    tags: dict[str, str] | None = None,
+    instance: str | None = None,
 ) -> Iterator[RunLogger]:
-    """A child run of the pipeline run for one stage; ends FAILED if the stage raises."""
+    """A child run of the pipeline run for one stage, named after its instance
+    (``ablation@no_se-0``; the stage's name where it has one instance); ends FAILED if the
+    stage raises."""
     uri = tracking_uri(params.tracking.uri)
     logger = RunLogger(None, uri)
     try:
@@ -244,13 +275,14 @@ def stage_run(
         parent = pipeline_run_id(uri, params.tracking.experiment, params.scale)
         run = client.create_run(
             experiment_id(uri, params.tracking.experiment),
-            run_name=stage,
+            run_name=instance or stage,
             tags={
                 "mlflow.parentRunId": parent,
                 "pcn.kind": "stage",
                 "pcn.stage": stage,
+                "pcn.instance": instance or stage,
                 "pcn.scale": params.scale,
-                "git_commit": git_commit(),
+                **source_tags(),
                 **(tags or {}),
             },
         )

@@ -168,8 +168,9 @@ def test_a_step_writes_and_logs_what_its_instance_declares(monkeypatch):
     logged = {}
 
     @contextlib.contextmanager
-    def fake_run(name, params, sections, tags=None):
+    def fake_run(name, params, sections, tags=None, instance=None):
         logged.update(sections)
+        logged["run name"] = instance
         yield None
 
     monkeypatch.setattr(common, "stage_run", fake_run)
@@ -181,6 +182,7 @@ def test_a_step_writes_and_logs_what_its_instance_declares(monkeypatch):
         )
         assert not st.plots
     assert "experiments.variants.avgpool" in logged and logged["experiments.variants.avgpool"] == {"pool": "avg"}
+    assert logged["run name"] == "ablation@avgpool-0", "the MLflow run is named after its instance"
     record = [
         i
         for s in build_stages(load_params(ROOT / "params.yaml"))

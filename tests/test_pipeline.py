@@ -77,6 +77,9 @@ def make_project(dest: Path, patch: dict) -> Path:
     (dest / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     check(run(["git", "init", "-q"], dest))
     check(run([str(BIN / "dvc"), "init", "-q"], dest))
+    # the repository's DVC settings and plot templates
+    shutil.copy(ROOT / ".dvc" / "config", dest / ".dvc" / "config")
+    shutil.copytree(ROOT / ".dvc" / "plots", dest / ".dvc" / "plots")
     check(run([str(BIN / "pcn"), "dag"], dest))
     check(run(["git", "add", "-A"], dest))
     check(run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"], dest))
@@ -225,6 +228,45 @@ def test_editing_code_makes_exactly_the_stages_that_run_it_stale(smk_project, dv
             os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
+def _stale_in_both(smk: Path, dvc_project: Path) -> tuple[set[str], set[str]]:
+    """The rules `snakemake -n` would run, and the stages `dvc status` lists."""
+    out = check(run([str(BIN / "snakemake"), "-n", "--cores", "2"], smk))
+    rules = set(re.findall(r"^(?:local)?rule (\w+):", out, re.M)) - {"all"}
+    status = check(run([str(BIN / "dvc"), "status"], dvc_project))
+    return rules, set(re.findall(r"^(\S+):\s*$", status, re.M))
+
+
+@pytest.mark.parametrize(
+    ("edited", "expected"),
+    [
+        # the paper's directions are read by the figures and the report
+        ("paper/numbers.yaml", {"figures", "report"}),
+        # another scale's values: nothing this run reads changed, for either front end
+        ("params.yaml", set()),
+    ],
+)
+def test_both_front_ends_agree_on_what_an_edit_makes_stale(smk_project, dvc_project, edited, expected):
+    smk, _ = smk_project
+    saved = {}
+    for project in (smk, dvc_project):
+        path = project / edited
+        saved[path] = (path.read_text(), path.stat())
+        if edited == "params.yaml":
+            raw = yaml.safe_load(saved[path][0])
+            raw["scales"]["paper"]["pretrain"]["epochs"] += 1
+            path.write_text(yaml.safe_dump(raw, sort_keys=False))
+        else:
+            path.write_text(saved[path][0] + "\n# an edit\n")
+    try:
+        rules, dvc_stale = _stale_in_both(smk, dvc_project)
+        assert rules == expected, rules
+        assert dvc_stale == expected, dvc_stale
+    finally:
+        for path, (text, st) in saved.items():  # content and time, so the later tests see no edit
+            path.write_text(text)
+            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
 def test_dvc_and_snakemake_give_the_same_metrics(smk_project, dvc_project):
     smk, _ = smk_project
     for name in ("eval.json", "pretrain.json", "ablations/baseline-s0.json"):
@@ -241,6 +283,30 @@ def test_dvc_metrics_and_plots_render(dvc_project):
     check(run([str(BIN / "dvc"), "plots", "show", "-o", "dvc_plots"], dvc_project))
     html = (dvc_project / "dvc_plots" / "index.html").read_text()
     assert "plots/pretrain.csv" in html and "Training accuracy" in html
+    assert "plots/grid_top1.csv" in html and "plots/depth_width.csv" in html, "the grid's plots"
+    assert "cdn.jsdelivr" not in html and "<script src=" not in html, "the page must not load scripts from the web"
+
+
+@pytest.mark.browser
+def test_dvc_plots_page_renders_offline_in_chromium(dvc_project):
+    """`dvc plots show`'s page draws its charts with no network: the Vega scripts are inlined."""
+    chromium = Path("/usr/bin/chromium")
+    if not chromium.exists():
+        pytest.skip(f"{chromium} not found: install Debian's chromium (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    out = dvc_project / "dvc_plots_offline"
+    check(run([str(BIN / "dvc"), "plots", "show", "-o", str(out)], dvc_project))
+    args = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(chromium), args=args)
+        page = browser.new_page()
+        page.route("http*://**", lambda route: route.abort())  # offline: any web request fails
+        page.goto((out / "index.html").as_uri())
+        page.wait_for_selector("svg.marks, canvas.marks", timeout=60_000)
+        charts = page.locator(".vega-embed").count()
+        browser.close()
+    assert charts >= 3, f"{charts} charts drawn"
 
 
 def test_snakemake_report_is_browsable(smk_project):

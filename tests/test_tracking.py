@@ -179,3 +179,27 @@ def test_one_process_in_two_projects_tracks_each_into_its_own_store(params, tmp_
         exp_id = client.get_experiment_by_name(params.tracking.experiment).experiment_id
         found = {r.info.run_id for r in client.search_runs([exp_id], "attributes.run_name = 'train'")}
         assert found == {run_id}, f"project {name}'s store holds {found}, expected only {run_id}"
+
+
+def test_stage_runs_carry_mlflows_source_tags_and_their_instance_name(params, tmp_path, monkeypatch):
+    """MLflow's UI reads mlflow.source.git.*; each matrix instance is its own run name; the
+    experiment opens as a model-development one."""
+    from mlflow import MlflowClient
+
+    from pcn.tracking import git_commit, stage_run
+
+    monkeypatch.chdir(ROOT)  # a git checkout: the commit is known
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    with stage_run("ablation", params, {}, instance="ablation@no_se-0") as run:
+        pass
+    client = MlflowClient(uri)
+    got = client.get_run(run.run_id)
+    tags = got.data.tags
+    assert got.info.run_name == "ablation@no_se-0" and tags["pcn.stage"] == "ablation"
+    assert tags["mlflow.source.git.commit"] == git_commit() != "unknown"
+    assert tags["mlflow.source.git.branch"] and tags["pcn.git_dirty"] in ("true", "false")
+    exp = client.get_experiment(got.info.experiment_id)
+    assert exp.tags.get("mlflow.experimentKind") == "custom_model_development"
+    parent = client.get_run(tags["mlflow.parentRunId"])
+    assert parent.data.tags["mlflow.source.git.commit"] == tags["mlflow.source.git.commit"]

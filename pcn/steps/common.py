@@ -86,12 +86,15 @@ def stage(
     released checkpoint's evaluation), which have no record and name their outputs."""
     params = load_params(args.params)
     paths: dict[str, tuple[str, ...]] = {}
+    instance = name
     if sections is None:
         record = stage_record(name, params)
-        one = record.instance({k: str(getattr(args, k)) for k in record.matrix})
+        wildcards = {k: str(getattr(args, k)) for k in record.matrix}
+        one = record.instance(wildcards)
         sections = one.params
         paths = {"outs": one.outs, "metrics": one.metrics, "plots": one.plots}
-    with stage_run(name, params, section_values(params, sections), tags) as run:
+        instance = record.instance_name(wildcards)
+    with stage_run(name, params, section_values(params, sections), tags, instance=instance) as run:
         yield StageRun(name, params, run, **paths)
 
 

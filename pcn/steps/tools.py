@@ -35,6 +35,9 @@ def dag(args) -> int:
         return 0
     write_text(DVC_FILE, text)
     print(f"wrote {DVC_FILE} ({len(yaml.safe_load(text)['stages'])} stages)")
+    from pcn.dvc_plots import write_template
+
+    write_template()  # `dvc plots show` renders offline (.dvc/config names it)
     return 0
 
 
