@@ -351,3 +351,26 @@ def test_adding_a_variant_adds_exactly_its_stages(smk_project, dvc_project):
     add_variant(project)
     smk = check(run([str(BIN / "snakemake"), "-n", "--cores", "2"], project))
     assert re.findall(r"wildcards: (.*)", smk) == ["variant=no_se, seed=0"]
+
+
+@pytest.fixture
+def dvc_copy(dvc_project, tmp_path):
+    """A copy of the DVC project (cache included) that a test may change."""
+    dest = tmp_path / "dvc_copy"
+    shutil.copytree(dvc_project, dest, symlinks=True)
+    return dest
+
+
+def test_dvc_exp_run_on_a_recipe_key_runs_its_downstream(dvc_copy):
+    out = check(run([str(BIN / "dvc"), "exp", "run", "-S", "evaluate.batch_size=64"], dvc_copy, timeout=900))
+    ran = set(re.findall(r"Running stage '([^']+)'", out))
+    assert ran == {"evaluate", "figures", "report"}, (ran, out[-2000:])
+    assert yaml.safe_load((dvc_copy / "params.yaml").read_text())["evaluate"]["batch_size"] == 64
+
+
+def test_dvc_exp_run_on_a_shape_key_is_refused_naming_pcn_dag(dvc_copy):
+    before = (dvc_copy / "metrics" / "ablations.json").read_text()
+    cp = run([str(BIN / "dvc"), "exp", "run", "-S", "experiments.seeds=[0,1]"], dvc_copy, timeout=900)
+    assert cp.returncode != 0
+    assert "dvc.yaml is stale" in cp.stderr + cp.stdout and "`pcn dag`" in cp.stderr + cp.stdout
+    assert (dvc_copy / "metrics" / "ablations.json").read_text() == before, "nothing is overwritten"

@@ -9,10 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pcn.config import Params, load_params
+from pcn.config import Params, load_params, raw_params
+from pcn.errors import UserError
 from pcn.io import write_json
 from pcn.machine import describe
-from pcn.stages import FFCV_DIR, stage_record
+from pcn.stages import FFCV_DIR, dvc_yaml, stage_record
 from pcn.tracking import RunLogger, stage_run, tracking_uri
 
 # Where submitit keeps each launched job's logs and pickles, one folder per stage
@@ -85,6 +86,8 @@ def stage(
     flags: ``--variant`` fills ``{variant}``).  ``sections`` is for runs outside the DAG (a
     released checkpoint's evaluation), which have no record and name their outputs."""
     params = load_params(args.params)
+    if os.environ.get("DVC_STAGE"):
+        refuse_stale_dvc_yaml(args.params, params)
     paths: dict[str, tuple[str, ...]] = {}
     instance = name
     if sections is None:
@@ -96,6 +99,18 @@ def stage(
         instance = record.instance_name(wildcards)
     with stage_run(name, params, section_values(params, sections), tags, instance=instance) as run:
         yield StageRun(name, params, run, **paths)
+
+
+def refuse_stale_dvc_yaml(params_path: str, params: Params) -> None:
+    """Under DVC, refuse to run when dvc.yaml no longer matches params.yaml: DVC would run
+    the stale matrix (e.g. `dvc exp run -S` on the seeds, a variant or the scale), whose
+    instances and paths the steps no longer agree with."""
+    dvc_file = Path(params_path).parent / "dvc.yaml"
+    if not dvc_file.is_file() or dvc_file.read_text() != dvc_yaml(params, raw_params(params_path)):
+        raise UserError(
+            f"{dvc_file} is stale for {params_path}: the edit changes the DAG's shape (its stages or "
+            "instances); run `pcn dag` (or `pcn run`), then repeat the command"
+        )
 
 
 def setup_torch(threads: int) -> None:
