@@ -246,6 +246,38 @@ class RunLogger:
         self._call("set_terminated", lambda c: c.set_terminated(self.run_id, status))
 
 
+SYSTEM_METRICS_INTERVAL_S = 10.0  # MLflow's default sampling period
+
+
+@contextlib.contextmanager
+def system_metrics(run_id: str | None, uri: str, enabled: bool = True) -> Iterator[None]:
+    """MLflow's own system-metrics monitor on a training run while the block runs: CPU,
+    memory, disk and network, and GPU utilisation and memory where NVML answers, under
+    ``system/`` in the run.  Failure-safe like every tracking call."""
+    monitor = None
+    if enabled and run_id is not None:
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            monitor = SystemMetricsMonitor(
+                run_id, sampling_interval=SYSTEM_METRICS_INTERVAL_S, resume_logging=True, tracking_uri=uri
+            )
+            monitor.start()
+        except Exception as exc:  # noqa: BLE001 - tracking must never kill a stage
+            warnings.warn(f"MLflow system metrics unavailable ({exc.__class__.__name__}: {exc})")
+            monitor = None
+    try:
+        yield
+    finally:
+        if monitor is not None:
+            monitor.finish()
+            # MLflow's thread logs only whole periods: a last sample, so a short run has one too
+            with contextlib.suppress(Exception):
+                monitor.collect_metrics()
+                monitor.publish_metrics(monitor.aggregate_metrics())
+                monitor.mlflow_logger.flush()
+
+
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():

@@ -203,3 +203,20 @@ def test_stage_runs_carry_mlflows_source_tags_and_their_instance_name(params, tm
     assert exp.tags.get("mlflow.experimentKind") == "custom_model_development"
     parent = client.get_run(tags["mlflow.parentRunId"])
     assert parent.data.tags["mlflow.source.git.commit"] == tags["mlflow.source.git.commit"]
+
+
+def test_a_training_run_records_system_metrics(params, tmp_path, monkeypatch):
+    """MLflow's system metrics land in the run, also for a run shorter than one sampling period."""
+    import time
+
+    from mlflow import MlflowClient
+
+    from pcn.tracking import stage_run, system_metrics
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    with stage_run("pretrain", params, {}) as run, system_metrics(run.run_id, uri):
+        time.sleep(0.5)
+    keys = set(MlflowClient(uri).get_run(run.run_id).data.metrics)
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= keys, keys
