@@ -374,3 +374,22 @@ def test_dvc_exp_run_on_a_shape_key_is_refused_naming_pcn_dag(dvc_copy):
     assert cp.returncode != 0
     assert "dvc.yaml is stale" in cp.stderr + cp.stdout and "`pcn dag`" in cp.stderr + cp.stdout
     assert (dvc_copy / "metrics" / "ablations.json").read_text() == before, "nothing is overwritten"
+
+
+def test_finetune_registers_a_version_that_evaluate_scores(smk_project):
+    """After a run the registry holds the fine-tuned model, linked to the finetune run, and
+    `pcn evaluate --model models:/...` scores it; an unknown version is refused, nothing written."""
+    from mlflow import MlflowClient
+
+    project, _ = smk_project
+    finetune = json.loads((project / "metrics" / "finetune.json").read_text())
+    version = MlflowClient(f"sqlite:///{project / 'mlflow.db'}").get_model_version_by_alias(
+        "patchconvnet-demo", "newest"
+    )
+    assert version.run_id == finetune["mlflow_run_id"] and finetune["registered_version"] == int(version.version)
+    check(run([str(BIN / "pcn"), "evaluate", "--model", "models:/patchconvnet-demo@newest"], project, timeout=600))
+    scored = json.loads((project / "metrics" / "registered" / f"patchconvnet-demo-v{version.version}.json").read_text())
+    assert 0 <= scored["top1"] <= 100 and scored["n_images"] > 0 and scored["source_run_id"] == version.run_id
+    bad = run([str(BIN / "pcn"), "evaluate", "--model", "models:/patchconvnet-demo/99"], project, timeout=300)
+    assert bad.returncode == 2 and "has no version 99" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    assert not (project / "metrics" / "registered" / "patchconvnet-demo-v99.json").exists()
