@@ -153,9 +153,37 @@ def ensure_pipeline_run(engine: str, params) -> str | None:
 
 def end_pipeline_run(params, status: str) -> None:
     """End the parent run :func:`ensure_pipeline_run` started here (one started by ``pcn run``
-    is ended there)."""
+    is ended there), with the headline numbers on it."""
     while _STARTED_HERE:
-        RunLogger(_STARTED_HERE.pop(), tracking_uri(params.tracking.uri)).finish(status)
+        finish_pipeline_run(_STARTED_HERE.pop(), tracking_uri(params.tracking.uri), status)
+
+
+# The numbers a user looks for first, from the stages' metrics files: logged on the parent
+# run too, so the runs table shows them as columns without expanding it.
+HEADLINE_METRICS = {
+    "metrics/eval.json": ("top1", "v2_top1"),
+    "metrics/segmentation.json": ("mIoU",),
+    "metrics/detection.json": ("bbox_AP", "segm_AP"),
+}
+
+
+def headline_metrics(root: Path = Path(".")) -> dict[str, float]:
+    import json
+
+    out: dict[str, float] = {}
+    for name, keys in HEADLINE_METRICS.items():
+        try:
+            record = json.loads((root / name).read_text())
+        except (OSError, ValueError):
+            continue  # not run (yet), or failed
+        out.update({k: float(record[k]) for k in keys if isinstance(record.get(k), (int, float))})
+    return out
+
+
+def finish_pipeline_run(run_id: str, uri: str, status: str) -> None:
+    logger = RunLogger(run_id, uri)
+    logger.log_metrics(headline_metrics())
+    logger.finish(status)
 
 
 def pipeline_run_id(uri: str, experiment: str, scale: str) -> str:

@@ -167,6 +167,22 @@ def test_every_stage_run_is_tracked_under_one_pipeline_run(smk_project):
     summary = json.loads((project / "data" / "demo" / "demo_summary.json").read_text())
     hashes = {v for (v,) in db.execute("select value from tags where key = 'data_hash'")}
     assert hashes == {summary["content_hash"]} and summary["content_hash"]
+    # every run is named after its stage instance, and carries the commit MLflow's UI shows
+    names = {
+        n
+        for (n,) in db.execute(
+            "select name from runs where run_uuid in (select run_uuid from tags "
+            "where key = 'pcn.kind' and value = 'stage')"
+        )
+    }
+    expected = {s.instance_name(wc) for s in build_stages(load_params(project / "params.yaml")) for wc in s.instances()}
+    assert names == expected, names ^ expected
+    commits = db.execute("select count(*) from tags where key = 'mlflow.source.git.commit'").fetchone()[0]
+    assert commits == len(rows) + 1, "every stage run and the pipeline run name their commit"
+    # the parent run shows the headline numbers of the stages' files
+    (parent,) = parents
+    top1 = db.execute("select value from latest_metrics where run_uuid = ? and key = 'top1'", (parent,)).fetchone()
+    assert top1 and top1[0] == json.loads((project / "metrics" / "eval.json").read_text())["top1"]
 
 
 def test_rerun_with_nothing_changed_does_nothing(smk_project, dvc_project):

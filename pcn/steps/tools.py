@@ -13,7 +13,7 @@ from pcn.config import ParamsError, load_params, raw_params, recipe
 from pcn.engine_process import run_engine
 from pcn.io import write_text
 from pcn.stages import dvc_yaml
-from pcn.tracking import PIPELINE_ENV, RunLogger, start_pipeline_run, tracking_uri
+from pcn.tracking import PIPELINE_ENV, finish_pipeline_run, start_pipeline_run, tracking_uri
 
 DVC_FILE = Path("dvc.yaml")
 
@@ -88,7 +88,7 @@ def run_pipeline(args) -> int:
         cmd = ["dvc", "repro", *extra]
     print(f"pipeline run {run_id} ({args.engine}, scale {params.scale}): {' '.join(cmd)}", flush=True)
     rc = run_engine(cmd, env)
-    RunLogger(run_id, uri).finish("FINISHED" if rc == 0 else "KILLED" if rc > 128 else "FAILED")
+    finish_pipeline_run(run_id, uri, "FINISHED" if rc == 0 else "KILLED" if rc > 128 else "FAILED")
     return rc
 
 
