@@ -45,6 +45,7 @@ PRIORITY_LONG_TRANSFER = 50
 PRIORITY_ANY_TIME = 0
 
 # Paths more than one stage names (one writes, others read)
+BENCHMARK_DIR = "logs/benchmarks"  # one TSV per Snakemake job (its `benchmark:` file)
 FFCV_DIR = "data/ffcv"
 BASELINE_VARIANT = "baseline"  # the grid's reference run: the multi-class init and the attention maps read it
 
@@ -81,6 +82,12 @@ class Stage:
 
     def all_paths(self) -> tuple[str, ...]:
         return self.outs + self.metrics + self.plots
+
+    @property
+    def benchmark(self) -> str:
+        """Where Snakemake's ``benchmark:`` writes the job's wall and CPU time (a pattern with
+        the matrix's wildcards; benchmarks/dag_profile.py reads it)."""
+        return "/".join([BENCHMARK_DIR, self.name, *(f"{{{k}}}" for k in self.matrix)]) + ".tsv"
 
     def instance(self, wc: dict[str, str]) -> Stage:
         """This stage with one instance's wildcards filled in (its command, paths and params

@@ -132,6 +132,8 @@ def test_snakemake_runs_every_stage(smk_project):
         for wc in stage.instances():
             for path in stage.all_paths():
                 assert (project / path.format(**wc)).exists(), f"{stage.name}: missing {path.format(**wc)}"
+            # Snakemake's benchmark file, which benchmarks/dag_profile.py reads
+            assert (project / stage.benchmark.format(**wc)).is_file(), f"{stage.name}: no benchmark file"
     ev = json.loads((project / "metrics/eval.json").read_text())
     assert 0 <= ev["top1"] <= 100 and ev["top1"] <= ev["top5"] <= 100
     assert (project / "data/ffcv/train.beton").stat().st_size > 0
