@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -49,8 +50,8 @@ TINY = {
 }
 
 
-def run(cmd: list[str], cwd: Path, **kw) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+def run(cmd: list[str], cwd: Path, env_extra: dict | None = None, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", **(env_extra or {})}
     env.pop("MLFLOW_TRACKING_URI", None)
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, **kw)
 
@@ -106,11 +107,14 @@ def smk_engine(request) -> list[str]:
 @pytest.fixture(scope="module")
 def smk_project(tmp_path_factory, smk_engine):
     project = make_project(tmp_path_factory.mktemp("e2e") / "smk", TINY)
+    audit = project.parent / "audit"  # every file each stage opens (pcn.file_audit), outside the project
+    audit.mkdir()
     out = check(
         run(
             [str(BIN / "pcn"), "run", "--engine", "snakemake", "--cores", "2", "all", *smk_engine],
             project,
             timeout=2400,
+            env_extra={"PCN_AUDIT_DIR": str(audit)},
         )
     )
     return project, out
@@ -411,3 +415,43 @@ def test_finetune_registers_a_version_that_evaluate_scores(smk_project):
     bad = run([str(BIN / "pcn"), "evaluate", "--model", "models:/patchconvnet-demo/99"], project, timeout=300)
     assert bad.returncode == 2 and "has no version 99" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
     assert not (project / "metrics" / "registered" / "patchconvnet-demo-v99.json").exists()
+
+
+# What a stage may open besides its declared inputs and outputs: the params it is given, the
+# code it runs (its code dependencies are declared per module; an import may touch others),
+# the tracking store, logs and locks, and the engines' own folders.
+UNDECLARED_OK = ("params.yaml", "pcn/", "mlflow.db", "mlartifacts/", "logs/", ".pcn/", ".snakemake/", ".dvc/", ".git/")
+
+
+def _declared(path: str, allowed: set[str]) -> bool:
+    """``path`` or a folder above it is declared; a temporary sibling of an output
+    (pcn.io.atomic_path's ``.<name>.<host>-<pid>-*.tmp``) stands for that output."""
+    host = socket.gethostname()
+    parts = [p[1:].split(f".{host}-")[0] if p.startswith(".") and p.endswith(".tmp") else p for p in Path(path).parts]
+    return any(str(Path(*parts[:n])) in allowed for n in range(1, len(parts) + 1))
+
+
+def test_every_file_a_stage_opens_is_declared(smk_project):
+    """Each demo stage ran under an audit hook (pcn.file_audit): every project file it or its
+    training job opened is a declared input or output of its instance, or code, params,
+    tracking or logs.  An undeclared read is one neither front end would rerun the stage for."""
+    from pcn.config import load_params
+    from pcn.stages import build_stages
+
+    project, _ = smk_project
+    declared = {}
+    for stage in build_stages(load_params(project / "params.yaml")):
+        for wc in stage.instances():
+            one = stage.instance(wc)
+            declared[stage.instance_name(wc)] = set(one.deps) | set(one.all_paths())
+    records = [json.loads(f.read_text()) for f in (project.parent / "audit").glob("*.json")]
+    seen: dict[str, set[str]] = {}
+    for r in records:
+        if r["stage"] in declared:
+            seen.setdefault(r["stage"], set()).update(r["opened"])
+    assert set(seen) == set(declared), f"stages without an audit record: {set(declared) - set(seen)}"
+    undeclared = {
+        stage: sorted(p for p in opened if not p.startswith(UNDECLARED_OK) and not _declared(p, declared[stage]))
+        for stage, opened in seen.items()
+    }
+    assert not {s: v for s, v in undeclared.items() if v}, undeclared

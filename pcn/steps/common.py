@@ -11,6 +11,7 @@ from typing import Any
 
 from pcn.config import Params, load_params, raw_params
 from pcn.errors import UserError
+from pcn.file_audit import AUDIT_DIR_ENV, AUDIT_STAGE_ENV
 from pcn.io import write_json
 from pcn.machine import describe
 from pcn.stages import FFCV_DIR, dvc_yaml, stage_record
@@ -97,6 +98,8 @@ def stage(
         sections = one.params
         paths = {"outs": one.outs, "metrics": one.metrics, "plots": one.plots}
         instance = record.instance_name(wildcards)
+    if os.environ.get(AUDIT_DIR_ENV):
+        os.environ[AUDIT_STAGE_ENV] = instance  # pcn.file_audit: the jobs this stage starts inherit it
     with stage_run(name, params, section_values(params, sections), tags, instance=instance) as run:
         yield StageRun(name, params, run, **paths)
 
