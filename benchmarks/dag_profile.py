@@ -1,77 +1,99 @@
 """Where a pipeline run's time went: each stage's share of the cores' time, and the critical path.
 
-Reads a Snakemake log (the newest under .snakemake/log/ by default): every job's rule,
-wildcards, inputs, outputs, threads, start and end.  A job depends on another when one of
-its inputs is, or lies under, one of the other's outputs.  Two bounds on the wall time
-follow: the work (core-seconds over the cores) and the critical path (the longest chain of
-dependent jobs).  A cut shortens the run only where it shortens the bound that binds.
+Reads the files Snakemake's ``benchmark:`` directive wrote for every job (one TSV per stage
+instance under logs/benchmarks/, the paths the stage table gives): the job's wall seconds
+and CPU seconds.  The stage table gives each instance's threads, inputs and outputs; a job
+depends on another when one of its inputs is, or lies under, one of the other's outputs.
+Two bounds on the wall time follow: the work (core-seconds over the cores) and the critical
+path (the longest chain of dependent jobs).  A cut shortens the run only where it shortens
+the bound that binds.
 
-    python benchmarks/dag_profile.py                          # the newest log, 2 cores
-    python benchmarks/dag_profile.py LOG --cores 2 --out profile.json
+    python benchmarks/dag_profile.py                              # this project, 2 cores
+    python benchmarks/dag_profile.py --project DIR --cores 2 --out profile.json
 
-Times are the log's, to the second, and hold for the machine that ran it; the JSON
-records the machine's 1-thread sgemm figure when asked (--sgemm) to make them comparable.
+Times hold for the machine that ran the jobs; the JSON records the machine's 1-thread sgemm
+figure when asked (--sgemm) to make them comparable.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
-import re
 import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
-
-STAMP = re.compile(r"^\[(\w{3} \w{3} +\d+ [\d:]+ \d{4})\]$")
-RULE = re.compile(r"^(?:local)?rule (\w+):$")
-FIELD = re.compile(r"^\s+(input|output|wildcards|jobid|threads): (.*)$")
-FINISHED = re.compile(r"^Finished jobid: (\d+)")
 
 
 @dataclass
 class Job:
     rule: str
-    start: datetime
-    wildcards: str = ""
+    seconds: float  # wall time
+    name: str = ""  # the instance, DVC's way (ablation@no_se-0)
+    cpu_s: float = 0.0
     inputs: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
     threads: int = 1
-    end: datetime | None = None
+    end: float = 0.0  # when the benchmark file was written (epoch seconds)
 
     @property
-    def name(self) -> str:
-        return f"{self.rule} {self.wildcards}".strip()
-
-    @property
-    def seconds(self) -> float:
-        return (self.end - self.start).total_seconds() if self.end else 0.0
+    def start(self) -> float:
+        return self.end - self.seconds
 
 
-def parse_log(text: str) -> list[Job]:
-    """The finished jobs of one Snakemake log."""
-    jobs: dict[str, Job] = {}
-    stamp = current = None
-    for line in text.splitlines():
-        if m := STAMP.match(line):
-            stamp = datetime.strptime(m.group(1), "%a %b %d %H:%M:%S %Y")
-        elif m := RULE.match(line):
-            current = Job(m.group(1), stamp)
-        elif (m := FIELD.match(line)) and current is not None:
-            key, value = m.groups()
-            if key == "jobid":
-                jobs[value] = current
-            elif key == "wildcards":
-                current.wildcards = value
-            elif key == "threads":
-                current.threads = int(value)
-            else:
-                getattr(current, f"{key}s").extend(v.strip() for v in value.split(","))
-        elif m := FINISHED.match(line):
-            if m.group(1) in jobs:
-                jobs[m.group(1)].end = stamp
-    return [j for j in jobs.values() if j.end is not None and j.rule != "all"]
+def read_benchmark(path: Path) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one Snakemake benchmark TSV."""
+    with open(path, newline="") as f:
+        row = next(csv.DictReader(f, delimiter="\t"))
+    cpu = row.get("cpu_time", "")
+    return float(row["s"]), float(cpu) if cpu not in ("", "NA", "-") else 0.0
+
+
+def read_jobs(project: Path, instances: list[dict]) -> list[Job]:
+    """The jobs whose benchmark file exists; ``instances``: name, rule, threads, deps, outs and
+    benchmark (the file's path) of every stage instance."""
+    jobs = []
+    for inst in instances:
+        path = project / inst["benchmark"]
+        if not path.is_file():
+            continue  # not run by this Snakemake run (or not yet)
+        seconds, cpu_s = read_benchmark(path)
+        jobs.append(
+            Job(
+                inst["rule"],
+                seconds,
+                name=inst["name"],
+                cpu_s=cpu_s,
+                inputs=list(inst["deps"]),
+                outputs=list(inst["outs"]),
+                threads=inst["threads"],
+                end=path.stat().st_mtime,
+            )
+        )
+    return jobs
+
+
+def table_instances(params_path: Path) -> list[dict]:
+    """Every stage instance of the stage table, as :func:`read_jobs` takes them."""
+    from pcn.config import load_params
+    from pcn.stages import build_stages
+
+    out = []
+    for stage in build_stages(load_params(params_path)):
+        for wc in stage.instances():
+            one = stage.instance(wc)
+            out.append(
+                {
+                    "name": stage.instance_name(wc),
+                    "rule": stage.name,
+                    "threads": stage.threads,
+                    "deps": one.deps,
+                    "outs": one.all_paths(),
+                    "benchmark": stage.benchmark.format(**wc),
+                }
+            )
+    return out
 
 
 def dependencies(jobs: list[Job]) -> dict[int, list[int]]:
@@ -92,10 +114,14 @@ def dependencies(jobs: list[Job]) -> dict[int, list[int]]:
 def critical_path(jobs: list[Job], deps: dict[int, list[int]]) -> list[int]:
     """The chain of dependent jobs with the most seconds, first job first."""
     best: dict[int, tuple[float, int | None]] = {}
-    for i in sorted(range(len(jobs)), key=lambda k: jobs[k].start):
-        prev = max(deps.get(i, []), key=lambda d: best[d][0], default=None)
-        best[i] = (jobs[i].seconds + (best[prev][0] if prev is not None else 0.0), prev)
-    node: int | None = max(best, key=lambda k: best[k][0])
+
+    def longest(i: int) -> tuple[float, int | None]:
+        if i not in best:
+            prev = max(deps.get(i, []), key=lambda d: longest(d)[0], default=None)
+            best[i] = (jobs[i].seconds + (longest(prev)[0] if prev is not None else 0.0), prev)
+        return best[i]
+
+    node: int | None = max(range(len(jobs)), key=lambda k: longest(k)[0])
     chain = []
     while node is not None:
         chain.append(node)
@@ -107,12 +133,13 @@ def profile(jobs: list[Job], cores: int) -> dict:
     deps = dependencies(jobs)
     chain = critical_path(jobs, deps)
     work = sum(j.seconds * j.threads for j in jobs)
-    wall = (max(j.end for j in jobs) - min(j.start for j in jobs)).total_seconds()
-    by_rule: dict[str, dict] = defaultdict(lambda: {"jobs": 0, "core_s": 0.0, "critical_s": 0.0})
+    wall = max(j.end for j in jobs) - min(j.start for j in jobs)
+    by_rule: dict[str, dict] = defaultdict(lambda: {"jobs": 0, "core_s": 0.0, "cpu_s": 0.0, "critical_s": 0.0})
     for i, job in enumerate(jobs):
         r = by_rule[job.rule]
         r["jobs"] += 1
         r["core_s"] += job.seconds * job.threads
+        r["cpu_s"] += job.cpu_s
         r["critical_s"] += job.seconds if i in chain else 0.0
     for r in by_rule.values():
         r["share_of_work"] = round(r["core_s"] / work, 4) if work else 0.0
@@ -142,18 +169,16 @@ def render(p: dict) -> str:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("log", nargs="?", help="a Snakemake log (default: the newest in .snakemake/log)")
+    ap.add_argument("--project", default=".", help="the project folder (its params.yaml and logs/benchmarks/)")
     ap.add_argument("--cores", type=int, default=2, help="the cores the run had")
     ap.add_argument("--sgemm", action="store_true", help="record this machine's 1-thread sgemm GFLOP/s")
     ap.add_argument("--out", help="write the profile as JSON here")
     args = ap.parse_args(argv)
-    log = Path(args.log) if args.log else max(Path(".snakemake/log").glob("*.snakemake.log"), default=None)
-    if log is None or not log.is_file():
-        sys.exit(f"dag_profile: no Snakemake log at {args.log or '.snakemake/log/'}")
-    jobs = parse_log(log.read_text())
+    project = Path(args.project)
+    jobs = read_jobs(project, table_instances(project / "params.yaml"))
     if not jobs:
-        sys.exit(f"dag_profile: {log} holds no finished job")
-    result = {"log": str(log), **profile(jobs, args.cores)}
+        sys.exit(f"dag_profile: no Snakemake benchmark file under {project / 'logs' / 'benchmarks'}")
+    result = {"project": str(project), **profile(jobs, args.cores)}
     if args.sgemm:
         from pcn.machine_speed import sgemm_gflops
 

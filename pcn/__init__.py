@@ -8,6 +8,7 @@ them while ``pcn --help`` and the tool verbs never load torch (5 s).
 
 import importlib.abc
 import importlib.util
+import os
 import sys
 
 __version__ = "0.1.0"
@@ -42,3 +43,8 @@ if "timm" in sys.modules:
     _register()
 elif not any(isinstance(f, _RegisterAfterTimm) for f in sys.meta_path):
     sys.meta_path.insert(0, _RegisterAfterTimm())
+
+if os.environ.get("PCN_AUDIT_DIR"):  # the declared-inputs check (pcn.file_audit); off by default
+    from pcn import file_audit
+
+    file_audit.install()

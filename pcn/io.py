@@ -143,6 +143,19 @@ def write_text(path: str | Path, text: str) -> Path:
     return Path(path)
 
 
+def write_csv(path: str | Path, rows: list[dict[str, Any]]) -> Path:
+    """Rows of one shape as a CSV file (header from the first row), written atomically."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    return write_text(path, buf.getvalue())
+
+
 def read_yaml(path: str | Path, error: type[Exception] = ValueError, hint: str = "") -> Any:
     """The parsed YAML file; a missing or malformed file raises ``error`` in one line naming
     the file (and the line of a syntax error)."""

@@ -45,6 +45,7 @@ PRIORITY_LONG_TRANSFER = 50
 PRIORITY_ANY_TIME = 0
 
 # Paths more than one stage names (one writes, others read)
+BENCHMARK_DIR = "logs/benchmarks"  # one TSV per Snakemake job (its `benchmark:` file)
 FFCV_DIR = "data/ffcv"
 BASELINE_VARIANT = "baseline"  # the grid's reference run: the multi-class init and the attention maps read it
 
@@ -81,6 +82,12 @@ class Stage:
 
     def all_paths(self) -> tuple[str, ...]:
         return self.outs + self.metrics + self.plots
+
+    @property
+    def benchmark(self) -> str:
+        """Where Snakemake's ``benchmark:`` writes the job's wall and CPU time (a pattern with
+        the matrix's wildcards; benchmarks/dag_profile.py reads it)."""
+        return "/".join([BENCHMARK_DIR, self.name, *(f"{{{k}}}" for k in self.matrix)]) + ".tsv"
 
     def instance(self, wc: dict[str, str]) -> Stage:
         """This stage with one instance's wildcards filled in (its command, paths and params
@@ -336,6 +343,7 @@ def _add_grid(st: list[Stage], params: Params) -> None:
             "experiments",
             deps=_instance_paths(st, "experiments", "metrics") + _code("analysis"),
             metrics=("metrics/ablations.json",),
+            plots=(GRID_TOP1_PLOT, DEPTH_WIDTH_PLOT),
             params=("scale", "experiments"),
         )
     )
@@ -462,7 +470,11 @@ def _add_analysis(st: list[Stage], params: Params, image_deps: tuple[str, ...]) 
         "figures",
         "pcn figures",
         "report",
-        deps=_instance_paths(st, None, "metrics") + _instance_paths(st, None, "plots") + _code("analysis"),
+        # the attention stage's pictures and the paper's directions are drawn too
+        deps=_instance_paths(st, None, "metrics")
+        + _instance_paths(st, None, "plots")
+        + ("results/attention", "paper/numbers.yaml")
+        + _code("analysis"),
         outs=("reports/figures",),
         params=("scale",),
         report={"reports/figures": "Figures"},
@@ -516,8 +528,12 @@ def _lookup(raw: dict, dotted: str, missing: Any = None) -> Any:
     return node
 
 
-def _param_keys(stage: Stage, raw: dict) -> list:
-    """DVC params entries: every listed section plus its per-scale overrides that exist."""
+def _param_keys(stage: Stage, raw: dict, scale: str) -> list:
+    """DVC params entries: every listed section plus the active scale's overrides of it.
+
+    Only the active scale's: an edit of another scale's values changes nothing this run
+    reads, so neither front end may call the stage stale for it (Snakemake tracks the
+    resolved params too).  ``pcn scale`` rewrites dvc.yaml for the new scale."""
     for section in stage.params:
         for key in {section.format(**wc) for wc in stage.instances()}:
             # DVC reads params.yaml itself, without pcn's defaults: a tracked key must be written there
@@ -527,12 +543,12 @@ def _param_keys(stage: Stage, raw: dict) -> list:
                     "(DVC reads the file itself): write it, null for the default"
                 )
     keys = list(stage.params)
-    for scale, overrides in (raw.get("scales") or {}).items():
-        for section in stage.params:
-            if "{" in section:
-                continue  # per-instance keys: an override of the whole section is listed already
-            if _lookup(overrides, section) is not None:
-                keys.append(f"scales.{scale}.{section}")
+    overrides = (raw.get("scales") or {}).get(scale) or {}
+    for section in stage.params:
+        if "{" in section:
+            continue  # per-instance keys: an override of the whole section is listed already
+        if _lookup(overrides, section) is not None:
+            keys.append(f"scales.{scale}.{section}")
     return keys
 
 
@@ -546,18 +562,34 @@ def dvc_yaml(params: Params, raw: dict) -> str:
         entry["cmd"] = _dvc_fmt(s.cmd, keys)
         if s.deps:
             entry["deps"] = [_dvc_fmt(d, keys) for d in s.deps]
-        entry["params"] = [_dvc_fmt(k, keys) for k in _param_keys(s, raw)]
+        entry["params"] = [_dvc_fmt(k, keys) for k in _param_keys(s, raw, params.scale)]
         if s.outs:
             entry["outs"] = [_dvc_fmt(o, keys) for o in s.outs]
         if s.metrics:
             entry["metrics"] = [{_dvc_fmt(m, keys): {"cache": False}} for m in s.metrics]
         if s.plots:
-            entry["plots"] = [
-                {_dvc_fmt(p, keys): {"cache": False, "x": "epoch" if s.topic == "train" else "step"}} for p in s.plots
-            ]
+            entry["plots"] = [{_dvc_fmt(p, keys): {"cache": False, **plot_axes(s, p)}} for p in s.plots]
         stages[s.name] = entry
     doc = {"stages": stages, "plots": dvc_top_plots(params)}
     return DVC_HEADER + yaml.safe_dump(doc, sort_keys=False, width=120)
+
+
+# The grid's plots (written by `pcn summarize`): each run's top-1 by variant, and the
+# depth x width points.
+GRID_TOP1_PLOT = "plots/grid_top1.csv"
+DEPTH_WIDTH_PLOT = "plots/depth_width.csv"
+_PLOT_AXES = {
+    "train": {"x": "epoch", "y": "val_top1"},  # plots/<stage>.csv of the training stages
+    "transfer": {"x": "step", "y": "loss"},
+    GRID_TOP1_PLOT: {"x": "variant", "y": "top1", "template": "runs_by_variant"},  # .dvc/plots/: x is a name
+    DEPTH_WIDTH_PLOT: {"x": "depth", "y": "top1", "template": "scatter"},
+}
+
+
+def plot_axes(stage: Stage, path: str) -> dict[str, str]:
+    """The x and y columns DVC draws for one of a stage's plots (DVC's default y would be
+    the file's last column)."""
+    return _PLOT_AXES.get(path) or _PLOT_AXES[stage.topic]
 
 
 def dvc_top_plots(params: Params) -> list:

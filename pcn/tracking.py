@@ -131,29 +131,54 @@ def _probe(uri: str) -> str | None:
     return None
 
 
-def git_commit() -> str:
+def _git(*args: str) -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or "unknown"
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() if out.returncode == 0 else ""
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return ""
+
+
+def git_commit() -> str:
+    return _git("rev-parse", "HEAD") or "unknown"
+
+
+def source_tags() -> dict[str, str]:
+    """The tags MLflow's UI reads for a run's source (its Source and Version columns): the
+    commit and branch, plus whether the tree had uncommitted changes (then the commit alone
+    does not reproduce the run)."""
+    commit = git_commit()
+    if commit == "unknown":
+        return {}
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "mlflow.source.git.commit": commit,
+        "mlflow.source.git.branch": _git("rev-parse", "--abbrev-ref", "HEAD") or "unknown",
+        "pcn.git_dirty": str(bool(status)).lower(),
+    }
+
+
+# The UI opens a model-development experiment on its runs, not on the GenAI overview.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def experiment_id(uri: str, name: str) -> str:
     """The experiment's id, created if missing: in a sqlite store with the proxied artifact
     root ``mlflow-artifacts:/<id>`` (MLflow's own layout under a serving server)."""
+    from mlflow.entities import ExperimentTag
     from mlflow.exceptions import MlflowException
 
     mlf = client(uri)
     exp = mlf.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
+    tags = [ExperimentTag(k, v) for k, v in EXPERIMENT_TAGS.items()]
     try:
         if artifacts_dir(uri) is None:
-            return mlf.create_experiment(name)
+            return mlf.create_experiment(name, tags=EXPERIMENT_TAGS)
         from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
-        return SqlAlchemyStore(uri, PROXIED_ROOT).create_experiment(name)
+        return SqlAlchemyStore(uri, PROXIED_ROOT).create_experiment(name, tags=tags)
     except MlflowException:  # another stage created it first
         return mlf.get_experiment_by_name(name).experiment_id
 
@@ -164,7 +189,7 @@ def start_pipeline_run(uri: str, experiment: str, engine: str, scale: str, tags:
         "pcn.kind": "pipeline",
         "pcn.engine": engine,
         "pcn.scale": scale,
-        "git_commit": git_commit(),
+        **source_tags(),
         **(tags or {}),
     }
     mlf = client(uri)
@@ -191,9 +216,37 @@ def ensure_pipeline_run(engine: str, params) -> str | None:
 
 def end_pipeline_run(params, status: str) -> None:
     """End the parent run :func:`ensure_pipeline_run` started here (one started by ``pcn run``
-    is ended there)."""
+    is ended there), with the headline numbers on it."""
     while _STARTED_HERE:
-        RunLogger(_STARTED_HERE.pop(), tracking_uri(params.tracking.uri)).finish(status)
+        finish_pipeline_run(_STARTED_HERE.pop(), tracking_uri(params.tracking.uri), status)
+
+
+# The numbers a user looks for first, from the stages' metrics files: logged on the parent
+# run too, so the runs table shows them as columns without expanding it.
+HEADLINE_METRICS = {
+    "metrics/eval.json": ("top1", "v2_top1"),
+    "metrics/segmentation.json": ("mIoU",),
+    "metrics/detection.json": ("bbox_AP", "segm_AP"),
+}
+
+
+def headline_metrics(root: Path = Path(".")) -> dict[str, float]:
+    import json
+
+    out: dict[str, float] = {}
+    for name, keys in HEADLINE_METRICS.items():
+        try:
+            record = json.loads((root / name).read_text())
+        except (OSError, ValueError):
+            continue  # not run (yet), or failed
+        out.update({k: float(record[k]) for k in keys if isinstance(record.get(k), (int, float))})
+    return out
+
+
+def finish_pipeline_run(run_id: str, uri: str, status: str) -> None:
+    logger = RunLogger(run_id, uri)
+    logger.log_metrics(headline_metrics())
+    logger.finish(status)
 
 
 def pipeline_run_id(uri: str, experiment: str, scale: str) -> str:
@@ -284,6 +337,38 @@ class RunLogger:
         self._call("set_terminated", lambda c: c.set_terminated(self.run_id, status))
 
 
+SYSTEM_METRICS_INTERVAL_S = 10.0  # MLflow's default sampling period
+
+
+@contextlib.contextmanager
+def system_metrics(run_id: str | None, uri: str, enabled: bool = True) -> Iterator[None]:
+    """MLflow's own system-metrics monitor on a training run while the block runs: CPU,
+    memory, disk and network, and GPU utilisation and memory where NVML answers, under
+    ``system/`` in the run.  Failure-safe like every tracking call."""
+    monitor = None
+    if enabled and run_id is not None and uri not in _DOWN:
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            monitor = SystemMetricsMonitor(
+                run_id, sampling_interval=SYSTEM_METRICS_INTERVAL_S, resume_logging=True, tracking_uri=uri
+            )
+            monitor.start()
+        except Exception as exc:  # noqa: BLE001 - tracking must never kill a stage
+            log.warning("MLflow system metrics unavailable (%s)", one_line(exc))
+            monitor = None
+    try:
+        yield
+    finally:
+        if monitor is not None:
+            monitor.finish()
+            # MLflow's thread logs only whole periods: a last sample, so a short run has one too
+            with contextlib.suppress(Exception):
+                monitor.collect_metrics()
+                monitor.publish_metrics(monitor.aggregate_metrics())
+                monitor.mlflow_logger.flush()
+
+
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
@@ -297,9 +382,15 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 
 @contextlib.contextmanager
 def stage_run(
-    stage: str, params, section_values: dict[str, Any], tags: dict[str, str] | None = None
+    stage: str,
+    params,
+    section_values: dict[str, Any],
+    tags: dict[str, str] | None = None,
+    instance: str | None = None,
 ) -> Iterator[RunLogger]:
-    """A child run of the pipeline run for one stage; ends FAILED if the stage raises."""
+    """A child run of the pipeline run for one stage, named after its instance
+    (``ablation@no_se-0``; the stage's name where it has one instance); ends FAILED if the
+    stage raises."""
     uri = tracking_uri(params.tracking.uri)
     logger = RunLogger(None, uri)
     try:
@@ -307,13 +398,14 @@ def stage_run(
         parent = pipeline_run_id(uri, params.tracking.experiment, params.scale)
         run = mlf.create_run(
             experiment_id(uri, params.tracking.experiment),
-            run_name=stage,
+            run_name=instance or stage,
             tags={
                 "mlflow.parentRunId": parent,
                 "pcn.kind": "stage",
                 "pcn.stage": stage,
+                "pcn.instance": instance or stage,
                 "pcn.scale": params.scale,
-                "git_commit": git_commit(),
+                **source_tags(),
                 **(tags or {}),
             },
         )

@@ -122,7 +122,7 @@ def test_mlflow_ui_shows_pipeline_and_stage_runs(browser, tmp_path, monkeypatch)
     shots = tmp_path / "screenshots"
     shots.mkdir()
     try:
-        assert url == f"http://127.0.0.1:{port}/#/experiments/{exp_id}/runs"
+        assert url == f"http://127.0.0.1:{port}/#/experiments/{exp_id}/runs?workflowType=machine_learning"
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         page.set_default_timeout(TIMEOUT_MS)
         page.goto(url)
@@ -198,3 +198,43 @@ def test_html_report_renders(browser, tmp_path, monkeypatch):
     assert failed == []
     page.close()
     _keep(shots)
+
+
+def test_mlflow_ui_shows_a_registered_model(browser, tmp_path, monkeypatch):
+    """The fine-tuned model's registry page, as `pcn ui` serves it: its version, linked to its run."""
+    import timm
+    import yaml
+
+    import pcn.models  # noqa: F401
+    from pcn.config import load_params
+    from pcn.model_registry import log_model
+    from pcn.tracking import stage_run
+
+    monkeypatch.chdir(tmp_path)
+    for var in ("MLFLOW_TRACKING_URI", "PCN_PIPELINE_RUN_ID"):
+        monkeypatch.delenv(var, raising=False)
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["tracking"]["uri"] = None
+    Path("params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    model = timm.create_model("patchconvnet_demo", num_classes=5).eval()
+    with stage_run("finetune", load_params("params.yaml"), {}) as run:
+        assert log_model(run, model, 32, register_as="patchconvnet-demo") == 1
+
+    port = _free_port()
+    proc, _ = _pcn_ui(tmp_path, port)
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    try:
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(f"http://127.0.0.1:{port}/#/models/patchconvnet-demo?workflowType=machine_learning")
+        page.get_by_text("Version 1").first.wait_for()
+        page.screenshot(path=shots / "mlflow-registered-model.png")
+        page.goto(f"http://127.0.0.1:{port}/#/models/patchconvnet-demo/versions/1")
+        page.get_by_text("finetune").first.wait_for()  # the source run, by name
+        page.screenshot(path=shots / "mlflow-model-version.png")
+        page.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        _keep(shots)

@@ -168,8 +168,9 @@ def test_a_step_writes_and_logs_what_its_instance_declares(monkeypatch):
     logged = {}
 
     @contextlib.contextmanager
-    def fake_run(name, params, sections, tags=None):
+    def fake_run(name, params, sections, tags=None, instance=None):
         logged.update(sections)
+        logged["run name"] = instance
         yield None
 
     monkeypatch.setattr(common, "stage_run", fake_run)
@@ -181,6 +182,7 @@ def test_a_step_writes_and_logs_what_its_instance_declares(monkeypatch):
         )
         assert not st.plots
     assert "experiments.variants.avgpool" in logged and logged["experiments.variants.avgpool"] == {"pool": "avg"}
+    assert logged["run name"] == "ablation@avgpool-0", "the MLflow run is named after its instance"
     record = [
         i
         for s in build_stages(load_params(ROOT / "params.yaml"))
@@ -199,3 +201,24 @@ def test_a_step_outside_the_dag_for_its_params_is_refused_by_name():
     raw["experiments"]["enabled"] = False
     with pytest.raises(UserError, match="'ablation' is not part of the DAG"):
         stage_record("ablation", resolve(raw))
+
+
+def test_under_dvc_a_stage_refuses_a_dvc_yaml_of_another_shape(tmp_path):
+    """`dvc exp run -S` on a key that changes the DAG's shape would run the stale matrix."""
+    import yaml
+
+    from pcn.config import load_params
+    from pcn.errors import UserError
+    from pcn.steps.common import refuse_stale_dvc_yaml
+
+    for name in ("params.yaml", "dvc.yaml"):
+        (tmp_path / name).write_text((ROOT / name).read_text())
+    params_path = tmp_path / "params.yaml"
+    raw = yaml.safe_load(params_path.read_text())
+    raw["pretrain"]["lr"] *= 2  # a recipe value: the same DAG
+    params_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    refuse_stale_dvc_yaml(str(params_path), load_params(params_path))
+    raw["experiments"]["seeds"] = [*raw["experiments"]["seeds"], 99]  # one more instance per comparison
+    params_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    with pytest.raises(UserError, match=r"dvc.yaml is stale .* run `pcn dag`"):
+        refuse_stale_dvc_yaml(str(params_path), load_params(params_path))

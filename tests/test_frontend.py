@@ -42,7 +42,8 @@ def _env() -> dict[str, str]:
 
 @pytest.fixture
 def project(tmp_path):
-    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    for name in ("params.yaml", "dvc.yaml"):  # a DVC project: its stages refuse a stale dvc.yaml
+        shutil.copy(ROOT / name, tmp_path / name)
     return tmp_path
 
 

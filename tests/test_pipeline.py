@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -49,8 +50,8 @@ TINY = {
 }
 
 
-def run(cmd: list[str], cwd: Path, **kw) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+def run(cmd: list[str], cwd: Path, env_extra: dict | None = None, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", **(env_extra or {})}
     env.pop("MLFLOW_TRACKING_URI", None)
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, **kw)
 
@@ -77,6 +78,9 @@ def make_project(dest: Path, patch: dict) -> Path:
     (dest / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     check(run(["git", "init", "-q"], dest))
     check(run([str(BIN / "dvc"), "init", "-q"], dest))
+    # the repository's DVC settings and plot templates
+    shutil.copy(ROOT / ".dvc" / "config", dest / ".dvc" / "config")
+    shutil.copytree(ROOT / ".dvc" / "plots", dest / ".dvc" / "plots")
     check(run([str(BIN / "pcn"), "dag"], dest))
     check(run(["git", "add", "-A"], dest))
     check(run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny"], dest))
@@ -103,11 +107,14 @@ def smk_engine(request) -> list[str]:
 @pytest.fixture(scope="module")
 def smk_project(tmp_path_factory, smk_engine):
     project = make_project(tmp_path_factory.mktemp("e2e") / "smk", TINY)
+    audit = project.parent / "audit"  # every file each stage opens (pcn.file_audit), outside the project
+    audit.mkdir()
     out = check(
         run(
             [str(BIN / "pcn"), "run", "--engine", "snakemake", "--cores", "2", "all", *smk_engine],
             project,
             timeout=2400,
+            env_extra={"PCN_AUDIT_DIR": str(audit)},
         )
     )
     return project, out
@@ -129,6 +136,8 @@ def test_snakemake_runs_every_stage(smk_project):
         for wc in stage.instances():
             for path in stage.all_paths():
                 assert (project / path.format(**wc)).exists(), f"{stage.name}: missing {path.format(**wc)}"
+            # Snakemake's benchmark file, which benchmarks/dag_profile.py reads
+            assert (project / stage.benchmark.format(**wc)).is_file(), f"{stage.name}: no benchmark file"
     ev = json.loads((project / "metrics/eval.json").read_text())
     assert 0 <= ev["top1"] <= 100 and ev["top1"] <= ev["top5"] <= 100
     assert (project / "data/ffcv/train.beton").stat().st_size > 0
@@ -164,6 +173,22 @@ def test_every_stage_run_is_tracked_under_one_pipeline_run(smk_project):
     summary = json.loads((project / "data" / "demo" / "demo_summary.json").read_text())
     hashes = {v for (v,) in db.execute("select value from tags where key = 'data_hash'")}
     assert hashes == {summary["content_hash"]} and summary["content_hash"]
+    # every run is named after its stage instance, and carries the commit MLflow's UI shows
+    names = {
+        n
+        for (n,) in db.execute(
+            "select name from runs where run_uuid in (select run_uuid from tags "
+            "where key = 'pcn.kind' and value = 'stage')"
+        )
+    }
+    expected = {s.instance_name(wc) for s in build_stages(load_params(project / "params.yaml")) for wc in s.instances()}
+    assert names == expected, names ^ expected
+    commits = db.execute("select count(*) from tags where key = 'mlflow.source.git.commit'").fetchone()[0]
+    assert commits == len(rows) + 1, "every stage run and the pipeline run name their commit"
+    # the parent run shows the headline numbers of the stages' files
+    (parent,) = parents
+    top1 = db.execute("select value from latest_metrics where run_uuid = ? and key = 'top1'", (parent,)).fetchone()
+    assert top1 and top1[0] == json.loads((project / "metrics" / "eval.json").read_text())["top1"]
 
 
 def test_rerun_with_nothing_changed_does_nothing(smk_project, dvc_project):
@@ -225,6 +250,45 @@ def test_editing_code_makes_exactly_the_stages_that_run_it_stale(smk_project, dv
             os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
+def _stale_in_both(smk: Path, dvc_project: Path) -> tuple[set[str], set[str]]:
+    """The rules `snakemake -n` would run, and the stages `dvc status` lists."""
+    out = check(run([str(BIN / "snakemake"), "-n", "--cores", "2"], smk))
+    rules = set(re.findall(r"^(?:local)?rule (\w+):", out, re.M)) - {"all"}
+    status = check(run([str(BIN / "dvc"), "status"], dvc_project))
+    return rules, set(re.findall(r"^(\S+):\s*$", status, re.M))
+
+
+@pytest.mark.parametrize(
+    ("edited", "expected"),
+    [
+        # the paper's directions are read by the figures and the report
+        ("paper/numbers.yaml", {"figures", "report"}),
+        # another scale's values: nothing this run reads changed, for either front end
+        ("params.yaml", set()),
+    ],
+)
+def test_both_front_ends_agree_on_what_an_edit_makes_stale(smk_project, dvc_project, edited, expected):
+    smk, _ = smk_project
+    saved = {}
+    for project in (smk, dvc_project):
+        path = project / edited
+        saved[path] = (path.read_text(), path.stat())
+        if edited == "params.yaml":
+            raw = yaml.safe_load(saved[path][0])
+            raw["scales"]["paper"]["pretrain"]["epochs"] += 1
+            path.write_text(yaml.safe_dump(raw, sort_keys=False))
+        else:
+            path.write_text(saved[path][0] + "\n# an edit\n")
+    try:
+        rules, dvc_stale = _stale_in_both(smk, dvc_project)
+        assert rules == expected, rules
+        assert dvc_stale == expected, dvc_stale
+    finally:
+        for path, (text, st) in saved.items():  # content and time, so the later tests see no edit
+            path.write_text(text)
+            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
 def test_dvc_and_snakemake_give_the_same_metrics(smk_project, dvc_project):
     smk, _ = smk_project
     for name in ("eval.json", "pretrain.json", "ablations/baseline-s0.json"):
@@ -241,6 +305,30 @@ def test_dvc_metrics_and_plots_render(dvc_project):
     check(run([str(BIN / "dvc"), "plots", "show", "-o", "dvc_plots"], dvc_project))
     html = (dvc_project / "dvc_plots" / "index.html").read_text()
     assert "plots/pretrain.csv" in html and "Training accuracy" in html
+    assert "plots/grid_top1.csv" in html and "plots/depth_width.csv" in html, "the grid's plots"
+    assert "cdn.jsdelivr" not in html and "<script src=" not in html, "the page must not load scripts from the web"
+
+
+@pytest.mark.browser
+def test_dvc_plots_page_renders_offline_in_chromium(dvc_project):
+    """`dvc plots show`'s page draws its charts with no network: the Vega scripts are inlined."""
+    chromium = Path("/usr/bin/chromium")
+    if not chromium.exists():
+        pytest.skip(f"{chromium} not found: install Debian's chromium (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    out = dvc_project / "dvc_plots_offline"
+    check(run([str(BIN / "dvc"), "plots", "show", "-o", str(out)], dvc_project))
+    args = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(chromium), args=args)
+        page = browser.new_page()
+        page.route("http*://**", lambda route: route.abort())  # offline: any web request fails
+        page.goto((out / "index.html").as_uri())
+        page.wait_for_selector("svg.marks, canvas.marks", timeout=60_000)
+        charts = page.locator(".vega-embed").count()
+        browser.close()
+    assert charts >= 3, f"{charts} charts drawn"
 
 
 def test_snakemake_report_is_browsable(smk_project):
@@ -285,3 +373,85 @@ def test_adding_a_variant_adds_exactly_its_stages(smk_project, dvc_project):
     add_variant(project)
     smk = check(run([str(BIN / "snakemake"), "-n", "--cores", "2"], project))
     assert re.findall(r"wildcards: (.*)", smk) == ["variant=no_se, seed=0"]
+
+
+@pytest.fixture
+def dvc_copy(dvc_project, tmp_path):
+    """A copy of the DVC project (cache included) that a test may change."""
+    dest = tmp_path / "dvc_copy"
+    shutil.copytree(dvc_project, dest, symlinks=True)
+    return dest
+
+
+def test_dvc_exp_run_on_a_recipe_key_runs_its_downstream(dvc_copy):
+    out = check(run([str(BIN / "dvc"), "exp", "run", "-S", "evaluate.batch_size=64"], dvc_copy, timeout=900))
+    ran = set(re.findall(r"Running stage '([^']+)'", out))
+    assert ran == {"evaluate", "figures", "report"}, (ran, out[-2000:])
+    assert yaml.safe_load((dvc_copy / "params.yaml").read_text())["evaluate"]["batch_size"] == 64
+
+
+def test_dvc_exp_run_on_a_shape_key_is_refused_naming_pcn_dag(dvc_copy):
+    before = (dvc_copy / "metrics" / "ablations.json").read_text()
+    cp = run([str(BIN / "dvc"), "exp", "run", "-S", "experiments.seeds=[0,1]"], dvc_copy, timeout=900)
+    assert cp.returncode != 0
+    assert "dvc.yaml is stale" in cp.stderr + cp.stdout and "`pcn dag`" in cp.stderr + cp.stdout
+    assert (dvc_copy / "metrics" / "ablations.json").read_text() == before, "nothing is overwritten"
+
+
+def test_finetune_registers_a_version_that_evaluate_scores(smk_project):
+    """After a run the registry holds the fine-tuned model, linked to the finetune run, and
+    `pcn evaluate --model models:/...` scores it; an unknown version is refused, nothing written."""
+    from mlflow import MlflowClient
+
+    project, _ = smk_project
+    finetune = json.loads((project / "metrics" / "finetune.json").read_text())
+    version = MlflowClient(f"sqlite:///{project / 'mlflow.db'}").get_model_version_by_alias(
+        "patchconvnet-demo", "newest"
+    )
+    assert version.run_id == finetune["mlflow_run_id"] and finetune["registered_version"] == int(version.version)
+    check(run([str(BIN / "pcn"), "evaluate", "--model", "models:/patchconvnet-demo@newest"], project, timeout=600))
+    scored = json.loads((project / "metrics" / "registered" / f"patchconvnet-demo-v{version.version}.json").read_text())
+    assert 0 <= scored["top1"] <= 100 and scored["n_images"] > 0 and scored["source_run_id"] == version.run_id
+    bad = run([str(BIN / "pcn"), "evaluate", "--model", "models:/patchconvnet-demo/99"], project, timeout=300)
+    assert bad.returncode == 2 and "has no version 99" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    assert not (project / "metrics" / "registered" / "patchconvnet-demo-v99.json").exists()
+
+
+# What a stage may open besides its declared inputs and outputs: the params it is given, the
+# code it runs (its code dependencies are declared per module; an import may touch others),
+# the tracking store, logs and locks, and the engines' own folders.
+UNDECLARED_OK = ("params.yaml", "pcn/", "mlflow.db", "mlartifacts/", "logs/", ".pcn/", ".snakemake/", ".dvc/", ".git/")
+
+
+def _declared(path: str, allowed: set[str]) -> bool:
+    """``path`` or a folder above it is declared; a temporary sibling of an output
+    (pcn.io.atomic_path's ``.<name>.<host>-<pid>-*.tmp``) stands for that output."""
+    host = socket.gethostname()
+    parts = [p[1:].split(f".{host}-")[0] if p.startswith(".") and p.endswith(".tmp") else p for p in Path(path).parts]
+    return any(str(Path(*parts[:n])) in allowed for n in range(1, len(parts) + 1))
+
+
+def test_every_file_a_stage_opens_is_declared(smk_project):
+    """Each demo stage ran under an audit hook (pcn.file_audit): every project file it or its
+    training job opened is a declared input or output of its instance, or code, params,
+    tracking or logs.  An undeclared read is one neither front end would rerun the stage for."""
+    from pcn.config import load_params
+    from pcn.stages import build_stages
+
+    project, _ = smk_project
+    declared = {}
+    for stage in build_stages(load_params(project / "params.yaml")):
+        for wc in stage.instances():
+            one = stage.instance(wc)
+            declared[stage.instance_name(wc)] = set(one.deps) | set(one.all_paths())
+    records = [json.loads(f.read_text()) for f in (project.parent / "audit").glob("*.json")]
+    seen: dict[str, set[str]] = {}
+    for r in records:
+        if r["stage"] in declared:
+            seen.setdefault(r["stage"], set()).update(r["opened"])
+    assert set(seen) == set(declared), f"stages without an audit record: {set(declared) - set(seen)}"
+    undeclared = {
+        stage: sorted(p for p in opened if not p.startswith(UNDECLARED_OK) and not _declared(p, declared[stage]))
+        for stage, opened in seen.items()
+    }
+    assert not {s: v for s, v in undeclared.items() if v}, undeclared

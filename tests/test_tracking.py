@@ -250,3 +250,44 @@ def test_a_locked_store_gives_one_line(tmp_path):
     lines = _mlflow_lines(cp.stderr)
     assert len(lines) == 1 and "locked" in lines[0], cp.stderr[-3000:]
     assert seconds < 30, f"a locked store cost {seconds:.1f} s"
+
+
+def test_stage_runs_carry_mlflows_source_tags_and_their_instance_name(params, tmp_path, monkeypatch):
+    """MLflow's UI reads mlflow.source.git.*; each matrix instance is its own run name; the
+    experiment opens as a model-development one."""
+    from mlflow import MlflowClient
+
+    from pcn.tracking import git_commit, stage_run
+
+    monkeypatch.chdir(ROOT)  # a git checkout: the commit is known
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    with stage_run("ablation", params, {}, instance="ablation@no_se-0") as run:
+        pass
+    client = MlflowClient(uri)
+    got = client.get_run(run.run_id)
+    tags = got.data.tags
+    assert got.info.run_name == "ablation@no_se-0" and tags["pcn.stage"] == "ablation"
+    assert tags["mlflow.source.git.commit"] == git_commit() != "unknown"
+    assert tags["mlflow.source.git.branch"] and tags["pcn.git_dirty"] in ("true", "false")
+    exp = client.get_experiment(got.info.experiment_id)
+    assert exp.tags.get("mlflow.experimentKind") == "custom_model_development"
+    parent = client.get_run(tags["mlflow.parentRunId"])
+    assert parent.data.tags["mlflow.source.git.commit"] == tags["mlflow.source.git.commit"]
+
+
+def test_a_training_run_records_system_metrics(params, tmp_path, monkeypatch):
+    """MLflow's system metrics land in the run, also for a run shorter than one sampling period."""
+    import time
+
+    from mlflow import MlflowClient
+
+    from pcn.tracking import stage_run, system_metrics
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    with stage_run("pretrain", params, {}) as run, system_metrics(run.run_id, uri):
+        time.sleep(0.5)
+    keys = set(MlflowClient(uri).get_run(run.run_id).data.metrics)
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= keys, keys

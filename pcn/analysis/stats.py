@@ -108,3 +108,15 @@ def summarize_experiments(params, metrics_dir: Path) -> dict:
         "multiclass": multi,
         "depth_width": grid,
     }
+
+
+def grid_plot_rows(summary: dict) -> tuple[list[dict], list[dict]]:
+    """The grid's two plots from a summary: every run's top-1 by comparison and variant
+    (one row per seed), and the depth x width points."""
+    runs = []
+    for group in ("ablations", "resnet", "multiclass"):
+        for variant, row in summary[group].items():
+            for seed, top1 in zip(summary["seeds"], row["values"], strict=True):
+                runs.append({"variant": f"{group}/{variant}", "seed": seed, "top1": top1})
+    grid = [{k: p[k] for k in ("width", "depth", "top1", "params_m", "gmacs")} for p in summary["depth_width"]]
+    return runs, grid

@@ -3,8 +3,10 @@
 The server reads the sqlite store and serves its artifacts from ``mlartifacts/`` beside
 it (the stages' proxied ``mlflow-artifacts:`` root, see pcn.tracking), both given as
 absolute paths computed now, so it browses a moved project as well.  MLflow 3 opens an
-experiment on its GenAI overview page; the pipeline's runs are in the runs table,
-``/#/experiments/<id>/runs``, so that is the link printed.  It binds to 127.0.0.1 only.
+experiment on its GenAI overview page; the pipeline's runs are in the runs table of the
+"Model training" view, ``/#/experiments/<id>/runs?workflowType=machine_learning`` (the
+UI's own switch between its two views), so that is the link printed.  It binds to
+127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ def experiment_id(uri: str, experiment: str) -> str | None:
 
 def runs_url(port: int, exp_id: str | None) -> str:
     base = f"http://{HOST}:{port}/"
-    return f"{base}#/experiments/{exp_id}/runs" if exp_id is not None else base
+    view = "?workflowType=machine_learning"  # the UI's "Model training" view, not its GenAI one
+    return f"{base}#/experiments/{exp_id}/runs{view}" if exp_id is not None else f"{base}#/{view}"
 
 
 def _missing_store(uri: str) -> bool:

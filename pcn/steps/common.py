@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from pcn import frontend
-from pcn.config import Params, load_params
+from pcn.config import Params, load_params, raw_params
+from pcn.errors import UserError
+from pcn.file_audit import AUDIT_DIR_ENV, AUDIT_STAGE_ENV
 from pcn.io import write_json
 from pcn.machine import describe
-from pcn.stages import FFCV_DIR, stage_record
+from pcn.stages import FFCV_DIR, dvc_yaml, stage_record
 from pcn.tracking import RunLogger, stage_run, tracking_uri
 
 # Where submitit keeps each launched job's logs and pickles, one folder per stage
@@ -86,21 +88,45 @@ def stage(
     flags: ``--variant`` fills ``{variant}``).  ``sections`` is for runs outside the DAG (a
     released checkpoint's evaluation), which have no record and name their outputs."""
     params = load_params(args.params)
+    if os.environ.get("DVC_STAGE"):
+        refuse_stale_dvc_yaml(args.params, params)
     paths: dict[str, tuple[str, ...]] = {}
+    instance = name
     if sections is None:
         record = stage_record(name, params)
-        one = record.instance({k: str(getattr(args, k)) for k in record.matrix})
+        wildcards = {k: str(getattr(args, k)) for k in record.matrix}
+        one = record.instance(wildcards)
         sections = one.params
         paths = {"outs": one.outs, "metrics": one.metrics, "plots": one.plots}
+        instance = record.instance_name(wildcards)
+    if os.environ.get(AUDIT_DIR_ENV):
+        os.environ[AUDIT_STAGE_ENV] = instance  # pcn.file_audit: the jobs this stage starts inherit it
     # A bare `dvc repro` has no start hook: each of its stages holds the front-end lock
     # while it runs (under `pcn run` or Snakemake, the front end above holds it).
     held = bool(os.environ.get("DVC_STAGE")) and frontend.acquire(f"dvc repro (stage {name})")
     try:
-        with stage_run(name, params, section_values(params, sections), tags) as run:
+        with stage_run(name, params, section_values(params, sections), tags, instance=instance) as run:
             yield StageRun(name, params, run, **paths)
     finally:
         if held:
             frontend.release()
+
+
+def refuse_stale_dvc_yaml(params_path: str, params: Params) -> None:
+    """Under DVC, refuse to run when dvc.yaml's shape (its stages and their matrices) no longer
+    matches params.yaml: DVC would run the stale matrix (e.g. `dvc exp run -S` on the seeds,
+    a variant or the scale), whose instances the steps no longer agree with."""
+    import yaml
+
+    def shape(text: str) -> dict:
+        return {name: entry.get("matrix") for name, entry in (yaml.safe_load(text) or {}).get("stages", {}).items()}
+
+    dvc_file = Path(params_path).parent / "dvc.yaml"
+    if not dvc_file.is_file() or shape(dvc_file.read_text()) != shape(dvc_yaml(params, raw_params(params_path))):
+        raise UserError(
+            f"{dvc_file} is stale for {params_path}: the edit changes the DAG's shape (its stages or "
+            "instances); run `pcn dag` (or `pcn run`), then repeat the command"
+        )
 
 
 def setup_torch(threads: int) -> None:

@@ -21,6 +21,7 @@ from pcn.steps.common import SPLIT_LAYOUTS, data_paths, setup_torch, stage
 from pcn.steps.train import num_classes
 
 RELEASED_DIR = Path("metrics/released")
+REGISTERED_DIR = Path("metrics/registered")  # models scored from the MLflow registry
 ERROR_CHARS = 300  # a failed model's row keeps the error's first line, not a page of it
 
 
@@ -34,6 +35,8 @@ def _device(params):
 def evaluate(args) -> int:
     if getattr(args, "checkpoint", None):
         return evaluate_released(args)
+    if (getattr(args, "model", None) or "").startswith("models:/"):
+        return evaluate_registered(args)
     for flag in ("model", "img_size", "crop_ratio"):
         if getattr(args, flag, None) is not None:
             raise UserError(f"--{flag.replace('_', '-')} applies to a released checkpoint: pass --checkpoint FILE too")
@@ -264,6 +267,52 @@ def evaluate_released(args) -> int:
         f"{name} at {img_size} px (crop ratio {crop_ratio:g}): top-1 {metrics['top1']:.2f}%, "
         f"top-5 {metrics['top5']:.2f}% on {metrics['n_images']} val images; ImageNet-v2 top-1 "
         f"{metrics['v2_top1']:.2f}% on {metrics['v2_n_images']} -> {out}"
+    )
+    return 0
+
+
+def evaluate_registered(args) -> int:
+    """Score a model of the MLflow registry (``--model models:/<name>/<version|@alias>``) on
+    ImageNet val and v2 with the released checkpoints' protocol, into
+    metrics/registered/<name>-v<version>.json."""
+    import torch
+
+    from pcn.config import load_params
+    from pcn.data.ffcv_io import scan_folder
+    from pcn.model_registry import load_version, resolve_version
+    from pcn.tracking import tracking_uri
+    from pcn.train.engine import evaluate as eval_loop
+
+    p = load_params(args.params)
+    setup_torch(p.runtime.threads)
+    uri = tracking_uri(p.tracking.uri)
+    version = resolve_version(args.model, uri)  # bad input fails here, before anything is written
+    model, logged_size = load_version(version, uri)
+    img_size = args.img_size or logged_size
+    crop_ratio = p.evaluate.crop_ratio if args.crop_ratio is None else args.crop_ratio
+    paths = data_paths(p)
+    val = scan_folder(paths["val"])
+    v2 = scan_folder(paths["v2"], SPLIT_LAYOUTS["v2"], train_classes=val.class_names)
+    with stage(
+        args,
+        "evaluate_registered",
+        ("evaluate", "runtime", "data.root", "data.imagenet", "data.imagenet_v2"),
+        tags={"pcn.model_uri": args.model, "pcn.model_version": str(version.version)},
+    ) as st:
+        device = _device(p)
+        model.to(device=device, memory_format=torch.channels_last)
+        transform = released_transform(img_size, crop_ratio)
+        metrics = {"model_uri": args.model, "model_name": version.name, "model_version": int(version.version)}
+        metrics.update({"source_run_id": version.run_id, "img_size": img_size, "crop_ratio": crop_ratio})
+        for prefix, index in (("", val), ("v2_", v2)):
+            loader = _folder_loader(index, transform, p.evaluate.batch_size, p.data.num_workers, device)
+            m = eval_loop(model, loader, device)
+            metrics.update({f"{prefix}{k}": round(m[k], 3) for k in ("top1", "top5")} | {f"{prefix}n_images": m["n"]})
+        out = REGISTERED_DIR / f"{version.name}-v{version.version}.json"
+        st.finish(metrics, out)
+    print(
+        f"{args.model} (version {version.version}, run {version.run_id}): top-1 {metrics['top1']:.2f}%, "
+        f"ImageNet-v2 top-1 {metrics['v2_top1']:.2f}% -> {out}"
     )
     return 0
 

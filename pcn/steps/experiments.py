@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pcn.config import grid_model, has_layerscale
 from pcn.errors import UserError
+from pcn.io import write_csv
 from pcn.stages import BASELINE_VARIANT, stage_record
 from pcn.steps.common import stage
 from pcn.steps.train import num_classes, train_stage
@@ -182,9 +183,11 @@ def point_complexity(p, options: dict) -> dict:
 
 
 def summarize(args) -> int:
-    from pcn.analysis.stats import summarize_experiments
+    from pcn.analysis.stats import grid_plot_rows, summarize_experiments
 
     with stage(args, "summarize") as st:
         summary = summarize_experiments(st.params, Path("metrics"))
-        st.finish(summary)
+        for path, rows in zip(st.plots, grid_plot_rows(summary), strict=True):
+            write_csv(path, rows)
+        st.finish(summary, artifacts=st.plots)
     return 0

@@ -14,7 +14,7 @@ from pcn.config import ParamsError, load_params, raw_params, recipe
 from pcn.engine_process import run_engine
 from pcn.io import write_text
 from pcn.stages import dvc_yaml
-from pcn.tracking import PIPELINE_ENV, RunLogger, one_line, start_pipeline_run, tracking_uri, turn_off
+from pcn.tracking import PIPELINE_ENV, finish_pipeline_run, one_line, start_pipeline_run, tracking_uri, turn_off
 
 DVC_FILE = Path("dvc.yaml")
 
@@ -36,6 +36,9 @@ def dag(args) -> int:
         return 0
     write_text(DVC_FILE, text)
     print(f"wrote {DVC_FILE} ({len(yaml.safe_load(text)['stages'])} stages)")
+    from pcn.dvc_plots import write_template
+
+    write_template()  # `dvc plots show` renders offline (.dvc/config names it)
     return 0
 
 
@@ -94,7 +97,7 @@ def run_pipeline(args) -> int:
         rc = run_engine(cmd, env)
     finally:
         frontend.release()
-    RunLogger(run_id, uri).finish("FINISHED" if rc == 0 else "KILLED" if rc > 128 else "FAILED")
+    finish_pipeline_run(run_id, uri, "FINISHED" if rc == 0 else "KILLED" if rc > 128 else "FAILED")
     return rc
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from pcn.config import Params, TrainConfig
 from pcn.io import write_text
+from pcn.model_registry import registered_name
 from pcn.stages import checkpoint_path
 from pcn.steps.common import SUBMITIT_LOGS, StageRun, data_paths, launcher_kind, stage
 
@@ -34,9 +35,13 @@ def train_stage(
     threads: int | None = None,
     extra: dict | None = None,
     loader: str | None = None,
+    mlflow_model: bool = False,
+    register_as: str | None = None,
 ) -> dict:
     """Build the job from params, launch it (local or SLURM), write metrics and plots where
-    the stage table says: its model file (in the job's folder), metrics and plots (if any)."""
+    the stage table says: its model file (in the job's folder), metrics and plots (if any).
+    With ``mlflow_model`` the trained model also goes into the stage's MLflow run as an
+    MLflow model, registered as a new version of ``register_as`` if given."""
     from pcn.train.job import DataSpec, TrainJob
     from pcn.train.launch import launch
 
@@ -80,8 +85,20 @@ def train_stage(
     history = result.get("history", [])
     if plots_path:
         write_text(plots_path, history_csv(history))
+    if mlflow_model:
+        result["registered_version"] = _log_trained_model(st, job, register_as)
     st.finish(result, artifacts=(plots_path,) if plots_path else ())
     return result
+
+
+def _log_trained_model(st: StageRun, job, register_as: str | None) -> int | None:
+    from pcn.model_registry import log_model
+    from pcn.models.checkpoint import load_checkpoint
+    from pcn.train.engine import build_model
+
+    model = build_model(job)
+    load_checkpoint(model, job.final_path, strict=True)
+    return log_model(st.run, model, job.train.img_size, register_as=register_as)
 
 
 def history_csv(history: list[dict]) -> str:
@@ -94,11 +111,18 @@ def history_csv(history: list[dict]) -> str:
 
 def pretrain(args) -> int:
     with stage(args, "pretrain") as st:
-        train_stage(args, st, cfg=st.params.pretrain)
+        train_stage(args, st, cfg=st.params.pretrain, mlflow_model=True)
     return 0
 
 
 def finetune(args) -> int:
     with stage(args, "finetune") as st:
-        train_stage(args, st, cfg=st.params.finetune, init=checkpoint_path("pretrain"))
+        train_stage(
+            args,
+            st,
+            cfg=st.params.finetune,
+            init=checkpoint_path("pretrain"),
+            mlflow_model=True,
+            register_as=registered_name(st.params.scale),
+        )
     return 0

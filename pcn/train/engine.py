@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from pcn.io import write_json
 from pcn.machine import describe
-from pcn.tracking import RunLogger
+from pcn.tracking import RunLogger, system_metrics
 from pcn.train import checkpoint as ckpt
 from pcn.train import distributed as D
 from pcn.train.job import TrainJob
@@ -202,7 +202,10 @@ def run(job: TrainJob, stop: Callable[[], bool] | None = None) -> dict[str, Any]
         torch.set_num_threads(job.threads)
     D.init(env, device, job.dist_timeout_s)
     # rank 0 holds the results folder: a second trainer on it is refused (pcn.train.lock)
-    with trainer_lock(job.out_dir, job.stage) if env.is_main else contextlib.nullcontext():
+    with (
+        trainer_lock(job.out_dir, job.stage) if env.is_main else contextlib.nullcontext(),
+        system_metrics(job.mlflow_run_id, job.mlflow_uri, enabled=env.is_main),
+    ):
         result = _run(job, env, device, stop or (lambda: False))
     D.shutdown()
     return result

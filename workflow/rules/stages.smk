@@ -13,6 +13,8 @@ for _stage in STAGES:
             _stage.metrics + _stage.plots,
         log:
             log_path(_stage),
+        benchmark:
+            _stage.benchmark
         priority: _stage.priority
         localrule: _stage.gpu
         conda:
