@@ -26,8 +26,10 @@ hash (splitmix64, :mod:`pcn.data.random_streams`) instead of numba's per-thread
 generators, which FFCV 1.0.2 leaves unseeded. So two loaders built with the same
 seed yield identical batches, whatever the number of workers.
 
-RandAugment is torch-loader only: its 14 PIL operations have no FFCV counterpart,
-and the FFCV loader refuses ``aug.auto_augment`` with an error saying so.
+RandAugment and random erasing run in the FFCV path as batched tensor operations
+on the uint8 batch after decode, crop and flip (:mod:`pcn.data.batch_augment`, on
+the batch's device), in timm's order: RandAugment, normalisation, random erasing.
+Each op matches timm's PIL op on photographs (tests/test_batch_augment.py).
 """
 
 from __future__ import annotations
@@ -82,6 +84,11 @@ class TrainAug:
             color_jitter=aug.color_jitter,
             random_erasing=aug.random_erasing,
         )
+
+    @property
+    def on_batch(self) -> bool:
+        """Whether the FFCV loader finishes the recipe on the uint8 batch (:class:`BatchRecipe`)."""
+        return bool(self.auto_augment) or self.random_erasing > 0
 
     def validate(self) -> None:
         if self.auto_augment and self.three_augment:
@@ -172,6 +179,49 @@ def torch_eval_transform(img_size: int, crop_ratio: float) -> Callable:
     return transforms.Compose([CenterCropResize(img_size, crop_ratio), NormalizeUint8()])
 
 
+def randaugment_hparams(img_size: int) -> dict:
+    """timm's RandAugment hparams as ``transforms_imagenet_train`` makes them for this recipe."""
+    from PIL import Image
+
+    return {
+        "translate_const": int(img_size * 0.45),
+        "img_mean": tuple(min(255, round(255 * x)) for x in IMAGENET_MEAN),
+        "interpolation": Image.BILINEAR,  # the torch path's interpolation='bilinear'
+    }
+
+
+class BatchRecipe:
+    """The end of the train recipe on a uint8 NCHW batch, where it lies (CPU or GPU):
+    RandAugment, ImageNet normalisation, random erasing, each image with its own draw.
+
+    ``__call__(images, key)`` draws from generators seeded with ``key`` (a
+    :func:`pcn.data.random_streams.stream_key` of seed, rank, epoch and step), so a
+    resumed run replays its batches.
+    """
+
+    def __init__(self, img_size: int, aug: TrainAug, device: str | torch.device):
+        from pcn.data.batch_augment import BatchRandAugment
+
+        self.device = torch.device(device)
+        self.rand_augment = BatchRandAugment(aug.auto_augment, randaugment_hparams(img_size)) if aug.auto_augment else None
+        self.erasing = float(aug.random_erasing)
+        self.mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1) * 255
+
+    def __call__(self, images: torch.Tensor, key: int) -> torch.Tensor:
+        from pcn.data.batch_augment import random_erasing
+
+        seed = key & 0x7FFFFFFFFFFFFFFF
+        draws = torch.Generator().manual_seed(seed)
+        if self.rand_augment is not None:
+            images = self.rand_augment(images, draws)
+        images = (images.float() - self.mean) / self.std
+        if self.erasing > 0:
+            noise = draws if images.device.type == "cpu" else torch.Generator(images.device).manual_seed(seed)
+            images = random_erasing(images, self.erasing, draws, noise)
+        return images
+
+
 # --- FFCV (numba) implementation: the operations live in pcn.data.ffcv_ops ------------
 
 
@@ -186,8 +236,9 @@ def ffcv_image_pipeline(
     """The image pipeline as a list of FFCV operations, the recipe in reading order.
 
     On CPU the pipeline ends in float32 NCHW (channels-last strides) normalised by
-    FFCV's ``NormalizeImage``; on a GPU it ends in uint8 on the device and the loader
-    normalises there (FFCV's GPU normaliser needs cupy).
+    FFCV's ``NormalizeImage``; on a GPU, or when RandAugment / random erasing follow
+    (``TrainAug.on_batch``), it ends in uint8 NCHW on the device, and the loader runs
+    :class:`BatchRecipe` there (FFCV's GPU normaliser needs cupy).
     """
     from ffcv.fields.decoders import CenterCropRGBImageDecoder
     from ffcv.transforms import NormalizeImage, ToDevice, ToTensor, ToTorchImage
@@ -198,15 +249,9 @@ def ffcv_image_pipeline(
     if train:
         aug.validate()
         if aug.auto_augment:
-            raise ValueError(
-                f"aug.auto_augment = {aug.auto_augment!r} (RandAugment) is implemented for the torch loader only: "
-                "set data.loader: torch in params.yaml, or use aug.three_augment with FFCV"
-            )
-        if aug.random_erasing:
-            raise ValueError(
-                f"aug.random_erasing = {aug.random_erasing} is implemented for the torch loader only: "
-                "set data.loader: torch in params.yaml"
-            )
+            from pcn.data.batch_augment import check_policy
+
+            check_policy(aug.auto_augment)
         ops = [SeededRandomResizedCrop(size, scale=(aug.scale_min, 1.0), ratio=RRC_RATIO)]
         if aug.hflip > 0:
             ops.append(SeededHorizontalFlip(aug.hflip))
@@ -214,7 +259,8 @@ def ffcv_image_pipeline(
             ops.append(ThreeAugment(color_jitter=aug.color_jitter))
     else:
         ops = [CenterCropRGBImageDecoder(size, ratio=crop_ratio)]
-    if torch.device(device).type == "cpu":
+    on_cpu = torch.device(device).type == "cpu"
+    if on_cpu and not (train and aug.on_batch):
         mean = np.array(IMAGENET_MEAN) * 255
         std = np.array(IMAGENET_STD) * 255
         return ops + [
@@ -222,11 +268,8 @@ def ffcv_image_pipeline(
             ToTensor(),
             ToTorchImage(channels_last=True),
         ]
-    return ops + [
-        ToTensor(),
-        ToDevice(torch.device(device), non_blocking=True),
-        ToTorchImage(channels_last=True),
-    ]
+    to_device = [] if on_cpu else [ToDevice(torch.device(device), non_blocking=True)]
+    return ops + [ToTensor(), *to_device, ToTorchImage(channels_last=True)]
 
 
 def ffcv_label_pipeline(device: str | torch.device = "cpu") -> list:
