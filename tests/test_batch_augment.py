@@ -20,9 +20,9 @@ from pcn.data.batch_augment import (
     SIGNED_OPS,
     BatchRandAugment,
     apply_op,
-    check_policy,
     random_erasing,
 )
+from pcn.data.randaugment_policy import RandAugmentPolicy, check_policy
 
 POLICY = "rand-m9-mstd0.5-inc1"  # the paper's (paper/recipe.yaml)
 # timm's hparams for RandAugment in transforms_imagenet_train at 224 px, bilinear
@@ -137,9 +137,21 @@ def test_unsupported_policies_refused_in_one_line(policy):
     assert "\n" not in text and "train.aug.auto_augment" in text and "inc1" in text
 
 
-def test_supported_policy_accepted():
-    check_policy("rand-m7-n3-mstd101-mmax12-p0.8-inc1")
-    assert BatchRandAugment("rand-m7-n3-mstd101-inc1", HPARAMS).policy.magnitude_std == float("inf")
+@pytest.mark.parametrize(
+    "policy",
+    ["rand-m9-mstd0.5-inc1", "rand-m7-n3-mstd101-mmax12-p0.8-inc1", "rand-inc1", "rand-n1-m5-mstd1-mstd3-inc1"],
+)
+def test_policy_parsed_as_timm_does(policy):
+    ra = timm_aa.rand_augment_transform(policy, {})
+    op = ra.ops[0]
+    assert RandAugmentPolicy.parse(policy) == RandAugmentPolicy(
+        ops=tuple(o.name for o in ra.ops),
+        num_layers=ra.num_layers,
+        prob=op.prob,
+        magnitude=op.magnitude,
+        magnitude_std=op.magnitude_std,
+        magnitude_max=op.magnitude_max or 10.0,
+    )
 
 
 def test_random_erasing_matches_timm():
@@ -155,3 +167,19 @@ def test_random_erasing_matches_timm():
     # boxes: one rectangle per image, of standard normal noise
     values = ours[ours != 0]
     assert abs(values.mean()) < 0.05 and abs(values.std() - 1) < 0.05
+
+
+def test_recipe_hparams_are_timms():
+    """The loader's hparams equal those timm's train transform gives its RandAugment."""
+    from timm.data.transforms_factory import transforms_imagenet_train
+
+    from pcn.data.batch_augment import randaugment_hparams
+    from pcn.data.transforms import IMAGENET_MEAN
+
+    timm_tf = transforms_imagenet_train(img_size=224, auto_augment=POLICY, interpolation="bilinear")
+    (ra,) = [t for t in timm_tf.transforms if isinstance(t, timm_aa.RandAugment)]
+    ours = randaugment_hparams(224, IMAGENET_MEAN)
+    op = ra.ops[0]
+    assert op.kwargs["fillcolor"] == ours["img_mean"] and op.kwargs["resample"] == Image.BILINEAR
+    assert op.hparams["translate_const"] == ours["translate_const"]
+    assert ours["interpolation"] == "bilinear"

@@ -176,8 +176,7 @@ def test_randaugment_and_erasing_in_both_loaders(data):
 def test_repeated_aug_in_the_ffcv_loader(data):
     """DeiT's RASampler: the ranks see the same images, each with its own augmentation."""
     ranks = [
-        batches(loader(data, "ffcv", train=True, aug=PAPER_AUG, batch_size=4, rank=r, world_size=3))
-        for r in range(3)
+        batches(loader(data, "ffcv", train=True, aug=PAPER_AUG, batch_size=4, rank=r, world_size=3)) for r in range(3)
     ]
     assert len(ranks[0]) == 2  # ceil(24 / 3) images per rank, batches of 4
     for r in (1, 2):

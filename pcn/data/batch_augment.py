@@ -26,39 +26,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-LEVEL_DENOM = 10.0  # timm's _LEVEL_DENOM: magnitudes run 0..10
+from pcn.data.randaugment_policy import INCREASING_OPS, LEVEL_DENOM, RandAugmentPolicy
+
 DEFAULT_FILL = (128, 128, 128)  # timm's _FILL, when hparams carry no img_mean
 DEFAULT_TRANSLATE_PCT = 0.45  # timm's default for the *Rel translations
 
-# timm's _RAND_INCREASING_TRANSFORMS, in timm's order
-INCREASING_OPS = (
-    "AutoContrast",
-    "Equalize",
-    "Invert",
-    "Rotate",
-    "PosterizeIncreasing",
-    "SolarizeIncreasing",
-    "SolarizeAdd",
-    "ColorIncreasing",
-    "ContrastIncreasing",
-    "BrightnessIncreasing",
-    "SharpnessIncreasing",
-    "ShearX",
-    "ShearY",
-    "TranslateXRel",
-    "TranslateYRel",
-)
 COLOUR_OPS = INCREASING_OPS[:3] + INCREASING_OPS[4:11]
 GEOMETRIC_OPS = ("Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
 # ops whose timm level function negates the magnitude with probability 1/2
 SIGNED_OPS = frozenset(GEOMETRIC_OPS + INCREASING_OPS[7:11])
-SUPPORTED_POLICIES = (
-    "rand-m<M>[-n<N>][-mstd<S>][-mmax<X>][-p<P>]-inc1 (timm's increasing RandAugment: "
-    + ", ".join(INCREASING_OPS)
-    + ")"
-)
-
-
 # --- helpers: LUTs, blends, affine sampling ---------------------------------------------
 
 
@@ -81,8 +57,8 @@ def _blend(degenerate: torch.Tensor, images: torch.Tensor, factor: torch.Tensor)
     """Pillow's ``Image.blend(degenerate, image, factor)``: truncated, clipped to 0..255."""
     f = factor.view(-1, 1, 1, 1).float()
     d = degenerate.float()
-    out = d + f * (images.float() - d)
-    return out.clamp(0, 255).floor().to(torch.uint8)
+    out = images.float().sub_(d).mul_(f).add_(d)
+    return out.clamp_(0, 255).to(torch.uint8)  # the cast truncates, as Pillow's does
 
 
 def _grey(images: torch.Tensor) -> torch.Tensor:
@@ -113,23 +89,22 @@ def _affine(images: torch.Tensor, matrix: torch.Tensor, fill, interpolation: str
     """
     n, c, h, w = images.shape
     dev = images.device
-    m = matrix.to(device=dev, dtype=torch.float64)
-    ys, xs = torch.meshgrid(
-        torch.arange(h, device=dev, dtype=torch.float64) + 0.5,
-        torch.arange(w, device=dev, dtype=torch.float64) + 0.5,
-        indexing="ij",
-    )
+    m = matrix.to(device=dev, dtype=torch.float32)
+    ys = (torch.arange(h, device=dev, dtype=torch.float32) + 0.5).view(1, h, 1)
+    xs = (torch.arange(w, device=dev, dtype=torch.float32) + 0.5).view(1, 1, w)
     a, b, cc, d, e, f = (m[:, i].view(n, 1, 1) for i in range(6))
-    xin = a * xs + b * ys + cc
-    yin = d * xs + e * ys + f
+    grid = torch.empty(n, h, w, 2, device=dev)
+    xin = torch.add(a * xs, b * ys + cc, out=grid[..., 0])
+    yin = torch.add(d * xs, e * ys + f, out=grid[..., 1])
     inside = (xin >= 0) & (xin < w) & (yin >= 0) & (yin < h)
     # grid_sample with align_corners=False puts -1/+1 on the outer pixel edges, as Pillow does
-    grid = torch.stack((2 * xin / w - 1, 2 * yin / h - 1), dim=-1).float()
+    xin.mul_(2 / w).sub_(1)
+    yin.mul_(2 / h).sub_(1)
     mode = {"bilinear": "bilinear", "nearest": "nearest"}[interpolation]
     out = F.grid_sample(images.float(), grid, mode=mode, padding_mode="border", align_corners=False)
     fill_t = torch.tensor(fill, dtype=torch.float32, device=dev).view(1, c, 1, 1)
     out = torch.where(inside.unsqueeze(1), out, fill_t)
-    return (out + 0.5).clamp(0, 255).to(torch.uint8)
+    return out.add_(0.5).clamp_(0, 255).to(torch.uint8)
 
 
 def _interpolation(hparams: dict) -> str:
@@ -176,11 +151,11 @@ def _colour_op(images: torch.Tensor, name: str, level: torch.Tensor) -> torch.Te
         mask = (~(2 ** (8 - bits.clamp(0, 8)) - 1)).clamp(min=-256) & 0xFF
         return images & mask.view(n, 1, 1, 1).to(dev, torch.uint8)
     if name == "SolarizeIncreasing":
-        thresh = (256 - (level * 256).trunc().clamp(max=256)).view(n, 1, 1, 1).to(dev)
-        return torch.where(images.double() < thresh, images, 255 - images)
+        thresh = (256 - (level * 256).trunc().clamp(max=256)).view(n, 1, 1, 1).to(dev, torch.int16)
+        return torch.where(images.to(torch.int16) < thresh, images, 255 - images)
     if name == "SolarizeAdd":
-        add = (level * 110).trunc().clamp(max=128).view(n, 1, 1, 1).to(dev)
-        return torch.where(images < 128, (images.double() + add).clamp(max=255).to(torch.uint8), images)
+        add = (level * 110).trunc().clamp(0, 128).view(n, 1, 1, 1).to(dev, torch.int16)
+        return torch.where(images < 128, (images.to(torch.int16) + add).clamp(max=255).to(torch.uint8), images)
     factor = (1.0 + level * 0.9).clamp(min=0.1).to(dev)  # timm's _enhance_increasing_level_to_arg
     if name == "ColorIncreasing":
         return _blend(_grey(images).expand_as(images), images, factor)
@@ -239,49 +214,6 @@ def apply_op(images: torch.Tensor, name: str, magnitude: torch.Tensor, hparams: 
 
 
 # --- the policy --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RandAugmentPolicy:
-    """A timm ``rand-...`` string as timm's ``rand_augment_transform`` parses it."""
-
-    ops: tuple[str, ...]
-    num_layers: int
-    prob: float
-    magnitude: float
-    magnitude_std: float
-    magnitude_max: float
-
-    @classmethod
-    def parse(cls, policy: str, key: str = "aug.auto_augment") -> RandAugmentPolicy:
-        from timm.data.auto_augment import rand_augment_transform
-
-        refused = f"{key} = {policy!r}: the batched RandAugment runs {SUPPORTED_POLICIES}"
-        if not policy.startswith("rand-") and policy != "rand":
-            raise ValueError(refused)
-        try:
-            timm_ra = rand_augment_transform(policy, {})  # timm's own parsing of the string
-        except Exception as exc:  # timm asserts on an unknown section
-            raise ValueError(f"{refused} ({type(exc).__name__}: {exc})") from None
-        names = tuple(op.name for op in timm_ra.ops)
-        unsupported = sorted(set(names) - set(INCREASING_OPS))
-        if unsupported or timm_ra.choice_weights is not None:
-            raise ValueError(f"{refused}; ops {', '.join(unsupported) or 'weighted'} are not batched")
-        first = timm_ra.ops[0]
-        return cls(
-            ops=names,
-            num_layers=int(timm_ra.num_layers),
-            prob=float(first.prob),
-            magnitude=float(first.magnitude),
-            magnitude_std=float(first.magnitude_std),
-            magnitude_max=float(first.magnitude_max or LEVEL_DENOM),
-        )
-
-
-def check_policy(policy: str | None, key: str = "aug.auto_augment") -> None:
-    """Refuse, in one line naming ``key``, a policy the batched path cannot run."""
-    if policy:
-        RandAugmentPolicy.parse(policy, key)
 
 
 @dataclass(frozen=True)
@@ -381,3 +313,43 @@ def random_erasing(
         noise = torch.randn((c, hh, ww), generator=noise_g, device=images.device, dtype=images.dtype)
         images[i, :, top : top + hh, left : left + ww] = noise
     return images
+
+
+# --- the end of the train recipe on a batch -------------------------------------------------
+
+
+def randaugment_hparams(img_size: int, mean: tuple[float, ...]) -> dict:
+    """timm's RandAugment hparams as ``transforms_imagenet_train`` makes them for the
+    recipe (interpolation 'bilinear', as the torch loader asks for)."""
+    return {
+        "translate_const": int(img_size * 0.45),
+        "img_mean": tuple(min(255, round(255 * x)) for x in mean),
+        "interpolation": "bilinear",
+    }
+
+
+class BatchRecipe:
+    """The end of the train recipe on a uint8 NCHW batch, on the batch's device:
+    RandAugment, normalisation with ``mean``/``std``, random erasing, each image with
+    its own draw, in timm's order.
+
+    ``__call__(images, key)`` draws from generators seeded with ``key`` (the loader's
+    hash of seed, rank, epoch and step), so a resumed run replays its batches.
+    """
+
+    def __init__(self, img_size: int, policy: str | None, erasing: float, mean, std, device):
+        self.rand_augment = BatchRandAugment(policy, randaugment_hparams(img_size, mean)) if policy else None
+        self.erasing = float(erasing)
+        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
+
+    def __call__(self, images: torch.Tensor, key: int) -> torch.Tensor:
+        seed = key & 0x7FFFFFFFFFFFFFFF
+        draws = torch.Generator().manual_seed(seed)
+        if self.rand_augment is not None:
+            images = self.rand_augment(images, draws)
+        images = (images.float() - self.mean) / self.std
+        if self.erasing > 0:
+            noise = draws if images.device.type == "cpu" else torch.Generator(images.device).manual_seed(seed)
+            images = random_erasing(images, self.erasing, draws, noise)
+        return images

@@ -34,6 +34,7 @@ from typing import Literal, get_args
 import numpy as np
 import torch
 
+from pcn.data.batch_augment import BatchRecipe
 from pcn.data.ffcv_io import (
     DatasetError,
     FolderIndex,
@@ -49,7 +50,6 @@ from pcn.data.random_streams import stream_key
 from pcn.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    BatchRecipe,
     TrainAug,
     ffcv_image_pipeline,
     ffcv_label_pipeline,
@@ -156,7 +156,11 @@ class FfcvLoader:
             loader.first_traversal_order = loader.next_traversal_order()
         self._iterator = None
         # RandAugment / random erasing on the uint8 batch, seeded per (seed, rank, epoch, step)
-        self._recipe = BatchRecipe(img_size, aug, device) if train and aug.on_batch else None
+        self._recipe = None
+        if train and aug.on_batch:
+            self._recipe = BatchRecipe(
+                img_size, aug.auto_augment, aug.random_erasing, IMAGENET_MEAN, IMAGENET_STD, device
+            )
         self._recipe_key = stream_key(seed, rank, BATCH_RECIPE_STREAM)
         if self.device.type != "cpu":
             self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1) * 255

@@ -87,7 +87,7 @@ class TrainAug:
 
     @property
     def on_batch(self) -> bool:
-        """Whether the FFCV loader finishes the recipe on the uint8 batch (:class:`BatchRecipe`)."""
+        """Whether the FFCV loader finishes the recipe on the uint8 batch (``BatchRecipe``)."""
         return bool(self.auto_augment) or self.random_erasing > 0
 
     def validate(self) -> None:
@@ -179,49 +179,6 @@ def torch_eval_transform(img_size: int, crop_ratio: float) -> Callable:
     return transforms.Compose([CenterCropResize(img_size, crop_ratio), NormalizeUint8()])
 
 
-def randaugment_hparams(img_size: int) -> dict:
-    """timm's RandAugment hparams as ``transforms_imagenet_train`` makes them for this recipe."""
-    from PIL import Image
-
-    return {
-        "translate_const": int(img_size * 0.45),
-        "img_mean": tuple(min(255, round(255 * x)) for x in IMAGENET_MEAN),
-        "interpolation": Image.BILINEAR,  # the torch path's interpolation='bilinear'
-    }
-
-
-class BatchRecipe:
-    """The end of the train recipe on a uint8 NCHW batch, where it lies (CPU or GPU):
-    RandAugment, ImageNet normalisation, random erasing, each image with its own draw.
-
-    ``__call__(images, key)`` draws from generators seeded with ``key`` (a
-    :func:`pcn.data.random_streams.stream_key` of seed, rank, epoch and step), so a
-    resumed run replays its batches.
-    """
-
-    def __init__(self, img_size: int, aug: TrainAug, device: str | torch.device):
-        from pcn.data.batch_augment import BatchRandAugment
-
-        self.device = torch.device(device)
-        self.rand_augment = BatchRandAugment(aug.auto_augment, randaugment_hparams(img_size)) if aug.auto_augment else None
-        self.erasing = float(aug.random_erasing)
-        self.mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1) * 255
-        self.std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1) * 255
-
-    def __call__(self, images: torch.Tensor, key: int) -> torch.Tensor:
-        from pcn.data.batch_augment import random_erasing
-
-        seed = key & 0x7FFFFFFFFFFFFFFF
-        draws = torch.Generator().manual_seed(seed)
-        if self.rand_augment is not None:
-            images = self.rand_augment(images, draws)
-        images = (images.float() - self.mean) / self.std
-        if self.erasing > 0:
-            noise = draws if images.device.type == "cpu" else torch.Generator(images.device).manual_seed(seed)
-            images = random_erasing(images, self.erasing, draws, noise)
-        return images
-
-
 # --- FFCV (numba) implementation: the operations live in pcn.data.ffcv_ops ------------
 
 
@@ -238,7 +195,7 @@ def ffcv_image_pipeline(
     On CPU the pipeline ends in float32 NCHW (channels-last strides) normalised by
     FFCV's ``NormalizeImage``; on a GPU, or when RandAugment / random erasing follow
     (``TrainAug.on_batch``), it ends in uint8 NCHW on the device, and the loader runs
-    :class:`BatchRecipe` there (FFCV's GPU normaliser needs cupy).
+    ``pcn.data.batch_augment.BatchRecipe`` there (FFCV's GPU normaliser needs cupy).
     """
     from ffcv.fields.decoders import CenterCropRGBImageDecoder
     from ffcv.transforms import NormalizeImage, ToDevice, ToTensor, ToTorchImage
@@ -249,9 +206,9 @@ def ffcv_image_pipeline(
     if train:
         aug.validate()
         if aug.auto_augment:
-            from pcn.data.batch_augment import check_policy
+            from pcn.data.randaugment_policy import check_policy
 
-            check_policy(aug.auto_augment)
+            check_policy(aug.auto_augment)  # the loader runs it: pcn.data.batch_augment.BatchRecipe
         ops = [SeededRandomResizedCrop(size, scale=(aug.scale_min, 1.0), ratio=RRC_RATIO)]
         if aug.hflip > 0:
             ops.append(SeededHorizontalFlip(aug.hflip))
