@@ -350,6 +350,6 @@ class BatchRecipe:
             images = self.rand_augment(images, draws)
         images = (images.float() - self.mean) / self.std
         if self.erasing > 0:
-            noise = draws if images.device.type == "cpu" else torch.Generator(images.device).manual_seed(seed)
+            noise = draws if images.device.type == "cpu" else torch.Generator(device=images.device).manual_seed(seed)
             images = random_erasing(images, self.erasing, draws, noise)
         return images
