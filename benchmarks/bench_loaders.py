@@ -129,6 +129,7 @@ def main(argv=None) -> dict:
 
     from pcn.data.ffcv_io import convert_imagefolder
     from pcn.data.loaders import build_loader
+    from pcn.machine_speed import sgemm_gflops
 
     torch.set_num_threads(max(1, args.num_workers))
     with tempfile.TemporaryDirectory(prefix="bench_loaders_") as tmp:
@@ -210,6 +211,7 @@ def main(argv=None) -> dict:
             "cpu_count": os.cpu_count(),
             "python": platform.python_version(),
             "torch": torch.__version__,
+            "sgemm_1thread_gflops_cpu_time": round(sgemm_gflops(cpu=True), 1),
         },
         "conversion": {k: v for k, v in conv.items() if k != "skipped_files"},
         "results": rows,
