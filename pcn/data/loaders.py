@@ -7,9 +7,10 @@ and ``num_samples`` (images in the dataset).
 
 * ``ffcv`` reads a .beton written by ``pcn.data.ffcv_io.convert_imagefolder``
   (its sidecar is checked first) through the operation lists of
-  ``pcn.data.transforms.ffcv_image_pipeline``.  On CPU a batch is FFCV's own
-  buffer (channels-last strides), reused ``batches_ahead + 1`` batches later:
-  use it before asking for the next one, or clone it.
+  ``pcn.data.transforms.ffcv_image_pipeline``; RandAugment and random erasing then
+  run on the uint8 batch where it lies (``pcn.data.batch_augment.BatchRecipe``).
+  On CPU without them a batch is FFCV's own buffer (channels-last strides), reused
+  ``batches_ahead + 1`` batches later: use it before asking for the next one, or clone it.
 * ``torch`` reads the image folder with PIL, torchvision and timm transforms, the
   baseline and the fallback where FFCV is not installed.
 * ``memory`` decodes the image folder once into RAM and augments whole batches
