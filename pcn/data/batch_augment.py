@@ -9,8 +9,8 @@ gathered and transformed together.
 Every op reproduces the PIL operation timm calls (Pillow's LUTs, blends, 3x3
 smoothing and bilinear affine sampling, with timm's fill colour), checked against
 timm on photographs in tests/test_batch_augment.py. Two deliberate differences:
-posterize to 0 bits gives a black image (Pillow before 9.x did; current Pillow
-refuses 0 bits), and only the ``bilinear``/``nearest`` interpolations are offered
+posterize to 0 bits gives a black image (as the Pillow of the paper's time did;
+current Pillow refuses 0 bits), and only the ``bilinear``/``nearest`` interpolations are offered
 (the recipe's hparams fix ``bilinear``; timm's default picks bilinear or bicubic at
 random per op).
 
@@ -35,6 +35,8 @@ COLOUR_OPS = INCREASING_OPS[:3] + INCREASING_OPS[4:11]
 GEOMETRIC_OPS = ("Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
 # ops whose timm level function negates the magnitude with probability 1/2
 SIGNED_OPS = frozenset(GEOMETRIC_OPS + INCREASING_OPS[7:11])
+
+
 # --- helpers: LUTs, blends, affine sampling ---------------------------------------------
 
 
@@ -146,7 +148,7 @@ def _colour_op(images: torch.Tensor, name: str, level: torch.Tensor) -> torch.Te
         plain = ((hist > 0).sum(dim=2, keepdim=True) <= 1) | (step == 0)
         return _apply_lut(images, torch.where(plain, ramp, lut))
     if name == "PosterizeIncreasing":
-        bits = 4 - (level * 4).trunc().long()  # 0 bits: black, as Pillow before 9.x gave
+        bits = 4 - (level * 4).trunc().long()  # 0 bits: black, as the Pillow of the paper's time gave
         mask = (~(2 ** (8 - bits.clamp(0, 8)) - 1)).clamp(min=-256) & 0xFF
         return images & mask.view(n, 1, 1, 1).to(dev, torch.uint8)
     if name == "SolarizeIncreasing":
@@ -212,7 +214,7 @@ def apply_op(images: torch.Tensor, name: str, magnitude: torch.Tensor, hparams: 
     return _colour_op(images, name, level.to(images.device))
 
 
-# --- the policy --------------------------------------------------------------------------
+# --- RandAugment: per-image draws, per-op work ---------------------------------------------
 
 
 @dataclass(frozen=True)
