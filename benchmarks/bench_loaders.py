@@ -8,6 +8,15 @@ warm-up epoch that absorbs numba compilation and worker start-up; the time to bu
 each loader (the memory loader decodes every image then) is reported apart. All use
 num_workers = os.cpu_count() unless told otherwise (the memory loader has no workers).
 
+``--recipe paper`` times the paper's train recipe instead (RandAugment
+rand-m9-mstd0.5-inc1 and random erasing 0.25 after the crop and flip): the torch
+loader with timm's PIL RandAugment in its workers, against FFCV with the batched
+RandAugment (pcn.data.batch_augment) on the decoded batch. Each row also gives the
+CPU seconds per image (this process, its threads and its reaped worker processes):
+
+    python benchmarks/bench_loaders.py --recipe paper --n-images 512 --sizes 224 \
+        --batch-size 64 --epochs 1 --out results_paper_loaders.json
+
 The study grid's setting (10,000 images of 64 px cropped to 32, one core):
 
     python benchmarks/bench_loaders.py --n-images 10000 --height 64 --width 64 \
@@ -18,9 +27,9 @@ The study grid's setting (10,000 images of 64 px cropped to 32, one core):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -44,17 +53,38 @@ def make_folder(root: Path, n_images: int, n_classes: int, height: int, width: i
     return root
 
 
-def time_loader(loader, epochs: int) -> tuple[float, int, float]:
-    """(images/s over ``epochs`` timed epochs, images, seconds of the warm-up epoch)."""
+def cpu_seconds() -> float:
+    """User + system CPU time of this process (all threads) and its reaped children."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def time_loader(loader, epochs: int) -> tuple[float, int, float, float]:
+    """(images/s over ``epochs`` timed epochs, images, seconds of the warm-up epoch,
+    CPU seconds of the timed epochs)."""
     t0 = time.perf_counter()
     for _ in loader:  # warm-up: numba compilation, worker start, page cache
         pass
     warmup_s = time.perf_counter() - t0
-    n, t0 = 0, time.perf_counter()
+    n, t0, cpu0 = 0, time.perf_counter(), cpu_seconds()
     for _ in range(epochs):
         for images, _labels in loader:
             n += images.shape[0]
-    return n / (time.perf_counter() - t0), n, warmup_s
+    if images.is_cuda:  # the last batch's kernels belong to the timed work
+        import torch
+
+        torch.cuda.synchronize(images.device)
+    return n / (time.perf_counter() - t0), n, warmup_s, cpu_seconds() - cpu0
+
+
+def recipe_aug(recipe: str):
+    """The per-image augmentation of ``recipe``: None (crop + flip) or the paper's."""
+    if recipe == "plain":
+        return None
+    from pcn.config import AugConfig
+
+    # the paper pretrain's per-image recipe (params.yaml scales.paper); mixup is the engine's
+    return AugConfig(scale_min=0.08, hflip=0.5, auto_augment="rand-m9-mstd0.5-inc1", random_erasing=0.25)
 
 
 def main(argv=None) -> dict:
@@ -83,6 +113,15 @@ def main(argv=None) -> dict:
     )
     ap.add_argument("--batches-ahead", type=int, default=3)
     ap.add_argument("--loaders", nargs="+", default=["ffcv", "torch"], choices=["ffcv", "torch", "memory"])
+    ap.add_argument(
+        "--recipe",
+        default="plain",
+        choices=["plain", "paper"],
+        help="plain: crop + flip; paper: + RandAugment and random erasing",
+    )
+    ap.add_argument(
+        "--device", default="cpu", help="where the batch goes (cuda: FFCV's batched RandAugment runs there)"
+    )
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
     args = ap.parse_args(argv)
 
@@ -90,6 +129,7 @@ def main(argv=None) -> dict:
 
     from pcn.data.ffcv_io import convert_imagefolder
     from pcn.data.loaders import build_loader
+    from pcn.machine_speed import sgemm_gflops
 
     torch.set_num_threads(max(1, args.num_workers))
     with tempfile.TemporaryDirectory(prefix="bench_loaders_") as tmp:
@@ -126,34 +166,41 @@ def main(argv=None) -> dict:
                     train=True,
                     img_size=size,
                     batch_size=args.batch_size,
-                    aug=None,  # random-resized-crop (0.08, 1) + flip 0.5
+                    aug=recipe_aug(args.recipe),
                     num_workers=args.num_workers,
                     seed=0,
                     os_cache=not args.no_os_cache,
                     batches_ahead=args.batches_ahead,
+                    device=args.device,
                 )
                 build_s = time.perf_counter() - t0
-                rate, n, warmup_s = time_loader(loader, args.epochs)
+                rate, n, warmup_s, cpu_s = time_loader(loader, args.epochs)
                 rows.append(
                     {
                         "loader": kind,
+                        "recipe": args.recipe,
                         "img_size": size,
+                        "workers": args.num_workers,
                         "images_per_s": round(rate, 1),
+                        "cpu_s_per_image": round(cpu_s / n, 5),
                         "images": n,
                         "build_s": round(build_s, 2),
                         "first_epoch_s": round(warmup_s, 2),
                     }
                 )
                 print(
-                    f"  {kind:6s} {size:4d} px: {rate:8.1f} img/s (built in {build_s:.1f} s, "
-                    f"first epoch {warmup_s:.1f} s)"
+                    f"  {kind:6s} {size:4d} px: {rate:8.1f} img/s, {cpu_s / n * 1e3:.2f} CPU-ms/img "
+                    f"(built in {build_s:.1f} s, first epoch {warmup_s:.1f} s)"
                 )
                 del loader
 
     by = {(r["loader"], r["img_size"]): r["images_per_s"] for r in rows}
     print(f"\n{'size':>6} {'ffcv img/s':>12} {'torch img/s':>12} {'ratio':>7}")
-    ratios = {}
+    ratios, cpu_ratios = {}, {}
+    per_cpu = {(r["loader"], r["img_size"]): r["cpu_s_per_image"] for r in rows}
     for size in args.sizes:
+        f, t = per_cpu.get(("ffcv", size)), per_cpu.get(("torch", size))
+        cpu_ratios[str(size)] = round(t / f, 2) if f and t else None
         f, t = by.get(("ffcv", size)), by.get(("torch", size))
         ratio = f / t if f and t else None
         ratios[str(size)] = round(ratio, 2) if ratio else None
@@ -164,13 +211,18 @@ def main(argv=None) -> dict:
             "cpu_count": os.cpu_count(),
             "python": platform.python_version(),
             "torch": torch.__version__,
+            "sgemm_1thread_gflops_cpu_time": round(sgemm_gflops(cpu=True), 1),
         },
         "conversion": {k: v for k, v in conv.items() if k != "skipped_files"},
         "results": rows,
         "ffcv_over_torch": ratios,
+        "ffcv_over_torch_per_cpu_s": cpu_ratios,
     }
+    print(f"images per CPU-second, ffcv over torch: {cpu_ratios}")
     if args.out:
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
+        from pcn.io import write_json
+
+        write_json(args.out, result)
         print(f"wrote {args.out}")
     return result
 

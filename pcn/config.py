@@ -387,6 +387,22 @@ class Params(Section):
             return self.data.demo.n_classes + 1
         raise ValueError("segmentation.n_classes must be set for real data (150 for ADE20k)")
 
+    @model_validator(mode="after")
+    def _ffcv_augment(self) -> Params:
+        """A RandAugment string the FFCV loader cannot batch is refused now, not an hour into a job."""
+        from pcn.data.randaugment_policy import check_policy
+
+        runs = [("pretrain", self.pretrain, self.data.loader), ("finetune", self.finetune, self.data.loader)]
+        grid_loader = self.experiments.loader or self.data.loader
+        for study in GRID_STUDIES:
+            changes = (self.experiments.train_by_study.get(study) or {}).get("aug") or {}
+            key = f"experiments.train_by_study.{study}" if "auto_augment" in changes else "experiments.train"
+            runs.append((key, self.experiments.train_for(study), grid_loader))
+        for key, train, loader in runs:
+            if loader == "ffcv":
+                check_policy(train.aug.auto_augment, f"{key}.aug.auto_augment")
+        return self
+
     def section(self, dotted: str) -> Any:
         """The resolved value at a dotted key, e.g. ``pretrain`` or ``data.demo``."""
         node: Any = self

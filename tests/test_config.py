@@ -187,3 +187,21 @@ def test_resnet_options_reach_both_models_of_the_pair_and_nothing_else(raw):
         assert grid_model(p, model, {})[1] == {"output_stride": 8}
     assert "output_stride" not in grid_model(p, None, {})[1]
     assert "output_stride" not in grid_model(p, p.experiments.multiclass_model, {})[1]
+
+
+def test_a_policy_ffcv_cannot_batch_is_refused_at_load(raw):
+    """The paper scale reads FFCV with the recipe's RandAugment; another policy string fails
+    in `pcn params`, naming its key and the policies the batched path runs."""
+    paper = resolve({**raw, "scale": "paper"})
+    assert paper.data.loader == "ffcv" and paper.experiments.loader == "ffcv"
+    assert paper.pretrain.aug.auto_augment == "rand-m9-mstd0.5-inc1"
+    scales = {**raw["scales"], "paper": {**raw["scales"]["paper"]}}
+    scales["paper"]["finetune"] = {**scales["paper"]["finetune"], "aug": {"auto_augment": "rand-m9-mstd0.5"}}
+    with pytest.raises(ParamsError) as err:
+        resolve({**raw, "scale": "paper", "scales": scales})
+    msg = str(err.value)
+    assert "\n" not in msg and "finetune.aug.auto_augment = 'rand-m9-mstd0.5'" in msg and "inc1" in msg
+    assert "TranslateYRel" in msg  # the ops it supports
+    scales["paper"]["data"] = {**scales["paper"]["data"], "loader": "torch"}
+    scales["paper"]["experiments"] = {**scales["paper"]["experiments"], "loader": "torch"}
+    assert resolve({**raw, "scale": "paper", "scales": scales}).finetune.aug.auto_augment == "rand-m9-mstd0.5"

@@ -239,7 +239,7 @@ def test_proportion_mode_stores_the_same_beton_content_every_time(tmp_path):
     for state, name in enumerate(("one", "two")):
         np.random.seed(state)  # what a fresh process has: some state or other
         dst = tmp_path / f"{name}.beton"
-        convert_imagefolder(src, dst, **{**CONVERT, "write_mode": "proportion"})
+        metrics = convert_imagefolder(src, dst, **{**CONVERT, "write_mode": "proportion"})
         reader = Reader(str(dst))
         fields = reader.metadata["f0"]
         size = {int(r["ptr"]): int(r["size"]) for r in reader.alloc_table}
@@ -248,6 +248,7 @@ def test_proportion_mode_stores_the_same_beton_content_every_time(tmp_path):
         stored.append((fields["mode"].tolist(), blobs))
     modes = stored[0][0]
     assert 0.25 < sum(modes) / len(modes) < 0.75, "about half JPEG"
+    assert metrics["jpeg_fraction"] == pytest.approx(modes.count(0) / len(modes))  # ffcv: jpg 0, raw 1
     assert stored[0] == stored[1]
 
 

@@ -154,12 +154,36 @@ def test_train_batches_look_like_the_recipe(data):
         assert -2.2 < x.min() and x.max() < 2.7  # normalised with ImageNet mean/std
 
 
-def test_randaugment_torch_only(data):
-    aug = AugConfig(auto_augment="rand-m9-mstd0.5-inc1")
-    x, _ = next(iter(loader(data, "torch", train=True, aug=aug)))
+PAPER_AUG = AugConfig(auto_augment="rand-m9-mstd0.5-inc1", random_erasing=0.25, repeated_aug=3)
+
+
+def test_randaugment_and_erasing_in_both_loaders(data):
+    x, _ = next(iter(loader(data, "torch", train=True, aug=PAPER_AUG)))
     assert x.shape == (8, 3, 32, 32)
-    with pytest.raises(ValueError, match="torch loader only.*data.loader: torch"):
-        loader(data, "ffcv", train=True, aug=aug)
+    a = batches(loader(data, "ffcv", train=True, aug=PAPER_AUG), epoch=1)
+    b = batches(loader(data, "ffcv", train=True, aug=PAPER_AUG, num_workers=2), epoch=1)
+    assert all(torch.equal(p[0], q[0]) and torch.equal(p[1], q[1]) for p, q in zip(a, b))  # resumable
+    x = torch.cat([p[0] for p in a])
+    assert x.shape == (24, 3, 32, 32) and x.dtype == torch.float32 and torch.isfinite(x).all()
+    plain = batches(loader(data, "ffcv", train=True, aug=AugConfig(repeated_aug=3)), epoch=1)
+    assert all(torch.equal(p[1], q[1]) for p, q in zip(a, plain))  # same images, augmented
+    assert not torch.equal(a[0][0], plain[0][0])
+    assert not torch.equal(a[0][0], batches(loader(data, "ffcv", train=True, aug=PAPER_AUG), epoch=2)[0][0])
+    with pytest.raises(ValueError, match="aug.auto_augment = 'rand-m9-mstd0.5'.*inc1"):
+        loader(data, "ffcv", train=True, aug=AugConfig(auto_augment="rand-m9-mstd0.5"))
+
+
+def test_repeated_aug_in_the_ffcv_loader(data):
+    """DeiT's RASampler: the ranks see the same images, each with its own augmentation."""
+    ranks = [
+        batches(loader(data, "ffcv", train=True, aug=PAPER_AUG, batch_size=4, rank=r, world_size=3)) for r in range(3)
+    ]
+    assert len(ranks[0]) == 2  # ceil(24 / 3) images per rank, batches of 4
+    for r in (1, 2):
+        assert all(torch.equal(p[1], q[1]) for p, q in zip(ranks[0], ranks[r]))  # same labels in order
+        assert not torch.equal(ranks[0][0][0], ranks[r][0][0])  # different augmentations
+    order = epoch_order(24, train=True, seed=0, epoch=0, rank=1, world_size=3, repeats=3)
+    assert torch.cat([y for _, y in ranks[1]]).tolist() == [int(i) // 8 for i in order[:8]]
 
 
 def test_missing_ffcv_is_a_clear_error(data, monkeypatch):

@@ -500,6 +500,7 @@ def convert_imagefolder(
         written = beton_num_samples(tmp)
         if written != len(good):
             raise DatasetError(f"{tmp}: wrote {written} samples, expected {len(good)}")
+        jpeg = jpeg_fraction(tmp)
         meta = {
             "version": METADATA_VERSION,
             "num_samples": len(good),
@@ -527,7 +528,17 @@ def convert_imagefolder(
         "images_per_s": round(len(good) / seconds, 1) if seconds > 0 else None,
         "n_classes": index.num_classes,
         "source_hash": digest,
+        "jpeg_fraction": round(jpeg, 4),
     }
+
+
+def jpeg_fraction(path: str | Path) -> float:
+    """Share of a .beton's images stored as JPEG, re-encoded at ``jpeg_quality`` (the rest
+    are raw pixels): ``compress_probability`` in expectation under write_mode 'proportion'."""
+    from ffcv.reader import Reader
+
+    modes = Reader(str(path)).metadata["f0"]["mode"]  # f0: the image field; ffcv: jpg 0, raw 1
+    return float((modes == 0).mean()) if len(modes) else 0.0
 
 
 # --- reading the sidecar --------------------------------------------------------------------

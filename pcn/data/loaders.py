@@ -7,9 +7,10 @@ and ``num_samples`` (images in the dataset).
 
 * ``ffcv`` reads a .beton written by ``pcn.data.ffcv_io.convert_imagefolder``
   (its sidecar is checked first) through the operation lists of
-  ``pcn.data.transforms.ffcv_image_pipeline``.  On CPU a batch is FFCV's own
-  buffer (channels-last strides), reused ``batches_ahead + 1`` batches later:
-  use it before asking for the next one, or clone it.
+  ``pcn.data.transforms.ffcv_image_pipeline``; RandAugment and random erasing then
+  run on the uint8 batch where it lies (``pcn.data.batch_augment.BatchRecipe``).
+  On CPU without them a batch is FFCV's own buffer (channels-last strides), reused
+  ``batches_ahead + 1`` batches later: use it before asking for the next one, or clone it.
 * ``torch`` reads the image folder with PIL, torchvision and timm transforms, the
   baseline and the fallback where FFCV is not installed.
 * ``memory`` decodes the image folder once into RAM and augments whole batches
@@ -34,6 +35,7 @@ from typing import Literal, get_args
 import numpy as np
 import torch
 
+from pcn.data.batch_augment import BatchRecipe
 from pcn.data.ffcv_io import (
     DatasetError,
     FolderIndex,
@@ -57,6 +59,7 @@ from pcn.data.transforms import (
 )
 
 Kind = Literal["ffcv", "torch", "memory"]
+BATCH_RECIPE_STREAM = 0x52A6  # salt of the batched RandAugment / random erasing draws
 FFCV_MISSING = (
     "data.loader is 'ffcv' but the ffcv package cannot be imported ({error}); install it "
     "(pip install ffcv, which needs libopencv-dev, libturbojpeg0-dev and pkg-config) or set "
@@ -153,6 +156,13 @@ class FfcvLoader:
             loader.traversal_order = SharedOrder(loader)
             loader.first_traversal_order = loader.next_traversal_order()
         self._iterator = None
+        # RandAugment / random erasing on the uint8 batch, seeded per (seed, rank, epoch, step)
+        self._recipe = None
+        if train and aug.on_batch:
+            self._recipe = BatchRecipe(
+                img_size, aug.auto_augment, aug.random_erasing, IMAGENET_MEAN, IMAGENET_STD, device
+            )
+        self._recipe_key = stream_key(seed, rank, BATCH_RECIPE_STREAM)
         if self.device.type != "cpu":
             self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1) * 255
             self._std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1) * 255
@@ -171,19 +181,22 @@ class FfcvLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self._stop_previous()  # an abandoned epoch must not tick the clocks any more
+        epoch = self._loader.next_epoch
         for clock in self._clocks:
-            clock.start_epoch(self._loader.next_epoch)
+            clock.start_epoch(epoch)
         threads = torch.get_num_threads()
         it = iter(self._loader)
         torch.set_num_threads(threads)
         self._iterator = it
-        for images, labels in it:
+        for step, (images, labels) in enumerate(it):
             # On CPU the batch is FFCV's own output buffer (float NCHW with channels-last
             # strides), reused ``batches_ahead`` + 1 batches later, as in FFCV's own
             # training loops: use a batch before asking for the next, or clone it.  A
             # copy here (to NCHW or even a plain clone) costs a third of the loader's
             # throughput on 2 cores (benchmarks/bench_loaders.py).
-            if self.device.type != "cpu":
+            if self._recipe is not None:
+                images = self._recipe(images, stream_key(self._recipe_key, epoch, step))
+            elif self.device.type != "cpu":
                 images = (images.float() - self._mean) / self._std
             yield images, labels.clone()
         self._iterator = None

@@ -26,8 +26,10 @@ hash (splitmix64, :mod:`pcn.data.random_streams`) instead of numba's per-thread
 generators, which FFCV 1.0.2 leaves unseeded. So two loaders built with the same
 seed yield identical batches, whatever the number of workers.
 
-RandAugment is torch-loader only: its 14 PIL operations have no FFCV counterpart,
-and the FFCV loader refuses ``aug.auto_augment`` with an error saying so.
+RandAugment and random erasing run in the FFCV path as batched tensor operations
+on the uint8 batch after decode, crop and flip (:mod:`pcn.data.batch_augment`, on
+the batch's device), in timm's order: RandAugment, normalisation, random erasing.
+Each op matches timm's PIL op on photographs (tests/test_batch_augment.py).
 """
 
 from __future__ import annotations
@@ -82,6 +84,11 @@ class TrainAug:
             color_jitter=aug.color_jitter,
             random_erasing=aug.random_erasing,
         )
+
+    @property
+    def on_batch(self) -> bool:
+        """Whether the FFCV loader finishes the recipe on the uint8 batch (``BatchRecipe``)."""
+        return bool(self.auto_augment) or self.random_erasing > 0
 
     def validate(self) -> None:
         if self.auto_augment and self.three_augment:
@@ -186,8 +193,9 @@ def ffcv_image_pipeline(
     """The image pipeline as a list of FFCV operations, the recipe in reading order.
 
     On CPU the pipeline ends in float32 NCHW (channels-last strides) normalised by
-    FFCV's ``NormalizeImage``; on a GPU it ends in uint8 on the device and the loader
-    normalises there (FFCV's GPU normaliser needs cupy).
+    FFCV's ``NormalizeImage``; on a GPU, or when RandAugment / random erasing follow
+    (``TrainAug.on_batch``), it ends in uint8 NCHW on the device, and the loader runs
+    ``pcn.data.batch_augment.BatchRecipe`` there (FFCV's GPU normaliser needs cupy).
     """
     from ffcv.fields.decoders import CenterCropRGBImageDecoder
     from ffcv.transforms import NormalizeImage, ToDevice, ToTensor, ToTorchImage
@@ -198,15 +206,9 @@ def ffcv_image_pipeline(
     if train:
         aug.validate()
         if aug.auto_augment:
-            raise ValueError(
-                f"aug.auto_augment = {aug.auto_augment!r} (RandAugment) is implemented for the torch loader only: "
-                "set data.loader: torch in params.yaml, or use aug.three_augment with FFCV"
-            )
-        if aug.random_erasing:
-            raise ValueError(
-                f"aug.random_erasing = {aug.random_erasing} is implemented for the torch loader only: "
-                "set data.loader: torch in params.yaml"
-            )
+            from pcn.data.randaugment_policy import check_policy
+
+            check_policy(aug.auto_augment)  # the loader runs it: pcn.data.batch_augment.BatchRecipe
         ops = [SeededRandomResizedCrop(size, scale=(aug.scale_min, 1.0), ratio=RRC_RATIO)]
         if aug.hflip > 0:
             ops.append(SeededHorizontalFlip(aug.hflip))
@@ -214,7 +216,8 @@ def ffcv_image_pipeline(
             ops.append(ThreeAugment(color_jitter=aug.color_jitter))
     else:
         ops = [CenterCropRGBImageDecoder(size, ratio=crop_ratio)]
-    if torch.device(device).type == "cpu":
+    on_cpu = torch.device(device).type == "cpu"
+    if on_cpu and not (train and aug.on_batch):
         mean = np.array(IMAGENET_MEAN) * 255
         std = np.array(IMAGENET_STD) * 255
         return ops + [
@@ -222,11 +225,8 @@ def ffcv_image_pipeline(
             ToTensor(),
             ToTorchImage(channels_last=True),
         ]
-    return ops + [
-        ToTensor(),
-        ToDevice(torch.device(device), non_blocking=True),
-        ToTorchImage(channels_last=True),
-    ]
+    to_device = [] if on_cpu else [ToDevice(torch.device(device), non_blocking=True)]
+    return ops + [ToTensor(), *to_device, ToTorchImage(channels_last=True)]
 
 
 def ffcv_label_pipeline(device: str | torch.device = "cpu") -> list:
