@@ -15,16 +15,16 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
 CPU_ONLY = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_WAIT_POLICY": "PASSIVE"}
 
 
-def test_tiny_cpu_run_writes_positive_numbers(tmp_path):
-    out = tmp_path / "check.json"
+def _smoke_run(script: Path, *args: str) -> None:
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--tiny", "--train-batch", "4", "--out", str(out)],
-        env=CPU_ONLY,
-        capture_output=True,
-        text=True,
-        timeout=300,
+        [sys.executable, str(script), *args], env=CPU_ONLY, capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_tiny_cpu_run_writes_positive_numbers(tmp_path):
+    out = tmp_path / "check.json"
+    _smoke_run(SCRIPT, "--tiny", "--train-batch", "4", "--out", str(out))
     doc = json.loads(out.read_text())
     assert {
         "device",
@@ -70,15 +70,7 @@ def test_paper_steps_tiny_run_uses_the_paper_recipe(tmp_path):
     """benchmarks/gpu_paper_steps.py trains with the paper scale's pretrain recipe through the
     pipeline's own loop; its CPU smoke run shows the recipe it took and finite losses."""
     out = tmp_path / "steps.json"
-    script = SCRIPT.with_name("gpu_paper_steps.py")
-    proc = subprocess.run(
-        [sys.executable, str(script), "--tiny", "--steps", "6", "--warmup", "2", "--out", str(out)],
-        env=CPU_ONLY,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    _smoke_run(SCRIPT.with_name("gpu_paper_steps.py"), "--tiny", "--steps", "6", "--warmup", "2", "--out", str(out))
     doc = json.loads(out.read_text())
     assert (doc["optimizer"], doc["global_batch"], doc["mixup"], doc["cutmix"]) == ("lamb", 2048, 0.8, 1.0)
     assert doc["lr_scaled"] == 0.003 and doc["drop_path"] > 0
