@@ -90,10 +90,15 @@ def run_pipeline(args) -> int:
 
 
 def dryrun(args) -> int:
-    """Every training-like job of the DAG with its GPU-hours, the total and the experiment grid's share."""
-    from pcn.train.dryrun import dry_run
+    """Every training-like job of the DAG with its GPU-hours, the total and the experiment grid's
+    share; every job with its resources; refused when one asks more than its partition grants."""
+    from pcn.slurm_limits import check_jobs
+    from pcn.train.dryrun import dry_run, every_job
 
-    print(dry_run(load_params(args.params)))
+    params = load_params(args.params)
+    print(dry_run(params))
+    source = check_jobs(((name, r) for name, _, r in every_job(params)), params.launcher.slurm.limits)
+    print(f"every job fits its partition's limits; limits from {source}")
     return 0
 
 

@@ -106,8 +106,9 @@ class TrainTask(submitit.helpers.Checkpointable):
 
 
 def slurm_parameters(launcher: LauncherConfig, job_name: str, gpus_available: bool = True) -> dict[str, Any]:
-    """The ``submitit.SlurmExecutor`` parameters (sbatch names) of ``launcher.slurm``."""
-    s: SlurmConfig = launcher.slurm
+    """The ``submitit.SlurmExecutor`` parameters (sbatch names) of ``launcher.slurm``, with the
+    overrides of ``launcher.slurm.resources.<stage>`` (``job_name``: the stage, or stage@instance)."""
+    s: SlurmConfig = launcher.slurm.for_stage(job_name.split("@")[0])
     params: dict[str, Any] = {
         "job_name": job_name,
         "nodes": s.nodes,
