@@ -125,6 +125,8 @@ def _verb_arguments(verb: str, p: argparse.ArgumentParser) -> None:
             action="store_true",
             help="the short form (CI): the main line and the pretrained transfers, no experiment grid",
         )
+    if verb == "track":
+        p.add_argument("action", choices=["sync"], help="sync: rebuild MLflow's missing stage runs from the files")
     if verb == "ui":
         p.add_argument("--port", type=int, default=5000)
         p.add_argument("--no-wait", action="store_true", help=argparse.SUPPRESS)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import os
+import re
+import subprocess
 
 import pytest
 import yaml
@@ -107,9 +108,11 @@ def test_dryrun_reads_the_limits_of_a_cluster_that_answers(slurm_cluster, tmp_pa
 
     limits = cluster_limits()
     assert limits and DEFAULT in limits
-    assert limits[DEFAULT].cpus_per_node == os.cpu_count() and limits[DEFAULT].mem_gb_per_node >= 1
+    node = subprocess.run(["scontrol", "show", "node", "-o"], capture_output=True, text=True, check=True).stdout
+    cpus = int(re.search(r"CPUTot=(\d+)", node).group(1))
+    assert limits[DEFAULT].cpus_per_node == cpus and limits[DEFAULT].mem_gb_per_node >= 1
     # the one-node test cluster cannot hold the paper's 10-worker conversion
     rc, _, err = _dryrun(tmp_path, monkeypatch, capsys, {})
     assert rc == 2
-    assert f"stage convert asks for 10 CPUs per node; partition (default) grants at most {os.cpu_count()}" in err
+    assert f"stage convert asks for 10 CPUs per node; partition (default) grants at most {cpus}" in err
     assert "scontrol/sinfo" in err

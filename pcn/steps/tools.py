@@ -86,7 +86,18 @@ def run_pipeline(args) -> int:
     print(f"pipeline run {run_id} ({args.engine}, scale {params.scale}): {' '.join(cmd)}", flush=True)
     rc = run_engine(cmd, env)
     RunLogger(run_id, uri).finish("FINISHED" if rc == 0 else "KILLED" if rc > 128 else "FAILED")
+    from pcn.track_sync import summary
+
+    print(summary(params), flush=True)
     return rc
+
+
+def track(args) -> int:
+    """``pcn track sync``: the MLflow run of every stage output that has none (pcn.track_sync)."""
+    from pcn.track_sync import sync
+
+    sync(load_params(args.params))
+    return 0
 
 
 def dryrun(args) -> int:
