@@ -41,7 +41,7 @@ install_packages() {
 write_config() {
     local node cpus mem_mb
     node="$(node_name)"
-    cpus="$(nproc)"
+    cpus="$(env -u OMP_NUM_THREADS nproc)"  # nproc obeys OMP_NUM_THREADS, a test's setting
     # RealMemory must not exceed what slurmd sees, or the node is drained: take 80 % of available.
     mem_mb="$(awk '/MemAvailable/ {printf "%d", $2 / 1024 * 0.8}' /proc/meminfo)"
     mkdir -p "$STATE_DIR"/{state,spool,log,run} /etc/slurm
