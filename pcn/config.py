@@ -389,6 +389,9 @@ class AttentionConfig(Section):
     n_images: int = Field(200, ge=1, description="validation images scored for localisation")
     n_figure: int = Field(8, ge=1, description="images drawn in the attention figure")
     threshold: float = Field(0.5, gt=0.0, lt=1.0, description="map threshold (fraction of max) for IoU")
+    require_boxes: bool = Field(
+        False, description="fail without ImageNet's val boxes (else the maps are drawn, localisation not scored)"
+    )
 
 
 class Params(Section):
