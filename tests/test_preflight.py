@@ -15,8 +15,8 @@ import yaml
 
 from pcn.analysis.attention import LOC_CSV, VOC_DIR
 from pcn.config import raw_params, resolve
-from pcn.data.preflight import check_datasets
 from pcn.errors import DatasetError
+from pcn.preflight import check_datasets
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import yaml
 
 from pcn.config import raw_params, resolve
-from pcn.data.preflight import check_datasets
 from pcn.errors import UserError
 from pcn.io import write_json
+from pcn.preflight import check_datasets
 from pcn.rehearsal import (
     CAPS_FILE,
     check_data_root,

@@ -75,7 +75,7 @@ def run_pipeline(args) -> int:
     if not DVC_FILE.is_file() or DVC_FILE.read_text() != expected_dvc_yaml(args.params):
         print("dvc.yaml is stale for this params.yaml; rewriting it (pcn dag)", file=sys.stderr)
         write_text(DVC_FILE, expected_dvc_yaml(args.params))
-    from pcn.data.preflight import check_datasets
+    from pcn.preflight import check_datasets
 
     print(check_datasets(params), flush=True)  # a missing dataset is named now, not hours in
     uri = tracking_uri(params.tracking.uri)
