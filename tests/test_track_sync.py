@@ -94,6 +94,11 @@ def test_sync_rebuilds_runs_from_the_files_against_a_real_server(project, capsys
         tracked = _run_stage("pretrain", {"top1": 0.4, "epochs": 3})
         _run_stage("ablation", {"top1": 0.3}, variant="baseline", seed=0)
         assert tracked is not None
+        from pcn.config import load_params
+        from pcn.track_sync import summary
+
+        # what `pcn run` prints at its end
+        assert summary(load_params()) == "tracking: 1 stage output(s) have no MLflow run; `pcn track sync` adds them"
         _sync()
         out = capsys.readouterr().out
         assert "added 1 stage run(s)" in out, out
