@@ -64,3 +64,20 @@ def test_a_waiting_stage_asks_slurm_at_most_twice_a_minute_after_its_first(slurm
     assert len(steady) <= (waited - 60) / SLURM_POLL_S + 1, times
     # the first minute's doubling delays: a handful of calls, not one every 2 s
     assert len(times) - len(steady) <= 7, times
+
+
+@pytest.mark.slurm
+def test_start_resumes_a_node_drained_after_a_machine_pause_and_says_so(slurm_cluster):
+    import re
+    import subprocess
+
+    from conftest import _cluster
+
+    node = subprocess.run(["hostname", "-s"], capture_output=True, text=True, check=True).stdout.strip()
+    subprocess.run(["scontrol", "update", f"NodeName={node}", "State=DRAIN", "Reason=Not responding"], check=True)
+    started = _cluster("start", timeout=120)
+    assert started.returncode == 0, started.stderr
+    assert re.search(rf"node {node} was drain\w* \(reason: Not responding\); resumed it", started.stderr), (
+        started.stderr
+    )
+    assert _cluster("status").returncode == 0
