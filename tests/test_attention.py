@@ -256,6 +256,11 @@ def test_attention_stage_scores_maps_against_the_loc_boxes(tmp_path, monkeypatch
     assert "pointing_game" not in m["patchconvnet"] and m["patchconvnet"]["n"] == 6
     assert (work / "results" / "attention" / "attention_single.png").is_file()
     assert not (work / "results" / "attention" / "localisation.png").exists()
+    from pcn.analysis.sections import attention_section
+    from pcn.analysis.sourced import Metrics
+
+    section = attention_section(Metrics(work))  # the report says so, and shows no empty table
+    assert any(par.startswith("Localisation not scored: ") for par in section.paragraphs) and not section.tables
     # unless the boxes are required: then one line naming both forms
     params["attention"]["require_boxes"] = True
     (work / "params.yaml").write_text(yaml.safe_dump(params))
@@ -271,6 +276,8 @@ def test_attention_stage_scores_maps_against_the_loc_boxes(tmp_path, monkeypatch
     assert main(["attention"]) == 0
     m = json.loads((work / "metrics" / "attention.json").read_text())
     assert m["ground_truth"] == str(loc) and m["n_images"] == 6
+    (table,) = attention_section(Metrics(work)).tables  # one row per scored map, not the definitions
+    assert "definitions" not in [row[0] for row in table.rows] and len(table.rows) == 7
     for method in (
         "patchconvnet",
         "patchconvnet_finetuned",

@@ -232,7 +232,7 @@ def attention_section(metrics: Metrics) -> Section:
             g("metrics/attention.json", f"{m}.n", "d"),
         ]
         for m, r in att.items()
-        if isinstance(r, dict) and "pointing_game" in r
+        if isinstance(r, dict) and isinstance(r.get("pointing_game"), (int, float))  # not the definitions
     ]
     if not rows:
         return sec
