@@ -254,6 +254,10 @@ def build_stages(params: Params) -> list[Stage]:
 
 
 def _table(params: Params) -> list[Stage]:
+    return _with_own_resources(_stages(params), params)
+
+
+def _stages(params: Params) -> list[Stage]:
     demo = params.data.source == "demo"
     train_params = ("scale", "seed", "runtime", "data.loader", "data.num_workers", "model")
     exp = params.experiments
@@ -413,19 +417,35 @@ def _table(params: Params) -> list[Stage]:
     if exp.enabled:
         _add_grid(st, params)
     _add_analysis(st, params, image_deps)
-    return _with_own_resources(st, params)
+    return st
+
+
+def _every_stage_name(params: Params) -> list[str]:
+    """The names of every stage the table can hold, whatever the switches (demo data, the
+    grid, both inits): a resources override may name a stage this scale leaves out."""
+    both = ["pretrained", "scratch"]
+    every = params.model_copy(
+        update={
+            "data": params.data.model_copy(update={"source": "demo"}),
+            "experiments": params.experiments.model_copy(update={"enabled": True}),
+            "segmentation": params.segmentation.model_copy(update={"init": both}),
+            "detection": params.detection.model_copy(update={"init": both}),
+        }
+    )
+    return [x.name for x in _stages(every)]
 
 
 def _with_own_resources(st: list[Stage], params: Params) -> list[Stage]:
     """Each stage's job with ``launcher.slurm``'s partition and ``resources.<stage>`` overrides."""
     s = params.launcher.slurm
-    names = [x.name for x in st]
-    for name in s.resources:
-        if name not in names:
-            raise ParamsError(
-                f"params.yaml: launcher.slurm.resources.{name}: no such stage at scale {params.scale} "
-                f"(stages: {', '.join(names)})"
-            )
+    unknown = [name for name in s.resources if name not in {x.name for x in st}]
+    if unknown:
+        names = _every_stage_name(params)
+        for name in unknown:
+            if name not in names:
+                raise ParamsError(
+                    f"params.yaml: launcher.slurm.resources.{name}: no such stage (stages: {', '.join(names)})"
+                )
     return [
         replace(x, resources=replace(x.resources, partition=s.partition).overridden(s.resources.get(x.name)))
         for x in st

@@ -64,6 +64,12 @@ def test_an_unknown_stage_or_key_in_resources_is_one_line_naming_it():
     with pytest.raises(ParamsError, match=r"launcher\.slurm\.resources\.reprot: no such stage") as err:
         build_stages(paper({"resources": {"reprot": {"mem_gb": 2}}}))
     assert "\n" not in str(err.value)
+    # a stage this scale leaves out (the grid's summary) may still be named
+    raw = raw_params()
+    raw["scale"] = "paper"
+    raw["scales"]["paper"]["experiments"]["enabled"] = False
+    raw["launcher"]["slurm"]["resources"] = {"summarize": {"mem_gb": 2}}
+    assert "summarize" not in [s.name for s in build_stages(resolve(raw))]
     with pytest.raises(ParamsError, match=r"unknown key 'launcher\.slurm\.resources\.report\.memory'"):
         paper({"resources": {"report": {"memory": 2}}})
 
