@@ -101,8 +101,21 @@ def missing(params: Params, root: Path = Path(".")) -> list[Output]:
     return [
         o
         for o in outputs(params, root)
-        if (str(o.record.relative_to(root)), o.sha) not in synced and not _run_exists(client, _named_run(o.record))
+        if (str(o.record.relative_to(root)), o.sha) not in synced
+        and not _run_exists(client, _named_run(o.record))
+        and not (exp is not None and _run_during(client, exp.experiment_id, o))
     ]
+
+
+def _run_during(client, exp_id: str, o: Output) -> bool:
+    """For a stage without a metrics file (figures, report), which names no run: whether a run
+    of the stage was open when its output was written."""
+    if o.record.suffix == ".json":
+        return False
+    written_ms = o.record.stat().st_mtime * 1000
+    runs = client.search_runs([exp_id], f"tags.`pcn.stage` = '{o.stage.name}'", max_results=1000)
+    slack_ms = 2000  # file-system and clock granularity
+    return any(r.info.start_time - slack_ms <= written_ms <= (r.info.end_time or float("inf")) + slack_ms for r in runs)
 
 
 def _curve(path: Path) -> list[tuple[int, dict[str, float]]]:
@@ -122,8 +135,9 @@ def _curve(path: Path) -> list[tuple[int, dict[str, float]]]:
 
 
 def _artifacts(stage: Stage, root: Path) -> list[Path]:
-    """The files a stage's run carries: metrics, plots, figures and reports, checkpoints."""
-    paths = [*stage.metrics, *stage.plots, *stage.report, *(o for o in stage.outs if o.endswith(".pth"))]
+    """The files a stage's run carries: metrics, plots, figures, reports and checkpoints (its
+    single-file outputs; of its folders, those it shows in the report, not data or results)."""
+    paths = [*stage.metrics, *stage.plots, *stage.report, *(o for o in stage.outs if Path(o).suffix)]
     return [root / p for p in dict.fromkeys(paths) if (root / p).exists()]
 
 

@@ -59,6 +59,15 @@ def _run_stage(name: str, metrics: dict, **wildcards) -> str | None:
         return st.run.run_id
 
 
+def _run_report() -> None:
+    from pcn.steps.common import stage
+
+    with stage(argparse.Namespace(params="params.yaml"), "report") as st:
+        for out in st.outs:
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            Path(out).write_text(f"the report, {out}")
+
+
 def _sync() -> str:
     from pcn.cli import main
 
@@ -93,6 +102,7 @@ def test_sync_rebuilds_runs_from_the_files_against_a_real_server(project, capsys
     try:
         tracked = _run_stage("pretrain", {"top1": 0.4, "epochs": 3})
         _run_stage("ablation", {"top1": 0.3}, variant="baseline", seed=0)
+        _run_report()  # a stage with no metrics file: its run is found by when it wrote
         assert tracked is not None
         from pcn.config import load_params
         from pcn.track_sync import summary
@@ -116,9 +126,11 @@ def test_sync_rebuilds_runs_from_the_files_against_a_real_server(project, capsys
     proc = ui.start(f"sqlite:///{store / 'mlflow.db'}", port)
     try:
         _sync()
-        assert "added 3 stage run(s)" in capsys.readouterr().out
+        assert "added 4 stage run(s)" in capsys.readouterr().out
         runs = _stage_runs(uri)
-        assert set(runs) == {"convert", "pretrain", "ablation@baseline-0"}
+        assert set(runs) == {"convert", "pretrain", "ablation@baseline-0", "report"}
+        files = {a.path for a in mlflow.MlflowClient(uri).list_artifacts(runs["report"].info.run_id)}
+        assert files == {"report.md", "report.html"}, files
         pre = runs["pretrain"]
         assert pre.data.metrics["top1"] == 0.4
         history = mlflow.MlflowClient(uri).get_metric_history(pre.info.run_id, "val_top1")
