@@ -56,8 +56,9 @@ DVC_HEADER = "# Generated from pcn/stages.py by `pcn dag` -- edit params.yaml or
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
 IMAGENET_IMAGES = IMAGENET_TRAIN_IMAGES + 50_000 + 10_000  # train, val and ImageNet-v2: what convert reads
-# A conservative conversion rate per writer process: decoding a full-size JPEG, resizing it
-# to max_resolution and re-encoding it; the demo's 64-px images go ~30x faster.
+# An assumed, cautious conversion rate per writer process (decoding a full-size JPEG, resizing
+# it to max_resolution, re-encoding it); not measured on ImageNet: the job's time limit is an
+# estimate to check against the first real conversion (launcher.slurm.resources.convert).
 CONVERT_IMAGES_PER_WORKER_S = 25
 TIME_MARGIN = 2  # a wall-time limit is twice the estimate: a slow file system must not kill the job
 
