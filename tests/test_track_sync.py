@@ -95,6 +95,12 @@ def test_sync_rebuilds_runs_from_the_files_against_a_real_server(project, capsys
     with pytest.warns(UserWarning, match="MLflow unavailable"):
         assert _run_stage("convert", {"images": 1234, "seconds": 5.5}) is None
     assert yaml.safe_load(Path("metrics/convert.json").read_text())["images"] == 1234
+    # and a sync says in one line that it cannot reach the store
+    from pcn.cli import main
+
+    assert main(["track", "sync"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("pcn track:")]
+    assert len(err) == 1 and f"tracking store {uri} unreachable" in err[0], err
 
     store = project / "server"
     store.mkdir()

@@ -11,6 +11,7 @@ import yaml
 
 from pcn.config import ParamsError, load_params, raw_params, recipe
 from pcn.engine_process import run_engine
+from pcn.errors import UserError
 from pcn.io import write_text
 from pcn.stages import dvc_yaml
 from pcn.tracking import PIPELINE_ENV, RunLogger, start_pipeline_run, tracking_uri
@@ -97,9 +98,19 @@ def run_pipeline(args) -> int:
 
 def track(args) -> int:
     """``pcn track sync``: the MLflow run of every stage output that has none (pcn.track_sync)."""
+    from mlflow.exceptions import MlflowException
+
     from pcn.track_sync import sync
 
-    sync(load_params(args.params))
+    params = load_params(args.params)
+    try:
+        sync(params)
+    except (MlflowException, OSError) as exc:
+        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+        raise UserError(
+            f"tracking store {tracking_uri(params.tracking.uri)} unreachable ({first[:200]}); "
+            "start it (README, paper scale) and sync again"
+        ) from None
     return 0
 
 
