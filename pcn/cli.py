@@ -124,10 +124,19 @@ def _verb_arguments(verb: str, p: argparse.ArgumentParser) -> None:
             help="auto: through the slurm profile when a SLURM cluster answers, else locally",
         )
         p.add_argument(
+            "--boxes",
+            choices=["csv", "voc", "none"],
+            default="csv",
+            help="the miniature ImageNet's val boxes: Kaggle's LOC_val_solution.csv (default), image-net.org's "
+            "per-image VOC XML, or none (the attention maps then go unscored)",
+        )
+        p.add_argument(
             "--quick",
             action="store_true",
             help="the short form (CI): the main line and the pretrained transfers, no experiment grid",
         )
+    if verb == "track":
+        p.add_argument("action", choices=["sync"], help="sync: rebuild MLflow's missing stage runs from the files")
     if verb == "ui":
         p.add_argument("--port", type=int, default=5000)
         p.add_argument("--no-wait", action="store_true", help=argparse.SUPPRESS)

@@ -53,8 +53,31 @@ class Section(BaseModel):
 # --- compute --------------------------------------------------------------------
 
 
+class StageResources(Section):
+    """One stage's job, where it differs from what the stage table gives it (unset: the table's)."""
+
+    partition: str | None = None
+    nodes: int | None = Field(None, ge=1)
+    gpus_per_node: int | None = Field(None, ge=0)
+    cpus_per_task: int | None = Field(None, ge=1)
+    mem_gb: int | None = Field(None, ge=1)
+    time_min: int | None = Field(None, ge=1)
+
+
+class PartitionLimits(Section):
+    """What one partition grants a job (unset: no limit); `pcn dryrun` refuses a job that asks more.
+    A cluster that answers (sinfo, scontrol) gives its own limits; these stand in where none does."""
+
+    max_time_min: int | None = Field(None, ge=1)
+    max_nodes: int | None = Field(None, ge=1)
+    cpus_per_node: int | None = Field(None, ge=1)
+    mem_gb_per_node: int | None = Field(None, ge=1)
+    gpus_per_node: int | None = Field(None, ge=0)
+
+
 class SlurmConfig(Section):
-    """Resources of one training job on a SLURM cluster (passed to submitit)."""
+    """Resources of the training jobs on a SLURM cluster (passed to submitit); partition,
+    account, qos and constraint reach every job, the executor plugin's too."""
 
     partition: str | None = None
     nodes: int = Field(1, ge=1)
@@ -66,6 +89,17 @@ class SlurmConfig(Section):
     account: str | None = None
     qos: str | None = None
     max_requeues: int = Field(3, ge=0)
+    # stage name (as in dvc.yaml, without @instance) -> its job's resources where they differ
+    resources: dict[str, StageResources] = Field(default_factory=dict)
+    # partition name ("default": jobs that name none) -> its limits, where no cluster answers
+    limits: dict[str, PartitionLimits] = Field(default_factory=dict)
+
+    def for_stage(self, stage: str) -> SlurmConfig:
+        """These settings with stage ``stage``'s overrides applied (a training stage's job)."""
+        own = self.resources.get(stage)
+        if own is None:
+            return self
+        return self.model_copy(update={k: v for k, v in own.model_dump().items() if v is not None})
 
 
 class LauncherConfig(Section):
@@ -355,6 +389,9 @@ class AttentionConfig(Section):
     n_images: int = Field(200, ge=1, description="validation images scored for localisation")
     n_figure: int = Field(8, ge=1, description="images drawn in the attention figure")
     threshold: float = Field(0.5, gt=0.0, lt=1.0, description="map threshold (fraction of max) for IoU")
+    require_boxes: bool = Field(
+        False, description="fail without ImageNet's val boxes (else the maps are drawn, localisation not scored)"
+    )
 
 
 class Params(Section):

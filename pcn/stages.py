@@ -15,13 +15,14 @@ About 500 lines: the table is meant to be read in one place, stage after stage.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from pcn.config import Params, ParamsError
+from pcn.config import Params, ParamsError, StageResources
 from pcn.errors import UserError
 
 # The sections every grid run reads (each study adds its own)
@@ -52,6 +53,87 @@ BASELINE_VARIANT = "baseline"  # the grid's reference run: the multi-class init 
 DVC_HEADER = "# Generated from pcn/stages.py by `pcn dag` -- edit params.yaml or the stage table, not this file.\n"
 
 
+# --- what each job asks the scheduler for ----------------------------------------------
+
+IMAGENET_TRAIN_IMAGES = 1_281_167
+IMAGENET_IMAGES = IMAGENET_TRAIN_IMAGES + 50_000 + 10_000  # train, val and ImageNet-v2: what convert reads
+# An assumed, cautious conversion rate per writer process (decoding a full-size JPEG, resizing
+# it to max_resolution, re-encoding it); not measured on ImageNet: the job's time limit is an
+# estimate to check against the first real conversion (launcher.slurm.resources.convert).
+CONVERT_IMAGES_PER_WORKER_S = 25
+TIME_MARGIN = 2  # a wall-time limit is twice the estimate: a slow file system must not kill the job
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one job of a stage asks SLURM for (memory and GPUs per node)."""
+
+    cpus_per_task: int
+    mem_gb: int
+    time_min: int
+    gpus_per_node: int = 0
+    nodes: int = 1
+    tasks_per_node: int = 1
+    partition: str | None = None
+
+    def overridden(self, own: StageResources | None) -> Resources:
+        """These resources with ``launcher.slurm.resources.<stage>``'s set values."""
+        if own is None:
+            return self
+        return replace(self, **{k: v for k, v in own.model_dump().items() if v is not None})
+
+    def describe(self) -> str:
+        gpus = f"{self.gpus_per_node} GPU" if self.gpus_per_node else "no GPU"
+        return (
+            f"{self.nodes} node(s) x {self.tasks_per_node} task(s) x {self.cpus_per_task} CPU, {gpus}, "
+            f"{self.mem_gb} GB, {self.time_min} min, partition {self.partition or '(default)'}"
+        )
+
+
+def _light(params: Params, accelerated: bool = False) -> Resources:
+    """A summary, a figure, a report, a count: one core, a few GB, minutes."""
+    real = params.data.source != "demo"
+    return Resources(1, 8 if real else 4, 120 if real else 30, gpus_per_node=_gpu(params, accelerated))
+
+
+def _gpu(params: Params, accelerated: bool) -> int:
+    return int(accelerated and params.runtime.device == "cuda")
+
+
+def _loader_job(params: Params) -> Resources:
+    """A model over a val set (evaluate, attention): a GPU, and a core for each loader worker
+    plus the one that feeds the GPU; 2 GB for each of them."""
+    cpus = params.data.num_workers + 1
+    real = params.data.source != "demo"
+    return Resources(cpus, 4 + 2 * cpus, 120 if real else 30, gpus_per_node=_gpu(params, True))
+
+
+def _convert_job(params: Params) -> Resources:
+    """The FFCV conversion: a core for each writer process; time from the image count."""
+    workers = max(1, params.data.num_workers)
+    if params.data.source == "demo":
+        d = params.data.demo
+        images = d.n_classes * (d.train_per_class + 2 * d.val_per_class)
+    else:
+        images = IMAGENET_IMAGES
+    minutes = images / (CONVERT_IMAGES_PER_WORKER_S * workers) / 60
+    return Resources(workers, 4 + 2 * workers, 10 + math.ceil(TIME_MARGIN * minutes))
+
+
+def _training_job(params: Params) -> Resources:
+    """A training-like stage's submitit job: ``launcher.slurm`` (one rank per GPU, or
+    ``launcher.tasks`` CPU ranks per node)."""
+    s = params.launcher.slurm
+    return Resources(
+        s.cpus_per_task,
+        s.mem_gb,
+        s.time_min,
+        gpus_per_node=s.gpus_per_node,
+        nodes=s.nodes,
+        tasks_per_node=s.gpus_per_node or params.launcher.tasks,
+    )
+
+
 @dataclass(frozen=True)
 class Stage:
     name: str
@@ -68,6 +150,7 @@ class Stage:
     accelerated: bool = False  # runs models in its own process: on a cluster its job asks for one GPU
     report: dict[str, str] = field(default_factory=dict)  # out -> category in `snakemake --report`
     priority: int = PRIORITY_ANY_TIME  # Snakemake starts higher first: see the PRIORITY_* constants
+    resources: Resources = Resources(1, 4, 30)  # its job on a cluster: the table gives each stage its own
 
     def instances(self) -> list[dict[str, str]]:
         """One wildcard assignment per stage instance ([{}] for a plain stage)."""
@@ -179,6 +262,10 @@ def build_stages(params: Params) -> list[Stage]:
 
 
 def _table(params: Params) -> list[Stage]:
+    return _with_own_resources(_stages(params), params)
+
+
+def _stages(params: Params) -> list[Stage]:
     demo = params.data.source == "demo"
     train_params = ("scale", "seed", "runtime", "data.loader", "data.num_workers", "model")
     exp = params.experiments
@@ -196,6 +283,7 @@ def _table(params: Params) -> list[Stage]:
                 deps=_code("data"),
                 outs=(params.data.root,),
                 params=("seed", "data.root", "data.demo"),
+                resources=_light(params),
             )
         )
         image_deps: tuple[str, ...] = (params.data.root,)
@@ -212,6 +300,7 @@ def _table(params: Params) -> list[Stage]:
             outs=(FFCV_DIR,),
             metrics=("metrics/convert.json",),
             threads=max(1, params.data.num_workers),
+            resources=_convert_job(params),
             params=(
                 "scale",
                 "data.source",
@@ -232,6 +321,7 @@ def _table(params: Params) -> list[Stage]:
                 deps=image_deps + _code("data", "eval"),
                 metrics=("metrics/pixel_baseline.json",),
                 params=("seed", "data.demo"),
+                resources=_light(params),
             )
         )
 
@@ -248,6 +338,7 @@ def _table(params: Params) -> list[Stage]:
             params=train_params + ("pretrain",),
             threads=params.runtime.threads,
             gpu=True,
+            resources=_training_job(params),
             priority=PRIORITY_CHAIN_HEAD,
         )
     )
@@ -263,6 +354,7 @@ def _table(params: Params) -> list[Stage]:
             params=train_params + ("finetune",),
             threads=params.runtime.threads,
             gpu=True,
+            resources=_training_job(params),
             priority=PRIORITY_CHAIN_NEXT,
         )
     )
@@ -275,6 +367,7 @@ def _table(params: Params) -> list[Stage]:
             metrics=("metrics/eval.json",),
             params=("scale", "data.loader", "model", "evaluate", "runtime"),
             accelerated=True,
+            resources=_loader_job(params),
         )
     )
     add(
@@ -288,6 +381,7 @@ def _table(params: Params) -> list[Stage]:
             params=("scale", "complexity", "finetune.img_size", "pretrain.img_size", "runtime"),
             report={"reports/complexity.md": "Tables"},
             accelerated=True,
+            resources=_light(params, accelerated=True),
         )
     )
 
@@ -322,6 +416,7 @@ def _table(params: Params) -> list[Stage]:
                     ),
                     threads=params.runtime.threads,
                     gpu=True,
+                    resources=_training_job(params),
                     priority=PRIORITY_LONG_TRANSFER if init == "pretrained" else PRIORITY_ANY_TIME,
                 )
             )
@@ -331,6 +426,38 @@ def _table(params: Params) -> list[Stage]:
         _add_grid(st, params)
     _add_analysis(st, params, image_deps)
     return st
+
+
+def _every_stage_name(params: Params) -> list[str]:
+    """The names of every stage the table can hold, whatever the switches (demo data, the
+    grid, both inits): a resources override may name a stage this scale leaves out."""
+    both = ["pretrained", "scratch"]
+    every = params.model_copy(
+        update={
+            "data": params.data.model_copy(update={"source": "demo"}),
+            "experiments": params.experiments.model_copy(update={"enabled": True}),
+            "segmentation": params.segmentation.model_copy(update={"init": both}),
+            "detection": params.detection.model_copy(update={"init": both}),
+        }
+    )
+    return [x.name for x in _stages(every)]
+
+
+def _with_own_resources(st: list[Stage], params: Params) -> list[Stage]:
+    """Each stage's job with ``launcher.slurm``'s partition and ``resources.<stage>`` overrides."""
+    s = params.launcher.slurm
+    unknown = [name for name in s.resources if name not in {x.name for x in st}]
+    if unknown:
+        names = _every_stage_name(params)
+        for name in unknown:
+            if name not in names:
+                raise ParamsError(
+                    f"params.yaml: launcher.slurm.resources.{name}: no such stage (stages: {', '.join(names)})"
+                )
+    return [
+        replace(x, resources=replace(x.resources, partition=s.partition).overridden(s.resources.get(x.name)))
+        for x in st
+    ]
 
 
 def _add_grid(st: list[Stage], params: Params) -> None:
@@ -345,6 +472,7 @@ def _add_grid(st: list[Stage], params: Params) -> None:
             metrics=("metrics/ablations.json",),
             plots=(GRID_TOP1_PLOT, DEPTH_WIDTH_PLOT),
             params=("scale", "experiments"),
+            resources=_light(params),
         )
     )
 
@@ -366,6 +494,7 @@ def _grid_runs(params: Params) -> dict[str, Stage]:
         matrix={"variant": list(exp.variants), "seed": seeds},
         threads=1,
         gpu=True,
+        resources=_training_job(params),
     )
     resnet_pool = Stage(
         "resnet_pool",
@@ -379,6 +508,7 @@ def _grid_runs(params: Params) -> dict[str, Stage]:
         matrix={"pool": list(exp.resnet), "seed": seeds},
         threads=1,
         gpu=True,
+        resources=_training_job(params),
     )
     multiclass = Stage(
         "multiclass",
@@ -392,6 +522,7 @@ def _grid_runs(params: Params) -> dict[str, Stage]:
         matrix={"init": ["scratch", "finetuned"], "seed": seeds},
         threads=1,
         gpu=True,
+        resources=_training_job(params),
     )
     depth_width = Stage(
         "depth_width",
@@ -404,6 +535,7 @@ def _grid_runs(params: Params) -> dict[str, Stage]:
         matrix={"point": depth_width_points(params)},
         threads=1,
         gpu=True,
+        resources=_training_job(params),
     )
     return {s.name: s for s in (ablation, resnet_pool, multiclass, depth_width)}
 
@@ -464,6 +596,7 @@ def _add_analysis(st: list[Stage], params: Params, image_deps: tuple[str, ...]) 
             ),
             report={"results/attention": "Attention maps"},
             accelerated=True,
+            resources=_loader_job(params),
         )
     )
     figures = Stage(
@@ -478,6 +611,7 @@ def _add_analysis(st: list[Stage], params: Params, image_deps: tuple[str, ...]) 
         outs=("reports/figures",),
         params=("scale",),
         report={"reports/figures": "Figures"},
+        resources=_light(params),
     )
     add(figures)
     add(
@@ -492,6 +626,7 @@ def _add_analysis(st: list[Stage], params: Params, image_deps: tuple[str, ...]) 
             outs=("reports/report.md", "reports/report.html"),
             params=("scale",),
             report={"reports/report.html": "Report"},
+            resources=_light(params),
         )
     )
 
@@ -626,3 +761,25 @@ def expand(stage: Stage) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+# --- the SLURM view -------------------------------------------------------------------------
+
+
+def plugin_resources(stage: Stage, params: Params) -> dict[str, Any]:
+    """The Snakemake SLURM executor plugin's resources of ``stage``'s job (its rule's
+    ``resources:``), by the plugin's names; account, qos and constraint as every job gets them."""
+    if stage.gpu:
+        return {}  # a local rule: it submits its job through submitit and waits on this host
+    r, s = stage.resources, params.launcher.slurm
+    res: dict[str, Any] = {"runtime": r.time_min, "mem_mb": r.mem_gb * 1024, "cpus_per_task": r.cpus_per_task}
+    if r.gpus_per_node:
+        res["gpu"] = r.gpus_per_node
+    if r.partition:
+        res["slurm_partition"] = r.partition
+    if s.account:
+        res["slurm_account"] = s.account
+    for key in ("qos", "constraint"):
+        if getattr(s, key):
+            res[key] = getattr(s, key)
+    return res

@@ -83,7 +83,21 @@ def client(uri: str):
         os.environ.setdefault(var, value)
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri=uri)
+    if not uri.startswith("sqlite:///") or uri in _SQLITE_READY:
+        return MlflowClient(tracking_uri=uri)
+    # MLflow creates and migrates a new sqlite store's tables when a client first opens it;
+    # 16 stages doing that at once broke the migration (and ran untracked).  Under a lock
+    # beside the store the first one creates them, the others wait and find them.
+    db = Path(uri.removeprefix("sqlite:///").split("?")[0])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        client = MlflowClient(tracking_uri=uri)
+    _SQLITE_READY.add(uri)
+    return client
+
+
+_SQLITE_READY: set[str] = set()  # sqlite stores this process has opened (their tables exist)
 
 
 class TrackingOff(RuntimeError):

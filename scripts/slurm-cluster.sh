@@ -3,7 +3,8 @@
 #
 #   scripts/slurm-cluster.sh start    install slurm-wlm + munge if missing (apt, as root),
 #                                     write /etc/slurm/slurm.conf, start munged, slurmctld,
-#                                     slurmd, wait until the node is idle (no-op if running)
+#                                     slurmd, wait until the node is idle (no-op if running;
+#                                     a node drained or down while the daemons run is resumed)
 #   scripts/slurm-cluster.sh stop     stop the daemons
 #   scripts/slurm-cluster.sh status   exit 0 when the node answers and is usable
 #
@@ -41,7 +42,7 @@ install_packages() {
 write_config() {
     local node cpus mem_mb
     node="$(node_name)"
-    cpus="$(nproc)"
+    cpus="$(env -u OMP_NUM_THREADS nproc)"  # nproc obeys OMP_NUM_THREADS, a test's setting
     # RealMemory must not exceed what slurmd sees, or the node is drained: take 80 % of available.
     mem_mb="$(awk '/MemAvailable/ {printf "%d", $2 / 1024 * 0.8}' /proc/meminfo)"
     mkdir -p "$STATE_DIR"/{state,spool,log,run} /etc/slurm
@@ -131,9 +132,35 @@ status() {
     return 1
 }
 
+# The daemons run but slurmctld drained or downed the node: after a machine pause it
+# misses slurmd's heartbeats ("Not responding") or sees a job id again ("Duplicate
+# jobid"). Resume it, keeping the jobs, and say so.
+resume_node() {
+    local s reason
+    pid_alive "$STATE_DIR/run/slurmctld.pid" && pid_alive "$STATE_DIR/run/slurmd.pid" || return 1
+    s="$(node_state)" || return 1
+    case "$s" in
+        drain* | down* | fail*) ;;
+        *) return 1 ;;
+    esac
+    reason="$(sinfo -h -N -n "$(node_name)" -o '%E' 2>/dev/null | head -1)"
+    scontrol update NodeName="$(node_name)" State=RESUME >/dev/null 2>&1 || return 1
+    for _ in $(seq 1 "$START_TIMEOUT_S"); do
+        if usable; then
+            log "node $(node_name) was $s (reason: ${reason:-none given}); resumed it"
+            return 0
+        fi
+        sleep 1
+    done
+    return 1
+}
+
 start() {
     if status >/dev/null 2>&1; then
         log "already running ($(node_state))"
+        return 0
+    fi
+    if resume_node; then
         return 0
     fi
     install_packages

@@ -212,7 +212,7 @@ def test_class_activation_maps_of_the_avgpool_variant():
 def test_attention_stage_scores_maps_against_the_loc_boxes(tmp_path, monkeypatch, capsys):
     """`pcn attention` on a dataset in the official layout (tiny untrained models stand in
     for the DAG's checkpoints): every map is scored against LOC_val_solution.csv's boxes;
-    without that file the stage fails in one line naming it and writes nothing."""
+    without boxes the maps are drawn unscored, or with attention.require_boxes it fails in one line."""
     import timm
     import yaml
     from test_readers import ROOT, write_imagenet
@@ -248,18 +248,36 @@ def test_attention_stage_scores_maps_against_the_loc_boxes(tmp_path, monkeypatch
     loc = data / "imagenet" / "LOC_val_solution.csv"
     saved = loc.read_text()
     loc.unlink()
+    # no boxes in either form: the maps are drawn, localisation is recorded as not scored
+    assert main(["attention"]) == 0
+    m = json.loads((work / "metrics" / "attention.json").read_text())
+    assert m["localisation_scored"] is False and m["ground_truth"] is None
+    assert "not scored" in m["localisation_not_scored"] and A.VOC_DIR in m["localisation_not_scored"]
+    assert "pointing_game" not in m["patchconvnet"] and m["patchconvnet"]["n"] == 6
+    assert (work / "results" / "attention" / "attention_single.png").is_file()
+    assert not (work / "results" / "attention" / "localisation.png").exists()
+    from pcn.analysis.sections import attention_section
+    from pcn.analysis.sourced import Metrics
+
+    section = attention_section(Metrics(work))  # the report says so, and shows no empty table
+    assert any(par.startswith("Localisation not scored: ") for par in section.paragraphs) and not section.tables
+    # unless the boxes are required: then one line naming both forms
+    params["attention"]["require_boxes"] = True
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    capsys.readouterr()
     assert main(["attention"]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("pcn attention:")]
     assert errors == [
-        f"pcn attention: error: {loc}: file missing (ImageNet's localisation ground truth of val, "
-        "rows 'ImageId,PredictionString')"
+        f"pcn attention: error: {data / 'imagenet'}: no ImageNet val boxes, neither {A.LOC_CSV} (Kaggle) nor "
+        f"{A.VOC_DIR}/ (image-net.org's per-image XML), and attention.require_boxes is true"
     ]
-    assert not (work / "metrics").exists() and not (work / "results").exists()
 
     loc.write_text(saved)
     assert main(["attention"]) == 0
     m = json.loads((work / "metrics" / "attention.json").read_text())
     assert m["ground_truth"] == str(loc) and m["n_images"] == 6
+    (table,) = attention_section(Metrics(work)).tables  # one row per scored map, not the definitions
+    assert "definitions" not in [row[0] for row in table.rows] and len(table.rows) == 7
     for method in (
         "patchconvnet",
         "patchconvnet_finetuned",
@@ -295,3 +313,56 @@ def test_attention_reads_exactly_the_checkpoints_its_stage_depends_on(enabled):
     read = sorted(path for path, _, _ in R._checkpoints(p).values())
     assert read == sorted(attention_checkpoints(p))
     assert (len(read) == 1) == (not enabled)
+
+
+@pytest.fixture(scope="module")
+def miniatures(tmp_path_factory):
+    """The rehearsal's miniature ImageNet in each of its val-box forms: Kaggle's CSV,
+    image-net.org's per-image VOC XML, and none."""
+    from pcn.data.miniature import write_miniatures
+
+    root = tmp_path_factory.mktemp("miniatures")
+    return {b: write_miniatures(root / b, boxes=b, progress=False)["root"] for b in ("csv", "voc", "none")}
+
+
+def test_the_val_boxes_read_the_same_from_the_csv_and_the_voc_xml(miniatures):
+    from pathlib import Path
+
+    from pcn.data.ffcv_io import class_folders
+
+    read = {}
+    for form in ("csv", "voc"):
+        inet = Path(miniatures[form]) / "imagenet"
+        source = A.box_source(inet)
+        assert source.name == {"csv": A.LOC_CSV, "voc": A.VOC_DIR}[form]
+        items = A.read_val_boxes(inet / "val", source, class_folders(inet / "train"), 50)
+        read[form] = [(it.path.name, it.label, it.boxes) for it in items]
+    assert len(read["csv"]) == 50 and all(boxes for _, _, boxes in read["csv"])
+    assert read["voc"] == read["csv"]
+
+
+def test_without_boxes_the_images_come_unscored_and_require_boxes_names_both_forms(miniatures):
+    from pathlib import Path
+
+    from pcn.data.ffcv_io import class_folders
+
+    inet = Path(miniatures["none"]) / "imagenet"
+    assert A.box_source(inet) is None
+    items = A.read_val_boxes(inet / "val", None, class_folders(inet / "train"), 5)
+    assert len(items) == 5 and all(it.boxes == [] for it in items)
+    message = A.no_boxes_message(inet)
+    assert A.LOC_CSV in message and A.VOC_DIR in message and "\n" not in message
+
+
+def test_a_malformed_voc_annotation_is_one_line_naming_the_file(tmp_path):
+    from pcn.errors import DatasetError
+
+    folder = tmp_path / A.VOC_DIR / "val"
+    folder.mkdir(parents=True)
+    (folder / "ILSVRC2012_val_00000001.xml").write_text(
+        "<annotation><object><name>n01</name><bndbox><xmin>5</xmin><ymin>1</ymin>"
+        "<xmax>2</xmax><ymax>4</ymax></bndbox></object></annotation>"
+    )
+    with pytest.raises(DatasetError, match=r"ILSVRC2012_val_00000001\.xml: not a PASCAL VOC annotation") as err:
+        A.read_boxes(A.box_source(tmp_path))
+    assert "\n" not in str(err.value)

@@ -198,28 +198,90 @@ def read_loc_solution(path: str | Path) -> dict[str, list[tuple[str, tuple[float
     return out
 
 
+# ImageNet's val boxes in either official form, found in the ImageNet folder: Kaggle's one
+# CSV, or image-net.org's per-image PASCAL VOC XML files (ILSVRC2012_bbox_val_v3.tgz, unpacked).
+LOC_CSV = "LOC_val_solution.csv"
+VOC_DIR = "ILSVRC2012_bbox_val_v3"
+
+
+def box_source(imagenet: str | Path) -> Path | None:
+    """Where the val boxes are: the CSV, else the VOC XML folder (if it holds any XML), else None."""
+    imagenet = Path(imagenet)
+    if (imagenet / LOC_CSV).is_file():
+        return imagenet / LOC_CSV
+    voc = imagenet / VOC_DIR
+    if voc.is_dir() and next(voc.rglob("*.xml"), None) is not None:
+        return voc
+    return None
+
+
+def no_boxes_message(imagenet: str | Path) -> str:
+    return (
+        f"{imagenet}: no ImageNet val boxes, neither {LOC_CSV} (Kaggle) nor {VOC_DIR}/ (image-net.org's per-image XML)"
+    )
+
+
+def read_boxes(source: Path) -> dict[str, list[tuple[str, tuple[float, float, float, float]]]]:
+    """{ImageId: [(wnid, box), ...]} from either form :func:`box_source` finds."""
+    return read_voc_boxes(source) if source.is_dir() else read_loc_solution(source)
+
+
+def read_voc_boxes(folder: str | Path) -> dict[str, list[tuple[str, tuple[float, float, float, float]]]]:
+    """image-net.org's per-image PASCAL VOC XML files (``ILSVRC2012_val_00000001.xml``: one
+    ``<object>`` with ``<name>`` wnid and ``<bndbox>`` per box) in :func:`read_loc_solution`'s
+    form, keyed by file stem; a malformed file raises DatasetError naming it."""
+    import xml.etree.ElementTree as ET
+
+    from pcn.data.ffcv_io import DatasetError
+
+    out: dict[str, list] = {}
+    for path in sorted(Path(folder).rglob("*.xml")):
+        try:
+            root = ET.parse(path).getroot()
+            boxes = []
+            for obj in root.iter("object"):
+                bb = obj.find("bndbox")
+                x0, y0, x1, y1 = (float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+                if not (0 <= x0 <= x1 and 0 <= y0 <= y1):
+                    raise ValueError(f"box {x0:g} {y0:g} {x1:g} {y1:g} is not x_min <= x_max, y_min <= y_max")
+                boxes.append((obj.findtext("name").strip(), (x0, y0, x1, y1)))
+        except (ET.ParseError, AttributeError, TypeError, ValueError) as exc:
+            raise DatasetError(
+                f"{path}: not a PASCAL VOC annotation with <object><name>wnid</name><bndbox>xmin ymin xmax ymax "
+                f"({exc.__class__.__name__}: {exc})"
+            ) from None
+        out[path.stem] = boxes
+    return out
+
+
 def read_val_boxes(
-    val_dir: str | Path, loc_csv: str | Path, train_classes: Sequence[str], n_images: int
+    val_dir: str | Path, source: Path | None, train_classes: Sequence[str], n_images: int
 ) -> list[ValImage]:
     """The first ``n_images`` val images by file name (so that the classes interleave),
-    each with its boxes of the labelled class from ``LOC_val_solution.csv``, matched by
-    file stem.  A val image without a row, or without a box of its class, is refused."""
+    each with its boxes of the labelled class from ``source`` (:func:`box_source`), matched
+    by file stem.  A val image without boxes of its class is refused; with no source the
+    images come without boxes (maps drawn, localisation not scored)."""
     from PIL import Image
 
     from pcn.data.ffcv_io import DatasetError, scan_folder
 
     index = scan_folder(val_dir, train_classes=train_classes)
-    solution = read_loc_solution(loc_csv)
+    source = Path(source) if source is not None else None
+    solution = read_boxes(source) if source is not None else None
     samples = sorted(index.samples, key=lambda s: (Path(s[0]).name, s[0]))[:n_images]
     out = []
     for rel, label in samples:
         path = index.root / rel
         stem, wnid = Path(rel).stem, index.class_names[label]
-        if stem not in solution:
-            raise DatasetError(f"{loc_csv}: no row for val image {stem} ({path})")
-        boxes = [box for w, box in solution[stem] if w == wnid]
-        if not boxes:
-            raise DatasetError(f"{loc_csv}: row {stem} has no box of its class {wnid} ({path})")
+        what = "annotation" if source is not None and source.is_dir() else "row"
+        if solution is None:
+            boxes = []
+        elif stem not in solution:
+            raise DatasetError(f"{source}: no {what} for val image {stem} ({path})")
+        else:
+            boxes = [box for w, box in solution[stem] if w == wnid]
+            if not boxes:
+                raise DatasetError(f"{source}: {what} {stem} has no box of its class {wnid} ({path})")
         with Image.open(path) as im:
             size = (im.height, im.width)
         out.append(ValImage(path, label, wnid, size, boxes))

@@ -221,6 +221,8 @@ def attention_section(metrics: Metrics) -> Section:
     if not att:
         sec.paragraphs.append("metrics/attention.json not found (the attention stage has not run).")
         return sec
+    if att.get("localisation_scored") is False:
+        sec.paragraphs.append(f"Localisation not scored: {att.get('localisation_not_scored')}.")
     rows = [
         [
             m,
@@ -230,8 +232,10 @@ def attention_section(metrics: Metrics) -> Section:
             g("metrics/attention.json", f"{m}.n", "d"),
         ]
         for m, r in att.items()
-        if isinstance(r, dict) and "pointing_game" in r
+        if isinstance(r, dict) and isinstance(r.get("pointing_game"), (int, float))  # not the definitions
     ]
+    if not rows:
+        return sec
     sec.tables.append(
         Table(
             ["map", "pointing game (boxes) %", "IoU with the boxes %", "model top-1 %", "images"],

@@ -222,6 +222,30 @@ def write_loc_solution(path: Path, boxes: dict[str, list[tuple[str, int, int, in
     Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+def write_voc_boxes(folder: Path, boxes: dict[str, list[tuple[str, int, int, int, int]]], sizes: dict) -> None:
+    """image-net.org's val boxes (``ILSVRC2012_bbox_val_v3/val/<ImageId>.xml``): one PASCAL VOC
+    ``<annotation>`` per image, its ``<size>`` (``sizes[ImageId]`` = (width, height)) and one
+    ``<object>`` per box."""
+    import xml.etree.ElementTree as ET
+
+    folder = Path(folder) / "val"
+    folder.mkdir(parents=True, exist_ok=True)
+    for image_id, rows in sorted(boxes.items()):
+        ann = ET.Element("annotation")
+        ET.SubElement(ann, "folder").text = "val"
+        ET.SubElement(ann, "filename").text = image_id
+        size = ET.SubElement(ann, "size")
+        for key, value in zip(("width", "height", "depth"), (*sizes[image_id], 3)):
+            ET.SubElement(size, key).text = str(value)
+        for wnid, *box in rows:
+            obj = ET.SubElement(ann, "object")
+            ET.SubElement(obj, "name").text = wnid
+            bb = ET.SubElement(obj, "bndbox")
+            for key, value in zip(("xmin", "ymin", "xmax", "ymax"), box):
+                ET.SubElement(bb, key).text = str(value)
+        ET.ElementTree(ann).write(folder / f"{image_id}.xml", encoding="utf-8")
+
+
 def write_synset_mapping(path: Path, classes: Iterable[tuple[str, str]]) -> None:
     """``LOC_synset_mapping.txt``: ``<wnid> <names>`` per line, in class-index order."""
     Path(path).write_text("".join(f"{w} {n}\n" for w, n in classes), encoding="utf-8")

@@ -60,6 +60,7 @@ from pcn.data.layouts import (
     write_object_info,
     write_png,
     write_synset_mapping,
+    write_voc_boxes,
 )
 from pcn.data.shapes import SHAPES
 from pcn.io import atomic_path
@@ -147,7 +148,7 @@ def _imagenet_image(rng: np.random.Generator, label: int, n_objects: int) -> tup
     return img, boxes
 
 
-def _write_imagenet(root: Path, seed: int, per_class: dict[str, int], bar) -> dict[str, Any]:
+def _write_imagenet(root: Path, seed: int, per_class: dict[str, int], bar, boxes: str = "csv") -> dict[str, Any]:
     classes = imagenet_classes()
     n = len(classes)
     inet, v2 = root / DATASET_DIRS["imagenet"], root / DATASET_DIRS["imagenet_v2"]
@@ -166,12 +167,13 @@ def _write_imagenet(root: Path, seed: int, per_class: dict[str, int], bar) -> di
     val_number = pick.permutation(sizes["val"]) + 1  # val file numbers do not follow the classes
     quirks: dict[str, list[str]] = {"png_named_jpeg": [], "cmyk": [], "grayscale": []}
     loc: dict[str, list] = {}
+    sizes_of: dict[str, tuple[int, int]] = {}
     for split in ("train", "val", "v2"):
         for i in range(sizes[split]):
             label = i % n
             wnid = classes[label][0]
             rng = _rng(seed, f"imagenet_{split}", i)
-            image, boxes = _imagenet_image(rng, label, int(rng.integers(1, 4)) if split == "val" else 1)
+            image, objects = _imagenet_image(rng, label, int(rng.integers(1, 4)) if split == "val" else 1)
             mode = modes.get(split, {}).get(i)
             if mode == "PNG":  # the real train set holds one PNG named .JPEG
                 data = encode_image(image, "PNG")
@@ -184,12 +186,17 @@ def _write_imagenet(root: Path, seed: int, per_class: dict[str, int], bar) -> di
             else:
                 stem = imagenet_val_stem(int(val_number[i]))
                 rel = Path(DATASET_DIRS["imagenet"]) / "val" / wnid / f"{stem}.JPEG"
-                loc[stem] = [(wnid, *b) for b in boxes]
+                loc[stem] = [(wnid, *b) for b in objects]
+                sizes_of[stem] = image.size
             (root / rel).write_bytes(data)
             if mode is not None:
                 quirks[{"PNG": "png_named_jpeg", "CMYK": "cmyk", "L": "grayscale"}[mode]].append(rel.as_posix())
             bar.update(1)
-    write_loc_solution(inet / "LOC_val_solution.csv", loc)
+    # ImageNet's val boxes in either official form, or none (as image-net.org's tarballs come)
+    if boxes == "csv":
+        write_loc_solution(inet / "LOC_val_solution.csv", loc)
+    elif boxes == "voc":
+        write_voc_boxes(inet / "ILSVRC2012_bbox_val_v3", loc, sizes_of)
     write_synset_mapping(inet / "LOC_synset_mapping.txt", classes)
     return {"classes": n, **sizes, "boxes": sum(len(b) for b in loc.values()), "quirks": quirks}
 
@@ -362,6 +369,7 @@ def write_miniatures(
     coco_train: int = 20,
     coco_val: int = 8,
     progress: bool = True,
+    boxes: str = "csv",
 ) -> dict[str, Any]:
     """Write miniature ImageNet, ImageNet-v2, ADE20k and COCO under ``root`` (replaced as a whole).
 
@@ -369,10 +377,14 @@ def write_miniatures(
     "ade": {"training", "validation", "n_labels"}, "coco": {"categories", "train", "val",
     "quirks"}, "quirks", "content_hash", "hash", "seconds"}``; ``quirks`` lists, per quirk,
     the files (paths relative to ``root``) or the number of annotations that carry it.
-    ``progress`` shows a bar when the writing takes more than a few seconds.
+    ``progress`` shows a bar when the writing takes more than a few seconds.  ``boxes``: ImageNet's
+    val boxes as Kaggle's ``LOC_val_solution.csv`` ("csv"), image-net.org's per-image XML
+    ("voc"), or not at all ("none").
     """
     from tqdm.auto import tqdm
 
+    if boxes not in ("csv", "voc", "none"):
+        raise ValueError(f"write_miniatures: boxes = {boxes!r}: expected csv, voc or none")
     for name, value, least in (
         ("train_per_class", train_per_class, 1),
         ("val_per_class", val_per_class, 1),
@@ -390,7 +402,8 @@ def write_miniatures(
     bar = tqdm(total=total, desc="miniatures", unit="img", disable=not progress, delay=3, leave=False)
     try:
         with atomic_path(root, directory=True) as tmp:
-            inet = _write_imagenet(tmp, seed, {"train": train_per_class, "val": val_per_class, "v2": v2_per_class}, bar)
+            per_class = {"train": train_per_class, "val": val_per_class, "v2": v2_per_class}
+            inet = _write_imagenet(tmp, seed, per_class, bar, boxes)
             ade = _write_ade(tmp, seed, {"train": ade_train, "val": ade_val}, bar)
             coco = _write_coco(tmp, seed, {"train": coco_train, "val": coco_val}, bar)
             digest = layouts.content_hash(tmp)

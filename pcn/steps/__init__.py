@@ -35,6 +35,10 @@ VERBS: dict[str, tuple[str, str]] = {
     ),
     "run": ("pcn.steps.tools:run_pipeline", "run the whole DAG with snakemake or dvc under one MLflow parent run"),
     "ui": ("pcn.steps.tools:ui", "start the MLflow UI on the pipeline's store"),
+    "track": (
+        "pcn.steps.tools:track",
+        "sync: create the MLflow run of every stage output in the workspace that has none",
+    ),
     "machine": (
         "pcn.steps.tools:machine",
         "this machine's 1-thread sgemm GFLOP/s and the Quickstart's expected minutes here",

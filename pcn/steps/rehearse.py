@@ -13,6 +13,7 @@ import yaml
 from pcn.config import raw_params, resolve
 from pcn.errors import UserError
 from pcn.io import write_json
+from pcn.preflight import check_datasets
 from pcn.rehearsal import (
     CAPS_FILE,
     check_data_root,
@@ -35,7 +36,8 @@ def rehearse(args) -> int:
         data_root = Path(args.data_root).absolute()
         check_data_root(data_root)
     else:
-        data_root = work / "datasets"
+        # ImageNet's val boxes as Kaggle's CSV (the default), image-net.org's XML, or none
+        data_root = work / ("datasets" if args.boxes == "csv" else f"datasets-{args.boxes}-boxes")
         if not data_root.is_dir():
             from pcn.data.miniature import write_miniatures
 
@@ -43,7 +45,7 @@ def rehearse(args) -> int:
                 f"rehearse: writing miniature copies of ImageNet, ImageNet-v2, ADE20k and COCO to {data_root}",
                 flush=True,
             )
-            write_miniatures(data_root)
+            write_miniatures(data_root, boxes=args.boxes)
     slurm = args.engine == "slurm" or (args.engine == "auto" and cluster_answers())
     if args.engine == "slurm" and not cluster_answers():
         raise UserError(
@@ -53,6 +55,7 @@ def rehearse(args) -> int:
         raw_params(args.params), yaml.safe_load(CAPS_FILE.read_text()), data_root, slurm=slurm, quick=args.quick
     )
     prepare_workspace(repo, work, params)
+    print(check_datasets(resolve(params, "rehearsal params")), flush=True)  # before the first stage
     engine = ["--profile", "slurm"] if slurm else local_engine_args(memory_mb())
     # --keep-going: one failing stage must not hide the others' failures; the target comes
     # before the engine's flags, which take lists

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pcn.errors import DatasetError
 from pcn.io import atomic_path
 from pcn.stages import BASELINE_VARIANT, attention_map_checkpoints, avg_pool_variant
 from pcn.steps.common import data_paths, setup_torch, stage
@@ -62,7 +63,10 @@ def attention(args) -> int:
         setup_torch(p.runtime.threads)
         paths = data_paths(p)
         wnids = class_folders(paths["train"])  # label order of every model
-        items = A.read_val_boxes(paths["val"], paths["loc"], wnids, cfg.n_images)
+        boxes = A.box_source(paths["loc"].parent)
+        if boxes is None and cfg.require_boxes:
+            raise DatasetError(f"{A.no_boxes_message(paths['loc'].parent)}, and attention.require_boxes is true")
+        items = A.read_val_boxes(paths["val"], boxes, wnids, cfg.n_images)
         class_names = A.synset_names(paths["loc"].with_name("LOC_synset_mapping.txt"), wnids)
         size = p.experiments.train_for("ablation").img_size  # the grid baseline's training size
         images, x, regions = A.load_images(items, size)
@@ -94,7 +98,8 @@ def attention(args) -> int:
             with torch.no_grad():
                 logits["gradcam"] = logits["cam"] = avg_model(x).numpy()
             maps.update(A.class_activation_maps(avg_model, x, labels))
-        table = A.localisation_table(maps, regions, cfg.threshold)
+        # without boxes the maps are still drawn; only their localisation is not scored
+        table = A.localisation_table(maps, regions, cfg.threshold) if boxes else {m: {"n": len(items)} for m in maps}
         for method, lg in logits.items():
             table[method]["model_top1"] = A.top1(lg, labels)
         for method, (path, name, _) in ckpts.items():
@@ -130,13 +135,20 @@ def attention(args) -> int:
                     out,
                     "attention_multiclass",
                 )
-            F.save(F.localisation_figure(table, METHOD_TITLES), out, "localisation")
+            if boxes:
+                F.save(F.localisation_figure(table, METHOD_TITLES), out, "localisation")
         metrics = {
             **table,
             "threshold": cfg.threshold,
             "n_images": len(items),
             "img_size": size,
-            "ground_truth": str(paths["loc"]),
+            "ground_truth": str(boxes) if boxes else None,
+            "localisation_scored": boxes is not None,
+            **(
+                {}
+                if boxes
+                else {"localisation_not_scored": f"{A.no_boxes_message(paths['loc'].parent)}: maps drawn, not scored"}
+            ),
             "definitions": {
                 "pointing_game": "% of images whose map maximum lies in the union of the labelled class's "
                 "boxes (ties: share of the tied maxima inside; so a uniform map scores "
@@ -161,6 +173,8 @@ def attention(args) -> int:
             ),
         )
         for m, row in table.items():
+            if "pointing_game" not in row:
+                continue
             print(
                 f"{METHOD_TITLES.get(m, m):44s} pointing {row['pointing_game']:5.1f}%  "
                 f"IoU {row['iou']:5.1f}%  (n={row['n']})"

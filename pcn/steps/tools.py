@@ -12,6 +12,7 @@ import yaml
 from pcn import frontend
 from pcn.config import ParamsError, load_params, raw_params, recipe
 from pcn.engine_process import run_engine
+from pcn.errors import UserError
 from pcn.io import write_text
 from pcn.stages import dvc_yaml
 from pcn.tracking import PIPELINE_ENV, finish_pipeline_run, one_line, start_pipeline_run, tracking_uri, turn_off
@@ -81,6 +82,9 @@ def run_pipeline(args) -> int:
         if not DVC_FILE.is_file() or DVC_FILE.read_text() != expected_dvc_yaml(args.params):
             print("dvc.yaml is stale for this params.yaml; rewriting it (pcn dag)", file=sys.stderr)
             write_text(DVC_FILE, expected_dvc_yaml(args.params))
+        from pcn.preflight import check_datasets
+
+        print(check_datasets(params), flush=True)  # a missing dataset is named now, not hours in
         uri = tracking_uri(params.tracking.uri)
         try:
             run_id = start_pipeline_run(uri, params.tracking.experiment, args.engine, params.scale)
@@ -98,14 +102,40 @@ def run_pipeline(args) -> int:
     finally:
         frontend.release()
     finish_pipeline_run(run_id, uri, "FINISHED" if rc == 0 else "KILLED" if rc > 128 else "FAILED")
+    from pcn.track_sync import summary
+
+    print(summary(params), flush=True)
     return rc
 
 
-def dryrun(args) -> int:
-    """Every training-like job of the DAG with its GPU-hours, the total and the experiment grid's share."""
-    from pcn.train.dryrun import dry_run
+def track(args) -> int:
+    """``pcn track sync``: the MLflow run of every stage output that has none (pcn.track_sync)."""
+    from mlflow.exceptions import MlflowException
 
-    print(dry_run(load_params(args.params)))
+    from pcn.track_sync import sync
+
+    params = load_params(args.params)
+    try:
+        sync(params)
+    except (MlflowException, OSError) as exc:
+        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+        raise UserError(
+            f"tracking store {tracking_uri(params.tracking.uri)} unreachable ({first[:200]}); "
+            "start it (README, paper scale) and sync again"
+        ) from None
+    return 0
+
+
+def dryrun(args) -> int:
+    """Every training-like job of the DAG with its GPU-hours, the total and the experiment grid's
+    share; every job with its resources; refused when one asks more than its partition grants."""
+    from pcn.slurm_limits import check_jobs
+    from pcn.train.dryrun import dry_run, every_job
+
+    params = load_params(args.params)
+    print(dry_run(params))
+    source = check_jobs(((name, r) for name, _, r in every_job(params)), params.launcher.slurm.limits)
+    print(f"every job fits its partition's limits; limits from {source}")
     return 0
 
 

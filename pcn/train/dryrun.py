@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from pcn.config import Params, TrainConfig
+from pcn.stages import IMAGENET_TRAIN_IMAGES, Resources
 from pcn.train.launch import slurm_parameters
 from pcn.train.recipe import batch_per_rank, scaled_lr
 
-IMAGENET_TRAIN_IMAGES = 1_281_167
 # The one measured point GPU-hours are calibrated on: PatchConvNet-S60 infers 1129
 # images/s at 224 px (batch 256) in the paper's model-zoo table (arXiv:2112.13692,
 # Table 1; the same row as paper/numbers.yaml, model_zoo, patchconvnet_s60).  A
@@ -330,6 +330,29 @@ def _resources(sb: dict[str, Any]) -> str:
     )
 
 
+def every_job(params: Params) -> list[tuple[str, str, Resources]]:
+    """(stage instance, who submits it, what it asks for) of every job the scale submits on SLURM."""
+    from pcn.stages import build_stages
+
+    return [
+        (stage.instance_name(wc), "submitit" if stage.gpu else "executor plugin", stage.resources)
+        for stage in build_stages(params)
+        for wc in stage.instances()
+    ]
+
+
+def jobs_text(params: Params) -> list[str]:
+    """Every job of the scale with its resources, and what reaches them all."""
+    s = params.launcher.slurm
+    every = {k: getattr(s, k) for k in ("account", "qos", "constraint") if getattr(s, k)}
+    lines = [
+        f"every SLURM job at scale '{params.scale}' ({len(every_job(params))} jobs; nothing is submitted); "
+        f"every job also gets: {every or 'no account, qos or constraint'}",
+    ]
+    lines += [f"  {name:34s} {who:15s} {r.describe()}" for name, who, r in every_job(params)]
+    return lines
+
+
 def dry_run(params: Params, train_images: int = IMAGENET_TRAIN_IMAGES) -> str:
     """What ``pcn dryrun`` prints: the pretraining job in detail, every training-like job
     with its GPU-hours, the total and the experiment grid's share of it."""
@@ -364,4 +387,4 @@ def dry_run(params: Params, train_images: int = IMAGENET_TRAIN_IMAGES) -> str:
         f"  GPU-hours = images x {TRAIN_COST:g} x GMACs per image, at the MAC rate of {ref['model']} inferring "
         f"{ref['images_per_s']:g} images/s at {ref['img_size']} px (paper, Table 1): hours of that table's GPU"
     )
-    return "\n".join(lines)
+    return "\n".join(lines + [""] + jobs_text(params))

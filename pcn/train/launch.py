@@ -50,6 +50,12 @@ TERMINAL_SLURM = {
 }
 LOCAL_TIMEOUT_MIN = 7 * 24 * 60  # the local controller has no wall-clock limit worth the name
 ERROR_GRACE_S = 60  # a rank failed: the others get this long to fail too, then the job is cancelled
+# How often a waiting stage asks SLURM about its job: 26 waiting stages must not load the
+# controller (admins ask for no more than a call per 30 s each).  In the first minute the
+# delay doubles from 2 s, so a job that fails at once is noticed at once.
+SLURM_POLL_S = 30.0
+SLURM_FIRST_MINUTE_S = 60.0
+FILE_POLL_S = 2.0  # the job's own files (progress, results) cost the controller nothing
 TAIL_LINES = 30
 
 
@@ -61,7 +67,9 @@ class StopFlag:
     """SIGUSR2 -> a flag the engine polls; the handler it replaced (submitit's) runs later."""
 
     def __init__(self) -> None:
-        self.signum = submitit.JobEnvironment._usr_sig() if os.environ.get("SUBMITIT_EXECUTOR") else signal.SIGUSR2
+        # submitit's preemption signal (its USR_SIG, "USR2" unless SUBMITIT_PREEMPT_SIGNAL says otherwise)
+        name = submitit.JobEnvironment.USR_SIG if os.environ.get("SUBMITIT_EXECUTOR") else "USR2"
+        self.signum = getattr(signal, f"SIG{name}")
         self.previous = signal.getsignal(self.signum)
         self.raised = False
         signal.signal(self.signum, self._set)
@@ -106,8 +114,9 @@ class TrainTask(submitit.helpers.Checkpointable):
 
 
 def slurm_parameters(launcher: LauncherConfig, job_name: str, gpus_available: bool = True) -> dict[str, Any]:
-    """The ``submitit.SlurmExecutor`` parameters (sbatch names) of ``launcher.slurm``."""
-    s: SlurmConfig = launcher.slurm
+    """The ``submitit.SlurmExecutor`` parameters (sbatch names) of ``launcher.slurm``, with the
+    overrides of ``launcher.slurm.resources.<stage>`` (``job_name``: the stage, or stage@instance)."""
+    s: SlurmConfig = launcher.slurm.for_stage(job_name.split("@")[0])
     params: dict[str, Any] = {
         "job_name": job_name,
         "nodes": s.nodes,
@@ -173,10 +182,12 @@ def _slurm_state(job_id: str) -> str:
     return "GONE" if "Invalid job id" in (out.stderr + out.stdout) else "UNKNOWN"
 
 
-def _state(job) -> str:
-    if isinstance(job, submitit.SlurmJob):
-        return _slurm_state(job.job_id)
-    return job.state  # local: RUNNING / FINISHED / INTERRUPTED
+def slurm_query_due(since_submit: float, since_last: float) -> bool:
+    """Whether a waiting stage may ask SLURM about its job again: every 30 s, after a first
+    minute of doubling delays (2, 4, 8, 16 s ...)."""
+    if since_submit < SLURM_FIRST_MINUTE_S:
+        return since_last >= max(2.0, since_submit / 2)
+    return since_last >= SLURM_POLL_S
 
 
 def _terminal(job, state: str) -> bool:
@@ -186,14 +197,10 @@ def _terminal(job, state: str) -> bool:
 
 
 def _outcome(task) -> str | None:
-    """'success' / 'error' from a task's result pickle, None while there is none."""
-    path = task.paths.result_pickle
-    if not path.exists():
+    """'success' / 'error' once a task has written its result (submitit writes it whole), None before."""
+    if not task.paths.result_pickle.exists():
         return None
-    try:
-        return submitit.core.utils.pickle_load(path)[0]
-    except Exception:  # noqa: BLE001 - being written; try again next poll
-        return None
+    return "success" if task.exception() is None else "error"
 
 
 def _tail(path: Path, n: int = TAIL_LINES) -> str:
@@ -221,17 +228,39 @@ def _failure(job, state: str, why: str) -> TrainJobFailed:
     )
 
 
-def wait(job, poll_s: float = 2.0, echo=print) -> dict[str, Any]:
+class _JobState:
+    """The job's scheduler state, asked for no more often than :func:`slurm_query_due` allows
+    (a SLURM job: scontrol, which works without an accounting database; a local job: submitit's
+    own controller, which costs the cluster nothing)."""
+
+    def __init__(self, job) -> None:
+        self.job, self.slurm = job, isinstance(job, submitit.SlurmJob)
+        self.submitted = time.monotonic()
+        self.value = "PENDING"
+        self.asked = float("-inf")
+
+    def __call__(self) -> str:
+        if not self.slurm:
+            return self.job.state  # local: RUNNING / FINISHED / INTERRUPTED
+        now = time.monotonic()
+        if slurm_query_due(now - self.submitted, now - self.asked):
+            self.asked = now
+            self.value = _slurm_state(self.job.job_id)
+        return self.value
+
+
+def wait(job, echo=print) -> dict[str, Any]:
     """Wait for ``job``, echoing its state changes and progress; its result, or :class:`TrainJobFailed`.
-    Polls every 0.2 s at first, then less often up to ``poll_s``: a short job (the demo grid's
-    take ~8 s) is noticed as it ends, not up to ``poll_s`` later."""
-    delay = min(0.2, poll_s)
+    The job's files (progress, results) are read every ``FILE_POLL_S``: a short job (the demo
+    grid's take ~8 s) is noticed as it ends; the scheduler is asked as :func:`slurm_query_due` allows."""
+    delay = 0.2
     tasks = [job.task(i) for i in range(job.num_tasks)] if job.num_tasks > 1 else [job]
     main = tasks[0]
+    state_of = _JobState(job)
     last_state, seen, last_line = None, 0, ""
     ended_at = error_at = None
     while True:
-        state = _state(job)
+        state = state_of()
         if state != last_state:
             echo(f"job {job.job_id}: {state}")
             last_state = state
@@ -261,7 +290,7 @@ def wait(job, poll_s: float = 2.0, echo=print) -> dict[str, Any]:
             if time.monotonic() - ended_at > 15:
                 raise _failure(job, state, "ended without a result")
         time.sleep(delay)
-        delay = min(poll_s, delay * 1.5)
+        delay = min(FILE_POLL_S, delay * 1.5)
 
 
 class Terminated(KeyboardInterrupt):

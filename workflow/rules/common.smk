@@ -5,7 +5,7 @@ import re
 from pathlib import Path
 
 from pcn.config import ParamsError, raw_params, resolve
-from pcn.stages import build_stages
+from pcn.stages import build_stages, plugin_resources
 
 try:
     PARAMS = resolve({k: v for k, v in config.items() if not k.startswith("pcn_")})
@@ -77,22 +77,8 @@ def _plain(value):
 
 
 def slurm_resources(stage):
-    s = PARAMS.launcher.slurm
-    res = {
-        "runtime": s.time_min,
-        "mem_mb": s.mem_gb * 1024,
-        "cpus_per_task": stage.threads,
-    }
-    if s.partition:
-        res["slurm_partition"] = s.partition
-    if s.account:
-        res["slurm_account"] = s.account
-    if s.constraint:
-        res["constraint"] = s.constraint
-    # evaluation, complexity and attention maps run their models in the job itself
-    if stage.accelerated and PARAMS.runtime.device == "cuda":
-        res["gpu"] = 1
-    return res
+    """The executor plugin's resources of a stage's job (pcn.stages.plugin_resources)."""
+    return plugin_resources(stage, PARAMS)
 
 
 def all_outputs():

@@ -1,0 +1,89 @@
+"""Every dataset the scale's stages read is looked for before the first stage starts: by
+`pcn run`, `pcn rehearse` and a bare `snakemake` (the Snakefile's onstart)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pcn.analysis.attention import LOC_CSV, VOC_DIR
+from pcn.config import raw_params, resolve
+from pcn.errors import DatasetError
+from pcn.preflight import check_datasets
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory) -> Path:
+    from pcn.data.miniature import write_miniatures
+
+    return Path(write_miniatures(tmp_path_factory.mktemp("preflight") / "datasets", progress=False)["root"])
+
+
+def paper_raw(root: Path, **attention) -> dict:
+    raw = raw_params()
+    raw["scale"] = "paper"
+    raw["scales"]["paper"]["data"]["root"] = str(root)
+    raw["attention"] = {**raw["attention"], **attention}
+    return raw
+
+
+def test_every_dataset_path_of_the_paper_scale_is_checked_in_seconds(datasets, tmp_path):
+    t0 = time.monotonic()
+    assert "are there" in check_datasets(resolve(paper_raw(datasets)))
+    assert time.monotonic() - t0 < 10
+    copy = tmp_path / "datasets"
+    shutil.copytree(datasets, copy, symlinks=True)
+    shutil.rmtree(copy / "ADEChallengeData2016" / "annotations" / "validation")
+    with pytest.raises(DatasetError) as err:
+        check_datasets(resolve(paper_raw(copy)))
+    assert str(err.value).startswith(f"{copy}/ADEChallengeData2016/annotations/validation: missing; stage segmentation")
+    assert "\n" not in str(err.value)
+
+
+def test_required_boxes_are_found_in_either_form_or_named_both(datasets, tmp_path):
+    copy = tmp_path / "datasets"
+    shutil.copytree(datasets, copy, symlinks=True)
+    (copy / "imagenet" / LOC_CSV).unlink()
+    check_datasets(resolve(paper_raw(copy)))  # not required: the maps go unscored
+    with pytest.raises(DatasetError, match=rf"{LOC_CSV} or .*{VOC_DIR}: missing; stage attention"):
+        check_datasets(resolve(paper_raw(copy, require_boxes=True)))
+    (copy / "imagenet" / VOC_DIR).mkdir()
+    (copy / "imagenet" / VOC_DIR / "ILSVRC2012_val_00000001.xml").write_text("<annotation/>")
+    check_datasets(resolve(paper_raw(copy, require_boxes=True)))
+
+
+PROBE = """
+include: "{workflow}"
+
+
+rule probe:
+    output:
+        "probe.txt",
+    shell:
+        "touch {{output}}"
+"""
+
+
+def test_a_bare_snakemake_names_a_missing_dataset_before_any_job(datasets, tmp_path):
+    copy = tmp_path / "datasets"
+    shutil.copytree(datasets, copy, symlinks=True)
+    shutil.rmtree(copy / "coco" / "val2017")
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "params.yaml").write_text(yaml.safe_dump(paper_raw(copy)))
+    (work / "probe.smk").write_text(PROBE.format(workflow=ROOT / "workflow" / "Snakefile"))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "snakemake", "-s", "probe.smk", "--cores", "1", "probe"]
+    cp = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert cp.returncode != 0
+    assert f"{copy}/coco/val2017: missing; stage detection" in cp.stdout + cp.stderr
+    assert not (work / "probe.txt").exists(), "a job ran before the datasets were checked"
