@@ -15,7 +15,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,12 +24,15 @@ from pcn.errors import UserError
 from pcn.stages import Stage, build_stages
 from pcn.tracking import (
     RunLogger,
-    _client,
     experiment_id,
     flatten,
-    git_commit,
+    off_reason,
+    source_tags,
     start_pipeline_run,
     tracking_uri,
+)
+from pcn.tracking import (
+    client as mlflow_client,
 )
 
 RECORD_TAG = "pcn.record"
@@ -92,7 +94,7 @@ def _named_run(record: Path) -> str | None:
 def missing(params: Params, root: Path = Path(".")) -> list[Output]:
     """The stage outputs that have no MLflow run in the store of ``tracking.uri``."""
     uri = tracking_uri(params.tracking.uri)
-    client = _client(uri)
+    client = mlflow_client(uri)
     exp = client.get_experiment_by_name(params.tracking.experiment)
     synced: set[tuple[str, str]] = set()
     if exp is not None:
@@ -144,7 +146,7 @@ def _artifacts(stage: Stage, root: Path) -> list[Path]:
 def _create(o: Output, params: Params, uri: str, parent: str, root: Path) -> str:
     from pcn.steps.common import section_values
 
-    client = _client(uri)
+    client = mlflow_client(uri)
     # the record tags last: a run that failed half-way is not taken for synced, and the next sync redoes it
     record_tags = {RECORD_TAG: str(o.record.relative_to(root)), SHA_TAG: o.sha}
     tags = {
@@ -154,29 +156,28 @@ def _create(o: Output, params: Params, uri: str, parent: str, root: Path) -> str
         "pcn.instance": o.instance,
         "pcn.scale": params.scale,
         "pcn.synced": "true",
-        "git_commit": git_commit(),
+        **source_tags(),  # the commit of the sync, not of the stage (which the files do not record)
     }
-    run = client.create_run(experiment_id(uri, params.tracking.experiment), run_name=o.stage.name, tags=tags)
+    run = client.create_run(experiment_id(uri, params.tracking.experiment), run_name=o.instance, tags=tags)
     log = RunLogger(run.info.run_id, uri, artifact_uri=run.info.artifact_uri)
-    # RunLogger turns a failed call into a warning (a stage must go on); here it is an error
-    with warnings.catch_warnings(record=True) as failed:
-        warnings.simplefilter("always")
-        log.log_params(section_values(params, o.stage.params))
-        if o.record.suffix == ".json":
-            metrics: dict[str, Any] = json.loads(o.record.read_text())
-            log.log_metrics(
-                {k: v for k, v in flatten(metrics).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-            )
-        for plots in o.stage.plots:
-            if (root / plots).exists() and plots.endswith(".csv"):
-                for step, values in _curve(root / plots):
-                    log.log_metrics(values, step=step)
-        for path in _artifacts(o.stage, root):
-            log.log_artifact(path)
-    problems = [str(w.message) for w in failed if str(w.message).startswith("MLflow")]
-    if problems:
+    # RunLogger turns a failed call into tracking off for the process (a stage must go on);
+    # here it is an error
+    log.log_params(section_values(params, o.stage.params))
+    if o.record.suffix == ".json":
+        metrics: dict[str, Any] = json.loads(o.record.read_text())
+        log.log_metrics(
+            {k: v for k, v in flatten(metrics).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        )
+    for plots in o.stage.plots:
+        if (root / plots).exists() and plots.endswith(".csv"):
+            for step, values in _curve(root / plots):
+                log.log_metrics(values, step=step)
+    for path in _artifacts(o.stage, root):
+        log.log_artifact(path)
+    problem = off_reason(uri)
+    if problem:
         client.set_terminated(run.info.run_id, "FAILED")
-        raise UserError(f"pcn track sync: {o.instance}: {problems[0]}")
+        raise UserError(f"pcn track sync: {o.instance}: {problem}")
     for k, v in record_tags.items():
         client.set_tag(run.info.run_id, k, v)
     client.set_terminated(run.info.run_id, "FINISHED")

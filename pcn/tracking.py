@@ -117,6 +117,11 @@ def turn_off(uri: str, why: str) -> None:
         log.warning("MLflow tracking off: %s; results are still in the JSON files", why)
 
 
+def off_reason(uri: str) -> str | None:
+    """Why tracking into ``uri`` was turned off in this process, or None while it is on."""
+    return _DOWN.get(uri)
+
+
 def store_problem(uri: str) -> str | None:
     """Why ``uri`` cannot be tracked into, from one short probe per process; None if it can."""
     if uri not in _DOWN:

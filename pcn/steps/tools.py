@@ -113,11 +113,12 @@ def track(args) -> int:
     from mlflow.exceptions import MlflowException
 
     from pcn.track_sync import sync
+    from pcn.tracking import TrackingOff
 
     params = load_params(args.params)
     try:
         sync(params)
-    except (MlflowException, OSError) as exc:
+    except (MlflowException, OSError, TrackingOff) as exc:
         first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
         raise UserError(
             f"tracking store {tracking_uri(params.tracking.uri)} unreachable ({first[:200]}); "
