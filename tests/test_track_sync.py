@@ -87,7 +87,6 @@ def test_sync_rebuilds_runs_from_the_files_against_a_real_server(project, capsys
     import mlflow
 
     from pcn import tracking
-
     from pcn.analysis import ui
 
     port = _free_port()
