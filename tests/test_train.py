@@ -442,6 +442,21 @@ def test_a_batch_that_leaves_mixup_an_odd_count_per_rank_is_refused_naming_the_s
     assert batch_per_rank(plain, 2, "finetune") == 3
 
 
+def test_bce_without_mixup_or_cutmix_builds_a_recipe_with_smoothed_bce():
+    """loss: bce with mixup and cutmix both off: hard labels, no Mixup, label smoothing in the BCE."""
+    from timm.loss import BinaryCrossEntropy
+
+    cfg = TrainConfig(epochs=1, batch_size=4, loss="bce", aug=AugConfig(mixup=0.0, cutmix=0.0, label_smoothing=0.1))
+    model = torch.nn.Linear(4, 3)
+    recipe = build_recipe(cfg, model, steps_per_epoch=2, num_classes=3)
+    assert recipe.mixup is None and isinstance(recipe.loss, BinaryCrossEntropy)
+    logits, labels = torch.tensor([[2.0, -1.0, 0.5], [0.0, 1.0, -2.0]]), torch.tensor([0, 2])
+    off = 0.1 / 3  # smoothing 0.1 over 3 classes: 1 - 0.1 + off on the label, off elsewhere
+    targets = torch.tensor([[1 - 0.1 + off, off, off], [off, off, 1 - 0.1 + off]])
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets)
+    assert recipe.loss(logits, labels).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
 def test_evaluate_reports_a_collapse_onto_the_class_token():
     import timm
 

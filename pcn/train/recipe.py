@@ -82,6 +82,7 @@ def build_recipe(cfg: TrainConfig, model: torch.nn.Module, steps_per_epoch: int,
         t_in_epochs=False,
     )
     aug = cfg.aug
+    mixup = None
     if aug.mixup > 0 or aug.cutmix > 0:
         mixup = Mixup(
             mixup_alpha=aug.mixup,
@@ -93,7 +94,6 @@ def build_recipe(cfg: TrainConfig, model: torch.nn.Module, steps_per_epoch: int,
     elif cfg.loss == "bce":
         loss = BinaryCrossEntropy(smoothing=aug.label_smoothing)
     else:
-        mixup = None
         loss = (
             LabelSmoothingCrossEntropy(aug.label_smoothing) if aug.label_smoothing > 0 else torch.nn.CrossEntropyLoss()
         )
