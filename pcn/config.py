@@ -483,6 +483,15 @@ def grid_model(p, model: str | None, options: dict) -> tuple[str, dict]:
     return name, {**merged, **options}
 
 
+def depth_width_options(width: int, depth: int) -> dict:
+    """Constructor options of one depth x width point: its shape, and the LayerScale init of
+    the released model nearest to it (the rule: pcn/models/family.py, stated in params.yaml).
+    A ``layerscale_init`` set in the grid's recipe still wins: the engine applies it last."""
+    from pcn.models.family import layerscale_init_for
+
+    return {"embed_dim": width, "depth": depth, "layerscale_init": layerscale_init_for(width, depth)}
+
+
 def has_layerscale(model: str) -> bool:
     """Whether ``model`` takes ``layerscale_init``: PatchConvNets and the attention-pooling
     ResNets do (so the pair's attention head gets the grid's init, as the PatchConvNet's

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pcn.config import grid_model, has_layerscale
+from pcn.config import depth_width_options, grid_model, has_layerscale
 from pcn.errors import UserError
 from pcn.stages import BASELINE_VARIANT, stage_record
 from pcn.steps.common import stage
@@ -134,7 +134,7 @@ def depth_width(args) -> int:
     from pcn.config import load_params
 
     p = load_params(args.params)
-    options = {"embed_dim": width, "depth": depth}
+    options = depth_width_options(width, depth)
     _train(
         args,
         "depth_width",

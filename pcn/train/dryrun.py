@@ -209,7 +209,7 @@ class Job:
 
 def _grid_model(params: Params, stage: str, wc: dict[str, str]) -> tuple[str, dict[str, Any]]:
     """(timm name, options) of one instance of a grid stage, as its `pcn` verb builds it."""
-    from pcn.config import grid_model
+    from pcn.config import depth_width_options, grid_model
 
     exp = params.experiments
     if stage == "ablation":
@@ -220,7 +220,7 @@ def _grid_model(params: Params, stage: str, wc: dict[str, str]) -> tuple[str, di
         return grid_model(params, exp.multiclass_model, {})
     if stage == "depth_width":
         width, depth = (int(v[1:]) for v in wc["point"].split("-"))
-        return grid_model(params, None, {"embed_dim": width, "depth": depth})
+        return grid_model(params, None, depth_width_options(width, depth))
     raise ValueError(f"dry run: no model known for grid stage {stage!r}")
 
 
