@@ -548,3 +548,6 @@ def test_the_nearest_released_model_rule():
     assert nearest_released(64, 4) == "patchconvnet_s60"  # the demo grid: S60's 1e-4
     assert nearest_released(850, 90) == "patchconvnet_b120"  # 850/768 < 1024/850; 90/60 > 120/90
     assert nearest_released(2048, 200) == "patchconvnet_l120"
+    # the bounds params.yaml states: S60 up to width 543 and depth 84 (geometric means)
+    assert nearest_released(543, 84) == "patchconvnet_s60"
+    assert nearest_released(544, 84) == "patchconvnet_b60" and nearest_released(543, 85) == "patchconvnet_s120"
