@@ -199,6 +199,11 @@ class TrainConfig(Section):
     )
     min_lr: float = Field(1e-5, ge=0.0)
     warmup_epochs: float = Field(0.5, ge=0.0)
+    schedule_step: Literal["step", "epoch"] = Field(
+        "step",
+        description="step: the lr follows warm-up and cosine at every optimizer step; epoch: once per epoch, "
+        "as DeiT's main.py steps it (lr_scheduler.step(epoch) after each epoch)",
+    )
     weight_decay: float = Field(0.05, ge=0.0)
     drop_path: float = Field(0.0, ge=0.0, lt=1.0)
     layerscale_init: float | None = Field(None, gt=0.0)

@@ -334,3 +334,15 @@ def test_paper_train_transform_survives_100k_draws():
     assert sum(zero_bits) > 50  # the draws did reach 0 bits (about 180 expected)
     for _ in range(2_000):  # and the whole transform around it
         assert transform(img).shape == (3, 8, 8)
+
+
+def test_torch_train_transform_resamples_bicubic_as_deit():
+    """DeiT's --train-interpolation bicubic: the random-resized crop and RandAugment's geometric ops."""
+    from torchvision.transforms import InterpolationMode
+
+    transform = _paper_train_transform(32)
+    crop = transform.transforms[0]
+    assert crop.interpolation == InterpolationMode.BICUBIC
+    (randaugment,) = [t for t in transform.transforms if hasattr(t, "ops")]
+    rotate = next(op for op in randaugment.ops if op.name == "Rotate")
+    assert rotate.kwargs["resample"] == Image.Resampling.BICUBIC

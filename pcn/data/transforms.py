@@ -18,7 +18,8 @@ one against the other:
 Geometry is shared exactly: the eval crop box is FFCV's (``center_crop_box``) and
 both eval paths resize it with OpenCV's area filter, so FFCV and torch eval images
 agree pixel for pixel on losslessly stored data. Train-time resampling differs
-(FFCV: area; torch: PIL bilinear with antialiasing), as do the random streams.
+(FFCV: OpenCV's area filter, its own resize; torch: PIL bicubic, as DeiT's
+``--train-interpolation bicubic``), as do the random streams.
 
 Randomness is a pure function of (seed, rank, epoch, position in the epoch): the
 torch loader seeds its RNGs per sample, the FFCV operations draw from a counter-based
@@ -186,7 +187,9 @@ def torch_train_transform(img_size: int, aug: TrainAug) -> Callable:
         # timm turns colour jitter off under RandAugment (as DeiT does) and keeps it for '3a'.
         color_jitter=aug.color_jitter if aug.color_jitter > 0 else None,
         auto_augment=auto_augment,
-        interpolation="bilinear",
+        # DeiT's --train-interpolation bicubic (timm's create_transform): the crop's resize and
+        # RandAugment's geometric ops
+        interpolation="bicubic",
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
         # DeiT's --reprob: one box per image, erased with per-pixel noise (after normalising)

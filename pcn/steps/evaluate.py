@@ -89,18 +89,10 @@ def evaluate(args) -> int:
 # --- released checkpoints -------------------------------------------------------------------
 
 
-# DeiT's evaluation protocol, which the paper follows: a centre crop of this fraction of the
-# resized image up to this size, the whole resized image above it
-DEIT_CROP_RATIO = 0.875
-DEIT_CROP_MAX_SIZE = 224
-WHOLE_IMAGE = 1.0
-
-
-def paper_crop_ratio(img_size: int) -> float:
-    """The paper's evaluation crop (DeiT's protocol, deit's ``--eval-crop-ratio``): up to
-    224 px the shorter side is resized to ``img_size / 0.875`` and the centre cropped; the
-    models fine-tuned at higher resolution (384, 512 px) see the whole resized image."""
-    return DEIT_CROP_RATIO if img_size <= DEIT_CROP_MAX_SIZE else WHOLE_IMAGE
+# The PatchConvNet release's evaluation crop at every resolution: the shorter side resized
+# by 256/224, the centre cropped (deit's datasets.py of that release; 1.0 above 224 px came
+# with DeiT III's later datasets.py).  paper/recipe.yaml, "evaluation crop ratio".
+PAPER_CROP_RATIO = 224 / 256
 
 
 def released_transform(img_size: int, crop_ratio: float):
@@ -204,7 +196,7 @@ def evaluate_released(args) -> int:
     # Bad input fails here, before any tracking run or output exists.
     name, model = released_model(read_released(args.checkpoint), args.checkpoint, args.model)
     img_size = args.img_size or int(model.pretrained_cfg["input_size"][-1])
-    crop_ratio = paper_crop_ratio(img_size) if args.crop_ratio is None else args.crop_ratio
+    crop_ratio = PAPER_CROP_RATIO if args.crop_ratio is None else args.crop_ratio
     if not 0 < crop_ratio <= 1:
         raise UserError(f"--crop-ratio {crop_ratio}: expected a ratio in (0, 1]")
     paths = data_paths(p)
