@@ -22,13 +22,15 @@ def _train(
     model: str | None,
     options: dict,
     extra: dict | None = None,
+    run: str | None = None,
     **kw,
 ) -> dict:
-    """One run of comparison ``name`` (a grid stage of the table), with that comparison's recipe."""
+    """One run of comparison ``name`` (a grid stage of the table), with that comparison's recipe
+    (``run``: the run's own, where ``RUN_RECIPES`` gives it one)."""
     with stage(args, name, tags={**tags, "pcn.seed": str(seed)}) as st:
         p = st.params
         model, options = grid_model(p, model, options)
-        cfg = p.experiments.train_for(name)
+        cfg = p.experiments.train_for(name, run)
         if not has_layerscale(model):
             cfg = cfg.model_copy(update={"layerscale_init": None})
         info = {k.removeprefix("pcn."): v for k, v in tags.items()}
@@ -99,6 +101,7 @@ def multiclass(args) -> int:
         model=p.experiments.multiclass_model,
         options={},
         init=init,
+        run=args.init,
     )
     return 0
 

@@ -260,7 +260,8 @@ def jobs(params: Params, train_images: int = IMAGENET_TRAIN_IMAGES) -> list[Job]
                 )
                 continue
             if stage.topic == "experiments":
-                cfg, model = params.experiments.train_for(stage.name), _grid_model(params, stage.name, wc)
+                cfg = params.experiments.train_for(stage.name, wc.get("init"))
+                model = _grid_model(params, stage.name, wc)
             else:
                 cfg, model = params.section(stage.name), main_model
             p = plan(params, train_images, cfg=cfg, name=name, model=model)
