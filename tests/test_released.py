@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 import pcn  # noqa: F401  (registers the models)
 from pcn.cli import main
@@ -190,3 +191,28 @@ def test_checkpoint_of_another_model_names_the_first_bad_key(release, monkeypatc
     assert run(root, monkeypatch, "--checkpoint", "demo_release.pth", "--model", "patchconvnet_s60") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "demo_release.pth" in err[0] and "key" in err[0], err
+
+
+def test_the_dags_evaluate_with_the_torch_loader_is_the_released_protocol(release, monkeypatch):
+    """evaluate.loader: torch (the paper scale's) scores the pipeline's own model as a released
+    checkpoint is scored: the fixture's images sit in the class the model predicts under the
+    official protocol, so the DAG's evaluate stage gives 100% as `pcn evaluate --checkpoint` does."""
+    root, n = release
+    (root / "results" / "finetune").mkdir(parents=True, exist_ok=True)
+    shutil.copy(root / "demo_release.pth", root / "results" / "finetune" / "model.pth")
+    (root / "params_dag.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "data": {"root": "data", "num_workers": 0},
+                "model": {"name": "patchconvnet_demo"},
+                "evaluate": {"batch_size": 8, "img_size": IMG_SIZE, "crop_ratio": 0.875, "loader": "torch"},
+                "runtime": {"threads": 1},
+            }
+        )
+    )
+    monkeypatch.chdir(root)
+    assert main(["--params", "params_dag.yaml", "evaluate"]) == 0
+    doc = json.loads((root / "metrics" / "eval.json").read_text())
+    assert (doc["loader"], doc["img_size"], doc["crop_ratio"]) == ("torch", IMG_SIZE, 0.875)
+    assert (doc["top1"], doc["n_images"], doc["v2_top1"], doc["v2_n_images"]) == (100.0, n, 100.0, n)
+    (root / "metrics" / "eval.json").unlink()  # the released checkpoint's test checks it is absent

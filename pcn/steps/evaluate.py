@@ -39,7 +39,7 @@ def evaluate(args) -> int:
 
     import pcn  # noqa: F401  (registers the models)
     from pcn.data.ffcv_io import class_folders
-    from pcn.data.loaders import build_loader
+    from pcn.data.loaders import build_loader, folder_index
     from pcn.models.checkpoint import load_checkpoint
     from pcn.train.engine import evaluate as eval_loop
 
@@ -54,23 +54,37 @@ def evaluate(args) -> int:
         paths = data_paths(p)
         metrics = {"checkpoint": checkpoint, "img_size": e.img_size, "crop_ratio": e.crop_ratio}
         train_classes = class_folders(paths["train"])  # val and v2 must list the same classes
+        kind = e.loader or p.data.loader
+        metrics["loader"] = kind  # torch: the official protocol
         for split in ("val", "v2"):
             layout = SPLIT_LAYOUTS[split]
-            loader = build_loader(
-                beton=paths[f"{split}_beton"],
-                folder=paths[split],
-                kind=e.loader or p.data.loader,
-                train=False,
-                img_size=e.img_size,
-                batch_size=e.batch_size,
-                aug=None,
-                crop_ratio=e.crop_ratio,
-                num_workers=p.data.num_workers,
-                seed=p.seed,
-                device=str(device),
-                layout=layout,
-                expected_classes=train_classes,
-            )
+            if kind == "torch":
+                # the official protocol, as released checkpoints are scored: the original
+                # images, PIL bicubic resize to img_size / crop_ratio, centre crop
+                index = folder_index(
+                    Path(paths[split]),
+                    layout=layout,
+                    beton=Path(paths[f"{split}_beton"]),
+                    expected_classes=train_classes,
+                )
+                transform = released_transform(e.img_size, e.crop_ratio)
+                loader = _folder_loader(index, transform, e.batch_size, p.data.num_workers, device)
+            else:
+                loader = build_loader(
+                    beton=paths[f"{split}_beton"],
+                    folder=paths[split],
+                    kind=kind,
+                    train=False,
+                    img_size=e.img_size,
+                    batch_size=e.batch_size,
+                    aug=None,
+                    crop_ratio=e.crop_ratio,
+                    num_workers=p.data.num_workers,
+                    seed=p.seed,
+                    device=str(device),
+                    layout=layout,
+                    expected_classes=train_classes,
+                )
             m = eval_loop(model, loader, device)
             prefix = "" if split == "val" else "v2_"
             metrics.update(
