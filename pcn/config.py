@@ -251,6 +251,11 @@ class DenseTaskConfig(Section):
     backbone: Literal["pretrain", "finetune"] = Field(
         "finetune", description="the DAG's classification checkpoint a pretrained run starts from"
     )
+    features: Literal["last", "blocks"] = Field(
+        "blocks",
+        description="the trunk maps of the 4-level pyramid: last: the last block's output at every level "
+        "(the paper's); blocks: four evenly spaced blocks (XCiT's taps)",
+    )
 
     @property
     def backbone_checkpoint(self) -> str:
