@@ -78,9 +78,7 @@ def _verb_arguments(verb: str, p: argparse.ArgumentParser) -> None:
             help="its timm name (default: the registered PatchConvNet whose keys and shapes the checkpoint has)",
         )
         p.add_argument("--img-size", type=int, help="resolution (default: the model's, 224 for the releases)")
-        p.add_argument(
-            "--crop-ratio", type=float, help="centre-crop ratio (default: the paper's, 0.875 up to 224 px, 1.0 above)"
-        )
+        p.add_argument("--crop-ratio", type=float, help="centre-crop ratio (default: the paper's, 0.875 at every size)")
     if verb == "ablate":
         p.add_argument("--variant", required=True)
     if verb in ("ablate", "resnet-pool", "multiclass"):

@@ -233,6 +233,11 @@ class TrainConfig(Section):
     )
     min_lr: float = Field(1e-5, ge=0.0)
     warmup_epochs: float = Field(0.5, ge=0.0)
+    schedule_step: Literal["step", "epoch"] = Field(
+        "step",
+        description="step: the lr follows warm-up and cosine at every optimizer step; epoch: once per epoch, "
+        "as DeiT's main.py steps it (lr_scheduler.step(epoch) after each epoch)",
+    )
     weight_decay: float = Field(0.05, ge=0.0)
     drop_path: float = Field(0.0, ge=0.0, lt=1.0)
     layerscale_init: float | None = Field(None, gt=0.0)
@@ -280,6 +285,11 @@ class DenseTaskConfig(Section):
     backbone: Literal["pretrain", "finetune"] = Field(
         "finetune", description="the DAG's classification checkpoint a pretrained run starts from"
     )
+    features: Literal["last", "blocks"] = Field(
+        "blocks",
+        description="the trunk maps of the 4-level pyramid: last: the last block's output at every level "
+        "(the paper's); blocks: four evenly spaced blocks (XCiT's taps)",
+    )
 
     @property
     def backbone_checkpoint(self) -> str:
@@ -320,6 +330,10 @@ class DetectionConfig(DenseTaskConfig):
 
 # The comparisons of the experiments grid, named as their stages (and MLflow `pcn.study` tags).
 GRID_STUDIES = ("ablation", "resnet_pool", "multiclass", "depth_width")
+# Runs of a comparison with a recipe of their own: under train_by_study.<study>, a key naming
+# the run holds changes for that run alone, on top of the comparison's (the multi-class model
+# fine-tuned from the single-token one trains as a fine-tuning, the one from scratch does not).
+RUN_RECIPES: dict[str, tuple[str, ...]] = {"multiclass": ("finetuned",)}
 
 
 class ExperimentsConfig(Section):
@@ -374,15 +388,23 @@ class ExperimentsConfig(Section):
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"experiments.seeds has duplicates: {self.seeds}")
         for study in self.train_by_study:
-            try:
-                self.train_for(study)
-            except ValidationError as exc:
-                raise ValueError(f"experiments.train_by_study.{study}: {_describe(exc.errors()[0])}") from None
+            for run in (None, *RUN_RECIPES.get(study, ())):
+                where = f"{study}.{run}" if run else study
+                try:
+                    self.train_for(study, run)
+                except ValidationError as exc:
+                    raise ValueError(f"experiments.train_by_study.{where}: {_describe(exc.errors()[0])}") from None
         return self
 
-    def train_for(self, study: str) -> TrainConfig:
-        """The recipe of one comparison (a ``GRID_STUDIES`` name): ``train`` with its changes."""
-        return TrainConfig.model_validate(deep_merge(self.train.model_dump(), self.train_by_study.get(study) or {}))
+    def train_for(self, study: str, run: str | None = None) -> TrainConfig:
+        """The recipe of one comparison (a ``GRID_STUDIES`` name): ``train`` with its changes;
+        for a ``run`` of ``RUN_RECIPES``, with that run's own changes on top."""
+        changes = dict(self.train_by_study.get(study) or {})
+        own = {name: changes.pop(name) for name in RUN_RECIPES.get(study, ()) if name in changes}
+        merged = deep_merge(self.train.model_dump(), changes)
+        if run in own:
+            merged = deep_merge(merged, own[run] or {})
+        return TrainConfig.model_validate(merged)
 
 
 class AttentionConfig(Section):
@@ -507,8 +529,13 @@ def recipe(params: Params) -> dict:
     comparison's whole training recipe (``train`` with its changes).  It is itself a valid
     params.yaml that resolves to the same values."""
     out = params.model_dump(mode="json", exclude={"scales"})
+    exp = params.experiments
     out["experiments"]["train_by_study"] = {
-        study: params.experiments.train_for(study).model_dump(mode="json") for study in GRID_STUDIES
+        study: {
+            **exp.train_for(study).model_dump(mode="json"),
+            **{run: exp.train_for(study, run).model_dump(mode="json") for run in RUN_RECIPES.get(study, ())},
+        }
+        for study in GRID_STUDIES
     }
     return out
 
@@ -534,6 +561,15 @@ def grid_model(p, model: str | None, options: dict) -> tuple[str, dict]:
     elif name in p.experiments.resnet.values():
         merged.update(p.experiments.resnet_options)
     return name, {**merged, **options}
+
+
+def depth_width_options(width: int, depth: int) -> dict:
+    """Constructor options of one depth x width point: its shape, and the LayerScale init of
+    the released model nearest to it (the rule: pcn/models/family.py, stated in params.yaml).
+    A ``layerscale_init`` set in the grid's recipe still wins: the engine applies it last."""
+    from pcn.models.family import layerscale_init_for
+
+    return {"embed_dim": width, "depth": depth, "layerscale_init": layerscale_init_for(width, depth)}
 
 
 def has_layerscale(model: str) -> bool:

@@ -205,3 +205,36 @@ def test_a_policy_ffcv_cannot_batch_is_refused_at_load(raw):
     scales["paper"]["data"] = {**scales["paper"]["data"], "loader": "torch"}
     scales["paper"]["experiments"] = {**scales["paper"]["experiments"], "loader": "torch"}
     assert resolve({**raw, "scale": "paper", "scales": scales}).finetune.aug.auto_augment == "rand-m9-mstd0.5"
+
+
+def test_multiclass_finetuned_is_a_fine_tuning_at_paper_scale(raw):
+    """The release's S60 (finetune): a short fine-tuning of the single-token model with a small lr
+    and batch; S60 (scratch) trains with the grid's recipe.  The stage and the dry run read it."""
+    from pcn.config import recipe
+    from pcn.train.dryrun import jobs
+
+    p = resolve({**raw, "scale": "paper"})
+    exp = p.experiments
+    scratch, finetuned = exp.train_for("multiclass"), exp.train_for("multiclass", "finetuned")
+    assert scratch == exp.train
+    assert finetuned.lr * finetuned.batch_size / finetuned.lr_base_batch < scratch.lr / 100
+    assert finetuned.batch_size < scratch.batch_size and finetuned.epochs < scratch.epochs / 5
+    assert finetuned.img_size == scratch.img_size and finetuned.aug == scratch.aug
+    by_name = {j.name: j for j in jobs(p)}
+    assert by_name["multiclass@finetuned-0"].schedule == f"{finetuned.epochs} epochs"
+    assert by_name["multiclass@finetuned-0"].global_batch == finetuned.batch_size
+    assert by_name["multiclass@scratch-0"].global_batch == scratch.batch_size
+    # the printed recipe shows both runs and is itself a params.yaml resolving to the same
+    view = recipe(p)["experiments"]["train_by_study"]["multiclass"]
+    assert view["finetuned"]["lr"] == finetuned.lr and view["lr"] == scratch.lr
+    again = resolve({**recipe(p), "scale": "paper"}).experiments
+    assert again.train_for("multiclass", "finetuned") == finetuned and again.train_for("multiclass") == scratch
+    # at the demo, both runs share the grid's recipe
+    demo = resolve(raw).experiments
+    assert demo.train_for("multiclass", "finetuned") == demo.train_for("multiclass")
+
+
+def test_a_bad_run_recipe_names_its_key(raw):
+    raw["experiments"]["train_by_study"]["multiclass"] = {"finetuned": {"lr": -1}}
+    with pytest.raises(ParamsError, match=r"experiments\.train_by_study\.multiclass\.finetuned: .*lr"):
+        resolve(raw)

@@ -25,7 +25,7 @@ RELEASED_URLS = {
     "patchconvnet_s120": "https://dl.fbaipublicfiles.com/deit/s120_224_1k.pth",
     "patchconvnet_b60": "https://dl.fbaipublicfiles.com/deit/b60_224_1k.pth",
     "patchconvnet_b120": "https://dl.fbaipublicfiles.com/deit/b120_224_1k.pth",
-    "patchconvnet_s60_multi": "https://dl.fbaipublicfiles.com/deit/s60_224_multi_1k.pth",
+    "patchconvnet_s60_multi": "https://dl.fbaipublicfiles.com/deit/s60_multi_finetune_1k.pth",
 }
 
 torch.set_flush_denormal(True)
@@ -88,8 +88,23 @@ def test_pretrained_cfg(name):
     cfgs = timm.models.get_pretrained_cfg(name)
     assert cfgs.url == RELEASED_URLS.get(name, "")
     assert cfgs.first_conv == "patch_embed.proj.0.0" and cfgs.classifier == "head"
-    if name in RELEASED_URLS:
+    if name in RELEASED_URLS and not name.endswith("_multi"):
         assert f"{name}.fb_in1k" in timm.list_pretrained(f"{name}*")
+
+
+def test_the_two_released_multi_class_files_are_two_pretrained_tags():
+    """The release has s60_multi_scratch_1k.pth (81.1) and s60_multi_finetune_1k.pth (82.0), nothing else."""
+    base = "https://dl.fbaipublicfiles.com/deit/"
+    tags = timm.list_pretrained("patchconvnet_s60_multi*")
+    assert tags == ["patchconvnet_s60_multi.fb_in1k_finetune", "patchconvnet_s60_multi.fb_in1k_scratch"]
+    urls = {tag: timm.models.get_pretrained_cfg(tag).url for tag in tags}
+    assert urls == {
+        "patchconvnet_s60_multi.fb_in1k_finetune": base + "s60_multi_finetune_1k.pth",
+        "patchconvnet_s60_multi.fb_in1k_scratch": base + "s60_multi_scratch_1k.pth",
+    }
+    assert not any(
+        "s60_224_multi" in cfg.url for cfg in map(timm.models.get_pretrained_cfg, timm.list_pretrained("patchconvnet*"))
+    )
 
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
@@ -462,3 +477,77 @@ def test_unreadable_checkpoints_are_named_in_one_line(tmp_path, kind, message):
             load(path)
         assert str(err.value) == f"{path}: {message}" or str(err.value).startswith(f"{path}: {message}")
         assert "\n" not in str(err.value)
+
+
+# --- the depth x width grid's LayerScale ------------------------------------------------------
+
+
+def _gammas(model: PatchConvNet) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for n, p in model.named_parameters() if ".gamma_" in n])
+
+
+def test_grid_points_start_from_the_layerscale_of_their_nearest_released_model(tmp_path):
+    """At paper scale (layerscale_init: null) each point is built as its stage builds it and
+    starts from the released model of its shape, or the nearest one (S60 1e-4, the rest 1e-6)."""
+    from pcn.analysis.recipe import paper_params
+    from pcn.config import depth_width_options, grid_model
+    from pcn.train.engine import build_model
+    from pcn.train.job import DataSpec, TrainJob
+
+    root = Path(__file__).resolve().parents[1]
+    p = paper_params(root / "params.yaml")
+    train = p.experiments.train_for("depth_width")
+    assert train.layerscale_init is None
+    nearest = {
+        (384, 36): "patchconvnet_s60",
+        (384, 60): "patchconvnet_s60",
+        (384, 120): "patchconvnet_s120",
+        (768, 36): "patchconvnet_b60",
+        (768, 60): "patchconvnet_b60",
+        (768, 120): "patchconvnet_b120",
+        (1024, 36): "patchconvnet_l60",
+        (1024, 60): "patchconvnet_l60",
+        (1024, 120): "patchconvnet_l120",
+    }
+    assert {tuple(point) for point in p.experiments.depth_width} == set(nearest)
+    for width, depth in p.experiments.depth_width:
+        name, options = grid_model(p, None, depth_width_options(width, depth))
+        # the point's own constructor at 2 blocks (the init does not depend on depth)
+        job = TrainJob(
+            model=name,
+            num_classes=10,
+            train=train,
+            data=DataSpec(),
+            out_dir=str(tmp_path),
+            model_options={**options, "depth": 2},
+        )
+        model = build_model(job)
+        released = timm.create_model(nearest[width, depth], depth=2, num_classes=10)
+        assert model.embed_dim == width
+        init = _gammas(released).unique()
+        assert init.numel() == 1 and torch.equal(_gammas(model).unique(), init), (width, depth)
+        # the rehearsal's w1024-d60 (L60's shape) started from S60's 1e-4
+        assert init.item() == pytest.approx(1e-4 if nearest[width, depth] == "patchconvnet_s60" else 1e-6)
+    # a recipe that sets the init (the demo's 0.1) still wins over the point's
+    job = TrainJob(
+        model="patchconvnet_s60",
+        num_classes=10,
+        train=train.model_copy(update={"layerscale_init": 0.1}),
+        data=DataSpec(),
+        out_dir=str(tmp_path),
+        model_options={**depth_width_options(1024, 60), "depth": 2},
+    )
+    assert torch.allclose(_gammas(build_model(job)), torch.tensor(0.1))
+
+
+def test_the_nearest_released_model_rule():
+    from pcn.models.family import FAMILY, nearest_released
+
+    for name, (width, depth, _) in FAMILY.items():
+        assert nearest_released(width, depth) == name  # a released shape is its own model
+    assert nearest_released(64, 4) == "patchconvnet_s60"  # the demo grid: S60's 1e-4
+    assert nearest_released(850, 90) == "patchconvnet_b120"  # 850/768 < 1024/850; 90/60 > 120/90
+    assert nearest_released(2048, 200) == "patchconvnet_l120"
+    # the bounds params.yaml states: S60 up to width 543 and depth 84 (geometric means)
+    assert nearest_released(543, 84) == "patchconvnet_s60"
+    assert nearest_released(544, 84) == "patchconvnet_b60" and nearest_released(543, 85) == "patchconvnet_s120"

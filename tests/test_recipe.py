@@ -43,6 +43,7 @@ def test_committed_recipe_agrees_with_params_at_paper_scale():
         "pretrain.batch_size",
         "pretrain.epochs",
         "pretrain.warmup_epochs",
+        "pretrain.schedule_step",
         "pretrain.weight_decay",
         "pretrain.drop_path",
         "pretrain.layerscale_init",
@@ -136,4 +137,6 @@ def test_markdown_table_shows_every_entry_with_its_source():
     md = R.to_markdown(entries)
     assert md.count("\n") == len(entries) + 2
     assert "| optimizer | pretrain.optimizer, experiments.train.optimizer | lamb | facebookresearch/deit#185" in md
-    assert "| schedule | (no key) | cosine per step, warm-up from 1e-6 |" in md
+    assert "| schedule | (no key) | cosine, warm-up from 1e-6 |" in md
+    stepping = "pretrain.schedule_step, finetune.schedule_step, experiments.train.schedule_step"
+    assert f"| schedule stepping | {stepping} | epoch |" in md

@@ -57,6 +57,7 @@ def test_rehearsal_keeps_the_paper_protocols_and_caps_only_steps(tmp_path):
         p.pretrain,
         p.finetune,
         *(p.experiments.train_for(s) for s in ("ablation", "resnet_pool", "multiclass", "depth_width")),
+        p.experiments.train_for("multiclass", "finetuned"),
     ):
         assert cfg.max_steps is not None and cfg.max_steps <= 2 and cfg.batch_size <= 8
     assert p.runtime.device == "cpu" and p.launcher.kind == "local" and p.experiments.enabled

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 import pcn  # noqa: F401  (registers the models)
 from pcn.cli import main
@@ -183,14 +184,15 @@ def test_multi_class_release_is_told_from_the_single_token_one():
 def test_paper_protocol_by_resolution():
     from PIL import Image
 
-    from pcn.steps.evaluate import paper_crop_ratio, released_transform
+    from pcn.steps.evaluate import PAPER_CROP_RATIO, released_transform
 
-    assert paper_crop_ratio(224) == 0.875 and paper_crop_ratio(384) == 1.0
+    # the PatchConvNet release resizes by 256/224 at every size (1.0 above 224 px is DeiT III's)
+    assert PAPER_CROP_RATIO == 0.875
     img = Image.fromarray(np.random.default_rng(1).integers(0, 255, (375, 500, 3), dtype=np.uint8))
     for size in (224, 384):
-        x = released_transform(size, paper_crop_ratio(size))(img)
+        x = released_transform(size, PAPER_CROP_RATIO)(img)
         assert x.shape == (3, size, size)
-        torch.testing.assert_close(x, paper_view(img, size, paper_crop_ratio(size)))
+        torch.testing.assert_close(x, paper_view(img, size, PAPER_CROP_RATIO))
 
 
 @pytest.mark.parametrize(
@@ -218,3 +220,28 @@ def test_checkpoint_of_another_model_names_the_first_bad_key(release, monkeypatc
     assert run(root, monkeypatch, "--checkpoint", "demo_release.pth", "--model", "patchconvnet_s60") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "demo_release.pth" in err[0] and "key" in err[0], err
+
+
+def test_the_dags_evaluate_with_the_torch_loader_is_the_released_protocol(release, monkeypatch):
+    """evaluate.loader: torch (the paper scale's) scores the pipeline's own model as a released
+    checkpoint is scored: the fixture's images sit in the class the model predicts under the
+    official protocol, so the DAG's evaluate stage gives 100% as `pcn evaluate --checkpoint` does."""
+    root, n = release
+    (root / "results" / "finetune").mkdir(parents=True, exist_ok=True)
+    shutil.copy(root / "demo_release.pth", root / "results" / "finetune" / "model.pth")
+    (root / "params_dag.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "data": {"root": "data", "num_workers": 0},
+                "model": {"name": "patchconvnet_demo"},
+                "evaluate": {"batch_size": 8, "img_size": IMG_SIZE, "crop_ratio": 0.875, "loader": "torch"},
+                "runtime": {"threads": 1},
+            }
+        )
+    )
+    monkeypatch.chdir(root)
+    assert main(["--params", "params_dag.yaml", "evaluate"]) == 0
+    doc = json.loads((root / "metrics" / "eval.json").read_text())
+    assert (doc["loader"], doc["img_size"], doc["crop_ratio"]) == ("torch", IMG_SIZE, 0.875)
+    assert (doc["top1"], doc["n_images"], doc["v2_top1"], doc["v2_n_images"]) == (100.0, n, 100.0, n)
+    (root / "metrics" / "eval.json").unlink()  # the released checkpoint's test checks it is absent

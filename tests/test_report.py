@@ -398,7 +398,7 @@ def test_recipe_section_shows_every_value_with_its_source(demo_run):
     assert len(section.tables[0].rows) == len(entries)
     assert "scale **demo**" in " ".join(section.paragraphs)
     md = to_markdown(report)
-    assert "facebookresearch/deit#185" in md and "| schedule | (no key) | cosine per step, warm-up from 1e-6 |" in md
+    assert "facebookresearch/deit#185" in md and "| schedule | (no key) | cosine, warm-up from 1e-6 |" in md
     paper = R.build_report(demo_run, _params("paper"))
     text = " ".join(next(s for s in paper.sections if s.title == "Paper-scale recipe").paragraphs)
     assert "agree with every keyed value" in text

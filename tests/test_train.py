@@ -419,6 +419,28 @@ def test_schedule_scaling_and_weight_decay_groups(tiny_imagefolder, tmp_path):
     )
 
 
+def test_schedule_stepped_per_epoch_as_deits_main(tiny_imagefolder, tmp_path):
+    """schedule_step: epoch: main.py's create_scheduler (cosine over the epochs, warm-up inside)
+    and lr_scheduler.step(epoch) after each epoch: one lr per epoch, epoch e at the value of e - 1."""
+    cfg = TrainConfig(epochs=4, batch_size=8, lr=1e-3, warmup_epochs=1.0, min_lr=1e-5, schedule_step="epoch")
+    model = engine.build_model(make_job(tiny_imagefolder, tmp_path))
+    recipe = build_recipe(cfg, model, steps_per_epoch=10, num_classes=3)
+
+    def schedule(t: int) -> float:  # timm's CosineLRScheduler(t_initial=4, warmup_t=1) at epoch t
+        return 1e-6 + t * (1e-3 - 1e-6) if t < 1 else 1e-5 + 0.5 * (1e-3 - 1e-5) * (1 + math.cos(math.pi * t / 4))
+
+    lrs = [recipe.optimizer.param_groups[0]["lr"]]  # before the first step: the warm-up's start
+    for step in range(1, 40):
+        recipe.scheduler.step_update(step)
+        lrs.append(recipe.optimizer.param_groups[0]["lr"])
+    for step, lr in enumerate(lrs):
+        epoch = step // 10
+        assert lr == pytest.approx(schedule(max(epoch - 1, 0)), rel=1e-9), step
+    assert lrs[:20] == [pytest.approx(1e-6)] * 20  # epochs 0 and 1 both at the warm-up's start
+    assert len(set(lrs[20:30])) == 1 and lrs[30] < lrs[29]  # constant within an epoch
+    assert [engine.lr_at(recipe, n) for n in (10, 25, 39)] == pytest.approx([lrs[10], lrs[25], lrs[39]])
+
+
 def _collapse_onto_class_token(model) -> None:
     """Make the class token's query match its own key far better than any patch's key."""
     blk = model.blocks_token_only[-1]
@@ -440,6 +462,21 @@ def test_a_batch_that_leaves_mixup_an_odd_count_per_rank_is_refused_naming_the_s
         batch_per_rank(mixed, 4, "pretrain")
     plain = TrainConfig(batch_size=6, aug=AugConfig(mixup=0.0, cutmix=0.0))
     assert batch_per_rank(plain, 2, "finetune") == 3
+
+
+def test_bce_without_mixup_or_cutmix_builds_a_recipe_with_smoothed_bce():
+    """loss: bce with mixup and cutmix both off: hard labels, no Mixup, label smoothing in the BCE."""
+    from timm.loss import BinaryCrossEntropy
+
+    cfg = TrainConfig(epochs=1, batch_size=4, loss="bce", aug=AugConfig(mixup=0.0, cutmix=0.0, label_smoothing=0.1))
+    model = torch.nn.Linear(4, 3)
+    recipe = build_recipe(cfg, model, steps_per_epoch=2, num_classes=3)
+    assert recipe.mixup is None and isinstance(recipe.loss, BinaryCrossEntropy)
+    logits, labels = torch.tensor([[2.0, -1.0, 0.5], [0.0, 1.0, -2.0]]), torch.tensor([0, 2])
+    off = 0.1 / 3  # smoothing 0.1 over 3 classes: 1 - 0.1 + off on the label, off elsewhere
+    targets = torch.tensor([[1 - 0.1 + off, off, off], [off, off, 1 - 0.1 + off]])
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets)
+    assert recipe.loss(logits, labels).item() == pytest.approx(expected.item(), rel=1e-6)
 
 
 def test_evaluate_reports_a_collapse_onto_the_class_token():

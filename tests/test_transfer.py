@@ -224,6 +224,44 @@ def test_pyramid_non_square_and_blocks():
     assert [tuple(f.shape[-2:]) for f in feats] == [(24, 16), (12, 8), (6, 4), (3, 2)]
 
 
+def test_pyramid_from_the_last_block_as_the_paper():
+    """features: last: every level is made from the last block's output (the paper's dense
+    transfer); blocks: the finer levels come from earlier blocks (XCiT's taps)."""
+    import timm
+
+    from pcn.transfer.pyramid import create_pyramid_backbone, pyramid_blocks
+
+    assert pyramid_blocks(8, "last") == [7, 7, 7, 7] and pyramid_blocks(8, "blocks") == [1, 3, 5, 7]
+    with pytest.raises(ValueError, match="features = 'first'"):
+        pyramid_blocks(8, "first")
+    torch.manual_seed(0)
+    last, _ = create_pyramid_backbone("patchconvnet_demo", TINY_OPTIONS, features="last")
+    torch.manual_seed(0)
+    blocks, _ = create_pyramid_backbone("patchconvnet_demo", TINY_OPTIONS, features="blocks")
+    assert len(last.trunk.blocks) == len(blocks.trunk.blocks) == TINY_OPTIONS["depth"]
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        out_last, out_blocks = last(x), blocks(x)
+        # the demo trunk's stride 8 is level 1's: identity neck after the level's norm
+        trunk_maps = last.trunk.forward_intermediates(x, output_fmt="NCHW", intermediates_only=True)
+    assert [f.shape for f in out_last] == [f.shape for f in out_blocks]
+    torch.testing.assert_close(out_last[1], last.norms[1](trunk_maps[-1]))
+    torch.testing.assert_close(out_blocks[1], blocks.norms[1](trunk_maps[1]))
+    assert not torch.allclose(out_last[1], out_blocks[1])
+    del timm
+
+
+@pytest.mark.parametrize("task", ["segmentation", "detection"])
+def test_dense_tasks_read_their_features_setting(tiny_data, tmp_path, task):
+    from pcn.transfer import detection, segmentation
+
+    build = segmentation.build_model if task == "segmentation" else detection.build_model
+    for features, indices in (("last", [3, 3, 3, 3]), ("blocks", [0, 1, 2, 3])):
+        model, _ = build(_job(task, "scratch", tiny_data, tmp_path, features=features), 3)
+        pyramid = model.backbone if task == "segmentation" else model.backbone.body
+        assert pyramid.indices == indices
+
+
 def test_trunk_weights_used_and_dropped(tmp_path):
     import timm
 

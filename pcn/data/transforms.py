@@ -18,7 +18,8 @@ one against the other:
 Geometry is shared exactly: the eval crop box is FFCV's (``center_crop_box``) and
 both eval paths resize it with OpenCV's area filter, so FFCV and torch eval images
 agree pixel for pixel on losslessly stored data. Train-time resampling differs
-(FFCV: area; torch: PIL bilinear with antialiasing), as do the random streams.
+(FFCV: OpenCV's area filter, its own resize; torch: PIL bicubic, as DeiT's
+``--train-interpolation bicubic``), as do the random streams.
 
 Randomness is a pure function of (seed, rank, epoch, position in the epoch): the
 torch loader seeds its RNGs per sample, the FFCV operations draw from a counter-based
@@ -148,13 +149,43 @@ class NormalizeUint8:
         return (x.float() - self.mean) / self.std
 
 
+def posterize_as_paper_era_pillow(img, bits_to_keep: int, **_):
+    """timm's posterize, with Pillow's old answer at 0 bits: a black image.
+
+    RandAugment's ``PosterizeIncreasing`` keeps ``4 - int(m / 10 * 4)`` bits, 0 at the
+    magnitude 10 that ``mstd0.5`` reaches by clipping N(9, 0.5); Pillow's ``posterize``
+    masked every value with ``~(2 ** 8 - 1)`` there (all zeros); the pinned Pillow 13 refuses
+    0 bits with a ValueError that would end a paper-scale run in its first steps.
+    """
+    from PIL import Image, ImageOps
+
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)
+    return ImageOps.posterize(img, bits_to_keep)
+
+
+def _posterize_ops(transform) -> list:
+    """The AugmentOps of a timm RandAugment / AutoAugment policy that posterize."""
+    ops = list(getattr(transform, "ops", None) or [])
+    for sub_policy in getattr(transform, "policy", None) or []:
+        ops.extend(sub_policy)
+    return [op for op in ops if getattr(op, "name", "").startswith("Posterize")]
+
+
 def torch_train_transform(img_size: int, aug: TrainAug) -> Callable:
-    """DeiT's train transform, built by timm (which owns RandAugment and 3-Augment)."""
+    """DeiT's train transform, built by timm (which owns RandAugment and 3-Augment).
+
+    Every posterize op of the policy gets :func:`posterize_as_paper_era_pillow` as its
+    function, through the op's own ``aug_fn`` attribute (timm's module-level tables stay
+    as they are).
+    """
     from timm.data.transforms_factory import transforms_imagenet_train
 
     aug.validate()
     auto_augment = aug.auto_augment or ("3a" if aug.three_augment else None)
-    return transforms_imagenet_train(
+    transform = transforms_imagenet_train(
         img_size=img_size,
         scale=(aug.scale_min, 1.0),
         ratio=RRC_RATIO,
@@ -163,7 +194,9 @@ def torch_train_transform(img_size: int, aug: TrainAug) -> Callable:
         # timm turns colour jitter off under RandAugment (as DeiT does) and keeps it for '3a'.
         color_jitter=aug.color_jitter if aug.color_jitter > 0 else None,
         auto_augment=auto_augment,
-        interpolation="bilinear",
+        # DeiT's --train-interpolation bicubic (timm's create_transform): the crop's resize and
+        # RandAugment's geometric ops
+        interpolation="bicubic",
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
         # DeiT's --reprob: one box per image, erased with per-pixel noise (after normalising)
@@ -171,6 +204,10 @@ def torch_train_transform(img_size: int, aug: TrainAug) -> Callable:
         re_mode="pixel",
         re_count=1,
     )
+    for step in transform.transforms:
+        for op in _posterize_ops(step):
+            op.aug_fn = posterize_as_paper_era_pillow
+    return transform
 
 
 def torch_eval_transform(img_size: int, crop_ratio: float) -> Callable:

@@ -43,6 +43,7 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 
 from .checkpoint import check_state_dict, unwrap_state_dict
+from .family import FAMILY
 
 __all__ = ["PatchConvNet", "ConvStem", "TrunkBlock", "AggregationBlock", "AggregationAttention"]
 
@@ -611,6 +612,11 @@ def _create_patchconvnet(variant: str, pretrained: bool = False, **kwargs) -> Pa
     )
 
 
+def _family_args(name: str) -> dict:
+    width, depth, layerscale_init = FAMILY[name]
+    return dict(embed_dim=width, depth=depth, layerscale_init=layerscale_init)
+
+
 def _cfg(url: str = "", **kwargs) -> dict:
     return {
         "url": url,
@@ -638,7 +644,14 @@ default_cfgs = generate_default_cfgs(
         "patchconvnet_b120.fb_in1k": _cfg(url="https://dl.fbaipublicfiles.com/deit/b120_224_1k.pth"),
         "patchconvnet_l60": _cfg(),  # no ImageNet-1k release
         "patchconvnet_l120": _cfg(),  # no ImageNet-1k release
-        "patchconvnet_s60_multi.fb_in1k": _cfg(url="https://dl.fbaipublicfiles.com/deit/s60_224_multi_1k.pth"),
+        # the release's two multi-class models: trained from scratch (81.1) and fine-tuned from
+        # the single-class S60 (82.0); the first tag is the default, as the paper's best row
+        "patchconvnet_s60_multi.fb_in1k_finetune": _cfg(
+            url="https://dl.fbaipublicfiles.com/deit/s60_multi_finetune_1k.pth"
+        ),
+        "patchconvnet_s60_multi.fb_in1k_scratch": _cfg(
+            url="https://dl.fbaipublicfiles.com/deit/s60_multi_scratch_1k.pth"
+        ),
         # untrained demo sizes for small images on CPUs (10 classes, 64 px by default)
         "patchconvnet_demo": _cfg(num_classes=10, input_size=(3, 64, 64), crop_pct=1.0),
         "patchconvnet_demo_multi": _cfg(num_classes=10, input_size=(3, 64, 64), crop_pct=1.0),
@@ -648,37 +661,37 @@ default_cfgs = generate_default_cfgs(
 
 @register_model
 def patchconvnet_s60(pretrained=False, **kwargs) -> PatchConvNet:
-    model_args = dict(embed_dim=384, depth=60, layerscale_init=1e-4)
+    model_args = _family_args("patchconvnet_s60")
     return _create_patchconvnet("patchconvnet_s60", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def patchconvnet_s120(pretrained=False, **kwargs) -> PatchConvNet:
-    model_args = dict(embed_dim=384, depth=120, layerscale_init=1e-6)
+    model_args = _family_args("patchconvnet_s120")
     return _create_patchconvnet("patchconvnet_s120", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def patchconvnet_b60(pretrained=False, **kwargs) -> PatchConvNet:
-    model_args = dict(embed_dim=768, depth=60, layerscale_init=1e-6)
+    model_args = _family_args("patchconvnet_b60")
     return _create_patchconvnet("patchconvnet_b60", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def patchconvnet_b120(pretrained=False, **kwargs) -> PatchConvNet:
-    model_args = dict(embed_dim=768, depth=120, layerscale_init=1e-6)
+    model_args = _family_args("patchconvnet_b120")
     return _create_patchconvnet("patchconvnet_b120", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def patchconvnet_l60(pretrained=False, **kwargs) -> PatchConvNet:
-    model_args = dict(embed_dim=1024, depth=60, layerscale_init=1e-6)
+    model_args = _family_args("patchconvnet_l60")
     return _create_patchconvnet("patchconvnet_l60", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def patchconvnet_l120(pretrained=False, **kwargs) -> PatchConvNet:
-    model_args = dict(embed_dim=1024, depth=120, layerscale_init=1e-6)
+    model_args = _family_args("patchconvnet_l120")
     return _create_patchconvnet("patchconvnet_l120", pretrained=pretrained, **dict(model_args, **kwargs))
 
 

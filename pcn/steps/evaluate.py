@@ -45,7 +45,7 @@ def evaluate(args) -> int:
 
     import pcn  # noqa: F401  (registers the models)
     from pcn.data.ffcv_io import class_folders
-    from pcn.data.loaders import build_loader
+    from pcn.data.loaders import build_loader, folder_index
     from pcn.models.checkpoint import load_checkpoint
     from pcn.train.engine import evaluate as eval_loop
 
@@ -60,23 +60,37 @@ def evaluate(args) -> int:
         paths = data_paths(p)
         metrics = {"checkpoint": checkpoint, "img_size": e.img_size, "crop_ratio": e.crop_ratio}
         train_classes = class_folders(paths["train"])  # val and v2 must list the same classes
+        kind = e.loader or p.data.loader
+        metrics["loader"] = kind  # torch: the official protocol
         for split in ("val", "v2"):
             layout = SPLIT_LAYOUTS[split]
-            loader = build_loader(
-                beton=paths[f"{split}_beton"],
-                folder=paths[split],
-                kind=e.loader or p.data.loader,
-                train=False,
-                img_size=e.img_size,
-                batch_size=e.batch_size,
-                aug=None,
-                crop_ratio=e.crop_ratio,
-                num_workers=p.data.num_workers,
-                seed=p.seed,
-                device=str(device),
-                layout=layout,
-                expected_classes=train_classes,
-            )
+            if kind == "torch":
+                # the official protocol, as released checkpoints are scored: the original
+                # images, PIL bicubic resize to img_size / crop_ratio, centre crop
+                index = folder_index(
+                    Path(paths[split]),
+                    layout=layout,
+                    beton=Path(paths[f"{split}_beton"]),
+                    expected_classes=train_classes,
+                )
+                transform = released_transform(e.img_size, e.crop_ratio)
+                loader = _folder_loader(index, transform, e.batch_size, p.data.num_workers, device)
+            else:
+                loader = build_loader(
+                    beton=paths[f"{split}_beton"],
+                    folder=paths[split],
+                    kind=kind,
+                    train=False,
+                    img_size=e.img_size,
+                    batch_size=e.batch_size,
+                    aug=None,
+                    crop_ratio=e.crop_ratio,
+                    num_workers=p.data.num_workers,
+                    seed=p.seed,
+                    device=str(device),
+                    layout=layout,
+                    expected_classes=train_classes,
+                )
             m = eval_loop(model, loader, device)
             prefix = "" if split == "val" else "v2_"
             metrics.update(
@@ -95,18 +109,10 @@ def evaluate(args) -> int:
 # --- released checkpoints -------------------------------------------------------------------
 
 
-# DeiT's evaluation protocol, which the paper follows: a centre crop of this fraction of the
-# resized image up to this size, the whole resized image above it
-DEIT_CROP_RATIO = 0.875
-DEIT_CROP_MAX_SIZE = 224
-WHOLE_IMAGE = 1.0
-
-
-def paper_crop_ratio(img_size: int) -> float:
-    """The paper's evaluation crop (DeiT's protocol, deit's ``--eval-crop-ratio``): up to
-    224 px the shorter side is resized to ``img_size / 0.875`` and the centre cropped; the
-    models fine-tuned at higher resolution (384, 512 px) see the whole resized image."""
-    return DEIT_CROP_RATIO if img_size <= DEIT_CROP_MAX_SIZE else WHOLE_IMAGE
+# The PatchConvNet release's evaluation crop at every resolution: the shorter side resized
+# by 256/224, the centre cropped (deit's datasets.py of that release; 1.0 above 224 px came
+# with DeiT III's later datasets.py).  paper/recipe.yaml, "evaluation crop ratio".
+PAPER_CROP_RATIO = 224 / 256
 
 
 def released_transform(img_size: int, crop_ratio: float):
@@ -227,7 +233,7 @@ def evaluate_released(args) -> int:
     # Bad input fails here, before any tracking run or output exists.
     name, model = released_model(read_released(args.checkpoint), args.checkpoint, args.model)
     img_size = args.img_size or int(model.pretrained_cfg["input_size"][-1])
-    crop_ratio = paper_crop_ratio(img_size) if args.crop_ratio is None else args.crop_ratio
+    crop_ratio = PAPER_CROP_RATIO if args.crop_ratio is None else args.crop_ratio
     if not 0 < crop_ratio <= 1:
         raise UserError(f"--crop-ratio {crop_ratio}: expected a ratio in (0, 1]")
     paths = data_paths(p)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pcn.config import grid_model, has_layerscale
+from pcn.config import depth_width_options, grid_model, has_layerscale
 from pcn.errors import UserError
 from pcn.io import write_csv
 from pcn.stages import BASELINE_VARIANT, stage_record
@@ -23,13 +23,15 @@ def _train(
     model: str | None,
     options: dict,
     extra: dict | None = None,
+    run: str | None = None,
     **kw,
 ) -> dict:
-    """One run of comparison ``name`` (a grid stage of the table), with that comparison's recipe."""
+    """One run of comparison ``name`` (a grid stage of the table), with that comparison's recipe
+    (``run``: the run's own, where ``RUN_RECIPES`` gives it one)."""
     with stage(args, name, tags={**tags, "pcn.seed": str(seed)}) as st:
         p = st.params
         model, options = grid_model(p, model, options)
-        cfg = p.experiments.train_for(name)
+        cfg = p.experiments.train_for(name, run)
         if not has_layerscale(model):
             cfg = cfg.model_copy(update={"layerscale_init": None})
         info = {k.removeprefix("pcn."): v for k, v in tags.items()}
@@ -100,6 +102,7 @@ def multiclass(args) -> int:
         model=p.experiments.multiclass_model,
         options={},
         init=init,
+        run=args.init,
     )
     return 0
 
@@ -135,7 +138,7 @@ def depth_width(args) -> int:
     from pcn.config import load_params
 
     p = load_params(args.params)
-    options = {"embed_dim": width, "depth": depth}
+    options = depth_width_options(width, depth)
     _train(
         args,
         "depth_width",

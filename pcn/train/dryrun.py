@@ -209,7 +209,7 @@ class Job:
 
 def _grid_model(params: Params, stage: str, wc: dict[str, str]) -> tuple[str, dict[str, Any]]:
     """(timm name, options) of one instance of a grid stage, as its `pcn` verb builds it."""
-    from pcn.config import grid_model
+    from pcn.config import depth_width_options, grid_model
 
     exp = params.experiments
     if stage == "ablation":
@@ -220,7 +220,7 @@ def _grid_model(params: Params, stage: str, wc: dict[str, str]) -> tuple[str, di
         return grid_model(params, exp.multiclass_model, {})
     if stage == "depth_width":
         width, depth = (int(v[1:]) for v in wc["point"].split("-"))
-        return grid_model(params, None, {"embed_dim": width, "depth": depth})
+        return grid_model(params, None, depth_width_options(width, depth))
     raise ValueError(f"dry run: no model known for grid stage {stage!r}")
 
 
@@ -260,7 +260,8 @@ def jobs(params: Params, train_images: int = IMAGENET_TRAIN_IMAGES) -> list[Job]
                 )
                 continue
             if stage.topic == "experiments":
-                cfg, model = params.experiments.train_for(stage.name), _grid_model(params, stage.name, wc)
+                cfg = params.experiments.train_for(stage.name, wc.get("init"))
+                model = _grid_model(params, stage.name, wc)
             else:
                 cfg, model = params.section(stage.name), main_model
             p = plan(params, train_images, cfg=cfg, name=name, model=model)

@@ -2,8 +2,9 @@
 
 Each piece is timm's: AdamW (fused) or LAMB from ``create_optimizer_v2`` (no weight decay on
 biases, norms and whatever ``model.no_weight_decay()`` names), a cosine schedule
-with linear warm-up stepped every optimizer step, ``Mixup``/CutMix with label
-smoothing folded into the soft targets, and ``ModelEmaV3``.
+with linear warm-up stepped every optimizer step or, as DeiT's ``main.py``, every epoch
+(``schedule_step``), ``Mixup``/CutMix with label smoothing folded into the soft targets,
+and ``ModelEmaV3``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,28 @@ from timm.utils import ModelEmaV3
 from pcn.config import TrainConfig
 
 WARMUP_LR_INIT = 1e-6  # DeiT's --warmup-lr
+
+
+class EpochSteppedCosineLR(CosineLRScheduler):
+    """timm's cosine schedule in epochs, stepped as DeiT's ``main.py`` steps it.
+
+    ``main.py`` builds it with ``create_scheduler`` (``t_initial`` = epochs, warm-up of
+    ``warmup_epochs`` inside it) and calls ``lr_scheduler.step(epoch)`` after training epoch
+    ``epoch``: epoch e (from 0) trains at the schedule's value at ``max(e - 1, 0)``, the
+    first two at the warm-up's start.  The loop reports every optimizer step
+    (``step_update``); this turns the count into that epoch value.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, steps_per_epoch: int, **kwargs):
+        super().__init__(optimizer, t_in_epochs=True, **kwargs)
+        self.steps_per_epoch = steps_per_epoch
+
+    def epoch_value_at(self, num_updates: int) -> int:
+        """The schedule's epoch in force after ``num_updates`` optimizer steps."""
+        return max(num_updates // self.steps_per_epoch - 1, 0)
+
+    def step_update(self, num_updates: int, metric: float | None = None) -> None:
+        self.step(self.epoch_value_at(num_updates), metric)
 
 
 @dataclass
@@ -72,16 +95,27 @@ def build_recipe(cfg: TrainConfig, model: torch.nn.Module, steps_per_epoch: int,
     )
     total = cfg.epochs * steps_per_epoch
     warmup = min(round(cfg.warmup_epochs * steps_per_epoch), max(total - 1, 0))
-    scheduler = CosineLRScheduler(
-        optimizer,
-        t_initial=max(total - warmup, 1),
-        lr_min=cfg.min_lr,
-        warmup_t=warmup,
-        warmup_lr_init=min(WARMUP_LR_INIT, lr),
-        warmup_prefix=True,
-        t_in_epochs=False,
-    )
+    if cfg.schedule_step == "epoch":
+        scheduler: CosineLRScheduler = EpochSteppedCosineLR(
+            optimizer,
+            steps_per_epoch,
+            t_initial=cfg.epochs,
+            lr_min=cfg.min_lr,
+            warmup_t=cfg.warmup_epochs,
+            warmup_lr_init=min(WARMUP_LR_INIT, lr),
+        )
+    else:
+        scheduler = CosineLRScheduler(
+            optimizer,
+            t_initial=max(total - warmup, 1),
+            lr_min=cfg.min_lr,
+            warmup_t=warmup,
+            warmup_lr_init=min(WARMUP_LR_INIT, lr),
+            warmup_prefix=True,
+            t_in_epochs=False,
+        )
     aug = cfg.aug
+    mixup = None
     if aug.mixup > 0 or aug.cutmix > 0:
         mixup = Mixup(
             mixup_alpha=aug.mixup,
@@ -93,7 +127,6 @@ def build_recipe(cfg: TrainConfig, model: torch.nn.Module, steps_per_epoch: int,
     elif cfg.loss == "bce":
         loss = BinaryCrossEntropy(smoothing=aug.label_smoothing)
     else:
-        mixup = None
         loss = (
             LabelSmoothingCrossEntropy(aug.label_smoothing) if aug.label_smoothing > 0 else torch.nn.CrossEntropyLoss()
         )
@@ -102,4 +135,6 @@ def build_recipe(cfg: TrainConfig, model: torch.nn.Module, steps_per_epoch: int,
 
 
 def lr_at(recipe: Recipe, step: int) -> float:
-    return recipe.scheduler._get_lr(step)[0]
+    """The learning rate of the optimizer step after ``step`` steps."""
+    s = recipe.scheduler
+    return s._get_lr(s.epoch_value_at(step) if isinstance(s, EpochSteppedCosineLR) else step)[0]

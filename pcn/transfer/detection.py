@@ -118,7 +118,7 @@ def build_model(job: TransferJob, n_classes: int):
     from torchvision.ops import MultiScaleRoIAlign
 
     ckpt = job.checkpoint if job.init == "pretrained" else None
-    body, report = create_pyramid_backbone(job.model, job.model_options, ckpt)
+    body, report = create_pyramid_backbone(job.model, job.model_options, ckpt, features=job.cfg("features", "blocks"))
     backbone = PyramidFPN(body, job.cfg("fpn_channels", 256))
     sizes = anchor_sizes(job.cfg("img_size"))
     anchors = AnchorGenerator(sizes=sizes, aspect_ratios=((0.5, 1.0, 2.0),) * len(sizes))

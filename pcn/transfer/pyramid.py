@@ -1,10 +1,15 @@
-"""Dense features from a column model: four depths of the trunk -> a 4-level pyramid.
+"""Dense features from a column model: the trunk's maps -> a 4-level pyramid.
 
 PatchConvNet keeps one resolution from the stem to the last block (stride 16, or 8
 for the small demo model). Dense heads (UperNet, Mask R-CNN's FPN) want a pyramid
-at strides 4, 8, 16 and 32. As in XCiT and BEiT's dense transfer, the feature maps
-of four evenly spaced blocks are taken (``forward_intermediates``) and each is
-brought to its stride by a small neck:
+at strides 4, 8, 16 and 32. Which trunk maps feed the four levels (``features``):
+
+* ``last``: the last block's output for every level, as the paper does (the write-up:
+  the model is not pyramidal, so it uses its last layer's output with UperNet's
+  multi-level processing);
+* ``blocks``: four evenly spaced blocks, as XCiT and BEiT's dense transfer.
+
+Each level's map (``forward_intermediates``) is brought to its stride by a small neck:
 
     factor stride/stem  | neck
     1/4                 | ConvTranspose(2) -> BatchNorm -> GELU -> ConvTranspose(2)
@@ -54,6 +59,16 @@ def evenly_spaced_blocks(depth: int, n: int = 4) -> list[int]:
     if depth < n:
         raise ValueError(f"a trunk of depth {depth} cannot give {n} pyramid levels")
     return [(depth * (i + 1)) // n - 1 for i in range(n)]
+
+
+def pyramid_blocks(depth: int, features: str = "blocks") -> list[int]:
+    """The trunk block each of the four levels reads: the last one four times (``last``),
+    or four evenly spaced ones (``blocks``)."""
+    if features == "last":
+        return [depth - 1] * len(OUT_STRIDES)
+    if features == "blocks":
+        return evenly_spaced_blocks(depth, len(OUT_STRIDES))
+    raise ValueError(f"features = {features!r}: expected 'last' or 'blocks'")
 
 
 def _neck(channels: int, factor: float) -> nn.Module:
@@ -108,8 +123,10 @@ class PyramidBackbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.pad(x)
-        feats = self.trunk.forward_intermediates(x, indices=self.indices, output_fmt="NCHW", intermediates_only=True)
-        return [neck(norm(f)) for f, norm, neck in zip(feats, self.norms, self.necks)]
+        blocks = sorted(set(self.indices))  # `last` reads one block for all four levels
+        maps = self.trunk.forward_intermediates(x, indices=blocks, output_fmt="NCHW", intermediates_only=True)
+        by_block = dict(zip(blocks, maps))
+        return [neck(norm(by_block[i])) for i, norm, neck in zip(self.indices, self.norms, self.necks)]
 
 
 @dataclass
@@ -159,15 +176,17 @@ def create_pyramid_backbone(
     model_options: dict | None = None,
     checkpoint: str | os.PathLike | None = None,
     indices: list[int] | None = None,
+    features: str = "blocks",
 ) -> tuple[PyramidBackbone, WeightsReport | None]:
-    """The trunk of ``model_name`` (random init, or the checkpoint's trunk) wrapped in the pyramid neck."""
+    """The trunk of ``model_name`` (random init, or the checkpoint's trunk) wrapped in the pyramid
+    neck; the levels read ``indices``, or the blocks that ``features`` names."""
     options = dict(model_options or {})
     options.pop("num_classes", None)
     trunk = timm.create_model(model_name, num_classes=0, **options)
     if not hasattr(trunk, "forward_intermediates") or not hasattr(trunk, "prune_intermediate_layers"):
         raise ValueError(f"{model_name}: no forward_intermediates/prune_intermediate_layers (not a column model?)")
     depth = len(trunk.feature_info)
-    idx = list(indices) if indices is not None else evenly_spaced_blocks(depth)
+    idx = list(indices) if indices is not None else pyramid_blocks(depth, features)
     report = None
     if checkpoint is not None:
         # Prune first, so the report lists every classification-only key as dropped.

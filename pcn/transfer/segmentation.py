@@ -131,7 +131,9 @@ def build_criterion(job: TransferJob, train_set: AdeSegmentation) -> nn.Module:
 
 def build_model(job: TransferJob, n_classes: int):
     ckpt = job.checkpoint if job.init == "pretrained" else None
-    backbone, report = create_pyramid_backbone(job.model, job.model_options, ckpt)
+    backbone, report = create_pyramid_backbone(
+        job.model, job.model_options, ckpt, features=job.cfg("features", "blocks")
+    )
     model = UperNetSegmenter(backbone, n_classes, job.cfg("decoder_channels", 512))
     return model, report
 
