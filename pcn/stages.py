@@ -286,9 +286,7 @@ def _stages(params: Params) -> list[Stage]:
                 resources=_light(params),
             )
         )
-        image_deps: tuple[str, ...] = (params.data.root,)
-    else:
-        image_deps = ()  # real datasets live outside the repository, named in params.yaml
+    image_deps = _image_deps(params)
     # The conversion forks data.num_workers writer processes: it asks for that many cores.
     add(
         Stage(
@@ -460,6 +458,12 @@ def _with_own_resources(st: list[Stage], params: Params) -> list[Stage]:
     ]
 
 
+def _image_deps(params: Params) -> tuple[str, ...]:
+    """The image folders as a dependency: the demo's generated ones (real datasets live
+    outside the repository, named in params.yaml)."""
+    return (params.data.root,) if params.data.source == "demo" else ()
+
+
 def _add_grid(st: list[Stage], params: Params) -> None:
     """The experiment grid: ablations, the ResNet pair, multi-class, depth x width, and their summary."""
     st += _grid_runs(params).values()
@@ -481,7 +485,8 @@ def _grid_runs(params: Params) -> dict[str, Stage]:
     """The grid's training stages by name: ablations, the ResNet pair, multi-class, depth x width."""
     exp = params.experiments
     exp_params = ("scale",) + EXPERIMENT_PARAMS
-    exp_deps = (FFCV_DIR,) + _code("data", "models", "train")
+    # the grid's loader (memory, torch) may read the image folders instead of the .beton
+    exp_deps = (FFCV_DIR,) + _image_deps(params) + _code("data", "models", "train")
     seeds = list(exp.seeds)
     ablation = Stage(
         "ablation",
@@ -603,9 +608,11 @@ def _add_analysis(st: list[Stage], params: Params, image_deps: tuple[str, ...]) 
         "figures",
         "pcn figures",
         "report",
-        # the attention stage's pictures and the paper's directions are drawn too
+        # the attention stage's pictures, the dense tasks' qualitative pictures and the
+        # paper's directions are drawn too
         deps=_instance_paths(st, None, "metrics")
         + _instance_paths(st, None, "plots")
+        + tuple(o for s in st if s.topic == "transfer" for o in s.outs)
         + ("results/attention", "paper/numbers.yaml")
         + _code("analysis"),
         outs=("reports/figures",),

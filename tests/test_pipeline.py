@@ -352,29 +352,6 @@ def test_changing_one_param_reruns_only_its_downstream(smk_project):
     assert rules == {"evaluate", "figures", "report"}, rules
 
 
-def add_variant(project: Path) -> None:
-    params = project / "params.yaml"
-    raw = yaml.safe_load(params.read_text())
-    raw["experiments"]["variants"]["no_se"] = {"se": False}
-    params.write_text(yaml.safe_dump(raw, sort_keys=False))
-    check(run([str(BIN / "pcn"), "dag"], project))
-
-
-def test_adding_a_variant_adds_exactly_its_stages(smk_project, dvc_project):
-    add_variant(dvc_project)
-    # `dvc status` (not `repro --dry`, which stops at the first missing input) lists the
-    # stages whose inputs changed: the new instance, and the summary that reads it.
-    status = check(run([str(BIN / "dvc"), "status"], dvc_project))
-    changed = set(re.findall(r"^(\S+):\s*$", status, re.M))
-    assert {s for s in changed if "@" in s} == {"ablation@no_se-0"}, changed
-    assert changed - {"ablation@no_se-0"} <= {"summarize", "figures", "report"}, changed
-
-    project, _ = smk_project
-    add_variant(project)
-    smk = check(run([str(BIN / "snakemake"), "-n", "--cores", "2"], project))
-    assert re.findall(r"wildcards: (.*)", smk) == ["variant=no_se, seed=0"]
-
-
 @pytest.fixture
 def dvc_copy(dvc_project, tmp_path):
     """A copy of the DVC project (cache included) that a test may change."""
@@ -445,13 +422,45 @@ def test_every_file_a_stage_opens_is_declared(smk_project):
             one = stage.instance(wc)
             declared[stage.instance_name(wc)] = set(one.deps) | set(one.all_paths())
     records = [json.loads(f.read_text()) for f in (project.parent / "audit").glob("*.json")]
-    seen: dict[str, set[str]] = {}
+    read: dict[str, set[str]] = {}
+    written: dict[str, set[str]] = {}
     for r in records:
         if r["stage"] in declared:
-            seen.setdefault(r["stage"], set()).update(r["opened"])
-    assert set(seen) == set(declared), f"stages without an audit record: {set(declared) - set(seen)}"
+            read.setdefault(r["stage"], set()).update(r["read"])
+            written.setdefault(r["stage"], set()).update(r["written"])
+    assert set(read) == set(declared), f"stages without an audit record: {set(declared) - set(read)}"
     undeclared = {
-        stage: sorted(p for p in opened if not p.startswith(UNDECLARED_OK) and not _declared(p, declared[stage]))
-        for stage, opened in seen.items()
+        stage: sorted(
+            p
+            for p in paths
+            if not p.startswith(UNDECLARED_OK)
+            and p not in written[stage]  # what the stage wrote itself and read back
+            and not _declared(p, declared[stage])
+        )
+        for stage, paths in read.items()
     }
     assert not {s: v for s, v in undeclared.items() if v}, undeclared
+
+
+# Last: it changes both projects' params (a new variant), which the tests above must not see.
+def add_variant(project: Path) -> None:
+    params = project / "params.yaml"
+    raw = yaml.safe_load(params.read_text())
+    raw["experiments"]["variants"]["no_se"] = {"se": False}
+    params.write_text(yaml.safe_dump(raw, sort_keys=False))
+    check(run([str(BIN / "pcn"), "dag"], project))
+
+
+def test_adding_a_variant_adds_exactly_its_stages(smk_project, dvc_project):
+    add_variant(dvc_project)
+    # `dvc status` (not `repro --dry`, which stops at the first missing input) lists the
+    # stages whose inputs changed: the new instance, and the summary that reads it.
+    status = check(run([str(BIN / "dvc"), "status"], dvc_project))
+    changed = set(re.findall(r"^(\S+):\s*$", status, re.M))
+    assert {s for s in changed if "@" in s} == {"ablation@no_se-0"}, changed
+    assert changed - {"ablation@no_se-0"} <= {"summarize", "figures", "report"}, changed
+
+    project, _ = smk_project
+    add_variant(project)
+    smk = check(run([str(BIN / "snakemake"), "-n", "--cores", "2"], project))
+    assert re.findall(r"wildcards: (.*)", smk) == ["variant=no_se, seed=0"]
