@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import submitit
 
+from pcn.tracking import system_metrics
 from pcn.train.lock import trainer_lock
 
 if TYPE_CHECKING:  # keeps torch out of this module's import (the stage imports it to submit)
@@ -131,7 +132,10 @@ class TransferTask(submitit.helpers.Checkpointable):
         D.init(env, D.pick_device(self.job.device, env), self.job.dist_timeout_s)
         try:
             # rank 0 holds the results folder: a second trainer on it is refused
-            with trainer_lock(self.job.work_dir, self.job.stage) if env.is_main else contextlib.nullcontext():
+            with (
+                trainer_lock(self.job.work_dir, self.job.stage) if env.is_main else contextlib.nullcontext(),
+                system_metrics(self.job.mlflow_run_id, self.job.mlflow_uri, enabled=env.is_main),
+            ):
                 result = run(self.job, env, stop=flag)
         finally:
             D.shutdown()
