@@ -40,7 +40,7 @@ def test_params_prints_one_scales_resolved_recipe_without_changing_the_file():
 
     import yaml
 
-    from pcn.config import GRID_STUDIES, resolve
+    from pcn.config import GRID_STUDIES, RUN_RECIPES, resolve
 
     params_file = Path(__file__).resolve().parents[1] / "params.yaml"
     before = params_file.read_bytes()
@@ -55,7 +55,11 @@ def test_params_prints_one_scales_resolved_recipe_without_changing_the_file():
     assert printed["scale"] == "study" and "scales" not in printed
     assert printed["experiments"]["seeds"] == study.experiments.seeds
     for name in GRID_STUDIES:  # every comparison's whole recipe, not its changes
-        assert printed["experiments"]["train_by_study"][name] == study.experiments.train_for(name).model_dump()
+        shown = printed["experiments"]["train_by_study"][name]
+        runs = RUN_RECIPES.get(name, ())  # a run's own recipe is shown beside it (multiclass@finetuned)
+        assert {k: v for k, v in shown.items() if k not in runs} == study.experiments.train_for(name).model_dump()
+        for run in runs:
+            assert shown[run] == study.experiments.train_for(name, run).model_dump()
     ablation = printed["experiments"]["train_by_study"]["ablation"]
     assert (ablation["epochs"], ablation["batch_size"], ablation["aug"]["scale_min"]) == (16, 32, 0.8)
 
