@@ -19,10 +19,9 @@ import contextlib
 import logging
 import tempfile
 from pathlib import Path
-from urllib.parse import urlparse
 
 from pcn.errors import UserError
-from pcn.tracking import PROXIED_ROOT, RunLogger, artifacts_dir, one_line, store_problem, turn_off
+from pcn.tracking import RunLogger, local_artifacts, one_line, store_problem, turn_off
 from pcn.tracking import client as mlflow_client
 
 MODEL_ARTIFACT = "model"  # the model's folder among the run's artifacts
@@ -147,10 +146,8 @@ def load_version(version, tracking: str):
     import mlflow.pytorch
     from mlflow.models import get_model_info
 
-    root = artifacts_dir(tracking)
-    if root is not None and version.source.startswith(PROXIED_ROOT):
-        local = root / urlparse(version.source).path.lstrip("/")  # a SQLite store: the files are on disk
-    else:
+    local = local_artifacts(version.source, tracking)  # a SQLite store: the files are on disk
+    if local is None:
         local = Path(mlflow.artifacts.download_artifacts(version.source, tracking_uri=tracking))
     img_size = int(get_model_info(str(local)).signature.inputs.inputs[0].shape[-1])
     return mlflow.pytorch.load_model(str(local), map_location="cpu"), img_size

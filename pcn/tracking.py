@@ -71,6 +71,16 @@ def artifacts_dir(uri: str) -> Path | None:
     return Path(uri.removeprefix("sqlite:///").split("?")[0]).parent / "mlartifacts"
 
 
+def local_artifacts(artifact_uri: str, uri: str) -> Path | None:
+    """Where a proxied ``mlflow-artifacts:`` URI of a sqlite store's run lies on disk (the
+    layout MLflow's server uses under ``mlartifacts/``); None for a server's store, whose
+    artifacts MLflow's client moves itself."""
+    root = artifacts_dir(uri)
+    if root is None or not artifact_uri.startswith(PROXIED_ROOT):
+        return None
+    return root / urlparse(artifact_uri).path.lstrip("/")
+
+
 def client(uri: str):
     """A client of ``uri``, or :class:`TrackingOff` when the store failed its probe.  Not
     ``mlflow.set_tracking_uri``: that also sets MLFLOW_TRACKING_URI in this process's
@@ -339,13 +349,13 @@ class RunLogger:
     def _log_artifact(self, client, path: Path, artifact_path: str | None) -> None:
         if self._artifact_uri is None:
             self._artifact_uri = client.get_run(self.run_id).info.artifact_uri
-        root = artifacts_dir(self.uri)
-        if root is None or not self._artifact_uri.startswith(PROXIED_ROOT):
+        local = local_artifacts(self._artifact_uri, self.uri)
+        if local is None:
             client.log_artifact(self.run_id, str(path), artifact_path)
             return
         # MLflow's client uploads to mlflow-artifacts: URIs through a server only; with the
         # store on disk, copy to where the server will look (the same layout as MLflow's).
-        dest = root / urlparse(self._artifact_uri).path.lstrip("/") / (artifact_path or "")
+        dest = local / (artifact_path or "")
         dest.mkdir(parents=True, exist_ok=True)
         if path.is_dir():
             shutil.copytree(path, dest / path.name, dirs_exist_ok=True)

@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from pcn import frontend
-from pcn.config import Params, load_params, raw_params
+from pcn.config import Params, load_params
 from pcn.errors import UserError
 from pcn.file_audit import AUDIT_DIR_ENV, AUDIT_STAGE_ENV
 from pcn.io import write_json
 from pcn.machine import describe
-from pcn.stages import FFCV_DIR, dvc_yaml, stage_record
+from pcn.stages import FFCV_DIR, build_stages, stage_record
 from pcn.tracking import RunLogger, stage_run, tracking_uri
 
 # Where submitit keeps each launched job's logs and pickles, one folder per stage
@@ -118,11 +118,12 @@ def refuse_stale_dvc_yaml(params_path: str, params: Params) -> None:
     a variant or the scale), whose instances the steps no longer agree with."""
     import yaml
 
-    def shape(text: str) -> dict:
-        return {name: entry.get("matrix") for name, entry in (yaml.safe_load(text) or {}).get("stages", {}).items()}
-
     dvc_file = Path(params_path).parent / "dvc.yaml"
-    if not dvc_file.is_file() or shape(dvc_file.read_text()) != shape(dvc_yaml(params, raw_params(params_path))):
+    written = yaml.safe_load(dvc_file.read_text()) if dvc_file.is_file() else None
+    shape = {name: entry.get("matrix") for name, entry in ((written or {}).get("stages") or {}).items()}
+    # the table's shape as dvc_yaml writes it (a matrix: its values as lists)
+    expected = {s.name: {k: list(v) for k, v in s.matrix.items()} or None for s in build_stages(params)}
+    if shape != expected:
         raise UserError(
             f"{dvc_file} is stale for {params_path}: the edit changes the DAG's shape (its stages or "
             "instances); run `pcn dag` (or `pcn run`), then repeat the command"
