@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pcn.config import Params
 from pcn.errors import DatasetError
+from pcn.stages import ffcv_splits
 
 
 def _imagenet(p: Params) -> list[tuple[Path, str]]:
@@ -41,7 +42,7 @@ def _needs(p: Params) -> dict[str, list[tuple[Path, str]]]:
         for folder in COCO_SPLITS.values()
     ]
     needs = {
-        "convert": _imagenet(p) + v2,
+        "convert": _imagenet(p) + (v2 if "v2" in ffcv_splits(p) else []),
         "evaluate": _imagenet(p)[1:] + v2,
         "attention": _imagenet(p),
         "segmentation": ade_needs,

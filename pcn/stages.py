@@ -55,8 +55,9 @@ DVC_HEADER = "# Generated from pcn/stages.py by `pcn dag` -- edit params.yaml or
 
 # --- what each job asks the scheduler for ----------------------------------------------
 
-IMAGENET_TRAIN_IMAGES = 1_281_167
-IMAGENET_IMAGES = IMAGENET_TRAIN_IMAGES + 50_000 + 10_000  # train, val and ImageNet-v2: what convert reads
+# The images of each classification split (ImageNet-1k train and val, ImageNet-v2)
+IMAGENET_SPLIT_IMAGES = {"train": 1_281_167, "val": 50_000, "v2": 10_000}
+IMAGENET_TRAIN_IMAGES = IMAGENET_SPLIT_IMAGES["train"]
 # An assumed, cautious conversion rate per writer process (decoding a full-size JPEG, resizing
 # it to max_resolution, re-encoding it); not measured on ImageNet: the job's time limit is an
 # estimate to check against the first real conversion (launcher.slurm.resources.convert).
@@ -109,15 +110,36 @@ def _loader_job(params: Params) -> Resources:
 
 
 def _convert_job(params: Params) -> Resources:
-    """The FFCV conversion: a core for each writer process; time from the image count."""
+    """The FFCV conversion: a core for each writer process; time from the image count of
+    the splits it converts."""
     workers = max(1, params.data.num_workers)
     if params.data.source == "demo":
         d = params.data.demo
-        images = d.n_classes * (d.train_per_class + 2 * d.val_per_class)
+        per_split = {"train": d.n_classes * d.train_per_class, "val": d.n_classes * d.val_per_class}
+        per_split["v2"] = per_split["val"]
     else:
-        images = IMAGENET_IMAGES
+        per_split = IMAGENET_SPLIT_IMAGES
+    images = sum(per_split[s] for s in ffcv_splits(params))
     minutes = images / (CONVERT_IMAGES_PER_WORKER_S * workers) / 60
     return Resources(workers, 4 + 2 * workers, 10 + math.ceil(TIME_MARGIN * minutes))
+
+
+def ffcv_splits(params: Params) -> tuple[str, ...]:
+    """The classification splits some stage of this scale reads through FFCV, in reading
+    order: training reads train and val (its per-epoch evaluation), ``evaluate`` val and
+    v2.  The conversion writes only these, so no stage waits on a file no one reads (at
+    paper scale ``evaluate.loader: torch`` scores the original JPEGs: v2 is not converted).
+    A folder-reading loader still reads a converted split's list of skipped files."""
+    training = {params.data.loader, params.experiments.loader or params.data.loader}
+    reads = {"train", "val"} if "ffcv" in training else set()
+    if (params.evaluate.loader or params.data.loader) == "ffcv":
+        reads |= {"val", "v2"}
+    return tuple(s for s in IMAGENET_SPLIT_IMAGES if s in reads)
+
+
+def _ffcv_deps(params: Params) -> tuple[str, ...]:
+    """The converted splits' folder, as a dependency of the stages that read it."""
+    return (FFCV_DIR,) if ffcv_splits(params) else ()
 
 
 def _training_job(params: Params) -> Resources:
@@ -288,28 +310,35 @@ def _stages(params: Params) -> list[Stage]:
         )
     image_deps = _image_deps(params)
     # The conversion forks data.num_workers writer processes: it asks for that many cores.
-    add(
-        Stage(
-            "convert",
-            "pcn convert",
-            "data",
-            priority=PRIORITY_CHAIN_HEAD,
-            deps=image_deps + _code("data"),
-            outs=(FFCV_DIR,),
-            metrics=("metrics/convert.json",),
-            threads=max(1, params.data.num_workers),
-            resources=_convert_job(params),
-            params=(
-                "scale",
-                "data.source",
-                "data.root",
-                "data.imagenet",
-                "data.imagenet_v2",
-                "data.ffcv",
-                "data.num_workers",
-            ),
+    # It exists only where some stage reads a .beton (ffcv_splits), and only they wait on it.
+    ffcv = _ffcv_deps(params)
+    if ffcv:
+        add(
+            Stage(
+                "convert",
+                "pcn convert",
+                "data",
+                priority=PRIORITY_CHAIN_HEAD,
+                deps=image_deps + _code("data"),
+                outs=(FFCV_DIR,),
+                metrics=("metrics/convert.json",),
+                threads=max(1, params.data.num_workers),
+                resources=_convert_job(params),
+                params=(
+                    "scale",
+                    "data.source",
+                    "data.root",
+                    "data.imagenet",
+                    "data.imagenet_v2",
+                    "data.ffcv",
+                    "data.num_workers",
+                    # which splits are converted (ffcv_splits)
+                    "data.loader",
+                    "experiments.loader",
+                    "evaluate.loader",
+                ),
+            )
         )
-    )
     if demo:
         add(
             Stage(
@@ -329,7 +358,7 @@ def _stages(params: Params) -> list[Stage]:
             "pretrain",
             "pcn pretrain",
             "train",
-            deps=(FFCV_DIR,) + _code("data", "models", "train"),
+            deps=ffcv + _code("data", "models", "train"),
             outs=(checkpoint_path("pretrain"),),
             metrics=("metrics/pretrain.json",),
             plots=("plots/pretrain.csv",),
@@ -345,7 +374,7 @@ def _stages(params: Params) -> list[Stage]:
             "finetune",
             "pcn finetune",
             "train",
-            deps=(FFCV_DIR, checkpoint_path("pretrain")) + _code("data", "models", "train"),
+            deps=ffcv + (checkpoint_path("pretrain"),) + _code("data", "models", "train"),
             outs=(checkpoint_path("finetune"),),
             metrics=("metrics/finetune.json",),
             plots=("plots/finetune.csv",),
@@ -361,7 +390,7 @@ def _stages(params: Params) -> list[Stage]:
             "evaluate",
             "pcn evaluate",
             "eval",
-            deps=(FFCV_DIR, checkpoint_path(params.evaluate.checkpoint)) + _code("data", "models", "train", "eval"),
+            deps=ffcv + (checkpoint_path(params.evaluate.checkpoint),) + _code("data", "models", "train", "eval"),
             metrics=("metrics/eval.json",),
             params=("scale", "data.loader", "model", "evaluate", "runtime"),
             accelerated=True,
@@ -486,7 +515,7 @@ def _grid_runs(params: Params) -> dict[str, Stage]:
     exp = params.experiments
     exp_params = ("scale",) + EXPERIMENT_PARAMS
     # the grid's loader (memory, torch) may read the image folders instead of the .beton
-    exp_deps = (FFCV_DIR,) + _image_deps(params) + _code("data", "models", "train")
+    exp_deps = _ffcv_deps(params) + _image_deps(params) + _code("data", "models", "train")
     seeds = list(exp.seeds)
     ablation = Stage(
         "ablation",

@@ -352,6 +352,22 @@ def test_convert_writes_train_val_and_v2_and_num_classes_counts_train(imagenet, 
         assert num_classes(load_params(work / "params.yaml")) == 3
 
 
+def test_convert_writes_only_the_splits_a_stage_reads_through_ffcv(imagenet, tmp_path, monkeypatch, capsys):
+    """As at paper scale: evaluate reads the original JPEGs (evaluate.loader torch), so
+    ImageNet-v2 is neither converted nor even needed by the conversion."""
+    pytest.importorskip("ffcv")
+    root = _copy(imagenet, tmp_path)
+    __import__("shutil").rmtree(root / "imagenetv2-matched-frequency")
+    work = _work(tmp_path, root)
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["evaluate"]["loader"] = "torch"
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    rc, errors = _convert(work, monkeypatch, capsys)
+    assert rc == 0 and errors == []
+    assert sorted(p.name for p in (work / "data/ffcv").glob("*.beton")) == ["train.beton", "val.beton"]
+    assert set(json.loads((work / "metrics" / "convert.json").read_text())["splits"]) == {"train", "val"}
+
+
 # --- LOC_val_solution.csv on the fixture ------------------------------------------------------
 
 

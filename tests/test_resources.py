@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import subprocess
 
@@ -122,3 +123,33 @@ def test_dryrun_reads_the_limits_of_a_cluster_that_answers(slurm_cluster, tmp_pa
     assert rc == 2
     assert f"stage convert asks for 10 CPUs per node; partition (default) grants at most {cpus}" in err
     assert "scontrol/sinfo" in err
+
+
+def _with(**loaders) -> object:
+    raw = raw_params()
+    raw["scale"] = "paper"
+    for key, value in loaders.items():
+        section, name = key.split("__")
+        raw["scales"]["paper"].setdefault(section, {})[name] = value
+    return resolve(raw)
+
+
+def test_a_scale_converts_only_the_splits_its_stages_read_and_only_readers_wait_on_them():
+    from pcn.stages import CONVERT_IMAGES_PER_WORKER_S, FFCV_DIR, IMAGENET_SPLIT_IMAGES, TIME_MARGIN, ffcv_splits
+
+    p = paper()
+    assert (p.data.loader, p.evaluate.loader) == ("ffcv", "torch")
+    assert ffcv_splits(p) == ("train", "val")  # training and its per-epoch val; evaluate reads JPEGs
+    demo = resolve(raw_params())
+    assert ffcv_splits(demo) == ("train", "val", "v2")
+    # the job's time follows the images of the converted splits only
+    workers = p.data.num_workers
+    per_minute = CONVERT_IMAGES_PER_WORKER_S * workers * 60
+    minutes = (IMAGENET_SPLIT_IMAGES["train"] + IMAGENET_SPLIT_IMAGES["val"]) / per_minute
+    assert {s.name: s for s in build_stages(p)}["convert"].resources.time_min == 10 + math.ceil(TIME_MARGIN * minutes)
+    # nothing read through FFCV: no conversion, and no stage waits on data/ffcv
+    none = _with(data__loader="torch", experiments__loader="torch")
+    assert ffcv_splits(none) == ()
+    stages = build_stages(none)
+    assert "convert" not in {s.name for s in stages}
+    assert not [s.name for s in stages if FFCV_DIR in s.deps]

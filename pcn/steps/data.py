@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pcn.io import atomic_path
+from pcn.stages import ffcv_splits
 from pcn.steps.common import SPLIT_LAYOUTS, data_paths, setup_torch, stage
 
 
@@ -21,18 +22,19 @@ def make_demo(args) -> int:
 
 
 def convert(args) -> int:
-    """Convert train, val and ImageNetV2 to .beton files, after checking all three:
-    a missing split or a class list that differs from train's is refused before
-    anything is written."""
+    """Convert the classification splits the scale reads through FFCV (train, val,
+    ImageNetV2: ``ffcv_splits``) to .beton files, after checking them: a missing split or
+    a class list that differs from train's is refused before anything is written."""
     from pcn.data.ffcv_io import convert_imagefolder, scan_folder
 
     with stage(args, "convert") as st:
         p, f = st.params, st.params.data.ffcv
         paths = data_paths(p)
-        splits = list(SPLIT_LAYOUTS.items())
-        train_classes = scan_folder(paths["train"]).class_names
-        for split, layout in splits[1:]:
-            scan_folder(paths[split], layout, train_classes)
+        splits = [(split, SPLIT_LAYOUTS[split]) for split in ffcv_splits(p)]
+        train_classes = scan_folder(paths["train"]).class_names  # every split's class list
+        for split, layout in splits:
+            if split != "train":
+                scan_folder(paths[split], layout, train_classes)
         metrics = {}
         with atomic_path(Path(st.out), directory=True) as out:
             for split, layout in splits:
