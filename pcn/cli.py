@@ -133,6 +133,14 @@ def _verb_arguments(verb: str, p: argparse.ArgumentParser) -> None:
             action="store_true",
             help="the short form (CI): the main line and the pretrained transfers, no experiment grid",
         )
+        p.add_argument(
+            "--data-pass",
+            type=int,
+            default=20_000,
+            metavar="N",
+            help="after the DAG, stream N augmented samples through each training loader, no model, "
+            "to catch rare per-image failures (default 20000; 0: skip)",
+        )
     if verb == "track":
         p.add_argument("action", choices=["sync"], help="sync: rebuild MLflow's missing stage runs from the files")
     if verb == "ui":

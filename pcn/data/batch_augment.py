@@ -234,6 +234,15 @@ class Draw:
     magnitude: torch.Tensor  # float64 [N, L], clipped and signed (for SIGNED_OPS)
 
 
+class AugmentFailure(RuntimeError):
+    """An op of the batched recipe raised: names the op and the batch slots it ran on."""
+
+    def __init__(self, op: str, slots: list[int], magnitudes: list[float], exc: BaseException):
+        shown = ", ".join(f"{m:.2f}" for m in magnitudes[:4])
+        super().__init__(f"RandAugment op {op} at magnitude {shown} raised {type(exc).__name__}: {exc}")
+        self.op, self.slots = op, slots
+
+
 class BatchRandAugment:
     """timm's ``RandAugment`` (``rand_augment_transform(policy, hparams)``) on a uint8 batch."""
 
@@ -271,11 +280,25 @@ class BatchRandAugment:
                 idx = torch.nonzero((op == k) & draw.applied[:, layer]).squeeze(1)
                 idx_dev = idx.to(dev)
                 mag = draw.magnitude[idx, layer]
-                out[idx_dev] = apply_op(out[idx_dev], self.ops[k], mag, self.hparams)
+                try:
+                    out[idx_dev] = apply_op(out[idx_dev], self.ops[k], mag, self.hparams)
+                except Exception as exc:  # name the op and the images, not only a kernel's message
+                    raise self._failure(out, idx, self.ops[k], mag, exc) from exc
         return out
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return self.apply(images, self.draw(images.shape[0], generator))
+
+    def _failure(self, images, idx, op: str, mag, exc: BaseException) -> AugmentFailure:
+        """The images of the group that fail alone (on failure only: one call per image)."""
+        culprits = []
+        for j, i in enumerate(idx.tolist()):
+            try:
+                apply_op(images[i : i + 1], op, mag[j : j + 1], self.hparams)
+            except Exception:
+                culprits.append(j)
+        culprits = culprits or list(range(len(idx)))
+        return AugmentFailure(op, [int(idx[j]) for j in culprits], [float(mag[j]) for j in culprits], exc)
 
 
 # --- random erasing -----------------------------------------------------------------------

@@ -109,6 +109,7 @@ class FfcvLoader:
         self.metadata = meta
         self.device = torch.device(device)
         self.train = train
+        self.batch_size = batch_size
 
         image_ops = ffcv_image_pipeline(
             train=train,
@@ -172,6 +173,11 @@ class FfcvLoader:
 
     def set_epoch(self, epoch: int) -> None:
         self._loader.next_epoch = int(epoch)
+
+    def batch_samples(self, epoch: int, step: int) -> list[int]:
+        """The .beton indices of batch ``step`` of ``epoch`` (which images a failure hit)."""
+        order = epoch_order(self.num_samples, epoch=epoch, **self._order_args)
+        return [int(i) for i in order[step * self.batch_size : (step + 1) * self.batch_size]]
 
     def _stop_previous(self) -> None:
         it, self._iterator = self._iterator, None
@@ -248,13 +254,32 @@ class FolderDataset(torch.utils.data.Dataset):
             img = open_rgb(path)  # by content: PNG named .JPEG, CMYK, grayscale
         except Exception as exc:
             raise DatasetError(f"{path}: cannot decode image ({type(exc).__name__}: {exc})") from exc
-        if self.random:
-            in_main = torch.utils.data.get_worker_info() is None
-            with _seeded_rngs(stream_key(self.key, self.epoch, position), fork=in_main):
+        try:
+            if self.random:
+                in_main = torch.utils.data.get_worker_info() is None
+                with _seeded_rngs(stream_key(self.key, self.epoch, position), fork=in_main):
+                    x = self.transform(img)
+            else:
                 x = self.transform(img)
-        else:
-            x = self.transform(img)
+        except Exception as exc:  # a rare op failure must name its op and its image
+            raise DatasetError(f"{path}: {_failing_op(exc.__traceback__)} raised {type(exc).__name__}: {exc}") from exc
         return x, label
+
+
+def _failing_op(tb) -> str:
+    """The innermost augmentation op a traceback went through: timm's RandAugment ops by
+    name and drawn magnitude, else the innermost transform's class."""
+    op, transform = None, "the transform"
+    while tb is not None:
+        frame = tb.tb_frame
+        obj = frame.f_locals.get("self")
+        module = type(obj).__module__.split(".")[0] if obj is not None else ""
+        if obj is not None and isinstance(getattr(obj, "name", None), str) and hasattr(obj, "aug_fn"):
+            op = f"RandAugment op {obj.name} at magnitude {frame.f_locals.get('magnitude', obj.magnitude)}"
+        elif module in ("timm", "torchvision") and not isinstance(obj, FolderDataset):
+            transform = type(obj).__name__
+        tb = tb.tb_next
+    return op or transform
 
 
 class _OrderSampler(torch.utils.data.Sampler):

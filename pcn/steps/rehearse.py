@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -85,6 +86,19 @@ def rehearse(args) -> int:
             f"the rehearsal's DAG failed (exit {rc}) after {seconds:.0f} s; "
             f"see {work}/logs/<stage>.log and {work}/.snakemake/log/"
         )
+    data_pass = None
+    if args.data_pass:
+        from pcn.data.sample_pass import run_pass
+
+        # rare per-image failures: many augmented samples through each training loader
+        with contextlib.chdir(work):  # the workspace's .beton files, read as its stages do
+            data_pass = run_pass(resolve(params, "rehearsal params"), args.data_pass)
+        print(
+            f"rehearse: data pass, {args.data_pass} augmented samples through each of "
+            f"{len(data_pass['loaders'])} training loaders in {data_pass['seconds']:.0f} s: no failure",
+            flush=True,
+        )
+    seconds = time.perf_counter() - t0
     checks = check_shapes(work, data_root, resolve(params).segmentation_classes)
     write_json(
         work / "metrics" / "rehearsal.json",
@@ -93,6 +107,7 @@ def rehearse(args) -> int:
             "engine": "slurm" if slurm else "local",
             "quick": args.quick,
             "data_root": str(data_root),
+            "data_pass": data_pass,
             "checks": {k: {"ok": ok, "found": found} for k, (ok, found) in checks.items()},
         },
     )
