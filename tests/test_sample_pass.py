@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import ROOT, write_tiny_imagefolder
+
 from pcn.config import raw_params, resolve
 from pcn.data.sample_pass import SampleFailure, stream, training_loaders
 
