@@ -1,5 +1,6 @@
 """Every dataset the scale's stages read is looked for before the first stage starts: by
-`pcn run`, `pcn rehearse` and a bare `snakemake` (the Snakefile's onstart)."""
+`pcn run`, `pcn rehearse`, a bare `snakemake` (the Snakefile's onstart) and a bare `dvc repro`
+(the first stage it runs)."""
 
 from __future__ import annotations
 
@@ -87,3 +88,26 @@ def test_a_bare_snakemake_names_a_missing_dataset_before_any_job(datasets, tmp_p
     assert cp.returncode != 0
     assert f"{copy}/coco/val2017: missing; stage detection" in cp.stdout + cp.stderr
     assert not (work / "probe.txt").exists(), "a job ran before the datasets were checked"
+
+
+def test_under_dvc_the_first_stage_names_a_dataset_another_stage_reads(datasets, tmp_path):
+    """A bare `dvc repro` runs `pcn convert` first: it must name COCO's missing val images
+    (read by detection, hours later) before converting anything."""
+    copy = tmp_path / "datasets"
+    shutil.copytree(datasets, copy, symlinks=True)
+    shutil.rmtree(copy / "coco" / "val2017")
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "params.yaml").write_text(yaml.safe_dump(paper_raw(copy)))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "DVC_STAGE": "convert", "MLFLOW_TRACKING_URI": "file:./mlruns"}
+    env.pop("PCN_PIPELINE_RUN_ID", None)
+    subprocess.run([sys.executable, "-m", "pcn.cli", "dag"], cwd=work, env=env, check=True, capture_output=True)
+    cmd = [sys.executable, "-m", "pcn.cli", "convert"]
+    cp = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert cp.returncode == 2, cp.stderr
+    assert (
+        cp.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"pcn convert: error: {copy}/coco/val2017: missing; stage detection")
+    )
+    assert not (work / "data").exists() and not (work / "metrics").exists()

@@ -90,6 +90,11 @@ def stage(
     params = load_params(args.params)
     if os.environ.get("DVC_STAGE"):
         refuse_stale_dvc_yaml(args.params, params)
+        # a bare `dvc repro` has no start hook either: the first stage it runs looks for every
+        # dataset of every stage (a few stat calls), so a missing one is named in seconds
+        from pcn.preflight import check_datasets
+
+        check_datasets(params)
     paths: dict[str, tuple[str, ...]] = {}
     instance = name
     if sections is None:
