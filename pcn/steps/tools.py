@@ -92,6 +92,8 @@ def run_pipeline(args) -> int:
             turn_off(uri, one_line(exc))  # each stage probes again and runs untracked
             run_id = None
         env = {**os.environ, **({PIPELINE_ENV: run_id} if run_id else {})}
+        # the engine, its jobs' `pcn` and DVC from this environment, activated or not
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         extra = [a for a in args.extra if a != "--"]  # everything `pcn run` did not know goes to the engine
         if args.engine == "snakemake":
             cmd = ["snakemake", "--cores", str(args.cores), *extra]
