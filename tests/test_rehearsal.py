@@ -143,3 +143,7 @@ def test_quick_rehearsal_runs_every_main_line_stage_on_a_data_root(tmp_path):
     pretrain = json.loads((work / "metrics" / "pretrain.json").read_text())
     assert pretrain["model"] == "patchconvnet_s60" and pretrain["num_classes"] == 1000
     assert pretrain["world_size"] == params.launcher.tasks  # 2-task DDP on the test cluster
+    # the data-path pass: 20,000 augmented samples through each training loader of the run
+    passed = summary["data_pass"]["loaders"]
+    assert {s for x in passed for s in x["stages"]} == {"pretrain", "finetune"}  # quick: no grid
+    assert all(x["samples"] >= 20_000 and x["loader"] == "ffcv" for x in passed), passed
