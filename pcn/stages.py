@@ -460,8 +460,8 @@ def _stages(params: Params) -> list[Stage]:
 
 def _with_dataset_listings(st: list[Stage], params: Params) -> list[Stage]:
     """Real datasets as dependencies: a stage that lists each dataset the DAG reads
-    (pcn.data.manifest), and each reading stage depending on its datasets' listings."""
-    from pcn.data.manifest import LISTER, manifest_path
+    (pcn.manifest), and each reading stage depending on its datasets' listings."""
+    from pcn.manifest import LISTER, manifest_path
     from pcn.preflight import datasets_read, reads
 
     listings = tuple(manifest_path(d) for d in datasets_read(params, (s.name for s in st)))

@@ -1,6 +1,6 @@
 """A changed file in a real dataset makes the stages that read it stale, in both front ends.
 
-The datasets are dependencies through their stat listings (pcn/data/manifest.py): the
+The datasets are dependencies through their stat listings (pcn/manifest.py): the
 Snakefile's main process refreshes them at every invocation, DVC's always-changed
 ``dataset_manifest`` stage at every ``dvc repro``."""
 
@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from pcn.config import raw_params, resolve
-from pcn.data.manifest import LISTER, manifest_path, refresh, walk
+from pcn.manifest import LISTER, manifest_path, refresh, walk
 from pcn.stages import build_stages, dvc_yaml
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -26,7 +26,7 @@ def manifest(args) -> int:
     MLflow run and no front-end lock: it writes only the listings, atomically, and only the
     changed ones (DVC runs it at every repro)."""
     from pcn.config import load_params
-    from pcn.data.manifest import LISTER, refresh_listings
+    from pcn.manifest import LISTER, refresh_listings
     from pcn.stages import stage_record
 
     params = load_params(args.params)
