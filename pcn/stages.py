@@ -492,7 +492,9 @@ def _every_stage_name(params: Params) -> list[str]:
             "detection": params.detection.model_copy(update={"init": both}),
         }
     )
-    return [x.name for x in _stages(every)]
+    from pcn.manifest import LISTER  # a stage of real data only
+
+    return [LISTER] + [x.name for x in _stages(every)]
 
 
 def _with_own_resources(st: list[Stage], params: Params) -> list[Stage]:

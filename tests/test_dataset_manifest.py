@@ -67,6 +67,19 @@ def test_the_demo_walks_nothing_and_real_data_is_a_dependency_of_its_readers():
     assert entry["outs"][0] == {listings["imagenet"]: {"cache": False, "persist": True}}
 
 
+def test_the_listing_stage_takes_its_own_resources_and_gets_no_mlflow_run(tmp_path):
+    from pcn.track_sync import outputs
+
+    raw = paper_raw(tmp_path)
+    raw["scales"]["paper"].setdefault("launcher", {}).setdefault("slurm", {})["resources"] = {LISTER: {"mem_gb": 2}}
+    params = resolve(raw)
+    assert next(s for s in build_stages(params) if s.name == LISTER).resources.mem_gb == 2
+    listing = tmp_path / manifest_path("imagenet")
+    listing.parent.mkdir(parents=True)
+    listing.write_text("")
+    assert outputs(params, tmp_path) == []  # `pcn track sync` has nothing to add for it
+
+
 @pytest.fixture(scope="module")
 def datasets(tmp_path_factory) -> Path:
     from pcn.data.miniature import write_miniatures
