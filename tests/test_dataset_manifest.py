@@ -119,6 +119,9 @@ def test_a_deleted_val_image_makes_convert_and_what_follows_stale_in_both_front_
     _run([str(BIN / "snakemake"), "--cores", "2", "convert"], work)
     assert "Nothing to be done" in _snakemake_dry(work, "convert")
     assert "up to date" in _dvc(work, "status", "convert")
+    # the snakemake a SLURM job runs (remote mode, re-reading the Snakefile) does not walk
+    assert "dataset listings" not in _run([str(BIN / "snakemake"), "-n", "--mode", "remote", "convert"], work)
+    assert "dataset listings" in _snakemake_dry(work, "convert")
 
     # Snakemake walks the datasets at every invocation: its dry run sees the deletion
     val = sorted((data / "imagenet" / "val").rglob("*.JPEG"))
