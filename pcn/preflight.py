@@ -12,44 +12,70 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pcn.config import Params
+from pcn.config import DATASET_DIRS, Params
 from pcn.errors import DatasetError
 from pcn.stages import ffcv_splits
 
+GRID_RUNS = ("ablation", "resnet_pool", "multiclass", "depth_width")
 
-def _imagenet(p: Params) -> list[tuple[Path, str]]:
-    inet = p.data.path("imagenet")
-    return [
-        (inet / "train", "ImageNet train, one folder per class (<wnid>/*.JPEG)"),
-        (inet / "val", "ImageNet val sorted into class folders (<wnid>/*.JPEG)"),
+
+def reads(p: Params) -> dict[str, tuple[str, ...]]:
+    """stage -> the datasets it reads (DATASET_DIRS keys): the one table of who reads what.
+    check_datasets looks for their folders before the run; their stat listings
+    (pcn.manifest) are the stages' dependencies, so a changed file makes them stale."""
+    out = {
+        "convert": ("imagenet",) + (("imagenet_v2",) if "v2" in ffcv_splits(p) else ()),
+        "evaluate": ("imagenet", "imagenet_v2"),
+        "attention": ("imagenet",),
+        "segmentation": ("ade20k",),
+        "segmentation_scratch": ("ade20k",),
+        "detection": ("coco",),
+        "detection_scratch": ("coco",),
+    }
+    # a folder loader (torch, memory) trains on the images themselves, not on the .beton
+    if p.data.loader != "ffcv":
+        out.update(pretrain=("imagenet",), finetune=("imagenet",))
+    if (p.experiments.loader or p.data.loader) != "ffcv":
+        out.update({name: ("imagenet",) for name in GRID_RUNS})
+    return out
+
+
+def datasets_read(p: Params, stage_names) -> list[str]:
+    """The datasets the named stages read, in DATASET_DIRS order."""
+    table = reads(p)
+    read = {d for name in stage_names for d in table.get(name, ())}
+    return [d for d in DATASET_DIRS if d in read]
+
+
+def _dataset_needs(p: Params, dataset: str) -> list[tuple[Path, str]]:
+    """[(path, what it must be)] of one dataset, in its official layout."""
+    root = p.data.path(dataset)
+    if dataset == "imagenet":
+        return [
+            (root / "train", "ImageNet train, one folder per class (<wnid>/*.JPEG)"),
+            (root / "val", "ImageNet val sorted into class folders (<wnid>/*.JPEG)"),
+        ]
+    if dataset == "imagenet_v2":
+        return [(root, "ImageNet-v2 matched-frequency, one folder per class index (0..999)")]
+    if dataset == "ade20k":
+        return [
+            (root / kind / split, f"ADE20k {kind}/{split}/")
+            for kind in ("images", "annotations")
+            for split in ("training", "validation")
+        ]
+    from pcn.transfer.datasets import COCO_SPLITS
+
+    return [(root / folder, f"COCO {folder}/ images") for folder in COCO_SPLITS.values()] + [
+        (root / "annotations" / f"instances_{folder}.json", f"COCO's {folder} instances")
+        for folder in COCO_SPLITS.values()
     ]
 
 
 def _needs(p: Params) -> dict[str, list[tuple[Path, str]]]:
     """stage -> [(path, what it must be)] for the stages that read datasets."""
     from pcn.analysis.attention import LOC_CSV, VOC_DIR
-    from pcn.transfer.datasets import COCO_SPLITS
 
-    v2 = [(p.data.path("imagenet_v2"), "ImageNet-v2 matched-frequency, one folder per class index (0..999)")]
-    ade, coco = p.data.path("ade20k"), p.data.path("coco")
-    ade_needs = [
-        (ade / kind / split, f"ADE20k {kind}/{split}/")
-        for kind in ("images", "annotations")
-        for split in ("training", "validation")
-    ]
-    coco_needs = [(coco / folder, f"COCO {folder}/ images") for folder in COCO_SPLITS.values()] + [
-        (coco / "annotations" / f"instances_{folder}.json", f"COCO's {folder} instances")
-        for folder in COCO_SPLITS.values()
-    ]
-    needs = {
-        "convert": _imagenet(p) + (v2 if "v2" in ffcv_splits(p) else []),
-        "evaluate": _imagenet(p)[1:] + v2,
-        "attention": _imagenet(p),
-        "segmentation": ade_needs,
-        "segmentation_scratch": ade_needs,
-        "detection": coco_needs,
-        "detection_scratch": coco_needs,
-    }
+    needs = {stage: [n for d in datasets for n in _dataset_needs(p, d)] for stage, datasets in reads(p).items()}
     if p.attention.require_boxes:
         inet = p.data.path("imagenet")
         needs["attention"] = needs["attention"] + [

@@ -173,6 +173,9 @@ class Stage:
     report: dict[str, str] = field(default_factory=dict)  # out -> category in `snakemake --report`
     priority: int = PRIORITY_ANY_TIME  # Snakemake starts higher first: see the PRIORITY_* constants
     resources: Resources = Resources(1, 4, 30)  # its job on a cluster: the table gives each stage its own
+    # DVC reruns it at every repro (a stat walk; DVC has no start hook); its outs are uncached
+    # and persist, so their content and time change only when the walk's result does
+    always_changed: bool = False
 
     def instances(self) -> list[dict[str, str]]:
         """One wildcard assignment per stage instance ([{}] for a plain stage)."""
@@ -452,7 +455,29 @@ def _stages(params: Params) -> list[Stage]:
     if exp.enabled:
         _add_grid(st, params)
     _add_analysis(st, params, image_deps)
-    return st
+    return st if demo else _with_dataset_listings(st, params)
+
+
+def _with_dataset_listings(st: list[Stage], params: Params) -> list[Stage]:
+    """Real datasets as dependencies: a stage that lists each dataset the DAG reads
+    (pcn.manifest), and each reading stage depending on its datasets' listings."""
+    from pcn.manifest import LISTER, manifest_path
+    from pcn.preflight import datasets_read, reads
+
+    listings = tuple(manifest_path(d) for d in datasets_read(params, (s.name for s in st)))
+    lister = Stage(
+        LISTER,
+        "pcn manifest",
+        "data",
+        outs=listings,
+        params=("data.source", "data.root", "data.imagenet", "data.imagenet_v2", "data.ade20k", "data.coco"),
+        priority=PRIORITY_CHAIN_HEAD,
+        resources=_light(params),
+        always_changed=True,
+    )
+    table = reads(params)
+    read = [replace(s, deps=s.deps + tuple(manifest_path(d) for d in table.get(s.name, ()))) for s in st]
+    return [lister, *read]
 
 
 def _every_stage_name(params: Params) -> list[str]:
@@ -467,7 +492,9 @@ def _every_stage_name(params: Params) -> list[str]:
             "detection": params.detection.model_copy(update={"init": both}),
         }
     )
-    return [x.name for x in _stages(every)]
+    from pcn.manifest import LISTER  # a stage of real data only
+
+    return [LISTER] + [x.name for x in _stages(every)]
 
 
 def _with_own_resources(st: list[Stage], params: Params) -> list[Stage]:
@@ -735,7 +762,10 @@ def dvc_yaml(params: Params, raw: dict) -> str:
             entry["deps"] = [_dvc_fmt(d, keys) for d in s.deps]
         entry["params"] = [_dvc_fmt(k, keys) for k in _param_keys(s, raw, params.scale)]
         if s.outs:
-            entry["outs"] = [_dvc_fmt(o, keys) for o in s.outs]
+            flags = {"cache": False, "persist": True} if s.always_changed else None
+            entry["outs"] = [{_dvc_fmt(o, keys): flags} if flags else _dvc_fmt(o, keys) for o in s.outs]
+        if s.always_changed:
+            entry["always_changed"] = True
         if s.metrics:
             entry["metrics"] = [{_dvc_fmt(m, keys): {"cache": False}} for m in s.metrics]
         if s.plots:

@@ -64,6 +64,8 @@ def outputs(params: Params, root: Path = Path(".")) -> list[Output]:
     without one (figures, report) its first output."""
     found = []
     for stage in build_stages(params):
+        if stage.always_changed:
+            continue  # the dataset listings: a dependency's fingerprint, not a result; no run
         for wc in stage.instances():
             one = stage.instance(wc)
             record = root / (one.metrics or one.outs)[0]

@@ -10,6 +10,10 @@ writes the stage's declared outputs (pcn.stages) atomically.
 # module each stage runs, so that a stage depends on its own code.
 VERBS: dict[str, tuple[str, str]] = {
     "make-demo": ("pcn.steps.data:make_demo", "synthesise the demo datasets (ImageNet, ADE20k, COCO layouts)"),
+    "manifest": (
+        "pcn.steps.data:manifest",
+        "refresh the stat listing (path, size, mtime) of each real dataset the DAG reads",
+    ),
     "convert": ("pcn.steps.data:convert", "convert the ImageFolder splits to FFCV .beton files"),
     "pixel-baseline": ("pcn.steps.data:pixel_baseline", "linear classifier on average-pooled raw pixels"),
     "pretrain": ("pcn.steps.train:pretrain", "pretrain the model (local or SLURM through submitit)"),

@@ -21,6 +21,19 @@ def make_demo(args) -> int:
     return 0
 
 
+def manifest(args) -> int:
+    """The dataset_manifest stage: refresh the listing of each dataset its record names.  No
+    MLflow run and no front-end lock: it writes only the listings, atomically, and only the
+    changed ones (DVC runs it at every repro)."""
+    from pcn.config import load_params
+    from pcn.manifest import LISTER, refresh_listings
+    from pcn.stages import stage_record
+
+    params = load_params(args.params)
+    print(refresh_listings(params, stage_record(LISTER, params)))
+    return 0
+
+
 def convert(args) -> int:
     """Convert the classification splits the scale reads through FFCV (train, val,
     ImageNetV2: ``ffcv_splits``) to .beton files, after checking them: a missing split or
