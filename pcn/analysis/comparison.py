@@ -98,12 +98,12 @@ def top1_title(entry: dict) -> str:
     return f"ImageNet top-1 (%), {entry['resolution']} px{pre}" if entry.get("resolution") else "ImageNet top-1 (%)"
 
 
-def _zoo_top1(entry: dict, params, metrics: Metrics, imagenet: bool, not_imagenet: str) -> tuple:
+def _zoo_top1(entry: dict, where: str, params, metrics: Metrics, imagenet: bool, not_imagenet: str) -> tuple:
     """The comparison row of a model-zoo top-1: compared only at the row's resolution and pretraining."""
     model, res = entry["model"], entry.get("resolution")
     row = (top1_title(entry), model, entry["top1"], entry["source"])
     ev = metrics.load("metrics/eval.json") or {}
-    other = pretraining_mismatch(protocol_field(entry, "pretraining", PRETRAINING, f"model_zoo {model}"))
+    other = pretraining_mismatch(protocol_field(entry, "pretraining", PRETRAINING, where))
     if other:
         return (*row, None, "top1", f"{other} (released checkpoints are compared below)", False, NOT_COMPARABLE)
     if not imagenet or params.model.name != model or not ev:
@@ -290,14 +290,14 @@ def comparison_table(paper: dict, params, metrics: Metrics, runs: RunIndex) -> T
         rows.append([quantity, model, paper_value, source, shown, describe_tolerance(tol), status, run, note])
 
     not_imagenet = f"ImageNet accuracy: this run trains on {params.data.source} data ({scale} scale)"
-    for entry in paper.get("model_zoo", []):
+    for at, entry in enumerate(paper.get("model_zoo", [])):
         model, src = entry["model"], entry["source"]
         i = _complexity_row(metrics, model)
         for q in ("top1", "params_m", "gmacs", "throughput", "peak_mem_mb"):
             if q not in entry:
                 continue
             if q == "top1":
-                add(*_zoo_top1(entry, params, metrics, imagenet, not_imagenet))
+                add(*_zoo_top1(entry, f"model_zoo[{at}]", params, metrics, imagenet, not_imagenet))
                 for rel in released_files(metrics):
                     if released_row(paper, metrics.load(rel)) is entry:
                         add(*_released_top1(entry, rel, metrics))
