@@ -817,18 +817,21 @@ def test_two_rank_ddp_through_the_local_launcher(tiny_data, tmp_path, task):
     from pcn.train.launch import launch
     from pcn.transfer import TransferTask
 
-    # Segmentation: 2 images per rank, as at paper scale (BatchNorm on the CPU is per rank).
+    # Segmentation: 2 images per rank, as at paper scale (BatchNorm on the CPU is per rank), with
+    # the paper's auxiliary head and both tests.
     per_rank = 2 if task == "segmentation" else 1
-    job = _job(task, "scratch", tiny_data, tmp_path, iters=2, batch_size=2 * per_rank)
+    extra = {"aux_loss_weight": 0.4, "multiscale_flip_test": True} if task == "segmentation" else {}
+    job = _job(task, "scratch", tiny_data, tmp_path, iters=2, batch_size=2 * per_rank, **extra)
     m = launch(TransferTask(job), LauncherConfig(kind="local", tasks=2), tmp_path / "logs", echo=lambda _: None)
     assert m["ranks"] == 2 and m["batch_per_rank"] == per_rank
     assert len(Path(job.plots_path).read_text().splitlines()) == 1 + 2
     assert not job.work_dir.exists()
     if task == "segmentation":
-        conf, names = _rescore_segmentation(m)
-        assert len(names) == 4  # both shards' predictions, every val image once
-        tp = np.diag(conf)
-        assert m["aAcc"] == pytest.approx(tp.sum() / conf.sum() * 100, abs=1e-9)
+        for key, folder in (("aAcc", "predictions_dir"), ("aAcc_ms_flip", "predictions_dir_ms_flip")):
+            conf, names = _rescore_segmentation({**m, "predictions_dir": m[folder]})
+            assert len(names) == 4  # both shards' predictions, every val image once
+            tp = np.diag(conf)
+            assert m[key] == pytest.approx(tp.sum() / conf.sum() * 100, abs=1e-9)
     else:
         results = json.loads(Path(m["results_file"]).read_text())
         assert {r["image_id"] for r in results} == {139, 285, 431, 577}  # both shards' images
