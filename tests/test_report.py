@@ -392,6 +392,7 @@ def test_a_transfer_row_of_another_protocol_is_not_comparable(tmp_path, monkeypa
         row = by[key]
         assert row[6] == D.NOT_COMPARABLE and row[4] == S.NONE and why in row[8], (key, row[8])
     assert "measured here: single-scale 21.5" in by[("ADE20k mIoU (UperNet), multi-scale+flip", 49.3)][8]
+    assert "does not state its test protocol" in by[("ADE20k mIoU (UperNet)", 49.3)][8]  # every reason is given
     # the multi-scale + flip row is compared once the run scored that protocol
     _write(tmp_path, "metrics/segmentation.json", {"mIoU": 21.5, "mIoU_ms_flip": 49.31, "mAcc": 30.25, "aAcc": 90.5})
     rows = _rows(R.build_report(tmp_path, _params("paper"), paper))

@@ -234,12 +234,13 @@ def _transfer_row(
     if not scored:
         return (*row, None, tol_key, f"{rel} not found (the stage has not run)", False)
     if test is None:
-        why = "the paper's row does not state its test protocol (single- or multi-scale)"
+        test_why = "the paper's row does not state its test protocol (single- or multi-scale)"
     elif test not in scored:
-        why = f"the paper's row is {test}, this run scored {', '.join(scored)} only"
+        test_why = f"the paper's row is {test}, this run scored {', '.join(scored)} only"
     else:
-        why = None
-    why = pretraining_mismatch(pre) or why or (None if paper_value is not None else "no paper value in the sources")
+        test_why = None
+    value_why = None if paper_value is not None else "no paper value in the sources"
+    why = "; ".join(filter(None, (pretraining_mismatch(pre), test_why, value_why)))  # every reason
     if why:
         here = "; ".join(f"{t} {metrics.get(rel, k, '.1f')}" for t, k in scored.items())
         return (*row, None, tol_key, f"{why}: not compared (measured here: {here})", False, NOT_COMPARABLE)
