@@ -67,6 +67,7 @@ def run_one(scale: str, spec: str, work: str) -> dict:
         seed=p.seed if seed is None else seed,
         threads=1,
         device="cpu",
+        num_workers=p.data.num_workers,  # as the stage: the workers draw the augmentations
         stage=name,
         resume=False,
     )
