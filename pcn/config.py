@@ -314,7 +314,7 @@ class SegmentationConfig(DenseTaskConfig):
         description="ce: UperNet's cross-entropy; weighted_ce_dice: class-weighted CE + Dice (short demo runs)",
     )
     aux_loss_weight: float = Field(
-        0.4,
+        0.0,
         ge=0.0,
         description="weight of the auxiliary FCN head's loss (mmseg's UperNet: 0.4 on the stride-16 level, "
         "training only); 0: no auxiliary head",
