@@ -313,6 +313,17 @@ class SegmentationConfig(DenseTaskConfig):
         "weighted_ce_dice",
         description="ce: UperNet's cross-entropy; weighted_ce_dice: class-weighted CE + Dice (short demo runs)",
     )
+    aux_loss_weight: float = Field(
+        0.0,
+        ge=0.0,
+        description="weight of the auxiliary FCN head's loss (mmseg's UperNet: 0.4 on the stride-16 level, "
+        "training only); 0: no auxiliary head",
+    )
+    multiscale_flip_test: bool = Field(
+        False,
+        description="also score mmseg's multi-scale + flip test (ratios 0.5-1.75, each flipped) as mIoU_ms_flip; "
+        "the single-scale mIoU is always scored",
+    )
 
 
 class DetectionConfig(DenseTaskConfig):

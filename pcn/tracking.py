@@ -254,7 +254,7 @@ def end_pipeline_run(params, status: str) -> None:
 # run too, so the runs table shows them as columns without expanding it.
 HEADLINE_METRICS = {
     "metrics/eval.json": ("top1", "v2_top1"),
-    "metrics/segmentation.json": ("mIoU",),
+    "metrics/segmentation.json": ("mIoU", "mIoU_ms_flip"),
     "metrics/detection.json": ("bbox_AP", "segm_AP"),
 }
 

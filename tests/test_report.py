@@ -342,6 +342,87 @@ def test_top1_is_compared_only_at_the_rows_resolution(tmp_path, monkeypatch):
     assert resnet[6] == D.NOT_COMPARABLE and "grid evaluates at 32 px" in resnet[8]
 
 
+def _transfer_rows(root: Path, rows: dict) -> Path:
+    """paper/numbers.yaml with its transfer tables replaced by ``rows``."""
+    paper = yaml.safe_load((ROOT / "paper" / "numbers.yaml").read_text())
+    for key in ("ade20k_upernet_miou", "coco_maskrcnn_box_ap", "coco_maskrcnn_mask_ap"):
+        paper[key] = rows.get(key, [])
+    path = root / "numbers.yaml"
+    path.write_text(yaml.safe_dump(paper, allow_unicode=True))
+    return path
+
+
+def test_a_transfer_row_of_another_protocol_is_not_comparable(tmp_path, monkeypatch):
+    """A transfer number sits beside a paper row only for the row's model, pretraining data and
+    test protocol; another or an unstated protocol is *not comparable*, never *differs*."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    write_fixture_run(tmp_path, evidence=True, imagenet=True)  # mIoU 21.5, box AP 15.5, mask AP 14.0
+    s60 = {"model": "patchconvnet_s60", "source": "test"}
+    paper = _transfer_rows(
+        tmp_path,
+        {
+            "ade20k_upernet_miou": [
+                {**s60, "value": 21.5, "pretraining": "imagenet1k", "test": "single-scale"},
+                {**s60, "value": 49.3, "pretraining": "imagenet21k", "test": "single-scale"},
+                {**s60, "value": 49.3, "pretraining": "imagenet1k", "test": "multi-scale+flip"},
+                {**s60, "value": 49.3, "pretraining": None, "test": None},
+            ],
+            "coco_maskrcnn_box_ap": [{**s60, "value": 46.4, "pretraining": "imagenet1k", "test": "single-scale"}],
+            "coco_maskrcnn_mask_ap": [
+                {**s60, "value": 14.0, "pretraining": "imagenet1k", "test": "single-scale"},
+                {**s60, "value": None, "pretraining": "imagenet1k", "test": "single-scale"},
+            ],
+        },
+    )
+    report = R.build_report(tmp_path, _params("paper"), paper)
+    rows = [r for r in report.comparison.rows if str(r[0]).startswith(("ADE20k", "COCO"))]
+    by = {(str(r[0]), r[2]): r for r in rows}
+    same = by[("ADE20k mIoU (UperNet), single-scale", 21.5)]
+    assert same[6] == D.REPRODUCED and same[4].value == 21.5 and same[4].key == "mIoU"
+    box = by[("COCO box AP (Mask R-CNN), single-scale", 46.4)]
+    assert box[6] == D.DIFFERS and box[4].value == 15.5  # same protocol, another number: differs
+    mask = by[("COCO mask AP (Mask R-CNN), single-scale", 14.0)]
+    assert mask[6] == D.REPRODUCED and mask[4].key == "segm_AP"
+    for key, why in (
+        (("ADE20k mIoU (UperNet), single-scale, ImageNet-21k pretraining", 49.3), "pretrained on ImageNet-21k"),
+        (("ADE20k mIoU (UperNet), multi-scale+flip", 49.3), "this run scored single-scale only"),
+        (("ADE20k mIoU (UperNet)", 49.3), "does not state its pretraining data"),
+        (("COCO mask AP (Mask R-CNN), single-scale", S.NONE), "no paper value"),
+    ):
+        row = by[key]
+        assert row[6] == D.NOT_COMPARABLE and row[4] == S.NONE and why in row[8], (key, row[8])
+    assert "measured here: single-scale 21.5" in by[("ADE20k mIoU (UperNet), multi-scale+flip", 49.3)][8]
+    assert "does not state its test protocol" in by[("ADE20k mIoU (UperNet)", 49.3)][8]  # every reason is given
+    # the multi-scale + flip row is compared once the run scored that protocol
+    _write(tmp_path, "metrics/segmentation.json", {"mIoU": 21.5, "mIoU_ms_flip": 49.31, "mAcc": 30.25, "aAcc": 90.5})
+    rows = _rows(R.build_report(tmp_path, _params("paper"), paper))
+    ms = rows[("ADE20k mIoU (UperNet), multi-scale+flip", "patchconvnet_s60")]
+    assert ms[6] == D.REPRODUCED and ms[4].key == "mIoU_ms_flip"
+
+
+def test_a_transfer_protocol_outside_the_vocabulary_is_refused_naming_its_key(tmp_path, monkeypatch):
+    from pcn.errors import UserError
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    write_fixture_run(tmp_path, imagenet=True)
+    row = {"model": "patchconvnet_s60", "value": 49.3, "pretraining": "imagenet22k", "test": None, "source": "x"}
+    paper = _transfer_rows(tmp_path, {"ade20k_upernet_miou": [row]})
+    with pytest.raises(UserError) as err:
+        R.build_report(tmp_path, _params("paper"), paper)
+    assert str(err.value) == (
+        "paper/numbers.yaml: ade20k_upernet_miou[0].pretraining = 'imagenet22k': expected imagenet1k, "
+        "imagenet21k or null (not stated)"
+    )
+
+
+def test_the_committed_transfer_rows_state_their_protocol():
+    paper = yaml.safe_load((ROOT / "paper" / "numbers.yaml").read_text())
+    for key in ("ade20k_upernet_miou", "coco_maskrcnn_box_ap", "coco_maskrcnn_mask_ap"):
+        assert paper[key], key
+        for row in paper[key]:
+            assert {"model", "value", "pretraining", "test", "source"} <= set(row), (key, row)
+
+
 def test_released_checkpoints_sit_on_their_model_zoo_rows(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     write_fixture_run(tmp_path)

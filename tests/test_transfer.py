@@ -294,6 +294,79 @@ def test_upernet_logits_at_input_size():
     assert model(torch.randn(2, 3, 80, 112)).shape == (2, 5, 80, 112)
 
 
+def _paper_segmentation() -> dict:
+    """The paper scale's resolved segmentation section."""
+    import yaml
+
+    from pcn.config import resolve
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["scale"] = "paper"
+    return resolve(raw).segmentation.model_dump()
+
+
+def test_upernet_aux_head_at_paper_settings(tiny_data, tmp_path):
+    """At paper scale UperNet trains mmseg's auxiliary FCN head on the stride-16 level, and its
+    loss enters the total with weight 0.4; in eval mode only the decode head's logits come out."""
+    from pcn.transfer.segmentation import IGNORE_TARGET, build_model, segmentation_loss
+
+    paper = _paper_segmentation()
+    assert paper["aux_loss_weight"] == 0.4
+    job = _job("segmentation", "scratch", tiny_data, tmp_path, aux_loss_weight=paper["aux_loss_weight"])
+    model, _ = build_model(job, ADE_CLASSES)
+    assert model.aux_head is not None
+    assert model.aux_head.conv[0].in_channels == model.backbone.out_channels[2]  # mmseg's in_index 2
+    x = torch.randn(2, 3, 64, 80)
+    model.train()
+    logits, aux = model(x)
+    assert logits.shape == aux.shape == (2, ADE_CLASSES, 64, 80)
+    target = torch.randint(0, ADE_CLASSES, (2, 64, 80))
+    target[:, :4] = IGNORE_TARGET
+    ce = torch.nn.CrossEntropyLoss(ignore_index=IGNORE_TARGET)
+    loss = segmentation_loss(ce, (logits, aux), target, paper["aux_loss_weight"])
+    assert loss.item() == pytest.approx((ce(logits, target) + 0.4 * ce(aux, target)).item(), rel=1e-6)
+    loss.backward()
+    assert model.aux_head.classifier.weight.grad.abs().sum() > 0
+    model.eval()
+    assert isinstance(model(x), torch.Tensor)
+    # weight 0: no auxiliary head at all
+    assert build_model(_job("segmentation", "scratch", tiny_data, tmp_path, aux_loss_weight=0), 3)[0].aux_head is None
+
+
+def test_multiscale_flip_test_averages_the_probabilities_of_every_pass():
+    """mmseg's aug_test: ratios 0.5..1.75 of the test image, each also flipped; every pass's
+    logits resized to the label map's size, softmaxed, flipped back, then averaged."""
+    import torch.nn.functional as F
+
+    from pcn.transfer.pyramid import create_pyramid_backbone
+    from pcn.transfer.segmentation import MS_RATIOS, UperNetSegmenter, class_probabilities, predict
+
+    torch.manual_seed(0)
+    backbone, _ = create_pyramid_backbone("patchconvnet_demo", TINY_OPTIONS)
+    model = UperNetSegmenter(backbone, n_classes=5, decoder_channels=16, aux_head=True).eval()
+    assert MS_RATIOS == (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+    image = torch.randn(3, 40, 56)
+    size = (45, 63)  # the label map's, not the test image's
+    sizes = [(20, 28), (30, 42), (40, 56), (50, 70), (60, 84), (70, 98)]  # 40 x 56 times each ratio
+    by_hand = torch.zeros(5, *size)
+    with torch.no_grad():
+        for hw in sizes:
+            scaled = F.interpolate(image[None], size=hw, mode="bilinear", align_corners=False)
+            for flipped in (False, True):
+                x = torch.flip(scaled, dims=[3]) if flipped else scaled
+                up = F.interpolate(model(x), size=size, mode="bilinear", align_corners=False)
+                p = torch.softmax(up, dim=1)[0]
+                by_hand += torch.flip(p, dims=[2]) if flipped else p
+    by_hand /= 12
+    got = class_probabilities(model, image, size, MS_RATIOS, flip=True)
+    torch.testing.assert_close(got, by_hand, rtol=1e-5, atol=1e-6)
+    assert torch.equal(predict(model, image, size, MS_RATIOS, True), by_hand.argmax(0))
+    # the single-scale test is the one unflipped pass at ratio 1
+    with torch.no_grad():
+        single = F.interpolate(model(image[None]), size=size, mode="bilinear", align_corners=False)[0]
+    torch.testing.assert_close(class_probabilities(model, image, size), single.softmax(0))
+
+
 # --- metrics -------------------------------------------------------------------------------
 
 
@@ -545,6 +618,60 @@ def test_segmentation_predictions_rescore(tiny_data, tmp_path):
     assert not job.work_dir.exists()
 
 
+def test_multiscale_flip_scores_rescore_from_their_predictions(tiny_data, tmp_path):
+    """With multiscale_flip_test the stage scores both protocols; each set of saved maps gives
+    its own reported mIoU."""
+    from pcn.transfer import TransferTask
+
+    job = _job("segmentation", "scratch", tiny_data, tmp_path, iters=2, multiscale_flip_test=True)
+    m = TransferTask(job)()
+    assert m["test_ratios"] == [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
+    for key, folder in (("mIoU", "predictions_dir"), ("mIoU_ms_flip", "predictions_dir_ms_flip")):
+        conf, _ = _rescore_segmentation({**m, "predictions_dir": m[folder]})
+        tp = np.diag(conf)
+        union = conf.sum(0) + conf.sum(1) - tp
+        assert m[key] == pytest.approx((tp[union > 0] / union[union > 0] * 100).mean(), abs=1e-9), key
+    off = TransferTask(_job("segmentation", "scratch", tiny_data, tmp_path / "off", iters=2))()
+    assert (
+        "mIoU_ms_flip" not in off
+        and not (tmp_path / "off" / "results" / "segmentation_scratch" / "predictions_ms_flip").exists()
+    )
+
+
+def test_mask_ap_is_100_for_the_ground_truth_masks(tiny_data):
+    """pycocotools' segm AP of detections equal to the val file's masks is 100; one mask
+    shifted off its object costs AP."""
+    from pcn.transfer.metrics import coco_ground_truth, coco_scores
+
+    gt = coco_ground_truth(tiny_data / "coco" / "annotations" / "instances_val2017.json")
+    results = []
+    for ann in gt.loadAnns(gt.getAnnIds(iscrowd=False)):
+        rle = gt.annToRLE(ann)
+        rle = {
+            "size": rle["size"],
+            "counts": rle["counts"].decode("ascii") if isinstance(rle["counts"], bytes) else rle["counts"],
+        }
+        results.append(
+            {
+                "image_id": ann["image_id"],
+                "category_id": ann["category_id"],
+                "bbox": ann["bbox"],
+                "score": 1.0,
+                "segmentation": rle,
+            }
+        )
+    assert len(results) > 3
+    assert coco_scores(gt, results, "segm")["AP"] == pytest.approx(100.0)
+    assert coco_scores(gt, results, "bbox")["AP"] == pytest.approx(100.0)
+    from pycocotools import mask as mask_utils
+
+    wrong = mask_utils.decode({**results[0]["segmentation"], "counts": results[0]["segmentation"]["counts"].encode()})
+    wrong = np.roll(wrong, wrong.shape[1] // 2, axis=1)
+    bad = mask_utils.encode(np.asfortranarray(wrong))
+    results[0] = {**results[0], "segmentation": {"size": bad["size"], "counts": bad["counts"].decode("ascii")}}
+    assert coco_scores(gt, results, "segm")["AP"] < 100.0
+
+
 def test_segmentation_loss_follows_config(tiny_data, tmp_path):
     from pcn.transfer.datasets import AdeSegmentation
     from pcn.transfer.segmentation import IGNORE_TARGET, SegmentationLoss, build_criterion
@@ -690,18 +817,21 @@ def test_two_rank_ddp_through_the_local_launcher(tiny_data, tmp_path, task):
     from pcn.train.launch import launch
     from pcn.transfer import TransferTask
 
-    # Segmentation: 2 images per rank, as at paper scale (BatchNorm on the CPU is per rank).
+    # Segmentation: 2 images per rank, as at paper scale (BatchNorm on the CPU is per rank), with
+    # the paper's auxiliary head and both tests.
     per_rank = 2 if task == "segmentation" else 1
-    job = _job(task, "scratch", tiny_data, tmp_path, iters=2, batch_size=2 * per_rank)
+    extra = {"aux_loss_weight": 0.4, "multiscale_flip_test": True} if task == "segmentation" else {}
+    job = _job(task, "scratch", tiny_data, tmp_path, iters=2, batch_size=2 * per_rank, **extra)
     m = launch(TransferTask(job), LauncherConfig(kind="local", tasks=2), tmp_path / "logs", echo=lambda _: None)
     assert m["ranks"] == 2 and m["batch_per_rank"] == per_rank
     assert len(Path(job.plots_path).read_text().splitlines()) == 1 + 2
     assert not job.work_dir.exists()
     if task == "segmentation":
-        conf, names = _rescore_segmentation(m)
-        assert len(names) == 4  # both shards' predictions, every val image once
-        tp = np.diag(conf)
-        assert m["aAcc"] == pytest.approx(tp.sum() / conf.sum() * 100, abs=1e-9)
+        for key, folder in (("aAcc", "predictions_dir"), ("aAcc_ms_flip", "predictions_dir_ms_flip")):
+            conf, names = _rescore_segmentation({**m, "predictions_dir": m[folder]})
+            assert len(names) == 4  # both shards' predictions, every val image once
+            tp = np.diag(conf)
+            assert m[key] == pytest.approx(tp.sum() / conf.sum() * 100, abs=1e-9)
     else:
         results = json.loads(Path(m["results_file"]).read_text())
         assert {r["image_id"] for r in results} == {139, 285, 431, 577}  # both shards' images

@@ -5,7 +5,9 @@ paper/numbers.yaml (pcn.analysis.document lists the statuses).  Like with like: 
 accuracy row of paper/numbers.yaml states its ``resolution`` (and ``pretraining``); a
 reproduced top-1 is put beside it only when the evaluation ran at that resolution
 (``img_size`` in metrics/eval.json, in a released checkpoint's evaluation, or the grid's
-recipe).  Released checkpoints evaluated by this pipeline (``metrics/released/*.json``) are
+recipe).  Every transfer row states its ``pretraining`` and ``test`` protocol (null where its
+source does not); a transfer number is put beside it only when both are this run's.
+Released checkpoints evaluated by this pipeline (``metrics/released/*.json``) are
 shown on their model-zoo rows.  Params and GMACs depend on the architecture only, so they
 are compared at every scale.
 """
@@ -21,6 +23,7 @@ import yaml
 from pcn.analysis.document import DIFFERS, NOT_COMPARABLE, NOT_RUN, REPRODUCED, WITHIN, Table
 from pcn.analysis.setting import patch_stride, recipe_of, setting_text
 from pcn.analysis.sourced import NONE, Metrics, RunIndex, Sourced
+from pcn.errors import UserError
 
 
 def half_unit(paper: float) -> float:
@@ -64,6 +67,30 @@ def _complexity_row(metrics: Metrics, model: str, img_size: int = 224) -> int | 
 
 RELEASED_DIR = "metrics/released"
 
+# The protocol words of paper/numbers.yaml.  This pipeline pretrains on ImageNet-1k.
+PRETRAINING = {"imagenet1k": "ImageNet-1k", "imagenet21k": "ImageNet-21k"}
+RUN_PRETRAINING = "imagenet1k"
+TEST_PROTOCOLS = ("single-scale", "multi-scale+flip")
+
+
+def protocol_field(entry: dict, key: str, allowed, where: str) -> str | None:
+    """A row's ``pretraining`` or ``test``: one of ``allowed``, or None where its source does not state it."""
+    value = entry.get(key)
+    if value is not None and value not in allowed:
+        raise UserError(
+            f"paper/numbers.yaml: {where}.{key} = {value!r}: expected {', '.join(allowed)} or null (not stated)"
+        )
+    return value
+
+
+def pretraining_mismatch(pretraining: str | None) -> str | None:
+    """Why a paper row's pretraining is not this pipeline's (ImageNet-1k), or None."""
+    if pretraining == RUN_PRETRAINING:
+        return None
+    if pretraining is None:
+        return "the paper's row does not state its pretraining data (ImageNet-1k or -21k)"
+    return f"the paper's row is pretrained on {PRETRAINING[pretraining]}, this pipeline pretrains on ImageNet-1k"
+
 
 def top1_title(entry: dict) -> str:
     """'ImageNet top-1 (%), 224 px' (with the pretraining data when it is not ImageNet-1k)."""
@@ -71,21 +98,14 @@ def top1_title(entry: dict) -> str:
     return f"ImageNet top-1 (%), {entry['resolution']} px{pre}" if entry.get("resolution") else "ImageNet top-1 (%)"
 
 
-def _zoo_top1(entry: dict, params, metrics: Metrics, imagenet: bool, not_imagenet: str) -> tuple:
+def _zoo_top1(entry: dict, where: str, params, metrics: Metrics, imagenet: bool, not_imagenet: str) -> tuple:
     """The comparison row of a model-zoo top-1: compared only at the row's resolution and pretraining."""
     model, res = entry["model"], entry.get("resolution")
     row = (top1_title(entry), model, entry["top1"], entry["source"])
     ev = metrics.load("metrics/eval.json") or {}
-    if entry.get("pretraining") == "imagenet21k":
-        return (
-            *row,
-            None,
-            "top1",
-            "the paper's row is pretrained on ImageNet-21k, this pipeline pretrains on "
-            "ImageNet-1k (released checkpoints are compared below)",
-            False,
-            NOT_COMPARABLE,
-        )
+    other = pretraining_mismatch(protocol_field(entry, "pretraining", PRETRAINING, where))
+    if other:
+        return (*row, None, "top1", f"{other} (released checkpoints are compared below)", False, NOT_COMPARABLE)
     if not imagenet or params.model.name != model or not ev:
         why = (
             not_imagenet
@@ -168,6 +188,65 @@ def _grid_mismatch(abl: dict, group: str, entry: dict) -> str | None:
     return None
 
 
+# The transfer rows of paper/numbers.yaml: the metrics file and, per test protocol, the key
+# that holds this run's number (a protocol the run did not score has no key in its file).
+TRANSFER_ROWS = (
+    (
+        "ade20k_upernet_miou",
+        "metrics/segmentation.json",
+        {"single-scale": "mIoU", "multi-scale+flip": "mIoU_ms_flip"},
+        "ADE20k mIoU (UperNet)",
+        "miou",
+    ),
+    (
+        "coco_maskrcnn_box_ap",
+        "metrics/detection.json",
+        {"single-scale": "bbox_AP"},
+        "COCO box AP (Mask R-CNN)",
+        "box_ap",
+    ),
+    (
+        "coco_maskrcnn_mask_ap",
+        "metrics/detection.json",
+        {"single-scale": "segm_AP"},
+        "COCO mask AP (Mask R-CNN)",
+        "mask_ap",
+    ),
+)
+
+
+def _transfer_row(
+    entry: dict, where: str, rel: str, keys: dict, title: str, tol_key: str, params, metrics: Metrics, imagenet: bool
+) -> tuple:
+    """The comparison row of a transfer number: beside this run's only for the same model,
+    pretraining data and test protocol; otherwise *not comparable*, with this run's number in the note."""
+    model = entry["model"]
+    pre = protocol_field(entry, "pretraining", PRETRAINING, where)
+    test = protocol_field(entry, "test", TEST_PROTOCOLS, where)
+    full = title + (f", {test}" if test else "") + (f", {PRETRAINING[pre]} pretraining" if pre == "imagenet21k" else "")
+    paper_value = entry.get("value")
+    row = (full, model, NONE if paper_value is None else paper_value, entry["source"])
+    if not imagenet:
+        return (*row, None, tol_key, f"this run transfers to synthetic {params.data.source} scenes", False)
+    if params.model.name != model:
+        return (*row, None, tol_key, f"the pipeline's model is {params.model.name}", False)
+    scored = {t: k for t, k in keys.items() if metrics.get(rel, k) is not None}
+    if not scored:
+        return (*row, None, tol_key, f"{rel} not found (the stage has not run)", False)
+    if test is None:
+        test_why = "the paper's row does not state its test protocol (single- or multi-scale)"
+    elif test not in scored:
+        test_why = f"the paper's row is {test}, this run scored {', '.join(scored)} only"
+    else:
+        test_why = None
+    value_why = None if paper_value is not None else "no paper value in the sources"
+    why = "; ".join(filter(None, (pretraining_mismatch(pre), test_why, value_why)))  # every reason
+    if why:
+        here = "; ".join(f"{t} {metrics.get(rel, k, '.1f')}" for t, k in scored.items())
+        return (*row, None, tol_key, f"{why}: not compared (measured here: {here})", False, NOT_COMPARABLE)
+    return (*row, metrics.get(rel, keys[test]), tol_key, f"{test}, {PRETRAINING[pre]} pretraining")
+
+
 def direction_text(entry: dict) -> str:
     """The paper's direction of an ablation, with the condition the paper attaches to it."""
     cond = entry.get("condition")
@@ -212,14 +291,14 @@ def comparison_table(paper: dict, params, metrics: Metrics, runs: RunIndex) -> T
         rows.append([quantity, model, paper_value, source, shown, describe_tolerance(tol), status, run, note])
 
     not_imagenet = f"ImageNet accuracy: this run trains on {params.data.source} data ({scale} scale)"
-    for entry in paper.get("model_zoo", []):
+    for at, entry in enumerate(paper.get("model_zoo", [])):
         model, src = entry["model"], entry["source"]
         i = _complexity_row(metrics, model)
         for q in ("top1", "params_m", "gmacs", "throughput", "peak_mem_mb"):
             if q not in entry:
                 continue
             if q == "top1":
-                add(*_zoo_top1(entry, params, metrics, imagenet, not_imagenet))
+                add(*_zoo_top1(entry, f"model_zoo[{at}]", params, metrics, imagenet, not_imagenet))
                 for rel in released_files(metrics):
                     if released_row(paper, metrics.load(rel)) is entry:
                         add(*_released_top1(entry, rel, metrics))
@@ -321,23 +400,9 @@ def comparison_table(paper: dict, params, metrics: Metrics, runs: RunIndex) -> T
                 else f"{model} at 224 px is not in complexity.models at this scale",
             )
 
-    for key, rel, mkey, title, tol_key, _dataset in (
-        ("ade20k_upernet_miou", "metrics/segmentation.json", "mIoU", "ADE20k mIoU (UperNet)", "miou", "ade20k"),
-        ("coco_maskrcnn_box_ap", "metrics/detection.json", "bbox_AP", "COCO box AP (Mask R-CNN)", "box_ap", "coco"),
-    ):
-        for e in paper.get(key, []):
-            ok = imagenet and params.model.name == e["model"]
-            value = metrics.get(rel, mkey) if ok else None
-            note = (
-                ""
-                if ok
-                else (
-                    f"this run transfers to synthetic {params.data.source} scenes"
-                    if not imagenet
-                    else f"the pipeline's model is {params.model.name}"
-                )
-            )
-            add(title, e["model"], e["value"], e["source"], value, tol_key, note, ok)
+    for key, rel, keys, title, tol_key in TRANSFER_ROWS:
+        for i, e in enumerate(paper.get(key) or []):
+            add(*_transfer_row(e, f"{key}[{i}]", rel, keys, title, tol_key, params, metrics, imagenet))
 
     grid = recipe_of(abl, params, "ablations")
     for variant, e in (paper.get("ablations") or {}).items():

@@ -10,7 +10,8 @@ Status of a comparison row (the last-but-two column of the comparison table):
 * ``not run at this scale``: this run cannot produce the number (ImageNet accuracy on
   synthetic demo data, a model not in ``complexity.models``, GPU throughput on a CPU);
 * ``not comparable``: this run measured it under another protocol than the paper's row
-  (another evaluation resolution, or ImageNet-21k pretraining); the note says which.
+  (another evaluation resolution, ImageNet-21k pretraining, another test protocol), or the
+  row does not state its protocol or value; the note says which.
 """
 
 from __future__ import annotations

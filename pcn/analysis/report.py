@@ -29,7 +29,8 @@ TITLE = "PatchConvNet reproduction report"
 STATUS_TEXT = (
     "Status: reproduced = equal at the paper's precision; within tolerance = inside the tolerance column; "
     "differs = outside it; not run at this scale = this run cannot produce the number; not comparable = "
-    "this run measured it at another resolution or from other pretraining data than the paper's row."
+    "this run measured it at another resolution, from other pretraining data or with another test protocol than "
+    "the paper's row, or the row does not state them (the note says which)."
 )
 
 

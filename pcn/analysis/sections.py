@@ -201,10 +201,17 @@ def complexity_section(metrics: Metrics) -> Section:
 
 def transfer_section(params, metrics: Metrics, runs: RunIndex) -> Section:
     sec = Section("Transfer to dense tasks: pretrained vs scratch trunk")
-    for task, keys in (("segmentation", ("mIoU", "mAcc", "aAcc")), ("detection", ("bbox_AP", "segm_AP"))):
+    # mIoU_ms_flip: mmseg's multi-scale + flip test, where segmentation.multiscale_flip_test ran it
+    for task, keys in (
+        ("segmentation", ("mIoU", "mIoU_ms_flip", "mAcc", "aAcc")),
+        ("detection", ("bbox_AP", "segm_AP")),
+    ):
         rows = []
-        for init, suffix in (("pretrained", ""), ("scratch", "_scratch")):
-            rel = f"metrics/{task}{suffix}.json"
+        files = [
+            (init, f"metrics/{task}{suffix}.json") for init, suffix in (("pretrained", ""), ("scratch", "_scratch"))
+        ]
+        keys = [k for k in keys if any(metrics.get(rel, k) is not None for _, rel in files)]  # columns with a value
+        for init, rel in files:
             if metrics.exists(rel):
                 rows.append([init, *[metrics.get(rel, k) or NONE for k in keys], runs.run_id(rel)])
         if rows:

@@ -114,7 +114,9 @@ def _transfer(args, task: str) -> int:
                 f"({', '.join(w['dropped'])})"
             )
         st.finish(metrics, artifacts=(job.plots_path, f"{st.out}/qualitative.png"))
-        headline = ("mIoU", "mAcc", "aAcc") if task == "segmentation" else ("bbox_AP", "bbox_AP50", "segm_AP")
+        headline = (
+            ("mIoU", "mIoU_ms_flip", "mAcc", "aAcc") if task == "segmentation" else ("bbox_AP", "bbox_AP50", "segm_AP")
+        )
         print(
             f"{name}: "
             + ", ".join(f"{k} {metrics[k]:.1f}" for k in headline if metrics.get(k) is not None)

@@ -1,10 +1,17 @@
 """Semantic segmentation transfer: the column trunk + pyramid neck + UperNet (ADE20k recipe).
 
 The paper (Sec. 4.3) follows XCiT/BEiT: UperNet on ADE20k, 512x512 crops, 160k
-iterations, AdamW, single-scale evaluation, mIoU. Here the decoder is
-segmentation-models-pytorch's ``UPerNetDecoder`` (PSP on the stride-32 level, an
-FPN over strides 4..16, fused at stride 4) and a 1x1 segmentation head upsampled
-x4 to the input; the schedule is linear warm-up then poly decay (mmseg's).
+iterations, AdamW, mIoU. Here the decoder is segmentation-models-pytorch's
+``UPerNetDecoder`` (PSP on the stride-32 level, an FPN over strides 4..16, fused at
+stride 4) and a 1x1 segmentation head upsampled x4 to the input; the schedule is
+linear warm-up then poly decay (mmseg's).
+
+mmseg's UperNet also trains an auxiliary ``FCNHead`` on the third pyramid level
+(``in_index=2``: stride 16) with loss weight 0.4 (``segmentation.aux_loss_weight``;
+0 builds none); it is used in training only.  Testing is single-scale (``mIoU``) and,
+with ``segmentation.multiscale_flip_test``, also mmseg's multi-scale + flip test
+(``mIoU_ms_flip``): the image at ratios 0.5..1.75 of the test scale, each also
+flipped, the class probabilities of the 12 passes averaged at the label map's size.
 
 The loss is ``segmentation.loss``: ``ce``, UperNet's plain cross-entropy over the
 labelled pixels (ADE20k), or ``weighted_ce_dice`` for the dominant background of
@@ -65,12 +72,35 @@ from pcn.transfer.pyramid import PyramidBackbone, create_pyramid_backbone
 log = logging.getLogger(__name__)
 
 IGNORE_TARGET = -1  # training target of unlabelled pixels (label id 0)
+AUX_LEVEL = 2  # mmseg's UperNet auxiliary head reads in_index 2: the stride-16 level
+# mmseg's ADE20k multi-scale test (MultiScaleFlipAug img_ratios, flip=True)
+MS_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+
+
+class AuxFCNHead(nn.Module):
+    """mmseg's ``FCNHead`` as UperNet's auxiliary head: one 3x3 conv-BN-ReLU
+    (``num_convs=1``, no concatenated input), dropout 0.1, a 1x1 classifier."""
+
+    def __init__(self, in_channels: int, channels: int, n_classes: int):
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv2d(in_channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(inplace=True)
+        )
+        self.dropout = nn.Dropout2d(0.1)
+        self.classifier = nn.Conv2d(channels, n_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(self.conv(x)))
 
 
 class UperNetSegmenter(nn.Module):
-    """Pyramid backbone -> UPerNetDecoder -> 1x1 head, logits at the input size."""
+    """Pyramid backbone -> UPerNetDecoder -> 1x1 head, logits at the input size.
 
-    def __init__(self, backbone: PyramidBackbone, n_classes: int, decoder_channels: int = 512):
+    With ``aux_head`` (mmseg's UperNet), training mode returns ``(logits, aux_logits)``,
+    both at the input size; eval mode returns the logits only.
+    """
+
+    def __init__(self, backbone: PyramidBackbone, n_classes: int, decoder_channels: int = 512, aux_head: bool = False):
         from segmentation_models_pytorch.base.heads import SegmentationHead
         from segmentation_models_pytorch.decoders.upernet.decoder import UPerNetDecoder
 
@@ -81,13 +111,31 @@ class UperNetSegmenter(nn.Module):
             encoder_channels=[3, 0, *backbone.out_channels], encoder_depth=5, decoder_channels=decoder_channels
         )
         self.head = SegmentationHead(decoder_channels, n_classes, kernel_size=1, upsampling=4)
+        # mmseg: UPerHead 512 channels, its FCNHead 256: half the decoder's width
+        in_aux = backbone.out_channels[AUX_LEVEL]
+        self.aux_head = AuxFCNHead(in_aux, max(decoder_channels // 2, 1), n_classes) if aux_head else None
         self.n_classes = n_classes
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         h, w = x.shape[-2:]
         feats = self.backbone(x)  # of the input padded to a multiple of 32
-        out = self.head(self.decoder([x, x, *feats]))
-        return out[..., :h, :w]
+        out = self.head(self.decoder([x, x, *feats]))[..., :h, :w]
+        if self.aux_head is None or not self.training:
+            return out
+        padded = [s * self.backbone.strides[0] for s in feats[0].shape[-2:]]
+        aux = F.interpolate(self.aux_head(feats[AUX_LEVEL]), size=padded, mode="bilinear", align_corners=False)
+        return out, aux[..., :h, :w]
+
+
+def segmentation_loss(
+    criterion: nn.Module, outputs: torch.Tensor | tuple, target: torch.Tensor, aux_weight: float
+) -> torch.Tensor:
+    """The decode head's loss, plus ``aux_weight`` times the auxiliary head's (mmseg: 0.4),
+    both in fp32."""
+    if isinstance(outputs, tuple):
+        logits, aux = outputs
+        return criterion(logits.float(), target) + aux_weight * criterion(aux.float(), target)
+    return criterion(outputs.float(), target)
 
 
 def class_weights(pixel_counts: np.ndarray, power: float = 0.5) -> torch.Tensor:
@@ -134,17 +182,49 @@ def build_model(job: TransferJob, n_classes: int):
     backbone, report = create_pyramid_backbone(
         job.model, job.model_options, ckpt, features=job.cfg("features", "blocks")
     )
-    model = UperNetSegmenter(backbone, n_classes, job.cfg("decoder_channels", 512))
+    aux = job.cfg("aux_loss_weight", 0.0) > 0
+    model = UperNetSegmenter(backbone, n_classes, job.cfg("decoder_channels", 512), aux_head=aux)
     return model, report
 
 
 @torch.no_grad()
-def predict(model: UperNetSegmenter, image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def class_probabilities(
+    model: UperNetSegmenter,
+    image: torch.Tensor,
+    size: tuple[int, int],
+    ratios: tuple[float, ...] = (1.0,),
+    flip: bool = False,
+) -> torch.Tensor:
+    """Class probabilities (N, *size) of one normalised image (C, H, W) at the test scale, as
+    mmseg's ``aug_test``: the image resized by each of ``ratios`` (and, with ``flip``, also
+    flipped), each pass's logits resized to ``size`` (the label map's), softmaxed and
+    flipped back, then averaged over the passes."""
+    h, w = image.shape[-2:]
+    total = None
+    for r in ratios:
+        scaled = image[None]
+        if r != 1.0:  # mmcv rounds the rescaled size to the nearest pixel
+            hw = (int(h * r + 0.5), int(w * r + 0.5))
+            scaled = F.interpolate(scaled, size=hw, mode="bilinear", align_corners=False)
+        for flipped in (False, True) if flip else (False,):
+            x = scaled.flip(-1) if flipped else scaled
+            with autocast(image.device):
+                logits = model(x)
+            logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
+            probs = logits.softmax(1)[0]
+            probs = probs.flip(-1) if flipped else probs
+            total = probs if total is None else total + probs
+    return total / (len(ratios) * (2 if flip else 1))
+
+
+def predict(
+    model: UperNetSegmenter, image: torch.Tensor, size: tuple[int, int], ratios=(1.0,), flip: bool = False
+) -> torch.Tensor:
     """Ids 0..N-1 at ``size`` (the label map's) for one normalised image (C, H, W)."""
-    with autocast(image.device):
-        logits = model(image[None])
-    logits = F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False)
-    return logits.argmax(1)[0]
+    return class_probabilities(model, image, size, ratios, flip).argmax(0)
+
+
+MS_FLIP = "ms_flip"  # suffix of the multi-scale + flip scores and predictions
 
 
 @torch.no_grad()
@@ -155,13 +235,19 @@ def evaluate(
     predictions_dir: Path | None = None,
     env: D.DistEnv | None = None,
     num_workers: int = 0,
+    multiscale_flip: bool = False,
 ) -> tuple[dict[str, Any], list]:
     """One confusion matrix over the val set (summed over the ranks, each scoring its
-    shard); optionally the predicted id maps as PNGs. Every rank gets the scores."""
+    shard); optionally the predicted id maps as PNGs. Every rank gets the scores.
+
+    With ``multiscale_flip`` a second matrix scores mmseg's multi-scale + flip test; its
+    scores are under ``scores["ms_flip"]`` and its maps in ``predictions_dir`` + ``_ms_flip``.
+    """
     env = env or D.DistEnv()
     model.eval()
     n = dataset.n_classes
-    conf = torch.zeros(n, n, dtype=torch.int64)
+    tests = {"": ((1.0,), False)} | ({MS_FLIP: (MS_RATIOS, True)} if multiscale_flip else {})
+    conf = {k: torch.zeros(n, n, dtype=torch.int64) for k in tests}
     samples = []
     dtype = np.uint8 if n <= 255 else np.uint16
     # batch_size=None: one image at a time (sizes differ), decoded by the workers
@@ -169,14 +255,18 @@ def evaluate(
         torch.utils.data.Subset(dataset, shard(len(dataset), env)), batch_size=None, num_workers=num_workers
     )
     for image, label, name in images:
-        pred = predict(model, image.to(device), tuple(label.shape)).cpu()
-        conf += confusion_matrix(pred, label - 1, n)  # label 0 -> -1: not counted
-        if predictions_dir is not None:
-            Image.fromarray((pred + 1).numpy().astype(dtype)).save(predictions_dir / f"{name}.png")
-        if len(samples) < 4:
-            samples.append((name, label.numpy(), (pred + 1).numpy()))
-    conf = D.all_reduce_sum(conf.to(device)).cpu()  # nccl reduces GPU tensors only
-    return segmentation_scores(conf), samples
+        for key, (ratios, flip) in tests.items():
+            pred = predict(model, image.to(device), tuple(label.shape), ratios, flip).cpu()
+            conf[key] += confusion_matrix(pred, label - 1, n)  # label 0 -> -1: not counted
+            if predictions_dir is not None:
+                # the single-scale maps in predictions_dir, the multi-scale ones beside it
+                folder = predictions_dir.with_name(f"{predictions_dir.name}_{key}") if key else predictions_dir
+                Image.fromarray((pred + 1).numpy().astype(dtype)).save(folder / f"{name}.png")
+            if not key and len(samples) < 4:
+                samples.append((name, label.numpy(), (pred + 1).numpy()))
+    # nccl reduces GPU tensors only
+    scores = {k: segmentation_scores(D.all_reduce_sum(c.to(device)).cpu()) for k, c in conf.items()}
+    return scores.pop("") | ({MS_FLIP: scores[MS_FLIP]} if multiscale_flip else {}), samples
 
 
 def qualitative_figure(dataset: AdeSegmentation, samples: list, path: Path) -> None:
@@ -274,12 +364,14 @@ def run(job: TransferJob, env: D.DistEnv | None = None, stop=None) -> dict[str, 
             **loader_options(job, device),
         )
 
+    aux_weight = job.cfg("aux_loss_weight", 0.0)
+
     def step(batch) -> torch.Tensor:
         images, labels, _ = batch
         with autocast(device):
-            logits = model(images.to(device, non_blocking=True))
-        # ids 1..N -> 0..N-1, 0 -> -1 (ignored); the loss in fp32
-        return criterion(logits.float(), labels.to(device, non_blocking=True) - 1)
+            outputs = model(images.to(device, non_blocking=True))
+        # ids 1..N -> 0..N-1, 0 -> -1 (ignored)
+        return segmentation_loss(criterion, outputs, labels.to(device, non_blocking=True) - 1, aux_weight)
 
     loop = train_loop(
         job,
@@ -298,20 +390,23 @@ def run(job: TransferJob, env: D.DistEnv | None = None, stop=None) -> dict[str, 
         return interrupted(loop)
 
     # Every rank writes its share of the predictions here; rank 0 moves the folder into the outputs.
-    pred_dir = job.work_dir / "predictions"
+    multiscale = bool(job.cfg("multiscale_flip_test", False))
+    pred_dirs = [job.work_dir / "predictions"] + ([job.work_dir / f"predictions_{MS_FLIP}"] if multiscale else [])
     if env.is_main:
-        shutil.rmtree(pred_dir, ignore_errors=True)
-        pred_dir.mkdir(parents=True)
+        for folder in pred_dirs:
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
     D.barrier()
     t_eval = time.perf_counter()
-    scores, samples = evaluate(unwrap(model), val_set, device, pred_dir, env, job.num_workers)
+    scores, samples = evaluate(unwrap(model), val_set, device, pred_dirs[0], env, job.num_workers, multiscale)
     eval_s = time.perf_counter() - t_eval
     D.barrier()  # every rank's PNGs are written
     if not env.is_main:
         return {"rank": env.rank}
     out_dir = Path(job.out_dir)
     with atomic_path(out_dir, directory=True) as tmp:
-        shutil.move(pred_dir, tmp / "predictions")
+        for folder in pred_dirs:
+            shutil.move(folder, tmp / folder.name)
         torch.save({"model": unwrap(model).state_dict()}, tmp / "model.pth")
         if weights is not None:  # every key the checkpoint gave the trunk, and every key it dropped
             write_json(
@@ -321,10 +416,18 @@ def run(job: TransferJob, env: D.DistEnv | None = None, stop=None) -> dict[str, 
         qualitative_figure(val_set, samples, tmp / "qualitative.png")
     finish_outputs(job, loop.losses)
     names = val_set.class_names
+    ms = scores.get(MS_FLIP)
     return {
         "mIoU": scores["mIoU"],
         "mAcc": scores["mAcc"],
         "aAcc": scores["aAcc"],
+        **({f"{k}_{MS_FLIP}": ms[k] for k in ("mIoU", "mAcc", "aAcc")} if ms else {}),
+        **(
+            {"test_ratios": list(MS_RATIOS), "predictions_dir_ms_flip": str(out_dir / f"predictions_{MS_FLIP}")}
+            if ms
+            else {}
+        ),
+        "aux_loss_weight": aux_weight,
         "per_class_iou": per_class(names, scores["per_class_iou"]),
         "per_class_acc": per_class(names, scores["per_class_acc"]),
         "n_classes": val_set.n_classes,
