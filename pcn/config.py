@@ -286,7 +286,7 @@ class DenseTaskConfig(Section):
         "finetune", description="the DAG's classification checkpoint a pretrained run starts from"
     )
     features: Literal["last", "blocks"] = Field(
-        "blocks",
+        "last",
         description="the trunk maps of the 4-level pyramid: last: the last block's output at every level "
         "(the paper's); blocks: four evenly spaced blocks (XCiT's taps)",
     )
