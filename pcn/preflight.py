@@ -12,11 +12,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pcn.config import DATASET_DIRS, Params
+from pcn.config import DATASET_DIRS, GRID_STUDIES, Params
 from pcn.errors import DatasetError
 from pcn.stages import ffcv_splits
-
-GRID_RUNS = ("ablation", "resnet_pool", "multiclass", "depth_width")
 
 
 def reads(p: Params) -> dict[str, tuple[str, ...]]:
@@ -36,7 +34,7 @@ def reads(p: Params) -> dict[str, tuple[str, ...]]:
     if p.data.loader != "ffcv":
         out.update(pretrain=("imagenet",), finetune=("imagenet",))
     if (p.experiments.loader or p.data.loader) != "ffcv":
-        out.update({name: ("imagenet",) for name in GRID_RUNS})
+        out.update({name: ("imagenet",) for name in GRID_STUDIES})
     return out
 
 

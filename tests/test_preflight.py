@@ -74,13 +74,20 @@ rule probe:
 """
 
 
-def test_a_bare_snakemake_names_a_missing_dataset_before_any_job(datasets, tmp_path):
+def _paper_work_without_coco_val(datasets: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """(datasets, project): a copy of the miniatures lacking COCO's val2017, and a project
+    folder whose params.yaml reads them at paper scale."""
     copy = tmp_path / "datasets"
     shutil.copytree(datasets, copy, symlinks=True)
     shutil.rmtree(copy / "coco" / "val2017")
     work = tmp_path / "work"
     work.mkdir()
     (work / "params.yaml").write_text(yaml.safe_dump(paper_raw(copy)))
+    return copy, work
+
+
+def test_a_bare_snakemake_names_a_missing_dataset_before_any_job(datasets, tmp_path):
+    copy, work = _paper_work_without_coco_val(datasets, tmp_path)
     (work / "probe.smk").write_text(PROBE.format(workflow=ROOT / "workflow" / "Snakefile"))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "snakemake", "-s", "probe.smk", "--cores", "1", "probe"]
@@ -93,12 +100,7 @@ def test_a_bare_snakemake_names_a_missing_dataset_before_any_job(datasets, tmp_p
 def test_under_dvc_the_first_stage_names_a_dataset_another_stage_reads(datasets, tmp_path):
     """A bare `dvc repro` runs `pcn convert` first: it must name COCO's missing val images
     (read by detection, hours later) before converting anything."""
-    copy = tmp_path / "datasets"
-    shutil.copytree(datasets, copy, symlinks=True)
-    shutil.rmtree(copy / "coco" / "val2017")
-    work = tmp_path / "work"
-    work.mkdir()
-    (work / "params.yaml").write_text(yaml.safe_dump(paper_raw(copy)))
+    copy, work = _paper_work_without_coco_val(datasets, tmp_path)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "DVC_STAGE": "convert", "MLFLOW_TRACKING_URI": "file:./mlruns"}
     env.pop("PCN_PIPELINE_RUN_ID", None)
     subprocess.run([sys.executable, "-m", "pcn.cli", "dag"], cwd=work, env=env, check=True, capture_output=True)

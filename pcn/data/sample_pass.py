@@ -52,11 +52,13 @@ def training_loaders(params: Params) -> list[TrainLoader]:
         for study in GRID_STUDIES:
             for run in (None, *RUN_RECIPES.get(study, ())):
                 runs.append((f"{study}@{run}" if run else study, kind, exp.train_for(study, run)))
-    by_key: dict[tuple, list] = {}
+    stages: dict[tuple, list[str]] = {}  # (kind, px, augmentation) -> its stages, first seen first
+    first: dict[tuple, tuple[str, TrainConfig]] = {}
     for stage, kind, cfg in runs:
         key = (kind, cfg.img_size, cfg.aug.model_dump_json())
-        by_key.setdefault(key, [stage, kind, cfg]).append(stage)
-    return [TrainLoader(tuple(v[3:]), v[1], v[2]) for v in by_key.values()]
+        first.setdefault(key, (kind, cfg))
+        stages.setdefault(key, []).append(stage)
+    return [TrainLoader(tuple(stages[key]), *first[key]) for key in stages]
 
 
 def stream(
