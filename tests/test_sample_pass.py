@@ -98,18 +98,18 @@ def test_a_batch_maps_to_the_images_the_ffcv_loader_read(workspace, monkeypatch)
 def test_a_rare_failing_batched_op_is_named_with_its_image(workspace, monkeypatch):
     """As Pillow once refused 0-bit posterize: an op that raises only at the top of its
     magnitude range, about 1 image in 150, is found and named, op, magnitude and image."""
-    import pcn.data.batch_augment as B
+    import pcn.data.randaugment_cpu as kernels  # the CPU's RandAugment kernels
 
-    real = B.apply_op
+    real = kernels.colour_op
     hits = []
 
-    def fragile(images, name, magnitude, hparams):
-        if name == "PosterizeIncreasing" and bool((magnitude >= 9.8).any()):
-            hits.append(int((magnitude >= 9.8).sum()))
+    def fragile(batch, slots, name, level):
+        if name == "PosterizeIncreasing" and bool((level >= 0.98).any()):
+            hits.append(int((level >= 0.98).sum()))
             raise ValueError("bits must be between or equal to 1 and 8")
-        return real(images, name, magnitude, hparams)
+        return real(batch, slots, name, level)
 
-    monkeypatch.setattr(B, "apply_op", fragile)
+    monkeypatch.setattr(kernels, "colour_op", fragile)
     monkeypatch.chdir(workspace)
     p = params(workspace)
     with pytest.raises(SampleFailure) as info:
