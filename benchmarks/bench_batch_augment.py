@@ -1,13 +1,15 @@
 """Images/s of the batched RandAugment + random erasing on a uint8 batch, on one device.
 
     python benchmarks/bench_batch_augment.py --device cuda --batch 128 --img-size 224 --out FILE
+    python benchmarks/bench_batch_augment.py --device cpu --batch 64 --kernels torch opencv --per-op --out FILE
 
 What the FFCV loader runs after decode, crop and flip (pcn.data.batch_augment's
 BatchRecipe, the paper's rand-m9-mstd0.5-inc1 and random erasing 0.25), timed on a
-random uint8 batch already on the device, after warm-up batches. It imports torch,
-timm's constants, pcn.data.batch_augment, pcn.machine_speed and pcn.io only (no
-ffcv, pydantic or mlflow), so
-it runs on a GPU machine with a bare PyTorch install. The machine's 1-thread sgemm
+random uint8 batch already on the device (NHWC memory, as FFCV's), after warm-up
+batches, with each kernel asked for (``auto``: OpenCV's on the CPU, torch's on a GPU).
+It imports torch, OpenCV, timm's constants, pcn.data.batch_augment,
+pcn.machine_speed and pcn.io only (no ffcv, pydantic or mlflow), so it runs on a GPU
+machine with a bare PyTorch install plus those wheels. The machine's 1-thread sgemm
 figure (pcn.machine_speed) is recorded beside it.
 """
 
@@ -30,36 +32,58 @@ def main(argv=None) -> dict:
     ap.add_argument("--erasing", type=float, default=0.25)
     ap.add_argument("--batches", type=int, default=20, help="timed batches (after 3 warm-up ones)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    ap.add_argument("--kernels", nargs="+", default=["auto"], help="auto, torch, opencv (the CPU's): one row each")
+    ap.add_argument("--per-op", action="store_true", help="also time each op alone at magnitude 9")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
 
     import torch
     from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-    from pcn.data.batch_augment import BatchRecipe
+    from pcn.data.batch_augment import INCREASING_OPS, BatchRecipe, apply_op, randaugment_hparams
     from pcn.machine_speed import sgemm_gflops
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    recipe = BatchRecipe(args.img_size, args.policy, args.erasing, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, device)
     gen = torch.Generator().manual_seed(0)
-    shape = (args.batch, 3, args.img_size, args.img_size)
-    images = torch.randint(0, 256, shape, dtype=torch.uint8, generator=gen).to(device)
+    shape = (args.batch, args.img_size, args.img_size, 3)
+    # NHWC memory seen as NCHW: the strides of FFCV's batches
+    images = torch.randint(0, 256, shape, dtype=torch.uint8, generator=gen).to(device).permute(0, 3, 1, 2)
 
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    for step in range(3):
-        recipe(images, step)
-    sync()
-    t0, c0 = time.perf_counter(), time.process_time()
-    for step in range(args.batches):
-        out = recipe(images, 1000 + step)
-    sync()
-    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    n = args.batches * args.batch
-    assert out.shape == shape and out.dtype == torch.float32
+    def timed(fn, repeats: int) -> tuple[float, float]:
+        """(wall, CPU) seconds per image of ``fn`` on the batch, after warm-up calls."""
+        for step in range(2):
+            fn(step)
+        sync()
+        t0, c0 = time.perf_counter(), time.process_time()
+        for step in range(repeats):
+            fn(1000 + step)
+        sync()
+        n = repeats * args.batch
+        return (time.perf_counter() - t0) / n, (time.process_time() - c0) / n
+
+    hparams = randaugment_hparams(args.img_size, IMAGENET_DEFAULT_MEAN)
+    nine = torch.full((args.batch,), 9.0)
+
+    def one_op(name: str, kernels: str):
+        return lambda _: apply_op(images, name, nine, hparams, kernels)
+
+    rows = []
+    for kernels in args.kernels:
+        recipe = BatchRecipe(
+            args.img_size, args.policy, args.erasing, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, device, kernels
+        )
+        wall, cpu = timed(lambda key, r=recipe: r(images, key), args.batches)
+        row = {"kernels": kernels, "images_per_s": round(1 / wall, 1), "cpu_s_per_image": round(cpu, 6)}
+        if args.per_op:  # each op alone on the whole batch, magnitude 9 (CPU ms per image)
+            row["op_cpu_ms_per_image"] = {
+                name: round(1e3 * timed(one_op(name, kernels), 3)[1], 3) for name in INCREASING_OPS
+            }
+        rows.append(row)
     result = {
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine(),
@@ -68,10 +92,10 @@ def main(argv=None) -> dict:
         "batch": args.batch,
         "img_size": args.img_size,
         "threads": args.threads,
-        "images_per_s": round(n / wall, 1),
-        "cpu_s_per_image": round(cpu / n, 6),
+        "rows": rows,
         "sgemm_1thread_gflops": round(sgemm_gflops(), 1),
         "cpu_count": os.cpu_count(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
         "torch": torch.__version__,
     }
     print(json.dumps(result, indent=1))
