@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pcn.config import DATASET_DIRS, GRID_STUDIES, Params
 from pcn.errors import DatasetError
-from pcn.stages import ffcv_splits
+from pcn.splits import ffcv_splits
 
 
 def reads(p: Params) -> dict[str, tuple[str, ...]]:
@@ -82,14 +82,12 @@ def _needs(p: Params) -> dict[str, list[tuple[Path, str]]]:
     return needs
 
 
-def check_datasets(params: Params) -> str:
-    """Raise DatasetError naming the first missing dataset path of a stage the DAG runs; a
-    line saying what was checked otherwise."""
-    from pcn.stages import build_stages
-
+def check_datasets(params: Params, stage_names) -> str:
+    """Raise DatasetError naming the first missing dataset path of a stage the DAG runs (its
+    ``stage_names``, from the stage table); a line saying what was checked otherwise."""
     if params.data.source == "demo":
         return "datasets: the demo_data stage writes them"
-    names = {s.name for s in build_stages(params)}
+    names = set(stage_names)
     checked = 0
     for stage, needs in _needs(params).items():
         if stage not in names:

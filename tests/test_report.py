@@ -503,7 +503,7 @@ def test_compare(paper, value, status):
 
 def test_html_is_self_contained(demo_run):
     report = R.build_report(demo_run, _params())
-    md, page = R.write_report(report, demo_run / "reports")
+    md, page = R.write_report(report, demo_run / "reports/report.md", demo_run / "reports/report.html")
     text = page.read_text()
     srcs = re.findall(r'\b(?:src|href)\s*=\s*"([^"]*)"', text)
     assert srcs, "no embedded figure"

@@ -78,12 +78,11 @@ def build_report(root: str | Path, params, paper_path: str | Path | None = None)
     return report
 
 
-def write_report(report: Report, out_dir: str | Path) -> tuple[Path, Path]:
-    """reports/report.md and reports/report.html (figures embedded, found beside ``out_dir``)."""
+def write_report(report: Report, md: Path, html: Path) -> tuple[Path, Path]:
+    """The report as Markdown and as one HTML file (figures embedded)."""
     from pcn.analysis.render import to_html, to_markdown
     from pcn.io import write_text
 
-    out_dir = Path(out_dir)
-    md = write_text(out_dir / "report.md", to_markdown(report))
-    page = write_text(out_dir / "report.html", to_html(report, report.figures_dir.parent))
+    md = write_text(md, to_markdown(report))
+    page = write_text(html, to_html(report, report.figures_dir.parent))
     return md, page

@@ -11,10 +11,10 @@ import yaml
 
 from pcn import frontend
 from pcn.config import ParamsError, load_params, raw_params, recipe
+from pcn.dvc_view import dvc_yaml
 from pcn.engine_process import run_engine
 from pcn.errors import UserError
 from pcn.io import write_text
-from pcn.stages import dvc_yaml
 from pcn.tracking import PIPELINE_ENV, finish_pipeline_run, one_line, start_pipeline_run, tracking_uri, turn_off
 
 DVC_FILE = Path("dvc.yaml")
