@@ -299,19 +299,23 @@ def test_attention_stage_scores_maps_against_the_loc_boxes(tmp_path, monkeypatch
 @pytest.mark.parametrize("enabled", [True, False])
 def test_attention_reads_exactly_the_checkpoints_its_stage_depends_on(enabled):
     """Without the grid (experiments.enabled: false) the stage draws the main line's map
-    alone, and both front ends' dependencies say the same."""
+    alone; the checkpoints its command names are its dependencies, and each has a model."""
     import yaml
     from test_readers import ROOT
 
-    import pcn.steps.report as R
+    from pcn.analysis.attention_study import method_models
+    from pcn.cli import build_parser
     from pcn.config import resolve
-    from pcn.stages import attention_checkpoints
+    from pcn.stages import build_stages
 
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["experiments"]["enabled"] = enabled
     p = resolve(raw)
-    read = sorted(path for path, _, _ in R._checkpoints(p).values())
-    assert read == sorted(attention_checkpoints(p))
+    stage = {s.name: s for s in build_stages(p)}["attention"]
+    args = build_parser().parse_args(stage.cmd.split()[1:])
+    checkpoints = dict(w.split("=", 1) for w in args.weights)
+    read = sorted(path for path, _, _ in method_models(p, checkpoints).values())
+    assert read == sorted(d for d in stage.deps if d.endswith(".pth"))
     assert (len(read) == 1) == (not enabled)
 
 
