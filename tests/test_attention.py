@@ -218,7 +218,7 @@ def test_attention_stage_scores_maps_against_the_loc_boxes(tmp_path, monkeypatch
     from test_readers import ROOT, write_imagenet
 
     import pcn.models  # noqa: F401
-    import pcn.steps.report as R
+    import pcn.analysis.attention_study as S
     from pcn.cli import main
 
     data = tmp_path / "datasets"
@@ -230,17 +230,16 @@ def test_attention_stage_scores_maps_against_the_loc_boxes(tmp_path, monkeypatch
     params["attention"].update(n_images=6, n_figure=2)
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     tiny = {"embed_dim": 32, "depth": 1}
-    monkeypatch.setattr(
-        R,
-        "_checkpoints",
-        lambda p: {
-            "patchconvnet": ("a.pth", "patchconvnet_demo", tiny),
-            "patchconvnet_finetuned": ("b.pth", "patchconvnet_demo", tiny),
-            "patchconvnet_multiclass": ("c.pth", "patchconvnet_demo_multi", tiny),
-            "cam": ("d.pth", "patchconvnet_demo", {**tiny, "pool": "avg"}),
-        },
-    )
-    monkeypatch.setattr(R, "_model", lambda name, opts, ckpt, k: timm.create_model(name, num_classes=k, **opts).eval())
+    models = {
+        "patchconvnet": ("patchconvnet_demo", tiny),
+        "patchconvnet_finetuned": ("patchconvnet_demo", tiny),
+        "patchconvnet_multiclass": ("patchconvnet_demo_multi", tiny),
+        "cam": ("patchconvnet_demo", {**tiny, "pool": "avg"}),
+    }
+    monkeypatch.setattr(S, "method_models", lambda p, ckpts: {m: (c, *models[m]) for m, c in ckpts.items()})
+    monkeypatch.setattr(S, "_model", lambda name, opts, ckpt, k: timm.create_model(name, num_classes=k, **opts).eval())
+    argv = ["attention", "--weights", *(f"{m}={m}.pth" for m in models)]
+    argv += ["--out", "results/attention", "--metrics", "metrics/attention.json"]
     monkeypatch.chdir(work)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
     monkeypatch.delenv("PCN_PIPELINE_RUN_ID", raising=False)
@@ -249,7 +248,7 @@ def test_attention_stage_scores_maps_against_the_loc_boxes(tmp_path, monkeypatch
     saved = loc.read_text()
     loc.unlink()
     # no boxes in either form: the maps are drawn, localisation is recorded as not scored
-    assert main(["attention"]) == 0
+    assert main(argv) == 0
     m = json.loads((work / "metrics" / "attention.json").read_text())
     assert m["localisation_scored"] is False and m["ground_truth"] is None
     assert "not scored" in m["localisation_not_scored"] and A.VOC_DIR in m["localisation_not_scored"]
@@ -265,7 +264,7 @@ def test_attention_stage_scores_maps_against_the_loc_boxes(tmp_path, monkeypatch
     params["attention"]["require_boxes"] = True
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     capsys.readouterr()
-    assert main(["attention"]) == 2
+    assert main(argv) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("pcn attention:")]
     assert errors == [
         f"pcn attention: error: {data / 'imagenet'}: no ImageNet val boxes, neither {A.LOC_CSV} (Kaggle) nor "
@@ -273,7 +272,7 @@ def test_attention_stage_scores_maps_against_the_loc_boxes(tmp_path, monkeypatch
     ]
 
     loc.write_text(saved)
-    assert main(["attention"]) == 0
+    assert main(argv) == 0
     m = json.loads((work / "metrics" / "attention.json").read_text())
     assert m["ground_truth"] == str(loc) and m["n_images"] == 6
     (table,) = attention_section(Metrics(work)).tables  # one row per scored map, not the definitions

@@ -220,8 +220,8 @@ def test_under_dvc_a_stage_refuses_a_dvc_yaml_of_another_shape(tmp_path):
     import yaml
 
     from pcn.config import load_params
-    from pcn.errors import UserError
     from pcn.dvc_view import refuse_stale_dvc_yaml
+    from pcn.errors import UserError
 
     for name in ("params.yaml", "dvc.yaml"):
         (tmp_path / name).write_text((ROOT / name).read_text())

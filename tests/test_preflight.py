@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import stage_argv
 
 from pcn.analysis.attention import LOC_CSV, VOC_DIR
 from pcn.config import raw_params, resolve
@@ -110,7 +111,7 @@ def test_under_dvc_the_first_stage_names_a_dataset_another_stage_reads(datasets,
     env = {**os.environ, "PYTHONPATH": str(ROOT), "DVC_STAGE": "convert", "MLFLOW_TRACKING_URI": "file:./mlruns"}
     env.pop("PCN_PIPELINE_RUN_ID", None)
     subprocess.run([sys.executable, "-m", "pcn.cli", "dag"], cwd=work, env=env, check=True, capture_output=True)
-    cmd = [sys.executable, "-m", "pcn.cli", "convert"]
+    cmd = [sys.executable, "-m", "pcn.cli", *stage_argv("convert", work / "params.yaml")]
     cp = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=600)
     assert cp.returncode == 2, cp.stderr
     assert (

@@ -240,7 +240,13 @@ def test_the_dags_evaluate_with_the_torch_loader_is_the_released_protocol(releas
         )
     )
     monkeypatch.chdir(root)
-    assert main(["--params", "params_dag.yaml", "evaluate"]) == 0
+    assert (
+        main(
+            ["--params", "params_dag.yaml", "evaluate", "--weights", "results/finetune/model.pth"]
+            + ["--metrics", "metrics/eval.json"]
+        )
+        == 0
+    )
     doc = json.loads((root / "metrics" / "eval.json").read_text())
     assert (doc["loader"], doc["img_size"], doc["crop_ratio"]) == ("torch", IMG_SIZE, 0.875)
     assert (doc["top1"], doc["n_images"], doc["v2_top1"], doc["v2_n_images"]) == (100.0, n, 100.0, n)
