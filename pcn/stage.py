@@ -57,6 +57,20 @@ def parse_point(name: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
+# Each grid study's folder under results/ and metrics/, one model and one metrics file per run
+GRID_FOLDERS = {
+    "ablation": "ablations",
+    "resnet_pool": "resnet",
+    "multiclass": "multiclass",
+    "depth_width": "depth_width",
+}
+
+
+def grid_run_name(name: str, seed: str | int | None = None) -> str:
+    """A grid run's file name (no suffix): ``<variant>-s<seed>``, or a depth x width point's."""
+    return name if seed is None else f"{name}-s{seed}"
+
+
 def avg_pool_variant(params) -> str | None:
     """The ablation variant with average pooling (the CAM model), if the grid has one."""
     return next((n for n, o in params.experiments.variants.items() if o.get("pool") == "avg"), None)

@@ -25,12 +25,14 @@ from pcn.preflight import datasets_read, reads
 from pcn.splits import FFCV_DIR, ffcv_splits
 from pcn.stage import (
     BASELINE_VARIANT,
+    GRID_FOLDERS,
     PRIORITY_ANY_TIME,
     PRIORITY_CHAIN_HEAD,
     PRIORITY_CHAIN_NEXT,
     PRIORITY_LONG_TRANSFER,
     Stage,
     avg_pool_variant,
+    grid_run_name,
     point_name,
     stage_sections,
     transfer_stage,
@@ -319,12 +321,13 @@ def _grid(params: Params) -> list[Stage]:
     return [*runs, summary]
 
 
-def _grid_run(params: Params, name: str, verb: str, matrix: dict, folder: str, **kw) -> Stage:
+def _grid_run(params: Params, name: str, verb: str, matrix: dict, **kw) -> Stage:
     """One comparison of the grid: a training run per instance of ``matrix``, its model in
     results/<folder>/ and its metrics in metrics/<folder>/, named by the instance's values."""
     # the grid's loader (memory, torch) may read the image folders instead of the .beton
     deps = _ffcv_deps(params) + _image_deps(params) + _code("data", "models", "train") + kw.pop("deps", ())
-    run = "-s".join(f"{{{k}}}" for k in matrix)  # {variant}-s{seed}; {point}
+    run = grid_run_name(*(f"{{{k}}}" for k in matrix))  # {variant}-s{seed}; {point}
+    folder = GRID_FOLDERS[name]
     out, metrics = f"results/{folder}/{run}/model.pth", f"metrics/{folder}/{run}.json"
     return _stage(
         name,
@@ -346,18 +349,17 @@ def _grid_runs(params: Params) -> dict[str, Stage]:
     """The grid's training stages by name: ablations, the ResNet pair, multi-class, depth x width."""
     exp = params.experiments
     seeds = list(exp.seeds)
-    ablation = _grid_run(params, "ablation", "ablate", {"variant": list(exp.variants), "seed": seeds}, "ablations")
+    ablation = _grid_run(params, "ablation", "ablate", {"variant": list(exp.variants), "seed": seeds})
     # the baseline's model of the same seed (the seed stays a wildcard)
     baseline = ablation.outs[0].format(variant=BASELINE_VARIANT, seed="{seed}")
     stages = (
         ablation,
-        _grid_run(params, "resnet_pool", "resnet-pool", {"pool": list(exp.resnet), "seed": seeds}, "resnet"),
+        _grid_run(params, "resnet_pool", "resnet-pool", {"pool": list(exp.resnet), "seed": seeds}),
         _grid_run(
             params,
             "multiclass",
             "multiclass",
             {"init": ["scratch", "finetuned"], "seed": seeds},
-            "multiclass",
             deps=(baseline,),
             args=(("baseline", baseline),),
         ),
@@ -366,7 +368,6 @@ def _grid_runs(params: Params) -> dict[str, Stage]:
             "depth_width",
             "depth-width",
             {"point": [point_name(w, d) for w, d in exp.depth_width]},
-            "depth_width",
             deps=_code("eval"),
         ),
     )

@@ -107,3 +107,16 @@ def stage_argv(name: str, params_path: str | Path = "params.yaml", **wildcards) 
 
     stage = {s.name: s for s in build_stages(load_params(params_path))}[name]
     return stage.instance({k: str(v) for k, v in wildcards.items()}).cmd.split()[1:]
+
+
+def run_paths(root: Path, params_path: str | Path = ROOT / "params.yaml"):
+    """The path map the figures and report stages build from their commands, for a run at ``root``."""
+    import argparse
+
+    from pcn.analysis.paths import RunPaths
+    from pcn.cli import build_parser
+
+    flags: dict = {}
+    for name in ("figures", "report"):
+        flags.update({k: v for k, v in vars(build_parser().parse_args(stage_argv(name, params_path))).items() if v})
+    return RunPaths.from_args(argparse.Namespace(**flags), Path(root))

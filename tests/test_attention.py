@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import run_paths
 
 from pcn.analysis import attention as A
 
@@ -217,8 +218,8 @@ def test_attention_stage_scores_maps_against_the_loc_boxes(tmp_path, monkeypatch
     import yaml
     from test_readers import ROOT, write_imagenet
 
-    import pcn.models  # noqa: F401
     import pcn.analysis.attention_study as S
+    import pcn.models  # noqa: F401
     from pcn.cli import main
 
     data = tmp_path / "datasets"
@@ -258,7 +259,7 @@ def test_attention_stage_scores_maps_against_the_loc_boxes(tmp_path, monkeypatch
     from pcn.analysis.sections import attention_section
     from pcn.analysis.sourced import Metrics
 
-    section = attention_section(Metrics(work))  # the report says so, and shows no empty table
+    section = attention_section(Metrics(run_paths(work)))  # the report says so, and shows no empty table
     assert any(par.startswith("Localisation not scored: ") for par in section.paragraphs) and not section.tables
     # unless the boxes are required: then one line naming both forms
     params["attention"]["require_boxes"] = True
@@ -275,7 +276,7 @@ def test_attention_stage_scores_maps_against_the_loc_boxes(tmp_path, monkeypatch
     assert main(argv) == 0
     m = json.loads((work / "metrics" / "attention.json").read_text())
     assert m["ground_truth"] == str(loc) and m["n_images"] == 6
-    (table,) = attention_section(Metrics(work)).tables  # one row per scored map, not the definitions
+    (table,) = attention_section(Metrics(run_paths(work))).tables  # one row per scored map, not the definitions
     assert "definitions" not in [row[0] for row in table.rows] and len(table.rows) == 7
     for method in (
         "patchconvnet",

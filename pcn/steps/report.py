@@ -52,11 +52,12 @@ def _paper_directions(path: str | Path) -> dict[str, str]:
 
 def figures(args) -> int:
     from pcn.analysis.figures import build_figures
+    from pcn.analysis.paths import RunPaths
 
     with stage(args, "figures", outs=(args.out,)) as st:
         figures_dir = Path(st.out)
         with atomic_path(figures_dir, directory=True) as out:
-            manifest = build_figures(Path("."), out, _paper_directions(args.paper))
+            manifest = build_figures(RunPaths.from_args(args), out, _paper_directions(args.paper))
         for name, info in manifest["figures"].items():
             print(f"figure {name}: {', '.join(info['files'])}")
         for name, why in manifest["skipped"].items():
@@ -71,10 +72,11 @@ def figures(args) -> int:
 
 
 def report(args) -> int:
+    from pcn.analysis.paths import RunPaths
     from pcn.analysis.report import build_report, write_report
 
     with stage(args, "report", outs=tuple(args.out)) as st:
-        doc = build_report(Path("."), st.params, args.paper)
+        doc = build_report(RunPaths.from_args(args), st.params)
         md, html = write_report(doc, *map(Path, st.outs))
         counts = doc.status_counts()
         st.run.log_metrics({f"rows_{k.replace(' ', '_')}": v for k, v in counts.items()})
