@@ -15,6 +15,7 @@ from pathlib import Path
 from pcn.config import DATASET_DIRS, GRID_STUDIES, Params
 from pcn.errors import DatasetError
 from pcn.splits import ffcv_splits
+from pcn.stage import TRANSFER_TASKS, transfer_stage
 
 
 def reads(p: Params) -> dict[str, tuple[str, ...]]:
@@ -25,10 +26,7 @@ def reads(p: Params) -> dict[str, tuple[str, ...]]:
         "convert": ("imagenet",) + (("imagenet_v2",) if "v2" in ffcv_splits(p) else ()),
         "evaluate": ("imagenet", "imagenet_v2"),
         "attention": ("imagenet",),
-        "segmentation": ("ade20k",),
-        "segmentation_scratch": ("ade20k",),
-        "detection": ("coco",),
-        "detection_scratch": ("coco",),
+        **{transfer_stage(t, i): (d,) for t, d in TRANSFER_TASKS.items() for i in ("pretrained", "scratch")},
     }
     # a folder loader (torch, memory) trains on the images themselves, not on the .beton
     if p.data.loader != "ffcv":

@@ -17,7 +17,6 @@ Meant to be read in one place, stage after stage.
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 from pcn.config import Params, ParamsError
 from pcn.manifest import LISTER, manifest_path
@@ -37,6 +36,7 @@ from pcn.stage import (
     stage_sections,
     transfer_stage,
 )
+from pcn.stage_code import code, with_code_files
 from pcn.stage_resources import convert_job, light_job, loader_job, training_job
 
 # The grid's plots (written by `pcn summarize`): each run's top-1 by variant, and the
@@ -45,53 +45,6 @@ GRID_TOP1_PLOT = "plots/grid_top1.csv"
 DEPTH_WIDTH_PLOT = "plots/depth_width.csv"
 # The folders the analysis stages read their inputs from (each input is declared file by file)
 METRICS_DIR, PLOTS_DIR, RESULTS_DIR = "metrics", "plots", "results"
-
-CODE = {
-    "data": "pcn/data",
-    "models": "pcn/models",
-    "train": "pcn/train",
-    "eval": "pcn/eval",
-    "transfer": "pcn/transfer",
-    "analysis": "pcn/analysis",
-}
-
-
-# What every stage runs besides its own modules: the schema, the output helpers, tracking,
-# the names and sections a step shares with this table.  Not this table: a step reads
-# nothing from it (its paths are on its command line).
-CORE_CODE = (
-    "pcn/config.py",
-    "pcn/io.py",
-    "pcn/machine.py",
-    "pcn/tracking.py",
-    "pcn/steps/common.py",
-    "pcn/stage.py",
-    "pcn/splits.py",
-)
-
-
-def _code(*parts: str) -> tuple[str, ...]:
-    return tuple(CODE[p] for p in parts)
-
-
-# What a code folder holds that its stages run: modules, and the report's templates.
-CODE_SUFFIXES = (".py", ".j2")
-
-
-def code_files(folder: str) -> tuple[str, ...]:
-    """The code of a folder, as files: Snakemake compares files' times, and a folder's
-    time does not change when a file in it is edited."""
-    return tuple(sorted(str(p) for p in Path(folder).rglob("*") if p.suffix in CODE_SUFFIXES))
-
-
-def with_code_files(stage: Stage) -> Stage:
-    """``stage`` depending on the code it runs, file by file: its step module, the core
-    modules, and every module of the code folders it lists."""
-    deps: list[str] = []
-    for dep in stage.deps:
-        deps += code_files(dep) if dep in CODE.values() else [dep]
-    extra = tuple(f for f in (*CORE_CODE, stage.step_module) if f not in deps)
-    return replace(stage, deps=tuple(deps) + extra)
 
 
 def checkpoint_path(stage: str) -> str:
@@ -177,7 +130,7 @@ def _data_stages(params: Params) -> list[Stage]:
                 "data",
                 args=_outputs(root),
                 priority=PRIORITY_CHAIN_HEAD,
-                deps=_code("data"),
+                deps=code("data"),
                 outs=(root,),
                 resources=light_job(params),
             )
@@ -192,7 +145,7 @@ def _data_stages(params: Params) -> list[Stage]:
                 "data",
                 args=_outputs(FFCV_DIR, "metrics/convert.json"),
                 priority=PRIORITY_CHAIN_HEAD,
-                deps=image_deps + _code("data"),
+                deps=image_deps + code("data"),
                 outs=(FFCV_DIR,),
                 metrics=("metrics/convert.json",),
                 threads=max(1, params.data.num_workers),
@@ -206,7 +159,7 @@ def _data_stages(params: Params) -> list[Stage]:
                 "pixel-baseline",
                 "data",
                 args=_outputs(metrics="metrics/pixel_baseline.json"),
-                deps=image_deps + _code("data", "eval"),
+                deps=image_deps + code("data", "eval"),
                 metrics=("metrics/pixel_baseline.json",),
                 resources=light_job(params),
             )
@@ -232,7 +185,7 @@ def _main_line(params: Params) -> list[Stage]:
                 name,
                 "train",
                 args=_ffcv_args(params) + tuple(("weights", w) for w in weights) + _outputs(out, metrics, plots),
-                deps=ffcv + weights + _code("data", "models", "train"),
+                deps=ffcv + weights + code("data", "models", "train"),
                 outs=(out,),
                 metrics=(metrics,),
                 plots=(plots,),
@@ -249,7 +202,7 @@ def _main_line(params: Params) -> list[Stage]:
             "evaluate",
             "eval",
             args=_ffcv_args(params) + (("weights", weights),) + _outputs(metrics="metrics/eval.json"),
-            deps=ffcv + (weights,) + _code("data", "models", "train", "eval"),
+            deps=ffcv + (weights,) + code("data", "models", "train", "eval"),
             metrics=("metrics/eval.json",),
             accelerated=True,
             resources=loader_job(params),
@@ -261,7 +214,7 @@ def _main_line(params: Params) -> list[Stage]:
             "complexity",
             "eval",
             args=_outputs("reports/complexity.md", "metrics/complexity.json"),
-            deps=_code("models", "eval"),
+            deps=code("models", "eval"),
             outs=("reports/complexity.md",),
             metrics=("metrics/complexity.json",),
             report={"reports/complexity.md": "Tables"},
@@ -288,7 +241,7 @@ def _transfers(params: Params) -> list[Stage]:
                     task,
                     "transfer",
                     args=(("init", init), *(("checkpoint", b) for b in backbone), *_outputs(out, metrics, plots)),
-                    deps=_image_deps(params) + backbone + _code("models", "train", "transfer"),
+                    deps=_image_deps(params) + backbone + code("models", "train", "transfer"),
                     outs=(out,),
                     metrics=(metrics,),
                     plots=(plots,),
@@ -313,7 +266,7 @@ def _grid(params: Params) -> list[Stage]:
         "summarize",
         "experiments",
         args=(("metrics", METRICS_DIR),) + _outputs("metrics/ablations.json", plots=(GRID_TOP1_PLOT, DEPTH_WIDTH_PLOT)),
-        deps=_instance_paths(runs, "metrics") + _code("analysis"),
+        deps=_instance_paths(runs, "metrics") + code("analysis"),
         metrics=("metrics/ablations.json",),
         plots=(GRID_TOP1_PLOT, DEPTH_WIDTH_PLOT),
         resources=light_job(params),
@@ -325,7 +278,7 @@ def _grid_run(params: Params, name: str, verb: str, matrix: dict, **kw) -> Stage
     """One comparison of the grid: a training run per instance of ``matrix``, its model in
     results/<folder>/ and its metrics in metrics/<folder>/, named by the instance's values."""
     # the grid's loader (memory, torch) may read the image folders instead of the .beton
-    deps = _ffcv_deps(params) + _image_deps(params) + _code("data", "models", "train") + kw.pop("deps", ())
+    deps = _ffcv_deps(params) + _image_deps(params) + code("data", "models", "train") + kw.pop("deps", ())
     run = grid_run_name(*(f"{{{k}}}" for k in matrix))  # {variant}-s{seed}; {point}
     folder = GRID_FOLDERS[name]
     out, metrics = f"results/{folder}/{run}/model.pth", f"metrics/{folder}/{run}.json"
@@ -368,7 +321,7 @@ def _grid_runs(params: Params) -> dict[str, Stage]:
             "depth_width",
             "depth-width",
             {"point": [point_name(w, d) for w, d in exp.depth_width]},
-            deps=_code("eval"),
+            deps=code("eval"),
         ),
     )
     return {s.name: s for s in stages}
@@ -407,7 +360,7 @@ def _analysis(st: list[Stage], params: Params) -> list[Stage]:
         "report",
         args=(("weights", tuple(f"{m}={path}" for m, path in maps.items())),)
         + _outputs("results/attention", "metrics/attention.json"),
-        deps=_image_deps(params) + tuple(maps.values()) + _code("data", "models", "analysis"),
+        deps=_image_deps(params) + tuple(maps.values()) + code("data", "models", "analysis"),
         outs=("results/attention",),
         metrics=("metrics/attention.json",),
         report={"results/attention": "Attention maps"},
@@ -428,7 +381,7 @@ def _analysis(st: list[Stage], params: Params) -> list[Stage]:
         + _instance_paths(st, "plots")
         + tuple(o for s in st if s.topic == "transfer" for o in s.outs)
         + ("results/attention", paper)
-        + _code("analysis"),
+        + code("analysis"),
         outs=("reports/figures",),
         report={"reports/figures": "Figures"},
         resources=light_job(params),
@@ -439,7 +392,7 @@ def _analysis(st: list[Stage], params: Params) -> list[Stage]:
         "report",
         args=(("metrics", METRICS_DIR), ("figures", figures.outs[0]), ("paper", paper), ("recipe", recipe))
         + _outputs(("reports/report.md", "reports/report.html")),
-        deps=_instance_paths(st, "metrics") + figures.outs + (paper, recipe) + _code("analysis"),
+        deps=_instance_paths(st, "metrics") + figures.outs + (paper, recipe) + code("analysis"),
         outs=("reports/report.md", "reports/report.html"),
         report={"reports/report.html": "Report"},
         resources=light_job(params),
