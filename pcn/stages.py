@@ -88,8 +88,8 @@ def _check_args(stage: Stage) -> None:
     for _, value in stage.args:
         for v in (value,) if isinstance(value, str) else value:
             path = v.split("=", 1)[-1]  # `--weights method=path`
-            folder = any(d.startswith(path + "/") for d in declared)
-            if ("/" in path or folder) and path not in declared and not folder:
+            folder = any(d.startswith(path + "/") for d in declared)  # `--metrics metrics`
+            if "/" in path and path not in declared and not folder:  # a word (`--init scratch`) passes
                 raise ValueError(f"stage {stage.name}: its command names {path}, which it does not declare")
             named.append(path)
     unnamed = [o for o in stage.all_paths() if not any(o == n or o.startswith(n + "/") for n in named)]

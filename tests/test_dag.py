@@ -93,8 +93,9 @@ def test_experiment_grid_expands_to_variant_x_seed():
 
 def test_every_stage_command_parses_to_a_step_that_finds_its_instance():
     """Each instance's command is one the CLI accepts, naming a step function that exists, and
-    its flags carry every wildcard with the instance's value: a step finds its outputs and
-    params in the stage table from them (``--variant`` fills ``{variant}``)."""
+    its flags carry every wildcard with the instance's value (the step names its MLflow run
+    and logs its params sections by them: ``--variant`` fills ``{variant}``), and the step
+    module the table makes the stage depend on is the one the CLI runs."""
     import importlib
 
     from pcn.cli import build_parser
@@ -108,6 +109,7 @@ def test_every_stage_command_parses_to_a_step_that_finds_its_instance():
             module, func = args.target.split(":")
             assert callable(getattr(importlib.import_module(module), func, None)), (s.name, args.target)
             assert {k: str(getattr(args, k, None)) for k in wc} == wc, (s.name, argv)
+            assert s.step_module == module.replace(".", "/") + ".py" and s.step_module in s.deps, s.name
 
 
 def test_every_tracked_section_names_a_params_section():
