@@ -314,6 +314,22 @@ def _per_init(paths: RunPaths, task: str) -> dict[str, dict]:
     return out
 
 
+def paper_directions(path: str | Path) -> dict[str, str]:
+    """ablation -> the paper's direction for it (paper/numbers.yaml), as the ablation chart labels it."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        return {}
+    doc = yaml.safe_load(p.read_text()) or {}
+    # the chart's label: the direction, and the paper's condition on it in a few words
+    return {
+        k: ", ".join(filter(None, (v.get("direction"), v.get("when"))))
+        for k, v in (doc.get("ablations") or {}).items()
+        if isinstance(v, dict)
+    }
+
+
 def build_figures(paths: RunPaths, out_dir: str | Path, directions: dict[str, str] | None = None) -> dict[str, Any]:
     """Draw every figure whose inputs exist in the run at ``paths`` into ``out_dir``.
 

@@ -35,29 +35,14 @@ def attention(args) -> int:
     return 0
 
 
-def _paper_directions(path: str | Path) -> dict[str, str]:
-    import yaml
-
-    p = Path(path)
-    if not p.is_file():
-        return {}
-    doc = yaml.safe_load(p.read_text()) or {}
-    # the chart's label: the direction, and the paper's condition on it in a few words
-    return {
-        k: ", ".join(filter(None, (v.get("direction"), v.get("when"))))
-        for k, v in (doc.get("ablations") or {}).items()
-        if isinstance(v, dict)
-    }
-
-
 def figures(args) -> int:
-    from pcn.analysis.figures import build_figures
+    from pcn.analysis.figures import build_figures, paper_directions
     from pcn.analysis.paths import RunPaths
 
     with stage(args, "figures", outs=(args.out,)) as st:
         figures_dir = Path(st.out)
         with atomic_path(figures_dir, directory=True) as out:
-            manifest = build_figures(RunPaths.from_args(args), out, _paper_directions(args.paper))
+            manifest = build_figures(RunPaths.from_args(args), out, paper_directions(args.paper))
         for name, info in manifest["figures"].items():
             print(f"figure {name}: {', '.join(info['files'])}")
         for name, why in manifest["skipped"].items():
