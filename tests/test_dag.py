@@ -236,3 +236,21 @@ def test_under_dvc_a_stage_refuses_a_dvc_yaml_of_another_shape(tmp_path):
     params_path.write_text(yaml.safe_dump(raw, sort_keys=False))
     with pytest.raises(UserError, match=r"dvc.yaml is stale .* run `pcn dag`"):
         refuse_stale_dvc_yaml(str(params_path), load_params(params_path))
+
+
+def test_only_the_dag_and_rehearse_steps_import_the_stage_table():
+    """A step takes its paths from its command line: importing the table (even inside a
+    function) would let it find them there again.  Only `pcn dag`'s and `pcn rehearse`'s
+    modules, which run the table itself, may."""
+    import ast
+
+    allowed = {"tools.py", "rehearse.py"}
+    importers = []
+    for path in sorted((ROOT / "pcn" / "steps").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+            if "pcn.stages" in names and path.name not in allowed:
+                importers.append(path.name)
+    assert not importers, f"steps importing pcn.stages: {importers}"
