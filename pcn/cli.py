@@ -20,7 +20,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from pcn import __version__  # noqa: E402
 from pcn.config import SCALES, ParamsError  # noqa: E402
 from pcn.errors import DatasetError, UserError  # noqa: E402
-from pcn.steps import VERBS  # noqa: E402
+from pcn.verbs import VERBS  # noqa: E402
 
 log = logging.getLogger("pcn")
 
@@ -50,7 +50,68 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The paths each stage verb opens, as the stage table writes them on its command (pcn.stages):
+# flag -> (help, how many values, required).  The table's command always names them.
+_PATHS: dict[str, dict[str, tuple[str, str | None, bool]]] = {
+    "make-demo": {"out": ("folder of the demo datasets", None, True)},
+    "manifest": {"out": ("the dataset listings to refresh (data/manifests/<dataset>.tsv)", "+", True)},
+    "convert": {"out": ("folder of the .beton files", None, True), "metrics": ("metrics JSON", None, True)},
+    "pixel-baseline": {"metrics": ("metrics JSON", None, True)},
+    "evaluate": {
+        "ffcv": ("folder of the converted splits (<split>.beton)", None, False),
+        "weights": ("the DAG's model to score (the DAG stage)", None, False),
+        "metrics": ("metrics JSON (the DAG stage)", None, False),
+    },
+    "complexity": {"out": ("Markdown table", None, True), "metrics": ("metrics JSON", None, True)},
+    "summarize": {
+        "metrics": ("folder of the grid runs' metrics (<study>/<run>.json)", None, True),
+        "out": ("the summary's metrics JSON", None, True),
+        "plots": ("the grid's top-1 and depth x width plot CSVs", "+", True),
+    },
+    "attention": {
+        "weights": ("METHOD=MODEL for each map scored (patchconvnet_finetuned, patchconvnet, ...)", "+", True),
+        "out": ("folder of the maps and their figures", None, True),
+        "metrics": ("metrics JSON", None, True),
+    },
+    "figures": {
+        "metrics": ("folder of the metrics files", None, True),
+        "plots": ("folder of the training curves", None, True),
+        "results": ("folder of the stages' results (attention maps, dense-task pictures)", None, True),
+        "paper": ("the paper's numbers (paper/numbers.yaml)", None, True),
+        "out": ("folder of the figures", None, True),
+    },
+    "report": {
+        "metrics": ("folder of the metrics files", None, True),
+        "figures": ("folder of the figures", None, True),
+        "paper": ("the paper's numbers (paper/numbers.yaml)", None, True),
+        "recipe": ("the paper's recipe (paper/recipe.yaml)", None, True),
+        "out": ("the report's Markdown and HTML files", 2, True),
+    },
+}
+# Training-like verbs: the converted splits they read and what they write
+_TRAINING_PATHS = {
+    "ffcv": ("folder of the converted splits (<split>.beton)", None, False),
+    "out": ("the trained model (model.pth) or the run's folder", None, True),
+    "metrics": ("metrics JSON", None, True),
+    "plots": ("training-curve CSV", None, False),
+}
+for _verb in ("pretrain", "finetune", "ablate", "resnet-pool", "multiclass", "depth-width"):
+    _PATHS[_verb] = _TRAINING_PATHS
+_PATHS["finetune"] = {**_TRAINING_PATHS, "weights": ("the pretrained model it starts from", None, True)}
+_PATHS["multiclass"] = {
+    **_TRAINING_PATHS,
+    "baseline": ("the single-token baseline of the same seed (the fine-tuned init's source)", None, True),
+}
+_PATHS["segmentation"] = _PATHS["detection"] = {k: _TRAINING_PATHS[k] for k in ("out", "metrics", "plots")}
+
+
+def _path_arguments(verb: str, p: argparse.ArgumentParser) -> None:
+    for flag, (help_text, nargs, required) in _PATHS.get(verb, {}).items():
+        p.add_argument(f"--{flag}", nargs=nargs, required=required, metavar="PATH", help=help_text)
+
+
 def _verb_arguments(verb: str, p: argparse.ArgumentParser) -> None:
+    _path_arguments(verb, p)
     if verb in (
         "pretrain",
         "finetune",
@@ -64,14 +125,15 @@ def _verb_arguments(verb: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("--launcher", choices=["local", "slurm"], help="override launcher.kind (also: PCN_LAUNCHER)")
     if verb in ("segmentation", "detection"):
         p.add_argument("--init", choices=["pretrained", "scratch"], required=True)
-        p.add_argument("--checkpoint", help="backbone weights: a released checkpoint file instead of the DAG's")
+        p.add_argument(
+            "--checkpoint", help="backbone weights of --init pretrained: the DAG's model or a released checkpoint file"
+        )
     if verb == "evaluate":
         p.add_argument(
             "--checkpoint",
             help="a released checkpoint ({'model': state_dict}) to score on ImageNet val "
             "and v2 under the paper's protocol, into metrics/released/<model>-<px>-<sha>.json, "
-            "one file per checkpoint (without it: "
-            "the DAG stage, results/finetune/model.pth -> metrics/eval.json)",
+            "one file per checkpoint (without it: the DAG stage, --weights MODEL -> --metrics JSON)",
         )
         p.add_argument(
             "--model",

@@ -27,7 +27,8 @@ from collections.abc import Iterable
 from itertools import groupby
 from pathlib import Path
 
-from pcn.stages import Stage, expand
+from pcn.dvc_view import expand
+from pcn.stage import Stage
 
 # Outputs written this long before the run started still count as written by it
 # (a cluster node's clock and a shared file system's time stamps may lag).

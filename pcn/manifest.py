@@ -100,11 +100,11 @@ def refresh(folder: str | Path, listing: str | Path) -> bool:
     return True
 
 
-def refresh_listings(params, lister) -> str:
-    """Refresh each listing the ``dataset_manifest`` stage (``lister``) writes; one line
+def refresh_listings(params, listings) -> str:
+    """Refresh each of ``listings`` (the ``dataset_manifest`` stage's outputs); one line
     saying which changed and how long the walk took."""
     t0 = time.perf_counter()
-    names = [Path(out).stem for out in lister.outs]
+    names = [Path(out).stem for out in listings]
     changed = [n for n in names if refresh(params.data.path(n), manifest_path(n))]
     kept = [n for n in names if n not in changed]
     parts = [f"{', '.join(changed)} changed" if changed else "", f"{', '.join(kept)} unchanged" if kept else ""]

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from pcn.config import DATASET_DIRS, GRID_STUDIES, Params
 from pcn.errors import DatasetError
-from pcn.stages import ffcv_splits
+from pcn.splits import ffcv_splits
+from pcn.stage import TRANSFER_TASKS, transfer_stage
 
 
 def reads(p: Params) -> dict[str, tuple[str, ...]]:
@@ -25,10 +26,7 @@ def reads(p: Params) -> dict[str, tuple[str, ...]]:
         "convert": ("imagenet",) + (("imagenet_v2",) if "v2" in ffcv_splits(p) else ()),
         "evaluate": ("imagenet", "imagenet_v2"),
         "attention": ("imagenet",),
-        "segmentation": ("ade20k",),
-        "segmentation_scratch": ("ade20k",),
-        "detection": ("coco",),
-        "detection_scratch": ("coco",),
+        **{transfer_stage(t, i): (d,) for t, d in TRANSFER_TASKS.items() for i in ("pretrained", "scratch")},
     }
     # a folder loader (torch, memory) trains on the images themselves, not on the .beton
     if p.data.loader != "ffcv":
@@ -82,14 +80,12 @@ def _needs(p: Params) -> dict[str, list[tuple[Path, str]]]:
     return needs
 
 
-def check_datasets(params: Params) -> str:
-    """Raise DatasetError naming the first missing dataset path of a stage the DAG runs; a
-    line saying what was checked otherwise."""
-    from pcn.stages import build_stages
-
+def check_datasets(params: Params, stage_names) -> str:
+    """Raise DatasetError naming the first missing dataset path of a stage the DAG runs (its
+    ``stage_names``, from the stage table); a line saying what was checked otherwise."""
     if params.data.source == "demo":
         return "datasets: the demo_data stage writes them"
-    names = {s.name for s in build_stages(params)}
+    names = set(stage_names)
     checked = 0
     for stage, needs in _needs(params).items():
         if stage not in names:

@@ -35,6 +35,7 @@ import yaml
 from pcn.config import DATASET_DIRS, deep_merge, resolve
 from pcn.errors import UserError
 from pcn.io import write_text
+from pcn.stage import TRANSFER_TASKS, transfer_stage
 
 CAPS_FILE = Path("workflow/rehearsal.yaml")
 # What a workspace links from the repository (read-only inputs of the DAG).
@@ -46,7 +47,7 @@ SLURM_TASKS = 2  # DDP ranks per training job on the test cluster
 TRANSFER_PEAK_MB = 13_000
 # what the local jobs together may declare: the rest is for Snakemake, the OS and the page cache
 LOCAL_MEMORY_SHARE = 0.9
-TRANSFER_STAGES = ("segmentation", "segmentation_scratch", "detection", "detection_scratch")
+TRANSFER_STAGES = tuple(transfer_stage(t, init) for t in TRANSFER_TASKS for init in ("pretrained", "scratch"))
 
 
 def local_engine_args(mem_total_mb: int) -> list[str]:

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 
 from pcn.config import PartitionLimits
 from pcn.errors import UserError
-from pcn.stages import Resources
+from pcn.stage_resources import Resources
 
 DEFAULT = "default"  # the limits key of jobs that name no partition
 QUERY_TIMEOUT_S = 15

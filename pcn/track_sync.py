@@ -21,7 +21,8 @@ from typing import Any
 
 from pcn.config import Params
 from pcn.errors import UserError
-from pcn.stages import Stage, build_stages
+from pcn.stage import Stage
+from pcn.stages import build_stages
 from pcn.tracking import (
     RunLogger,
     experiment_id,

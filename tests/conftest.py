@@ -97,3 +97,26 @@ def slurm_cluster() -> str:
     if started.returncode != 0:
         raise RuntimeError(f"scripts/slurm-cluster.sh start failed:\n{started.stdout}\n{started.stderr}")
     return "started"
+
+
+def stage_argv(name: str, params_path: str | Path = "params.yaml", **wildcards) -> list[str]:
+    """The verb and flags of stage ``name`` (one instance: ``wildcards``) as the DAG of
+    ``params_path`` runs it: the paths come from the stage table, as under a front end."""
+    from pcn.config import load_params
+    from pcn.stages import build_stages
+
+    stage = {s.name: s for s in build_stages(load_params(params_path))}[name]
+    return stage.instance({k: str(v) for k, v in wildcards.items()}).cmd.split()[1:]
+
+
+def run_paths(root: Path, params_path: str | Path = ROOT / "params.yaml"):
+    """The path map the figures and report stages build from their commands, for a run at ``root``."""
+    import argparse
+
+    from pcn.analysis.paths import RunPaths
+    from pcn.cli import build_parser
+
+    flags: dict = {}
+    for name in ("figures", "report"):
+        flags.update({k: v for k, v in vars(build_parser().parse_args(stage_argv(name, params_path))).items() if v})
+    return RunPaths.from_args(argparse.Namespace(**flags), Path(root))

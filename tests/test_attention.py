@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import run_paths
 
 from pcn.analysis import attention as A
 
@@ -217,8 +218,8 @@ def test_attention_stage_scores_maps_against_the_loc_boxes(tmp_path, monkeypatch
     import yaml
     from test_readers import ROOT, write_imagenet
 
+    import pcn.analysis.attention_study as S
     import pcn.models  # noqa: F401
-    import pcn.steps.report as R
     from pcn.cli import main
 
     data = tmp_path / "datasets"
@@ -230,17 +231,16 @@ def test_attention_stage_scores_maps_against_the_loc_boxes(tmp_path, monkeypatch
     params["attention"].update(n_images=6, n_figure=2)
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     tiny = {"embed_dim": 32, "depth": 1}
-    monkeypatch.setattr(
-        R,
-        "_checkpoints",
-        lambda p: {
-            "patchconvnet": ("a.pth", "patchconvnet_demo", tiny),
-            "patchconvnet_finetuned": ("b.pth", "patchconvnet_demo", tiny),
-            "patchconvnet_multiclass": ("c.pth", "patchconvnet_demo_multi", tiny),
-            "cam": ("d.pth", "patchconvnet_demo", {**tiny, "pool": "avg"}),
-        },
-    )
-    monkeypatch.setattr(R, "_model", lambda name, opts, ckpt, k: timm.create_model(name, num_classes=k, **opts).eval())
+    models = {
+        "patchconvnet": ("patchconvnet_demo", tiny),
+        "patchconvnet_finetuned": ("patchconvnet_demo", tiny),
+        "patchconvnet_multiclass": ("patchconvnet_demo_multi", tiny),
+        "cam": ("patchconvnet_demo", {**tiny, "pool": "avg"}),
+    }
+    monkeypatch.setattr(S, "method_models", lambda p, ckpts: {m: (c, *models[m]) for m, c in ckpts.items()})
+    monkeypatch.setattr(S, "_model", lambda name, opts, ckpt, k: timm.create_model(name, num_classes=k, **opts).eval())
+    argv = ["attention", "--weights", *(f"{m}={m}.pth" for m in models)]
+    argv += ["--out", "results/attention", "--metrics", "metrics/attention.json"]
     monkeypatch.chdir(work)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
     monkeypatch.delenv("PCN_PIPELINE_RUN_ID", raising=False)
@@ -249,7 +249,7 @@ def test_attention_stage_scores_maps_against_the_loc_boxes(tmp_path, monkeypatch
     saved = loc.read_text()
     loc.unlink()
     # no boxes in either form: the maps are drawn, localisation is recorded as not scored
-    assert main(["attention"]) == 0
+    assert main(argv) == 0
     m = json.loads((work / "metrics" / "attention.json").read_text())
     assert m["localisation_scored"] is False and m["ground_truth"] is None
     assert "not scored" in m["localisation_not_scored"] and A.VOC_DIR in m["localisation_not_scored"]
@@ -259,13 +259,13 @@ def test_attention_stage_scores_maps_against_the_loc_boxes(tmp_path, monkeypatch
     from pcn.analysis.sections import attention_section
     from pcn.analysis.sourced import Metrics
 
-    section = attention_section(Metrics(work))  # the report says so, and shows no empty table
+    section = attention_section(Metrics(run_paths(work)))  # the report says so, and shows no empty table
     assert any(par.startswith("Localisation not scored: ") for par in section.paragraphs) and not section.tables
     # unless the boxes are required: then one line naming both forms
     params["attention"]["require_boxes"] = True
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     capsys.readouterr()
-    assert main(["attention"]) == 2
+    assert main(argv) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("pcn attention:")]
     assert errors == [
         f"pcn attention: error: {data / 'imagenet'}: no ImageNet val boxes, neither {A.LOC_CSV} (Kaggle) nor "
@@ -273,10 +273,10 @@ def test_attention_stage_scores_maps_against_the_loc_boxes(tmp_path, monkeypatch
     ]
 
     loc.write_text(saved)
-    assert main(["attention"]) == 0
+    assert main(argv) == 0
     m = json.loads((work / "metrics" / "attention.json").read_text())
     assert m["ground_truth"] == str(loc) and m["n_images"] == 6
-    (table,) = attention_section(Metrics(work)).tables  # one row per scored map, not the definitions
+    (table,) = attention_section(Metrics(run_paths(work))).tables  # one row per scored map, not the definitions
     assert "definitions" not in [row[0] for row in table.rows] and len(table.rows) == 7
     for method in (
         "patchconvnet",
@@ -299,19 +299,23 @@ def test_attention_stage_scores_maps_against_the_loc_boxes(tmp_path, monkeypatch
 @pytest.mark.parametrize("enabled", [True, False])
 def test_attention_reads_exactly_the_checkpoints_its_stage_depends_on(enabled):
     """Without the grid (experiments.enabled: false) the stage draws the main line's map
-    alone, and both front ends' dependencies say the same."""
+    alone; the checkpoints its command names are its dependencies, and each has a model."""
     import yaml
     from test_readers import ROOT
 
-    import pcn.steps.report as R
+    from pcn.analysis.attention_study import method_models
+    from pcn.cli import build_parser
     from pcn.config import resolve
-    from pcn.stages import attention_checkpoints
+    from pcn.stages import build_stages
 
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["experiments"]["enabled"] = enabled
     p = resolve(raw)
-    read = sorted(path for path, _, _ in R._checkpoints(p).values())
-    assert read == sorted(attention_checkpoints(p))
+    stage = {s.name: s for s in build_stages(p)}["attention"]
+    args = build_parser().parse_args(stage.cmd.split()[1:])
+    checkpoints = dict(w.split("=", 1) for w in args.weights)
+    read = sorted(path for path, _, _ in method_models(p, checkpoints).values())
+    assert read == sorted(d for d in stage.deps if d.endswith(".pth"))
     assert (len(read) == 1) == (not enabled)
 
 

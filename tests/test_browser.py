@@ -17,6 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import run_paths
 
 pytestmark = pytest.mark.browser
 
@@ -169,8 +170,12 @@ def test_html_report_renders(browser, tmp_path, monkeypatch):
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     write_fixture_run(tmp_path)
-    build_figures(tmp_path, tmp_path / "reports" / "figures")
-    _, page_path = R.write_report(R.build_report(tmp_path, report_params()), tmp_path / "reports")
+    build_figures(run_paths(tmp_path), tmp_path / "reports" / "figures")
+    _, page_path = R.write_report(
+        R.build_report(run_paths(tmp_path), report_params()),
+        tmp_path / "reports/report.md",
+        tmp_path / "reports/report.html",
+    )
     # the file is self-contained: view a copy far from its figures folder
     lone = tmp_path / "elsewhere" / "report.html"
     lone.parent.mkdir()

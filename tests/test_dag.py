@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from pcn.config import load_params, raw_params
-from pcn.stages import build_stages, dvc_yaml, expand
+from pcn.dvc_view import dvc_yaml, expand
+from pcn.stages import build_stages
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -92,8 +93,9 @@ def test_experiment_grid_expands_to_variant_x_seed():
 
 def test_every_stage_command_parses_to_a_step_that_finds_its_instance():
     """Each instance's command is one the CLI accepts, naming a step function that exists, and
-    its flags carry every wildcard with the instance's value: a step finds its outputs and
-    params in the stage table from them (``--variant`` fills ``{variant}``)."""
+    its flags carry every wildcard with the instance's value (the step names its MLflow run
+    and logs its params sections by them: ``--variant`` fills ``{variant}``), and the step
+    module the table makes the stage depend on is the one the CLI runs."""
     import importlib
 
     from pcn.cli import build_parser
@@ -107,6 +109,7 @@ def test_every_stage_command_parses_to_a_step_that_finds_its_instance():
             module, func = args.target.split(":")
             assert callable(getattr(importlib.import_module(module), func, None)), (s.name, args.target)
             assert {k: str(getattr(args, k, None)) for k in wc} == wc, (s.name, argv)
+            assert s.step_module == module.replace(".", "/") + ".py" and s.step_module in s.deps, s.name
 
 
 def test_every_tracked_section_names_a_params_section():
@@ -158,14 +161,15 @@ def test_pretrained_transfer_depends_on_its_backbone_checkpoint(backbone):
 
 
 def test_a_step_writes_and_logs_what_its_instance_declares(monkeypatch):
-    """A step's paths and logged sections are its instance's record in the stage table, with
-    the wildcards its flags give: it writes where both front ends look for its outputs."""
-    import argparse
+    """A step's paths are the ones its command names, its logged sections and run name its
+    instance's (the wildcards its flags give): it writes where both front ends look."""
     import contextlib
 
     import pcn.steps.common as common
+    import pcn.steps.experiments as experiments
+    from pcn.cli import build_parser
 
-    logged = {}
+    logged, written = {}, {}
 
     @contextlib.contextmanager
     def fake_run(name, params, sections, tags=None, instance=None):
@@ -173,34 +177,44 @@ def test_a_step_writes_and_logs_what_its_instance_declares(monkeypatch):
         logged["run name"] = instance
         yield None
 
+    def fake_train(args, st, **kw):  # the step's wiring, not hours of training
+        written.update(outs=st.outs, metrics=st.metrics, plots=st.plots)
+        return {}
+
     monkeypatch.setattr(common, "stage_run", fake_run)
-    args = argparse.Namespace(params=str(ROOT / "params.yaml"), variant="avgpool", seed=0)
-    with common.stage(args, "ablation") as st:
-        assert (st.out, st.metrics_path) == (
-            "results/ablations/avgpool-s0/model.pth",
-            "metrics/ablations/avgpool-s0.json",
-        )
-        assert not st.plots
-    assert "experiments.variants.avgpool" in logged and logged["experiments.variants.avgpool"] == {"pool": "avg"}
+    monkeypatch.setattr(experiments, "train_stage", fake_train)
+    record = {s.name: s for s in build_stages(load_params(ROOT / "params.yaml"))}["ablation"]
+    one = record.instance({"variant": "avgpool", "seed": "0"})
+    args = build_parser().parse_args(["--params", str(ROOT / "params.yaml"), *one.cmd.split()[1:]])
+    assert experiments.ablate(args) == 0
+    assert written == {
+        "outs": ("results/ablations/avgpool-s0/model.pth",),
+        "metrics": ("metrics/ablations/avgpool-s0.json",),
+        "plots": (),
+    }
+    assert (written["outs"], written["metrics"]) == (one.outs, one.metrics)
+    assert logged["experiments.variants.avgpool"] == {"pool": "avg"}
+    assert set(logged) - {"run name"} == set(one.params), "it logs the sections both front ends track"
     assert logged["run name"] == "ablation@avgpool-0", "the MLflow run is named after its instance"
-    record = [
-        i
-        for s in build_stages(load_params(ROOT / "params.yaml"))
-        for i in expand(s)
-        if i["name"] == "ablation@avgpool-0"
-    ]
-    assert record and set(record[0]["outs"]) == {st.out, st.metrics_path}
 
 
-def test_a_step_outside_the_dag_for_its_params_is_refused_by_name():
-    from pcn.config import resolve
-    from pcn.errors import UserError
-    from pcn.stages import stage_record
+def test_a_command_names_its_outputs_and_only_declared_paths():
+    """The table writes each command from the stage's own paths, and refuses one that names a
+    path the stage does not declare or leaves an output out: the step and the DAG agree."""
+    from dataclasses import replace
 
-    raw = raw_params(ROOT / "params.yaml")
-    raw["experiments"]["enabled"] = False
-    with pytest.raises(UserError, match="'ablation' is not part of the DAG"):
-        stage_record("ablation", resolve(raw))
+    from pcn.stages import _check_args
+
+    stages = {s.name: s for s in build_stages(load_params(ROOT / "params.yaml"))}
+    finetune = stages["finetune"]
+    assert "--weights results/pretrain/model.pth" in finetune.cmd
+    for s in stages.values():
+        words = s.cmd.split()
+        assert all(any(p == w or p.startswith(w + "/") for w in words) for p in s.all_paths()), s.cmd
+    with pytest.raises(ValueError, match="results/elsewhere.pth, which it does not declare"):
+        _check_args(replace(finetune, args=(*finetune.args, ("weights", "results/elsewhere.pth"))))
+    with pytest.raises(ValueError, match="does not name its output.*plots/finetune.csv"):
+        _check_args(replace(finetune, args=tuple(a for a in finetune.args if a[0] != "plots")))
 
 
 def test_under_dvc_a_stage_refuses_a_dvc_yaml_of_another_shape(tmp_path):
@@ -208,8 +222,8 @@ def test_under_dvc_a_stage_refuses_a_dvc_yaml_of_another_shape(tmp_path):
     import yaml
 
     from pcn.config import load_params
+    from pcn.dvc_view import refuse_stale_dvc_yaml
     from pcn.errors import UserError
-    from pcn.steps.common import refuse_stale_dvc_yaml
 
     for name in ("params.yaml", "dvc.yaml"):
         (tmp_path / name).write_text((ROOT / name).read_text())
@@ -222,3 +236,21 @@ def test_under_dvc_a_stage_refuses_a_dvc_yaml_of_another_shape(tmp_path):
     params_path.write_text(yaml.safe_dump(raw, sort_keys=False))
     with pytest.raises(UserError, match=r"dvc.yaml is stale .* run `pcn dag`"):
         refuse_stale_dvc_yaml(str(params_path), load_params(params_path))
+
+
+def test_only_the_dag_and_rehearse_steps_import_the_stage_table():
+    """A step takes its paths from its command line: importing the table (even inside a
+    function) would let it find them there again.  Only `pcn dag`'s and `pcn rehearse`'s
+    modules, which run the table itself, may."""
+    import ast
+
+    allowed = {"tools.py", "rehearse.py"}
+    importers = []
+    for path in sorted((ROOT / "pcn" / "steps").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+            if "pcn.stages" in names and path.name not in allowed:
+                importers.append(path.name)
+    assert not importers, f"steps importing pcn.stages: {importers}"

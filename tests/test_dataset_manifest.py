@@ -16,8 +16,9 @@ import pytest
 import yaml
 
 from pcn.config import raw_params, resolve
+from pcn.dvc_view import dvc_yaml
 from pcn.manifest import LISTER, manifest_path, refresh, walk
-from pcn.stages import build_stages, dvc_yaml
+from pcn.stages import build_stages
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -55,10 +55,10 @@ def _write_outputs(root: Path, seeds) -> None:
 
 
 STAGES = [
-    Stage(name="make", cmd="", topic="t", deps=("in.txt",), outs=("out/made.txt",)),
+    Stage(name="make", verb="", topic="t", deps=("in.txt",), outs=("out/made.txt",)),
     Stage(
         name="grid",
-        cmd="",
+        verb="",
         topic="t",
         deps=("out/made.txt",),
         outs=("out/grid-{seed}.txt",),

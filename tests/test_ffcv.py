@@ -310,7 +310,7 @@ def test_a_full_disk_ends_convert_in_one_line_with_no_temp_file(tmp_path, small_
 
     import mlflow
     import yaml
-    from conftest import ROOT, write_tiny_imagefolder
+    from conftest import ROOT, stage_argv, write_tiny_imagefolder
 
     data = tmp_path / "datasets"
     write_tiny_imagefolder(data / "imagenet", classes=3, train_per_class=120, val_per_class=4, size=64)
@@ -329,7 +329,12 @@ def test_a_full_disk_ends_convert_in_one_line_with_no_temp_file(tmp_path, small_
 
     start = time.monotonic()
     cp = subprocess.run(
-        [sys.executable, "-m", "pcn.cli", "convert"], cwd=work, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "pcn.cli", *stage_argv("convert", work / "params.yaml")],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     seconds = time.monotonic() - start
     assert seconds < 60, f"a full disk took {seconds:.0f} s to end the conversion"

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import stage_argv
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,7 +70,7 @@ def test_a_dvc_stage_is_refused_while_snakemake_runs_and_writes_nothing(project,
     (project / "metrics").mkdir()
     (project / "metrics" / "complexity.json").write_text("snakemake's")
     env = {**_env(), "DVC_STAGE": "complexity"}
-    cmd = [sys.executable, "-m", "pcn.cli", "complexity"]
+    cmd = [sys.executable, "-m", "pcn.cli", *stage_argv("complexity", project / "params.yaml")]
     cp = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=300)
     assert _refusal(cp, holder).startswith("pcn complexity: error: .pcn/frontend.lock: another front end runs")
     assert cp.returncode == 2 and (project / "metrics" / "complexity.json").read_text() == "snakemake's"

@@ -307,10 +307,10 @@ def test_three_augment_both_loaders(data):
 
 
 def _paper_train_transform(img_size: int):
-    from pcn.analysis.recipe import paper_params
+    from pcn.config import load_params
     from pcn.data.transforms import TrainAug, torch_train_transform
 
-    aug = paper_params(Path(__file__).resolve().parents[1] / "params.yaml").pretrain.aug
+    aug = load_params(Path(__file__).resolve().parents[1] / "params.yaml", scale="paper").pretrain.aug
     assert aug.auto_augment == "rand-m9-mstd0.5-inc1"
     return torch_train_transform(img_size, TrainAug.from_config(aug))
 

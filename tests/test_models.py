@@ -489,13 +489,12 @@ def _gammas(model: PatchConvNet) -> torch.Tensor:
 def test_grid_points_start_from_the_layerscale_of_their_nearest_released_model(tmp_path):
     """At paper scale (layerscale_init: null) each point is built as its stage builds it and
     starts from the released model of its shape, or the nearest one (S60 1e-4, the rest 1e-6)."""
-    from pcn.analysis.recipe import paper_params
-    from pcn.config import depth_width_options, grid_model
+    from pcn.config import depth_width_options, grid_model, load_params
     from pcn.train.engine import build_model
     from pcn.train.job import DataSpec, TrainJob
 
     root = Path(__file__).resolve().parents[1]
-    p = paper_params(root / "params.yaml")
+    p = load_params(root / "params.yaml", scale="paper")
     train = p.experiments.train_for("depth_width")
     assert train.layerscale_init is None
     nearest = {

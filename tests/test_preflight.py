@@ -13,13 +13,20 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import stage_argv
 
 from pcn.analysis.attention import LOC_CSV, VOC_DIR
 from pcn.config import raw_params, resolve
 from pcn.errors import DatasetError
 from pcn.preflight import check_datasets
+from pcn.stages import build_stages
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _check(params) -> str:
+    """The check the front ends run: for the stages of the DAG of ``params``."""
+    return check_datasets(params, [s.name for s in build_stages(params)])
 
 
 @pytest.fixture(scope="module")
@@ -39,13 +46,13 @@ def paper_raw(root: Path, **attention) -> dict:
 
 def test_every_dataset_path_of_the_paper_scale_is_checked_in_seconds(datasets, tmp_path):
     t0 = time.monotonic()
-    assert "are there" in check_datasets(resolve(paper_raw(datasets)))
+    assert "are there" in _check(resolve(paper_raw(datasets)))
     assert time.monotonic() - t0 < 10
     copy = tmp_path / "datasets"
     shutil.copytree(datasets, copy, symlinks=True)
     shutil.rmtree(copy / "ADEChallengeData2016" / "annotations" / "validation")
     with pytest.raises(DatasetError) as err:
-        check_datasets(resolve(paper_raw(copy)))
+        _check(resolve(paper_raw(copy)))
     assert str(err.value).startswith(f"{copy}/ADEChallengeData2016/annotations/validation: missing; stage segmentation")
     assert "\n" not in str(err.value)
 
@@ -54,12 +61,12 @@ def test_required_boxes_are_found_in_either_form_or_named_both(datasets, tmp_pat
     copy = tmp_path / "datasets"
     shutil.copytree(datasets, copy, symlinks=True)
     (copy / "imagenet" / LOC_CSV).unlink()
-    check_datasets(resolve(paper_raw(copy)))  # not required: the maps go unscored
+    _check(resolve(paper_raw(copy)))  # not required: the maps go unscored
     with pytest.raises(DatasetError, match=rf"{LOC_CSV} or .*{VOC_DIR}: missing; stage attention"):
-        check_datasets(resolve(paper_raw(copy, require_boxes=True)))
+        _check(resolve(paper_raw(copy, require_boxes=True)))
     (copy / "imagenet" / VOC_DIR).mkdir()
     (copy / "imagenet" / VOC_DIR / "ILSVRC2012_val_00000001.xml").write_text("<annotation/>")
-    check_datasets(resolve(paper_raw(copy, require_boxes=True)))
+    _check(resolve(paper_raw(copy, require_boxes=True)))
 
 
 PROBE = """
@@ -104,7 +111,7 @@ def test_under_dvc_the_first_stage_names_a_dataset_another_stage_reads(datasets,
     env = {**os.environ, "PYTHONPATH": str(ROOT), "DVC_STAGE": "convert", "MLFLOW_TRACKING_URI": "file:./mlruns"}
     env.pop("PCN_PIPELINE_RUN_ID", None)
     subprocess.run([sys.executable, "-m", "pcn.cli", "dag"], cwd=work, env=env, check=True, capture_output=True)
-    cmd = [sys.executable, "-m", "pcn.cli", "convert"]
+    cmd = [sys.executable, "-m", "pcn.cli", *stage_argv("convert", work / "params.yaml")]
     cp = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=600)
     assert cp.returncode == 2, cp.stderr
     assert (

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import stage_argv
 from PIL import Image
 
 from pcn.data.ffcv_io import DatasetError, open_rgb, scan_folder
@@ -289,7 +290,7 @@ def _convert(work: Path, monkeypatch, capsys) -> tuple[int, list[str]]:
     monkeypatch.chdir(work)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
     monkeypatch.delenv("PCN_PIPELINE_RUN_ID", raising=False)
-    rc = main(["convert"])
+    rc = main(stage_argv("convert"))
     return rc, [line for line in capsys.readouterr().err.splitlines() if line.startswith("pcn convert:")]
 
 

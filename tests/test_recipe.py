@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from pcn.analysis import recipe as R
-from pcn.config import resolve
+from pcn.config import load_params, resolve
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,7 +33,7 @@ def _paper(**changes):
 
 def test_committed_recipe_agrees_with_params_at_paper_scale():
     entries = R.load_recipe(ROOT / "paper/recipe.yaml")
-    R.check_recipe(entries, R.paper_params(ROOT / "params.yaml"))
+    R.check_recipe(entries, load_params(ROOT / "params.yaml", scale="paper"))
     keyed = {k for e in entries for k in e.keys}
     # the recipe covers what the brief of a reproduction needs, each with a key
     for key in (
@@ -65,12 +65,12 @@ def test_committed_recipe_agrees_with_params_at_paper_scale():
 
 
 def test_fine_tuning_decays_its_learning_rate():
-    p = R.paper_params(ROOT / "params.yaml")
+    p = load_params(ROOT / "params.yaml", scale="paper")
     assert p.finetune.min_lr < p.finetune.lr
 
 
 def test_resnet_pair_trains_with_its_own_recipe():
-    p = R.paper_params(ROOT / "params.yaml")
+    p = load_params(ROOT / "params.yaml", scale="paper")
     resnet, grid = p.experiments.train_for("resnet_pool"), p.experiments.train
     assert (resnet.lr, resnet.weight_decay, resnet.aug.auto_augment) != (
         grid.lr,

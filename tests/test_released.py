@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import run_paths
 
 import pcn  # noqa: F401  (registers the models)
 from pcn.cli import main
@@ -163,7 +164,7 @@ def test_two_checkpoints_of_one_architecture_keep_two_results(release, monkeypat
     assert second["checkpoint"] == "other_release.pth" and second["top1"] < 100.0
 
     shutil.copytree(Path(__file__).resolve().parents[1] / "paper", root / "paper", dirs_exist_ok=True)
-    report = R.build_report(root, load_params(root / "params.yaml"))
+    report = R.build_report(run_paths(root), load_params(root / "params.yaml"))
     section = next(s for s in report.sections if s.title == "Classification")
     table = next(t for t in section.tables if t.caption.startswith("Released"))
     assert sorted(str(r[1]) for r in table.rows) == ["demo_release.pth", "other_release.pth"]
@@ -240,7 +241,13 @@ def test_the_dags_evaluate_with_the_torch_loader_is_the_released_protocol(releas
         )
     )
     monkeypatch.chdir(root)
-    assert main(["--params", "params_dag.yaml", "evaluate"]) == 0
+    assert (
+        main(
+            ["--params", "params_dag.yaml", "evaluate", "--weights", "results/finetune/model.pth"]
+            + ["--metrics", "metrics/eval.json"]
+        )
+        == 0
+    )
     doc = json.loads((root / "metrics" / "eval.json").read_text())
     assert (doc["loader"], doc["img_size"], doc["crop_ratio"]) == ("torch", IMG_SIZE, 0.875)
     assert (doc["top1"], doc["n_images"], doc["v2_top1"], doc["v2_n_images"]) == (100.0, n, 100.0, n)

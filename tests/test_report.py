@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import run_paths
 
 from pcn.analysis import comparison as C
 from pcn.analysis import document as D
@@ -220,7 +221,7 @@ def _params(scale: str = "demo", **over):
 def demo_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo_run")
     write_fixture_run(root)
-    build_figures(root, root / "reports" / "figures", {"avgpool": "similar"})
+    build_figures(run_paths(root), root / "reports" / "figures", {"avgpool": "similar"})
     return root
 
 
@@ -243,7 +244,7 @@ def test_lookup_follows_key_paths():
 
 
 def test_every_reproduced_value_is_read_from_its_row_of_its_metrics_file(demo_run):
-    report = R.build_report(demo_run, _params())
+    report = R.build_report(run_paths(demo_run), _params())
     values = report.sourced_values()
     assert len(values) > 40
     files = {f for _, f, _ in values}
@@ -286,7 +287,7 @@ def test_every_reproduced_value_is_read_from_its_row_of_its_metrics_file(demo_ru
 
 
 def test_statuses_at_demo_scale(demo_run):
-    rows = _rows(R.build_report(demo_run, _params()))
+    rows = _rows(R.build_report(run_paths(demo_run), _params()))
     col = 6
     # architecture numbers are reproducible at any scale
     assert rows[("params (M)", "patchconvnet_s60")][col] == D.REPRODUCED  # 25.2123 vs 25.2
@@ -314,7 +315,7 @@ def test_statuses_at_demo_scale(demo_run):
 def test_statuses_at_paper_scale(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     write_fixture_run(tmp_path, evidence=True, imagenet=True)
-    rows = _rows(R.build_report(tmp_path, _params("paper")))
+    rows = _rows(R.build_report(run_paths(tmp_path), _params("paper")))
     top1 = rows[("ImageNet top-1 (%), 224 px", "patchconvnet_s60")]
     assert top1[6] == D.REPRODUCED and top1[4].value == 82.13 and top1[7] == "run-eval"
     assert rows[("ImageNet top-1 (%), 224 px", "patchconvnet_s120")][6] == D.NOT_RUN  # another model
@@ -330,14 +331,14 @@ def test_statuses_at_paper_scale(tmp_path, monkeypatch):
 def test_top1_is_compared_only_at_the_rows_resolution(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     write_fixture_run(tmp_path, evidence=True, imagenet=True, eval_size=384)
-    rows = _rows(R.build_report(tmp_path, _params("paper")))
+    rows = _rows(R.build_report(run_paths(tmp_path), _params("paper")))
     top1 = rows[("ImageNet top-1 (%), 224 px", "patchconvnet_s60")]
     assert top1[6] == D.NOT_COMPARABLE and top1[4] == S.NONE
     assert "evaluated at 384 px" in top1[8] and "224 px" in top1[8]
     # the grid's pairs likewise, from the resolution their recipe trained and evaluated at
     write_fixture_run(tmp_path, evidence=True, imagenet=False)
     _write(tmp_path, "metrics/eval.json", {"top1": 82.13, "img_size": 224, "crop_ratio": 0.875})
-    rows = _rows(R.build_report(tmp_path, _params("paper")))
+    rows = _rows(R.build_report(run_paths(tmp_path), _params("paper")))
     resnet = rows[("ResNet-50 top-1 (%), avg pooling", "resnet50")]
     assert resnet[6] == D.NOT_COMPARABLE and "grid evaluates at 32 px" in resnet[8]
 
@@ -374,7 +375,7 @@ def test_a_transfer_row_of_another_protocol_is_not_comparable(tmp_path, monkeypa
             ],
         },
     )
-    report = R.build_report(tmp_path, _params("paper"), paper)
+    report = R.build_report(run_paths(tmp_path), _params("paper"), paper)
     rows = [r for r in report.comparison.rows if str(r[0]).startswith(("ADE20k", "COCO"))]
     by = {(str(r[0]), r[2]): r for r in rows}
     same = by[("ADE20k mIoU (UperNet), single-scale", 21.5)]
@@ -395,7 +396,7 @@ def test_a_transfer_row_of_another_protocol_is_not_comparable(tmp_path, monkeypa
     assert "does not state its test protocol" in by[("ADE20k mIoU (UperNet)", 49.3)][8]  # every reason is given
     # the multi-scale + flip row is compared once the run scored that protocol
     _write(tmp_path, "metrics/segmentation.json", {"mIoU": 21.5, "mIoU_ms_flip": 49.31, "mAcc": 30.25, "aAcc": 90.5})
-    rows = _rows(R.build_report(tmp_path, _params("paper"), paper))
+    rows = _rows(R.build_report(run_paths(tmp_path), _params("paper"), paper))
     ms = rows[("ADE20k mIoU (UperNet), multi-scale+flip", "patchconvnet_s60")]
     assert ms[6] == D.REPRODUCED and ms[4].key == "mIoU_ms_flip"
 
@@ -408,7 +409,7 @@ def test_a_transfer_protocol_outside_the_vocabulary_is_refused_naming_its_key(tm
     row = {"model": "patchconvnet_s60", "value": 49.3, "pretraining": "imagenet22k", "test": None, "source": "x"}
     paper = _transfer_rows(tmp_path, {"ade20k_upernet_miou": [row]})
     with pytest.raises(UserError) as err:
-        R.build_report(tmp_path, _params("paper"), paper)
+        R.build_report(run_paths(tmp_path), _params("paper"), paper)
     assert str(err.value) == (
         "paper/numbers.yaml: ade20k_upernet_miou[0].pretraining = 'imagenet22k': expected imagenet1k, "
         "imagenet21k or null (not stated)"
@@ -442,7 +443,7 @@ def test_released_checkpoints_sit_on_their_model_zoo_rows(tmp_path, monkeypatch)
         "metrics/released/b60_at_384.json",
         {**base, "model": "patchconvnet_b60", "img_size": 384, "top1": 80.0, "checkpoint": "b60_224_1k.pth"},
     )
-    report = R.build_report(tmp_path, _params())  # any scale: the files are evaluations of published weights
+    report = R.build_report(run_paths(tmp_path), _params())  # any scale: the files are evaluations of published weights
     rows = _rows(report)
     s60 = rows[("released checkpoint top-1 (%), 224 px", "patchconvnet_s60")]
     assert s60[2] == 82.1 and s60[4].value == 82.08 and s60[4].file == "metrics/released/s60.json"
@@ -459,7 +460,7 @@ def test_released_checkpoints_sit_on_their_model_zoo_rows(tmp_path, monkeypatch)
 def test_the_papers_condition_is_shown_with_its_direction(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     write_fixture_run(tmp_path, evidence=True)
-    report = R.build_report(tmp_path, _params("study"))
+    report = R.build_report(run_paths(tmp_path), _params("study"))
     bn = _rows(report)[("ablation direction: batchnorm", "patchconvnet_demo")]
     assert bn[2].startswith("better (only with a large enough batch")
     # beside the condition: the batch, resolution and token count the grid ran at (metrics/ablations.json)
@@ -473,14 +474,14 @@ def test_the_papers_condition_is_shown_with_its_direction(tmp_path, monkeypatch)
 def test_recipe_section_shows_every_value_with_its_source(demo_run):
     from pcn.analysis import recipe as RC
 
-    report = R.build_report(demo_run, _params())
+    report = R.build_report(run_paths(demo_run), _params())
     section = next(s for s in report.sections if s.title == "Paper-scale recipe")
     entries = RC.load_recipe(demo_run / "paper/recipe.yaml")
     assert len(section.tables[0].rows) == len(entries)
     assert "scale **demo**" in " ".join(section.paragraphs)
     md = to_markdown(report)
     assert "facebookresearch/deit#185" in md and "| schedule | (no key) | cosine, warm-up from 1e-6 |" in md
-    paper = R.build_report(demo_run, _params("paper"))
+    paper = R.build_report(run_paths(demo_run), _params("paper"))
     text = " ".join(next(s for s in paper.sections if s.title == "Paper-scale recipe").paragraphs)
     assert "agree with every keyed value" in text
 
@@ -502,8 +503,8 @@ def test_compare(paper, value, status):
 
 
 def test_html_is_self_contained(demo_run):
-    report = R.build_report(demo_run, _params())
-    md, page = R.write_report(report, demo_run / "reports")
+    report = R.build_report(run_paths(demo_run), _params())
+    md, page = R.write_report(report, demo_run / "reports/report.md", demo_run / "reports/report.html")
     text = page.read_text()
     srcs = re.findall(r'\b(?:src|href)\s*=\s*"([^"]*)"', text)
     assert srcs, "no embedded figure"
@@ -517,7 +518,7 @@ def test_html_is_self_contained(demo_run):
 
 def test_figures_skip_missing_inputs(tmp_path):
     out = tmp_path / "figs"
-    manifest = build_figures(tmp_path, out)
+    manifest = build_figures(run_paths(tmp_path), out)
     assert manifest["figures"] == {}
     assert {
         "training_curves",
@@ -560,17 +561,17 @@ def test_run_ids_from_mlflow(tmp_path, monkeypatch):
     write_fixture_run(tmp_path)
     _write(tmp_path, "metrics/ablations/avgpool-s0.json", {"top1": 35.0})
     params = _params(**{"tracking.uri": uri})
-    runs = S.RunIndex(params, S.Metrics(tmp_path))
+    runs = S.RunIndex(params, S.Metrics(run_paths(tmp_path)))
     assert runs.run_id("metrics/complexity.json") == new.info.run_id
     assert runs.run_id("metrics/ablations/avgpool-s0.json") == abl.info.run_id
     assert runs.run_id("metrics/eval.json") == "run-eval"  # named in the file
     assert runs.run_id("metrics/attention.json") == S.NONE
-    rows = _rows(R.build_report(tmp_path, params))
+    rows = _rows(R.build_report(run_paths(tmp_path), params))
     assert rows[("params (M)", "patchconvnet_s60")][7] == new.info.run_id
 
 
 def test_pair_rows_show_the_papers_direction_from_its_numbers(demo_run):
-    report = R.build_report(demo_run, _params())
+    report = R.build_report(run_paths(demo_run), _params())
     section = next(s for s in report.sections if s.title.startswith("Ablations"))
     tables = {t.caption: t for t in section.tables}
     attention = next(r for r in tables["ResNet: attention pooling against average pooling"].rows if r[0] == "attention")
@@ -589,7 +590,7 @@ def test_comparison_rows_name_their_own_recipe(tmp_path, monkeypatch):
     table says the run length and size its rows were measured with."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     write_fixture_run(tmp_path, evidence=True)
-    report = R.build_report(tmp_path, _params("study"))
+    report = R.build_report(run_paths(tmp_path), _params("study"))
     section = next(s for s in report.sections if s.title.startswith("Ablations"))
     kinds = {t.caption: {r[-1] for r in t.rows} for t in section.tables if t.rows and len(t.rows[0]) == 9}
     assert kinds["Ablations against the baseline"] == {
@@ -616,7 +617,7 @@ def test_the_report_names_the_machine_of_every_metrics_file(tmp_path):
     (tmp_path / "metrics" / "ablations").mkdir(parents=True)
     for rel, m in (("pretrain", b), ("evaluate", a), ("ablations/baseline-s0", b), ("old", None)):
         (tmp_path / "metrics" / f"{rel}.json").write_text(json.dumps({"top1": 1.0, **({"machine": m} if m else {})}))
-    sec = machines_section(tmp_path)
+    sec = machines_section(run_paths(tmp_path))
     assert "bit for bit" in sec.paragraphs[0]
     rows = {r[0]: r for r in sec.tables[0].rows}
     assert set(rows) == {"CPU A", "CPU B"}
@@ -658,7 +659,7 @@ def test_welch_interval_matches_a_textbook_example():
 def test_run_lookup_uses_the_stage_table():
     """The stage (and instance tags) behind a metrics file come from the stage table, so a
     renamed stage or a new grid comparison is looked up without a second map to update."""
-    runs = S.RunIndex(_params("study"), S.Metrics(Path(".")))
+    runs = S.RunIndex(_params("study"), S.Metrics(run_paths(Path("."))))
     assert runs.stage_of("metrics/complexity.json") == ("complexity", {})
     assert runs.stage_of("metrics/segmentation_scratch.json") == ("segmentation_scratch", {})
     assert runs.stage_of("metrics/ablations.json") == ("summarize", {})
@@ -679,7 +680,7 @@ def test_html_renders_the_markdown_and_names_each_values_source(demo_run):
     from pcn.analysis.document import Report, Section, Table
     from pcn.analysis.render import to_html
 
-    report = R.build_report(demo_run, _params())
+    report = R.build_report(run_paths(demo_run), _params())
     page = to_html(report, demo_run / "reports")
     # paragraphs are Markdown: emphasis becomes markup, never literal asterisks
     assert "Scale <strong>demo</strong>" in page and "**demo**" not in page

@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from pcn.config import ParamsError, raw_params, resolve
-from pcn.stages import build_stages, plugin_resources
+from pcn.stage_resources import plugin_resources
+from pcn.stages import build_stages
 from pcn.train.launch import slurm_parameters
 
 LIGHT = ("complexity", "summarize", "figures", "report")
@@ -35,7 +36,7 @@ def test_paper_jobs_are_sized_to_their_stages_and_all_get_account_and_qos():
         assert r.cpus_per_task == workers + 1 and r.gpus_per_node == 1, (name, r)
     assert stages["convert"].resources.cpus_per_task == workers
     for s in stages.values():
-        if s.gpu:  # submitit's job: the sbatch parameters
+        if s.submits_job:  # submitit's job: the sbatch parameters
             sb = slurm_parameters(p.launcher, s.name)
             assert sb["additional_parameters"] == {"account": "proj7", "qos": "normal"}, s.name
             assert sb["constraint"] == "a100" and sb["time"] == s.resources.time_min
@@ -135,7 +136,8 @@ def _with(**loaders) -> object:
 
 
 def test_a_scale_converts_only_the_splits_its_stages_read_and_only_readers_wait_on_them():
-    from pcn.stages import CONVERT_IMAGES_PER_WORKER_S, FFCV_DIR, IMAGENET_SPLIT_IMAGES, TIME_MARGIN, ffcv_splits
+    from pcn.splits import FFCV_DIR, IMAGENET_SPLIT_IMAGES, ffcv_splits
+    from pcn.stage_resources import CONVERT_IMAGES_PER_WORKER_S, TIME_MARGIN
 
     p = paper()
     assert (p.data.loader, p.evaluate.loader) == ("ffcv", "torch")

@@ -3,7 +3,6 @@ against a real `mlflow server` on localhost; 16 stage processes share one SQLite
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import socket
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import stage_argv
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,10 +44,11 @@ def _point_at(project: Path, uri: str) -> None:
 def _run_stage(name: str, metrics: dict, **wildcards) -> str | None:
     """A stage's record as its step writes it (pcn.steps.common): its plots curve, its model,
     its metrics file, mirrored to MLflow by StageRun.finish."""
-    from pcn.steps.common import stage
+    from pcn.cli import build_parser
+    from pcn.steps.common import outputs, stage
 
-    args = argparse.Namespace(params="params.yaml", **wildcards)
-    with stage(args, name) as st:
+    args = build_parser().parse_args(stage_argv(name, **wildcards))
+    with stage(args, name, wildcards=wildcards, **outputs(args)) as st:
         for out in st.outs:
             if out.endswith(".pth"):
                 Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -60,9 +61,11 @@ def _run_stage(name: str, metrics: dict, **wildcards) -> str | None:
 
 
 def _run_report() -> None:
+    from pcn.cli import build_parser
     from pcn.steps.common import stage
 
-    with stage(argparse.Namespace(params="params.yaml"), "report") as st:
+    args = build_parser().parse_args(stage_argv("report"))
+    with stage(args, "report", outs=tuple(args.out)) as st:
         for out in st.outs:
             Path(out).parent.mkdir(parents=True, exist_ok=True)
             Path(out).write_text(f"the report, {out}")

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import stage_argv
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -891,7 +892,7 @@ def _main_in(work: Path, monkeypatch, *argv: str) -> int:
 def test_cli_bad_coco_exits_2_and_writes_nothing(data_copy, tmp_path, monkeypatch, capsys):
     work = _stage_dir(tmp_path, data_copy)
     _coco_file(work / "data" / "demo").write_text("not json")
-    assert _main_in(work, monkeypatch, "detection", "--init", "scratch") == 2
+    assert _main_in(work, monkeypatch, *stage_argv("detection_scratch", work / "params.yaml")) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("pcn detection: error:")]
     assert errors == [
         (
@@ -906,7 +907,7 @@ def test_cli_bad_coco_exits_2_and_writes_nothing(data_copy, tmp_path, monkeypatc
 def test_cli_missing_backbone_checkpoint_names_it(tiny_data, tmp_path, monkeypatch, capsys):
     work = _stage_dir(tmp_path, tiny_data, backbone="finetune")
     (work / "results" / "finetune" / "model.pth").unlink()
-    assert _main_in(work, monkeypatch, "segmentation", "--init", "pretrained") == 2
+    assert _main_in(work, monkeypatch, *stage_argv("segmentation", work / "params.yaml")) == 2
     assert (
         "pcn segmentation: error: results/finetune/model.pth: backbone checkpoint not found "
         "(run `pcn finetune`, or pass --checkpoint)"
@@ -921,7 +922,7 @@ def test_cli_batch_must_split_over_the_ranks(tiny_data, tmp_path, monkeypatch, c
     params = yaml.safe_load((work / "params.yaml").read_text())
     params["launcher"]["tasks"] = 3
     (work / "params.yaml").write_text(yaml.safe_dump(params))
-    assert _main_in(work, monkeypatch, "segmentation", "--init", "scratch") == 2
+    assert _main_in(work, monkeypatch, *stage_argv("segmentation_scratch", work / "params.yaml")) == 2
     assert (
         "pcn segmentation: error: segmentation.batch_size = 2 does not split over the launcher's 3 ranks "
         "(the global batch: a multiple of 3 expected)"
@@ -933,9 +934,9 @@ def test_cli_batch_must_split_over_the_ranks(tiny_data, tmp_path, monkeypatch, c
 @pytest.mark.parametrize("task,init", [("segmentation", "pretrained"), ("detection", "scratch")])
 def test_stage_outputs(tiny_data, tmp_path, task, init):
     work = _stage_dir(tmp_path, tiny_data, backbone="finetune" if init == "pretrained" else "pretrain")
-    r = _pcn(work, task, "--init", init)
-    assert r.returncode == 0, r.stderr[-3000:]
     name = task if init == "pretrained" else f"{task}_{init}"
+    r = _pcn(work, *stage_argv(name, work / "params.yaml"))
+    assert r.returncode == 0, r.stderr[-3000:]
     metrics = json.loads((work / "metrics" / f"{name}.json").read_text())
     if task == "segmentation":
         assert {

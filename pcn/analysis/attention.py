@@ -29,8 +29,8 @@ Reference maps: ``uniform`` (the floor, above) and ``centre`` (a Gaussian on the
 image centre, sigma = a quarter of the side: what knowing only that objects tend
 to be central gets).
 
-Pure functions on arrays here, and the reading of the ground truth; the stage
-(pcn/steps/report.py) does the rest of the I/O.
+Pure functions on arrays here, and the reading of the ground truth; the study
+(pcn.analysis.attention_study) draws and scores every method with them.
 """
 
 from __future__ import annotations

@@ -25,6 +25,8 @@ from pcn.analysis.setting import patch_stride, recipe_of, setting_text
 from pcn.analysis.sourced import NONE, Metrics, RunIndex, Sourced
 from pcn.errors import UserError
 
+RELEASED = "released"  # the folder of released checkpoints' evaluations, in the metrics folder
+
 
 def half_unit(paper: float) -> float:
     """Half a unit of the last digit the paper prints (82.1 -> 0.05, 4.0 -> 0.05, 1322 -> 0.5)."""
@@ -58,14 +60,12 @@ def load_paper(path: Path) -> dict:
 
 
 def _complexity_row(metrics: Metrics, model: str, img_size: int = 224) -> int | None:
-    doc = metrics.load("metrics/complexity.json")
+    doc = metrics.load(metrics.file("complexity"))
     for i, r in enumerate((doc or {}).get("rows", [])):
         if r.get("model") == model and r.get("img_size") == img_size:
             return i
     return None
 
-
-RELEASED_DIR = "metrics/released"
 
 # The protocol words of paper/numbers.yaml.  This pipeline pretrains on ImageNet-1k.
 PRETRAINING = {"imagenet1k": "ImageNet-1k", "imagenet21k": "ImageNet-21k"}
@@ -102,7 +102,8 @@ def _zoo_top1(entry: dict, where: str, params, metrics: Metrics, imagenet: bool,
     """The comparison row of a model-zoo top-1: compared only at the row's resolution and pretraining."""
     model, res = entry["model"], entry.get("resolution")
     row = (top1_title(entry), model, entry["top1"], entry["source"])
-    ev = metrics.load("metrics/eval.json") or {}
+    ev_file = metrics.file("eval")
+    ev = metrics.load(ev_file) or {}
     other = pretraining_mismatch(protocol_field(entry, "pretraining", PRETRAINING, where))
     if other:
         return (*row, None, "top1", f"{other} (released checkpoints are compared below)", False, NOT_COMPARABLE)
@@ -112,7 +113,7 @@ def _zoo_top1(entry: dict, where: str, params, metrics: Metrics, imagenet: bool,
             if not imagenet
             else f"the pipeline's model is {params.model.name}"
             if params.model.name != model
-            else "metrics/eval.json not found (the evaluate stage has not run)"
+            else f"{ev_file} not found (the evaluate stage has not run)"
         )
         return (*row, None, "top1", why, False)
     if ev.get("img_size") != res:
@@ -120,17 +121,17 @@ def _zoo_top1(entry: dict, where: str, params, metrics: Metrics, imagenet: bool,
             *row,
             None,
             "top1",
-            f"evaluated at {ev.get('img_size')} px (metrics/eval.json img_size), the "
-            f"paper's row at {res} px: not compared",
+            f"evaluated at {ev.get('img_size')} px ({ev_file} img_size), the paper's row at {res} px: not compared",
             False,
             NOT_COMPARABLE,
         )
-    return (*row, metrics.get("metrics/eval.json", "top1"), "top1", f"{res} px, crop {ev.get('crop_ratio')}")
+    return (*row, metrics.get(ev_file, "top1"), "top1", f"{res} px, crop {ev.get('crop_ratio')}")
 
 
 def released_files(metrics: Metrics) -> list[str]:
-    folder = metrics.root / RELEASED_DIR
-    return [f"{RELEASED_DIR}/{f.name}" for f in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+    """The evaluations of released checkpoints (``pcn evaluate --checkpoint``), as cited."""
+    folder = metrics.paths.at("metrics", RELEASED)
+    return [metrics.file(f"{RELEASED}/{f.stem}") for f in sorted(folder.glob("*.json"))] if folder.is_dir() else []
 
 
 def released_row(paper: dict, doc: Any) -> dict | None:
@@ -188,26 +189,26 @@ def _grid_mismatch(abl: dict, group: str, entry: dict) -> str | None:
     return None
 
 
-# The transfer rows of paper/numbers.yaml: the metrics file and, per test protocol, the key
-# that holds this run's number (a protocol the run did not score has no key in its file).
+# The transfer rows of paper/numbers.yaml: the stage (its metrics file) and, per test protocol,
+# the key that holds this run's number (a protocol the run did not score has no key in its file).
 TRANSFER_ROWS = (
     (
         "ade20k_upernet_miou",
-        "metrics/segmentation.json",
+        "segmentation",
         {"single-scale": "mIoU", "multi-scale+flip": "mIoU_ms_flip"},
         "ADE20k mIoU (UperNet)",
         "miou",
     ),
     (
         "coco_maskrcnn_box_ap",
-        "metrics/detection.json",
+        "detection",
         {"single-scale": "bbox_AP"},
         "COCO box AP (Mask R-CNN)",
         "box_ap",
     ),
     (
         "coco_maskrcnn_mask_ap",
-        "metrics/detection.json",
+        "detection",
         {"single-scale": "segm_AP"},
         "COCO mask AP (Mask R-CNN)",
         "mask_ap",
@@ -273,24 +274,51 @@ QUANTITY_TITLES = {
 }
 
 
-def comparison_table(paper: dict, params, metrics: Metrics, runs: RunIndex) -> Table:
-    """One row per paper number this pipeline can produce."""
-    tols = paper.get("tolerances", {})
-    imagenet = params.data.source == "real"
-    scale = params.scale
-    rows: list[list[Any]] = []
-    device = (metrics.load("metrics/complexity.json") or {}).get("device", "")
+class _Rows:
+    """The comparison's rows as they are added: each compared with its tolerance, with the
+    MLflow run of the metrics file it came from."""
+
+    def __init__(self, tols: dict, runs: RunIndex):
+        self.tols, self.runs, self.rows = tols, runs, []
 
     def add(
-        quantity, model, paper_value, source, value: Sourced | None, tol_key, note="", comparable=True, why_not=NOT_RUN
-    ):
-        tol = tols.get(tol_key, {"abs": 0})
+        self,
+        quantity,
+        model,
+        paper_value,
+        source,
+        value: Sourced | None,
+        tol_key,
+        note="",
+        comparable=True,
+        why_not=NOT_RUN,
+    ) -> None:
+        tol = self.tols.get(tol_key, {"abs": 0})
         status = compare(paper_value, value.value if value is not None else None, tol) if comparable else why_not
         shown = value if (value is not None and comparable) else NONE
-        run = runs.run_id(value.file) if value is not None and comparable else NONE
-        rows.append([quantity, model, paper_value, source, shown, describe_tolerance(tol), status, run, note])
+        run = self.runs.run_id(value.file) if value is not None and comparable else NONE
+        self.rows.append([quantity, model, paper_value, source, shown, describe_tolerance(tol), status, run, note])
 
-    not_imagenet = f"ImageNet accuracy: this run trains on {params.data.source} data ({scale} scale)"
+
+def comparison_table(paper: dict, params, metrics: Metrics, runs: RunIndex) -> Table:
+    """One row per paper number this pipeline can produce."""
+    rows = _Rows(paper.get("tolerances", {}), runs)
+    imagenet = params.data.source == "real"
+    not_imagenet = f"ImageNet accuracy: this run trains on {params.data.source} data ({params.scale} scale)"
+    _zoo_rows(rows, paper, params, metrics, imagenet, not_imagenet)
+    _grid_rows(rows, paper, params, metrics, imagenet, not_imagenet)
+    for key, stage, keys, title, tol_key in TRANSFER_ROWS:
+        rel = metrics.file(stage)
+        for i, e in enumerate(paper.get(key) or []):
+            rows.add(*_transfer_row(e, f"{key}[{i}]", rel, keys, title, tol_key, params, metrics, imagenet))
+    _ablation_rows(rows, paper, params, metrics, imagenet)
+    return Table(COMPARISON_COLUMNS, rows.rows, "Every number of the paper this pipeline can produce.", status_column=6)
+
+
+def _zoo_rows(rows: _Rows, paper: dict, params, metrics: Metrics, imagenet: bool, not_imagenet: str) -> None:
+    """The model zoo's rows: top-1 (this run's and released checkpoints'), params, GMACs, speed."""
+    cx = metrics.file("complexity")
+    device = (metrics.load(cx) or {}).get("device", "")
     for at, entry in enumerate(paper.get("model_zoo", [])):
         model, src = entry["model"], entry["source"]
         i = _complexity_row(metrics, model)
@@ -298,60 +326,41 @@ def comparison_table(paper: dict, params, metrics: Metrics, runs: RunIndex) -> T
             if q not in entry:
                 continue
             if q == "top1":
-                add(*_zoo_top1(entry, f"model_zoo[{at}]", params, metrics, imagenet, not_imagenet))
+                rows.add(*_zoo_top1(entry, f"model_zoo[{at}]", params, metrics, imagenet, not_imagenet))
                 for rel in released_files(metrics):
                     if released_row(paper, metrics.load(rel)) is entry:
-                        add(*_released_top1(entry, rel, metrics))
+                        rows.add(*_released_top1(entry, rel, metrics))
                 continue
-            value = (
-                metrics.get("metrics/complexity.json", f"rows[{i}].{q}", ".1f" if q != "gmacs" else ".2f")
-                if i is not None
-                else None
-            )
+            value = metrics.get(cx, f"rows[{i}].{q}", ".1f" if q != "gmacs" else ".2f") if i is not None else None
+            row = (QUANTITY_TITLES[q], model, entry[q], src, value, q)
             if value is None:
-                add(
-                    QUANTITY_TITLES[q],
-                    model,
-                    entry[q],
-                    src,
-                    None,
-                    q,
-                    f"{model} at 224 px is not in complexity.models at this scale" if i is None else "not measured",
-                )
+                missing = f"{model} at 224 px is not in complexity.models at this scale" if i is None else None
+                rows.add(*row, missing or "not measured")
             elif q in ("throughput", "peak_mem_mb") and not str(device).startswith("cuda"):
-                add(
-                    QUANTITY_TITLES[q],
-                    model,
-                    entry[q],
-                    src,
-                    value,
-                    q,
+                rows.add(
+                    *row,
                     f"the paper's is a GPU number; measured here on {device or 'an unknown device'}: "
                     f"{value} (see the complexity table)",
                     comparable=False,
                 )
             else:
-                add(
-                    QUANTITY_TITLES[q],
-                    model,
-                    entry[q],
-                    src,
-                    value,
-                    q,
-                    "from the architecture (any scale)" if q in ("params_m", "gmacs") else f"on {device}",
-                )
+                rows.add(*row, "from the architecture (any scale)" if q in ("params_m", "gmacs") else f"on {device}")
 
+
+def _grid_rows(rows: _Rows, paper: dict, params, metrics: Metrics, imagenet: bool, not_imagenet: str) -> None:
+    """The multi-class tokens' and the ResNet pair's rows, from the grid's summary."""
     exp = params.experiments
-    abl = metrics.load("metrics/ablations.json") or {}
+    summary = metrics.file("ablations")
+    abl = metrics.load(summary) or {}
     multi = paper.get("multiclass", {})
     for init in ("scratch", "finetuned"):
         e = multi.get(f"{init}_top1")
         if not e:
             continue
         ok = imagenet and exp.multiclass_model == "patchconvnet_s60_multi"
-        value = metrics.get("metrics/ablations.json", f"multiclass.{init}.mean") if ok else None
+        value = metrics.get(summary, f"multiclass.{init}.mean") if ok else None
         mismatch = _grid_mismatch(abl, "multiclass", e) if ok and value is not None else None
-        add(
+        rows.add(
             f"multi-class top-1 (%), {init}",
             "patchconvnet_s60_multi",
             e["value"],
@@ -364,7 +373,7 @@ def comparison_table(paper: dict, params, metrics: Metrics, runs: RunIndex) -> T
         )
         for rel in released_files(metrics):
             if released_row(paper, metrics.load(rel)) is e:
-                add(*_released_top1(e, rel, metrics))
+                rows.add(*_released_top1(e, rel, metrics))
 
     res = paper.get("resnet50", {})
     for pool, model in (("avg", "resnet50"), ("attention", "resnet50_attnpool")):
@@ -372,9 +381,9 @@ def comparison_table(paper: dict, params, metrics: Metrics, runs: RunIndex) -> T
         if not e:
             continue
         ok = imagenet and exp.resnet.get(pool) == model
-        value = metrics.get("metrics/ablations.json", f"resnet.{pool}.mean") if ok else None
+        value = metrics.get(summary, f"resnet.{pool}.mean") if ok else None
         mismatch = _grid_mismatch(abl, "resnet", e) if ok and value is not None else None
-        add(
+        rows.add(
             f"ResNet-50 top-1 (%), {pool} pooling",
             model,
             e["value"],
@@ -387,8 +396,8 @@ def comparison_table(paper: dict, params, metrics: Metrics, runs: RunIndex) -> T
         )
         if "gmacs" in e:
             i = _complexity_row(metrics, model)
-            value = metrics.get("metrics/complexity.json", f"rows[{i}].gmacs") if i is not None else None
-            add(
+            value = metrics.get(metrics.file("complexity"), f"rows[{i}].gmacs") if i is not None else None
+            rows.add(
                 "GMACs (224 px)",
                 model,
                 e["gmacs"],
@@ -400,10 +409,11 @@ def comparison_table(paper: dict, params, metrics: Metrics, runs: RunIndex) -> T
                 else f"{model} at 224 px is not in complexity.models at this scale",
             )
 
-    for key, rel, keys, title, tol_key in TRANSFER_ROWS:
-        for i, e in enumerate(paper.get(key) or []):
-            add(*_transfer_row(e, f"{key}[{i}]", rel, keys, title, tol_key, params, metrics, imagenet))
 
+def _ablation_rows(rows: _Rows, paper: dict, params, metrics: Metrics, imagenet: bool) -> None:
+    """Each ablation's direction: the grid's verdict against the paper's."""
+    summary = metrics.file("ablations")
+    abl = metrics.load(summary) or {}
     grid = recipe_of(abl, params, "ablations")
     for variant, e in (paper.get("ablations") or {}).items():
         # what the grid ran at, beside the paper's condition where it states one
@@ -417,41 +427,17 @@ def comparison_table(paper: dict, params, metrics: Metrics, runs: RunIndex) -> T
             )
         )
         row = (abl.get("ablations") or {}).get(variant)
-        diff = metrics.get("metrics/ablations.json", f"ablations.{variant}.vs_baseline.verdict")
+        diff = metrics.get(summary, f"ablations.{variant}.vs_baseline.verdict")
+        head = [f"ablation direction: {variant}", params.model.name, direction_text(e), e["source"]]
         if not imagenet or row is None or diff is None:
             why = (
                 "ImageNet ablation: the measured direction on this run's data is in the ablation table below"
                 if not imagenet
                 else f"variant {variant} not in experiments.variants"
             )
-            rows.append(
-                [
-                    f"ablation direction: {variant}",
-                    params.model.name,
-                    direction_text(e),
-                    e["source"],
-                    NONE,
-                    "direction",
-                    NOT_RUN,
-                    NONE,
-                    "; ".join(filter(None, (why, cond))),
-                ]
-            )
+            rows.rows.append([*head, NONE, "direction", NOT_RUN, NONE, "; ".join(filter(None, (why, cond)))])
             continue
         verdict = str(diff.value)
         agree = {"worse": "worse", "similar": "within noise", "better": "better"}.get(e["direction"]) == verdict
         status = REPRODUCED if agree else (NOT_RUN if verdict.startswith("not resolved") else DIFFERS)
-        rows.append(
-            [
-                f"ablation direction: {variant}",
-                params.model.name,
-                direction_text(e),
-                e["source"],
-                diff,
-                "direction",
-                status,
-                runs.run_id(diff.file),
-                cond,
-            ]
-        )
-    return Table(COMPARISON_COLUMNS, rows, "Every number of the paper this pipeline can produce.", status_column=6)
+        rows.rows.append([*head, diff, "direction", status, rows.runs.run_id(diff.file), cond])

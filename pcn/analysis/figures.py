@@ -19,6 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from pcn.analysis.paths import RunPaths
+from pcn.stage import transfer_stage
+
 MANIFEST = "index.json"
 DPI = 130
 
@@ -299,22 +302,41 @@ def _load(path: Path) -> Any:
     return json.loads(path.read_text())
 
 
-def _per_init(root: Path, task: str) -> dict[str, dict]:
+INITS = ("pretrained", "scratch")  # a dense task's trunks: the DAG's and a random one
+
+
+def _per_init(paths: RunPaths, task: str) -> dict[str, dict]:
     out = {}
-    for init, suffix in (("pretrained", ""), ("scratch", "_scratch")):
-        p = root / "metrics" / f"{task}{suffix}.json"
+    for init in INITS:
+        p = paths.root / paths.metric(transfer_stage(task, init))
         if p.is_file():
             out[init] = _load(p)
     return out
 
 
-def build_figures(root: str | Path, out_dir: str | Path, directions: dict[str, str] | None = None) -> dict[str, Any]:
-    """Draw every figure whose inputs exist under ``root`` into ``out_dir``.
+def paper_directions(path: str | Path) -> dict[str, str]:
+    """ablation -> the paper's direction for it (paper/numbers.yaml), as the ablation chart labels it."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        return {}
+    doc = yaml.safe_load(p.read_text()) or {}
+    # the chart's label: the direction, and the paper's condition on it in a few words
+    return {
+        k: ", ".join(filter(None, (v.get("direction"), v.get("when"))))
+        for k, v in (doc.get("ablations") or {}).items()
+        if isinstance(v, dict)
+    }
+
+
+def build_figures(paths: RunPaths, out_dir: str | Path, directions: dict[str, str] | None = None) -> dict[str, Any]:
+    """Draw every figure whose inputs exist in the run at ``paths`` into ``out_dir``.
 
     Returns the manifest written to ``out_dir/index.json``:
     ``{"figures": {name: {"files": [...], "sources": [...], "title": str}}, "skipped": {name: reason}}``.
     """
-    root, out_dir = Path(root), Path(out_dir)
+    root, out_dir = paths.root, Path(out_dir)
     figures: dict[str, Any] = {}
     skipped: dict[str, str] = {}
 
@@ -331,14 +353,14 @@ def build_figures(root: str | Path, out_dir: str | Path, directions: dict[str, s
         files = fig if isinstance(fig, list) else save(fig, out_dir, name)
         figures[name] = {"title": title, "files": files, "sources": [_rel(s, root) for s in sources]}
 
-    plots = [root / "plots" / f"{s}.csv" for s in ("pretrain", "finetune")]
+    plots = [paths.at("plots", f"{s}.csv") for s in ("pretrain", "finetune")]
     attempt(
         "training_curves",
         "Training curves (pretrain, then fine-tune)",
         [p for p in plots if p.exists()] or plots,
         lambda: training_curves({p.stem: read_csv(p) for p in plots if p.exists()}),
     )
-    abl = root / "metrics" / "ablations.json"
+    abl = root / paths.metric("ablations")
     attempt("ablations", "Ablations against the baseline", [abl], lambda: ablation_chart(_load(abl), directions))
     attempt(
         "depth_width",
@@ -346,7 +368,7 @@ def build_figures(root: str | Path, out_dir: str | Path, directions: dict[str, s
         [abl],
         lambda: depth_width_figure(_load(abl)["depth_width"]),
     )
-    cx = root / "metrics" / "complexity.json"
+    cx = root / paths.metric("complexity")
     attempt(
         "complexity",
         "Params and GMACs of the model zoo and its peers (224 px)",
@@ -354,7 +376,7 @@ def build_figures(root: str | Path, out_dir: str | Path, directions: dict[str, s
         lambda: complexity_figure(_load(cx)["rows"], _load(cx).get("device", "")),
     )
 
-    att_dir = root / "results" / "attention"
+    att_dir = paths.at("results", "attention")
     for name, title in (
         ("attention_single", "Attention map of the single class token"),
         ("attention_multiclass", "Per-class attention maps of the multi-class model"),
@@ -363,23 +385,23 @@ def build_figures(root: str | Path, out_dir: str | Path, directions: dict[str, s
         src = att_dir / f"{name}.png"
         attempt(name, title, [src], lambda name=name: _copy_pair(att_dir, out_dir, name))
 
-    transfer = {t: _per_init(root, t) for t in ("segmentation", "detection")}
+    transfer = {t: _per_init(paths, t) for t in ("segmentation", "detection")}
     transfer = {t: v for t, v in transfer.items() if v}
     srcs = [
-        root / "metrics" / f"{t}{s}.json"
+        root / paths.metric(transfer_stage(t, init))
         for t in transfer
-        for s in ("", "_scratch")
-        if (root / "metrics" / f"{t}{s}.json").exists()
-    ] or [root / "metrics" / "segmentation.json"]
+        for init in INITS
+        if (root / paths.metric(transfer_stage(t, init))).exists()
+    ] or [root / paths.metric("segmentation")]
     attempt("transfer", "Dense-task transfer: pretrained vs scratch trunk", srcs, lambda: transfer_figure(transfer))
     for task in ("segmentation", "detection"):
         pngs = []
-        for suffix, label in (("", "pretrained trunk"), ("_scratch", "scratch trunk")):
-            d = root / "results" / f"{task}{suffix}"
+        for init in INITS:
+            d = paths.at("results", transfer_stage(task, init))
             found = sorted(d.glob("*.png")) if d.is_dir() else []
             if found:
-                pngs.append((found[0], label))
-        srcs = [p for p, _ in pngs] or [root / "results" / task]
+                pngs.append((found[0], f"{init} trunk"))
+        srcs = [p for p, _ in pngs] or [paths.at("results", task)]
         attempt(
             f"{task}_examples",
             f"{task.capitalize()} examples",

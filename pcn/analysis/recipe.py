@@ -128,16 +128,6 @@ def check_recipe(entries: list[Entry], params, source: str = str(RECIPE_PATH)) -
         raise RecipeError(f"{source}: {bad[0]}{more}")
 
 
-def paper_params(params_path: str | Path = "params.yaml"):
-    """params.yaml resolved at scale paper, whatever its ``scale:`` says."""
-    from pcn.config import ParamsError, raw_params, resolve
-
-    path = Path(params_path)
-    if not path.is_file():
-        raise ParamsError(f"{path}: file not found")
-    return resolve({**raw_params(path), "scale": "paper"}, str(path))
-
-
 def format_value(value: Any) -> str:
     if value is None:
         return "null"

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from pcn.analysis.comparison import comparison_table, load_paper
 from pcn.analysis.document import Report, Section
+from pcn.analysis.paths import RunPaths
 from pcn.analysis.sections import figure_section, machines_section, recipe_section, results_sections
 from pcn.analysis.sourced import Metrics, RunIndex
 
@@ -34,10 +35,11 @@ STATUS_TEXT = (
 )
 
 
-def build_report(root: str | Path, params, paper_path: str | Path | None = None) -> Report:
-    root = Path(root)
-    paper = load_paper(Path(paper_path) if paper_path else root / "paper" / "numbers.yaml")
-    metrics = Metrics(root)
+def build_report(paths: RunPaths, params, paper_path: str | Path | None = None) -> Report:
+    """The report of the run at ``paths`` (its metrics, figures, the paper's numbers and
+    recipe); ``paper_path``: other paper numbers than the run's."""
+    paper = load_paper(Path(paper_path) if paper_path else paths.at("paper"))
+    metrics = Metrics(paths)
     runs = RunIndex(params, metrics)
     comp = comparison_table(paper, params, metrics, runs)
     summary = Section(
@@ -53,16 +55,16 @@ def build_report(root: str | Path, params, paper_path: str | Path | None = None)
             ),
         ],
     )
-    figures_dir = root / "reports" / "figures"
+    figures_dir = paths.at("figures")
     report = Report(
         TITLE,
         [
             summary,
             Section("Paper vs reproduced", tables=[comp], paragraphs=[STATUS_TEXT]),
-            recipe_section(root, params),
+            recipe_section(paths, params),
             *results_sections(paper, params, metrics, runs),
             figure_section(figures_dir),
-            machines_section(root),
+            machines_section(paths),
         ],
         comp,
         figures_dir,
@@ -78,12 +80,11 @@ def build_report(root: str | Path, params, paper_path: str | Path | None = None)
     return report
 
 
-def write_report(report: Report, out_dir: str | Path) -> tuple[Path, Path]:
-    """reports/report.md and reports/report.html (figures embedded, found beside ``out_dir``)."""
+def write_report(report: Report, md: Path, html: Path) -> tuple[Path, Path]:
+    """The report as Markdown and as one HTML file (figures embedded)."""
     from pcn.analysis.render import to_html, to_markdown
     from pcn.io import write_text
 
-    out_dir = Path(out_dir)
-    md = write_text(out_dir / "report.md", to_markdown(report))
-    page = write_text(out_dir / "report.html", to_html(report, report.figures_dir.parent))
+    md = write_text(md, to_markdown(report))
+    page = write_text(html, to_html(report, report.figures_dir.parent))
     return md, page

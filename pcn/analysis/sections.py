@@ -9,8 +9,10 @@ from pathlib import Path
 
 from pcn.analysis.comparison import direction_text, released_files, released_row
 from pcn.analysis.document import Section, Table
+from pcn.analysis.paths import RunPaths
 from pcn.analysis.setting import patch_stride, recipe_of, setting_text
 from pcn.analysis.sourced import NONE, Metrics, RunIndex
+from pcn.stage import transfer_stage
 
 # The paper's two-row comparisons outside the ablation table: (section, this row, reference row).
 PAPER_PAIRS = {
@@ -34,7 +36,6 @@ GRID_COLUMNS = [
     "paper direction",
     "run kind (length, batch, resolution, tokens)",
 ]
-ABL = "metrics/ablations.json"
 
 
 def _pair_direction(paper: dict, group: str, name: str) -> str:
@@ -62,15 +63,15 @@ def results_sections(paper: dict, params, metrics: Metrics, runs: RunIndex) -> l
 
 
 def classification_section(paper: dict, metrics: Metrics, runs: RunIndex) -> Section:
-    g = metrics.get
+    g, f = metrics.get, metrics.file
     rows = []
     for rel, key, what in (
-        ("metrics/pretrain.json", "top1", "pretrain, final val top-1 (%)"),
-        ("metrics/finetune.json", "top1", "fine-tune, final val top-1 (%)"),
-        ("metrics/eval.json", "top1", "evaluate: val top-1 (%)"),
-        ("metrics/eval.json", "top5", "evaluate: val top-5 (%)"),
-        ("metrics/eval.json", "v2_top1", "evaluate: ImageNet-V2 top-1 (%)"),
-        ("metrics/pixel_baseline.json", "top1", "raw-pixel linear baseline: val top-1 (%)"),
+        (f("pretrain"), "top1", "pretrain, final val top-1 (%)"),
+        (f("finetune"), "top1", "fine-tune, final val top-1 (%)"),
+        (f("eval"), "top1", "evaluate: val top-1 (%)"),
+        (f("eval"), "top5", "evaluate: val top-5 (%)"),
+        (f("eval"), "v2_top1", "evaluate: ImageNet-V2 top-1 (%)"),
+        (f("pixel_baseline"), "top1", "raw-pixel linear baseline: val top-1 (%)"),
     ):
         v = g(rel, key)
         if v is not None:
@@ -78,7 +79,7 @@ def classification_section(paper: dict, metrics: Metrics, runs: RunIndex) -> Sec
     sec = Section("Classification")
     if rows:
         sec.tables.append(Table(["quantity", "value", "metrics file", "MLflow run"], rows))
-        ev, px = g("metrics/eval.json", "top1"), g("metrics/pixel_baseline.json", "top1")
+        ev, px = g(f("eval"), "top1"), g(f("pixel_baseline"), "top1")
         if ev is not None and px is not None:
             gap = "above" if ev.value > px.value else "NOT above"
             sec.paragraphs.append(
@@ -117,10 +118,11 @@ def grid_section(paper: dict, params, metrics: Metrics) -> Section:
     """The ablations, the ResNet pair, multi-class tokens and depth x width; every row says
     what it ran at (the paper's directions hold under conditions: batch, resolution)."""
     g = metrics.get
-    abl = metrics.load(ABL)
+    summary = metrics.file("ablations")
+    abl = metrics.load(summary)
     sec = Section("Ablations and comparisons" + (" (smoke runs)" if abl and not abl.get("evidence") else ""))
     if not abl:
-        sec.paragraphs.append("metrics/ablations.json not found (the summarize stage has not run).")
+        sec.paragraphs.append(f"{summary} not found (the summarize stage has not run).")
         return sec
     sec.paragraphs.append(str(abl.get("note", "")))
     kind = f"{len(abl.get('seeds', []))} seeds" if abl.get("evidence") else "smoke run"
@@ -131,14 +133,14 @@ def grid_section(paper: dict, params, metrics: Metrics) -> Section:
         for name, r in (abl.get(group) or {}).items():
             base = f"{group}.{name}"
             vs = r.get(f"vs_{ref}")
-            row = [name, g(ABL, f"{base}.n", "d"), g(ABL, f"{base}.mean"), g(ABL, f"{base}.std") or NONE]
+            row = [name, g(summary, f"{base}.n", "d"), g(summary, f"{base}.mean"), g(summary, f"{base}.std") or NONE]
             if vs is None:
                 row += ["(reference)", NONE, NONE]
             else:
                 row += [
-                    g(ABL, f"{base}.vs_{ref}.diff", "+.2f"),
+                    g(summary, f"{base}.vs_{ref}.diff", "+.2f"),
                     _fmt_ci(vs.get("ci95")),
-                    g(ABL, f"{base}.vs_{ref}.verdict"),
+                    g(summary, f"{base}.vs_{ref}.verdict"),
                 ]
             row.append(directions.get(name, NONE) if group == "ablations" else _pair_direction(paper, group, name))
             row.append(f"{kind}, {setting_text(rec, patch_stride(params, group, name))}")
@@ -149,13 +151,13 @@ def grid_section(paper: dict, params, metrics: Metrics) -> Section:
     grid = abl.get("depth_width") or []
     rows = [
         [
-            g(ABL, f"depth_width[{i}].width", "d"),
-            g(ABL, f"depth_width[{i}].depth", "d"),
-            g(ABL, f"depth_width[{i}].top1"),
-            g(ABL, f"depth_width[{i}].params_m", ".3f"),
-            g(ABL, f"depth_width[{i}].gmacs", ".3f"),
-            g(ABL, f"depth_width[{i}].throughput", ".0f") or NONE,
-            g(ABL, f"depth_width[{i}].peak_mem_mb", ".0f") or NONE,
+            g(summary, f"depth_width[{i}].width", "d"),
+            g(summary, f"depth_width[{i}].depth", "d"),
+            g(summary, f"depth_width[{i}].top1"),
+            g(summary, f"depth_width[{i}].params_m", ".3f"),
+            g(summary, f"depth_width[{i}].gmacs", ".3f"),
+            g(summary, f"depth_width[{i}].throughput", ".0f") or NONE,
+            g(summary, f"depth_width[{i}].peak_mem_mb", ".0f") or NONE,
         ]
         for i in range(len(grid))
     ]
@@ -173,19 +175,20 @@ def grid_section(paper: dict, params, metrics: Metrics) -> Section:
 
 def complexity_section(metrics: Metrics) -> Section:
     g = metrics.get
-    cx = metrics.load("metrics/complexity.json")
+    rel = metrics.file("complexity")
+    cx = metrics.load(rel)
     sec = Section("Complexity")
     if not cx:
-        sec.paragraphs.append("metrics/complexity.json not found.")
+        sec.paragraphs.append(f"{rel} not found.")
         return sec
     rows = [
         [
             r.get("model"),
-            g("metrics/complexity.json", f"rows[{i}].img_size", "d"),
-            g("metrics/complexity.json", f"rows[{i}].params_m", ".2f"),
-            g("metrics/complexity.json", f"rows[{i}].gmacs", ".2f"),
-            g("metrics/complexity.json", f"rows[{i}].throughput", ".1f") or NONE,
-            g("metrics/complexity.json", f"rows[{i}].peak_mem_mb", ".0f") or NONE,
+            g(rel, f"rows[{i}].img_size", "d"),
+            g(rel, f"rows[{i}].params_m", ".2f"),
+            g(rel, f"rows[{i}].gmacs", ".2f"),
+            g(rel, f"rows[{i}].throughput", ".1f") or NONE,
+            g(rel, f"rows[{i}].peak_mem_mb", ".0f") or NONE,
         ]
         for i, r in enumerate(cx.get("rows", []))
     ]
@@ -207,9 +210,7 @@ def transfer_section(params, metrics: Metrics, runs: RunIndex) -> Section:
         ("detection", ("bbox_AP", "segm_AP")),
     ):
         rows = []
-        files = [
-            (init, f"metrics/{task}{suffix}.json") for init, suffix in (("pretrained", ""), ("scratch", "_scratch"))
-        ]
+        files = [(init, metrics.file(transfer_stage(task, init))) for init in ("pretrained", "scratch")]
         keys = [k for k in keys if any(metrics.get(rel, k) is not None for _, rel in files)]  # columns with a value
         for init, rel in files:
             if metrics.exists(rel):
@@ -217,26 +218,27 @@ def transfer_section(params, metrics: Metrics, runs: RunIndex) -> Section:
         if rows:
             sec.tables.append(Table(["trunk", *keys, "MLflow run"], rows, f"{task} ({params.data.source} data)"))
         else:
-            sec.paragraphs.append(f"No {task} metrics (metrics/{task}.json) at this point.")
+            sec.paragraphs.append(f"No {task} metrics ({metrics.file(task)}) at this point.")
     return sec
 
 
 def attention_section(metrics: Metrics) -> Section:
     g = metrics.get
-    att = metrics.load("metrics/attention.json")
+    rel = metrics.file("attention")
+    att = metrics.load(rel)
     sec = Section("Attention maps: localisation of the labelled object")
     if not att:
-        sec.paragraphs.append("metrics/attention.json not found (the attention stage has not run).")
+        sec.paragraphs.append(f"{rel} not found (the attention stage has not run).")
         return sec
     if att.get("localisation_scored") is False:
         sec.paragraphs.append(f"Localisation not scored: {att.get('localisation_not_scored')}.")
     rows = [
         [
             m,
-            g("metrics/attention.json", f"{m}.pointing_game", ".1f"),
-            g("metrics/attention.json", f"{m}.iou", ".1f"),
-            g("metrics/attention.json", f"{m}.model_top1", ".1f") or NONE,
-            g("metrics/attention.json", f"{m}.n", "d"),
+            g(rel, f"{m}.pointing_game", ".1f"),
+            g(rel, f"{m}.iou", ".1f"),
+            g(rel, f"{m}.model_top1", ".1f") or NONE,
+            g(rel, f"{m}.n", "d"),
         ]
         for m, r in att.items()
         if isinstance(r, dict) and isinstance(r.get("pointing_game"), (int, float))  # not the definitions
@@ -255,13 +257,13 @@ def attention_section(metrics: Metrics) -> Section:
     return sec
 
 
-def recipe_section(root: Path, params) -> Section:
+def recipe_section(paths: RunPaths, params) -> Section:
     """The paper-scale recipe with the source of every value (paper/recipe.yaml)."""
     from pcn.analysis import recipe as R
 
     sec = Section("Paper-scale recipe")
     try:
-        entries = R.load_recipe(root / R.RECIPE_PATH)
+        entries = R.load_recipe(paths.at("recipe"))
     except R.RecipeError as exc:
         sec.paragraphs.append(f"No recipe table: {exc}.")
         return sec
@@ -288,19 +290,20 @@ def recipe_section(root: Path, params) -> Section:
 MACHINE_KEYS = ("cpu", "cores", "torch", "onednn", "mkl", "gpu", "host")
 
 
-def machines_section(root: Path) -> Section:
+def machines_section(paths: RunPaths) -> Section:
     """Which machine and libraries produced which metrics (``machine`` in each metrics file)."""
     from pcn import machine
 
+    folder = paths.at("metrics")
     by_machine: dict[tuple, list[str]] = {}
-    for path in sorted((root / "metrics").rglob("*.json")):
+    for path in sorted(folder.rglob("*.json")):
         try:
             m = json.loads(path.read_text()).get("machine")
         except (json.JSONDecodeError, AttributeError):
             continue
         if isinstance(m, dict):
             key = tuple(m.get(k) for k in MACHINE_KEYS)
-            by_machine.setdefault(key, []).append(str(path.relative_to(root / "metrics").with_suffix("")))
+            by_machine.setdefault(key, []).append(str(path.relative_to(folder).with_suffix("")))
     rows = [[*("-" if v is None else v for v in key), ", ".join(stages)] for key, stages in by_machine.items()]
     sec = Section("Machines", paragraphs=[machine.__doc__.split("\n\n")[1].replace("\n", " ")])
     if rows:
@@ -312,7 +315,7 @@ def figure_section(figures_dir: Path) -> Section:
     sec = Section("Figures")
     index = figures_dir / "index.json"
     if not index.is_file():
-        sec.paragraphs.append("reports/figures/index.json not found (the figures stage has not run).")
+        sec.paragraphs.append(f"{index} not found (the figures stage has not run).")
         return sec
     manifest = json.loads(index.read_text())
     for info in manifest.get("figures", {}).values():

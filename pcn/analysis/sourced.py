@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pcn.analysis.paths import RunPaths
+
 NONE = "—"
 
 _KEY = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
@@ -41,11 +43,16 @@ class Sourced:
 
 
 class Metrics:
-    """The metrics files of one run directory, read once; ``get`` returns Sourced values."""
+    """The metrics files of one run, read once; ``get`` returns Sourced values.  A file is
+    named as it is cited (``file("eval")``: metrics/eval.json), relative to the run's root."""
 
-    def __init__(self, root: Path):
-        self.root = Path(root)
+    def __init__(self, paths: RunPaths):
+        self.paths = paths
+        self.root = paths.root
         self._cache: dict[str, Any] = {}
+
+    def file(self, name: str) -> str:
+        return self.paths.metric(name)
 
     def load(self, rel: str) -> Any | None:
         if rel not in self._cache:

@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from statistics import mean, stdev
 
+from pcn.stage import BASELINE_VARIANT, GRID_FOLDERS, grid_run_name, point_name
+
 MIN_SEEDS_FOR_VERDICT = 2
 
 
@@ -43,8 +45,9 @@ def _top1(path: Path) -> float:
     return float(json.loads(path.read_text())["top1"])
 
 
-def _group(metrics_dir: Path, sub: str, names, seeds) -> dict[str, list[float]]:
-    return {n: [_top1(metrics_dir / sub / f"{n}-s{s}.json") for s in seeds] for n in names}
+def _group(metrics_dir: Path, study: str, names, seeds) -> dict[str, list[float]]:
+    folder = metrics_dir / GRID_FOLDERS[study]
+    return {n: [_top1(folder / f"{grid_run_name(n, s)}.json") for s in seeds] for n in names}
 
 
 def compare(groups: dict[str, list[float]], reference: str) -> dict:
@@ -79,12 +82,13 @@ def recipe(cfg) -> dict:
 def summarize_experiments(params, metrics_dir: Path) -> dict:
     exp = params.experiments
     seeds = exp.seeds
-    ablations = compare(_group(metrics_dir, "ablations", exp.variants, seeds), "baseline")
-    resnet = compare(_group(metrics_dir, "resnet", exp.resnet, seeds), "avg")
+    ablations = compare(_group(metrics_dir, "ablation", exp.variants, seeds), BASELINE_VARIANT)
+    resnet = compare(_group(metrics_dir, "resnet_pool", exp.resnet, seeds), "avg")
     multi = compare(_group(metrics_dir, "multiclass", ["scratch", "finetuned"], seeds), "scratch")
     grid = []
     for w, d in exp.depth_width:
-        m = json.loads((metrics_dir / "depth_width" / f"w{w}-d{d}.json").read_text())
+        point = metrics_dir / GRID_FOLDERS["depth_width"] / f"{grid_run_name(point_name(w, d))}.json"
+        m = json.loads(point.read_text())
         grid.append(
             {
                 k: m.get(k)

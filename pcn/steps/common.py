@@ -11,11 +11,11 @@ from typing import Any
 
 from pcn import frontend
 from pcn.config import Params, load_params
-from pcn.errors import UserError
 from pcn.file_audit import AUDIT_DIR_ENV, AUDIT_STAGE_ENV
 from pcn.io import write_json
 from pcn.machine import describe
-from pcn.stages import FFCV_DIR, build_stages, stage_record
+from pcn.splits import FFCV_DIR
+from pcn.stage import instance_name, stage_sections
 from pcn.tracking import RunLogger, stage_run, tracking_uri
 
 # Where submitit keeps each launched job's logs and pickles, one folder per stage
@@ -24,8 +24,8 @@ SUBMITIT_LOGS = Path("logs/submitit")
 
 @dataclass
 class StageRun:
-    """One run of a stage's step: its params, its MLflow run, and the paths the stage table
-    declares for this instance (its wildcards filled in), so a step writes where the DAG looks."""
+    """One run of a stage's step: its params, its MLflow run, and the paths its command line
+    names for this instance, so a step writes where the DAG looks."""
 
     name: str
     params: Params
@@ -53,11 +53,11 @@ class StageRun:
     def _one(self, kind: str) -> str:
         paths = getattr(self, kind)
         if len(paths) != 1:
-            raise LookupError(f"stage {self.name!r} declares {len(paths)} {kind} in pcn/stages.py, not one")
+            raise LookupError(f"stage {self.name!r} was given {len(paths)} {kind} on its command line, not one")
         return paths[0]
 
     def finish(self, metrics: dict[str, Any], metrics_path: str | Path | None = None, artifacts: tuple = ()) -> dict:
-        """Write the metrics JSON (the record of truth; by default the stage's declared file)
+        """Write the metrics JSON (the record of truth; by default the stage's own file)
         then mirror it to MLflow.  A training job's metrics already name the machine it
         trained on; others get this process's."""
         metrics_path = metrics_path or self.metrics_path
@@ -79,31 +79,41 @@ def section_values(params: Params, sections: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
+def _paths(value: str | list[str] | None) -> tuple[str, ...]:
+    return () if value is None else (value,) if isinstance(value, str) else tuple(value)
+
+
+def outputs(args) -> dict[str, tuple[str, ...]]:
+    """The outputs a training-like command names: ``--out``, ``--metrics``, ``--plots``."""
+    return {k: _paths(getattr(args, a, None)) for k, a in (("outs", "out"), ("metrics", "metrics"), ("plots", "plots"))}
+
+
 @contextlib.contextmanager
 def stage(
-    args, name: str, sections: tuple[str, ...] | None = None, tags: dict[str, str] | None = None
+    args,
+    name: str,
+    sections: tuple[str, ...] | None = None,
+    tags: dict[str, str] | None = None,
+    *,
+    wildcards: dict[str, Any] | None = None,
+    outs: tuple[str, ...] = (),
+    metrics: tuple[str, ...] = (),
+    plots: tuple[str, ...] = (),
 ) -> Iterator[StageRun]:
-    """Run stage ``name``: its params sections and output paths come from its record in the
-    stage table, for the instance the command line names (a matrix stage's wildcards are its
-    flags: ``--variant`` fills ``{variant}``).  ``sections`` is for runs outside the DAG (a
-    released checkpoint's evaluation), which have no record and name their outputs."""
+    """Run stage ``name`` (an instance of a grid stage: its ``wildcards``, e.g. variant and
+    seed) writing the paths its command names; its MLflow run logs the params sections the
+    stage reads (``sections``: by default those it tracks in the DAG, pcn.stage)."""
     params = load_params(args.params)
     if os.environ.get("DVC_STAGE"):
-        refuse_stale_dvc_yaml(args.params, params)
-        # a bare `dvc repro` has no start hook either: the first stage it runs looks for every
-        # dataset of every stage (a few stat calls), so a missing one is named in seconds
-        from pcn.preflight import check_datasets
+        # a bare `dvc repro` has no start hook: each stage refuses a stale dvc.yaml, and the
+        # first looks for every dataset of every stage (a few stat calls), so a missing one
+        # is named in seconds
+        from pcn.dvc_view import check_under_dvc
 
-        check_datasets(params)
-    paths: dict[str, tuple[str, ...]] = {}
-    instance = name
-    if sections is None:
-        record = stage_record(name, params)
-        wildcards = {k: str(getattr(args, k)) for k in record.matrix}
-        one = record.instance(wildcards)
-        sections = one.params
-        paths = {"outs": one.outs, "metrics": one.metrics, "plots": one.plots}
-        instance = record.instance_name(wildcards)
+        check_under_dvc(args.params, params)
+    wc = {k: str(v) for k, v in (wildcards or {}).items()}
+    instance = instance_name(name, wc)
+    sections = tuple(s.format(**wc) for s in (stage_sections(name) if sections is None else sections))
     if os.environ.get(AUDIT_DIR_ENV):
         os.environ[AUDIT_STAGE_ENV] = instance  # pcn.file_audit: the jobs this stage starts inherit it
     # A bare `dvc repro` has no start hook: each of its stages holds the front-end lock
@@ -111,28 +121,10 @@ def stage(
     held = bool(os.environ.get("DVC_STAGE")) and frontend.acquire(f"dvc repro (stage {name})")
     try:
         with stage_run(name, params, section_values(params, sections), tags, instance=instance) as run:
-            yield StageRun(name, params, run, **paths)
+            yield StageRun(name, params, run, outs=outs, metrics=metrics, plots=plots)
     finally:
         if held:
             frontend.release()
-
-
-def refuse_stale_dvc_yaml(params_path: str, params: Params) -> None:
-    """Under DVC, refuse to run when dvc.yaml's shape (its stages and their matrices) no longer
-    matches params.yaml: DVC would run the stale matrix (e.g. `dvc exp run -S` on the seeds,
-    a variant or the scale), whose instances the steps no longer agree with."""
-    import yaml
-
-    dvc_file = Path(params_path).parent / "dvc.yaml"
-    written = yaml.safe_load(dvc_file.read_text()) if dvc_file.is_file() else None
-    shape = {name: entry.get("matrix") for name, entry in ((written or {}).get("stages") or {}).items()}
-    # the table's shape as dvc_yaml writes it (a matrix: its values as lists)
-    expected = {s.name: {k: list(v) for k, v in s.matrix.items()} or None for s in build_stages(params)}
-    if shape != expected:
-        raise UserError(
-            f"{dvc_file} is stale for {params_path}: the edit changes the DAG's shape (its stages or "
-            "instances); run `pcn dag` (or `pcn run`), then repeat the command"
-        )
 
 
 def setup_torch(threads: int) -> None:
@@ -151,13 +143,14 @@ def launcher_kind(args, params: Params) -> str:
 SPLIT_LAYOUTS = {"train": "imagefolder", "val": "imagefolder", "v2": "imagenet_v2"}
 
 
-def data_paths(params: Params) -> dict[str, Path]:
-    """Where the classification splits live, as image folders (official layouts) and FFCV files."""
+def data_paths(params: Params, ffcv: str | Path | None = None) -> dict[str, Path]:
+    """Where the classification splits live, as image folders (official layouts) and FFCV
+    files (in ``ffcv``, the folder a stage's ``--ffcv`` names)."""
     imagenet, v2 = params.data.path("imagenet"), params.data.path("imagenet_v2")
     return {
         "train": imagenet / "train",
         "val": imagenet / "val",
         "v2": v2,
         "loc": imagenet / "LOC_val_solution.csv",
-        **{f"{split}_beton": Path(FFCV_DIR) / f"{split}.beton" for split in SPLIT_LAYOUTS},
+        **{f"{split}_beton": Path(ffcv or FFCV_DIR) / f"{split}.beton" for split in SPLIT_LAYOUTS},
     }

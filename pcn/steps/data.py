@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from pcn.io import atomic_path
-from pcn.stages import ffcv_splits
-from pcn.steps.common import SPLIT_LAYOUTS, data_paths, setup_torch, stage
+from pcn.splits import ffcv_splits
+from pcn.steps.common import SPLIT_LAYOUTS, data_paths, outputs, setup_torch, stage
 
 
 def make_demo(args) -> int:
     from pcn.data.synthetic import DemoSpec, generate
 
-    with stage(args, "demo_data") as st:
+    with stage(args, "demo_data", **outputs(args)) as st:
         d = st.params.data.demo
         spec = DemoSpec(seed=st.params.seed, **d.model_dump())
         summary = generate(Path(st.out), spec)  # the four datasets' folders, side by side
@@ -22,15 +22,13 @@ def make_demo(args) -> int:
 
 
 def manifest(args) -> int:
-    """The dataset_manifest stage: refresh the listing of each dataset its record names.  No
+    """The dataset_manifest stage: refresh each dataset listing its command names.  No
     MLflow run and no front-end lock: it writes only the listings, atomically, and only the
     changed ones (DVC runs it at every repro)."""
     from pcn.config import load_params
-    from pcn.manifest import LISTER, refresh_listings
-    from pcn.stages import stage_record
+    from pcn.manifest import refresh_listings
 
-    params = load_params(args.params)
-    print(refresh_listings(params, stage_record(LISTER, params)))
+    print(refresh_listings(load_params(args.params), args.out))
     return 0
 
 
@@ -40,9 +38,9 @@ def convert(args) -> int:
     a class list that differs from train's is refused before anything is written."""
     from pcn.data.ffcv_io import convert_imagefolder, scan_folder
 
-    with stage(args, "convert") as st:
+    with stage(args, "convert", **outputs(args)) as st:
         p, f = st.params, st.params.data.ffcv
-        paths = data_paths(p)
+        paths = data_paths(p, st.out)
         splits = [(split, SPLIT_LAYOUTS[split]) for split in ffcv_splits(p)]
         train_classes = scan_folder(paths["train"]).class_names  # every split's class list
         for split, layout in splits:
@@ -75,7 +73,7 @@ def pixel_baseline(args) -> int:
     """How far a linear model on average-pooled raw pixels gets: the task must need more."""
     from pcn.eval.pixel_baseline import fit_pixel_baseline
 
-    with stage(args, "pixel_baseline") as st:
+    with stage(args, "pixel_baseline", **outputs(args)) as st:
         setup_torch(st.params.runtime.threads)
         paths = data_paths(st.params)
         metrics = fit_pixel_baseline(paths["train"], paths["val"], seed=st.params.seed)

@@ -1,7 +1,8 @@
 """Evaluation stages: accuracy of the fine-tuned model, of a released checkpoint, and
 complexity of the family.
 
-``pcn evaluate`` is the DAG stage (results/<evaluate.checkpoint>/model.pth -> metrics/eval.json).
+``pcn evaluate --weights MODEL --metrics JSON`` is the DAG stage (the model of the stage
+``evaluate.checkpoint`` names -> metrics/eval.json).
 ``pcn evaluate --checkpoint FILE`` scores a released PatchConvNet file (``{"model":
 state_dict}``, the official format) on ImageNet val and ImageNet-v2 under the paper's
 evaluation protocol and writes ``metrics/released/<model>-<img_size>-<sha>.json``, where
@@ -16,8 +17,7 @@ from pathlib import Path
 
 from pcn.errors import UserError
 from pcn.io import atomic_path
-from pcn.stages import checkpoint_path
-from pcn.steps.common import SPLIT_LAYOUTS, data_paths, setup_torch, stage
+from pcn.steps.common import SPLIT_LAYOUTS, data_paths, outputs, setup_torch, stage
 from pcn.steps.train import num_classes
 
 RELEASED_DIR = Path("metrics/released")
@@ -40,6 +40,8 @@ def evaluate(args) -> int:
     for flag in ("model", "img_size", "crop_ratio"):
         if getattr(args, flag, None) is not None:
             raise UserError(f"--{flag.replace('_', '-')} applies to a released checkpoint: pass --checkpoint FILE too")
+    if not (args.weights and args.metrics):
+        raise UserError("--weights MODEL and --metrics JSON expected (the DAG stage), or --checkpoint FILE (a release)")
     import timm
     import torch
 
@@ -49,15 +51,15 @@ def evaluate(args) -> int:
     from pcn.models.checkpoint import load_checkpoint
     from pcn.train.engine import evaluate as eval_loop
 
-    with stage(args, "evaluate") as st:
+    with stage(args, "evaluate", **outputs(args)) as st:
         p, e = st.params, st.params.evaluate
         setup_torch(p.runtime.threads)
         device = _device(p)
-        checkpoint = checkpoint_path(e.checkpoint)
+        checkpoint = args.weights
         model = timm.create_model(p.model.name, num_classes=num_classes(p), **p.model.options)
         load_checkpoint(model, checkpoint, strict=True)
         model.to(device=device, memory_format=torch.channels_last)  # as in training's evaluations
-        paths = data_paths(p)
+        paths = data_paths(p, args.ffcv)
         metrics = {"checkpoint": checkpoint, "img_size": e.img_size, "crop_ratio": e.crop_ratio}
         train_classes = class_folders(paths["train"])  # val and v2 must list the same classes
         kind = e.loader or p.data.loader
@@ -326,7 +328,7 @@ def evaluate_registered(args) -> int:
 def complexity(args) -> int:
     from pcn.eval.complexity import complexity_table, write_markdown
 
-    with stage(args, "complexity") as st:
+    with stage(args, "complexity", **outputs(args)) as st:
         p, c = st.params, st.params.complexity
         setup_torch(p.runtime.threads)
         device = str(_device(p))

@@ -3,14 +3,13 @@ depth x width; and the summary that turns seeds into intervals and verdicts."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from pcn.config import depth_width_options, grid_model, has_layerscale
 from pcn.errors import UserError
 from pcn.io import write_csv
-from pcn.stages import BASELINE_VARIANT, stage_record
-from pcn.steps.common import stage
+from pcn.stage import parse_point
+from pcn.steps.common import outputs, stage
 from pcn.steps.train import num_classes, train_stage
 
 
@@ -22,13 +21,14 @@ def _train(
     tags: dict,
     model: str | None,
     options: dict,
+    wildcards: dict,
     extra: dict | None = None,
     run: str | None = None,
     **kw,
 ) -> dict:
-    """One run of comparison ``name`` (a grid stage of the table), with that comparison's recipe
-    (``run``: the run's own, where ``RUN_RECIPES`` gives it one)."""
-    with stage(args, name, tags={**tags, "pcn.seed": str(seed)}) as st:
+    """One run of comparison ``name`` (the instance ``wildcards`` of a grid stage), with that
+    comparison's recipe (``run``: the run's own, where ``RUN_RECIPES`` gives it one)."""
+    with stage(args, name, tags={**tags, "pcn.seed": str(seed)}, wildcards=wildcards, **outputs(args)) as st:
         p = st.params
         model, options = grid_model(p, model, options)
         cfg = p.experiments.train_for(name, run)
@@ -60,6 +60,7 @@ def ablate(args) -> int:
         "ablation",
         seed=args.seed,
         tags={"pcn.study": "ablation", "pcn.variant": args.variant},
+        wildcards={"variant": args.variant, "seed": args.seed},
         model=None,
         options=variants[args.variant],
     )
@@ -77,6 +78,7 @@ def resnet_pool(args) -> int:
         "resnet_pool",
         seed=args.seed,
         tags={"pcn.study": "resnet_pool", "pcn.variant": args.pool},
+        wildcards={"pool": args.pool, "seed": args.seed},
         model=exp.resnet[args.pool],
         options={},
     )
@@ -90,26 +92,21 @@ def multiclass(args) -> int:
     p = load_params(args.params)
     init = None
     if args.init == "finetuned":
-        # next to the run's model; from the baseline of the same seed, as the table's dependency says
-        init = str(Path(_model_path("multiclass", p, init=args.init, seed=args.seed)).with_name("init.pth"))
-        baseline = _model_path("ablation", p, variant=BASELINE_VARIANT, seed=args.seed)
-        single_to_multiclass(baseline, init, num_classes(p))
+        # next to the run's model; from the baseline of the same seed (--baseline)
+        init = str(Path(args.out).with_name("init.pth"))
+        single_to_multiclass(args.baseline, init, num_classes(p))
     _train(
         args,
         "multiclass",
         seed=args.seed,
         tags={"pcn.study": "multiclass", "pcn.variant": args.init},
+        wildcards={"init": args.init, "seed": args.seed},
         model=p.experiments.multiclass_model,
         options={},
         init=init,
         run=args.init,
     )
     return 0
-
-
-def _model_path(name: str, params, **wildcards) -> str:
-    """The model file of one instance of grid stage ``name``, as the stage table declares it."""
-    return stage_record(name, params).instance({k: str(v) for k, v in wildcards.items()}).outs[0]
 
 
 def single_to_multiclass(src: str, dst: str, k: int) -> None:
@@ -131,10 +128,7 @@ def single_to_multiclass(src: str, dst: str, k: int) -> None:
 
 
 def depth_width(args) -> int:
-    m = re.fullmatch(r"w(\d+)-d(\d+)", args.point)
-    if not m:
-        raise UserError(f"--point {args.point!r}: expected w<width>-d<depth>, e.g. w96-d8")
-    width, depth = map(int, m.groups())
+    width, depth = parse_point(args.point)
     from pcn.config import load_params
 
     p = load_params(args.params)
@@ -144,6 +138,7 @@ def depth_width(args) -> int:
         "depth_width",
         seed=p.experiments.seeds[0],
         tags={"pcn.study": "depth_width", "pcn.variant": args.point},
+        wildcards={"point": args.point},
         model=None,
         options=options,
         extra={"width": width, "depth": depth, **point_complexity(p, options)},
@@ -188,9 +183,9 @@ def point_complexity(p, options: dict) -> dict:
 def summarize(args) -> int:
     from pcn.analysis.stats import grid_plot_rows, summarize_experiments
 
-    with stage(args, "summarize") as st:
-        summary = summarize_experiments(st.params, Path("metrics"))
+    with stage(args, "summarize", outs=(args.out,), plots=tuple(args.plots)) as st:
+        summary = summarize_experiments(st.params, Path(args.metrics))
         for path, rows in zip(st.plots, grid_plot_rows(summary), strict=True):
             write_csv(path, rows)
-        st.finish(summary, artifacts=st.plots)
+        st.finish(summary, st.out, artifacts=st.plots)
     return 0

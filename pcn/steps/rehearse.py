@@ -25,6 +25,7 @@ from pcn.rehearsal import (
     prepare_workspace,
     rehearsal_params,
 )
+from pcn.stages import build_stages
 
 
 def rehearse(args) -> int:
@@ -56,7 +57,8 @@ def rehearse(args) -> int:
         raw_params(args.params), yaml.safe_load(CAPS_FILE.read_text()), data_root, slurm=slurm, quick=args.quick
     )
     prepare_workspace(repo, work, params)
-    print(check_datasets(resolve(params, "rehearsal params")), flush=True)  # before the first stage
+    resolved = resolve(params, "rehearsal params")
+    print(check_datasets(resolved, (s.name for s in build_stages(resolved))), flush=True)  # before the first stage
     engine = ["--profile", "slurm"] if slurm else local_engine_args(memory_mb())
     # --keep-going: one failing stage must not hide the others' failures; the target comes
     # before the engine's flags, which take lists

@@ -11,10 +11,11 @@ import yaml
 
 from pcn import frontend
 from pcn.config import ParamsError, load_params, raw_params, recipe
+from pcn.dvc_view import dvc_yaml
 from pcn.engine_process import run_engine
 from pcn.errors import UserError
 from pcn.io import write_text
-from pcn.stages import dvc_yaml
+from pcn.stages import build_stages
 from pcn.tracking import PIPELINE_ENV, finish_pipeline_run, one_line, start_pipeline_run, tracking_uri, turn_off
 
 DVC_FILE = Path("dvc.yaml")
@@ -84,7 +85,8 @@ def run_pipeline(args) -> int:
             write_text(DVC_FILE, expected_dvc_yaml(args.params))
         from pcn.preflight import check_datasets
 
-        print(check_datasets(params), flush=True)  # a missing dataset is named now, not hours in
+        # a missing dataset is named now, not hours in
+        print(check_datasets(params, (s.name for s in build_stages(params))), flush=True)
         uri = tracking_uri(params.tracking.uri)
         try:
             run_id = start_pipeline_run(uri, params.tracking.experiment, args.engine, params.scale)

@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from pcn.config import Params, TrainConfig
+from pcn.errors import UserError
 from pcn.io import write_text
 from pcn.model_registry import registered_name
-from pcn.stages import checkpoint_path
-from pcn.steps.common import SUBMITIT_LOGS, StageRun, data_paths, launcher_kind, stage
+from pcn.steps.common import SUBMITIT_LOGS, StageRun, data_paths, launcher_kind, outputs, stage
 
 PLOT_COLUMNS = ("epoch", "step", "train_loss", "val_loss", "val_top1", "val_top5", "lr", "images_per_s")
 
@@ -39,14 +39,14 @@ def train_stage(
     register_as: str | None = None,
 ) -> dict:
     """Build the job from params, launch it (local or SLURM), write metrics and plots where
-    the stage table says: its model file (in the job's folder), metrics and plots (if any).
+    the command says: its model file (in the job's folder), metrics and plots (if any).
     With ``mlflow_model`` the trained model also goes into the stage's MLflow run as an
     MLflow model, registered as a new version of ``register_as`` if given."""
     from pcn.train.job import DataSpec, TrainJob
     from pcn.train.launch import launch
 
     p = st.params
-    paths = data_paths(p)
+    paths = data_paths(p, getattr(args, "ffcv", None))
     # model.options belong to the pipeline's model (and its variants), not to other families
     opts = {**(p.model.options if model is None else {}), **(options or {})}
     plots_path = st.plots_path if st.plots else None
@@ -75,7 +75,7 @@ def train_stage(
         mlflow_uri=st.uri,
     )
     if job.final_path != Path(st.out):  # a job names its model file itself: refuse before hours of training
-        raise RuntimeError(f"{st.name}: the job would write {job.final_path}, the stage table declares {st.out}")
+        raise UserError(f"--out {st.out}: a training job writes <folder>/{job.final_path.name}; name such a file")
     launcher = p.launcher.model_copy(update={"kind": launcher_kind(args, p)})
     result = launch(job, launcher, SUBMITIT_LOGS / st.name)
     # The resume state only serves an interrupted run; once the stage has succeeded a
@@ -110,18 +110,18 @@ def history_csv(history: list[dict]) -> str:
 
 
 def pretrain(args) -> int:
-    with stage(args, "pretrain") as st:
+    with stage(args, "pretrain", **outputs(args)) as st:
         train_stage(args, st, cfg=st.params.pretrain, mlflow_model=True)
     return 0
 
 
 def finetune(args) -> int:
-    with stage(args, "finetune") as st:
+    with stage(args, "finetune", **outputs(args)) as st:
         train_stage(
             args,
             st,
             cfg=st.params.finetune,
-            init=checkpoint_path("pretrain"),
+            init=args.weights,
             mlflow_model=True,
             register_as=registered_name(st.params.scale),
         )

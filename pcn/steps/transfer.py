@@ -1,10 +1,9 @@
 """Dense-transfer stages: `pcn segmentation` and `pcn detection`, each `--init pretrained|scratch`.
 
-Outputs per stage (``<task>`` or ``<task>_scratch``): ``results/<stage>/`` (predictions,
-checkpoint, qualitative figure), ``metrics/<stage>.json``, ``plots/<stage>.csv``
-(step, loss). The pretrained init reads the trunk from the DAG's classification
-checkpoint named by ``<task>.backbone`` (``results/pretrain/model.pth`` or
-``results/finetune/model.pth``) or ``--checkpoint FILE``.
+Outputs per stage (``<task>`` or ``<task>_scratch``), as its command names them: ``--out``
+(predictions, checkpoint, qualitative figure), ``--metrics`` and ``--plots`` (step, loss).
+The pretrained init reads the trunk from ``--checkpoint FILE``: in the DAG, the
+classification model of the stage ``<task>.backbone`` names (pretrain or finetune).
 
 Datasets: ``data.path("ade20k")`` (the ADEChallengeData2016 folder) and
 ``data.path("coco")`` (the folder with ``{train,val}2017/`` and ``annotations/``), in
@@ -22,14 +21,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from pcn.errors import UserError
-from pcn.steps.common import SUBMITIT_LOGS, launcher_kind, stage
-
-DATASETS = {"segmentation": "ade20k", "detection": "coco"}
+from pcn.stage import TRANSFER_TASKS, stage_sections, transfer_stage
+from pcn.steps.common import SUBMITIT_LOGS, launcher_kind, outputs, stage
 
 
 def data_root(params, task: str) -> Path:
     """The dataset folder of ``task``, in its official layout."""
-    return params.data.path(DATASETS[task])
+    return params.data.path(TRANSFER_TASKS[task])
 
 
 def ranks(launcher) -> int:
@@ -54,19 +52,20 @@ def _transfer(args, task: str) -> int:
     from pcn.train.launch import launch
     from pcn.transfer import TransferJob, TransferTask
 
-    suffix = "" if args.init == "pretrained" else f"_{args.init}"
-    name = f"{task}{suffix}"
-    with stage(args, name, tags={"pcn.init": args.init}) as st:
+    name = transfer_stage(task, args.init)
+    with stage(args, name, stage_sections(name, task), {"pcn.init": args.init}, **outputs(args)) as st:
         p = st.params
         cfg = p.section(task)
         checkpoint = None
         if args.init == "pretrained":
-            checkpoint = Path(args.checkpoint) if getattr(args, "checkpoint", None) else Path(cfg.backbone_checkpoint)
+            if not args.checkpoint:
+                raise UserError("--init pretrained: pass --checkpoint FILE, the backbone's weights")
+            checkpoint = Path(args.checkpoint)
             if not checkpoint.is_file():
                 raise UserError(
                     f"{checkpoint}: backbone checkpoint not found (run `pcn {cfg.backbone}`, or pass --checkpoint)"
                 )
-        elif getattr(args, "checkpoint", None):
+        elif args.checkpoint:
             raise UserError("--checkpoint is only used with --init pretrained")
         config = cfg.model_dump()
         if task == "segmentation":

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from pcn.config import Params, TrainConfig
-from pcn.stages import IMAGENET_TRAIN_IMAGES, Resources
+from pcn.splits import IMAGENET_TRAIN_IMAGES
+from pcn.stage_resources import Resources
 from pcn.train.launch import slurm_parameters
 from pcn.train.recipe import batch_per_rank, scaled_lr
 
@@ -210,6 +211,7 @@ class Job:
 def _grid_model(params: Params, stage: str, wc: dict[str, str]) -> tuple[str, dict[str, Any]]:
     """(timm name, options) of one instance of a grid stage, as its `pcn` verb builds it."""
     from pcn.config import depth_width_options, grid_model
+    from pcn.stage import parse_point
 
     exp = params.experiments
     if stage == "ablation":
@@ -219,13 +221,13 @@ def _grid_model(params: Params, stage: str, wc: dict[str, str]) -> tuple[str, di
     if stage == "multiclass":
         return grid_model(params, exp.multiclass_model, {})
     if stage == "depth_width":
-        width, depth = (int(v[1:]) for v in wc["point"].split("-"))
+        width, depth = parse_point(wc["point"])
         return grid_model(params, None, depth_width_options(width, depth))
     raise ValueError(f"dry run: no model known for grid stage {stage!r}")
 
 
 def jobs(params: Params, train_images: int = IMAGENET_TRAIN_IMAGES) -> list[Job]:
-    """One entry per training-like stage instance of the DAG (the stage table's ``gpu`` stages)."""
+    """One entry per training-like stage instance of the DAG (the stage table's ``submits_job`` stages)."""
     from pcn.stages import build_stages
 
     main_model = (params.model.name, dict(params.model.options))
@@ -233,7 +235,7 @@ def jobs(params: Params, train_images: int = IMAGENET_TRAIN_IMAGES) -> list[Job]
     ranks = s.nodes * (s.gpus_per_node or params.launcher.tasks)
     out = []
     for stage in build_stages(params):
-        if not stage.gpu:
+        if not stage.submits_job:
             continue
         for wc in stage.instances():
             name = stage.instance_name(wc)
@@ -336,7 +338,7 @@ def every_job(params: Params) -> list[tuple[str, str, Resources]]:
     from pcn.stages import build_stages
 
     return [
-        (stage.instance_name(wc), "submitit" if stage.gpu else "executor plugin", stage.resources)
+        (stage.instance_name(wc), "submitit" if stage.submits_job else "executor plugin", stage.resources)
         for stage in build_stages(params)
         for wc in stage.instances()
     ]

@@ -5,7 +5,8 @@ import re
 from pathlib import Path
 
 from pcn.config import ParamsError, raw_params, resolve
-from pcn.stages import build_stages, plugin_resources
+from pcn.stage_resources import plugin_resources
+from pcn.stages import build_stages
 
 try:
     PARAMS = resolve({k: v for k, v in config.items() if not k.startswith("pcn_")})
@@ -77,7 +78,7 @@ def _plain(value):
 
 
 def slurm_resources(stage):
-    """The executor plugin's resources of a stage's job (pcn.stages.plugin_resources)."""
+    """The executor plugin's resources of a stage's job (pcn.stage_resources.plugin_resources)."""
     return plugin_resources(stage, PARAMS)
 
 

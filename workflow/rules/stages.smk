@@ -16,7 +16,7 @@ for _stage in STAGES:
         benchmark:
             _stage.benchmark
         priority: _stage.priority
-        localrule: _stage.gpu
+        localrule: _stage.submits_job
         conda:
             "../../environment.yml"
         threads: _stage.threads
