@@ -31,12 +31,12 @@ import timm
 import torch
 
 import pcn.models  # noqa: F401  (registers the patchconvnet_* models)
-from pcn.config import load_params
+from pcn.config import batch_per_rank, load_params
 from pcn.io import write_json
 from pcn.machine_speed import sgemm_gflops
 from pcn.train import distributed as D
 from pcn.train.loop import Loop, LoopState, autocast
-from pcn.train.recipe import batch_per_rank, build_recipe
+from pcn.train.recipe import build_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 1000  # ImageNet-1k's head: the paper's model, not a smaller one
@@ -55,7 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def paper_pretrain():
     params = load_params(ROOT / "params.yaml", scale="paper")
     cfg = params.pretrain
-    ranks = params.launcher.slurm.nodes * params.launcher.slurm.gpus_per_node
+    ranks = params.launcher.ranks  # the paper scale launches on SLURM
     return params, cfg, ranks
 
 
@@ -66,7 +66,7 @@ def main(argv=None) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     torch.set_flush_denormal(True)
     params, cfg, ranks = paper_pretrain()
-    per_gpu = 8 if args.tiny else batch_per_rank(cfg, ranks, "pretrain")
+    per_gpu = 8 if args.tiny else batch_per_rank(cfg.batch_size, ranks, "pretrain", mixup=cfg.aug.mixes)
     img = 32 if args.tiny else cfg.img_size
     name = "patchconvnet_demo" if args.tiny else params.model.name
     torch.manual_seed(0)

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from pcn.config import AugConfig, TrainConfig
+from pcn.config import AugConfig, TrainConfig, batch_per_rank
 from pcn.train import checkpoint as ckpt
 from pcn.train import engine
 from pcn.train.job import DataSpec, TrainJob
-from pcn.train.recipe import batch_per_rank, build_recipe
+from pcn.train.recipe import build_recipe
 
 TINY_MODEL = "patchconvnet_demo"
 TINY_OPTIONS = {"embed_dim": 32, "depth": 2}
@@ -455,13 +455,15 @@ def test_a_batch_that_leaves_mixup_an_odd_count_per_rank_is_refused_naming_the_s
     """timm's Mixup pairs images within a rank's batch: an odd per-rank batch would fail at
     the first step, on the cluster; refused up front instead (the engine and the dry run)."""
     mixed = TrainConfig(batch_size=6, aug=AugConfig(mixup=0.8, cutmix=1.0))
-    assert batch_per_rank(mixed, 3, "pretrain") == 2
+    assert mixed.aug.mixes
+    assert batch_per_rank(6, 3, "pretrain", mixup=True) == 2
     with pytest.raises(ValueError, match=r"depth_width@w768-d120: batch_size = 6 over 2 ranks is 3 per rank"):
-        batch_per_rank(mixed, 2, "depth_width@w768-d120")
+        batch_per_rank(6, 2, "depth_width@w768-d120", mixup=True)
     with pytest.raises(ValueError, match="batch_size = 6 does not split over 4 ranks"):
-        batch_per_rank(mixed, 4, "pretrain")
+        batch_per_rank(6, 4, "pretrain", mixup=True)
     plain = TrainConfig(batch_size=6, aug=AugConfig(mixup=0.0, cutmix=0.0))
-    assert batch_per_rank(plain, 2, "finetune") == 3
+    assert not plain.aug.mixes
+    assert batch_per_rank(6, 2, "finetune", mixup=plain.aug.mixes) == 3
 
 
 def test_bce_without_mixup_or_cutmix_builds_a_recipe_with_smoothed_bce():

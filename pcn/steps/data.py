@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from pcn.io import atomic_path
+from pcn.machine import setup_torch
 from pcn.stages import ffcv_splits
-from pcn.steps.common import SPLIT_LAYOUTS, data_paths, setup_torch, stage
+from pcn.steps.common import SPLIT_LAYOUTS, data_paths, stage
 
 
 def make_demo(args) -> int:

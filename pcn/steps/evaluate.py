@@ -16,20 +16,14 @@ from pathlib import Path
 
 from pcn.errors import UserError
 from pcn.io import atomic_path
+from pcn.machine import setup_torch, torch_device
 from pcn.stages import checkpoint_path
-from pcn.steps.common import SPLIT_LAYOUTS, data_paths, setup_torch, stage
+from pcn.steps.common import SPLIT_LAYOUTS, data_paths, stage
 from pcn.steps.train import num_classes
 
 RELEASED_DIR = Path("metrics/released")
 REGISTERED_DIR = Path("metrics/registered")  # models scored from the MLflow registry
 ERROR_CHARS = 300  # a failed model's row keeps the error's first line, not a page of it
-
-
-def _device(params):
-    import torch
-
-    want = params.runtime.device
-    return torch.device("cuda" if want in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
 
 
 def evaluate(args) -> int:
@@ -43,7 +37,7 @@ def evaluate(args) -> int:
     import timm
     import torch
 
-    import pcn  # noqa: F401  (registers the models)
+    import pcn.models  # noqa: F401  (registers the models)
     from pcn.data.ffcv_io import class_folders
     from pcn.data.loaders import build_loader, folder_index
     from pcn.models.checkpoint import load_checkpoint
@@ -52,7 +46,7 @@ def evaluate(args) -> int:
     with stage(args, "evaluate") as st:
         p, e = st.params, st.params.evaluate
         setup_torch(p.runtime.threads)
-        device = _device(p)
+        device = torch_device(p.runtime.device)
         checkpoint = checkpoint_path(e.checkpoint)
         model = timm.create_model(p.model.name, num_classes=num_classes(p), **p.model.options)
         load_checkpoint(model, checkpoint, strict=True)
@@ -251,7 +245,7 @@ def evaluate_released(args) -> int:
         ("evaluate", "runtime", "data.root", "data.imagenet", "data.imagenet_v2"),
         tags={"pcn.checkpoint": str(args.checkpoint), "pcn.model": name},
     ) as st:
-        device = _device(p)
+        device = torch_device(p.runtime.device)
         model.to(device=device, memory_format=torch.channels_last)
         transform = released_transform(img_size, crop_ratio)
         metrics = {"model": name, "img_size": img_size, "crop_ratio": crop_ratio}
@@ -305,7 +299,7 @@ def evaluate_registered(args) -> int:
         ("evaluate", "runtime", "data.root", "data.imagenet", "data.imagenet_v2"),
         tags={"pcn.model_uri": args.model, "pcn.model_version": str(version.version)},
     ) as st:
-        device = _device(p)
+        device = torch_device(p.runtime.device)
         model.to(device=device, memory_format=torch.channels_last)
         transform = released_transform(img_size, crop_ratio)
         metrics = {"model_uri": args.model, "model_name": version.name, "model_version": int(version.version)}
@@ -329,7 +323,7 @@ def complexity(args) -> int:
     with stage(args, "complexity") as st:
         p, c = st.params, st.params.complexity
         setup_torch(p.runtime.threads)
-        device = str(_device(p))
+        device = str(torch_device(p.runtime.device))
         # Every model at the configured resolutions; the pipeline's own model also at the
         # resolutions it is trained at.  Params and GMACs are counted on shapes alone;
         # throughput and memory only for the timed models (large sizes take minutes per

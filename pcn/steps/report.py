@@ -8,8 +8,9 @@ import numpy as np
 
 from pcn.errors import DatasetError
 from pcn.io import atomic_path
+from pcn.machine import setup_torch
 from pcn.stages import BASELINE_VARIANT, attention_map_checkpoints, avg_pool_variant
-from pcn.steps.common import data_paths, setup_torch, stage
+from pcn.steps.common import data_paths, stage
 
 METHOD_TITLES = {
     "patchconvnet": "PatchConvNet (class token)",

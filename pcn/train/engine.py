@@ -22,15 +22,16 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
+from pcn.config import batch_per_rank
 from pcn.io import write_json
-from pcn.machine import describe
+from pcn.machine import describe, setup_torch, torch_device
 from pcn.tracking import RunLogger, system_metrics
 from pcn.train import checkpoint as ckpt
 from pcn.train import distributed as D
 from pcn.train.job import TrainJob
 from pcn.train.lock import trainer_lock
 from pcn.train.loop import Loop, LoopState, autocast, unwrap
-from pcn.train.recipe import Recipe, batch_per_rank, build_recipe, lr_at
+from pcn.train.recipe import Recipe, build_recipe, lr_at
 
 # --- set-up ---------------------------------------------------------------------------
 
@@ -156,7 +157,7 @@ def _loaders(job: TrainJob, env: D.DistEnv, device: torch.device):
     from pcn.data.loaders import build_loader
 
     cfg, data = job.train, job.data
-    per_rank = batch_per_rank(cfg, env.world_size, job.stage)
+    per_rank = batch_per_rank(cfg.batch_size, env.world_size, job.stage, mixup=cfg.aug.mixes)
     common = {
         "kind": data.loader,
         "img_size": cfg.img_size,
@@ -196,10 +197,9 @@ def run(job: TrainJob, stop: Callable[[], bool] | None = None) -> dict[str, Any]
     then requeues the job).
     """
     env = D.detect()
-    device = D.pick_device(job.device, env)
+    device = torch_device(job.device, env.local_rank)
     if device.type == "cpu":
-        torch.set_flush_denormal(True)  # before set_num_threads, see the machine notes
-        torch.set_num_threads(job.threads)
+        setup_torch(job.threads)
     D.init(env, device, job.dist_timeout_s)
     # rank 0 holds the results folder: a second trainer on it is refused (pcn.train.lock)
     with (
