@@ -33,8 +33,8 @@ from ffcv.pipeline.compiler import Compiler
 from ffcv.pipeline.operation import Operation
 from numba import njit
 
+from pcn.data.aug_constants import BLUR_SIGMA, RRC_RATIO, SOLARIZE_THRESHOLD
 from pcn.data.random_streams import GOLDEN, INV53, S11, mix64, stream_key
-from pcn.data.transforms import BLUR_SIGMA, RRC_RATIO, SOLARIZE_THRESHOLD
 
 __all__ = ["SeededHorizontalFlip", "SeededRandomResizedCrop", "ThreeAugment"]
 

@@ -36,15 +36,8 @@ import numpy as np
 import torch
 
 from pcn.data.batch_augment import BatchRecipe
-from pcn.data.ffcv_io import (
-    DatasetError,
-    FolderIndex,
-    check_metadata,
-    metadata_path,
-    open_rgb,
-    read_metadata,
-    scan_folder,
-)
+from pcn.data.ffcv_io import check_metadata, metadata_path, read_metadata
+from pcn.data.folders import FolderIndex, open_rgb, scan_folder
 from pcn.data.memory_loader import MemoryLoader
 from pcn.data.order import epoch_order
 from pcn.data.random_streams import stream_key
@@ -57,6 +50,7 @@ from pcn.data.transforms import (
     torch_eval_transform,
     torch_train_transform,
 )
+from pcn.errors import DatasetError
 
 Kind = Literal["ffcv", "torch", "memory"]
 BATCH_RECIPE_STREAM = 0x52A6  # salt of the batched RandAugment / random erasing draws

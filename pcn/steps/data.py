@@ -39,7 +39,8 @@ def convert(args) -> int:
     """Convert the classification splits the scale reads through FFCV (train, val,
     ImageNetV2: ``ffcv_splits``) to .beton files, after checking them: a missing split or
     a class list that differs from train's is refused before anything is written."""
-    from pcn.data.ffcv_io import convert_imagefolder, scan_folder
+    from pcn.data.ffcv_io import convert_imagefolder
+    from pcn.data.folders import scan_folder
 
     with stage(args, "convert") as st:
         p, f = st.params, st.params.data.ffcv

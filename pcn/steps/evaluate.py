@@ -38,7 +38,7 @@ def evaluate(args) -> int:
     import torch
 
     import pcn.models  # noqa: F401  (registers the models)
-    from pcn.data.ffcv_io import class_folders
+    from pcn.data.folders import class_folders
     from pcn.data.loaders import build_loader, folder_index
     from pcn.models.checkpoint import load_checkpoint
     from pcn.train.engine import evaluate as eval_loop
@@ -219,7 +219,8 @@ def evaluate_released(args) -> int:
     import torch
 
     from pcn.config import load_params
-    from pcn.data.ffcv_io import DatasetError, scan_folder
+    from pcn.data.folders import scan_folder
+    from pcn.errors import DatasetError
     from pcn.train.engine import evaluate as eval_loop
 
     p = load_params(args.params)
@@ -278,7 +279,7 @@ def evaluate_registered(args) -> int:
     import torch
 
     from pcn.config import load_params
-    from pcn.data.ffcv_io import scan_folder
+    from pcn.data.folders import scan_folder
     from pcn.model_registry import load_version, resolve_version
     from pcn.tracking import tracking_uri
     from pcn.train.engine import evaluate as eval_loop

@@ -56,7 +56,7 @@ def _model(name: str, options: dict, checkpoint: str, num_classes: int):
 def attention(args) -> int:
     from pcn.analysis import attention as A
     from pcn.analysis import figures as F
-    from pcn.data.ffcv_io import class_folders
+    from pcn.data.folders import class_folders
 
     with stage(args, "attention") as st:
         p, cfg = st.params, st.params.attention
