@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-import pcn  # noqa: F401  (registers the models)
+import pcn.models  # noqa: F401  (registers the models)
 from pcn.cli import main
 
 WNIDS = ["n01440764", "n01443537", "n01484850", "n01491361"]  # sorted: class index = rank

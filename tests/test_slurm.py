@@ -274,6 +274,7 @@ def test_dry_run_paper_s60():
     import timm
     import yaml
 
+    import pcn.models  # noqa: F401  (registers the models)
     from pcn.eval.complexity import count_gmacs
     from pcn.train.dryrun import REFERENCE, gmacs, grid_share, jobs
 

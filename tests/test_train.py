@@ -345,6 +345,7 @@ def test_rng_state_roundtrips_through_weights_only(tmp_path):
 def test_finetune_from_checkpoint_new_head_higher_resolution(tiny_imagefolder, tmp_path):
     import timm
 
+    import pcn.models  # noqa: F401  (registers the models)
     from pcn.models import CheckpointError
 
     pre = tmp_path / "pre"
@@ -484,6 +485,7 @@ def test_bce_without_mixup_or_cutmix_builds_a_recipe_with_smoothed_bce():
 def test_evaluate_reports_a_collapse_onto_the_class_token():
     import timm
 
+    import pcn.models  # noqa: F401  (registers the models)
     from pcn.train import engine
 
     torch.manual_seed(0)
@@ -516,6 +518,8 @@ def test_evaluation_shards_val_across_ranks_without_repeats():
 
 def test_evaluate_stops_after_max_batches():
     import timm
+
+    import pcn.models  # noqa: F401  (registers the models)
 
     model = timm.create_model("patchconvnet_demo", num_classes=3, embed_dim=32, depth=2)
     batches = [(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0]))] * 5
