@@ -125,14 +125,6 @@ def read_released(path: str):
     return unwrap_state_dict(read_checkpoint(path), source=path)
 
 
-def _checkpoint_classes(state_dict) -> int | None:
-    if "head.weight" in state_dict:
-        return int(state_dict["head.weight"].shape[0])
-    if "head.0.weight" in state_dict and "cls_token" in state_dict:  # multi-class: one token and head per class
-        return int(state_dict["cls_token"].shape[1])
-    return None
-
-
 def released_model(state_dict, path: str, name: str | None = None):
     """(timm name, model holding the checkpoint's weights).  Without ``name``, the
     registered PatchConvNet whose keys and shapes the checkpoint has."""
@@ -140,9 +132,9 @@ def released_model(state_dict, path: str, name: str | None = None):
     import torch
 
     import pcn.models  # noqa: F401  (registers the PatchConvNets)
-    from pcn.models.checkpoint import CheckpointError, check_state_dict
+    from pcn.models.checkpoint import CheckpointError, check_state_dict, checkpoint_classes
 
-    k = _checkpoint_classes(state_dict)
+    k = checkpoint_classes(state_dict)
     classes = {} if k is None else {"num_classes": k}
     if name is None:
         # Compare shapes on the meta device with one class (building the multi-class

@@ -220,24 +220,8 @@ def _run(job: TrainJob, env: D.DistEnv, device: torch.device, stop: Callable[[],
             f"the model has {job.num_classes} classes but the training data has {train_loader.num_classes}"
         )
 
-    ckpt.seed_everything(job.seed)  # identical init on every rank
-    model = build_model(job)
-    if job.init_checkpoint:
-        dropped = load_init(model, job.init_checkpoint)
-        if dropped and env.is_main:
-            print(
-                f"[{job.stage}] init from {job.init_checkpoint}; new classifier: {', '.join(dropped)}",
-                flush=True,
-            )
-    # channels_last on the CPU too: oneDNN's convolutions are faster in it (one training
-    # step on one thread: the study grid's PatchConvNet -12%, its ResNet pair -10%;
-    # benchmarks/bench_train_step.py)
-    model.to(device=device, memory_format=torch.channels_last)
     steps_per_epoch = len(train_loader)
-    recipe = build_recipe(cfg, model, steps_per_epoch, job.num_classes)
-    ckpt.seed_everything(job.seed + env.rank)  # per-rank streams for drop-path and mixup (a resume restores its own)
-    if env.world_size > 1:
-        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    model, recipe = _model_and_recipe(job, env, device, steps_per_epoch)
 
     def batches(epoch: int, start: int):
         train_loader.set_epoch(epoch)
@@ -329,18 +313,43 @@ def _run(job: TrainJob, env: D.DistEnv, device: torch.device, stop: Callable[[],
     result = _result(job, env, recipe, state, steps_per_epoch, status="finished")
     result["train_time_s"] = time.perf_counter() - t_start
     if env.is_main:
-        _write_outputs(job, model, recipe, result)
-        log.log_metrics(
-            {k: result[k] for k in ("top1", "top5", "loss") if k in result},
-            step=state.epoch,
-        )
-        if job.metrics_path:
-            log.log_artifact(job.metrics_path)
-        print(
-            f"[{job.stage}] done: top1 {result['top1']:.2f}%, top5 {result['top5']:.2f}%, {state.global_step} steps",
-            flush=True,
-        )
+        _report_finished(job, model, recipe, result, state, log)
     return result
+
+
+def _model_and_recipe(job: TrainJob, env: D.DistEnv, device: torch.device, steps_per_epoch: int):
+    """The model (initialised identically on every rank, from ``init_checkpoint`` when set;
+    wrapped in DDP over several ranks) and its recipe; then each rank's own RNG streams."""
+    ckpt.seed_everything(job.seed)  # identical init on every rank
+    model = build_model(job)
+    if job.init_checkpoint:
+        dropped = load_init(model, job.init_checkpoint)
+        if dropped and env.is_main:
+            print(
+                f"[{job.stage}] init from {job.init_checkpoint}; new classifier: {', '.join(dropped)}",
+                flush=True,
+            )
+    # channels_last on the CPU too: oneDNN's convolutions are faster in it (one training
+    # step on one thread: the study grid's PatchConvNet -12%, its ResNet pair -10%;
+    # benchmarks/bench_train_step.py)
+    model.to(device=device, memory_format=torch.channels_last)
+    recipe = build_recipe(job.train, model, steps_per_epoch, job.num_classes)
+    ckpt.seed_everything(job.seed + env.rank)  # per-rank streams for drop-path and mixup (a resume restores its own)
+    if env.world_size > 1:
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return model, recipe
+
+
+def _report_finished(job: TrainJob, model, recipe: Recipe, result: dict, state: LoopState, log: RunLogger) -> None:
+    """Rank 0 at the end: the outputs, the final MLflow points and one line."""
+    _write_outputs(job, model, recipe, result)
+    log.log_metrics({k: result[k] for k in ("top1", "top5", "loss") if k in result}, step=state.epoch)
+    if job.metrics_path:
+        log.log_artifact(job.metrics_path)
+    print(
+        f"[{job.stage}] done: top1 {result['top1']:.2f}%, top5 {result['top5']:.2f}%, {state.global_step} steps",
+        flush=True,
+    )
 
 
 def _evaluate_into(state: LoopState, model, loader, device, recipe: Recipe, max_batches: int | None = None) -> None:
