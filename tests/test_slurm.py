@@ -151,14 +151,14 @@ def _patch_recipe(patch) -> None:
     """In a job process: apply ``patch(recipe)`` to the optimizer/scheduler the engine builds."""
     from pcn.train import engine
 
-    real = engine.build_recipe
+    real = engine.build_parts
 
-    def build_recipe(*args, **kwargs):
+    def build_parts(*args, **kwargs):
         recipe = real(*args, **kwargs)
         patch(recipe)
         return recipe
 
-    engine.build_recipe = build_recipe
+    engine.build_parts = build_parts
 
 
 class CrashOnRankOne(TrainTask):

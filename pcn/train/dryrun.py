@@ -26,7 +26,7 @@ from typing import Any
 from pcn.config import LauncherConfig, Params, TrainConfig, batch_per_rank
 from pcn.stages import IMAGENET_TRAIN_IMAGES, Resources
 from pcn.train.launch import slurm_parameters
-from pcn.train.recipe import scaled_lr
+from pcn.train.parts import scaled_lr
 
 # The one measured point GPU-hours are calibrated on: PatchConvNet-S60 infers 1129
 # images/s at 224 px (batch 256) in the paper's model-zoo table (arXiv:2112.13692,

@@ -1,4 +1,5 @@
-"""The DeiT training recipe built from one ``TrainConfig``: optimizer, schedule, mixup, loss, EMA.
+"""The parts of DeiT training built from one ``TrainConfig`` (the recipe: its settings):
+optimizer, schedule, mixup, loss, EMA.
 
 Each piece is timm's: AdamW (fused) or LAMB from ``create_optimizer_v2`` (no weight decay on
 biases, norms and whatever ``model.no_weight_decay()`` names), a cosine schedule
@@ -46,7 +47,9 @@ class EpochSteppedCosineLR(CosineLRScheduler):
 
 
 @dataclass
-class Recipe:
+class TrainParts:
+    """What the loop needs besides model and data, built from the recipe."""
+
     optimizer: torch.optim.Optimizer
     scheduler: CosineLRScheduler
     mixup: Mixup | None
@@ -62,7 +65,7 @@ def scaled_lr(cfg: TrainConfig) -> float:
     return cfg.lr * cfg.batch_size / cfg.lr_base_batch if cfg.lr_base_batch else cfg.lr
 
 
-def build_recipe(cfg: TrainConfig, model: torch.nn.Module, steps_per_epoch: int, num_classes: int) -> Recipe:
+def build_parts(cfg: TrainConfig, model: torch.nn.Module, steps_per_epoch: int, num_classes: int) -> TrainParts:
     """Everything the loop needs besides model and data; ``model`` is the unwrapped module."""
     lr = scaled_lr(cfg)
     optimizer = create_optimizer_v2(
@@ -113,10 +116,10 @@ def build_recipe(cfg: TrainConfig, model: torch.nn.Module, steps_per_epoch: int,
             LabelSmoothingCrossEntropy(aug.label_smoothing) if aug.label_smoothing > 0 else torch.nn.CrossEntropyLoss()
         )
     ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay else None
-    return Recipe(optimizer, scheduler, mixup, loss, ema, lr, total, warmup)
+    return TrainParts(optimizer, scheduler, mixup, loss, ema, lr, total, warmup)
 
 
-def lr_at(recipe: Recipe, step: int) -> float:
+def lr_at(parts: TrainParts, step: int) -> float:
     """The learning rate of the optimizer step after ``step`` steps."""
-    s = recipe.scheduler
+    s = parts.scheduler
     return s._get_lr(s.epoch_value_at(step) if isinstance(s, EpochSteppedCosineLR) else step)[0]
