@@ -147,16 +147,16 @@ def test_scheduler_requeue_resumes_from_last_checkpoint(slurm_cluster, tiny_imag
     assert_same_weights(ref_out, tmp_path / "run")
 
 
-def _patch_recipe(patch) -> None:
-    """In a job process: apply ``patch(recipe)`` to the optimizer/scheduler the engine builds."""
+def _patch_parts(patch) -> None:
+    """In a job process: apply ``patch(parts)`` to the optimizer/scheduler the engine builds."""
     from pcn.train import engine
 
     real = engine.build_parts
 
     def build_parts(*args, **kwargs):
-        recipe = real(*args, **kwargs)
-        patch(recipe)
-        return recipe
+        parts = real(*args, **kwargs)
+        patch(parts)
+        return parts
 
     engine.build_parts = build_parts
 
@@ -179,7 +179,7 @@ class CrashOnRankOne(TrainTask):
 
                 recipe.scheduler.step_update = failing
 
-            _patch_recipe(failing_scheduler)
+            _patch_parts(failing_scheduler)
         return super().__call__()
 
 
@@ -190,7 +190,7 @@ class SlowUntilRequeued(TrainTask):
 
     def __call__(self):
         if not self.job.last_path.exists():
-            _patch_recipe(lambda recipe: recipe.optimizer.register_step_pre_hook(lambda *_: time.sleep(1.0)))
+            _patch_parts(lambda parts: parts.optimizer.register_step_pre_hook(lambda *_: time.sleep(1.0)))
         return super().__call__()
 
 
