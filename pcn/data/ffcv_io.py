@@ -192,7 +192,7 @@ def _writer_progress(progress: bool) -> Iterator[None]:
     import ffcv.writer
     from tqdm import tqdm
 
-    original, bars = ffcv.writer.tqdm, []
+    original, bars = ffcv.writer.tqdm, []  # an ffcv internal, patched: ffcv is pinned (pyproject.toml)
 
     def bar(*args, **kwargs):
         bars.append(tqdm(*args, desc="write", unit="img", disable=not progress, dynamic_ncols=True, **kwargs))

@@ -27,7 +27,7 @@ from dataclasses import replace
 
 import numpy as np
 from ffcv.fields.rgb_image import IMAGE_MODES, ResizedCropRGBImageDecoder
-from ffcv.libffcv import ctypes_memcopy, imdecode, resize_crop
+from ffcv.libffcv import ctypes_memcopy, imdecode, resize_crop  # ffcv internals: ffcv is pinned (pyproject.toml)
 from ffcv.pipeline.allocation_query import AllocationQuery
 from ffcv.pipeline.compiler import Compiler
 from ffcv.pipeline.operation import Operation

@@ -67,7 +67,8 @@ class StopFlag:
     """SIGUSR2 -> a flag the engine polls; the handler it replaced (submitit's) runs later."""
 
     def __init__(self) -> None:
-        # submitit's preemption signal (its USR_SIG, "USR2" unless SUBMITIT_PREEMPT_SIGNAL says otherwise)
+        # submitit's preemption signal (its USR_SIG, "USR2" unless SUBMITIT_PREEMPT_SIGNAL says otherwise);
+        # USR_SIG and the handler replaced here are submitit internals: pinned below 1.6 in pyproject.toml
         name = submitit.JobEnvironment.USR_SIG if os.environ.get("SUBMITIT_EXECUTOR") else "USR2"
         self.signum = getattr(signal, f"SIG{name}")
         self.previous = signal.getsignal(self.signum)
