@@ -1,4 +1,5 @@
-"""What a run ran on, recorded with its metrics.
+"""The machine a run computes on: the one device choice and CPU set-up every entry point
+uses (:func:`torch_device`, :func:`setup_torch`), and what it ran on, recorded with its metrics.
 
 "Reproducible" here means: on the same machine with the same software, a seed gives the
 same numbers bit for bit; on another CPU, or with another torch / oneDNN / MKL, the
