@@ -111,11 +111,16 @@ class LauncherConfig(Section):
 
     @property
     def ranks(self) -> int:
-        """The DDP ranks of one training-like job: ``tasks`` locally; on SLURM one per GPU of
-        every node, or ``tasks`` per CPU node."""
+        """The DDP ranks of one training-like job: ``tasks`` locally; on SLURM
+        :meth:`tasks_per_node` on each of its nodes."""
         if self.kind == "slurm":
-            return self.slurm.nodes * (self.slurm.gpus_per_node or self.tasks)
+            return self.slurm.nodes * self.tasks_per_node(self.slurm)
         return self.tasks
+
+    def tasks_per_node(self, slurm: SlurmConfig) -> int:
+        """A SLURM job's ranks per node under ``slurm`` (this launcher's, or a stage's
+        override of it): one per GPU, or ``tasks`` on CPU nodes."""
+        return slurm.gpus_per_node or self.tasks
 
 
 def batch_per_rank(batch_size: int, ranks: int, name: str, mixup: bool = False) -> int:

@@ -31,6 +31,8 @@ def test_the_rank_count_follows_the_launcher_kind():
     assert LauncherConfig(kind="local", tasks=3, slurm=slurm).ranks == 3
     assert LauncherConfig(kind="slurm", tasks=3, slurm=slurm).ranks == 16  # one rank per GPU
     assert LauncherConfig(kind="slurm", tasks=3, slurm=SlurmConfig(nodes=2)).ranks == 6  # CPU nodes: tasks each
+    # a stage's own SLURM resources (launcher.slurm.resources.<stage>) set its ranks per node
+    assert LauncherConfig(tasks=3).tasks_per_node(SlurmConfig(gpus_per_node=4)) == 4
 
 
 def test_warmup_steps_leave_at_least_one_cosine_step():

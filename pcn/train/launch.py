@@ -121,8 +121,7 @@ def slurm_parameters(launcher: LauncherConfig, job_name: str, gpus_available: bo
     params: dict[str, Any] = {
         "job_name": job_name,
         "nodes": s.nodes,
-        # One rank per GPU; on CPU nodes, launcher.tasks ranks per node.
-        "ntasks_per_node": s.gpus_per_node or launcher.tasks,
+        "ntasks_per_node": launcher.tasks_per_node(s),
         "cpus_per_task": s.cpus_per_task,
         "mem": f"{s.mem_gb}GB",
         "time": s.time_min,
