@@ -1,10 +1,10 @@
-"""The paper's S60 pretraining step on one GPU: 200 optimizer steps of the paper scale's recipe.
+"""The paper's S60 pretraining step on one GPU: 200 optimizer steps of the paper scale's parts.
 
 Everything but the data is the pipeline's own: the paper scale's ``pretrain`` config
 (params.yaml ``scales.paper``: LAMB at lr 3e-3 per 2048 images, Mixup 0.8 / CutMix 1.0
 with label smoothing 0.1, stochastic depth 0.1, S60's own LayerScale init), its per-GPU
-batch (the global 2048 over the paper's 2 nodes x 8 GPUs: 128), the recipe built by
-:func:`pcn.train.recipe.build_recipe` and the training loop :class:`pcn.train.loop.Loop`
+batch (the global 2048 over the paper's 2 nodes x 8 GPUs: 128), the parts built by
+:func:`pcn.train.parts.build_parts` and the training loop :class:`pcn.train.loop.Loop`
 (bf16 autocast, channels_last, its resume-state saves).  The batches are random images
 made on the GPU, so the numbers are the model step's alone, not the loader's.
 
@@ -31,12 +31,12 @@ import timm
 import torch
 
 import pcn.models  # noqa: F401  (registers the patchconvnet_* models)
-from pcn.config import load_params
+from pcn.config import batch_per_rank, load_params
 from pcn.io import write_json
 from pcn.machine_speed import sgemm_gflops
 from pcn.train import distributed as D
 from pcn.train.loop import Loop, LoopState, autocast
-from pcn.train.recipe import batch_per_rank, build_recipe
+from pcn.train.parts import build_parts
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 1000  # ImageNet-1k's head: the paper's model, not a smaller one
@@ -55,7 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def paper_pretrain():
     params = load_params(ROOT / "params.yaml", scale="paper")
     cfg = params.pretrain
-    ranks = params.launcher.slurm.nodes * params.launcher.slurm.gpus_per_node
+    ranks = params.launcher.ranks  # the paper scale launches on SLURM
     return params, cfg, ranks
 
 
@@ -66,14 +66,14 @@ def main(argv=None) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     torch.set_flush_denormal(True)
     params, cfg, ranks = paper_pretrain()
-    per_gpu = 8 if args.tiny else batch_per_rank(cfg, ranks, "pretrain")
+    per_gpu = 8 if args.tiny else batch_per_rank(cfg.batch_size, ranks, "pretrain", mixup=cfg.aug.mixes)
     img = 32 if args.tiny else cfg.img_size
     name = "patchconvnet_demo" if args.tiny else params.model.name
     torch.manual_seed(0)
     model = timm.create_model(name, num_classes=NUM_CLASSES, drop_path_rate=cfg.drop_path)
     model.to(device=device, memory_format=torch.channels_last)
     # The per-rank view of the paper's run: the lr follows the global batch, as on the cluster.
-    recipe = build_recipe(cfg, model, steps_per_epoch=args.steps, num_classes=NUM_CLASSES)
+    parts = build_parts(cfg, model, steps_per_epoch=args.steps, num_classes=NUM_CLASSES)
     forward = torch.compile(model) if args.compile else model
     mean = torch.tensor([0.485, 0.456, 0.406], device=device).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225], device=device).view(1, 3, 1, 1)
@@ -88,9 +88,9 @@ def main(argv=None) -> dict:
     def loss(batch) -> torch.Tensor:
         images, labels = batch
         images = images.contiguous(memory_format=torch.channels_last)
-        images, targets = recipe.mixup(images, labels) if recipe.mixup is not None else (images, labels)
+        images, targets = parts.mixup(images, labels) if parts.mixup is not None else (images, labels)
         with autocast(device):
-            return recipe.loss(forward(images), targets)
+            return parts.loss(forward(images), targets)
 
     times: list[float] = []
     clock = {"t": None}
@@ -109,8 +109,8 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory(prefix="gpu_paper_steps_") as tmp:
         loop = Loop(
             model=model,
-            optimizer=recipe.optimizer,
-            scheduler=recipe.scheduler,
+            optimizer=parts.optimizer,
+            scheduler=parts.scheduler,
             batches=batches,
             loss=loss,
             steps_per_epoch=args.steps,
@@ -146,7 +146,7 @@ def main(argv=None) -> dict:
         "batch_per_gpu": per_gpu,
         "global_batch": cfg.batch_size,
         "optimizer": cfg.optimizer,
-        "lr_scaled": recipe.lr,
+        "lr_scaled": parts.lr,
         "mixup": cfg.aug.mixup,
         "cutmix": cfg.aug.cutmix,
         "label_smoothing": cfg.aug.label_smoothing,

@@ -109,6 +109,37 @@ class LauncherConfig(Section):
     tasks: int = Field(1, ge=1, description="processes (DDP ranks) for the local launcher")
     slurm: SlurmConfig = SlurmConfig()
 
+    @property
+    def ranks(self) -> int:
+        """The DDP ranks of one training-like job: ``tasks`` locally; on SLURM
+        :meth:`tasks_per_node` on each of its nodes."""
+        if self.kind == "slurm":
+            return self.slurm.nodes * self.tasks_per_node(self.slurm)
+        return self.tasks
+
+    def tasks_per_node(self, slurm: SlurmConfig) -> int:
+        """A SLURM job's ranks per node under ``slurm`` (this launcher's, or a stage's
+        override of it): one per GPU, or ``tasks`` on CPU nodes."""
+        return slurm.gpus_per_node or self.tasks
+
+
+def batch_per_rank(batch_size: int, ranks: int, name: str, mixup: bool = False) -> int:
+    """The images each rank takes per step: the global ``batch_size`` split over ``ranks``.
+
+    Refused, naming the stage ``name``, where it does not split, or where it leaves an odd
+    count with mixup or cutmix on (``mixup``): timm's ``Mixup`` pairs each image with its
+    mirror within the rank's batch and fails at the first step otherwise.
+    """
+    if batch_size % ranks:
+        raise ValueError(f"{name}: batch_size = {batch_size} does not split over {ranks} ranks")
+    per_rank = batch_size // ranks
+    if mixup and per_rank % 2:
+        raise ValueError(
+            f"{name}: batch_size = {batch_size} over {ranks} ranks is {per_rank} per rank; "
+            "mixup and cutmix need an even batch per rank"
+        )
+    return per_rank
+
 
 class RuntimeConfig(Section):
     threads: int = Field(1, ge=1, description="torch intra-op threads per stage process on CPU")
@@ -217,6 +248,11 @@ class AugConfig(Section):
     repeated_aug: int = Field(1, ge=1, description="repeats per sample under DDP (DeiT uses 3)")
     random_erasing: float = Field(0.0, ge=0.0, le=1.0, description="probability of erasing one random box (pixel mode)")
 
+    @property
+    def mixes(self) -> bool:
+        """Whether batches are mixed (mixup or cutmix): soft targets, pairs within a rank's batch."""
+        return self.mixup > 0 or self.cutmix > 0
+
 
 class TrainConfig(Section):
     img_size: int = Field(64, ge=16)
@@ -255,6 +291,12 @@ class TrainConfig(Section):
         description="smoke runs only (the rehearsal): stop each evaluation during training after N "
         "batches; val is class-sorted, so this is not a sample of it",
     )
+
+    def warmup_steps(self, steps_per_epoch: int) -> int:
+        """Optimizer steps of the linear warm-up: ``warmup_epochs`` of them, leaving at least
+        one step of the cosine."""
+        total = self.epochs * steps_per_epoch
+        return min(round(self.warmup_epochs * steps_per_epoch), max(total - 1, 0))
 
 
 class EvaluateConfig(Section):

@@ -63,6 +63,7 @@ def stages_that_ran(
 def dvc_commit(root: Path, names: list[str]) -> None:
     """``dvc commit --force`` of the named stage instances, reading ``dvc.yaml`` and writing
     each lock file once (what ``Repo.commit`` does for all stages, for these only)."""
+    # DVC's internal Python API (its public one, dvc.api, cannot commit): pinned below 4 in pyproject.toml
     from dvc.repo import Repo, lock_repo
 
     dvc_log = logging.getLogger("dvc")  # its INFO lines ("Updating lock file"): the caller reports

@@ -69,3 +69,6 @@ def install() -> None:
         install.done = True
         sys.addaudithook(_hook)
         atexit.register(_write)
+
+
+install()  # every process that imports pcn (pcn/__init__.py imports this module)

@@ -154,7 +154,7 @@ def test_loc_solution_boxes_are_matched_by_stem_and_scaled(tmp_path):
     ],
 )
 def test_malformed_loc_solution_is_one_line_naming_file_and_line(tmp_path, row, problem):
-    from pcn.data.ffcv_io import DatasetError
+    from pcn.errors import DatasetError
 
     root = tmp_path / "imagenet"
     _val_folder(root, [("n02", "ILSVRC2012_val_00000001", (32, 32))])
@@ -332,7 +332,7 @@ def miniatures(tmp_path_factory):
 def test_the_val_boxes_read_the_same_from_the_csv_and_the_voc_xml(miniatures):
     from pathlib import Path
 
-    from pcn.data.ffcv_io import class_folders
+    from pcn.data.folders import class_folders
 
     read = {}
     for form in ("csv", "voc"):
@@ -348,7 +348,7 @@ def test_the_val_boxes_read_the_same_from_the_csv_and_the_voc_xml(miniatures):
 def test_without_boxes_the_images_come_unscored_and_require_boxes_names_both_forms(miniatures):
     from pathlib import Path
 
-    from pcn.data.ffcv_io import class_folders
+    from pcn.data.folders import class_folders
 
     inet = Path(miniatures["none"]) / "imagenet"
     assert A.box_source(inet) is None

@@ -22,9 +22,13 @@ def test_help_does_not_import_torch():
     assert out == "[]"
 
 
-def test_importing_pcn_registers_the_models_before_or_after_timm():
-    for order in ("import pcn, timm", "import timm, pcn", "import pcn.cli, timm.models"):
+def test_the_models_register_in_timm_by_importing_pcn_models_and_only_then():
+    """One way to register: ``import pcn.models`` (timm's ``@register_model`` in the model
+    files), before or after timm; ``import pcn`` alone loads neither torch nor timm."""
+    for order in ("import pcn.models, timm", "import timm, pcn.models"):
         assert _python(f"{order}; import timm; print(timm.is_model('patchconvnet_s60'))") == "True", order
+    assert _python("import sys, pcn; print(sorted(m for m in ('torch', 'timm') if m in sys.modules))") == "[]"
+    assert _python("import pcn, timm; print(timm.is_model('patchconvnet_s60'))") == "False"
 
 
 def _pcn_params(*args: str, cwd=None) -> subprocess.CompletedProcess:

@@ -16,14 +16,9 @@ from PIL import Image
 
 pytest.importorskip("ffcv")
 
-from pcn.data.ffcv_io import (
-    DatasetError,
-    DatasetWarning,
-    check_metadata,
-    convert_imagefolder,
-    read_metadata,
-    scan_folder,
-)
+from pcn.data.ffcv_io import DatasetWarning, check_metadata, convert_imagefolder, read_metadata
+from pcn.data.folders import scan_folder
+from pcn.errors import DatasetError
 
 # numba's dispatcher finaliser raises a harmless KeyError when FFCV's compiled
 # code is garbage-collected.

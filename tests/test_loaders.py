@@ -11,10 +11,10 @@ import torch
 from PIL import Image
 
 from pcn.config import AugConfig
-from pcn.data.ffcv_io import DatasetError
 from pcn.data.loaders import build_loader
 from pcn.data.order import epoch_order
 from pcn.data.transforms import IMAGENET_MEAN, IMAGENET_STD, center_crop_box
+from pcn.errors import DatasetError
 
 CLASSES = ["cat", "dog", "eel"]
 # numba's dispatcher finaliser raises a harmless KeyError when FFCV's compiled

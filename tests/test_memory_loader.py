@@ -74,7 +74,7 @@ def test_whole_image_crop_is_an_area_resize(folder):
 
 
 def ld_samples(folder):
-    from pcn.data.ffcv_io import scan_folder
+    from pcn.data.folders import scan_folder
 
     return scan_folder(folder, "imagefolder").samples
 
@@ -123,7 +123,7 @@ def test_images_of_many_sizes_are_cropped_within_their_own_size(tmp_path):
     the torch loader's."""
     from torchvision.ops import roi_align
 
-    from pcn.data.ffcv_io import scan_folder
+    from pcn.data.folders import scan_folder
     from pcn.data.random_streams import stream_key
 
     mixed = make_folder(tmp_path / "mixed")  # assorted sizes, 40..72 px

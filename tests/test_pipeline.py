@@ -222,7 +222,8 @@ def _affected(project: Path, edited: str) -> tuple[set[str], set[str]]:
     """(stage instances that run ``edited``, those plus everything downstream of them), from
     the stage table itself."""
     from pcn.config import load_params
-    from pcn.stages import build_stages, expand
+    from pcn.dvc_view import expand
+    from pcn.stages import build_stages
 
     instances = [i for s in build_stages(load_params(project / "params.yaml")) for i in expand(s)]
     direct = {i["name"] for i in instances if edited in i["deps"]}

@@ -20,7 +20,8 @@ import yaml
 from conftest import stage_argv
 from PIL import Image
 
-from pcn.data.ffcv_io import DatasetError, open_rgb, scan_folder
+from pcn.data.folders import open_rgb, scan_folder
+from pcn.errors import DatasetError
 
 ROOT = Path(__file__).resolve().parents[1]
 WNIDS = ["n01440764", "n01443537", "n01484850"]

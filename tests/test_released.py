@@ -14,7 +14,7 @@ import torch
 import yaml
 from conftest import run_paths
 
-import pcn  # noqa: F401  (registers the models)
+import pcn.models  # noqa: F401  (registers the models)
 from pcn.cli import main
 
 WNIDS = ["n01440764", "n01443537", "n01484850", "n01491361"]  # sorted: class index = rank

@@ -147,18 +147,18 @@ def test_scheduler_requeue_resumes_from_last_checkpoint(slurm_cluster, tiny_imag
     assert_same_weights(ref_out, tmp_path / "run")
 
 
-def _patch_recipe(patch) -> None:
-    """In a job process: apply ``patch(recipe)`` to the optimizer/scheduler the engine builds."""
+def _patch_parts(patch) -> None:
+    """In a job process: apply ``patch(parts)`` to the optimizer/scheduler the engine builds."""
     from pcn.train import engine
 
-    real = engine.build_recipe
+    real = engine.build_parts
 
-    def build_recipe(*args, **kwargs):
-        recipe = real(*args, **kwargs)
-        patch(recipe)
-        return recipe
+    def build_parts(*args, **kwargs):
+        parts = real(*args, **kwargs)
+        patch(parts)
+        return parts
 
-    engine.build_recipe = build_recipe
+    engine.build_parts = build_parts
 
 
 class CrashOnRankOne(TrainTask):
@@ -179,7 +179,7 @@ class CrashOnRankOne(TrainTask):
 
                 recipe.scheduler.step_update = failing
 
-            _patch_recipe(failing_scheduler)
+            _patch_parts(failing_scheduler)
         return super().__call__()
 
 
@@ -190,7 +190,7 @@ class SlowUntilRequeued(TrainTask):
 
     def __call__(self):
         if not self.job.last_path.exists():
-            _patch_recipe(lambda recipe: recipe.optimizer.register_step_pre_hook(lambda *_: time.sleep(1.0)))
+            _patch_parts(lambda parts: parts.optimizer.register_step_pre_hook(lambda *_: time.sleep(1.0)))
         return super().__call__()
 
 
@@ -274,6 +274,7 @@ def test_dry_run_paper_s60():
     import timm
     import yaml
 
+    import pcn.models  # noqa: F401  (registers the models)
     from pcn.eval.complexity import count_gmacs
     from pcn.train.dryrun import REFERENCE, gmacs, grid_share, jobs
 

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from pcn.config import AugConfig, TrainConfig
+from pcn.config import AugConfig, TrainConfig, batch_per_rank
 from pcn.train import checkpoint as ckpt
 from pcn.train import engine
 from pcn.train.job import DataSpec, TrainJob
-from pcn.train.recipe import batch_per_rank, build_recipe
+from pcn.train.parts import build_parts
 
 TINY_MODEL = "patchconvnet_demo"
 TINY_OPTIONS = {"embed_dim": 32, "depth": 2}
@@ -72,7 +72,7 @@ def comparable(result: dict) -> dict:
     return out
 
 
-# The full recipe with every random piece switched on: mixup/cutmix (numpy RNG),
+# The full parts with every random piece switched on: mixup/cutmix (numpy RNG),
 # drop-path (torch RNG), EMA and clipping.
 FULL_RECIPE = {
     "aug": AugConfig(mixup=0.8, cutmix=1.0, label_smoothing=0.1),
@@ -85,7 +85,7 @@ FULL_RECIPE = {
 
 @pytest.fixture(scope="module")
 def reference(tiny_imagefolder, tmp_path_factory):
-    """One uninterrupted run with the full recipe; the resume tests must reproduce it exactly."""
+    """One uninterrupted run with the full parts; the resume tests must reproduce it exactly."""
     out = tmp_path_factory.mktemp("reference")
     result = engine.run(make_job(tiny_imagefolder, out, **FULL_RECIPE))
     return out, result
@@ -345,6 +345,7 @@ def test_rng_state_roundtrips_through_weights_only(tmp_path):
 def test_finetune_from_checkpoint_new_head_higher_resolution(tiny_imagefolder, tmp_path):
     import timm
 
+    import pcn.models  # noqa: F401  (registers the models)
     from pcn.models import CheckpointError
 
     pre = tmp_path / "pre"
@@ -396,9 +397,9 @@ def test_schedule_scaling_and_weight_decay_groups(tiny_imagefolder, tmp_path):
     )
     job = make_job(tiny_imagefolder, tmp_path)
     model = engine.build_model(job)
-    recipe = build_recipe(cfg, model, steps_per_epoch=10, num_classes=3)
+    parts = build_parts(cfg, model, steps_per_epoch=10, num_classes=3)
     peak = 5e-4 * 64 / 32
-    assert recipe.lr == pytest.approx(peak) and recipe.total_steps == 40 and recipe.warmup_steps == 10
+    assert parts.lr == pytest.approx(peak) and parts.total_steps == 40 and parts.warmup_steps == 10
 
     def expected(
         step: int,
@@ -408,11 +409,11 @@ def test_schedule_scaling_and_weight_decay_groups(tiny_imagefolder, tmp_path):
         return 1e-5 + 0.5 * (peak - 1e-5) * (1 + math.cos(math.pi * (step - 10) / 30))
 
     for step in range(41):
-        recipe.scheduler.step_update(step)
-        assert recipe.optimizer.param_groups[0]["lr"] == pytest.approx(expected(step), rel=1e-9), step
-    decays = {g["weight_decay"] for g in recipe.optimizer.param_groups}
+        parts.scheduler.step_update(step)
+        assert parts.optimizer.param_groups[0]["lr"] == pytest.approx(expected(step), rel=1e-9), step
+    decays = {g["weight_decay"] for g in parts.optimizer.param_groups}
     assert decays == {0.0, 0.05}
-    no_decay = {id(p) for g in recipe.optimizer.param_groups if g["weight_decay"] == 0 for p in g["params"]}
+    no_decay = {id(p) for g in parts.optimizer.param_groups if g["weight_decay"] == 0 for p in g["params"]}
     names = {n for n, p in model.named_parameters() if id(p) in no_decay}
     assert "cls_token" in names and all(
         n.endswith(".bias") or n == "cls_token" or model.get_parameter(n).ndim <= 1 for n in names
@@ -424,21 +425,21 @@ def test_schedule_stepped_per_epoch_as_deits_main(tiny_imagefolder, tmp_path):
     and lr_scheduler.step(epoch) after each epoch: one lr per epoch, epoch e at the value of e - 1."""
     cfg = TrainConfig(epochs=4, batch_size=8, lr=1e-3, warmup_epochs=1.0, min_lr=1e-5, schedule_step="epoch")
     model = engine.build_model(make_job(tiny_imagefolder, tmp_path))
-    recipe = build_recipe(cfg, model, steps_per_epoch=10, num_classes=3)
+    parts = build_parts(cfg, model, steps_per_epoch=10, num_classes=3)
 
     def schedule(t: int) -> float:  # timm's CosineLRScheduler(t_initial=4, warmup_t=1) at epoch t
         return 1e-6 + t * (1e-3 - 1e-6) if t < 1 else 1e-5 + 0.5 * (1e-3 - 1e-5) * (1 + math.cos(math.pi * t / 4))
 
-    lrs = [recipe.optimizer.param_groups[0]["lr"]]  # before the first step: the warm-up's start
+    lrs = [parts.optimizer.param_groups[0]["lr"]]  # before the first step: the warm-up's start
     for step in range(1, 40):
-        recipe.scheduler.step_update(step)
-        lrs.append(recipe.optimizer.param_groups[0]["lr"])
+        parts.scheduler.step_update(step)
+        lrs.append(parts.optimizer.param_groups[0]["lr"])
     for step, lr in enumerate(lrs):
         epoch = step // 10
         assert lr == pytest.approx(schedule(max(epoch - 1, 0)), rel=1e-9), step
     assert lrs[:20] == [pytest.approx(1e-6)] * 20  # epochs 0 and 1 both at the warm-up's start
     assert len(set(lrs[20:30])) == 1 and lrs[30] < lrs[29]  # constant within an epoch
-    assert [engine.lr_at(recipe, n) for n in (10, 25, 39)] == pytest.approx([lrs[10], lrs[25], lrs[39]])
+    assert [engine.lr_at(parts, n) for n in (10, 25, 39)] == pytest.approx([lrs[10], lrs[25], lrs[39]])
 
 
 def _collapse_onto_class_token(model) -> None:
@@ -455,13 +456,15 @@ def test_a_batch_that_leaves_mixup_an_odd_count_per_rank_is_refused_naming_the_s
     """timm's Mixup pairs images within a rank's batch: an odd per-rank batch would fail at
     the first step, on the cluster; refused up front instead (the engine and the dry run)."""
     mixed = TrainConfig(batch_size=6, aug=AugConfig(mixup=0.8, cutmix=1.0))
-    assert batch_per_rank(mixed, 3, "pretrain") == 2
+    assert mixed.aug.mixes
+    assert batch_per_rank(6, 3, "pretrain", mixup=True) == 2
     with pytest.raises(ValueError, match=r"depth_width@w768-d120: batch_size = 6 over 2 ranks is 3 per rank"):
-        batch_per_rank(mixed, 2, "depth_width@w768-d120")
+        batch_per_rank(6, 2, "depth_width@w768-d120", mixup=True)
     with pytest.raises(ValueError, match="batch_size = 6 does not split over 4 ranks"):
-        batch_per_rank(mixed, 4, "pretrain")
+        batch_per_rank(6, 4, "pretrain", mixup=True)
     plain = TrainConfig(batch_size=6, aug=AugConfig(mixup=0.0, cutmix=0.0))
-    assert batch_per_rank(plain, 2, "finetune") == 3
+    assert not plain.aug.mixes
+    assert batch_per_rank(6, 2, "finetune", mixup=plain.aug.mixes) == 3
 
 
 def test_bce_without_mixup_or_cutmix_builds_a_recipe_with_smoothed_bce():
@@ -470,18 +473,19 @@ def test_bce_without_mixup_or_cutmix_builds_a_recipe_with_smoothed_bce():
 
     cfg = TrainConfig(epochs=1, batch_size=4, loss="bce", aug=AugConfig(mixup=0.0, cutmix=0.0, label_smoothing=0.1))
     model = torch.nn.Linear(4, 3)
-    recipe = build_recipe(cfg, model, steps_per_epoch=2, num_classes=3)
-    assert recipe.mixup is None and isinstance(recipe.loss, BinaryCrossEntropy)
+    parts = build_parts(cfg, model, steps_per_epoch=2, num_classes=3)
+    assert parts.mixup is None and isinstance(parts.loss, BinaryCrossEntropy)
     logits, labels = torch.tensor([[2.0, -1.0, 0.5], [0.0, 1.0, -2.0]]), torch.tensor([0, 2])
     off = 0.1 / 3  # smoothing 0.1 over 3 classes: 1 - 0.1 + off on the label, off elsewhere
     targets = torch.tensor([[1 - 0.1 + off, off, off], [off, off, 1 - 0.1 + off]])
     expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets)
-    assert recipe.loss(logits, labels).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert parts.loss(logits, labels).item() == pytest.approx(expected.item(), rel=1e-6)
 
 
 def test_evaluate_reports_a_collapse_onto_the_class_token():
     import timm
 
+    import pcn.models  # noqa: F401  (registers the models)
     from pcn.train import engine
 
     torch.manual_seed(0)
@@ -514,6 +518,8 @@ def test_evaluation_shards_val_across_ranks_without_repeats():
 
 def test_evaluate_stops_after_max_batches():
     import timm
+
+    import pcn.models  # noqa: F401  (registers the models)
 
     model = timm.create_model("patchconvnet_demo", num_classes=3, embed_dim=32, depth=2)
     batches = [(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0]))] * 5

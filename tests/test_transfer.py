@@ -768,11 +768,10 @@ def test_training_resumes_exactly_through_the_shared_loop(tiny_data, tmp_path, m
     """Transfer trains through the classification engine's loop and its resume state: a crash
     resumes from the last periodic state, a stop request (preemption) saves at once, and the
     resumed run ends with the weights and losses of the run that was never interrupted."""
-    import pcn.transfer as T
     from pcn.train.loop import FORMAT
-    from pcn.transfer import segmentation
+    from pcn.transfer import loop, segmentation
 
-    monkeypatch.setattr(T, "CHECKPOINT_EVERY", 2)
+    monkeypatch.setattr(loop, "CHECKPOINT_EVERY", 2)
     ref_job = _job("segmentation", "scratch", tiny_data, tmp_path / "ref", iters=5)
     ref = segmentation.run(ref_job)
     assert ref["resumed_from"] == 0

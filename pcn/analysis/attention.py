@@ -148,7 +148,7 @@ class ValImage:
 def read_loc_solution(path: str | Path) -> dict[str, list[tuple[str, tuple[float, float, float, float]]]]:
     """``LOC_val_solution.csv`` as {ImageId: [(wnid, (x_min, y_min, x_max, y_max)), ...]};
     a malformed row raises DatasetError naming the file and line."""
-    from pcn.data.ffcv_io import DatasetError
+    from pcn.errors import DatasetError
 
     path = Path(path)
     if not path.is_file():
@@ -232,7 +232,7 @@ def read_voc_boxes(folder: str | Path) -> dict[str, list[tuple[str, tuple[float,
     form, keyed by file stem; a malformed file raises DatasetError naming it."""
     import xml.etree.ElementTree as ET
 
-    from pcn.data.ffcv_io import DatasetError
+    from pcn.errors import DatasetError
 
     out: dict[str, list] = {}
     for path in sorted(Path(folder).rglob("*.xml")):
@@ -263,7 +263,8 @@ def read_val_boxes(
     images come without boxes (maps drawn, localisation not scored)."""
     from PIL import Image
 
-    from pcn.data.ffcv_io import DatasetError, scan_folder
+    from pcn.data.folders import scan_folder
+    from pcn.errors import DatasetError
 
     index = scan_folder(val_dir, train_classes=train_classes)
     source = Path(source) if source is not None else None
@@ -310,7 +311,7 @@ def load_images(items: Iterable[ValImage], img_size: int):
     import cv2
     import torch
 
-    from pcn.data.ffcv_io import open_rgb
+    from pcn.data.folders import open_rgb
     from pcn.data.transforms import NormalizeUint8
 
     norm = NormalizeUint8()

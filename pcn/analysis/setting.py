@@ -42,6 +42,8 @@ def output_stride(model: str, options: dict | None = None) -> int | None:
     ``feature_info`` with the run's constructor options; None for a model that does not declare one."""
     import timm
 
+    import pcn.models  # noqa: F401  (registers the models)
+
     try:
         info = timm.create_model(model, pretrained=False, **(options or {})).feature_info
     except Exception:  # noqa: BLE001 - a name timm does not know: the report says "not recorded"

@@ -27,14 +27,14 @@ from dataclasses import replace
 
 import numpy as np
 from ffcv.fields.rgb_image import IMAGE_MODES, ResizedCropRGBImageDecoder
-from ffcv.libffcv import ctypes_memcopy, imdecode, resize_crop
+from ffcv.libffcv import ctypes_memcopy, imdecode, resize_crop  # ffcv internals: ffcv is pinned (pyproject.toml)
 from ffcv.pipeline.allocation_query import AllocationQuery
 from ffcv.pipeline.compiler import Compiler
 from ffcv.pipeline.operation import Operation
 from numba import njit
 
+from pcn.data.aug_constants import BLUR_SIGMA, RRC_RATIO, SOLARIZE_THRESHOLD
 from pcn.data.random_streams import GOLDEN, INV53, S11, mix64, stream_key
-from pcn.data.transforms import BLUR_SIGMA, RRC_RATIO, SOLARIZE_THRESHOLD
 
 __all__ = ["SeededHorizontalFlip", "SeededRandomResizedCrop", "ThreeAugment"]
 

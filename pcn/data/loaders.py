@@ -36,15 +36,8 @@ import numpy as np
 import torch
 
 from pcn.data.batch_augment import BatchRecipe
-from pcn.data.ffcv_io import (
-    DatasetError,
-    FolderIndex,
-    check_metadata,
-    metadata_path,
-    open_rgb,
-    read_metadata,
-    scan_folder,
-)
+from pcn.data.ffcv_io import check_metadata, metadata_path, read_metadata
+from pcn.data.folders import FolderIndex, open_rgb, scan_folder
 from pcn.data.memory_loader import MemoryLoader
 from pcn.data.order import epoch_order
 from pcn.data.random_streams import stream_key
@@ -57,9 +50,10 @@ from pcn.data.transforms import (
     torch_eval_transform,
     torch_train_transform,
 )
+from pcn.errors import DatasetError
 
 Kind = Literal["ffcv", "torch", "memory"]
-BATCH_RECIPE_STREAM = 0x52A6  # salt of the batched RandAugment / random erasing draws
+BATCH_AUG_STREAM = 0x52A6  # salt of the batched RandAugment / random erasing draws
 FFCV_MISSING = (
     "data.loader is 'ffcv' but the ffcv package cannot be imported ({error}); install it "
     "(pip install ffcv, which needs libopencv-dev, libturbojpeg0-dev and pkg-config) or set "
@@ -158,12 +152,12 @@ class FfcvLoader:
             loader.first_traversal_order = loader.next_traversal_order()
         self._iterator = None
         # RandAugment / random erasing on the uint8 batch, seeded per (seed, rank, epoch, step)
-        self._recipe = None
+        self._batch_aug = None
         if train and aug.on_batch:
-            self._recipe = BatchRecipe(
+            self._batch_aug = BatchRecipe(
                 img_size, aug.auto_augment, aug.random_erasing, IMAGENET_MEAN, IMAGENET_STD, device
             )
-        self._recipe_key = stream_key(seed, rank, BATCH_RECIPE_STREAM)
+        self._batch_aug_key = stream_key(seed, rank, BATCH_AUG_STREAM)
         if self.device.type != "cpu":
             self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1) * 255
             self._std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1) * 255
@@ -200,8 +194,8 @@ class FfcvLoader:
             # training loops: use a batch before asking for the next, or clone it.  A
             # copy here (to NCHW or even a plain clone) costs a third of the loader's
             # throughput on 2 cores (benchmarks/bench_loaders.py).
-            if self._recipe is not None:
-                images = self._recipe(images, stream_key(self._recipe_key, epoch, step))
+            if self._batch_aug is not None:
+                images = self._batch_aug(images, stream_key(self._batch_aug_key, epoch, step))
             elif self.device.type != "cpu":
                 images = (images.float() - self._mean) / self._std
             yield images, labels.clone()

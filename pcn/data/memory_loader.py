@@ -41,10 +41,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pcn.data.ffcv_io import DatasetError, FolderIndex, open_rgb
+from pcn.data.aug_constants import RRC_RATIO
+from pcn.data.folders import FolderIndex, open_rgb
 from pcn.data.order import epoch_order
 from pcn.data.random_streams import stream_key
-from pcn.data.transforms import RRC_RATIO, CenterCropResize, NormalizeUint8, TrainAug
+from pcn.data.transforms import CenterCropResize, NormalizeUint8, TrainAug
+from pcn.errors import DatasetError
 from pcn.io import atomic_path
 
 RRC_ATTEMPTS = 10  # torchvision's RandomResizedCrop tries 10 boxes before its fallback

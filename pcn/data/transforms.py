@@ -43,20 +43,13 @@ import numpy as np
 import torch
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+from pcn.data.aug_constants import RRC_RATIO
+
 if TYPE_CHECKING:
     from pcn.config import AugConfig
 
 IMAGENET_MEAN = tuple(IMAGENET_DEFAULT_MEAN)
 IMAGENET_STD = tuple(IMAGENET_DEFAULT_STD)
-RRC_RATIO = (
-    3.0 / 4.0,
-    4.0 / 3.0,
-)  # aspect-ratio range of random-resized-crop (torchvision/timm/FFCV default)
-BLUR_SIGMA = (
-    0.1,
-    2.0,
-)  # 3-Augment's Gaussian blur radius range (DeiT III, timm 'GaussianBlurRand')
-SOLARIZE_THRESHOLD = 128  # 3-Augment's solarize threshold (PIL ImageOps.solarize default)
 
 
 # --- the recipe ---------------------------------------------------------------------

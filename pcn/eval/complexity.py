@@ -232,10 +232,12 @@ def complexity_table(
 ) -> list[dict[str, object]]:
     """One row per model x resolution: model, img_size, params_m, gmacs, throughput,
     peak_mem_mb, mem_method, device, batch_size, fast. Models come from timm's registry
-    (``import pcn`` registers the PatchConvNet ones) with ``pretrained=False``. The batch is
+    (``pcn.models`` registers the PatchConvNet ones) with ``pretrained=False``. The batch is
     ``batch_size`` or the largest power-of-two fraction of it that fits (halved on OOM).
     ``measure=False`` skips timing (throughput and memory None)."""
     import timm  # timm is the model registry
+
+    import pcn.models  # noqa: F401  (registers the models)
 
     rows = []
     for name in model_names:

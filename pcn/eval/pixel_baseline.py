@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pcn.data.ffcv_io import FolderIndex, open_rgb, scan_folder
+from pcn.data.folders import FolderIndex, open_rgb, scan_folder
 
 
 def pooled_pixels(index: FolderIndex, grid: int) -> tuple[np.ndarray, np.ndarray]:

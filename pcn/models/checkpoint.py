@@ -15,7 +15,14 @@ from collections.abc import Callable, Iterable, Mapping
 import torch
 import torch.nn as nn
 
-__all__ = ["CheckpointError", "read_checkpoint", "unwrap_state_dict", "check_state_dict", "load_checkpoint"]
+__all__ = [
+    "CheckpointError",
+    "read_checkpoint",
+    "unwrap_state_dict",
+    "checkpoint_classes",
+    "check_state_dict",
+    "load_checkpoint",
+]
 
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since 1.6
 _PICKLE_PROTOCOL = 0x80  # the legacy format starts with a pickle protocol opcode
@@ -70,6 +77,17 @@ def unwrap_state_dict(obj, source: str = "checkpoint") -> dict[str, torch.Tensor
             )
         out[k[len("module.") :] if k.startswith("module.") else k] = v
     return out
+
+
+def checkpoint_classes(state_dict: Mapping[str, torch.Tensor]) -> int | None:
+    """The classes a PatchConvNet state dict was trained on: rows of ``head.weight``, or for
+    a multi-class model (one class token and one ``head.<c>`` per class) its tokens; None
+    for a state dict without a head."""
+    if "head.weight" in state_dict:
+        return int(state_dict["head.weight"].shape[0])
+    if "head.0.weight" in state_dict and "cls_token" in state_dict:
+        return int(state_dict["cls_token"].shape[1])
+    return None
 
 
 def check_state_dict(

@@ -37,12 +37,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, Mlp, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._builder import resolve_pretrained_cfg
-from timm.models._features import feature_take_indices
-from timm.models._manipulate import checkpoint_seq
+from timm.models import (
+    build_model_with_cfg,
+    checkpoint_seq,
+    generate_default_cfgs,
+    register_model,
+    resolve_pretrained_cfg,
+)
+from timm.models._features import feature_take_indices  # private: timm is pinned below 1.1 for it
 
-from .checkpoint import check_state_dict, unwrap_state_dict
+from .checkpoint import check_state_dict, checkpoint_classes, unwrap_state_dict
 from .family import FAMILY
 
 __all__ = ["PatchConvNet", "ConvStem", "TrunkBlock", "AggregationBlock", "AggregationAttention"]
@@ -576,10 +580,10 @@ def checkpoint_filter_fn(state_dict: dict, model: PatchConvNet | None = None) ->
     if model is None:
         return state_dict
     allow_missing, allow_shape = [], []
-    if model.multiclass and "cls_token" in state_dict:
+    if model.multiclass and "cls_token" in state_dict:  # its class tokens, whatever head it has
         ckpt_classes = state_dict["cls_token"].shape[1]
     else:
-        ckpt_classes = state_dict["head.weight"].shape[0] if "head.weight" in state_dict else None
+        ckpt_classes = checkpoint_classes(state_dict)
     if ckpt_classes is not None and ckpt_classes != model.num_classes:
         drop = ("head.", "cls_token") if model.multiclass else ("head.",)
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith(drop)}

@@ -127,14 +127,6 @@ def stage(
             frontend.release()
 
 
-def setup_torch(threads: int) -> None:
-    """CPU determinism and speed: flush denormals BEFORE setting threads (see README)."""
-    import torch
-
-    torch.set_flush_denormal(True)
-    torch.set_num_threads(threads)
-
-
 def launcher_kind(args, params: Params) -> str:
     return getattr(args, "launcher", None) or os.environ.get("PCN_LAUNCHER") or params.launcher.kind
 

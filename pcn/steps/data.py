@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from pcn.io import atomic_path
+from pcn.machine import setup_torch
 from pcn.splits import ffcv_splits
-from pcn.steps.common import SPLIT_LAYOUTS, data_paths, outputs, setup_torch, stage
+from pcn.steps.common import SPLIT_LAYOUTS, data_paths, outputs, stage
 
 
 def make_demo(args) -> int:
@@ -36,7 +37,8 @@ def convert(args) -> int:
     """Convert the classification splits the scale reads through FFCV (train, val,
     ImageNetV2: ``ffcv_splits``) to .beton files, after checking them: a missing split or
     a class list that differs from train's is refused before anything is written."""
-    from pcn.data.ffcv_io import convert_imagefolder, scan_folder
+    from pcn.data.ffcv_io import convert_imagefolder
+    from pcn.data.folders import scan_folder
 
     with stage(args, "convert", **outputs(args)) as st:
         p, f = st.params, st.params.data.ffcv

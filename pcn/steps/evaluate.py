@@ -17,19 +17,13 @@ from pathlib import Path
 
 from pcn.errors import UserError
 from pcn.io import atomic_path
-from pcn.steps.common import SPLIT_LAYOUTS, data_paths, outputs, setup_torch, stage
+from pcn.machine import setup_torch, torch_device
+from pcn.steps.common import SPLIT_LAYOUTS, data_paths, outputs, stage
 from pcn.steps.train import num_classes
 
 RELEASED_DIR = Path("metrics/released")
 REGISTERED_DIR = Path("metrics/registered")  # models scored from the MLflow registry
 ERROR_CHARS = 300  # a failed model's row keeps the error's first line, not a page of it
-
-
-def _device(params):
-    import torch
-
-    want = params.runtime.device
-    return torch.device("cuda" if want in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
 
 
 def evaluate(args) -> int:
@@ -45,8 +39,8 @@ def evaluate(args) -> int:
     import timm
     import torch
 
-    import pcn  # noqa: F401  (registers the models)
-    from pcn.data.ffcv_io import class_folders
+    import pcn.models  # noqa: F401  (registers the models)
+    from pcn.data.folders import class_folders
     from pcn.data.loaders import build_loader, folder_index
     from pcn.models.checkpoint import load_checkpoint
     from pcn.train.engine import evaluate as eval_loop
@@ -54,7 +48,7 @@ def evaluate(args) -> int:
     with stage(args, "evaluate", **outputs(args)) as st:
         p, e = st.params, st.params.evaluate
         setup_torch(p.runtime.threads)
-        device = _device(p)
+        device = torch_device(p.runtime.device)
         checkpoint = args.weights
         model = timm.create_model(p.model.name, num_classes=num_classes(p), **p.model.options)
         load_checkpoint(model, checkpoint, strict=True)
@@ -133,14 +127,6 @@ def read_released(path: str):
     return unwrap_state_dict(read_checkpoint(path), source=path)
 
 
-def _checkpoint_classes(state_dict) -> int | None:
-    if "head.weight" in state_dict:
-        return int(state_dict["head.weight"].shape[0])
-    if "head.0.weight" in state_dict and "cls_token" in state_dict:  # multi-class: one token and head per class
-        return int(state_dict["cls_token"].shape[1])
-    return None
-
-
 def released_model(state_dict, path: str, name: str | None = None):
     """(timm name, model holding the checkpoint's weights).  Without ``name``, the
     registered PatchConvNet whose keys and shapes the checkpoint has."""
@@ -148,9 +134,9 @@ def released_model(state_dict, path: str, name: str | None = None):
     import torch
 
     import pcn.models  # noqa: F401  (registers the PatchConvNets)
-    from pcn.models.checkpoint import CheckpointError, check_state_dict
+    from pcn.models.checkpoint import CheckpointError, check_state_dict, checkpoint_classes
 
-    k = _checkpoint_classes(state_dict)
+    k = checkpoint_classes(state_dict)
     classes = {} if k is None else {"num_classes": k}
     if name is None:
         # Compare shapes on the meta device with one class (building the multi-class
@@ -227,7 +213,8 @@ def evaluate_released(args) -> int:
     import torch
 
     from pcn.config import load_params
-    from pcn.data.ffcv_io import DatasetError, scan_folder
+    from pcn.data.folders import scan_folder
+    from pcn.errors import DatasetError
     from pcn.train.engine import evaluate as eval_loop
 
     p = load_params(args.params)
@@ -253,7 +240,7 @@ def evaluate_released(args) -> int:
         ("evaluate", "runtime", "data.root", "data.imagenet", "data.imagenet_v2"),
         tags={"pcn.checkpoint": str(args.checkpoint), "pcn.model": name},
     ) as st:
-        device = _device(p)
+        device = torch_device(p.runtime.device)
         model.to(device=device, memory_format=torch.channels_last)
         transform = released_transform(img_size, crop_ratio)
         metrics = {"model": name, "img_size": img_size, "crop_ratio": crop_ratio}
@@ -286,7 +273,7 @@ def evaluate_registered(args) -> int:
     import torch
 
     from pcn.config import load_params
-    from pcn.data.ffcv_io import scan_folder
+    from pcn.data.folders import scan_folder
     from pcn.model_registry import load_version, resolve_version
     from pcn.tracking import tracking_uri
     from pcn.train.engine import evaluate as eval_loop
@@ -307,7 +294,7 @@ def evaluate_registered(args) -> int:
         ("evaluate", "runtime", "data.root", "data.imagenet", "data.imagenet_v2"),
         tags={"pcn.model_uri": args.model, "pcn.model_version": str(version.version)},
     ) as st:
-        device = _device(p)
+        device = torch_device(p.runtime.device)
         model.to(device=device, memory_format=torch.channels_last)
         transform = released_transform(img_size, crop_ratio)
         metrics = {"model_uri": args.model, "model_name": version.name, "model_version": int(version.version)}
@@ -331,7 +318,7 @@ def complexity(args) -> int:
     with stage(args, "complexity", **outputs(args)) as st:
         p, c = st.params, st.params.complexity
         setup_torch(p.runtime.threads)
-        device = str(_device(p))
+        device = str(torch_device(p.runtime.device))
         # Every model at the configured resolutions; the pipeline's own model also at the
         # resolutions it is trained at.  Params and GMACs are counted on shapes alone;
         # throughput and memory only for the timed models (large sizes take minutes per

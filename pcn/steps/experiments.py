@@ -157,8 +157,9 @@ def point_complexity(p, options: dict) -> dict:
     import timm
     import torch
 
+    import pcn.models  # noqa: F401  (registers the models)
     from pcn.eval.complexity import count_gmacs, count_params, measure_throughput
-    from pcn.steps.common import setup_torch
+    from pcn.machine import setup_torch, torch_device
 
     setup_torch(1)
     img = p.experiments.train_for("depth_width").img_size
@@ -172,9 +173,9 @@ def point_complexity(p, options: dict) -> dict:
         "peak_mem_mb": None,
         "mem_method": None,
     }
-    device = "cuda" if p.runtime.device != "cpu" and torch.cuda.is_available() else "cpu"
-    if device == "cpu" and p.runtime.device == "cuda":
-        return out
+    if p.runtime.device == "cuda" and not torch.cuda.is_available():
+        return out  # a submitting host without the GPUs the jobs get: not timed (see above)
+    device = torch_device(p.runtime.device)
     c = p.complexity
     speed = measure_throughput(model, img, c.batch_size, device, warmup=1, iters=c.iters)
     return {**out, **{k: speed[k] for k in ("throughput", "peak_mem_mb", "mem_method")}}

@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from pcn.io import atomic_path
-from pcn.steps.common import data_paths, outputs, setup_torch, stage
+from pcn.machine import setup_torch
+from pcn.steps.common import data_paths, outputs, stage
 
 
 def attention(args) -> int:
     from pcn.analysis.attention_study import FIGURES, METHOD_TITLES, Inputs, attention_study, method_rows
-    from pcn.data.ffcv_io import class_folders
+    from pcn.data.folders import class_folders
 
     with stage(args, "attention", **outputs(args)) as st:
         setup_torch(st.params.runtime.threads)

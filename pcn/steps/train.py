@@ -18,7 +18,7 @@ PLOT_COLUMNS = ("epoch", "step", "train_loss", "val_loss", "val_top1", "val_top5
 
 def num_classes(params: Params) -> int:
     """The number of class folders of the train split, for demo and real data alike."""
-    from pcn.data.ffcv_io import class_folders
+    from pcn.data.folders import class_folders
 
     return len(class_folders(data_paths(params)["train"]))
 

@@ -30,13 +30,6 @@ def data_root(params, task: str) -> Path:
     return params.data.path(TRANSFER_TASKS[task])
 
 
-def ranks(launcher) -> int:
-    """The DDP ranks of a job of ``launcher``: one per GPU on SLURM GPU nodes, else ``tasks`` per node."""
-    if launcher.kind == "slurm":
-        return launcher.slurm.nodes * (launcher.slurm.gpus_per_node or launcher.tasks)
-    return launcher.tasks
-
-
 def validate_dataset(task: str, root: Path, n_classes: int | None) -> None:
     """Read every annotation and image once; a bad file raises DatasetError naming it."""
     from pcn.transfer.datasets import AdeSegmentation, CocoInstances
@@ -75,7 +68,7 @@ def _transfer(args, task: str) -> int:
                 raise UserError(str(exc)) from None
         # Same launcher as training, with all its resources: a submitit job, local or SLURM, DDP over its tasks.
         launcher = p.launcher.model_copy(update={"kind": launcher_kind(args, p)})
-        world = ranks(launcher)
+        world = launcher.ranks
         if cfg.batch_size % world:
             raise UserError(
                 f"{task}.batch_size = {cfg.batch_size} does not split over the launcher's {world} ranks "

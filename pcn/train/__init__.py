@@ -9,6 +9,6 @@
 - ``pcn.train.dryrun.dry_run(params)`` prints the paper-scale plan without submitting.
 """
 
-from pcn.train.job import DataSpec, TrainJob
+from pcn.train.job import DataSpec, JobSpec, TrainJob
 
-__all__ = ["DataSpec", "TrainJob"]
+__all__ = ["DataSpec", "JobSpec", "TrainJob"]

@@ -47,16 +47,6 @@ def detect() -> DistEnv:
     return DistEnv()
 
 
-def pick_device(requested: str, env: DistEnv) -> torch.device:
-    if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise RuntimeError("runtime.device is 'cuda' but no CUDA device is visible")
-        index = env.local_rank % torch.cuda.device_count()
-        torch.cuda.set_device(index)
-        return torch.device("cuda", index)
-    return torch.device("cpu")
-
-
 def init(env: DistEnv, device: torch.device, timeout_s: int) -> None:
     """Join the process group (nccl on GPU, gloo on CPU); a no-op for one process.
 

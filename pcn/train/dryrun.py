@@ -23,11 +23,11 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from pcn.config import Params, TrainConfig
+from pcn.config import LauncherConfig, Params, TrainConfig, batch_per_rank
 from pcn.splits import IMAGENET_TRAIN_IMAGES
 from pcn.stage_resources import Resources
 from pcn.train.launch import slurm_parameters
-from pcn.train.recipe import batch_per_rank, scaled_lr
+from pcn.train.parts import scaled_lr
 
 # The one measured point GPU-hours are calibrated on: PatchConvNet-S60 infers 1129
 # images/s at 224 px (batch 256) in the paper's model-zoo table (arXiv:2112.13692,
@@ -133,6 +133,11 @@ def samples_per_rank(n: int, ranks: int, repeats: int) -> int:
     return math.ceil(n / ranks)  # DistributedSampler pads to an even split
 
 
+def on_slurm(launcher: LauncherConfig) -> LauncherConfig:
+    """The launcher as the plan sees it: a SLURM job, whatever ``kind`` runs the demo."""
+    return launcher.model_copy(update={"kind": "slurm"})
+
+
 def plan(
     params: Params,
     train_images: int = IMAGENET_TRAIN_IMAGES,
@@ -147,14 +152,13 @@ def plan(
     cfg, launcher = cfg or params.pretrain, params.launcher
     model_name, options = model or (params.model.name, dict(params.model.options))
     s = launcher.slurm
-    per_node = s.gpus_per_node or launcher.tasks
-    ranks = s.nodes * per_node
-    per_rank = batch_per_rank(cfg, ranks, name)
+    ranks = on_slurm(launcher).ranks
+    per_rank = batch_per_rank(cfg.batch_size, ranks, name, mixup=cfg.aug.mixes)
     repeats = cfg.aug.repeated_aug
     seen = samples_per_rank(train_images, ranks, repeats)
     steps = seen // per_rank  # drop_last on the training loader
     total = steps * cfg.epochs
-    warmup = min(round(cfg.warmup_epochs * steps), max(total - 1, 0))
+    warmup = cfg.warmup_steps(steps)
     rate = images_per_gpu_s or train_images_per_gpu_s(model_name, options, cfg.img_size)
     gpu_hours = total * cfg.batch_size / rate / 3600
     wall = gpu_hours / ranks
@@ -231,8 +235,7 @@ def jobs(params: Params, train_images: int = IMAGENET_TRAIN_IMAGES) -> list[Job]
     from pcn.stages import build_stages
 
     main_model = (params.model.name, dict(params.model.options))
-    s = params.launcher.slurm
-    ranks = s.nodes * (s.gpus_per_node or params.launcher.tasks)
+    ranks = on_slurm(params.launcher).ranks
     out = []
     for stage in build_stages(params):
         if not stage.submits_job:

@@ -1,8 +1,8 @@
 """Classification training: ``run(job)`` trains one model with the DeiT recipe and returns its metrics.
 
 The loop, its checkpoints and exact resume are :class:`pcn.train.loop.Loop`'s (shared
-with the dense-transfer stages); this module gives it the recipe
-(:func:`pcn.train.recipe.build_recipe`), the image batches and the per-epoch
+with the dense-transfer stages); this module gives it the parts
+(:func:`pcn.train.parts.build_parts`), the image batches and the per-epoch
 evaluation.  The launcher (local or SLURM) lives in :mod:`pcn.train.launch`.  The
 same code runs as one process or as DDP ranks.  Evaluation saves and restores
 every RNG, so when (or whether) it runs does not change training.
@@ -22,15 +22,16 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
+from pcn.config import batch_per_rank
 from pcn.io import write_json
-from pcn.machine import describe
+from pcn.machine import describe, setup_torch, torch_device
 from pcn.tracking import RunLogger, system_metrics
 from pcn.train import checkpoint as ckpt
 from pcn.train import distributed as D
 from pcn.train.job import TrainJob
 from pcn.train.lock import trainer_lock
 from pcn.train.loop import Loop, LoopState, autocast, unwrap
-from pcn.train.recipe import Recipe, batch_per_rank, build_recipe, lr_at
+from pcn.train.parts import TrainParts, build_parts, lr_at
 
 # --- set-up ---------------------------------------------------------------------------
 
@@ -137,12 +138,12 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device, max_batches: 
 # --- outputs --------------------------------------------------------------------------
 
 
-def _write_outputs(job: TrainJob, model, recipe: Recipe, result: dict) -> None:
+def _write_outputs(job: TrainJob, model, parts: TrainParts, result: dict) -> None:
     Path(job.out_dir).mkdir(parents=True, exist_ok=True)
     ckpt.save({"model": unwrap(model).state_dict()}, job.final_path)
-    if recipe.ema is not None:
+    if parts.ema is not None:
         ckpt.save(
-            {"model": recipe.ema.module.state_dict()},
+            {"model": parts.ema.module.state_dict()},
             Path(job.out_dir) / "model_ema.pth",
         )
     if job.metrics_path:
@@ -156,7 +157,7 @@ def _loaders(job: TrainJob, env: D.DistEnv, device: torch.device):
     from pcn.data.loaders import build_loader
 
     cfg, data = job.train, job.data
-    per_rank = batch_per_rank(cfg, env.world_size, job.stage)
+    per_rank = batch_per_rank(cfg.batch_size, env.world_size, job.stage, mixup=cfg.aug.mixes)
     common = {
         "kind": data.loader,
         "img_size": cfg.img_size,
@@ -196,10 +197,9 @@ def run(job: TrainJob, stop: Callable[[], bool] | None = None) -> dict[str, Any]
     then requeues the job).
     """
     env = D.detect()
-    device = D.pick_device(job.device, env)
+    device = torch_device(job.device, env.local_rank)
     if device.type == "cpu":
-        torch.set_flush_denormal(True)  # before set_num_threads, see the machine notes
-        torch.set_num_threads(job.threads)
+        setup_torch(job.threads)
     D.init(env, device, job.dist_timeout_s)
     # rank 0 holds the results folder: a second trainer on it is refused (pcn.train.lock)
     with (
@@ -220,24 +220,8 @@ def _run(job: TrainJob, env: D.DistEnv, device: torch.device, stop: Callable[[],
             f"the model has {job.num_classes} classes but the training data has {train_loader.num_classes}"
         )
 
-    ckpt.seed_everything(job.seed)  # identical init on every rank
-    model = build_model(job)
-    if job.init_checkpoint:
-        dropped = load_init(model, job.init_checkpoint)
-        if dropped and env.is_main:
-            print(
-                f"[{job.stage}] init from {job.init_checkpoint}; new classifier: {', '.join(dropped)}",
-                flush=True,
-            )
-    # channels_last on the CPU too: oneDNN's convolutions are faster in it (one training
-    # step on one thread: the study grid's PatchConvNet -12%, its ResNet pair -10%;
-    # benchmarks/bench_train_step.py)
-    model.to(device=device, memory_format=torch.channels_last)
     steps_per_epoch = len(train_loader)
-    recipe = build_recipe(cfg, model, steps_per_epoch, job.num_classes)
-    ckpt.seed_everything(job.seed + env.rank)  # per-rank streams for drop-path and mixup (a resume restores its own)
-    if env.world_size > 1:
-        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    model, parts = _model_and_parts(job, env, device, steps_per_epoch)
 
     def batches(epoch: int, start: int):
         train_loader.set_epoch(epoch)
@@ -250,10 +234,10 @@ def _run(job: TrainJob, env: D.DistEnv, device: torch.device, stop: Callable[[],
         images, labels = (t.to(device, non_blocking=True) for t in batch)
         images = images.contiguous(memory_format=torch.channels_last)
         targets = labels
-        if recipe.mixup is not None:
-            images, targets = recipe.mixup(images, labels)
+        if parts.mixup is not None:
+            images, targets = parts.mixup(images, labels)
         with autocast(device):
-            return recipe.loss(model(images), targets)
+            return parts.loss(model(images), targets)
 
     clock = {"t": 0.0, "step": 0}  # where the running epoch started
 
@@ -264,12 +248,12 @@ def _run(job: TrainJob, env: D.DistEnv, device: torch.device, stop: Callable[[],
             "epoch": state.epoch,
             "step": state.global_step,
             "train_loss": sum(losses) / len(losses),
-            "lr": lr_at(recipe, state.global_step),
+            "lr": lr_at(parts, state.global_step),
             "epoch_time_s": elapsed,
             "images_per_s": (state.global_step - clock["step"]) * cfg.batch_size / max(elapsed, 1e-9),
         }
         if state.epoch % cfg.eval_every == 0 or state.epoch == cfg.epochs:
-            _evaluate_into(state, model, val_loader, device, recipe, cfg.eval_max_batches)
+            _evaluate_into(state, model, val_loader, device, parts, cfg.eval_max_batches)
             entry.update({f"val_{k}": v for k, v in state.last_eval.items() if k != "n"})
         state.history.append(entry)
         log.log_metrics(entry, step=state.epoch)
@@ -277,13 +261,13 @@ def _run(job: TrainJob, env: D.DistEnv, device: torch.device, stop: Callable[[],
             shown = ", ".join(f"{k} {v:.4g}" for k, v in entry.items() if k not in ("epoch", "step"))
             print(f"[{job.stage}] epoch {state.epoch}/{cfg.epochs}: {shown}", flush=True)
             if job.metrics_path:
-                write_json(job.metrics_path, _result(job, env, recipe, state, steps_per_epoch, status="running"))
+                write_json(job.metrics_path, _result(job, env, parts, state, steps_per_epoch, status="running"))
         clock.update(t=time.perf_counter(), step=state.global_step)
 
     loop = Loop(
         model=model,
-        optimizer=recipe.optimizer,
-        scheduler=recipe.scheduler,
+        optimizer=parts.optimizer,
+        scheduler=parts.scheduler,
         batches=batches,
         loss=loss,
         steps_per_epoch=steps_per_epoch,
@@ -296,8 +280,8 @@ def _run(job: TrainJob, env: D.DistEnv, device: torch.device, stop: Callable[[],
         checkpoint_every=cfg.checkpoint_every_steps,
         clip_grad=cfg.clip_grad,
         images_per_step=cfg.batch_size,
-        extras={"ema": recipe.ema.module} if recipe.ema is not None else {},
-        after_step=(lambda: recipe.ema.update(unwrap(model))) if recipe.ema is not None else lambda: None,
+        extras={"ema": parts.ema.module} if parts.ema is not None else {},
+        after_step=(lambda: parts.ema.update(unwrap(model))) if parts.ema is not None else lambda: None,
         on_epoch=on_epoch,
         stop=stop,
         env=env,
@@ -307,11 +291,11 @@ def _run(job: TrainJob, env: D.DistEnv, device: torch.device, stop: Callable[[],
     if state.global_step == 0:
         log.log_params(
             {
-                "train.lr_scaled": recipe.lr,
+                "train.lr_scaled": parts.lr,
                 "train.world_size": env.world_size,
                 "train.batch_per_rank": cfg.batch_size // env.world_size,
                 "train.steps_per_epoch": steps_per_epoch,
-                "train.total_steps": recipe.total_steps,
+                "train.total_steps": parts.total_steps,
             }
         )
 
@@ -325,29 +309,54 @@ def _run(job: TrainJob, env: D.DistEnv, device: torch.device, stop: Callable[[],
             )
         return {"status": "interrupted", "global_step": state.global_step}
     if state.last_eval_step != state.global_step:
-        _evaluate_into(state, model, val_loader, device, recipe, cfg.eval_max_batches)
-    result = _result(job, env, recipe, state, steps_per_epoch, status="finished")
+        _evaluate_into(state, model, val_loader, device, parts, cfg.eval_max_batches)
+    result = _result(job, env, parts, state, steps_per_epoch, status="finished")
     result["train_time_s"] = time.perf_counter() - t_start
     if env.is_main:
-        _write_outputs(job, model, recipe, result)
-        log.log_metrics(
-            {k: result[k] for k in ("top1", "top5", "loss") if k in result},
-            step=state.epoch,
-        )
-        if job.metrics_path:
-            log.log_artifact(job.metrics_path)
-        print(
-            f"[{job.stage}] done: top1 {result['top1']:.2f}%, top5 {result['top5']:.2f}%, {state.global_step} steps",
-            flush=True,
-        )
+        _report_finished(job, model, parts, result, state, log)
     return result
 
 
-def _evaluate_into(state: LoopState, model, loader, device, recipe: Recipe, max_batches: int | None = None) -> None:
+def _model_and_parts(job: TrainJob, env: D.DistEnv, device: torch.device, steps_per_epoch: int):
+    """The model (initialised identically on every rank, from ``init_checkpoint`` when set;
+    wrapped in DDP over several ranks) and its parts; then each rank's own RNG streams."""
+    ckpt.seed_everything(job.seed)  # identical init on every rank
+    model = build_model(job)
+    if job.init_checkpoint:
+        dropped = load_init(model, job.init_checkpoint)
+        if dropped and env.is_main:
+            print(
+                f"[{job.stage}] init from {job.init_checkpoint}; new classifier: {', '.join(dropped)}",
+                flush=True,
+            )
+    # channels_last on the CPU too: oneDNN's convolutions are faster in it (one training
+    # step on one thread: the study grid's PatchConvNet -12%, its ResNet pair -10%;
+    # benchmarks/bench_train_step.py)
+    model.to(device=device, memory_format=torch.channels_last)
+    parts = build_parts(job.train, model, steps_per_epoch, job.num_classes)
+    ckpt.seed_everything(job.seed + env.rank)  # per-rank streams for drop-path and mixup (a resume restores its own)
+    if env.world_size > 1:
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return model, parts
+
+
+def _report_finished(job: TrainJob, model, parts: TrainParts, result: dict, state: LoopState, log: RunLogger) -> None:
+    """Rank 0 at the end: the outputs, the final MLflow points and one line."""
+    _write_outputs(job, model, parts, result)
+    log.log_metrics({k: result[k] for k in ("top1", "top5", "loss") if k in result}, step=state.epoch)
+    if job.metrics_path:
+        log.log_artifact(job.metrics_path)
+    print(
+        f"[{job.stage}] done: top1 {result['top1']:.2f}%, top5 {result['top5']:.2f}%, {state.global_step} steps",
+        flush=True,
+    )
+
+
+def _evaluate_into(state: LoopState, model, loader, device, parts: TrainParts, max_batches: int | None = None) -> None:
     metrics = evaluate(model, loader, device, max_batches)
-    if recipe.ema is not None:
+    if parts.ema is not None:
         metrics.update(
-            {f"ema_{k}": v for k, v in evaluate(recipe.ema.module, loader, device, max_batches).items() if k != "n"}
+            {f"ema_{k}": v for k, v in evaluate(parts.ema.module, loader, device, max_batches).items() if k != "n"}
         )
     if metrics.get("cls_self_attention", 0.0) > COLLAPSED_SELF_ATTENTION:
         warnings.warn(
@@ -362,7 +371,7 @@ def _evaluate_into(state: LoopState, model, loader, device, recipe: Recipe, max_
 def _result(
     job: TrainJob,
     env: D.DistEnv,
-    recipe: Recipe,
+    parts: TrainParts,
     state: LoopState,
     steps_per_epoch: int,
     status: str,
@@ -377,7 +386,7 @@ def _result(
         "steps_per_epoch": steps_per_epoch,
         "world_size": env.world_size,
         "global_batch": job.train.batch_size,
-        "lr": recipe.lr,
+        "lr": parts.lr,
         # the evaluation protocol of top1/top5, so the report compares like with like
         "img_size": job.train.img_size,
         "crop_ratio": job.data.crop_ratio,

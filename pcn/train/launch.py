@@ -67,7 +67,8 @@ class StopFlag:
     """SIGUSR2 -> a flag the engine polls; the handler it replaced (submitit's) runs later."""
 
     def __init__(self) -> None:
-        # submitit's preemption signal (its USR_SIG, "USR2" unless SUBMITIT_PREEMPT_SIGNAL says otherwise)
+        # submitit's preemption signal (its USR_SIG, "USR2" unless SUBMITIT_PREEMPT_SIGNAL says otherwise);
+        # USR_SIG and the handler replaced here are submitit internals: pinned below 1.6 in pyproject.toml
         name = submitit.JobEnvironment.USR_SIG if os.environ.get("SUBMITIT_EXECUTOR") else "USR2"
         self.signum = getattr(signal, f"SIG{name}")
         self.previous = signal.getsignal(self.signum)
@@ -120,8 +121,7 @@ def slurm_parameters(launcher: LauncherConfig, job_name: str, gpus_available: bo
     params: dict[str, Any] = {
         "job_name": job_name,
         "nodes": s.nodes,
-        # One rank per GPU; on CPU nodes, launcher.tasks ranks per node.
-        "ntasks_per_node": s.gpus_per_node or launcher.tasks,
+        "ntasks_per_node": launcher.tasks_per_node(s),
         "cpus_per_task": s.cpus_per_task,
         "mem": f"{s.mem_gb}GB",
         "time": s.time_min,

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 import warnings
 from collections import OrderedDict
 from pathlib import Path
@@ -42,22 +41,7 @@ from pycocotools import mask as mask_utils
 from torch import nn
 
 from pcn.train import distributed as D
-from pcn.train.loop import autocast, unwrap
-from pcn.transfer import (
-    IterationSampler,
-    TransferJob,
-    batch_per_rank,
-    build_optimizer,
-    distribute,
-    finish_outputs,
-    interrupted,
-    loader_options,
-    run_logger,
-    run_summary,
-    setup_device,
-    shard,
-    train_loop,
-)
+from pcn.train.loop import autocast
 from pcn.transfer.datasets import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -67,8 +51,11 @@ from pcn.transfer.datasets import (
     coco_train_transforms,
     collate_detection,
 )
+from pcn.transfer.distributed import shard
+from pcn.transfer.job import TransferJob
 from pcn.transfer.metrics import COCO_STATS, coco_ground_truth, coco_scores
 from pcn.transfer.pyramid import PyramidBackbone, create_pyramid_backbone
+from pcn.transfer.runner import DenseRun, run_dense
 
 log = logging.getLogger(__name__)
 
@@ -307,112 +294,81 @@ def detect_sharded(
     return [r for rank in range(env.world_size) for r in json.loads((folder / f"rank{rank}.json").read_text())]
 
 
-def run(job: TransferJob, env: D.DistEnv | None = None, stop=None) -> dict[str, Any]:
-    """Train, detect on val, score with COCOeval, write the outputs; return the metrics.
+class DetectionRun(DenseRun):
+    """Mask R-CNN on COCO through the shared run (:func:`pcn.transfer.runner.run_dense`)."""
 
-    Under DDP every rank trains and detects on its shard; rank 0 scores, writes the
-    outputs and returns the metrics, the other ranks return ``{"rank": r}``.  When
-    ``stop()`` turns true on any rank, the state is saved and every rank returns
-    ``{"status": "interrupted"}``.
-    """
-    from pcn.io import atomic_path, write_json
+    weight_decay = 0.05
+    collate = staticmethod(collate_detection)
 
-    env = env or D.DistEnv()
-    t_start = time.perf_counter()
-    device = setup_device(job, env)
-    iters, bs = job.cfg("iters"), job.cfg("batch_size")
-    per_rank = batch_per_rank(job, env)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        # The stage validated every file before submitting (pcn.steps.transfer): no second pass here.
-        train_set = CocoInstances(job.data_root, "train", transforms=coco_train_transforms(), check=False)
-        val_set = CocoInstances(job.data_root, "val", transforms=coco_eval_transforms(), check=False)
-    if env.is_main:
-        for w in caught:
-            log.warning("%s", w.message)
-    if len({c["id"] for c in train_set.categories} ^ {c["id"] for c in val_set.categories}):
-        raise DatasetError(f"{val_set.ann_file}: categories differ from {train_set.ann_file}")
-    net, weights = build_model(job, len(train_set.categories))
-    net.to(device)
-    model = distribute(net, env, device, job.seed)
-    optimizer = build_optimizer(unwrap(model), job.cfg("lr"), job.cfg("weight_decay", 0.05))
-    scheduler = _scheduler(optimizer, iters, job.cfg("lr"))
+    def data(self):
+        job = self.job
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            # The stage validated every file before submitting (pcn.steps.transfer): no second pass here.
+            train_set = CocoInstances(job.data_root, "train", transforms=coco_train_transforms(), check=False)
+            val_set = CocoInstances(job.data_root, "val", transforms=coco_eval_transforms(), check=False)
+        if self.env.is_main:
+            for w in caught:
+                log.warning("%s", w.message)
+        if len({c["id"] for c in train_set.categories} ^ {c["id"] for c in val_set.categories}):
+            raise DatasetError(f"{val_set.ann_file}: categories differ from {train_set.ann_file}")
+        # Training images without an object (about 1% of COCO train, or only crowd regions) teach
+        # nothing but background: left out, as mmdetection's filter_empty_gt and torchvision's recipe do.
+        with_objects = [i for i, im in enumerate(train_set.images) if train_set.anns[im["id"]]]
+        if not with_objects:
+            raise DatasetError(f"{train_set.ann_file}: no training image has a (non-crowd) object")
+        self.train_set, self.val_set = train_set, val_set
+        self.train_items = torch.utils.data.Subset(train_set, with_objects)
+        return self.train_items
 
-    # Training images without an object (about 1% of COCO train, or only crowd regions) teach
-    # nothing but background: left out, as mmdetection's filter_empty_gt and torchvision's recipe do.
-    with_objects = [i for i, im in enumerate(train_set.images) if train_set.anns[im["id"]]]
-    if not with_objects:
-        raise DatasetError(f"{train_set.ann_file}: no training image has a (non-crowd) object")
-    train_items = torch.utils.data.Subset(train_set, with_objects)
+    def build(self):
+        return build_model(self.job, len(self.train_set.categories))
 
-    def loader_from(start: int):
-        sampler = IterationSampler(len(train_items), bs, iters, job.seed, start, env.rank, env.world_size)
-        return torch.utils.data.DataLoader(
-            train_items,
-            batch_size=per_rank,
-            sampler=sampler,
-            collate_fn=collate_detection,
-            drop_last=True,
-            **loader_options(job, device),
-        )
+    def scheduler(self, optimizer, iters: int, lr: float):
+        return _scheduler(optimizer, iters, lr)
 
-    def step(batch) -> torch.Tensor:
-        images, targets = _to_device(*batch, device)
+    def loss(self, model, batch) -> torch.Tensor:
+        images, targets = _to_device(*batch, self.device)
         losses = model(images, targets)
         return sum(losses.values())
 
-    loop = train_loop(
-        job,
-        model,
-        optimizer,
-        scheduler,
-        loader_from,
-        step,
-        iters,
-        run_logger(job, env),
-        env=env,
-        device=device,
-        stop=stop,
-    )
-    if loop.status == "interrupted":
-        return interrupted(loop)
+    def evaluate(self, net) -> None:
+        use_test_size(net, self.job)
+        self.results = detect_sharded(net, self.val_set, self.device, self.job, self.env)
+        if self.env.is_main:
+            gt = coco_ground_truth(self.val_set.ann_file)
+            self.scores = {iou: coco_scores(gt, self.results, iou) for iou in ("bbox", "segm")}
+        self.transform = net.transform
 
-    net = unwrap(model)
-    use_test_size(net, job)
-    t_eval = time.perf_counter()
-    results = detect_sharded(net, val_set, device, job, env)
-    if not env.is_main:
-        return {"rank": env.rank}
-    out_dir = Path(job.out_dir)
-    gt = coco_ground_truth(val_set.ann_file)
-    with atomic_path(out_dir, directory=True) as tmp:
-        scores = {iou: coco_scores(gt, results, iou) for iou in ("bbox", "segm")}
-        eval_s = time.perf_counter() - t_eval
-        (tmp / RESULTS_FILE).write_text(json.dumps(results) + "\n")
-        torch.save({"model": net.state_dict()}, tmp / "model.pth")
-        if weights is not None:  # every key the checkpoint gave the trunk, and every key it dropped
-            write_json(
-                tmp / "backbone_weights.json",
-                {"source": weights.source, "used": weights.used, "dropped": weights.dropped},
-            )
-        qualitative_figure(val_set, results, tmp / "qualitative.png")
-    finish_outputs(job, loop.losses)
-    metrics: dict[str, Any] = {f"{iou}_{k}": scores[iou][k] for iou in ("bbox", "segm") for k in COCO_STATS}
-    metrics.update(
-        {
-            "results_file": str(out_dir / RESULTS_FILE),
-            "annotations_file": str(val_set.ann_file),
-            "segm_scored_without_bbox": True,
-            "n_detections": len(results),
-            "n_train_images": len(train_items),
-            "n_train_images_without_objects": len(train_set) - len(train_items),
-            "n_val_images": len(val_set),
-            "n_degenerate_skipped": train_set.n_degenerate + val_set.n_degenerate,
-            "test_size": list(net.transform.min_size)[-1],
-            "max_size": net.transform.max_size,
-            "ranks": env.world_size,
-            "batch_per_rank": per_rank,
-            **run_summary(job, out_dir, weights, loop, eval_s, t_start),
-        }
-    )
-    return metrics
+    def write(self, net, folder: Path) -> None:
+        (folder / RESULTS_FILE).write_text(json.dumps(self.results) + "\n")
+
+    def figure(self, path: Path) -> None:
+        qualitative_figure(self.val_set, self.results, path)
+
+    def metrics(self, out_dir: Path) -> dict[str, Any]:
+        scores, train_set, val_set = self.scores, self.train_set, self.val_set
+        metrics: dict[str, Any] = {f"{iou}_{k}": scores[iou][k] for iou in ("bbox", "segm") for k in COCO_STATS}
+        metrics.update(
+            {
+                "results_file": str(out_dir / RESULTS_FILE),
+                "annotations_file": str(val_set.ann_file),
+                "segm_scored_without_bbox": True,
+                "n_detections": len(self.results),
+                "n_train_images": len(self.train_items),
+                "n_train_images_without_objects": len(train_set) - len(self.train_items),
+                "n_val_images": len(val_set),
+                "n_degenerate_skipped": train_set.n_degenerate + val_set.n_degenerate,
+                "test_size": list(self.transform.min_size)[-1],
+                "max_size": self.transform.max_size,
+                "ranks": self.env.world_size,
+                "batch_per_rank": self.per_rank,
+            }
+        )
+        return metrics
+
+
+def run(job: TransferJob, env: D.DistEnv | None = None, stop=None) -> dict[str, Any]:
+    """Train, detect on val, score with COCOeval, write the outputs; return the metrics
+    (see :func:`pcn.transfer.runner.run_dense`)."""
+    return run_dense(DetectionRun, job, env, stop)

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
@@ -45,29 +44,17 @@ from PIL import Image
 from torch import nn
 
 from pcn.train import distributed as D
-from pcn.train.loop import autocast, unwrap
-from pcn.transfer import (
-    IterationSampler,
-    TransferJob,
-    batch_per_rank,
-    build_optimizer,
-    distribute,
-    finish_outputs,
-    interrupted,
-    loader_options,
-    run_logger,
-    run_summary,
-    setup_device,
-    shard,
-    train_loop,
-)
+from pcn.train.loop import autocast
 from pcn.transfer.datasets import (
     AdeSegmentation,
     ade_eval_transforms,
     ade_train_transforms,
 )
+from pcn.transfer.distributed import shard
+from pcn.transfer.job import TransferJob
 from pcn.transfer.metrics import confusion_matrix, segmentation_scores
 from pcn.transfer.pyramid import PyramidBackbone, create_pyramid_backbone
+from pcn.transfer.runner import DenseRun, run_dense
 
 log = logging.getLogger(__name__)
 
@@ -319,123 +306,100 @@ def per_class(names: list[str], values: list) -> dict[str, Any]:
     return dict(zip(keys, values))
 
 
-def run(job: TransferJob, env: D.DistEnv | None = None, stop=None) -> dict[str, Any]:
-    """Train, evaluate, write the outputs; return the metrics (the stage writes the JSON).
+class SegmentationRun(DenseRun):
+    """UperNet on ADE20k through the shared run (:func:`pcn.transfer.runner.run_dense`)."""
 
-    Under DDP every rank trains and scores its shard; rank 0 writes the outputs and
-    returns the metrics, the other ranks return ``{"rank": r}``.  When ``stop()`` turns
-    true on any rank, the state is saved and every rank returns ``{"status": "interrupted"}``.
-    """
-    from pcn.io import atomic_path, write_json
+    weight_decay = 0.01
 
-    env = env or D.DistEnv()
-    t_start = time.perf_counter()
-    device = setup_device(job, env)
-    size, iters, bs = job.cfg("img_size"), job.cfg("iters"), job.cfg("batch_size")
-    per_rank = batch_per_rank(job, env)
-    if per_rank < 2 and not (device.type == "cuda" and env.world_size > 1):
-        # UperNet's pyramid pooling normalises 1x1 maps: one image gives one value per channel.
-        raise ValueError(
-            f"segmentation.batch_size = {bs} gives {per_rank} image per rank; BatchNorm needs 2 or "
-            "more (SyncBatchNorm, used for DDP on GPUs, pools them over the ranks)"
-        )
-    # The stage validated every file before submitting (pcn.steps.transfer): no second pass here.
-    train_set = AdeSegmentation(
-        job.data_root, "train", n_classes=job.cfg("n_classes"), transforms=ade_train_transforms(size), check=False
-    )
-    val_set = AdeSegmentation(
-        job.data_root, "val", n_classes=train_set.n_classes, image_transforms=ade_eval_transforms(size), check=False
-    )
-    criterion = build_criterion(job, train_set).to(device)
-    net, weights = build_model(job, train_set.n_classes)
-    net.to(device)
-    model = distribute(net, env, device, job.seed)
-    optimizer = build_optimizer(unwrap(model), job.cfg("lr"), job.cfg("weight_decay", 0.01))
-    scheduler = _scheduler(optimizer, iters, job.cfg("lr"))
-
-    def loader_from(start: int):
-        sampler = IterationSampler(len(train_set), bs, iters, job.seed, start, env.rank, env.world_size)
-        return torch.utils.data.DataLoader(
-            train_set,
-            batch_size=per_rank,
-            sampler=sampler,
-            drop_last=True,
-            persistent_workers=False,
-            **loader_options(job, device),
-        )
-
-    aux_weight = job.cfg("aux_loss_weight", 0.0)
-
-    def step(batch) -> torch.Tensor:
-        images, labels, _ = batch
-        with autocast(device):
-            outputs = model(images.to(device, non_blocking=True))
-        # ids 1..N -> 0..N-1, 0 -> -1 (ignored)
-        return segmentation_loss(criterion, outputs, labels.to(device, non_blocking=True) - 1, aux_weight)
-
-    loop = train_loop(
-        job,
-        model,
-        optimizer,
-        scheduler,
-        loader_from,
-        step,
-        iters,
-        run_logger(job, env),
-        env=env,
-        device=device,
-        stop=stop,
-    )
-    if loop.status == "interrupted":
-        return interrupted(loop)
-
-    # Every rank writes its share of the predictions here; rank 0 moves the folder into the outputs.
-    multiscale = bool(job.cfg("multiscale_flip_test", False))
-    pred_dirs = [job.work_dir / "predictions"] + ([job.work_dir / f"predictions_{MS_FLIP}"] if multiscale else [])
-    if env.is_main:
-        for folder in pred_dirs:
-            shutil.rmtree(folder, ignore_errors=True)
-            folder.mkdir(parents=True)
-    D.barrier()
-    t_eval = time.perf_counter()
-    scores, samples = evaluate(unwrap(model), val_set, device, pred_dirs[0], env, job.num_workers, multiscale)
-    eval_s = time.perf_counter() - t_eval
-    D.barrier()  # every rank's PNGs are written
-    if not env.is_main:
-        return {"rank": env.rank}
-    out_dir = Path(job.out_dir)
-    with atomic_path(out_dir, directory=True) as tmp:
-        for folder in pred_dirs:
-            shutil.move(folder, tmp / folder.name)
-        torch.save({"model": unwrap(model).state_dict()}, tmp / "model.pth")
-        if weights is not None:  # every key the checkpoint gave the trunk, and every key it dropped
-            write_json(
-                tmp / "backbone_weights.json",
-                {"source": weights.source, "used": weights.used, "dropped": weights.dropped},
+    def data(self):
+        job, bs, per_rank = self.job, self.job.cfg("batch_size"), self.per_rank
+        if per_rank < 2 and not (self.device.type == "cuda" and self.env.world_size > 1):
+            # UperNet's pyramid pooling normalises 1x1 maps: one image gives one value per channel.
+            raise ValueError(
+                f"segmentation.batch_size = {bs} gives {per_rank} image per rank; BatchNorm needs 2 or "
+                "more (SyncBatchNorm, used for DDP on GPUs, pools them over the ranks)"
             )
-        qualitative_figure(val_set, samples, tmp / "qualitative.png")
-    finish_outputs(job, loop.losses)
-    names = val_set.class_names
-    ms = scores.get(MS_FLIP)
-    return {
-        "mIoU": scores["mIoU"],
-        "mAcc": scores["mAcc"],
-        "aAcc": scores["aAcc"],
-        **({f"{k}_{MS_FLIP}": ms[k] for k in ("mIoU", "mAcc", "aAcc")} if ms else {}),
-        **(
-            {"test_ratios": list(MS_RATIOS), "predictions_dir_ms_flip": str(out_dir / f"predictions_{MS_FLIP}")}
-            if ms
-            else {}
-        ),
-        "aux_loss_weight": aux_weight,
-        "per_class_iou": per_class(names, scores["per_class_iou"]),
-        "per_class_acc": per_class(names, scores["per_class_acc"]),
-        "n_classes": val_set.n_classes,
-        "n_val_images": len(val_set),
-        "loss": job.cfg("loss", "ce"),
-        "ranks": env.world_size,
-        "batch_per_rank": per_rank,
-        "predictions_dir": str(out_dir / "predictions"),
-        "annotations_dir": str(val_set.label_dir),
-        **run_summary(job, out_dir, weights, loop, eval_s, t_start),
-    }
+        size = job.cfg("img_size")
+        # The stage validated every file before submitting (pcn.steps.transfer): no second pass here.
+        self.train_set = AdeSegmentation(
+            job.data_root, "train", n_classes=job.cfg("n_classes"), transforms=ade_train_transforms(size), check=False
+        )
+        self.val_set = AdeSegmentation(
+            job.data_root,
+            "val",
+            n_classes=self.train_set.n_classes,
+            image_transforms=ade_eval_transforms(size),
+            check=False,
+        )
+        self.criterion = build_criterion(job, self.train_set).to(self.device)
+        self.aux_weight = job.cfg("aux_loss_weight", 0.0)
+        return self.train_set
+
+    def build(self):
+        return build_model(self.job, self.train_set.n_classes)
+
+    def scheduler(self, optimizer, iters: int, lr: float):
+        return _scheduler(optimizer, iters, lr)
+
+    def loss(self, model, batch) -> torch.Tensor:
+        images, labels, _ = batch
+        with autocast(self.device):
+            outputs = model(images.to(self.device, non_blocking=True))
+        # ids 1..N -> 0..N-1, 0 -> -1 (ignored)
+        return segmentation_loss(
+            self.criterion, outputs, labels.to(self.device, non_blocking=True) - 1, self.aux_weight
+        )
+
+    def evaluate(self, net) -> None:
+        # Every rank writes its share of the predictions here; rank 0 moves the folder into the outputs.
+        job, env = self.job, self.env
+        multiscale = bool(job.cfg("multiscale_flip_test", False))
+        self.pred_dirs = [job.work_dir / "predictions"]
+        self.pred_dirs += [job.work_dir / f"predictions_{MS_FLIP}"] if multiscale else []
+        if env.is_main:
+            for folder in self.pred_dirs:
+                shutil.rmtree(folder, ignore_errors=True)
+                folder.mkdir(parents=True)
+        D.barrier()
+        self.scores, self.samples = evaluate(
+            net, self.val_set, self.device, self.pred_dirs[0], env, job.num_workers, multiscale
+        )
+        D.barrier()  # every rank's PNGs are written
+
+    def write(self, net, folder: Path) -> None:
+        for pred in self.pred_dirs:
+            shutil.move(pred, folder / pred.name)
+
+    def figure(self, path: Path) -> None:
+        qualitative_figure(self.val_set, self.samples, path)
+
+    def metrics(self, out_dir: Path) -> dict[str, Any]:
+        scores, val_set = self.scores, self.val_set
+        names = val_set.class_names
+        ms = scores.get(MS_FLIP)
+        return {
+            "mIoU": scores["mIoU"],
+            "mAcc": scores["mAcc"],
+            "aAcc": scores["aAcc"],
+            **({f"{k}_{MS_FLIP}": ms[k] for k in ("mIoU", "mAcc", "aAcc")} if ms else {}),
+            **(
+                {"test_ratios": list(MS_RATIOS), "predictions_dir_ms_flip": str(out_dir / f"predictions_{MS_FLIP}")}
+                if ms
+                else {}
+            ),
+            "aux_loss_weight": self.aux_weight,
+            "per_class_iou": per_class(names, scores["per_class_iou"]),
+            "per_class_acc": per_class(names, scores["per_class_acc"]),
+            "n_classes": val_set.n_classes,
+            "n_val_images": len(val_set),
+            "loss": self.job.cfg("loss", "ce"),
+            "ranks": self.env.world_size,
+            "batch_per_rank": self.per_rank,
+            "predictions_dir": str(out_dir / "predictions"),
+            "annotations_dir": str(val_set.label_dir),
+        }
+
+
+def run(job: TransferJob, env: D.DistEnv | None = None, stop=None) -> dict[str, Any]:
+    """Train, evaluate, write the outputs; return the metrics (see :func:`pcn.transfer.runner.run_dense`)."""
+    return run_dense(SegmentationRun, job, env, stop)

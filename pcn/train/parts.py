@@ -1,4 +1,5 @@
-"""The DeiT training recipe built from one ``TrainConfig``: optimizer, schedule, mixup, loss, EMA.
+"""The parts of DeiT training built from one ``TrainConfig`` (the recipe: its settings):
+optimizer, schedule, mixup, loss, EMA.
 
 Each piece is timm's: AdamW (fused) or LAMB from ``create_optimizer_v2`` (no weight decay on
 biases, norms and whatever ``model.no_weight_decay()`` names), a cosine schedule
@@ -46,7 +47,9 @@ class EpochSteppedCosineLR(CosineLRScheduler):
 
 
 @dataclass
-class Recipe:
+class TrainParts:
+    """What the loop needs besides model and data, built from the recipe."""
+
     optimizer: torch.optim.Optimizer
     scheduler: CosineLRScheduler
     mixup: Mixup | None
@@ -62,25 +65,7 @@ def scaled_lr(cfg: TrainConfig) -> float:
     return cfg.lr * cfg.batch_size / cfg.lr_base_batch if cfg.lr_base_batch else cfg.lr
 
 
-def batch_per_rank(cfg: TrainConfig, ranks: int, name: str) -> int:
-    """The images each rank takes per step: the global batch split over ``ranks``.
-
-    Refused, naming the stage, where it does not split, or where it leaves an odd count
-    with mixup or cutmix on: timm's ``Mixup`` pairs each image with its mirror within the
-    rank's batch and fails at the first step otherwise (so the dry run catches it too).
-    """
-    if cfg.batch_size % ranks:
-        raise ValueError(f"{name}: batch_size = {cfg.batch_size} does not split over {ranks} ranks")
-    per_rank = cfg.batch_size // ranks
-    if per_rank % 2 and (cfg.aug.mixup > 0 or cfg.aug.cutmix > 0):
-        raise ValueError(
-            f"{name}: batch_size = {cfg.batch_size} over {ranks} ranks is {per_rank} per rank; "
-            "mixup and cutmix need an even batch per rank"
-        )
-    return per_rank
-
-
-def build_recipe(cfg: TrainConfig, model: torch.nn.Module, steps_per_epoch: int, num_classes: int) -> Recipe:
+def build_parts(cfg: TrainConfig, model: torch.nn.Module, steps_per_epoch: int, num_classes: int) -> TrainParts:
     """Everything the loop needs besides model and data; ``model`` is the unwrapped module."""
     lr = scaled_lr(cfg)
     optimizer = create_optimizer_v2(
@@ -94,7 +79,7 @@ def build_recipe(cfg: TrainConfig, model: torch.nn.Module, steps_per_epoch: int,
         **({"fused": True} if cfg.optimizer == "adamw" else {}),
     )
     total = cfg.epochs * steps_per_epoch
-    warmup = min(round(cfg.warmup_epochs * steps_per_epoch), max(total - 1, 0))
+    warmup = cfg.warmup_steps(steps_per_epoch)
     if cfg.schedule_step == "epoch":
         scheduler: CosineLRScheduler = EpochSteppedCosineLR(
             optimizer,
@@ -116,7 +101,7 @@ def build_recipe(cfg: TrainConfig, model: torch.nn.Module, steps_per_epoch: int,
         )
     aug = cfg.aug
     mixup = None
-    if aug.mixup > 0 or aug.cutmix > 0:
+    if aug.mixes:
         mixup = Mixup(
             mixup_alpha=aug.mixup,
             cutmix_alpha=aug.cutmix,
@@ -131,10 +116,10 @@ def build_recipe(cfg: TrainConfig, model: torch.nn.Module, steps_per_epoch: int,
             LabelSmoothingCrossEntropy(aug.label_smoothing) if aug.label_smoothing > 0 else torch.nn.CrossEntropyLoss()
         )
     ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay else None
-    return Recipe(optimizer, scheduler, mixup, loss, ema, lr, total, warmup)
+    return TrainParts(optimizer, scheduler, mixup, loss, ema, lr, total, warmup)
 
 
-def lr_at(recipe: Recipe, step: int) -> float:
+def lr_at(parts: TrainParts, step: int) -> float:
     """The learning rate of the optimizer step after ``step`` steps."""
-    s = recipe.scheduler
+    s = parts.scheduler
     return s._get_lr(s.epoch_value_at(step) if isinstance(s, EpochSteppedCosineLR) else step)[0]
