@@ -4,7 +4,7 @@
     python benchmarks/bench_batch_augment.py --device cpu --batch 64 --kernels torch opencv --per-op --out FILE
 
 What the FFCV loader runs after decode, crop and flip (pcn.data.batch_augment's
-BatchRecipe, the paper's rand-m9-mstd0.5-inc1 and random erasing 0.25), timed on a
+BatchAugment, the paper's rand-m9-mstd0.5-inc1 and random erasing 0.25), timed on a
 random uint8 batch already on the device (NHWC memory, as FFCV's), after warm-up
 batches, with each kernel asked for (``auto``: OpenCV's on the CPU, torch's on a GPU).
 It imports torch, OpenCV, timm's constants, pcn.data.batch_augment,
@@ -40,7 +40,7 @@ def main(argv=None) -> dict:
     import torch
     from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-    from pcn.data.batch_augment import INCREASING_OPS, BatchRecipe, apply_op, randaugment_hparams
+    from pcn.data.batch_augment import INCREASING_OPS, BatchAugment, apply_op, randaugment_hparams
     from pcn.machine_speed import sgemm_gflops
 
     torch.set_num_threads(args.threads)
@@ -74,10 +74,10 @@ def main(argv=None) -> dict:
 
     rows = []
     for kernels in args.kernels:
-        recipe = BatchRecipe(
+        augment = BatchAugment(
             args.img_size, args.policy, args.erasing, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, device, kernels
         )
-        wall, cpu = timed(lambda key, r=recipe: r(images, key), args.batches)
+        wall, cpu = timed(lambda key, a=augment: a(images, key), args.batches)
         row = {"kernels": kernels, "images_per_s": round(1 / wall, 1), "cpu_s_per_image": round(cpu, 6)}
         if args.per_op:  # each op alone on the whole batch, magnitude 9 (CPU ms per image)
             row["op_cpu_ms_per_image"] = {

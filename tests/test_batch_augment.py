@@ -102,10 +102,10 @@ def test_opencv_kernels_give_the_torch_kernels_bytes(crops, name):
 def test_opencv_recipe_normalises_to_the_torch_kernels_bytes(crops):
     from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-    from pcn.data.batch_augment import BatchRecipe
+    from pcn.data.batch_augment import BatchAugment
 
     args = (64, None, 0.25, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, "cpu")
-    ours, torchs = (BatchRecipe(*args, kernels=k)(crops[:256], key=3) for k in ("opencv", "torch"))
+    ours, torchs = (BatchAugment(*args, kernels=k)(crops[:256], key=3) for k in ("opencv", "torch"))
     assert ours.dtype == torch.float32 and torch.equal(ours, torchs)  # erasing included: same draws
     assert ours.is_contiguous(memory_format=torch.channels_last)
 

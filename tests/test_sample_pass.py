@@ -157,7 +157,7 @@ def test_a_rare_failing_pil_op_names_its_image_through_the_torch_loader(workspac
 def test_non_finite_pixels_are_named_with_their_image(workspace, monkeypatch):
     import pcn.data.batch_augment as B
 
-    real, calls = B.BatchRecipe.__call__, []
+    real, calls = B.BatchAugment.__call__, []
 
     def poisoned(self, images, key):
         out = real(self, images, key)
@@ -166,7 +166,7 @@ def test_non_finite_pixels_are_named_with_their_image(workspace, monkeypatch):
             out[5, 0, 3, 3] = torch.nan
         return out
 
-    monkeypatch.setattr(B.BatchRecipe, "__call__", poisoned)
+    monkeypatch.setattr(B.BatchAugment, "__call__", poisoned)
     monkeypatch.chdir(workspace)
     p = params(workspace)
     with pytest.raises(SampleFailure, match=r"epoch 0, batch 6: \S+\.jpg: non-finite pixel values after augmentation$"):

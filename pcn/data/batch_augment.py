@@ -287,7 +287,7 @@ def randaugment_hparams(img_size: int, mean: tuple[float, ...]) -> dict:
     }
 
 
-class BatchRecipe:
+class BatchAugment:
     """The end of the train recipe on a uint8 NCHW batch, on the batch's device:
     RandAugment, normalisation with ``mean``/``std``, random erasing, each image with
     its own draw, in timm's order.

@@ -8,7 +8,7 @@ and ``num_samples`` (images in the dataset).
 * ``ffcv`` reads a .beton written by ``pcn.data.ffcv_io.convert_imagefolder``
   (its sidecar is checked first) through the operation lists of
   ``pcn.data.transforms.ffcv_image_pipeline``; RandAugment and random erasing then
-  run on the uint8 batch where it lies (``pcn.data.batch_augment.BatchRecipe``).
+  run on the uint8 batch where it lies (``pcn.data.batch_augment.BatchAugment``).
   On CPU without them a batch is FFCV's own buffer (channels-last strides), reused
   ``batches_ahead + 1`` batches later: use it before asking for the next one, or clone it.
 * ``torch`` reads the image folder with PIL, torchvision and timm transforms, the
@@ -32,10 +32,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Literal, get_args
 
+import cv2
 import numpy as np
 import torch
 
-from pcn.data.batch_augment import BatchRecipe
+from pcn.data.batch_augment import BatchAugment
 from pcn.data.ffcv_io import check_metadata, metadata_path, read_metadata
 from pcn.data.folders import FolderIndex, open_rgb, scan_folder
 from pcn.data.memory_loader import MemoryLoader
@@ -139,6 +140,10 @@ class FfcvLoader:
             batches_ahead=batches_ahead,
         )
         torch.set_num_threads(threads)  # ffcv sets torch's thread count to num_workers
+        # OpenCV's own thread pool off in this process: FFCV's workers already share the batch
+        # over the cores and the CPU's RandAugment kernels run image by image; the pool's
+        # waiting threads cost 15-30% more CPU time per image (docs/measurements.md, issue 25)
+        cv2.setNumThreads(1)
         if not quasi:
             # The order shared with the torch loader (see epoch_order).
             loader = self._loader
@@ -154,7 +159,7 @@ class FfcvLoader:
         # RandAugment / random erasing on the uint8 batch, seeded per (seed, rank, epoch, step)
         self._batch_aug = None
         if train and aug.on_batch:
-            self._batch_aug = BatchRecipe(
+            self._batch_aug = BatchAugment(
                 img_size, aug.auto_augment, aug.random_erasing, IMAGENET_MEAN, IMAGENET_STD, device
             )
         self._batch_aug_key = stream_key(seed, rank, BATCH_AUG_STREAM)

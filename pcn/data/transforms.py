@@ -81,7 +81,7 @@ class TrainAug:
 
     @property
     def on_batch(self) -> bool:
-        """Whether the FFCV loader finishes the recipe on the uint8 batch (``BatchRecipe``)."""
+        """Whether the FFCV loader finishes the recipe on the uint8 batch (``BatchAugment``)."""
         return bool(self.auto_augment) or self.random_erasing > 0
 
     def validate(self) -> None:
@@ -225,7 +225,7 @@ def ffcv_image_pipeline(
     On CPU the pipeline ends in float32 NCHW (channels-last strides) normalised by
     FFCV's ``NormalizeImage``; on a GPU, or when RandAugment / random erasing follow
     (``TrainAug.on_batch``), it ends in uint8 NCHW on the device, and the loader runs
-    ``pcn.data.batch_augment.BatchRecipe`` there (FFCV's GPU normaliser needs cupy).
+    ``pcn.data.batch_augment.BatchAugment`` there (FFCV's GPU normaliser needs cupy).
     """
     from ffcv.fields.decoders import CenterCropRGBImageDecoder
     from ffcv.transforms import NormalizeImage, ToDevice, ToTensor, ToTorchImage
@@ -238,7 +238,7 @@ def ffcv_image_pipeline(
         if aug.auto_augment:
             from pcn.data.randaugment_policy import check_policy
 
-            check_policy(aug.auto_augment)  # the loader runs it: pcn.data.batch_augment.BatchRecipe
+            check_policy(aug.auto_augment)  # the loader runs it: pcn.data.batch_augment.BatchAugment
         ops = [SeededRandomResizedCrop(size, scale=(aug.scale_min, 1.0), ratio=RRC_RATIO)]
         if aug.hflip > 0:
             ops.append(SeededHorizontalFlip(aug.hflip))
