@@ -35,6 +35,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+METRICS_TAG = "pcn.metrics"  # a stage run's tag: the metrics files its command names, space-separated
+
 log = logging.getLogger(__name__)
 
 PIPELINE_ENV = "PCN_PIPELINE_RUN_ID"

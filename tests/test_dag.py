@@ -175,6 +175,7 @@ def test_a_step_writes_and_logs_what_its_instance_declares(monkeypatch):
     def fake_run(name, params, sections, tags=None, instance=None):
         logged.update(sections)
         logged["run name"] = instance
+        logged["tags"] = tags
         yield None
 
     def fake_train(args, st, **kw):  # the step's wiring, not hours of training
@@ -194,8 +195,9 @@ def test_a_step_writes_and_logs_what_its_instance_declares(monkeypatch):
     }
     assert (written["outs"], written["metrics"]) == (one.outs, one.metrics)
     assert logged["experiments.variants.avgpool"] == {"pool": "avg"}
-    assert set(logged) - {"run name"} == set(one.params), "it logs the sections both front ends track"
+    assert set(logged) - {"run name", "tags"} == set(one.params), "it logs the sections both front ends track"
     assert logged["run name"] == "ablation@avgpool-0", "the MLflow run is named after its instance"
+    assert logged["tags"]["pcn.metrics"] == "metrics/ablations/avgpool-s0.json", "the report finds the run by it"
 
 
 def test_a_command_names_its_outputs_and_only_declared_paths():

@@ -542,7 +542,7 @@ def test_figures_from_metrics(demo_run):
 
 
 def test_run_ids_from_mlflow(tmp_path, monkeypatch):
-    """Without mlflow_run_id in the file, the stage's latest finished run is looked up by its tags."""
+    """Without mlflow_run_id in the file, the latest finished run whose pcn.metrics tag names the file."""
     import mlflow
 
     monkeypatch.chdir(tmp_path)
@@ -550,14 +550,20 @@ def test_run_ids_from_mlflow(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = mlflow.MlflowClient(uri)
     exp = client.create_experiment("patchconvnet", artifact_location=str(tmp_path / "artifacts"))
-    old = client.create_run(exp, tags={"pcn.stage": "complexity"})
+    complexity = {"pcn.stage": "complexity", "pcn.metrics": "metrics/complexity.json"}
+    old = client.create_run(exp, tags=complexity)
     client.set_terminated(old.info.run_id)
-    new = client.create_run(exp, tags={"pcn.stage": "complexity"})
+    new = client.create_run(exp, tags=complexity)
     client.set_terminated(new.info.run_id)
-    failed = client.create_run(exp, tags={"pcn.stage": "complexity"})
+    failed = client.create_run(exp, tags=complexity)
     client.set_terminated(failed.info.run_id, "FAILED")
-    abl = client.create_run(exp, tags={"pcn.stage": "ablation", "pcn.variant": "avgpool", "pcn.seed": "0"})
+    # a file's name inside another's is not a match: ablations/avgpool-s0.json is not avgpool-s01.json
+    other = client.create_run(exp, tags={"pcn.stage": "ablation", "pcn.metrics": "metrics/ablations/avgpool-s01.json"})
+    client.set_terminated(other.info.run_id)
+    abl = client.create_run(exp, tags={"pcn.stage": "ablation", "pcn.metrics": "metrics/ablations/avgpool-s0.json"})
     client.set_terminated(abl.info.run_id)
+    later = client.create_run(exp, tags={"pcn.stage": "ablation", "pcn.metrics": "metrics/ablations/avgpool-s01.json"})
+    client.set_terminated(later.info.run_id)
     write_fixture_run(tmp_path)
     _write(tmp_path, "metrics/ablations/avgpool-s0.json", {"top1": 35.0})
     params = _params(**{"tracking.uri": uri})

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pcn.analysis.paths import RunPaths
+from pcn.tracking import METRICS_TAG
 
 NONE = "—"
 
@@ -77,34 +78,18 @@ class Metrics:
         return None if value is None else Sourced(value, rel, key, fmt)
 
 
-def metrics_writers(params) -> dict[str, tuple[str, dict[str, str]]]:
-    """metrics file -> (stage, MLflow tags of its instance), from the stage table.
-
-    The grid stages tag their runs ``pcn.seed`` with the seed wildcard and ``pcn.variant``
-    with the other one (variant, pool, init or point: pcn.steps.experiments)."""
-    from pcn.stages import build_stages
-
-    out = {}
-    for stage in build_stages(params):
-        for wc in stage.instances():
-            tags = {("pcn.seed" if k == "seed" else "pcn.variant"): v for k, v in wc.items()}
-            for path in stage.metrics:
-                out[path.format(**wc)] = (stage.name, tags)
-    return out
-
-
 class RunIndex:
     """The MLflow run behind each metrics file (failure-safe: unknown -> '—').
 
     A metrics file that names its run (``mlflow_run_id``) is believed; otherwise the latest
-    finished run of the stage that writes the file (by its ``pcn.stage`` tag) is looked up."""
+    finished run whose ``pcn.metrics`` tag (the metrics files its command names,
+    pcn.steps.common.stage) lists the file is looked up."""
 
     def __init__(self, params, metrics: Metrics):
         self.params = params
         self.metrics = metrics
         self._client = None
         self._exp_id: str | None = None
-        self._writers: dict[str, tuple[str, dict[str, str]]] | None = None
         self._cache: dict[str, str] = {}
         self._failed = False
 
@@ -127,27 +112,18 @@ class RunIndex:
                 return False
         return self._exp_id is not None
 
-    def stage_of(self, rel: str) -> tuple[str, dict[str, str]] | None:
-        """The stage (and instance tags) that writes a metrics file; None for a file no stage writes."""
-        if self._writers is None:
-            self._writers = metrics_writers(self.params)
-        return self._writers.get(rel)
-
     def run_id(self, rel: str) -> str:
         if rel in self._cache:
             return self._cache[rel]
         doc = self.metrics.load(rel)
         rid = doc.get("mlflow_run_id") if isinstance(doc, dict) else None
-        writer = self.stage_of(rel) if not rid else None
-        if writer and self._connect():
-            stage, tags = writer
-            filt = [f"tags.`pcn.stage` = '{stage}'", "attributes.status = 'FINISHED'"]
-            filt += [f"tags.`{k}` = '{v}'" for k, v in tags.items()]
+        if not rid and self._connect():
+            filt = [f"tags.`{METRICS_TAG}` LIKE '%{rel}%'", "attributes.status = 'FINISHED'"]
             try:
                 runs = self._client.search_runs(
-                    [self._exp_id], " and ".join(filt), order_by=["attributes.start_time DESC"], max_results=1
+                    [self._exp_id], " and ".join(filt), order_by=["attributes.start_time DESC"], max_results=50
                 )
-                rid = runs[0].info.run_id if runs else None
+                rid = next((r.info.run_id for r in runs if rel in r.data.tags[METRICS_TAG].split()), None)
             except Exception:  # noqa: BLE001
                 rid = None
         self._cache[rel] = rid or NONE

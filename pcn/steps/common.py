@@ -16,7 +16,7 @@ from pcn.io import write_json
 from pcn.machine import describe
 from pcn.splits import FFCV_DIR
 from pcn.stage import instance_name, stage_sections
-from pcn.tracking import RunLogger, stage_run, tracking_uri
+from pcn.tracking import METRICS_TAG, RunLogger, stage_run, tracking_uri
 
 # Where submitit keeps each launched job's logs and pickles, one folder per stage
 SUBMITIT_LOGS = Path("logs/submitit")
@@ -120,6 +120,8 @@ def stage(
     # while it runs (under `pcn run` or Snakemake, the front end above holds it).
     held = bool(os.environ.get("DVC_STAGE")) and frontend.acquire(f"dvc repro (stage {name})")
     try:
+        # the metrics files as a tag: the report finds the run behind a file that does not name it
+        tags = {**(tags or {}), **({METRICS_TAG: " ".join(metrics)} if metrics else {})}
         with stage_run(name, params, section_values(params, sections), tags, instance=instance) as run:
             yield StageRun(name, params, run, outs=outs, metrics=metrics, plots=plots)
     finally:
