@@ -42,6 +42,7 @@ def parse_spec(spec: str) -> tuple[str, str, dict]:
 
 def run_one(scale: str, spec: str, work: str) -> dict:
     from pcn.config import load_params
+    from pcn.stages import checkpoint_path
     from pcn.steps.transfer import data_root
     from pcn.transfer import TransferJob, detection, segmentation
 
@@ -63,7 +64,7 @@ def run_one(scale: str, spec: str, work: str) -> dict:
         data_root=str(data_root(p, task)),
         out_dir=str(out / "results"),
         plots_path=str(out / "loss.csv"),
-        checkpoint=cfg.backbone_checkpoint if init == "pretrained" else None,
+        checkpoint=checkpoint_path(cfg.backbone) if init == "pretrained" else None,
         seed=p.seed if seed is None else seed,
         threads=1,
         device="cpu",

@@ -333,11 +333,6 @@ class DenseTaskConfig(Section):
         "(the paper's); blocks: four evenly spaced blocks (XCiT's taps)",
     )
 
-    @property
-    def backbone_checkpoint(self) -> str:
-        """The DAG output the pretrained run reads (and the stage depends on)."""
-        return f"results/{self.backbone}/model.pth"
-
 
 class SegmentationConfig(DenseTaskConfig):
     img_size: int = Field(128, ge=32)

@@ -88,7 +88,7 @@ def training_job(params: Params) -> Resources:
         s.time_min,
         gpus_per_node=s.gpus_per_node,
         nodes=s.nodes,
-        tasks_per_node=s.gpus_per_node or params.launcher.tasks,
+        tasks_per_node=params.launcher.tasks_per_node(s),
     )
 
 
