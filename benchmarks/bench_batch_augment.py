@@ -37,6 +37,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
 
+    import cv2
     import torch
     from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
@@ -44,6 +45,7 @@ def main(argv=None) -> dict:
     from pcn.machine_speed import sgemm_gflops
 
     torch.set_num_threads(args.threads)
+    cv2.setNumThreads(1)  # as in an FFCV loader's process (pcn.data.loaders)
     device = torch.device(args.device)
     gen = torch.Generator().manual_seed(0)
     shape = (args.batch, args.img_size, args.img_size, 3)
