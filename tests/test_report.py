@@ -662,26 +662,6 @@ def test_welch_interval_matches_a_textbook_example():
     assert difference([40.0], [39.0, 41.0])["ci95"] is None  # one seed: a smoke run, no verdict
 
 
-def test_run_lookup_uses_the_stage_table():
-    """The stage (and instance tags) behind a metrics file come from the stage table, so a
-    renamed stage or a new grid comparison is looked up without a second map to update."""
-    runs = S.RunIndex(_params("study"), S.Metrics(run_paths(Path("."))))
-    assert runs.stage_of("metrics/complexity.json") == ("complexity", {})
-    assert runs.stage_of("metrics/segmentation_scratch.json") == ("segmentation_scratch", {})
-    assert runs.stage_of("metrics/ablations.json") == ("summarize", {})
-    assert runs.stage_of("metrics/resnet/attention-s2.json") == (
-        "resnet_pool",
-        {"pcn.variant": "attention", "pcn.seed": "2"},
-    )
-    assert runs.stage_of("metrics/multiclass/finetuned-s1.json") == (
-        "multiclass",
-        {"pcn.variant": "finetuned", "pcn.seed": "1"},
-    )
-    assert runs.stage_of("metrics/depth_width/w96-d8.json") == ("depth_width", {"pcn.variant": "w96-d8"})
-    assert runs.stage_of("metrics/ablations/avgpool-s7.json") is None  # seed 7 is not in the grid
-    assert runs.stage_of("metrics/released/patchconvnet_s60-224.json") is None  # names its own run
-
-
 def test_html_renders_the_markdown_and_names_each_values_source(demo_run):
     from pcn.analysis.document import Report, Section, Table
     from pcn.analysis.render import to_html
