@@ -191,7 +191,10 @@ start() {
 # submitit's per-job folders, never repeat). Jobs recovered from a cluster that
 # died under them have no live process: left alone, one recovered as RUNNING
 # holds the node "allocated" until the controller times it out, so a cold start
-# cancels them.
+# cancels them. A cancelled one can still stay COMPLETING when its step daemon
+# outlived the old slurmd (CI saw the node "mixed" for the whole start timeout), so
+# the node is then downed and resumed: the controller releases every job on a downed
+# node, and a cancelled job is not requeued.
 cancel_leftover_jobs() {
     local waited=0 jobs
     until squeue -h >/dev/null 2>&1; do
@@ -204,6 +207,9 @@ cancel_leftover_jobs() {
         log "cancelling jobs left from the cluster's previous run: $jobs"
         # shellcheck disable=SC2086  # one argument per job id
         scancel $jobs || true
+        scontrol update NodeName="$(node_name)" State=DOWN Reason="jobs left from a previous run" >/dev/null 2>&1 || true
+        scontrol update NodeName="$(node_name)" State=RESUME >/dev/null 2>&1 || true
+        log "node $(node_name) downed and resumed to release them"
     fi
 }
 

@@ -349,7 +349,8 @@ def test_sbatch_parameters_pass_account_qos_and_skip_unset():
 @pytest.mark.slurm
 def test_cold_start_after_the_cluster_died_mid_job_leaves_no_orphan(slurm_cluster, tmp_path):
     """Daemons killed under a running job (a machine reboot, CI killing the session):
-    the next start answers with an idle node and the orphan does not run again."""
+    the next start answers with an idle node and the orphan does not run again (nor does the
+    node's reset, which releases a cancelled leftover stuck COMPLETING, requeue it)."""
     from conftest import _cluster
 
     def queue() -> list[str]:
@@ -377,4 +378,6 @@ def test_cold_start_after_the_cluster_died_mid_job_leaves_no_orphan(slurm_cluste
     started = _cluster("start")
     assert started.returncode == 0, started.stderr
     assert _cluster("status").returncode == 0
+    assert job not in queue()
+    time.sleep(3)  # a job requeued by the node's reset would be pending again by now
     assert job not in queue()

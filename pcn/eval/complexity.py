@@ -17,9 +17,11 @@ Throughput and memory
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` during the timed passes
 (``mem_method='cuda_max_memory_allocated'``); on CPU the peak resident set size of the
 process above its level before the passes, sampled every 2 ms from /proc
-(``mem_method='cpu_peak_rss_delta'``), a best-effort figure.
+(``mem_method='cpu_peak_rss_delta'``, after glibc's free heap is trimmed), a best-effort
+figure.
 """
 
+import ctypes
 import gc
 import os
 import threading
@@ -116,6 +118,19 @@ FALLBACK_PAGE_BYTES = 4096  # where os.sysconf is missing
 MIB = 2**20
 
 
+def _release_free_heap() -> None:
+    """Give freed heap memory back to the kernel (glibc's ``malloc_trim``), where there is one.
+
+    A free chunk in the middle of the heap stays resident; a pass that allocates into it adds
+    no resident memory, and the RSS delta would miss it (seen in CI after other tests had
+    left such a hole). Trimming first makes every page a pass touches a new resident page.
+    """
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 class _RssSampler:
     """Peak resident set size of this process, sampled in a thread (Linux /proc)."""
 
@@ -199,6 +214,7 @@ def measure_throughput(
         del base
     else:
         gc.collect()
+        _release_free_heap()
         with _RssSampler() as sampler:
             t0 = time.perf_counter()
             for _ in range(iters):
