@@ -213,6 +213,24 @@ cancel_leftover_jobs() {
     fi
 }
 
+descendants() {
+    local child
+    for child in $(pgrep -P "$1" 2>/dev/null); do
+        echo "$child"
+        descendants "$child"
+    done
+}
+
+kill_steps() {
+    local steps victims
+    steps="$(pgrep -x slurmstepd 2>/dev/null | tr '\n' ' ')"
+    [ -n "${steps// /}" ] || return 0
+    victims="$steps"
+    for pid in $steps; do victims="$victims $(descendants "$pid" | tr '\n' ' ')"; done
+    # shellcheck disable=SC2086  # one argument per pid
+    kill -9 $victims 2>/dev/null || true
+}
+
 stop_daemons() {
     local name pidfile pid
     for name in slurmd slurmctld; do
@@ -225,8 +243,11 @@ stop_daemons() {
         fi
         rm -f "$pidfile"
     done
-    # Step daemons outlive a killed slurmd; they belong to the jobs cancelled on the next start.
-    pkill -x slurmstepd 2>/dev/null || true
+    # Step daemons outlive a killed slurmd, and SIGTERM does not always end them. Their jobs
+    # are cancelled on the next start, but a controller killed before it saved its state
+    # hands their ids out again, and a live step of the same id drains the node ("Duplicate
+    # jobid"). So each step daemon goes, with the job processes it started.
+    kill_steps
     [ "${1:-}" = quiet ] || log "stopped"
 }
 

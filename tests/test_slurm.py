@@ -358,7 +358,7 @@ def test_cold_start_after_the_cluster_died_mid_job_leaves_no_orphan(slurm_cluste
         return out.stdout.split()
 
     job = subprocess.run(
-        ["sbatch", "--parsable", "-o", str(tmp_path / "orphan.out"), "--wrap", "sleep 60"],
+        ["sbatch", "--parsable", "-o", str(tmp_path / "orphan.out"), "--wrap", "sleep 67"],
         capture_output=True,
         text=True,
         check=True,
@@ -379,5 +379,8 @@ def test_cold_start_after_the_cluster_died_mid_job_leaves_no_orphan(slurm_cluste
     assert started.returncode == 0, started.stderr
     assert _cluster("status").returncode == 0
     assert job not in queue()
+    # its step and the job's own process went with the dead cluster: a step left alive drains
+    # the node when the controller, killed before it saved, hands the same job id out again
+    assert subprocess.run(["pgrep", "-f", "sleep 67"], capture_output=True).returncode == 1
     time.sleep(3)  # a job requeued by the node's reset would be pending again by now
     assert job not in queue()
