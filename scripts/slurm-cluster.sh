@@ -222,7 +222,7 @@ descendants() {
 }
 
 kill_steps() {
-    local steps victims
+    local steps victims pid
     steps="$(pgrep -x slurmstepd 2>/dev/null | tr '\n' ' ')"
     [ -n "${steps// /}" ] || return 0
     victims="$steps"
