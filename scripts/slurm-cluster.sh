@@ -12,7 +12,9 @@
 # submitit and snakemake) find it without SLURM_CONF; state, spool, logs and pid
 # files live under $PCN_SLURM_DIR (default /tmp/pcn-slurm).
 # Exit codes: 0 ok, 1 failure, 3 SLURM cannot be installed here (no root / no apt).
-set -euo pipefail
+set -Eeuo pipefail
+# A command failing under `set -e` ends the script: say which, so a caller never gets a bare exit 1.
+trap 'echo "slurm-cluster: error: line $LINENO: \`$BASH_COMMAND\` exited $?" >&2' ERR
 
 STATE_DIR="${PCN_SLURM_DIR:-/tmp/pcn-slurm}"
 CONF=/etc/slurm/slurm.conf
@@ -202,7 +204,7 @@ cancel_leftover_jobs() {
         sleep 1
         waited=$((waited + 1))
     done
-    jobs="$(squeue -h -o %i | tr '\n' ' ')"
+    jobs="$(squeue -h -o %i | tr '\n' ' ')" || die "squeue failed; see $STATE_DIR/log/slurmctld.log"
     if [ -n "${jobs// /}" ]; then
         log "cancelling jobs left from the cluster's previous run: $jobs"
         # shellcheck disable=SC2086  # one argument per job id
@@ -223,7 +225,8 @@ descendants() {
 
 kill_steps() {
     local steps victims pid
-    steps="$(pgrep -x slurmstepd 2>/dev/null | tr '\n' ' ')"
+    # pgrep exits 1 when none runs (a fresh machine): not a failure
+    steps="$(pgrep -x slurmstepd 2>/dev/null | tr '\n' ' ' || true)"
     [ -n "${steps// /}" ] || return 0
     victims="$steps"
     for pid in $steps; do victims="$victims $(descendants "$pid" | tr '\n' ' ')"; done
@@ -254,6 +257,6 @@ stop_daemons() {
 case "${1:-}" in
     start) start ;;
     stop) stop_daemons ;;
-    status) status ;;
+    status) status || exit 1 ;;  # "not running" is an answer, not an error
     *) echo "usage: $0 {start|stop|status}" >&2; exit 2 ;;
 esac

@@ -384,3 +384,24 @@ def test_cold_start_after_the_cluster_died_mid_job_leaves_no_orphan(slurm_cluste
     assert subprocess.run(["pgrep", "-f", "sleep 67"], capture_output=True).returncode == 1
     time.sleep(3)  # a job requeued by the node's reset would be pending again by now
     assert job not in queue()
+
+
+@pytest.mark.slurm
+def test_stop_and_start_answer_zero_when_no_step_daemon_runs(slurm_cluster):
+    """A fresh machine has no step daemon: `pgrep` then exits 1, which must not end the
+    script under `set -e` (it did: a bare exit 1 with no message failed every SLURM test)."""
+    from conftest import _cluster
+
+    deadline = time.time() + 60  # steps of earlier tests' jobs may still be ending
+    while subprocess.run(["pgrep", "-x", "slurmstepd"], capture_output=True).returncode == 0:
+        assert time.time() < deadline, "a step daemon still runs 60 s after the earlier tests"
+        time.sleep(0.5)
+
+    stopped = _cluster("stop")
+    assert stopped.returncode == 0, stopped.stderr
+    assert "stopped" in stopped.stderr
+    assert _cluster("status").returncode == 1
+    started = _cluster("start")
+    assert started.returncode == 0, started.stderr
+    assert "error" not in started.stderr
+    assert _cluster("status").returncode == 0
