@@ -230,7 +230,15 @@ kill_steps() {
     [ -n "${steps// /}" ] || return 0
     victims="$steps"
     for pid in $steps; do victims="$victims $(descendants "$pid" | tr '\n' ' ')"; done
+    # SIGTERM first, so a job can save its state; then SIGKILL what is still there after 5 s
     # shellcheck disable=SC2086  # one argument per pid
+    kill $victims 2>/dev/null || true
+    for _ in $(seq 1 10); do
+        # shellcheck disable=SC2086
+        ps -p "$(echo $victims | tr ' ' ',')" >/dev/null 2>&1 || return 0
+        sleep 0.5
+    done
+    # shellcheck disable=SC2086
     kill -9 $victims 2>/dev/null || true
 }
 
@@ -249,7 +257,8 @@ stop_daemons() {
     # Step daemons outlive a killed slurmd, and SIGTERM does not always end them. Their jobs
     # are cancelled on the next start, but a controller killed before it saved its state
     # hands their ids out again, and a live step of the same id drains the node ("Duplicate
-    # jobid"). So each step daemon goes, with the job processes it started.
+    # jobid"). So each step daemon goes, with the job processes it started (SIGKILL when
+    # SIGTERM has not ended them within 5 s).
     kill_steps
     [ "${1:-}" = quiet ] || log "stopped"
 }

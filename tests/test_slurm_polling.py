@@ -81,3 +81,51 @@ def test_start_resumes_a_node_drained_after_a_machine_pause_and_says_so(slurm_cl
         started.stderr
     )
     assert _cluster("status").returncode == 0
+
+
+def _answer() -> int:
+    return 42
+
+
+@pytest.mark.slurm
+def test_an_admins_hold_fails_the_stage_and_a_users_hold_is_waited_on(slurm_cluster, tmp_path, monkeypatch):
+    """A job SLURM holds for an admin (or requeues held after a failed launch) never runs on its
+    own: the waiting stage cancels it and fails naming the reason, instead of hanging Snakemake.
+    A hold of the user's own is waited on, and the stage's log says how to release it."""
+    import subprocess
+    import threading
+
+    from pcn.train import launch as launch_mod
+
+    monkeypatch.setattr(launch_mod, "STUCK_GRACE_S", 4.0)
+    ex = submitit.SlurmExecutor(folder=tmp_path / "%j")
+    ex.update_parameters(time=5, cpus_per_task=1, mem="1GB", additional_parameters={"hold": True})
+
+    held_by_user = ex.submit(_answer)
+    lines: list[str] = []
+
+    def release_once_told() -> None:
+        deadline = time.time() + 60
+        while not any(f"scontrol release {held_by_user.job_id}" in line for line in lines):
+            if time.time() > deadline:
+                break  # released all the same: the test then fails on the log, not by hanging
+            time.sleep(0.2)
+        time.sleep(2 * launch_mod.STUCK_GRACE_S)  # longer than an admin's hold is given
+        subprocess.run(["scontrol", "release", held_by_user.job_id], check=True)
+
+    releaser = threading.Thread(target=release_once_told, daemon=True)
+    releaser.start()
+    assert launch_mod.wait(held_by_user, echo=lines.append) == 42
+    releaser.join()
+    assert any("JobHeldUser" in line for line in lines), lines
+
+    held_by_admin = ex.submit(_answer)
+    subprocess.run(["scontrol", "hold", held_by_admin.job_id], check=True)  # root's hold: the admin's
+    t0 = time.time()
+    with pytest.raises(launch_mod.TrainJobFailed, match=r"reason JobHeldAdmin, which only a SLURM admin"):
+        launch_mod.wait(held_by_admin, echo=lines.append)
+    assert time.time() - t0 < 30
+    state = subprocess.run(
+        ["scontrol", "show", "job", "-o", held_by_admin.job_id], capture_output=True, text=True
+    ).stdout
+    assert "JobState=CANCELLED" in state, state

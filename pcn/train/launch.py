@@ -56,6 +56,12 @@ ERROR_GRACE_S = 60  # a rank failed: the others get this long to fail too, then 
 SLURM_POLL_S = 30.0
 SLURM_FIRST_MINUTE_S = 60.0
 FILE_POLL_S = 2.0  # the job's own files (progress, results) cost the controller nothing
+# Pending reasons that only a person ends: an admin's hold, SLURM's own hold after a launch
+# failed on a node (the job is requeued held), a dependency that can no longer be met. A stage
+# waiting on one would wait for ever (and with it Snakemake or DVC): after this long it cancels
+# the job and fails, naming the reason. A hold of the user's own (JobHeldUser) is waited on.
+STUCK_REASONS = {"JobHeldAdmin", "launch_failed_requeued_held", "DependencyNeverSatisfied"}
+STUCK_GRACE_S = 300.0
 TAIL_LINES = 30
 
 
@@ -164,8 +170,8 @@ def _local_gpu_count(device: str) -> int:
 # --- waiting ---------------------------------------------------------------------------------
 
 
-def _slurm_state(job_id: str) -> str:
-    """JobState from scontrol (works without an accounting database); GONE once purged."""
+def _slurm_state(job_id: str) -> tuple[str, str]:
+    """JobState and Reason from scontrol (works without an accounting database); GONE once purged."""
     try:
         out = subprocess.run(
             ["scontrol", "show", "job", "-o", job_id],
@@ -175,11 +181,12 @@ def _slurm_state(job_id: str) -> str:
             timeout=30,
         )
     except (OSError, subprocess.TimeoutExpired):
-        return "UNKNOWN"
+        return "UNKNOWN", ""
     m = re.search(r"JobState=(\S+)", out.stdout)
     if m:
-        return m.group(1)
-    return "GONE" if "Invalid job id" in (out.stderr + out.stdout) else "UNKNOWN"
+        reason = re.search(r"\bReason=(\S+)", out.stdout)
+        return m.group(1), reason.group(1) if reason and reason.group(1) != "None" else ""
+    return ("GONE" if "Invalid job id" in (out.stderr + out.stdout) else "UNKNOWN"), ""
 
 
 def slurm_query_due(since_submit: float, since_last: float) -> bool:
@@ -236,17 +243,34 @@ class _JobState:
     def __init__(self, job) -> None:
         self.job, self.slurm = job, isinstance(job, submitit.SlurmJob)
         self.submitted = time.monotonic()
-        self.value = "PENDING"
+        self.value, self.reason = "PENDING", ""
         self.asked = float("-inf")
+        self.stuck_since: float | None = None  # when a pending reason of STUCK_REASONS was first seen
 
     def __call__(self) -> str:
         if not self.slurm:
-            return self.job.state  # local: RUNNING / FINISHED / INTERRUPTED
+            self.value = self.job.state  # local: RUNNING / FINISHED / INTERRUPTED
+            return self.value
         now = time.monotonic()
         if slurm_query_due(now - self.submitted, now - self.asked):
             self.asked = now
-            self.value = _slurm_state(self.job.job_id)
+            self.value, self.reason = _slurm_state(self.job.job_id)
+            stuck = self.value == "PENDING" and self.reason in STUCK_REASONS
+            self.stuck_since = (self.stuck_since or now) if stuck else None
         return self.value
+
+    def shown(self) -> str:
+        """The state as the stage's log shows it: a pending job's reason, and how to lift a hold."""
+        if self.value != "PENDING" or not self.reason:
+            return self.value
+        if self.reason == "JobHeldUser":
+            return f"PENDING (JobHeldUser: `scontrol release {self.job.job_id}` lets it run)"
+        if self.reason in STUCK_REASONS:
+            return f"PENDING ({self.reason}: only an admin lifts it; the stage fails after {STUCK_GRACE_S:.0f} s)"
+        return f"PENDING ({self.reason})"
+
+    def stuck_for(self) -> float:
+        return 0.0 if self.stuck_since is None else time.monotonic() - self.stuck_since
 
 
 def wait(job, echo=print) -> dict[str, Any]:
@@ -261,9 +285,16 @@ def wait(job, echo=print) -> dict[str, Any]:
     ended_at = error_at = None
     while True:
         state = state_of()
-        if state != last_state:
-            echo(f"job {job.job_id}: {state}")
-            last_state = state
+        if state_of.shown() != last_state:
+            last_state = state_of.shown()
+            echo(f"job {job.job_id}: {last_state}")
+        if state_of.stuck_for() > STUCK_GRACE_S:
+            job.cancel(check=False)
+            raise TrainJobFailed(
+                f"training job {job.job_id} was pending for {state_of.stuck_for():.0f} s with reason "
+                f"{state_of.reason}, which only a SLURM admin can lift; cancelled it (`scontrol show job` "
+                f"and the node's slurmd log say why). Run the stage again: it resumes from its last checkpoint"
+            )
         try:
             with open(main.paths.stdout, "rb") as f:
                 f.seek(seen)
