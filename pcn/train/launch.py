@@ -284,14 +284,14 @@ def wait(job, echo=print) -> dict[str, Any]:
     last_state, seen, last_line = None, 0, ""
     ended_at = error_at = None
     while True:
-        state = state_of()
-        if state_of.shown() != last_state:
-            last_state = state_of.shown()
-            echo(f"job {job.job_id}: {last_state}")
-        if state_of.stuck_for() > STUCK_GRACE_S:
+        state, shown, stuck_s = state_of(), state_of.shown(), state_of.stuck_for()
+        if shown != last_state:
+            echo(f"job {job.job_id}: {shown}")
+            last_state = shown
+        if stuck_s > STUCK_GRACE_S:
             job.cancel(check=False)
             raise TrainJobFailed(
-                f"training job {job.job_id} was pending for {state_of.stuck_for():.0f} s with reason "
+                f"training job {job.job_id} was pending for {stuck_s:.0f} s with reason "
                 f"{state_of.reason}, which only a SLURM admin can lift; cancelled it (`scontrol show job` "
                 f"and the node's slurmd log say why). Run the stage again: it resumes from its last checkpoint"
             )
