@@ -3,14 +3,14 @@
     python benchmarks/bench_batch_augment.py --device cuda --batch 128 --img-size 224 --out FILE
     python benchmarks/bench_batch_augment.py --device cpu --batch 64 --kernels torch opencv --per-op --out FILE
 
-What the FFCV loader runs after decode, crop and flip (pcn.data.batch_augment's
+What the FFCV loader runs after decode, crop and flip (pcn.data.augment.batch's
 BatchAugment, the paper's rand-m9-mstd0.5-inc1 and random erasing 0.25), timed on a
 random uint8 batch already on the device (NHWC memory, as FFCV's), after warm-up
 batches, with each kernel asked for (``auto``: OpenCV's on the CPU, torch's on a GPU).
-It imports torch, OpenCV, timm's constants, pcn.data.batch_augment,
-pcn.machine_speed and pcn.io only (no ffcv, pydantic or mlflow), so it runs on a GPU
+It imports torch, OpenCV, timm's constants, pcn.data.augment.batch,
+pcn.machine.speed and pcn.io only (no ffcv, pydantic or mlflow), so it runs on a GPU
 machine with a bare PyTorch install plus those wheels. The machine's 1-thread sgemm
-figure (pcn.machine_speed) is recorded beside it.
+figure (pcn.machine.speed) is recorded beside it.
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ def main(argv=None) -> dict:
     import torch
     from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-    from pcn.data.batch_augment import INCREASING_OPS, BatchAugment, apply_op, randaugment_hparams
-    from pcn.machine_speed import sgemm_gflops
+    from pcn.data.augment.batch import INCREASING_OPS, BatchAugment, apply_op, randaugment_hparams
+    from pcn.machine.speed import sgemm_gflops
 
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(1)  # as in an FFCV loader's process (pcn.data.loaders)

@@ -42,7 +42,7 @@ def parse_spec(spec: str) -> tuple[str, str, dict]:
 
 def run_one(scale: str, spec: str, work: str) -> dict:
     from pcn.config import load_params
-    from pcn.stages import checkpoint_path
+    from pcn.dag.stages import checkpoint_path
     from pcn.steps.transfer import data_root
     from pcn.transfer import TransferJob, detection, segmentation
 
@@ -88,8 +88,8 @@ def run_one(scale: str, spec: str, work: str) -> dict:
 
 
 def main() -> None:
-    from pcn.machine_speed import sgemm_gflops
-    from pcn.tracking import git_commit
+    from pcn.machine.speed import sgemm_gflops
+    from pcn.tracking.runs import git_commit
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scale", default="demo")

@@ -39,7 +39,7 @@ import torch
 from torch.func import functional_call, stack_module_state, vmap
 
 import pcn.models  # noqa: F401  (registers the patchconvnet_* models)
-from pcn.machine_speed import sgemm_gflops, sgemm_seconds
+from pcn.machine.speed import sgemm_gflops, sgemm_seconds
 
 
 def parse_args(argv=None) -> argparse.Namespace:

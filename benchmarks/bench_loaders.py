@@ -11,7 +11,7 @@ num_workers = os.cpu_count() unless told otherwise (the memory loader has no wor
 ``--recipe paper`` times the paper's train recipe instead (RandAugment
 rand-m9-mstd0.5-inc1 and random erasing 0.25 after the crop and flip): the torch
 loader with timm's PIL RandAugment in its workers, against FFCV with the batched
-RandAugment (pcn.data.batch_augment) on the decoded batch. Each row also gives the
+RandAugment (pcn.data.augment.batch) on the decoded batch. Each row also gives the
 CPU seconds per image (this process, its threads and its reaped worker processes):
 
     python benchmarks/bench_loaders.py --recipe paper --n-images 512 --sizes 224 \
@@ -133,7 +133,7 @@ def main(argv=None) -> dict:
 
     from pcn.data.ffcv_io import convert_imagefolder
     from pcn.data.loaders import build_loader
-    from pcn.machine_speed import sgemm_gflops
+    from pcn.machine.speed import sgemm_gflops
 
     torch.set_num_threads(max(1, args.num_workers))
     with tempfile.TemporaryDirectory(prefix="bench_loaders_") as tmp:

@@ -1,4 +1,4 @@
-"""Seconds of a dataset listing's refresh (pcn/manifest.py): the stat walk, the render
+"""Seconds of a dataset listing's refresh (pcn/dag/manifest.py): the stat walk, the render
 and the comparison with the listing on disk, per file, on the miniatures and on a larger
 tree of empty files, with 1 and 8 walker threads (page cache warm: the second of two runs).
 
@@ -18,8 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from pcn.machine_speed import sgemm_gflops
-from pcn.manifest import refresh, walk
+from pcn.dag.manifest import refresh, walk
+from pcn.machine.speed import sgemm_gflops
 
 IMAGENET_FILES = 1_281_167 + 50_000  # train and val
 
@@ -62,7 +62,7 @@ def main() -> None:
     ap.add_argument("--tree-per-dir", type=int, default=200)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
-    from pcn.data.miniature import write_miniatures
+    from pcn.data.demo.miniature import write_miniatures
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -35,7 +35,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 import pcn.models  # noqa: F401  (registers the patchconvnet_* models)
-from pcn.machine_speed import sgemm_gflops, sgemm_seconds
+from pcn.machine.speed import sgemm_gflops, sgemm_seconds
 from pcn.models.patchconvnet import SqueezeExcite
 
 

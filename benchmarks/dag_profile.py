@@ -77,7 +77,7 @@ def read_jobs(project: Path, instances: list[dict]) -> list[Job]:
 def table_instances(params_path: Path) -> list[dict]:
     """Every stage instance of the stage table, as :func:`read_jobs` takes them."""
     from pcn.config import load_params
-    from pcn.stages import build_stages
+    from pcn.dag.stages import build_stages
 
     out = []
     for stage in build_stages(load_params(params_path)):
@@ -180,7 +180,7 @@ def main(argv=None) -> dict:
         sys.exit(f"dag_profile: no Snakemake benchmark file under {project / 'logs' / 'benchmarks'}")
     result = {"project": str(project), **profile(jobs, args.cores)}
     if args.sgemm:
-        from pcn.machine_speed import sgemm_gflops
+        from pcn.machine.speed import sgemm_gflops
 
         result["sgemm_1thread_gflops"] = round(sgemm_gflops(), 1)
     print(render(result))

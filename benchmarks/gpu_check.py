@@ -32,7 +32,7 @@ import pcn.models  # noqa: F401  (registers the patchconvnet_* models)
 from pcn.config import resolve
 from pcn.eval.complexity import measure_throughput, prepare_fast
 from pcn.io import write_json
-from pcn.machine_speed import sgemm_gflops
+from pcn.machine.speed import sgemm_gflops
 
 ROOT = Path(__file__).resolve().parents[1]
 # (full, --tiny) defaults of the sizes

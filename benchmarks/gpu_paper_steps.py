@@ -33,7 +33,7 @@ import torch
 import pcn.models  # noqa: F401  (registers the patchconvnet_* models)
 from pcn.config import batch_per_rank, load_params
 from pcn.io import write_json
-from pcn.machine_speed import sgemm_gflops
+from pcn.machine.speed import sgemm_gflops
 from pcn.train import distributed as D
 from pcn.train.loop import Loop, LoopState, autocast
 from pcn.train.parts import build_parts

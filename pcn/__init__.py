@@ -5,6 +5,6 @@ models) in timm's registry, through ``@register_model`` in each model file; ``im
 loads neither torch nor timm, so ``pcn --help`` and the tool verbs stay fast.
 """
 
-from pcn import file_audit  # noqa: F401  (records the files a stage opens when PCN_AUDIT_DIR is set)
+from pcn.dag import file_audit  # noqa: F401  (records the files a stage opens when PCN_AUDIT_DIR is set)
 
 __version__ = "0.1.0"

@@ -19,8 +19,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from pcn import __version__  # noqa: E402
 from pcn.config import SCALES, ParamsError  # noqa: E402
+from pcn.dag.verbs import VERBS, is_stage_verb  # noqa: E402
 from pcn.errors import DatasetError, UserError  # noqa: E402
-from pcn.verbs import VERBS  # noqa: E402
 
 log = logging.getLogger("pcn")
 
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# The paths each stage verb opens, as the stage table writes them on its command (pcn.stages):
+# The paths each stage verb opens, as the stage table writes them on its command (pcn.dag.stages):
 # flag -> (help, how many values, required).  The table's command always names them.
 _PATHS: dict[str, dict[str, tuple[str, str | None, bool]]] = {
     "make-demo": {"out": ("folder of the demo datasets", None, True)},
@@ -222,7 +222,13 @@ def main(argv: list[str] | None = None) -> int:
     module, func = args.target.split(":")
     try:
         fn = getattr(__import__(module, fromlist=[func]), func)
-        return int(fn(args) or 0)
+        if not is_stage_verb(args.verb):
+            return int(fn(args) or 0)
+        # the DAG's checks before a step that `dvc repro` started (the DAG layer, not each step)
+        from pcn.dag.dvc_view import dvc_stage_guard
+
+        with dvc_stage_guard(args.params):
+            return int(fn(args) or 0)
     except _user_errors() as exc:
         msg = str(exc).strip().splitlines()
         print(f"pcn {args.verb}: error: {msg[0] if msg else exc.__class__.__name__}", file=sys.stderr)

@@ -108,5 +108,5 @@ wait_apt # installed already: the runtime libraries (libGL, ...) are still neede
 # worktree .git is a file).
 if [[ ! -e .git ]]; then git init -q && git add -A && git commit -qm "initial import"; fi
 # `dvc plots show` writes a page that renders offline: .dvc/config names this template,
-# which inlines the Vega scripts Snakemake ships (pcn/dvc_plots.py).
-.venv/bin/python -m pcn.dvc_plots >/dev/null
+# which inlines the Vega scripts Snakemake ships (pcn/dag/dvc_plots.py).
+.venv/bin/python -m pcn.dag.dvc_plots >/dev/null

@@ -103,7 +103,7 @@ def stage_argv(name: str, params_path: str | Path = "params.yaml", **wildcards) 
     """The verb and flags of stage ``name`` (one instance: ``wildcards``) as the DAG of
     ``params_path`` runs it: the paths come from the stage table, as under a front end."""
     from pcn.config import load_params
-    from pcn.stages import build_stages
+    from pcn.dag.stages import build_stages
 
     stage = {s.name: s for s in build_stages(load_params(params_path))}[name]
     return stage.instance({k: str(v) for k, v in wildcards.items()}).cmd.split()[1:]

@@ -306,7 +306,7 @@ def test_attention_reads_exactly_the_checkpoints_its_stage_depends_on(enabled):
     from pcn.analysis.attention_study import method_models
     from pcn.cli import build_parser
     from pcn.config import resolve
-    from pcn.stages import build_stages
+    from pcn.dag.stages import build_stages
 
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["experiments"]["enabled"] = enabled
@@ -323,7 +323,7 @@ def test_attention_reads_exactly_the_checkpoints_its_stage_depends_on(enabled):
 def miniatures(tmp_path_factory):
     """The rehearsal's miniature ImageNet in each of its val-box forms: Kaggle's CSV,
     image-net.org's per-image VOC XML, and none."""
-    from pcn.data.miniature import write_miniatures
+    from pcn.data.demo.miniature import write_miniatures
 
     root = tmp_path_factory.mktemp("miniatures")
     return {b: write_miniatures(root / b, boxes=b, progress=False)["root"] for b in ("csv", "voc", "none")}

@@ -13,7 +13,7 @@ from timm.data import auto_augment as timm_aa
 from timm.data.constants import IMAGENET_DEFAULT_MEAN
 from timm.data.random_erasing import RandomErasing
 
-from pcn.data.batch_augment import (
+from pcn.data.augment.batch import (
     COLOUR_OPS,
     GEOMETRIC_OPS,
     INCREASING_OPS,
@@ -22,7 +22,7 @@ from pcn.data.batch_augment import (
     apply_op,
     random_erasing,
 )
-from pcn.data.randaugment_policy import RandAugmentPolicy, check_policy
+from pcn.data.augment.randaugment_policy import RandAugmentPolicy, check_policy
 
 POLICY = "rand-m9-mstd0.5-inc1"  # the paper's (paper/recipe.yaml)
 # timm's hparams for RandAugment in transforms_imagenet_train at 224 px, bicubic (DeiT's
@@ -102,7 +102,7 @@ def test_opencv_kernels_give_the_torch_kernels_bytes(crops, name):
 def test_opencv_recipe_normalises_to_the_torch_kernels_bytes(crops):
     from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-    from pcn.data.batch_augment import BatchAugment
+    from pcn.data.augment.batch import BatchAugment
 
     args = (64, None, 0.25, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, "cpu")
     ours, torchs = (BatchAugment(*args, kernels=k)(crops[:256], key=3) for k in ("opencv", "torch"))
@@ -245,8 +245,8 @@ def test_recipe_hparams_are_timms():
     """The loader's hparams equal those timm's train transform gives its RandAugment."""
     from timm.data.transforms_factory import transforms_imagenet_train
 
-    from pcn.data.batch_augment import randaugment_hparams
-    from pcn.data.transforms import IMAGENET_MEAN
+    from pcn.data.augment.batch import randaugment_hparams
+    from pcn.data.augment.transforms import IMAGENET_MEAN
 
     timm_tf = transforms_imagenet_train(img_size=224, auto_augment=POLICY, interpolation="bicubic")
     (ra,) = [t for t in timm_tf.transforms if isinstance(t, timm_aa.RandAugment)]

@@ -90,8 +90,8 @@ def test_mlflow_ui_shows_pipeline_and_stage_runs(browser, tmp_path, monkeypatch)
     import mlflow
     import yaml
 
-    from pcn import tracking
     from pcn.config import load_params
+    from pcn.tracking import runs as tracking
 
     # a project with the default store (sqlite:///mlflow.db beside params.yaml), no server running
     monkeypatch.chdir(tmp_path)
@@ -212,8 +212,8 @@ def test_mlflow_ui_shows_a_registered_model(browser, tmp_path, monkeypatch):
 
     import pcn.models  # noqa: F401
     from pcn.config import load_params
-    from pcn.model_registry import log_model
-    from pcn.tracking import stage_run
+    from pcn.tracking.registry import log_model
+    from pcn.tracking.runs import stage_run
 
     monkeypatch.chdir(tmp_path)
     for var in ("MLFLOW_TRACKING_URI", "PCN_PIPELINE_RUN_ID"):

@@ -117,7 +117,7 @@ def test_dataset_folders_default_to_the_official_names_under_root():
 def test_a_bad_top_level_value_fails_at_load_naming_the_scale_in_force(raw):
     """The schema's limit is the generator's (12 shapes): 20 classes fail in `pcn params`,
     not 12 s into training, and the message names the scale in force."""
-    from pcn.data.shapes import SHAPES
+    from pcn.data.demo.shapes import SHAPES
 
     bad = {**raw, "scale": "demo", "data": {**raw["data"], "demo": {**raw["data"]["demo"], "n_classes": 20}}}
     with pytest.raises(ParamsError) as err:
@@ -130,7 +130,7 @@ def test_a_bad_top_level_value_fails_at_load_naming_the_scale_in_force(raw):
 
 
 def test_schema_defaults_are_the_params_yaml_values(raw):
-    """One source for every value: where pcn/config.py has a default for a key that
+    """One source for every value: where pcn/config/ has a default for a key that
     params.yaml writes at its top level (the demo scale), the two are the same."""
     from pydantic import BaseModel
 
@@ -211,7 +211,7 @@ def test_multiclass_finetuned_is_a_fine_tuning_at_paper_scale(raw):
     """The release's S60 (finetune): a short fine-tuning of the single-token model with a small lr
     and batch; S60 (scratch) trains with the grid's recipe.  The stage and the dry run read it."""
     from pcn.config import recipe
-    from pcn.train.dryrun import jobs
+    from pcn.dag.dryrun import jobs
 
     p = resolve({**raw, "scale": "paper"})
     exp = p.experiments

@@ -1,6 +1,6 @@
 """A changed file in a real dataset makes the stages that read it stale, in both front ends.
 
-The datasets are dependencies through their stat listings (pcn/manifest.py): the
+The datasets are dependencies through their stat listings (pcn/dag/manifest.py): the
 Snakefile's main process refreshes them at every invocation, DVC's always-changed
 ``dataset_manifest`` stage at every ``dvc repro``."""
 
@@ -16,9 +16,9 @@ import pytest
 import yaml
 
 from pcn.config import raw_params, resolve
-from pcn.dvc_view import dvc_yaml
-from pcn.manifest import LISTER, manifest_path, refresh, walk
-from pcn.stages import build_stages
+from pcn.dag.dvc_view import dvc_yaml
+from pcn.dag.manifest import LISTER, manifest_path, refresh, walk
+from pcn.dag.stages import build_stages
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -70,7 +70,7 @@ def test_the_demo_walks_nothing_and_real_data_is_a_dependency_of_its_readers():
 
 
 def test_the_listing_stage_takes_its_own_resources_and_gets_no_mlflow_run(tmp_path):
-    from pcn.track_sync import outputs
+    from pcn.tracking.sync import outputs
 
     raw = paper_raw(tmp_path)
     raw["scales"]["paper"].setdefault("launcher", {}).setdefault("slurm", {})["resources"] = {LISTER: {"mem_gb": 2}}
@@ -79,12 +79,12 @@ def test_the_listing_stage_takes_its_own_resources_and_gets_no_mlflow_run(tmp_pa
     listing = tmp_path / manifest_path("imagenet")
     listing.parent.mkdir(parents=True)
     listing.write_text("")
-    assert outputs(params, tmp_path) == []  # `pcn track sync` has nothing to add for it
+    assert outputs(build_stages(params), tmp_path) == []  # `pcn track sync` has nothing to add for it
 
 
 @pytest.fixture(scope="module")
 def datasets(tmp_path_factory) -> Path:
-    from pcn.data.miniature import write_miniatures
+    from pcn.data.demo.miniature import write_miniatures
 
     return Path(write_miniatures(tmp_path_factory.mktemp("manifest") / "datasets", progress=False)["root"])
 
@@ -106,7 +106,7 @@ def _dvc(work: Path, *args: str) -> str:
 
 @pytest.mark.slow
 def test_a_deleted_val_image_makes_convert_and_what_follows_stale_in_both_front_ends(datasets, tmp_path):
-    from pcn.rehearsal import CAPS_FILE, prepare_workspace, rehearsal_params
+    from pcn.dag.rehearsal import CAPS_FILE, prepare_workspace, rehearsal_params
 
     data = tmp_path / "datasets"
     shutil.copytree(datasets, data, symlinks=True)

@@ -1,4 +1,4 @@
-"""One device choice for every entry point (pcn.machine.torch_device) and the job specs'
+"""One device choice for every entry point (pcn.machine.device.torch_device) and the job specs'
 shared runtime fields."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import torch
 
 from pcn.config import LauncherConfig, SlurmConfig, TrainConfig
 from pcn.errors import UserError
-from pcn.machine import torch_device
+from pcn.machine.device import torch_device
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")

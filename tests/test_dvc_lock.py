@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pcn.dvc_lock import commit_stages_that_ran, dvc_commit
-from pcn.stages import Stage
+from pcn.dag.dvc_lock import commit_stages_that_ran, dvc_commit
+from pcn.dag.stages import Stage
 
 DVC = str(Path(sys.executable).with_name("dvc"))
 

@@ -27,7 +27,7 @@ rule train:
     shell: "{sys.executable} job.py && touch {{output}}"
 """
 
-RUNNER = "import os, sys; from pcn.engine_process import run_engine; sys.exit(run_engine(sys.argv[1:], os.environ))"
+RUNNER = "import os, sys; from pcn.dag.engine_process import run_engine; sys.exit(run_engine(sys.argv[1:], os.environ))"
 
 
 def running(pid: int) -> bool:

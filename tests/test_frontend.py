@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 HOLD = """
 import sys, time
-from pcn.frontend import acquire
+from pcn.dag.frontend import acquire
 acquire("snakemake")
 print("held", flush=True)
 time.sleep(600)
@@ -93,7 +93,7 @@ def test_a_dead_front_ends_lock_is_taken_over_with_a_message(project, holder):
     holder.send_signal(signal.SIGKILL)
     holder.wait()
     time.sleep(0.1)
-    code = "from pcn.frontend import acquire, release; assert acquire('snakemake'); release()"
+    code = "from pcn.dag.frontend import acquire, release; assert acquire('snakemake'); release()"
     cp = subprocess.run([sys.executable, "-c", code], cwd=project, env=_env(), capture_output=True, text=True)
     assert cp.returncode == 0, cp.stderr
     assert f"snakemake: taking over .pcn/frontend.lock from snakemake (pid {holder.pid} on " in cp.stdout

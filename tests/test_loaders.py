@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 
 from pcn.config import AugConfig
+from pcn.data.augment.transforms import IMAGENET_MEAN, IMAGENET_STD, center_crop_box
 from pcn.data.loaders import build_loader
 from pcn.data.order import epoch_order
-from pcn.data.transforms import IMAGENET_MEAN, IMAGENET_STD, center_crop_box
 from pcn.errors import DatasetError
 
 CLASSES = ["cat", "dog", "eel"]
@@ -308,7 +308,7 @@ def test_three_augment_both_loaders(data):
 
 def _paper_train_transform(img_size: int):
     from pcn.config import load_params
-    from pcn.data.transforms import TrainAug, torch_train_transform
+    from pcn.data.augment.transforms import TrainAug, torch_train_transform
 
     aug = load_params(Path(__file__).resolve().parents[1] / "params.yaml", scale="paper").pretrain.aug
     assert aug.auto_augment == "rand-m9-mstd0.5-inc1"
@@ -332,7 +332,7 @@ def test_paper_randaugment_posterizes_to_black_at_zero_bits_as_paper_era_pillow(
 
 
 def test_paper_train_transform_survives_100k_draws():
-    """The RandAugment of the paper's pretrain transform (pcn.data.transforms.torch_train_transform)
+    """The RandAugment of the paper's pretrain transform (pcn.data.augment.transforms.torch_train_transform)
     on an 8x8 image, 100,000 times (5 s; the whole transform costs 3x): about 0.18% of the draws
     reach 0-bit posterize; none may raise."""
     import random

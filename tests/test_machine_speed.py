@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pcn.machine_speed import expected_minutes, sgemm_gflops
+from pcn.machine.speed import expected_minutes, sgemm_gflops
 
 ROOT = Path(__file__).resolve().parents[1]
 REF = {"sgemm_1thread_gflops": 150.0, "cores": 2, "minutes": {"demo": 16.0, "study": 64.0}}

@@ -1,4 +1,4 @@
-"""Tests of the rehearsal's miniature datasets (pcn.data.miniature): the real class structure
+"""Tests of the rehearsal's miniature datasets (pcn.data.demo.miniature): the real class structure
 and the real files' quirks, in the official layouts of docs/datasets.md."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pcn.data.layouts import coco_categories, imagenet_classes
-from pcn.data.miniature import write_miniatures
+from pcn.data.demo.layouts import coco_categories, imagenet_classes
+from pcn.data.demo.miniature import write_miniatures
 
 # pycocotools 2.0.x calls np.array(copy=False)-style APIs that numpy 2 warns about
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

@@ -36,8 +36,8 @@ def _tiny_model(seed: int):
 
 
 def _log(params, seed: int, register: bool = True):
-    from pcn.model_registry import log_model
-    from pcn.tracking import stage_run
+    from pcn.tracking.registry import log_model
+    from pcn.tracking.runs import stage_run
 
     model = _tiny_model(seed)
     with stage_run("finetune", params, {}) as run:
@@ -49,7 +49,7 @@ def test_versions_are_linked_to_their_runs_and_load_back(store):
     import torch
     from mlflow import MlflowClient
 
-    from pcn.model_registry import NEWEST, load_version, resolve_version
+    from pcn.tracking.registry import NEWEST, load_version, resolve_version
 
     params, uri = store
     first, run1, v1 = _log(params, seed=0)
@@ -93,7 +93,7 @@ BAD_URIS = [
 
 def test_an_unknown_model_is_refused_in_one_line(store):
     from pcn.errors import UserError
-    from pcn.model_registry import resolve_version
+    from pcn.tracking.registry import resolve_version
 
     params, uri = store
     _log(params, seed=0)

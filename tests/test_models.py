@@ -489,7 +489,8 @@ def _gammas(model: PatchConvNet) -> torch.Tensor:
 def test_grid_points_start_from_the_layerscale_of_their_nearest_released_model(tmp_path):
     """At paper scale (layerscale_init: null) each point is built as its stage builds it and
     starts from the released model of its shape, or the nearest one (S60 1e-4, the rest 1e-6)."""
-    from pcn.config import depth_width_options, grid_model, load_params
+    from pcn.config import grid_model, load_params
+    from pcn.models.family import depth_width_options
     from pcn.train.engine import build_model
     from pcn.train.job import DataSpec, TrainJob
 

@@ -107,7 +107,7 @@ def smk_engine(request) -> list[str]:
 @pytest.fixture(scope="module")
 def smk_project(tmp_path_factory, smk_engine):
     project = make_project(tmp_path_factory.mktemp("e2e") / "smk", TINY)
-    audit = project.parent / "audit"  # every file each stage opens (pcn.file_audit), outside the project
+    audit = project.parent / "audit"  # every file each stage opens (pcn.dag.file_audit), outside the project
     audit.mkdir()
     out = check(
         run(
@@ -130,7 +130,7 @@ def dvc_project(tmp_path_factory):
 def test_snakemake_runs_every_stage(smk_project):
     project, _ = smk_project
     from pcn.config import load_params
-    from pcn.stages import build_stages
+    from pcn.dag.stages import build_stages
 
     for stage in build_stages(load_params(project / "params.yaml")):
         for wc in stage.instances():
@@ -164,7 +164,7 @@ def test_every_stage_run_is_tracked_under_one_pipeline_run(smk_project):
     assert len(parents) == 1, "all stage runs hang under one pipeline run"
     stages = {v for (v,) in db.execute("select value from tags where key = 'pcn.stage'")}
     from pcn.config import load_params
-    from pcn.stages import build_stages
+    from pcn.dag.stages import build_stages
 
     assert {s.name for s in build_stages(load_params(project / "params.yaml"))} <= stages
     n_instances = sum(len(s.instances()) for s in build_stages(load_params(project / "params.yaml")))
@@ -222,8 +222,8 @@ def _affected(project: Path, edited: str) -> tuple[set[str], set[str]]:
     """(stage instances that run ``edited``, those plus everything downstream of them), from
     the stage table itself."""
     from pcn.config import load_params
-    from pcn.dvc_view import expand
-    from pcn.stages import build_stages
+    from pcn.dag.dvc_view import expand
+    from pcn.dag.stages import build_stages
 
     instances = [i for s in build_stages(load_params(project / "params.yaml")) for i in expand(s)]
     direct = {i["name"] for i in instances if edited in i["deps"]}
@@ -436,11 +436,11 @@ def _declared(path: str, allowed: set[str]) -> bool:
 
 
 def test_every_file_a_stage_opens_is_declared(smk_project):
-    """Each demo stage ran under an audit hook (pcn.file_audit): every project file it or its
+    """Each demo stage ran under an audit hook (pcn.dag.file_audit): every project file it or its
     training job opened is a declared input or output of its instance, or code, params,
     tracking or logs.  An undeclared read is one neither front end would rerun the stage for."""
     from pcn.config import load_params
-    from pcn.stages import build_stages
+    from pcn.dag.stages import build_stages
 
     project, _ = smk_project
     declared: dict[str, set[str]] = {}

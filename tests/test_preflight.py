@@ -17,9 +17,9 @@ from conftest import stage_argv
 
 from pcn.analysis.attention import LOC_CSV, VOC_DIR
 from pcn.config import raw_params, resolve
+from pcn.dag.preflight import check_datasets
+from pcn.dag.stages import build_stages
 from pcn.errors import DatasetError
-from pcn.preflight import check_datasets
-from pcn.stages import build_stages
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,7 +31,7 @@ def _check(params) -> str:
 
 @pytest.fixture(scope="module")
 def datasets(tmp_path_factory) -> Path:
-    from pcn.data.miniature import write_miniatures
+    from pcn.data.demo.miniature import write_miniatures
 
     return Path(write_miniatures(tmp_path_factory.mktemp("preflight") / "datasets", progress=False)["root"])
 

@@ -102,7 +102,7 @@ def test_png_named_jpeg_cmyk_and_grayscale_read_as_rgb_by_content(imagenet):
 
 
 def _unnormalise(x: torch.Tensor) -> np.ndarray:
-    from pcn.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from pcn.data.augment.transforms import IMAGENET_MEAN, IMAGENET_STD
 
     mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     return ((x.float() * std + mean) * 255).numpy()
@@ -663,7 +663,7 @@ def test_coco_errors_name_the_file(coco):
 def test_every_reader_reads_the_miniatures(tmp_path):
     """The rehearsal's miniatures (1000 classes, 150 ADE ids, 80 COCO categories, every quirk)."""
     from pcn.analysis import attention as A
-    from pcn.data.miniature import write_miniatures
+    from pcn.data.demo.miniature import write_miniatures
     from pcn.transfer.datasets import AdeSegmentation, CocoInstances
 
     root = tmp_path / "mini"

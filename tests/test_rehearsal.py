@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from pcn.config import raw_params, resolve
+from pcn.dag.rehearsal import CAPS_FILE, check_data_root, rehearsal_params
 from pcn.errors import UserError
-from pcn.rehearsal import CAPS_FILE, check_data_root, rehearsal_params
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -74,7 +74,7 @@ def test_rehearsal_on_slurm_trains_with_two_ddp_tasks_and_quick_drops_the_grid(t
 def test_every_training_job_of_the_full_rehearsal_on_slurm_passes_the_dry_run(tmp_path):
     """Two DDP tasks split every batch; the dry run refuses an odd per-rank batch under mixup
     (the depth x width grid once had 1 per rank and failed at its first step)."""
-    from pcn.train.dryrun import jobs
+    from pcn.dag.dryrun import jobs
 
     _, p = _params(tmp_path, slurm=True)
     planned = jobs(p, train_images=1000)
@@ -116,7 +116,7 @@ def test_quick_rehearsal_runs_every_main_line_stage_on_a_data_root(tmp_path):
     """The CI form: the paper scale's main line and transfer (no grid) on a folder in the
     official layouts given with --data-root (miniatures of another seed than the default),
     through the slurm profile when the test cluster is up, else locally."""
-    from pcn.data.miniature import write_miniatures
+    from pcn.data.demo.miniature import write_miniatures
 
     data, work = tmp_path / "datasets", tmp_path / "rehearsal"
     write_miniatures(data, seed=1, progress=False)

@@ -634,7 +634,7 @@ def test_the_report_names_the_machine_of_every_metrics_file(tmp_path):
 def test_each_run_records_its_cpu_and_libraries():
     import torch
 
-    from pcn.machine import describe
+    from pcn.machine.device import describe
 
     d = describe()
     assert d["cpu"] and d["cores"] >= 1 and d["torch"] == torch.__version__

@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from pcn.config import ParamsError, raw_params, resolve
-from pcn.stage_resources import plugin_resources
-from pcn.stages import build_stages
+from pcn.dag.stage_resources import plugin_resources
+from pcn.dag.stages import build_stages
 from pcn.train.launch import slurm_parameters
 
 LIGHT = ("complexity", "summarize", "figures", "report")
@@ -112,7 +112,7 @@ def test_dryrun_lists_every_job_and_refuses_one_over_the_configured_limits(tmp_p
 
 @pytest.mark.slurm
 def test_dryrun_reads_the_limits_of_a_cluster_that_answers(slurm_cluster, tmp_path, monkeypatch, capsys):
-    from pcn.slurm_limits import DEFAULT, cluster_limits
+    from pcn.dag.slurm_limits import DEFAULT, cluster_limits
 
     limits = cluster_limits()
     assert limits and DEFAULT in limits
@@ -136,8 +136,8 @@ def _with(**loaders) -> object:
 
 
 def test_a_scale_converts_only_the_splits_its_stages_read_and_only_readers_wait_on_them():
-    from pcn.splits import FFCV_DIR, IMAGENET_SPLIT_IMAGES, ffcv_splits
-    from pcn.stage_resources import CONVERT_IMAGES_PER_WORKER_S, TIME_MARGIN
+    from pcn.dag.stage_resources import CONVERT_IMAGES_PER_WORKER_S, TIME_MARGIN
+    from pcn.data.splits import FFCV_DIR, IMAGENET_SPLIT_IMAGES, ffcv_splits
 
     p = paper()
     assert (p.data.loader, p.evaluate.loader) == ("ffcv", "torch")

@@ -98,7 +98,7 @@ def test_a_batch_maps_to_the_images_the_ffcv_loader_read(workspace, monkeypatch)
 def test_a_rare_failing_batched_op_is_named_with_its_image(workspace, monkeypatch):
     """As Pillow once refused 0-bit posterize: an op that raises only at the top of its
     magnitude range, about 1 image in 150, is found and named, op, magnitude and image."""
-    import pcn.data.randaugment_cpu as kernels  # the CPU's RandAugment kernels
+    import pcn.data.augment.randaugment_cpu as kernels  # the CPU's RandAugment kernels
 
     real = kernels.colour_op
     hits = []
@@ -155,7 +155,7 @@ def test_a_rare_failing_pil_op_names_its_image_through_the_torch_loader(workspac
 
 
 def test_non_finite_pixels_are_named_with_their_image(workspace, monkeypatch):
-    import pcn.data.batch_augment as B
+    import pcn.data.augment.batch as B
 
     real, calls = B.BatchAugment.__call__, []
 

@@ -17,8 +17,8 @@ import cloudpickle
 import pytest
 
 from pcn.config import AugConfig, LauncherConfig, SlurmConfig, resolve
+from pcn.dag.dryrun import dry_run, plan
 from pcn.train import checkpoint as ckpt
-from pcn.train.dryrun import dry_run, plan
 from pcn.train.job import TrainJob
 from pcn.train.launch import TrainJobFailed, TrainTask, launch, wait
 
@@ -275,8 +275,8 @@ def test_dry_run_paper_s60():
     import yaml
 
     import pcn.models  # noqa: F401  (registers the models)
+    from pcn.dag.dryrun import REFERENCE, gmacs, grid_share, jobs
     from pcn.eval.complexity import count_gmacs
-    from pcn.train.dryrun import REFERENCE, gmacs, grid_share, jobs
 
     numbers = yaml.safe_load((Path(__file__).resolve().parents[1] / "paper" / "numbers.yaml").read_text())
     s60 = next(r for r in numbers["model_zoo"] if r["model"] == REFERENCE["model"])

@@ -1,4 +1,4 @@
-"""Tests of the synthetic demo-data generator (pcn.data.synthetic)."""
+"""Tests of the synthetic demo-data generator (pcn.data.demo.synthetic)."""
 
 from __future__ import annotations
 
@@ -14,13 +14,14 @@ import pytest
 from PIL import Image
 
 from pcn.config import DemoDataConfig
-from pcn.data import demo_scenes, layouts
-from pcn.data.demo_classification import render_classification_sample
-from pcn.data.demo_scenes import DEMO_CATEGORY_IDS, render_scene
-from pcn.data.demo_spec import DemoSpec, image_rng
-from pcn.data.drawing import mask_to_box, render_background, render_object
-from pcn.data.shapes import SHAPES, class_names, wnids
-from pcn.data.synthetic import SUMMARY_FILE, content_hash, generate
+from pcn.data.demo import layouts
+from pcn.data.demo import scenes as demo_scenes
+from pcn.data.demo.classification import render_classification_sample
+from pcn.data.demo.drawing import mask_to_box, render_background, render_object
+from pcn.data.demo.scenes import DEMO_CATEGORY_IDS, render_scene
+from pcn.data.demo.shapes import SHAPES, class_names, wnids
+from pcn.data.demo.spec import DemoSpec, image_rng
+from pcn.data.demo.synthetic import SUMMARY_FILE, content_hash, generate
 
 # pycocotools 2.0.x calls np.array(copy=False)-style APIs that numpy 2 warns about
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

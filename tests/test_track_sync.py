@@ -89,8 +89,8 @@ def _stage_runs(uri: str) -> dict[str, object]:
 def test_sync_rebuilds_runs_from_the_files_against_a_real_server(project, capsys, caplog):
     import mlflow
 
-    from pcn import tracking
     from pcn.analysis import ui
+    from pcn.tracking import runs as tracking
 
     port = _free_port()
     uri = f"http://127.0.0.1:{port}"
@@ -116,10 +116,14 @@ def test_sync_rebuilds_runs_from_the_files_against_a_real_server(project, capsys
         _run_report()  # a stage with no metrics file: its run is found by when it wrote
         assert tracked is not None
         from pcn.config import load_params
-        from pcn.track_sync import summary
+        from pcn.dag.stages import build_stages
+        from pcn.tracking.sync import summary
 
         # what `pcn run` prints at its end
-        assert summary(load_params()) == "tracking: 1 stage output(s) have no MLflow run; `pcn track sync` adds them"
+        assert (
+            summary(load_params(), build_stages(load_params()))
+            == "tracking: 1 stage output(s) have no MLflow run; `pcn track sync` adds them"
+        )
         _sync()
         out = capsys.readouterr().out
         assert "added 1 stage run(s)" in out, out
@@ -158,7 +162,7 @@ WRITER = """
 import sys, warnings
 warnings.simplefilter("always")
 from pcn.config import load_params
-from pcn.tracking import stage_run
+from pcn.tracking.runs import stage_run
 with stage_run(sys.argv[1], load_params("params.yaml"), {"worker": sys.argv[1]}) as run:
     for step in range(20):
         run.log_metrics({"loss": 1.0 / (step + 1), "step_seen": float(step)}, step=step)
@@ -170,7 +174,7 @@ print(run.run_id)
 def test_sixteen_stage_processes_share_one_sqlite_store_and_lose_nothing(project):
     import mlflow
 
-    from pcn.tracking import tracking_uri
+    from pcn.tracking.runs import tracking_uri
 
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     procs = [

@@ -34,7 +34,7 @@ def _free_port() -> int:
 
 
 def _stage(params, name: str, artifact: Path) -> str:
-    from pcn.tracking import stage_run
+    from pcn.tracking.runs import stage_run
 
     with stage_run(name, params, {}) as run:
         run.log_artifact(artifact, "files")
@@ -44,7 +44,7 @@ def _stage(params, name: str, artifact: Path) -> str:
 STAGE = """
 import sys
 from pcn.config import load_params
-from pcn.tracking import stage_run
+from pcn.tracking.runs import stage_run
 with stage_run(sys.argv[1], load_params("params.yaml"), {}) as run:
     run.log_artifact(sys.argv[2], "files")
 print(run.run_id)
@@ -89,7 +89,7 @@ def test_a_moved_project_keeps_its_runs_and_artifacts_together(params, tmp_path)
 
 
 def _parents(client, exp_id: str, stage: str) -> list[str]:
-    runs = client.search_runs([exp_id], f"tags.`pcn.stage` = '{stage}'")
+    runs = client.search_runs([exp_id], f"tags.`pcn.dag.stage` = '{stage}'")
     return [r.data.tags["mlflow.parentRunId"] for r in runs]
 
 
@@ -130,7 +130,7 @@ rule probe:
     output:
         "probe/{{n}}.txt",
     shell:
-        "{python} -c 'from pcn.config import load_params; from pcn.tracking import stage_run\\n"
+        "{python} -c 'from pcn.config import load_params; from pcn.tracking.runs import stage_run\\n"
         "with stage_run(\\"probe\\", load_params(\\"params.yaml\\"), dict()): pass' "
         "&& echo $PCN_PIPELINE_RUN_ID > {{output}}"
 """
@@ -185,7 +185,7 @@ FINISH = """
 import time
 from pcn.config import load_params
 from pcn.steps.common import StageRun
-from pcn.tracking import stage_run
+from pcn.tracking.runs import stage_run
 params = load_params("params.yaml")
 start = time.monotonic()
 with stage_run("convert", params, {"data": {"root": "data"}}) as run:
@@ -257,7 +257,7 @@ def test_stage_runs_carry_mlflows_source_tags_and_their_instance_name(params, tm
     experiment opens as a model-development one."""
     from mlflow import MlflowClient
 
-    from pcn.tracking import git_commit, stage_run
+    from pcn.tracking.runs import git_commit, stage_run
 
     monkeypatch.chdir(ROOT)  # a git checkout: the commit is known
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -282,7 +282,7 @@ def test_a_training_run_records_system_metrics(params, tmp_path, monkeypatch):
 
     from mlflow import MlflowClient
 
-    from pcn.tracking import stage_run, system_metrics
+    from pcn.tracking.runs import stage_run, system_metrics
 
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

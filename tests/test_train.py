@@ -507,7 +507,7 @@ def test_evaluate_reports_a_collapse_onto_the_class_token():
 
 def test_evaluation_shards_val_across_ranks_without_repeats():
     """Under DDP each rank scores its own stride of val: together every image once, none twice."""
-    from pcn.data.loaders import epoch_order
+    from pcn.data.order import epoch_order
 
     for n, world in ((50_000, 8), (13, 3), (2, 4)):
         shards = [epoch_order(n, train=False, seed=0, epoch=0, rank=r, world_size=world) for r in range(world)]

@@ -311,8 +311,8 @@ def load_images(items: Iterable[ValImage], img_size: int):
     import cv2
     import torch
 
+    from pcn.data.augment.transforms import NormalizeUint8
     from pcn.data.folders import open_rgb
-    from pcn.data.transforms import NormalizeUint8
 
     norm = NormalizeUint8()
     images, tensors, regions = [], [], []

@@ -11,8 +11,8 @@ import numpy as np
 
 from pcn.analysis import attention as A
 from pcn.analysis import figures as F
+from pcn.config.names import BASELINE_VARIANT, avg_pool_variant
 from pcn.errors import DatasetError
-from pcn.stage import BASELINE_VARIANT, avg_pool_variant
 
 # Every method the stage scores, in the order the figures show them; the last two are the
 # references every map is compared with.

@@ -347,6 +347,14 @@ def _zoo_rows(rows: _Rows, paper: dict, params, metrics: Metrics, imagenet: bool
                 rows.add(*row, "from the architecture (any scale)" if q in ("params_m", "gmacs") else f"on {device}")
 
 
+def _grid_row(rows: _Rows, quantity, model, entry, value, ok, mismatch, not_imagenet: str) -> None:
+    """One grid number beside the paper's: not run off ImageNet, not comparable when its run
+    differs from the paper's setting (``mismatch`` says how)."""
+    note = mismatch or ("" if ok else not_imagenet)
+    why_not = NOT_COMPARABLE if mismatch else NOT_RUN
+    rows.add(quantity, model, entry["value"], entry["source"], value, "top1", note, ok and not mismatch, why_not)
+
+
 def _grid_rows(rows: _Rows, paper: dict, params, metrics: Metrics, imagenet: bool, not_imagenet: str) -> None:
     """The multi-class tokens' and the ResNet pair's rows, from the grid's summary."""
     exp = params.experiments
@@ -360,16 +368,8 @@ def _grid_rows(rows: _Rows, paper: dict, params, metrics: Metrics, imagenet: boo
         ok = imagenet and exp.multiclass_model == "patchconvnet_s60_multi"
         value = metrics.get(summary, f"multiclass.{init}.mean") if ok else None
         mismatch = _grid_mismatch(abl, "multiclass", e) if ok and value is not None else None
-        rows.add(
-            f"multi-class top-1 (%), {init}",
-            "patchconvnet_s60_multi",
-            e["value"],
-            e["source"],
-            value,
-            "top1",
-            mismatch or ("" if ok else not_imagenet),
-            ok and not mismatch,
-            NOT_COMPARABLE if mismatch else NOT_RUN,
+        _grid_row(
+            rows, f"multi-class top-1 (%), {init}", "patchconvnet_s60_multi", e, value, ok, mismatch, not_imagenet
         )
         for rel in released_files(metrics):
             if released_row(paper, metrics.load(rel)) is e:
@@ -383,17 +383,7 @@ def _grid_rows(rows: _Rows, paper: dict, params, metrics: Metrics, imagenet: boo
         ok = imagenet and exp.resnet.get(pool) == model
         value = metrics.get(summary, f"resnet.{pool}.mean") if ok else None
         mismatch = _grid_mismatch(abl, "resnet", e) if ok and value is not None else None
-        rows.add(
-            f"ResNet-50 top-1 (%), {pool} pooling",
-            model,
-            e["value"],
-            e["source"],
-            value,
-            "top1",
-            mismatch or ("" if ok else not_imagenet),
-            ok and not mismatch,
-            NOT_COMPARABLE if mismatch else NOT_RUN,
-        )
+        _grid_row(rows, f"ResNet-50 top-1 (%), {pool} pooling", model, e, value, ok, mismatch, not_imagenet)
         if "gmacs" in e:
             i = _complexity_row(metrics, model)
             value = metrics.get(metrics.file("complexity"), f"rows[{i}].gmacs") if i is not None else None

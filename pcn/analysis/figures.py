@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from pcn.analysis.paths import RunPaths
-from pcn.stage import transfer_stage
+from pcn.config.names import transfer_stage
 
 MANIFEST = "index.json"
 DPI = 130

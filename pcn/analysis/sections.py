@@ -12,7 +12,7 @@ from pcn.analysis.document import Section, Table
 from pcn.analysis.paths import RunPaths
 from pcn.analysis.setting import patch_stride, recipe_of, setting_text
 from pcn.analysis.sourced import NONE, Metrics, RunIndex
-from pcn.stage import transfer_stage
+from pcn.config.names import transfer_stage
 
 # The paper's two-row comparisons outside the ablation table: (section, this row, reference row).
 PAPER_PAIRS = {
@@ -173,13 +173,21 @@ def grid_section(paper: dict, params, metrics: Metrics) -> Section:
     return sec
 
 
+def _stage_section(metrics: Metrics, stage: str, title: str, missing: str = "") -> tuple[str, dict, Section]:
+    """A section on one stage's metrics file: its path, its contents (empty when it is not
+    there, which the section then says) and the section."""
+    rel = metrics.file(stage)
+    data = metrics.load(rel)
+    sec = Section(title)
+    if not data:
+        sec.paragraphs.append(f"{rel} not found{missing}.")
+    return rel, data, sec
+
+
 def complexity_section(metrics: Metrics) -> Section:
     g = metrics.get
-    rel = metrics.file("complexity")
-    cx = metrics.load(rel)
-    sec = Section("Complexity")
+    rel, cx, sec = _stage_section(metrics, "complexity", "Complexity")
     if not cx:
-        sec.paragraphs.append(f"{rel} not found.")
         return sec
     rows = [
         [
@@ -224,11 +232,9 @@ def transfer_section(params, metrics: Metrics, runs: RunIndex) -> Section:
 
 def attention_section(metrics: Metrics) -> Section:
     g = metrics.get
-    rel = metrics.file("attention")
-    att = metrics.load(rel)
-    sec = Section("Attention maps: localisation of the labelled object")
+    title = "Attention maps: localisation of the labelled object"
+    rel, att, sec = _stage_section(metrics, "attention", title, " (the attention stage has not run)")
     if not att:
-        sec.paragraphs.append(f"{rel} not found (the attention stage has not run).")
         return sec
     if att.get("localisation_scored") is False:
         sec.paragraphs.append(f"Localisation not scored: {att.get('localisation_not_scored')}.")
@@ -292,7 +298,7 @@ MACHINE_KEYS = ("cpu", "cores", "torch", "onednn", "mkl", "gpu", "host")
 
 def machines_section(paths: RunPaths) -> Section:
     """Which machine and libraries produced which metrics (``machine`` in each metrics file)."""
-    from pcn import machine
+    from pcn.machine import device as machine
 
     folder = paths.at("metrics")
     by_machine: dict[tuple, list[str]] = {}

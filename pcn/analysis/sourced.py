@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pcn.analysis.paths import RunPaths
-from pcn.tracking import METRICS_TAG
+from pcn.tracking.runs import METRICS_TAG
 
 NONE = "—"
 
@@ -98,7 +98,7 @@ class RunIndex:
             return False
         if self._client is None:
             try:
-                from pcn.tracking import client, tracking_uri
+                from pcn.tracking.runs import client, tracking_uri
 
                 uri = tracking_uri(self.params.tracking.uri)
                 if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():

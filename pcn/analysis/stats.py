@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from statistics import mean, stdev
 
-from pcn.stage import BASELINE_VARIANT, GRID_FOLDERS, grid_run_name, point_name
+from pcn.config.names import BASELINE_VARIANT, GRID_FOLDERS, grid_run_name, point_name
 
 MIN_SEEDS_FOR_VERDICT = 2
 

@@ -1,7 +1,7 @@
 """`pcn ui`: ``mlflow server`` on the pipeline's tracking store, opened on the runs table.
 
 The server reads the sqlite store and serves its artifacts from ``mlartifacts/`` beside
-it (the stages' proxied ``mlflow-artifacts:`` root, see pcn.tracking), both given as
+it (the stages' proxied ``mlflow-artifacts:`` root, see pcn.tracking.runs), both given as
 absolute paths computed now, so it browses a moved project as well.  MLflow 3 opens an
 experiment on its GenAI overview page; the pipeline's runs are in the runs table of the
 "Model training" view, ``/#/experiments/<id>/runs?workflowType=machine_learning`` (the
@@ -22,7 +22,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from pcn.tracking import artifacts_dir, tracking_uri
+from pcn.tracking.runs import artifacts_dir, tracking_uri
 
 HOST = "127.0.0.1"
 

@@ -15,7 +15,7 @@ once per batch (batches run one after another in FFCV's loader thread) and deriv
 every random number from (key, epoch, batch, slot, draw) with the hash of
 :mod:`pcn.data.random_streams`.
 
-Importing this module imports ffcv and numba: :func:`pcn.data.transforms.ffcv_image_pipeline`
+Importing this module imports ffcv and numba: :func:`pcn.data.augment.transforms.ffcv_image_pipeline`
 does so only when an FFCV loader is built.
 """
 
@@ -33,7 +33,7 @@ from ffcv.pipeline.compiler import Compiler
 from ffcv.pipeline.operation import Operation
 from numba import njit
 
-from pcn.data.aug_constants import BLUR_SIGMA, RRC_RATIO, SOLARIZE_THRESHOLD
+from pcn.data.augment.constants import BLUR_SIGMA, RRC_RATIO, SOLARIZE_THRESHOLD
 from pcn.data.random_streams import GOLDEN, INV53, S11, mix64, stream_key
 
 __all__ = ["SeededHorizontalFlip", "SeededRandomResizedCrop", "ThreeAugment"]

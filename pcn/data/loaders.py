@@ -7,8 +7,8 @@ and ``num_samples`` (images in the dataset).
 
 * ``ffcv`` reads a .beton written by ``pcn.data.ffcv_io.convert_imagefolder``
   (its sidecar is checked first) through the operation lists of
-  ``pcn.data.transforms.ffcv_image_pipeline``; RandAugment and random erasing then
-  run on the uint8 batch where it lies (``pcn.data.batch_augment.BatchAugment``).
+  ``pcn.data.augment.transforms.ffcv_image_pipeline``; RandAugment and random erasing then
+  run on the uint8 batch where it lies (``pcn.data.augment.batch.BatchAugment``).
   On CPU without them a batch is FFCV's own buffer (channels-last strides), reused
   ``batches_ahead + 1`` batches later: use it before asking for the next one, or clone it.
 * ``torch`` reads the image folder with PIL, torchvision and timm transforms, the
@@ -36,13 +36,8 @@ import cv2
 import numpy as np
 import torch
 
-from pcn.data.batch_augment import BatchAugment
-from pcn.data.ffcv_io import check_metadata, metadata_path, read_metadata
-from pcn.data.folders import FolderIndex, open_rgb, scan_folder
-from pcn.data.memory_loader import MemoryLoader
-from pcn.data.order import epoch_order
-from pcn.data.random_streams import stream_key
-from pcn.data.transforms import (
+from pcn.data.augment.batch import BatchAugment
+from pcn.data.augment.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     TrainAug,
@@ -51,6 +46,11 @@ from pcn.data.transforms import (
     torch_eval_transform,
     torch_train_transform,
 )
+from pcn.data.ffcv_io import check_metadata, metadata_path, read_metadata
+from pcn.data.folders import FolderIndex, open_rgb, scan_folder
+from pcn.data.loader_settings import LoaderSettings
+from pcn.data.memory_loader import MemoryLoader
+from pcn.data.random_streams import stream_key
 from pcn.errors import DatasetError
 
 Kind = Literal["ffcv", "torch", "memory"]
@@ -79,20 +79,10 @@ class FfcvLoader:
     def __init__(
         self,
         beton: Path,
+        s: LoaderSettings,
         *,
-        train: bool,
-        img_size: int,
-        batch_size: int,
-        aug: TrainAug,
-        crop_ratio: float,
-        num_workers: int,
-        seed: int,
-        rank: int,
-        world_size: int,
-        drop_last: bool,
-        device: str,
         expected_classes: Sequence[str] | None,
-        repeats: int,
+        num_workers: int,
         os_cache: bool,
         batches_ahead: int,
     ):
@@ -102,41 +92,35 @@ class FfcvLoader:
         self.num_classes = len(self.class_names)
         self.num_samples = int(meta["num_samples"])
         self.metadata = meta
-        self.device = torch.device(device)
-        self.train = train
-        self.batch_size = batch_size
+        self.device = torch.device(s.device)
+        self.train = s.train
+        self.batch_size = s.batch_size
 
         image_ops = ffcv_image_pipeline(
-            train=train,
-            img_size=img_size,
-            aug=aug,
-            crop_ratio=crop_ratio,
-            device=device,
+            train=s.train,
+            img_size=s.img_size,
+            aug=s.aug,
+            crop_ratio=s.crop_ratio,
+            device=s.device,
         )
         self._clocks = [op.clock for op in image_ops if hasattr(op, "clock")]
         for clock in self._clocks:
-            clock.configure(seed, rank)
+            clock.configure(s.seed, s.rank)
 
         n = self.num_samples
-        self._order_args = {
-            "train": train,
-            "seed": seed,
-            "rank": rank,
-            "world_size": world_size,
-            "repeats": repeats,
-        }
-        quasi = train and not os_cache and world_size == 1 and repeats == 1
+        self.settings = s
+        quasi = s.train and not os_cache and s.world_size == 1 and s.repeats == 1
         threads = torch.get_num_threads()
         self._loader = Loader(
             str(beton),
-            batch_size=batch_size,
+            batch_size=s.batch_size,
             num_workers=num_workers,
             os_cache=os_cache,
             order=OrderOption.QUASI_RANDOM if quasi else OrderOption.SEQUENTIAL,
             distributed=False,
-            seed=seed,
-            pipelines={"image": image_ops, "label": ffcv_label_pipeline(device)},
-            drop_last=drop_last,
+            seed=s.seed,
+            pipelines={"image": image_ops, "label": ffcv_label_pipeline(s.device)},
+            drop_last=s.drop_last,
             batches_ahead=batches_ahead,
         )
         torch.set_num_threads(threads)  # ffcv sets torch's thread count to num_workers
@@ -151,18 +135,18 @@ class FfcvLoader:
 
             class SharedOrder(TraversalOrder):
                 def sample_order(self, epoch: int):
-                    return epoch_order(n, epoch=epoch, **shared._order_args)
+                    return shared.settings.epoch_order(n, epoch)
 
             loader.traversal_order = SharedOrder(loader)
             loader.first_traversal_order = loader.next_traversal_order()
         self._iterator = None
         # RandAugment / random erasing on the uint8 batch, seeded per (seed, rank, epoch, step)
         self._batch_aug = None
-        if train and aug.on_batch:
+        if s.train and s.aug.on_batch:
             self._batch_aug = BatchAugment(
-                img_size, aug.auto_augment, aug.random_erasing, IMAGENET_MEAN, IMAGENET_STD, device
+                s.img_size, s.aug.auto_augment, s.aug.random_erasing, IMAGENET_MEAN, IMAGENET_STD, s.device
             )
-        self._batch_aug_key = stream_key(seed, rank, BATCH_AUG_STREAM)
+        self._batch_aug_key = stream_key(s.seed, s.rank, BATCH_AUG_STREAM)
         if self.device.type != "cpu":
             self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1) * 255
             self._std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1) * 255
@@ -175,7 +159,7 @@ class FfcvLoader:
 
     def batch_samples(self, epoch: int, step: int) -> list[int]:
         """The .beton indices of batch ``step`` of ``epoch`` (which images a failure hit)."""
-        order = epoch_order(self.num_samples, epoch=epoch, **self._order_args)
+        order = self.settings.epoch_order(self.num_samples, epoch)
         return [int(i) for i in order[step * self.batch_size : (step + 1) * self.batch_size]]
 
     def _stop_previous(self) -> None:
@@ -282,60 +266,37 @@ def _failing_op(tb) -> str:
 
 
 class _OrderSampler(torch.utils.data.Sampler):
-    def __init__(self, n: int, order_args: dict):
+    def __init__(self, n: int, settings: LoaderSettings):
         self.n = n
-        self.order_args = order_args
+        self.settings = settings
         self.epoch = 0
 
     def __iter__(self):
-        order = epoch_order(self.n, epoch=self.epoch, **self.order_args)
+        order = self.settings.epoch_order(self.n, self.epoch)
         return iter([(int(i), pos) for pos, i in enumerate(order)])
 
     def __len__(self) -> int:
-        return len(epoch_order(self.n, epoch=0, **self.order_args))
+        return len(self.settings.epoch_order(self.n, 0))
 
 
 class TorchLoader:
-    def __init__(
-        self,
-        index: FolderIndex,
-        *,
-        train: bool,
-        img_size: int,
-        batch_size: int,
-        aug: TrainAug,
-        crop_ratio: float,
-        num_workers: int,
-        seed: int,
-        rank: int,
-        world_size: int,
-        drop_last: bool,
-        device: str,
-        repeats: int,
-    ):
+    def __init__(self, index: FolderIndex, s: LoaderSettings, *, num_workers: int):
         self.class_names = index.class_names
         self.num_classes = index.num_classes
         self.num_samples = len(index.samples)
-        self.device = torch.device(device)
-        transform = torch_train_transform(img_size, aug) if train else torch_eval_transform(img_size, crop_ratio)
-        self.dataset = FolderDataset(index, transform, seed=seed, rank=rank, random=train)
-        self.sampler = _OrderSampler(
-            self.num_samples,
-            {
-                "train": train,
-                "seed": seed,
-                "rank": rank,
-                "world_size": world_size,
-                "repeats": repeats,
-            },
+        self.device = torch.device(s.device)
+        transform = (
+            torch_train_transform(s.img_size, s.aug) if s.train else torch_eval_transform(s.img_size, s.crop_ratio)
         )
+        self.dataset = FolderDataset(index, transform, seed=s.seed, rank=s.rank, random=s.train)
+        self.sampler = _OrderSampler(self.num_samples, s)
         self._epoch = 0
         self._loader = torch.utils.data.DataLoader(
             self.dataset,
-            batch_size=batch_size,
+            batch_size=s.batch_size,
             sampler=self.sampler,
             num_workers=num_workers,
-            drop_last=drop_last,
+            drop_last=s.drop_last,
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,  # workers fork at each epoch and see its epoch number
             prefetch_factor=4 if num_workers > 0 else None,
@@ -414,25 +375,19 @@ def build_loader(
     train_aug = TrainAug.from_config(aug)
     repeats = int(getattr(aug, "repeated_aug", 1) or 1) if train else 1
     drop_last = train if drop_last is None else drop_last
-    common = {
-        "train": train,
-        "img_size": img_size,
-        "batch_size": batch_size,
-        "aug": train_aug,
-        "crop_ratio": crop_ratio,
-        "num_workers": num_workers,
-        "seed": seed,
-        "rank": rank,
-        "world_size": world_size,
-        "drop_last": drop_last,
-        "device": str(device),
-        "repeats": repeats,
-    }
+    settings = LoaderSettings(  # its fields in order
+        train, img_size, batch_size, train_aug, crop_ratio, seed, rank, world_size, drop_last, str(device), repeats
+    )
     if kind == "ffcv":
         if beton is None:
             raise ValueError("kind='ffcv' needs beton= (the converted dataset)")
         loader = FfcvLoader(
-            Path(beton), expected_classes=expected_classes, os_cache=os_cache, batches_ahead=batches_ahead, **common
+            Path(beton),
+            settings,
+            expected_classes=expected_classes,
+            num_workers=num_workers,
+            os_cache=os_cache,
+            batches_ahead=batches_ahead,
         )
     else:
         if folder is None:
@@ -444,8 +399,7 @@ def build_loader(
             expected_classes=expected_classes,
         )
         if kind == "torch":
-            loader = TorchLoader(index, **common)
-        else:
-            del common["num_workers"]  # no worker processes: batches are cut from RAM
-            loader = MemoryLoader(index, **common)
+            loader = TorchLoader(index, settings, num_workers=num_workers)
+        else:  # no worker processes: batches are cut from RAM
+            loader = MemoryLoader(index, settings)
     return loader

@@ -41,11 +41,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pcn.data.aug_constants import RRC_RATIO
+from pcn.data.augment.constants import RRC_RATIO
+from pcn.data.augment.transforms import CenterCropResize, NormalizeUint8
 from pcn.data.folders import FolderIndex, open_rgb
-from pcn.data.order import epoch_order
+from pcn.data.loader_settings import LoaderSettings
 from pcn.data.random_streams import stream_key
-from pcn.data.transforms import CenterCropResize, NormalizeUint8, TrainAug
 from pcn.errors import DatasetError
 from pcn.io import atomic_path
 
@@ -185,23 +185,8 @@ def load_folder(index: FolderIndex, transform=None) -> tuple[torch.Tensor, torch
 
 
 class MemoryLoader:
-    def __init__(
-        self,
-        index: FolderIndex,
-        *,
-        train: bool,
-        img_size: int,
-        batch_size: int,
-        aug: TrainAug,
-        crop_ratio: float,
-        seed: int,
-        rank: int,
-        world_size: int,
-        drop_last: bool,
-        device: str,
-        repeats: int,
-    ):
-        if train and (aug.auto_augment or aug.three_augment or aug.color_jitter > 0):
+    def __init__(self, index: FolderIndex, s: LoaderSettings):
+        if s.train and (s.aug.auto_augment or s.aug.three_augment or s.aug.color_jitter > 0):
             raise ValueError(
                 "aug.auto_augment / aug.three_augment / aug.color_jitter are per-image PIL "
                 "operations; the memory loader applies crop and flip only (use data.loader: torch)"
@@ -209,22 +194,22 @@ class MemoryLoader:
         self.class_names = index.class_names
         self.num_classes = index.num_classes
         self.num_samples = len(index.samples)
-        self.device = torch.device(device)
-        self.train = train
-        self.img_size = int(img_size)
-        self.batch_size = int(batch_size)
-        self.drop_last = drop_last
-        self.aug = aug
-        self.key = stream_key(seed, rank, 0x6D656D)
-        self.order_args = {"train": train, "seed": seed, "rank": rank, "world_size": world_size, "repeats": repeats}
+        self.device = torch.device(s.device)
+        self.train = s.train
+        self.img_size = int(s.img_size)
+        self.batch_size = int(s.batch_size)
+        self.drop_last = s.drop_last
+        self.aug = s.aug
+        self.key = stream_key(s.seed, s.rank, 0x6D656D)
+        self.settings = s
         self.labels = torch.tensor([label for _, label in index.samples], dtype=torch.int64)
         # Train: the images as stored (cropped per batch); eval: the torch loader's eval crops.
-        self.images, self.sizes = load_folder(index, None if train else CenterCropResize(img_size, crop_ratio))
+        self.images, self.sizes = load_folder(index, None if s.train else CenterCropResize(s.img_size, s.crop_ratio))
         self._normalize = NormalizeUint8()
         self._epoch = 0
 
     def _order(self, epoch: int) -> np.ndarray:
-        return epoch_order(self.num_samples, epoch=epoch, **self.order_args)
+        return self.settings.epoch_order(self.num_samples, epoch)
 
     def __len__(self) -> int:
         n = len(self._order(0))

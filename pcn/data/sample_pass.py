@@ -71,7 +71,7 @@ def stream(
     """Stream at least ``samples`` augmented training images through ``loader_spec``'s
     loader, epoch after epoch; returns the count and rate, raises :class:`SampleFailure`."""
     from pcn.data.loaders import build_loader
-    from pcn.steps.common import data_paths
+    from pcn.data.splits import data_paths
 
     paths = data_paths(params)
     cfg = loader_spec.cfg

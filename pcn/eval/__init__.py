@@ -1,7 +1,6 @@
 """Evaluation helpers: model complexity (params, GMACs, throughput, memory)."""
 
 from .complexity import (
-    DEFAULT_MODELS,
     complexity_table,
     count_gmacs,
     count_params,
@@ -11,7 +10,6 @@ from .complexity import (
 )
 
 __all__ = [
-    "DEFAULT_MODELS",
     "complexity_table",
     "count_gmacs",
     "count_params",

@@ -40,22 +40,11 @@ __all__ = [
     "measure_throughput",
     "complexity_table",
     "write_markdown",
-    "DEFAULT_MODELS",
 ]
 
-# PatchConvNet sizes of the paper and the peers of its tables (timm names, pretrained=False)
-DEFAULT_MODELS = [
-    "patchconvnet_s60",
-    "patchconvnet_s120",
-    "patchconvnet_b60",
-    "patchconvnet_b120",
-    "patchconvnet_s60_multi",
-    "resnet50",
-    "resnet50_attnpool",
-    "deit_small_patch16_224",
-    "swin_tiny_patch4_window7_224",
-    "convnext_tiny",
-]
+
+# What a measurement adds to a row of the table (None where it was not measured)
+MEASURED = ("throughput", "peak_mem_mb", "mem_method")
 
 
 def count_params(model: nn.Module) -> int:
@@ -268,9 +257,7 @@ def complexity_table(
                 img_size=res,
                 params_m=count_params(shape_model) / 1e6,
                 gmacs=count_gmacs(shape_model, res),
-                throughput=None,
-                peak_mem_mb=None,
-                mem_method=None,
+                **dict.fromkeys(MEASURED),
                 device=str(device),
                 batch_size=None,
                 fast=fast,
@@ -281,12 +268,7 @@ def complexity_table(
             while measure and bs >= 1:
                 try:
                     m = measure_throughput(model, res, bs, device, fast=fast, warmup=warmup, iters=iters)
-                    row.update(
-                        throughput=m["throughput"],
-                        peak_mem_mb=m["peak_mem_mb"],
-                        mem_method=m["mem_method"],
-                        batch_size=bs,
-                    )
+                    row.update({k: m[k] for k in MEASURED}, batch_size=bs)
                     break
                 except (RuntimeError, torch.OutOfMemoryError) as e:
                     if not _is_oom(e):

@@ -38,3 +38,10 @@ def nearest_released(width: int, depth: int) -> str:
 def layerscale_init_for(width: int, depth: int) -> float:
     """The LayerScale init a (width, depth) PatchConvNet starts from: its nearest released model's."""
     return FAMILY[nearest_released(width, depth)][2]
+
+
+def depth_width_options(width: int, depth: int) -> dict:
+    """Constructor options of one depth x width point: its shape, and the LayerScale init of
+    the released model nearest to it (the rule above, stated in params.yaml).
+    A ``layerscale_init`` set in the grid's recipe still wins: the engine applies it last."""
+    return {"embed_dim": width, "depth": depth, "layerscale_init": layerscale_init_for(width, depth)}

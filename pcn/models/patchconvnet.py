@@ -52,6 +52,18 @@ from .family import FAMILY
 __all__ = ["PatchConvNet", "ConvStem", "TrunkBlock", "AggregationBlock", "AggregationAttention"]
 
 
+def init_weights(m: nn.Module) -> None:
+    """The released models' init (CaiT's): truncated-normal linears with zero bias, unit LayerNorms.
+    The attention-pooling head of the ResNets (pcn.models.pooling) starts the same way."""
+    if isinstance(m, nn.Linear):
+        trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
 class ConvStem(nn.Module):
     """Image -> (B, H, W, C) patch grid.
 
@@ -361,7 +373,7 @@ class PatchConvNet(nn.Module):
 
         if self.cls_token is not None:
             trunc_normal_(self.cls_token, std=0.02)
-        self.apply(self._init_weights)
+        self.apply(init_weights)
 
     def _make_head(self, num_classes: int) -> nn.Module:
         if num_classes <= 0:
@@ -369,15 +381,6 @@ class PatchConvNet(nn.Module):
         if self.multiclass:
             return nn.ModuleList([nn.Linear(self.num_features, 1) for _ in range(num_classes)])
         return nn.Linear(self.num_features, num_classes)
-
-    def _init_weights(self, m: nn.Module):
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
     @torch.jit.ignore
     def no_weight_decay(self):
@@ -414,7 +417,7 @@ class PatchConvNet(nn.Module):
         self.num_classes = num_classes
         ref = next(self.parameters())
         self.head = self._make_head(num_classes).to(device=ref.device, dtype=ref.dtype)
-        self.head.apply(self._init_weights)
+        self.head.apply(init_weights)
         self.head.train(self.training)
 
     # --- forward ---------------------------------------------------------------------------

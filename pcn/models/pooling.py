@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 from timm.layers import trunc_normal_
 
-from .patchconvnet import AggregationBlock
+from .patchconvnet import AggregationBlock, init_weights
 
 __all__ = ["AttentionPoolHead"]
 
@@ -62,23 +62,13 @@ class AttentionPoolHead(nn.Module):
         self.head_drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(in_chans, num_classes) if num_classes > 0 else nn.Identity()
         trunc_normal_(self.cls_token, std=0.02)
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(m: nn.Module):
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+        self.apply(init_weights)
 
     def reset_classifier(self, num_classes: int):
         ref = self.cls_token
         self.num_classes = num_classes
         self.fc = nn.Linear(self.in_chans, num_classes) if num_classes > 0 else nn.Identity()
-        self.fc.apply(self._init_weights)
+        self.fc.apply(init_weights)
         self.fc.to(device=ref.device, dtype=ref.dtype)
 
     def forward(

@@ -1,4 +1,4 @@
-"""The body of each `pcn <verb>` (pcn.verbs names which): params in, files out, one MLflow
+"""The body of each `pcn <verb>` (pcn.dag.verbs names which): params in, files out, one MLflow
 run per stage.
 
 Each function takes the parsed command-line arguments, reads params.yaml, calls the

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pcn.data.splits import SPLIT_LAYOUTS, data_paths, ffcv_splits
 from pcn.io import atomic_path
-from pcn.machine import setup_torch
-from pcn.splits import ffcv_splits
-from pcn.steps.common import SPLIT_LAYOUTS, data_paths, outputs, stage
+from pcn.machine.device import setup_torch
+from pcn.steps.common import outputs, stage
 
 
 def make_demo(args) -> int:
-    from pcn.data.synthetic import DemoSpec, generate
+    from pcn.data.demo.synthetic import DemoSpec, generate
 
     with stage(args, "demo_data", **outputs(args)) as st:
         d = st.params.data.demo
@@ -27,7 +27,7 @@ def manifest(args) -> int:
     MLflow run and no front-end lock: it writes only the listings, atomically, and only the
     changed ones (DVC runs it at every repro)."""
     from pcn.config import load_params
-    from pcn.manifest import refresh_listings
+    from pcn.dag.manifest import refresh_listings
 
     print(refresh_listings(load_params(args.params), args.out))
     return 0

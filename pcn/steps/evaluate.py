@@ -15,10 +15,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pcn.data.splits import SPLIT_LAYOUTS, data_paths
 from pcn.errors import UserError
 from pcn.io import atomic_path
-from pcn.machine import setup_torch, torch_device
-from pcn.steps.common import SPLIT_LAYOUTS, data_paths, outputs, stage
+from pcn.machine.device import setup_torch, torch_device
+from pcn.steps.common import outputs, stage
 from pcn.steps.train import num_classes
 
 RELEASED_DIR = Path("metrics/released")
@@ -274,8 +275,8 @@ def evaluate_registered(args) -> int:
 
     from pcn.config import load_params
     from pcn.data.folders import scan_folder
-    from pcn.model_registry import load_version, resolve_version
-    from pcn.tracking import tracking_uri
+    from pcn.tracking.registry import load_version, resolve_version
+    from pcn.tracking.runs import tracking_uri
     from pcn.train.engine import evaluate as eval_loop
 
     p = load_params(args.params)

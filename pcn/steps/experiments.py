@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pcn.config import depth_width_options, grid_model, has_layerscale
+from pcn.config import grid_model, has_layerscale
+from pcn.config.names import parse_point
 from pcn.errors import UserError
 from pcn.io import write_csv
-from pcn.stage import parse_point
 from pcn.steps.common import outputs, stage
 from pcn.steps.train import num_classes, train_stage
 
@@ -16,18 +16,22 @@ from pcn.steps.train import num_classes, train_stage
 def _train(
     args,
     name: str,
+    variant: tuple[str, str],
     *,
     seed: int,
-    tags: dict,
     model: str | None,
     options: dict,
-    wildcards: dict,
     extra: dict | None = None,
     run: str | None = None,
     **kw,
 ) -> dict:
-    """One run of comparison ``name`` (the instance ``wildcards`` of a grid stage), with that
-    comparison's recipe (``run``: the run's own, where ``RUN_RECIPES`` gives it one)."""
+    """One run of comparison ``name``: its ``variant`` (the wildcard naming it and its value,
+    e.g. ``("pool", "avg")``) at ``seed``, with that comparison's recipe (``run``: the run's
+    own, where ``RUN_RECIPES`` gives it one).  The depth x width grid has one seed, not a
+    wildcard."""
+    key, value = variant
+    tags = {"pcn.study": name, "pcn.variant": value}
+    wildcards = {key: value} if name == "depth_width" else {key: value, "seed": seed}
     with stage(args, name, tags={**tags, "pcn.seed": str(seed)}, wildcards=wildcards, **outputs(args)) as st:
         p = st.params
         model, options = grid_model(p, model, options)
@@ -49,39 +53,26 @@ def _train(
         )
 
 
+def _entry(mapping: dict, key: str, where: str):
+    """``mapping[key]``, or a one-line error naming the params key ``where`` and what it holds."""
+    if key not in mapping:
+        raise UserError(f"{where} has no entry {key!r} (known: {', '.join(mapping)})")
+    return mapping[key]
+
+
 def ablate(args) -> int:
     from pcn.config import load_params
 
-    variants = load_params(args.params).experiments.variants
-    if args.variant not in variants:
-        raise UserError(f"experiments.variants has no variant {args.variant!r} (known: {', '.join(variants)})")
-    _train(
-        args,
-        "ablation",
-        seed=args.seed,
-        tags={"pcn.study": "ablation", "pcn.variant": args.variant},
-        wildcards={"variant": args.variant, "seed": args.seed},
-        model=None,
-        options=variants[args.variant],
-    )
+    options = _entry(load_params(args.params).experiments.variants, args.variant, "experiments.variants")
+    _train(args, "ablation", ("variant", args.variant), seed=args.seed, model=None, options=options)
     return 0
 
 
 def resnet_pool(args) -> int:
     from pcn.config import load_params
 
-    exp = load_params(args.params).experiments
-    if args.pool not in exp.resnet:
-        raise UserError(f"experiments.resnet has no entry {args.pool!r} (known: {', '.join(exp.resnet)})")
-    _train(
-        args,
-        "resnet_pool",
-        seed=args.seed,
-        tags={"pcn.study": "resnet_pool", "pcn.variant": args.pool},
-        wildcards={"pool": args.pool, "seed": args.seed},
-        model=exp.resnet[args.pool],
-        options={},
-    )
+    model = _entry(load_params(args.params).experiments.resnet, args.pool, "experiments.resnet")
+    _train(args, "resnet_pool", ("pool", args.pool), seed=args.seed, model=model, options={})
     return 0
 
 
@@ -98,9 +89,8 @@ def multiclass(args) -> int:
     _train(
         args,
         "multiclass",
+        ("init", args.init),
         seed=args.seed,
-        tags={"pcn.study": "multiclass", "pcn.variant": args.init},
-        wildcards={"init": args.init, "seed": args.seed},
         model=p.experiments.multiclass_model,
         options={},
         init=init,
@@ -130,15 +120,15 @@ def single_to_multiclass(src: str, dst: str, k: int) -> None:
 def depth_width(args) -> int:
     width, depth = parse_point(args.point)
     from pcn.config import load_params
+    from pcn.models.family import depth_width_options
 
     p = load_params(args.params)
     options = depth_width_options(width, depth)
     _train(
         args,
         "depth_width",
+        ("point", args.point),
         seed=p.experiments.seeds[0],
-        tags={"pcn.study": "depth_width", "pcn.variant": args.point},
-        wildcards={"point": args.point},
         model=None,
         options=options,
         extra={"width": width, "depth": depth, **point_complexity(p, options)},
@@ -159,7 +149,7 @@ def point_complexity(p, options: dict) -> dict:
 
     import pcn.models  # noqa: F401  (registers the models)
     from pcn.eval.complexity import count_gmacs, count_params, measure_throughput
-    from pcn.machine import setup_torch, torch_device
+    from pcn.machine.device import setup_torch, torch_device
 
     setup_torch(1)
     img = p.experiments.train_for("depth_width").img_size

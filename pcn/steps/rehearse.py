@@ -12,10 +12,8 @@ from pathlib import Path
 import yaml
 
 from pcn.config import raw_params, resolve
-from pcn.errors import UserError
-from pcn.io import write_json
-from pcn.preflight import check_datasets
-from pcn.rehearsal import (
+from pcn.dag.preflight import check_datasets
+from pcn.dag.rehearsal import (
     CAPS_FILE,
     check_data_root,
     check_shapes,
@@ -25,7 +23,9 @@ from pcn.rehearsal import (
     prepare_workspace,
     rehearsal_params,
 )
-from pcn.stages import build_stages
+from pcn.dag.stages import build_stages
+from pcn.errors import UserError
+from pcn.io import write_json
 
 
 def rehearse(args) -> int:
@@ -41,7 +41,7 @@ def rehearse(args) -> int:
         # ImageNet's val boxes as Kaggle's CSV (the default), image-net.org's XML, or none
         data_root = work / ("datasets" if args.boxes == "csv" else f"datasets-{args.boxes}-boxes")
         if not data_root.is_dir():
-            from pcn.data.miniature import write_miniatures
+            from pcn.data.demo.miniature import write_miniatures
 
             print(
                 f"rehearse: writing miniature copies of ImageNet, ImageNet-v2, ADE20k and COCO to {data_root}",

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pcn.data.splits import data_paths
 from pcn.io import atomic_path
-from pcn.machine import setup_torch
-from pcn.steps.common import data_paths, outputs, stage
+from pcn.machine.device import setup_torch
+from pcn.steps.common import outputs, stage
 
 
 def attention(args) -> int:

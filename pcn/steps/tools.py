@@ -9,14 +9,14 @@ from pathlib import Path
 
 import yaml
 
-from pcn import frontend
 from pcn.config import ParamsError, load_params, raw_params, recipe
-from pcn.dvc_view import dvc_yaml
-from pcn.engine_process import run_engine
+from pcn.dag import frontend
+from pcn.dag.dvc_view import dvc_yaml
+from pcn.dag.engine_process import run_engine
+from pcn.dag.stages import build_stages
 from pcn.errors import UserError
 from pcn.io import write_text
-from pcn.stages import build_stages
-from pcn.tracking import PIPELINE_ENV, finish_pipeline_run, one_line, start_pipeline_run, tracking_uri, turn_off
+from pcn.tracking.runs import PIPELINE_ENV, finish_pipeline_run, one_line, start_pipeline_run, tracking_uri, turn_off
 
 DVC_FILE = Path("dvc.yaml")
 
@@ -38,7 +38,7 @@ def dag(args) -> int:
         return 0
     write_text(DVC_FILE, text)
     print(f"wrote {DVC_FILE} ({len(yaml.safe_load(text)['stages'])} stages)")
-    from pcn.dvc_plots import write_template
+    from pcn.dag.dvc_plots import write_template
 
     write_template()  # `dvc plots show` renders offline (.dvc/config names it)
     return 0
@@ -83,7 +83,7 @@ def run_pipeline(args) -> int:
         if not DVC_FILE.is_file() or DVC_FILE.read_text() != expected_dvc_yaml(args.params):
             print("dvc.yaml is stale for this params.yaml; rewriting it (pcn dag)", file=sys.stderr)
             write_text(DVC_FILE, expected_dvc_yaml(args.params))
-        from pcn.preflight import check_datasets
+        from pcn.dag.preflight import check_datasets
 
         # a missing dataset is named now, not hours in
         print(check_datasets(params, (s.name for s in build_stages(params))), flush=True)
@@ -106,22 +106,22 @@ def run_pipeline(args) -> int:
     finally:
         frontend.release()
     finish_pipeline_run(run_id, uri, "FINISHED" if rc == 0 else "KILLED" if rc > 128 else "FAILED")
-    from pcn.track_sync import summary
+    from pcn.tracking.sync import summary
 
-    print(summary(params), flush=True)
+    print(summary(params, build_stages(params)), flush=True)
     return rc
 
 
 def track(args) -> int:
-    """``pcn track sync``: the MLflow run of every stage output that has none (pcn.track_sync)."""
+    """``pcn track sync``: the MLflow run of every stage output that has none (pcn.tracking.sync)."""
     from mlflow.exceptions import MlflowException
 
-    from pcn.track_sync import sync
-    from pcn.tracking import TrackingOff
+    from pcn.tracking.runs import TrackingOff
+    from pcn.tracking.sync import sync
 
     params = load_params(args.params)
     try:
-        sync(params)
+        sync(params, build_stages(params))
     except (MlflowException, OSError, TrackingOff) as exc:
         first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
         raise UserError(
@@ -134,8 +134,8 @@ def track(args) -> int:
 def dryrun(args) -> int:
     """Every training-like job of the DAG with its GPU-hours, the total and the experiment grid's
     share; every job with its resources; refused when one asks more than its partition grants."""
-    from pcn.slurm_limits import check_jobs
-    from pcn.train.dryrun import dry_run, every_job
+    from pcn.dag.dryrun import dry_run, every_job
+    from pcn.dag.slurm_limits import check_jobs
 
     params = load_params(args.params)
     print(dry_run(params))
@@ -151,7 +151,7 @@ def ui(args) -> int:
 
 
 def machine(args) -> int:
-    from pcn.machine_speed import report
+    from pcn.machine.speed import report
 
     print(report())
     return 0

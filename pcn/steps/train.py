@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from pcn.config import Params, TrainConfig
+from pcn.data.splits import data_paths
 from pcn.errors import UserError
 from pcn.io import write_text
-from pcn.model_registry import registered_name
-from pcn.steps.common import SUBMITIT_LOGS, StageRun, data_paths, launcher_kind, outputs, stage
+from pcn.steps.common import SUBMITIT_LOGS, StageRun, launcher_kind, outputs, stage
+from pcn.tracking.registry import registered_name
 
 PLOT_COLUMNS = ("epoch", "step", "train_loss", "val_loss", "val_top1", "val_top5", "lr", "images_per_s")
 
@@ -92,8 +93,8 @@ def train_stage(
 
 
 def _log_trained_model(st: StageRun, job, register_as: str | None) -> int | None:
-    from pcn.model_registry import log_model
     from pcn.models.checkpoint import load_checkpoint
+    from pcn.tracking.registry import log_model
     from pcn.train.engine import build_model
 
     model = build_model(job)

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pcn.config.names import TRANSFER_TASKS, transfer_stage
+from pcn.dag.stage import stage_sections
 from pcn.errors import UserError
-from pcn.stage import TRANSFER_TASKS, stage_sections, transfer_stage
 from pcn.steps.common import SUBMITIT_LOGS, launcher_kind, outputs, stage
 
 

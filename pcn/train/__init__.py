@@ -5,8 +5,9 @@
 - ``pcn.train.loop.Loop`` is the training loop and its exact resume state, which the
   classification engine and the dense-transfer stages (``pcn.transfer``) both train through;
 - ``pcn.train.launch.launch(job, launcher, log_dir)`` runs it through submitit, locally
-  or on SLURM, and waits (``TrainJobFailed`` when the job fails);
-- ``pcn.train.dryrun.dry_run(params)`` prints the paper-scale plan without submitting.
+  or on SLURM, and waits (``TrainJobFailed`` when the job fails).
+
+The dry run of the paper scale's jobs is the DAG's (``pcn.dag.dryrun``).
 """
 
 from pcn.train.job import DataSpec, JobSpec, TrainJob

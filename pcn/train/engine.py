@@ -24,8 +24,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from pcn.config import batch_per_rank
 from pcn.io import write_json
-from pcn.machine import describe, setup_torch, torch_device
-from pcn.tracking import RunLogger, system_metrics
+from pcn.machine.device import describe, setup_torch, torch_device
+from pcn.tracking.runs import RunLogger, system_metrics
 from pcn.train import checkpoint as ckpt
 from pcn.train import distributed as D
 from pcn.train.job import TrainJob

@@ -50,7 +50,7 @@ from pycocotools import mask as mask_utils
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from pcn.data.layouts import ADE_SPLITS  # the official split folder names, one table
+from pcn.data.demo.layouts import ADE_SPLITS  # the official split folder names, one table
 from pcn.errors import DatasetError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -213,6 +213,7 @@ def qualitative_figure(
     from matplotlib.patches import Rectangle
 
     from pcn.transfer.datasets import annotation_mask, read_rgb
+    from pcn.transfer.outputs import save_figure, title_panel
 
     names = {c["id"]: c.get("name", str(c["id"])) for c in dataset.categories}
     by_image: dict[int, list] = {}
@@ -254,12 +255,8 @@ def qualitative_figure(
                     color="white",
                     bbox={"facecolor": colour, "alpha": 0.7, "pad": 0.5, "lw": 0},
                 )
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+            title_panel(ax, title)
+    save_figure(fig, path)
 
 
 def _scheduler(optimizer, iters: int, lr: float):

@@ -27,7 +27,7 @@ def build_optimizer(model, lr: float, weight_decay: float):
 
 def run_logger(job: TransferJob, env: DistEnv):
     """MLflow points from rank 0 only (the others get a no-op logger)."""
-    from pcn.tracking import RunLogger
+    from pcn.tracking.runs import RunLogger
 
     return RunLogger(job.mlflow_run_id, job.mlflow_uri, enabled=env.is_main)
 

@@ -45,3 +45,19 @@ def finish_outputs(job: TransferJob, losses: list[float]) -> None:
     """The loss curve (atomically) and removal of the resume state once outputs are in place."""
     write_text(job.plots_path, loss_csv(losses))
     shutil.rmtree(job.work_dir, ignore_errors=True)
+
+
+def title_panel(ax, title: str) -> None:
+    """A qualitative figure's panel: a picture with a title and no ticks."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=9)
+
+
+def save_figure(fig, path: Path) -> None:
+    """Write a qualitative figure (tight, 80 dpi) and free it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)

@@ -19,7 +19,7 @@ import torch
 
 from pcn.config import batch_per_rank
 from pcn.io import atomic_path, write_json
-from pcn.machine import setup_torch, torch_device
+from pcn.machine.device import setup_torch, torch_device
 from pcn.train import distributed as D
 from pcn.train.loop import unwrap
 from pcn.transfer.distributed import IterationSampler, distribute

@@ -265,6 +265,7 @@ def qualitative_figure(dataset: AdeSegmentation, samples: list, path: Path) -> N
     from matplotlib.colors import ListedColormap
 
     from pcn.transfer.datasets import read_rgb
+    from pcn.transfer.outputs import save_figure, title_panel
 
     n = dataset.n_classes
     colours = plt.get_cmap("tab20", max(n, 2))(np.arange(n))[:, :3]
@@ -276,12 +277,8 @@ def qualitative_figure(dataset: AdeSegmentation, samples: list, path: Path) -> N
         row[2].imshow(pred, cmap=cmap, vmin=0, vmax=n, interpolation="nearest")
         row[0].set_ylabel(name, fontsize=7)
         for ax, title in zip(row, ("image", "ground truth", "prediction")):
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+            title_panel(ax, title)
+    save_figure(fig, path)
 
 
 def _scheduler(optimizer, iters: int, lr: float):

@@ -8,8 +8,8 @@ from typing import Any
 
 import submitit
 
-from pcn.machine import torch_device
-from pcn.tracking import system_metrics
+from pcn.machine.device import torch_device
+from pcn.tracking.runs import system_metrics
 from pcn.train.lock import trainer_lock
 from pcn.transfer.job import TransferJob
 

@@ -1,12 +1,12 @@
-# Helpers that turn the stage table (pcn/stages.py) and params.yaml into rules.
+# Helpers that turn the stage table (pcn/dag/stages.py) and params.yaml into rules.
 import json
 import os
 import re
 from pathlib import Path
 
 from pcn.config import ParamsError, raw_params, resolve
-from pcn.stage_resources import plugin_resources
-from pcn.stages import build_stages
+from pcn.dag.stage_resources import plugin_resources
+from pcn.dag.stages import build_stages
 
 try:
     PARAMS = resolve({k: v for k, v in config.items() if not k.startswith("pcn_")})
@@ -78,7 +78,7 @@ def _plain(value):
 
 
 def slurm_resources(stage):
-    """The executor plugin's resources of a stage's job (pcn.stage_resources.plugin_resources)."""
+    """The executor plugin's resources of a stage's job (pcn.dag.stage_resources.plugin_resources)."""
     return plugin_resources(stage, PARAMS)
 
 

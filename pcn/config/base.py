@@ -1,0 +1,45 @@
+"""What every params section shares: the scale names, the error type, the merge, the base model."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+SCALES = ("demo", "study", "paper")
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class ParamsError(ValueError):
+    """A params.yaml problem, phrased as one line for the user."""
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """``override`` merged into ``base``, dict by dict; neither is changed."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+class Section(BaseModel):
+    # Unknown keys are errors: a typo must not silently fall back to a default.
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+
+def describe_error(error: dict) -> str:
+    loc = ".".join(str(p) for p in error["loc"] if not str(p).startswith("function-"))
+    value = error.get("input")
+    msg = error["msg"]
+    if error["type"] == "extra_forbidden":
+        return f"unknown key '{loc}' (not in the schema; check the spelling)"
+    if error["type"] == "missing":
+        return f"missing key '{loc}'"
+    if error["type"] == "value_error":  # our validators' messages name their keys themselves
+        return msg.removeprefix("Value error, ")
+    shown = repr(value) if not isinstance(value, dict) else "{...}"
+    return f"{loc} = {shown}: {msg[0].lower() + msg[1:]}" if loc else msg
