@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 # The paths each stage verb opens, as the stage table writes them on its command (pcn.dag.stages):
 # flag -> (help, how many values, required).  The table's command always names them.
 _PATHS: dict[str, dict[str, tuple[str, str | None, bool]]] = {
+    "front-end": {"out": ("the check's mark, which every stage depends on", None, True)},
     "make-demo": {"out": ("folder of the demo datasets", None, True)},
     "manifest": {"out": ("the dataset listings to refresh (data/manifests/<dataset>.tsv)", "+", True)},
     "convert": {"out": ("folder of the .beton files", None, True), "metrics": ("metrics JSON", None, True)},
@@ -102,7 +103,30 @@ _PATHS["multiclass"] = {
     **_TRAINING_PATHS,
     "baseline": ("the single-token baseline of the same seed (the fine-tuned init's source)", None, True),
 }
-_PATHS["segmentation"] = _PATHS["detection"] = {k: _TRAINING_PATHS[k] for k in ("out", "metrics", "plots")}
+# a dense transfer always writes its loss curve: --plots is required there
+_PATHS["segmentation"] = _PATHS["detection"] = {
+    **{k: _TRAINING_PATHS[k] for k in ("out", "metrics")},
+    "plots": (_TRAINING_PATHS["plots"][0], None, True),
+}
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (argparse names the flag in its one-line error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    """An argparse type: a TCP port a server can be asked to listen on (1-65535)."""
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 1 to 65535, got {value}")
+    return value
 
 
 def _path_arguments(verb: str, p: argparse.ArgumentParser) -> None:
@@ -139,8 +163,22 @@ def _verb_arguments(verb: str, p: argparse.ArgumentParser) -> None:
             "--model",
             help="its timm name (default: the registered PatchConvNet whose keys and shapes the checkpoint has)",
         )
-        p.add_argument("--img-size", type=int, help="resolution (default: the model's, 224 for the releases)")
-        p.add_argument("--crop-ratio", type=float, help="centre-crop ratio (default: the paper's, 0.875 at every size)")
+
+        def crop_ratio(text: str) -> float:  # an argparse type: refused here, not in a loader worker
+            try:
+                value = float(text)
+            except ValueError:
+                value = float("nan")
+            if not 0 < value <= 1:
+                raise argparse.ArgumentTypeError(f"expected a ratio in (0, 1], got {text!r}")
+            return value
+
+        p.add_argument("--img-size", type=_positive_int, help="resolution (default: the model's, 224 for the releases)")
+        p.add_argument(
+            "--crop-ratio",
+            type=crop_ratio,
+            help="centre-crop ratio in (0, 1] (default: the paper's, 0.875 at every size)",
+        )
     if verb == "ablate":
         p.add_argument("--variant", required=True)
     if verb in ("ablate", "resnet-pool", "multiclass"):
@@ -168,7 +206,7 @@ def _verb_arguments(verb: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("scale", choices=["demo", "study", "paper"])
     if verb == "run":
         p.add_argument("--engine", choices=["snakemake", "dvc"], default="snakemake")
-        p.add_argument("--cores", type=int, default=2)
+        p.add_argument("--cores", type=_positive_int, default=2, help="cores the engine may use (>= 1)")
         p.epilog = "Unknown options are passed to the engine, e.g. `pcn run --profile slurm all`."
     if verb == "rehearse":
         p.add_argument(
@@ -206,7 +244,7 @@ def _verb_arguments(verb: str, p: argparse.ArgumentParser) -> None:
     if verb == "track":
         p.add_argument("action", choices=["sync"], help="sync: rebuild MLflow's missing stage runs from the files")
     if verb == "ui":
-        p.add_argument("--port", type=int, default=5000)
+        p.add_argument("--port", type=_port, default=5000, help="port of the UI (1-65535)")
         p.add_argument("--no-wait", action="store_true", help=argparse.SUPPRESS)
 
 

@@ -10,18 +10,29 @@
 #
 # The configuration goes to /etc/slurm/slurm.conf, where sbatch/squeue (called by
 # submitit and snakemake) find it without SLURM_CONF; state, spool, logs and pid
-# files live under $PCN_SLURM_DIR (default /tmp/pcn-slurm).
+# files live under $PCN_SLURM_DIR (default: slurm-state/ in the project), a folder private to
+# the user (mode 700): `stop` kills the pids it finds there, so no one else may write them.
 # Exit codes: 0 ok, 1 failure, 3 SLURM cannot be installed here (no root / no apt).
 set -Eeuo pipefail
 # A command failing under `set -e` ends the script: say which, so a caller never gets a bare exit 1.
 trap 'echo "slurm-cluster: error: line $LINENO: \`$BASH_COMMAND\` exited $?" >&2' ERR
 
-STATE_DIR="${PCN_SLURM_DIR:-/tmp/pcn-slurm}"
+STATE_DIR="${PCN_SLURM_DIR:-$(cd "$(dirname "$0")/.." && pwd)/slurm-state}"
 CONF=/etc/slurm/slurm.conf
 START_TIMEOUT_S="${PCN_SLURM_START_TIMEOUT_S:-60}"
 
 log() { echo "slurm-cluster: $*" >&2; }
 die() { log "error: $*"; exit 1; }
+
+# The state folder holds the pid files `stop` kills by: it must be this user's and writable
+# by no one else (a shared, predictable /tmp path would let any user name a pid to kill).
+private_state_dir() {
+    mkdir -p -m 700 "$STATE_DIR"
+    [ -O "$STATE_DIR" ] || die "$STATE_DIR is not owned by $(id -un); set PCN_SLURM_DIR to a folder of yours"
+    if [ -n "$(find "$STATE_DIR" -maxdepth 0 -perm /022)" ]; then
+        die "$STATE_DIR is writable by other users; chmod 700 it or set PCN_SLURM_DIR to a private folder"
+    fi
+}
 
 node_name() { hostname -s; }
 
@@ -263,6 +274,9 @@ stop_daemons() {
     [ "${1:-}" = quiet ] || log "stopped"
 }
 
+case "${1:-}" in
+    start | stop | status) private_state_dir ;;
+esac
 case "${1:-}" in
     start) start ;;
     stop) stop_daemons ;;

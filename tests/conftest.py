@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +39,47 @@ def write_tiny_imagefolder(
     return root
 
 
+# What provides each part the suite needs, for the one-line message of a test that lacks it
+SETUP = {
+    "ffcv": "`bash scripts/setup.sh test` builds it (Debian's libopencv-*-dev, libturbojpeg0-dev, then pip)",
+    "root": "run the tests as root, as CI does (`bash .ci/run`): mounting a tmpfs needs it",
+    "slurm": "`bash scripts/setup.sh test` installs slurm-wlm and munge; scripts/slurm-cluster.sh start runs them",
+    "chromium": "`bash scripts/setup.sh test` installs Debian's chromium (/usr/bin/chromium)",
+    "git": "apt-get install git",
+}
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require(missing: str, part: str) -> None:
+    """A part the suite needs is missing.  Under CI=true the test fails, in one line naming
+    what is missing and what provides it: CI must not pass on skips.  Elsewhere it is
+    skipped, and pytest's summary says why."""
+    message = f"{missing}; {SETUP[part]}"
+    if in_ci():
+        pytest.fail(f"CI needs it: {message}", pytrace=False)
+    pytest.skip(message, allow_module_level=True)  # a module-level check (test_ffcv.py) skips the module
+
+
+def require_ffcv():
+    """The ffcv package (a pinned dependency and the default loader), or :func:`require`."""
+    try:
+        import ffcv
+    except ImportError as exc:
+        require(f"ffcv cannot be imported ({exc})", "ffcv")
+    return ffcv
+
+
+def mount_tmpfs(mount: Path, options: str) -> None:
+    """A tmpfs mounted at ``mount`` with ``options`` (``size=2m``, ``ro,size=1m``); mounting
+    needs root (:func:`require`).  The caller unmounts it."""
+    cp = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)], capture_output=True, text=True)
+    if cp.returncode != 0:
+        require(f"cannot mount a tmpfs ({options}) at {mount}: {cp.stderr.strip() or 'mount failed'}", "root")
+
+
 @pytest.fixture
 def small_tmpfs(tmp_path):
     """A 2 MiB tmpfs at ``tmp_path/fs``, a filesystem a test can fill (or remount read-only:
@@ -44,9 +87,7 @@ def small_tmpfs(tmp_path):
     root: the test is skipped where it is not permitted."""
     mount = tmp_path / "fs"
     mount.mkdir()
-    cp = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True, text=True)
-    if cp.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs to fill ({cp.stderr.strip() or 'mount failed'}); needs root")
+    mount_tmpfs(mount, "size=2m")
     try:
         yield mount
     finally:
@@ -90,10 +131,10 @@ def slurm_cluster() -> str:
     if _cluster("status").returncode == 0:
         return "running"
     if shutil.which("slurmctld") is None and (os.geteuid() != 0 or shutil.which("apt-get") is None):
-        pytest.skip("SLURM is not installed and cannot be installed here (needs root and apt-get)")
+        require("SLURM is not installed and cannot be installed here (needs root and apt-get)", "slurm")
     started = _cluster("start")
     if started.returncode == 3:  # the script's "cannot install SLURM here"
-        pytest.skip(f"SLURM cannot be installed here: {started.stderr.strip().splitlines()[-1]}")
+        require(f"SLURM cannot be installed here: {started.stderr.strip().splitlines()[-1]}", "slurm")
     if started.returncode != 0:
         raise RuntimeError(f"scripts/slurm-cluster.sh start failed:\n{started.stdout}\n{started.stderr}")
     return "started"
@@ -106,7 +147,15 @@ def stage_argv(name: str, params_path: str | Path = "params.yaml", **wildcards) 
     from pcn.dag.stages import build_stages
 
     stage = {s.name: s for s in build_stages(load_params(params_path))}[name]
-    return stage.instance({k: str(v) for k, v in wildcards.items()}).cmd.split()[1:]
+    return shlex.split(stage.instance({k: str(v) for k, v in wildcards.items()}).cmd)[1:]
+
+
+def run_convert(work: Path, timeout: int) -> subprocess.CompletedProcess:
+    """`pcn convert` as the DAG of ``work/params.yaml`` runs it, in ``work``, with a store of its own."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PCN_PIPELINE", "DVC_"))}
+    env.update(PYTHONPATH=str(ROOT), MLFLOW_TRACKING_URI=f"sqlite:///{work / 'mlflow.db'}")
+    argv = [sys.executable, "-m", "pcn.cli", *stage_argv("convert", work / "params.yaml")]
+    return subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def run_paths(root: Path, params_path: str | Path = ROOT / "params.yaml"):

@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import run_paths
+from conftest import require, run_paths
 
 pytestmark = pytest.mark.browser
 
@@ -37,7 +37,7 @@ TIMEOUT_MS = 120_000  # MLflow's UI took ~17 s to render its runs table on a 2-c
 @pytest.fixture(scope="module")
 def browser():
     if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium)")
+        require(f"{CHROMIUM} not found", "chromium")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -83,6 +83,8 @@ def _answers(port: int) -> bool:
 
 
 def test_mlflow_ui_shows_pipeline_and_stage_runs(browser, tmp_path, monkeypatch):
+    """`pcn ui` lands on the model-training view of the experiment (not MLflow 3's GenAI
+    navigation): the stage runs listed, each with its headline metric (top1) in a column."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -123,18 +125,27 @@ def test_mlflow_ui_shows_pipeline_and_stage_runs(browser, tmp_path, monkeypatch)
     shots = tmp_path / "screenshots"
     shots.mkdir()
     try:
-        assert url == f"http://127.0.0.1:{port}/#/experiments/{exp_id}/runs?workflowType=machine_learning"
+        assert url.startswith(f"http://127.0.0.1:{port}/#/experiments/{exp_id}/runs?")
+        assert "workflowType=machine_learning" in url
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         page.set_default_timeout(TIMEOUT_MS)
         page.goto(url)
-        page.get_by_text("pipeline-snakemake-demo").first.wait_for()
         page.get_by_text("3 matching runs").wait_for()
-        page.screenshot(path=shots / "mlflow-runs.png")
-        # the stage runs are nested under the pipeline run: expand it
-        page.locator('button[data-component-id*="runnamecellrenderer"]').first.click()
+        # the stage runs, as they are, without expanding their pipeline run ...
         for name in stages:
             page.get_by_role("link", name=name, exact=True).wait_for()
-        page.screenshot(path=shots / "mlflow-runs-nested.png")
+        page.get_by_text("pipeline-snakemake-demo").first.wait_for()
+        # ... with the headline metric as a column, its value in the stage's row
+        page.get_by_role("columnheader", name="top1").first.wait_for()
+        # (the grid draws a row's pinned name and its other cells as two rows of one row-id)
+        cell = page.locator(f'[role="row"][row-id="{stages["evaluate"]}"] [col-id="metrics.`top1`"]')
+        cell.get_by_text("42.5").wait_for()
+        # the model-training navigation (runs, models), not the GenAI one (judges, prompts)
+        nav = page.locator("aside")
+        nav.get_by_text("Runs", exact=True).wait_for()
+        for genai in ("Judges", "Prompts", "Evaluation runs"):
+            assert nav.get_by_text(genai, exact=True).count() == 0, genai
+        page.screenshot(path=shots / "mlflow-runs.png")
         # one stage run: its metric ...
         page.get_by_role("link", name="evaluate", exact=True).click()
         page.wait_for_url(f"**/runs/{stages['evaluate']}**")
@@ -156,7 +167,7 @@ def test_mlflow_ui_shows_pipeline_and_stage_runs(browser, tmp_path, monkeypatch)
         _keep(shots)
     assert code == 0
     assert not _answers(port), "pcn ui exited but left its server running"
-    assert len(list(shots.glob("*.png"))) == 4
+    assert len(list(shots.glob("*.png"))) == 3
 
 
 def test_html_report_renders(browser, tmp_path, monkeypatch):
@@ -223,7 +234,7 @@ def test_mlflow_ui_shows_a_registered_model(browser, tmp_path, monkeypatch):
     Path("params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     model = timm.create_model("patchconvnet_demo", num_classes=5).eval()
     with stage_run("finetune", load_params("params.yaml"), {}) as run:
-        assert log_model(run, model, 32, register_as="patchconvnet-demo") == 1
+        assert log_model(run, model, 32, arch="patchconvnet_demo", options={}, register_as="patchconvnet-demo") == 1
 
     port = _free_port()
     proc, _ = _pcn_ui(tmp_path, port)

@@ -93,9 +93,8 @@ def test_params_prints_one_key_and_refuses_an_unknown_one(tmp_path):
 
 
 def test_version_is_the_packages():
-    from pathlib import Path
-
     import tomllib
+    from pathlib import Path
 
     version = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["version"]
     out = _pcn_params("--version")

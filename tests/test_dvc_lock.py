@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import require
 
 from pcn.dag.dvc_lock import commit_stages_that_ran, dvc_commit
 from pcn.dag.stages import Stage
@@ -26,7 +27,7 @@ def _sh(args, cwd):
 def repo(tmp_path):
     """A git + DVC repository with a plain stage and a matrix stage, outputs written by hand."""
     if shutil.which("git") is None:
-        pytest.skip("git is not installed")
+        require("git is not installed", "git")
     _sh(["git", "init", "-q"], tmp_path)
     _sh([DVC, "init", "-q"], tmp_path)
     (tmp_path / "in.txt").write_text("input\n")

@@ -43,9 +43,15 @@ def _env() -> dict[str, str]:
 
 @pytest.fixture
 def project(tmp_path):
-    for name in ("params.yaml", "dvc.yaml"):  # a DVC project: its stages refuse a stale dvc.yaml
-        shutil.copy(ROOT / name, tmp_path / name)
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    _write_dvc_yaml(tmp_path)  # a DVC project: its stages refuse a stale dvc.yaml
     return tmp_path
+
+
+def _write_dvc_yaml(project: Path) -> None:
+    """`pcn dag` in the project: a stage's code deps are the code files found there."""
+    cmd = [sys.executable, "-m", "pcn.cli", "dag"]
+    subprocess.run(cmd, cwd=project, env=_env(), check=True, capture_output=True, timeout=300)
 
 
 @pytest.fixture
@@ -99,3 +105,74 @@ def test_a_dead_front_ends_lock_is_taken_over_with_a_message(project, holder):
     assert f"snakemake: taking over .pcn/frontend.lock from snakemake (pid {holder.pid} on " in cp.stdout
     assert "no longer running" in cp.stdout
     assert (project / ".pcn" / "frontend.lock").read_text() == "", "a clean release leaves nothing to take over"
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _alive(pid: int) -> bool:
+    """Alive and not a zombie (an exited orphan waits for init to reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+SLOW_PROBE = """
+include: "{workflow}"
+
+
+rule probe:
+    output:
+        "probe.txt",
+    shell:
+        "touch started.txt; sleep 8; echo ran > {{output}}"
+"""
+
+
+def test_after_a_sigkill_of_pcn_run_no_engine_runs_while_another_front_end_holds_the_lock(project):
+    """SIGKILL runs no handler: the engine must either hold the lock itself or die with its
+    parent.  Poll as a second front end would: whenever it gets the lock, no engine runs."""
+    (project / "probe.smk").write_text(SLOW_PROBE.format(workflow=ROOT / "workflow" / "Snakefile"))
+    cmd = [sys.executable, "-m", "pcn.cli", "run", "-s", "probe.smk", "probe"]
+    run = subprocess.Popen(cmd, cwd=project, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (project / "started.txt").exists():
+        assert time.monotonic() < deadline and run.poll() is None, "the probe job never started"
+        time.sleep(0.2)
+    engines = _children(run.pid)
+    assert engines, "pcn run started no engine"
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    code = "from pcn.dag.frontend import acquire, release; acquire('dvc repro'); release()"
+    deadline = time.monotonic() + 120
+    while True:
+        cp = subprocess.run([sys.executable, "-c", code], cwd=project, env=_env(), capture_output=True, text=True)
+        if cp.returncode == 0:
+            running = [pid for pid in engines if _alive(pid)]
+            assert not running, f"the lock was free while the engine {running} still ran"
+            break
+        assert "another front end runs" in cp.stderr, cp.stderr
+        assert time.monotonic() < deadline, "the engine of the killed pcn run never ended"
+        time.sleep(0.5)
+
+
+def test_a_bare_dvc_repro_is_refused_at_its_first_stage_before_anything_else(project, holder):
+    """DVC restores a stage from its run cache without running its command: the front-end
+    check is the first stage, so a `dvc repro` beside Snakemake stops before any other."""
+    dvc = str(Path(sys.executable).with_name("dvc"))
+    shutil.copytree(ROOT / "pcn", project / "pcn", ignore=shutil.ignore_patterns("__pycache__"))  # the code deps
+    _write_dvc_yaml(project)
+    for args in (["git", "init", "-q"], [dvc, "init", "-q", "--force"]):  # `pcn dag` wrote .dvc/plots
+        subprocess.run(args, cwd=project, check=True, capture_output=True)
+    cp = subprocess.run([dvc, "repro"], cwd=project, env=_env(), capture_output=True, text=True, timeout=600)
+    out = cp.stdout + cp.stderr
+    assert cp.returncode != 0, out[-3000:]
+    assert "Running stage 'front_end'" in out and "another front end runs" in out, out[-3000:]
+    ran = [line for line in out.splitlines() if line.startswith("Running stage") or "checking out" in line]
+    assert ran == ["Running stage 'front_end':"], ran
+    assert not (project / "data").exists() and not (project / ".pcn" / "front_end.txt").exists()

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import require
 from PIL import Image
 
 from pcn.config import AugConfig
@@ -73,7 +74,7 @@ def loader(
 ):
     folder, beton = data
     if kind == "ffcv" and beton is None:
-        pytest.skip("ffcv not installed")
+        require("ffcv cannot be imported", "ffcv")
     return build_loader(
         beton=beton,
         folder=folder,

@@ -1,9 +1,9 @@
 """The install story: pinned torch, one dependency list in two formats, the README's commands."""
 
 import re
+import tomllib
 from pathlib import Path
 
-import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]

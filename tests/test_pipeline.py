@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import require
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -325,7 +326,7 @@ def test_dvc_plots_page_renders_offline_in_chromium(dvc_project):
     """`dvc plots show`'s page draws its charts with no network: the Vega scripts are inlined."""
     chromium = Path("/usr/bin/chromium")
     if not chromium.exists():
-        pytest.skip(f"{chromium} not found: install Debian's chromium (apt-get install chromium)")
+        require(f"{chromium} not found", "chromium")
     from playwright.sync_api import sync_playwright
 
     out = dvc_project / "dvc_plots_offline"

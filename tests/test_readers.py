@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import stage_argv
+from conftest import require_ffcv, stage_argv
 from PIL import Image
 
 from pcn.data.folders import open_rgb, scan_folder
@@ -117,7 +117,7 @@ def test_every_imagenet_loader_reads_the_quirky_train_split(imagenet, tmp_path, 
     folder = root / "imagenet" / "train"
     beton = None
     if kind == "ffcv":
-        pytest.importorskip("ffcv")
+        require_ffcv()
         from pcn.data.ffcv_io import convert_imagefolder
 
         beton = tmp_path / "train.beton"
@@ -157,7 +157,7 @@ def test_every_imagenet_loader_reads_the_quirky_train_split(imagenet, tmp_path, 
 
 def test_ffcv_stores_each_quirky_file_as_its_rgb_pixels(imagenet, tmp_path):
     """What FFCV's writer stores (raw mode) is PIL's RGB decoding of the file's content."""
-    pytest.importorskip("ffcv")
+    require_ffcv()
     from ffcv.reader import Reader
 
     from pcn.data.ffcv_io import convert_imagefolder
@@ -317,7 +317,7 @@ def _convert(work: Path, monkeypatch, capsys) -> tuple[int, list[str]]:
     ],
 )
 def test_convert_refuses_before_writing_anything(imagenet, tmp_path, monkeypatch, capsys, break_it, message):
-    pytest.importorskip("ffcv")
+    require_ffcv()
     root = _copy(imagenet, tmp_path)
     break_it(root)
     work = _work(tmp_path, root)
@@ -330,7 +330,7 @@ def test_convert_refuses_before_writing_anything(imagenet, tmp_path, monkeypatch
 
 
 def test_convert_writes_train_val_and_v2_and_num_classes_counts_train(imagenet, tmp_path, monkeypatch, capsys):
-    pytest.importorskip("ffcv")
+    require_ffcv()
     from pcn.config import load_params
     from pcn.data.ffcv_io import check_metadata
     from pcn.steps.train import num_classes
@@ -357,7 +357,7 @@ def test_convert_writes_train_val_and_v2_and_num_classes_counts_train(imagenet, 
 def test_convert_writes_only_the_splits_a_stage_reads_through_ffcv(imagenet, tmp_path, monkeypatch, capsys):
     """As at paper scale: evaluate reads the original JPEGs (evaluate.loader torch), so
     ImageNet-v2 is neither converted nor even needed by the conversion."""
-    pytest.importorskip("ffcv")
+    require_ffcv()
     root = _copy(imagenet, tmp_path)
     __import__("shutil").rmtree(root / "imagenetv2-matched-frequency")
     work = _work(tmp_path, root)

@@ -106,20 +106,29 @@ def write_fixture_run(root: Path, *, evidence: bool = False, imagenet: bool = Fa
         }
 
     base = grp([40.0, 41.0, 42.0][: len(seeds)])
+    smoke = {"ci95": None, "ci90": None, "verdict": "not resolved (1 seed; 3 needed)", "mdd": None, "test": None}
     avg = {
         **grp([35.0, 36.0, 37.0][: len(seeds)]),
         "vs_baseline": {
             "diff": -5.0,
-            "ci95": [-7.0, -3.0] if evidence else None,
-            "verdict": "worse" if evidence else "not resolved (single seed: smoke run)",
+            "margin": 0.5,
+            **(
+                {"ci95": [-7.0, -3.0], "ci90": [-6.5, -3.5], "verdict": "worse", "mdd": 2.9, "test": "paired t"}
+                if evidence
+                else smoke
+            ),
         },
     }
     bn = {
         **grp([41.0, 40.0, 42.5][: len(seeds)]),
         "vs_baseline": {
             "diff": 0.17,
-            "ci95": [-2.0, 2.3] if evidence else None,
-            "verdict": "within noise" if evidence else "not resolved (single seed: smoke run)",
+            "margin": 0.5,
+            **(
+                {"ci95": [-2.0, 2.3], "ci90": [-1.5, 1.8], "verdict": "inconclusive", "mdd": 4.1, "test": "paired t"}
+                if evidence
+                else smoke
+            ),
         },
     }
     _write(
@@ -323,7 +332,9 @@ def test_statuses_at_paper_scale(tmp_path, monkeypatch):
     row21k = rows[("ImageNet top-1 (%), 224 px, ImageNet-21k pretraining", "patchconvnet_s60")]
     assert row21k[6] == D.NOT_COMPARABLE and row21k[4] == S.NONE and "ImageNet-21k" in row21k[8]
     assert rows[("ResNet-50 top-1 (%), attention pooling", "resnet50_attnpool")][6] == D.DIFFERS  # 31 vs 80.1
-    assert rows[("ablation direction: batchnorm", "patchconvnet_s60")][6] == D.DIFFERS  # within noise, paper: better
+    # inconclusive, paper: better; the note says what these seeds could have detected
+    bn = rows[("ablation direction: batchnorm", "patchconvnet_s60")]
+    assert bn[6] == D.INCONCLUSIVE and bn[8].startswith("3 seeds can detect differences of 4.1 points or more")
     assert rows[("ablation direction: avgpool", "patchconvnet_s60")][6] == D.DIFFERS  # worse, paper: similar
     assert rows[("ablation direction: linear_stem", "patchconvnet_s60")][6] == D.NOT_RUN  # variant not run
 
@@ -468,7 +479,8 @@ def test_the_papers_condition_is_shown_with_its_direction(tmp_path, monkeypatch)
     assert "this run's grid: 16 epochs at 64 px, batch 32, 16 tokens (4x4, stride 16)" in bn[8]
     section = next(s for s in report.sections if s.title.startswith("Ablations"))
     table = next(t for t in section.tables if t.caption == "Ablations against the baseline")
-    assert next(r for r in table.rows if r[0] == "batchnorm")[7].startswith("better (only with a large enough batch")
+    direction = table.columns.index("paper direction")
+    assert next(r for r in table.rows if r[0] == "batchnorm")[direction].startswith("better (only with a large")
 
 
 def test_recipe_section_shows_every_value_with_its_source(demo_run):
@@ -583,12 +595,13 @@ def test_pair_rows_show_the_papers_direction_from_its_numbers(demo_run):
     attention = next(r for r in tables["ResNet: attention pooling against average pooling"].rows if r[0] == "attention")
     finetuned = next(r for r in tables["Multi-class tokens: fine-tuned against scratch"].rows if r[0] == "finetuned")
     # paper/numbers.yaml: ResNet-50 79.8 -> 80.1 with attention pooling; multi-class 81.1 -> 82.0 fine-tuned
-    assert attention[7] == "better (+0.3 top-1)"
-    assert finetuned[7] == "better (+0.9 top-1)"
+    direction = tables["Ablations against the baseline"].columns.index("paper direction")
+    assert attention[direction] == "better (+0.3 top-1)"
+    assert finetuned[direction] == "better (+0.9 top-1)"
     avgpool = next(r for r in tables["Ablations against the baseline"].rows if r[0] == "avgpool")
-    assert avgpool[7] == "similar"  # the write-up: attention pooling brings almost no gain
+    assert avgpool[direction] == "similar"  # the write-up: attention pooling brings almost no gain
     # smoke runs state what they ran at too (the recipe metrics/ablations.json recorded)
-    assert avgpool[8] == "smoke run, 16 epochs at 64 px, batch 32, 16 tokens (4x4, stride 16)"
+    assert avgpool[-1] == "smoke run, 16 epochs at 64 px, batch 32, 16 tokens (4x4, stride 16)"
 
 
 def test_comparison_rows_name_their_own_recipe(tmp_path, monkeypatch):
@@ -598,7 +611,7 @@ def test_comparison_rows_name_their_own_recipe(tmp_path, monkeypatch):
     write_fixture_run(tmp_path, evidence=True)
     report = R.build_report(run_paths(tmp_path), _params("study"))
     section = next(s for s in report.sections if s.title.startswith("Ablations"))
-    kinds = {t.caption: {r[-1] for r in t.rows} for t in section.tables if t.rows and len(t.rows[0]) == 9}
+    kinds = {t.caption: {r[-1] for r in t.rows} for t in section.tables if "paper direction" in t.columns}
     assert kinds["Ablations against the baseline"] == {
         "3 seeds, 16 epochs at 64 px, batch 32, 16 tokens (4x4, stride 16)"
     }
@@ -646,20 +659,22 @@ def test_welch_interval_matches_a_textbook_example():
     degrees of freedom, two-sided p = 0.021."""
     from scipy.stats import t
 
-    from pcn.analysis.stats import difference
+    from pcn.analysis.stats import difference, interval, standard_error
 
     a = [27.5, 21.0, 19.0, 23.6, 17.0, 17.9, 16.9, 20.1, 21.9, 22.6, 23.1, 19.6, 19.0, 21.7, 21.4]
     b = [27.1, 22.0, 20.8, 23.4, 23.4, 23.5, 25.8, 22.0, 24.8, 20.2, 21.9, 22.1, 22.9, 20.5, 24.4]
-    d = difference(a, b)
-    assert d["diff"] == pytest.approx(20.82 - 22.99, abs=0.01)
+    d = difference(a, b, margin=1.0)  # two unpaired samples: Welch's t
+    assert d["diff"] == pytest.approx(20.82 - 22.99, abs=0.01) and d["test"] == "welch"
     se = abs(d["diff"]) / 2.46  # the standard error the textbook's t implies
     lo, hi = d["ci95"]
     assert (hi - lo) / 2 == pytest.approx(t.ppf(0.975, 25) * se, rel=0.005)
     assert d["verdict"] == "worse"  # p = 0.021: the 95% interval excludes zero ...
-    assert difference(a, b, level=1 - 0.021)["ci95"][1] == pytest.approx(0, abs=0.01)  # ... and touches it at 97.9%
-    # identical seeds on both sides: an interval of width zero, not nan
-    assert difference([40.0, 40.0], [40.0, 40.0]) == {"diff": 0.0, "ci95": [0.0, 0.0], "verdict": "within noise"}
-    assert difference([40.0], [39.0, 41.0])["ci95"] is None  # one seed: a smoke run, no verdict
+    se, df, _ = standard_error(a, b, paired=False)
+    assert interval(d["diff"], se, df, 1 - 0.021)[1] == pytest.approx(0, abs=0.01)  # ... and touches it at 97.9%
+    # identical seeds on both sides: no interval (one of width zero would call any difference)
+    same = difference([40.0] * 3, [40.0] * 3, margin=1.0)
+    assert same["ci95"] is None and same["verdict"] == "not resolved (no seed-to-seed variance on either side)"
+    assert difference([40.0], [39.0, 41.0], margin=1.0)["ci95"] is None  # one seed: a smoke run, no verdict
 
 
 def test_html_renders_the_markdown_and_names_each_values_source(demo_run):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, write_tiny_imagefolder
+from conftest import ROOT, require_ffcv, write_tiny_imagefolder
 
 from pcn.config import raw_params, resolve
 from pcn.data.sample_pass import SampleFailure, stream, training_loaders
@@ -20,7 +20,7 @@ POLICY = "rand-m9-mstd0.5-inc1"  # the paper's RandAugment
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
     """A project folder: ImageNet-shaped train/val of 2,000 + 100 images and their .beton files."""
-    pytest.importorskip("ffcv")
+    require_ffcv()
     from pcn.data.ffcv_io import convert_imagefolder
 
     work = tmp_path_factory.mktemp("pass")

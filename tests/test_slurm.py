@@ -25,6 +25,8 @@ from pcn.train.launch import TrainJobFailed, TrainTask, launch, wait
 sys.path.insert(0, str(Path(__file__).parent))
 from test_train import assert_same_weights, comparable, make_job
 
+ROOT = Path(__file__).resolve().parents[1]
+
 # The subclasses below travel into the jobs by value (the job processes cannot import tests/).
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -370,7 +372,7 @@ def test_cold_start_after_the_cluster_died_mid_job_leaves_no_orphan(slurm_cluste
     ):
         assert time.time() < deadline, f"job {job} never started"
         time.sleep(0.5)
-    state_dir = Path(os.environ.get("PCN_SLURM_DIR", "/tmp/pcn-slurm"))
+    state_dir = Path(os.environ.get("PCN_SLURM_DIR", ROOT / "slurm-state"))
     for daemon in ("slurmctld", "slurmd"):
         os.kill(int((state_dir / "run" / f"{daemon}.pid").read_text()), signal.SIGKILL)
     time.sleep(1)

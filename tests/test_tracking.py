@@ -89,7 +89,7 @@ def test_a_moved_project_keeps_its_runs_and_artifacts_together(params, tmp_path)
 
 
 def _parents(client, exp_id: str, stage: str) -> list[str]:
-    runs = client.search_runs([exp_id], f"tags.`pcn.dag.stage` = '{stage}'")
+    runs = client.search_runs([exp_id], f"tags.`pcn.stage` = '{stage}'")
     return [r.data.tags["mlflow.parentRunId"] for r in runs]
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from pcn.analysis.document import DIFFERS, NOT_COMPARABLE, NOT_RUN, REPRODUCED, WITHIN, Table
+from pcn.analysis.document import DIFFERS, INCONCLUSIVE, NOT_COMPARABLE, NOT_RUN, REPRODUCED, WITHIN, Table
 from pcn.analysis.setting import patch_stride, recipe_of, setting_text
 from pcn.analysis.sourced import NONE, Metrics, RunIndex, Sourced
 from pcn.errors import UserError
@@ -427,7 +427,31 @@ def _ablation_rows(rows: _Rows, paper: dict, params, metrics: Metrics, imagenet:
             )
             rows.rows.append([*head, NONE, "direction", NOT_RUN, NONE, "; ".join(filter(None, (why, cond)))])
             continue
-        verdict = str(diff.value)
-        agree = {"worse": "worse", "similar": "within noise", "better": "better"}.get(e["direction"]) == verdict
-        status = REPRODUCED if agree else (NOT_RUN if verdict.startswith("not resolved") else DIFFERS)
-        rows.rows.append([*head, diff, "direction", status, rows.runs.run_id(diff.file), cond])
+        status, why = direction_status(e["direction"], row, "vs_baseline")
+        rows.rows.append(
+            [*head, diff, "direction", status, rows.runs.run_id(diff.file), "; ".join(filter(None, (why, cond)))]
+        )
+
+
+# The grid's verdict (pcn.analysis.stats) that reproduces each direction of the paper: a
+# "similar" needs an equivalence within experiments.equivalence_margin, not merely no difference.
+VERDICT_OF_DIRECTION = {"better": "better", "worse": "worse", "similar": "equivalent"}
+
+
+def direction_status(direction: str, row: dict, key: str) -> tuple[str, str]:
+    """The status of a paper direction against the grid's difference ``row[key]`` (a row of
+    metrics/ablations.json), and what the note says about it: reproduced when the verdict is the
+    direction's; inconclusive (with the difference these seeds could detect) or not run (the
+    verdict's reason: too few seeds, no variance) when the seeds decide nothing; else differs."""
+    vs = row.get(key) or {}
+    verdict = str(vs.get("verdict"))
+    if verdict == VERDICT_OF_DIRECTION.get(direction):
+        return REPRODUCED, ""
+    if verdict.startswith("not resolved"):
+        return NOT_RUN, f"the grid's difference is {verdict}"
+    if verdict == "inconclusive":
+        mdd, margin = vs.get("mdd"), vs.get("margin")
+        detect = f"{row.get('n')} seeds can detect differences of {mdd:.1f} points or more" if mdd is not None else ""
+        within = f"equivalence needs the 90% interval within ±{margin:g}" if margin is not None else ""
+        return INCONCLUSIVE, "; ".join(filter(None, (detect, within)))
+    return DIFFERS, ""

@@ -6,7 +6,11 @@ Status of a comparison row (the last-but-two column of the comparison table):
   a unit of its last printed digit);
 * ``within tolerance``: further off, but within the row's tolerance (``tolerances``
   in paper/numbers.yaml, with the reason for each);
-* ``differs``: outside the tolerance;
+* ``differs``: outside the tolerance; for an ablation's direction: the grid's verdict is
+  another one than the paper's (pcn.analysis.stats);
+* ``inconclusive``: an ablation's direction the grid's seeds can neither confirm nor rule
+  out (no difference, and no equivalence within experiments.equivalence_margin); the note
+  gives the smallest difference they would detect;
 * ``not run at this scale``: this run cannot produce the number (ImageNet accuracy on
   synthetic demo data, a model not in ``complexity.models``, GPU throughput on a CPU);
 * ``not comparable``: this run measured it under another protocol than the paper's row
@@ -27,7 +31,8 @@ WITHIN = "within tolerance"
 DIFFERS = "differs"
 NOT_RUN = "not run at this scale"
 NOT_COMPARABLE = "not comparable"
-STATUSES = (REPRODUCED, WITHIN, DIFFERS, NOT_RUN, NOT_COMPARABLE)
+INCONCLUSIVE = "inconclusive"
+STATUSES = (REPRODUCED, WITHIN, DIFFERS, INCONCLUSIVE, NOT_RUN, NOT_COMPARABLE)
 
 
 @dataclass

@@ -21,6 +21,7 @@ import numpy as np
 
 from pcn.analysis.paths import RunPaths
 from pcn.config.names import transfer_stage
+from pcn.io import read_json
 
 MANIFEST = "index.json"
 DPI = 130
@@ -299,7 +300,7 @@ def compose_images(paths: Sequence[Path], titles: Sequence[str]):
 
 
 def _load(path: Path) -> Any:
-    return json.loads(path.read_text())
+    return read_json(path)
 
 
 INITS = ("pretrained", "scratch")  # a dense task's trunks: the DAG's and a random one

@@ -2,11 +2,14 @@
 
 Every entry names the params.yaml key(s) it sets (dotted, as resolved at scale
 ``paper``; null where the schema has no key), the value, and its source: the
-paper, the official code (file:line), or "not stated; chosen because ...".
-:func:`load_recipe` refuses an entry without a source in one line naming it;
-:func:`disagreements` lists each keyed value that differs from the resolved
-paper-scale params, so the table and ``scales.paper`` cannot drift apart; the
-report renders :func:`table_rows`.
+paper, the official code (file:line), or "not stated; chosen because ...".  An entry
+no source here confirms says so in ``unverified``: what would confirm it.
+:func:`load_recipe` refuses an entry without a source (or with an empty
+``unverified``) in one line naming it; :func:`disagreements` lists each keyed value
+that differs from the resolved paper-scale params, so the table and ``scales.paper``
+cannot drift apart; the report renders :func:`table_rows` (the unverified ones
+flagged in their own column) and ``pcn dryrun`` lists :func:`unverified` before
+its cost table.
 """
 
 from __future__ import annotations
@@ -21,8 +24,12 @@ from pydantic import BaseModel
 from pcn.io import read_yaml
 
 RECIPE_PATH = Path("paper/recipe.yaml")
-COLUMNS = ["topic", "params.yaml key (scale paper)", "value", "source"]
+COLUMNS = ["topic", "params.yaml key (scale paper)", "value", "source", "unverified: what would confirm it"]
 UNSTATED = "not stated"
+# The unverified values listed first, in this order: the drop path heads the list, since the
+# first author names it as the value to adapt to each model size (facebookresearch/deit#185)
+# and one rate trains every size here (S60 and every depth x width point).
+FIRST = ("drop_path",)
 
 
 class RecipeError(ValueError):
@@ -36,6 +43,7 @@ class Entry:
     value: Any
     source: str
     check: str | None = None
+    unverified: str | None = None  # no source here confirms the value: what would confirm it
 
     def expected(self) -> list[tuple[str, Any]]:
         """(key, value) pairs: a list value spread over a key list of the same length, else one value per key."""
@@ -68,10 +76,18 @@ def _entry(raw: Any, where: str) -> Entry:
             f"{where}: source {source!r} says the value is not stated but not why it was chosen "
             f"('not stated; chosen because ...')"
         )
-    unknown = set(raw) - {"topic", "key", "value", "source", "check"}
+    unknown = set(raw) - {"topic", "key", "value", "source", "check", "unverified"}
     if unknown:
         raise RecipeError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
-    return Entry(topic.strip(), keys, raw["value"], source.strip(), raw.get("check"))
+    for name in ("check", "unverified"):
+        text = raw.get(name)
+        if name in raw and not (isinstance(text, str) and text.strip()):
+            raise RecipeError(
+                f"{where}: {name} = {text!r}: expected a non-empty string"
+                + (" (what would confirm the value), or no 'unverified' field" if name == "unverified" else "")
+            )
+    check, unverified = (raw[n].strip() if n in raw else None for n in ("check", "unverified"))
+    return Entry(topic.strip(), keys, raw["value"], source.strip(), check, unverified)
 
 
 def load_recipe(path: str | Path = RECIPE_PATH) -> list[Entry]:
@@ -128,7 +144,9 @@ def check_recipe(entries: list[Entry], params, source: str = str(RECIPE_PATH)) -
         raise RecipeError(f"{source}: {bad[0]}{more}")
 
 
-def format_value(value: Any) -> str:
+def format_value(value: Any, outer: bool = True) -> str:
+    """A value as one line: a top-level list as 'a, b', a nested one as '[a, b]', a mapping as '{k: v}'."""
+    value = _plain(value)
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -136,16 +154,35 @@ def format_value(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     if isinstance(value, list):
-        return ", ".join(format_value(v) for v in value)
+        inner = ", ".join(format_value(v, False) for v in value)
+        return inner if outer else f"[{inner}]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {format_value(v, False)}" for k, v in value.items()) + "}"
     return str(value)
 
 
+def unverified(entries: list[Entry]) -> list[Entry]:
+    """The entries no source here confirms: those keyed to a :data:`FIRST` name first (in
+    that order), then the others in the recipe's order."""
+
+    def rank(e: Entry) -> int:
+        names = [k.rsplit(".", 1)[-1] for k in e.keys]
+        return next((i for i, name in enumerate(FIRST) if name in names), len(FIRST))
+
+    return sorted((e for e in entries if e.unverified), key=rank)
+
+
+def keys_text(entry: Entry) -> str:
+    return ", ".join(entry.keys) if entry.keys else "(no key)"
+
+
 def table_rows(entries: list[Entry]) -> list[list[str]]:
-    """Rows under :data:`COLUMNS`; an unverified point follows its source as 'check: ...'."""
+    """Rows under :data:`COLUMNS`: a point not checked against the paper's text follows its
+    source as 'check: ...'; an unverified value says what would confirm it in the last column."""
     rows = []
     for e in entries:
         source = e.source + (f" (check: {e.check})" if e.check else "")
-        rows.append([e.topic, ", ".join(e.keys) if e.keys else "(no key)", format_value(e.value), source])
+        rows.append([e.topic, keys_text(e), format_value(e.value), source, e.unverified or ""])
     return rows
 
 

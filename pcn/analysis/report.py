@@ -31,7 +31,8 @@ STATUS_TEXT = (
     "Status: reproduced = equal at the paper's precision; within tolerance = inside the tolerance column; "
     "differs = outside it; not run at this scale = this run cannot produce the number; not comparable = "
     "this run measured it at another resolution, from other pretraining data or with another test protocol than "
-    "the paper's row, or the row does not state them (the note says which)."
+    "the paper's row, or the row does not state them (the note says which); inconclusive = a paper direction the "
+    "seeds can neither confirm nor rule out (the note gives the smallest difference they would detect)."
 )
 
 

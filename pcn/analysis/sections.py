@@ -13,6 +13,7 @@ from pcn.analysis.paths import RunPaths
 from pcn.analysis.setting import patch_stride, recipe_of, setting_text
 from pcn.analysis.sourced import NONE, Metrics, RunIndex
 from pcn.config.names import transfer_stage
+from pcn.io import read_json
 
 # The paper's two-row comparisons outside the ablation table: (section, this row, reference row).
 PAPER_PAIRS = {
@@ -32,10 +33,22 @@ GRID_COLUMNS = [
     "std",
     "diff vs {ref}",
     "95% CI",
+    "90% CI",
+    "margin (±)",
+    "mdd",
+    "test",
     "verdict",
     "paper direction",
     "run kind (length, batch, resolution, tokens)",
 ]
+# How to read the grid's tables (pcn.analysis.stats): under each table.
+GRID_READING = (
+    "*95% CI*: better or worse where it excludes 0. *90% CI* and *margin*: equivalent where the 90% "
+    "interval lies within ±margin top-1 points (two one-sided tests at 5%, experiments.equivalence_margin). "
+    "*mdd*: the smallest difference these seeds detect with 80% power at the 5% level. Neither better, worse "
+    "nor equivalent is *inconclusive*; fewer than 3 seeds, or no seed-to-seed variance, is *not resolved*. "
+    "*test*: paired t on the per-seed differences (the same seeds on both sides) or Welch's t."
+)
 
 
 def _pair_direction(paper: dict, group: str, name: str) -> str:
@@ -135,12 +148,17 @@ def grid_section(paper: dict, params, metrics: Metrics) -> Section:
             vs = r.get(f"vs_{ref}")
             row = [name, g(summary, f"{base}.n", "d"), g(summary, f"{base}.mean"), g(summary, f"{base}.std") or NONE]
             if vs is None:
-                row += ["(reference)", NONE, NONE]
+                row += ["(reference)", NONE, NONE, NONE, NONE, NONE, NONE]
             else:
+                key = f"{base}.vs_{ref}"
                 row += [
-                    g(summary, f"{base}.vs_{ref}.diff", "+.2f"),
+                    g(summary, f"{key}.diff", "+.2f"),
                     _fmt_ci(vs.get("ci95")),
-                    g(summary, f"{base}.vs_{ref}.verdict"),
+                    _fmt_ci(vs.get("ci90")),
+                    g(summary, f"{key}.margin", "g") or NONE,
+                    g(summary, f"{key}.mdd") or NONE,
+                    g(summary, f"{key}.test") or NONE,
+                    g(summary, f"{key}.verdict"),
                 ]
             row.append(directions.get(name, NONE) if group == "ablations" else _pair_direction(paper, group, name))
             row.append(f"{kind}, {setting_text(rec, patch_stride(params, group, name))}")
@@ -148,6 +166,8 @@ def grid_section(paper: dict, params, metrics: Metrics) -> Section:
         if rows:
             columns = [c.format(ref=ref) for c in GRID_COLUMNS]
             sec.tables.append(Table(columns, rows, caption))
+    if sec.tables:
+        sec.notes.append(GRID_READING)
     grid = abl.get("depth_width") or []
     rows = [
         [
@@ -163,11 +183,15 @@ def grid_section(paper: dict, params, metrics: Metrics) -> Section:
     ]
     if rows:
         setting = setting_text(recipe_of(abl, params, "depth_width"), patch_stride(params, "depth_width"))
+        drop_path = params.experiments.train_for("depth_width").drop_path
         sec.tables.append(
             Table(
                 ["width", "depth", "top-1", "params (M)", "GMACs", "throughput (im/s)", "peak mem (MB)"],
                 rows,
-                f"Depth x width grid (one seed per point, {setting})",
+                f"Depth x width grid (one seed per point, {setting}; drop path {drop_path:g} at every point). "
+                "The paper adapts stochastic depth to the model size (facebookresearch/deit#185) and no source here "
+                "gives its rates (paper/recipe.yaml: unverified), so the large points (width 768-1024, depth 120) "
+                f"are likely under-regularised at {drop_path:g}",
             )
         )
     return sec
@@ -277,6 +301,14 @@ def recipe_section(paths: RunPaths, params) -> Section:
         "What `scales.paper` in params.yaml sets, and where each value comes from "
         "(paper/recipe.yaml; '(no key)': the schema has no key for it, so it is not applied)."
     )
+    unconfirmed = R.unverified(entries)
+    if unconfirmed:
+        sec.paragraphs.append(
+            f"**{len(unconfirmed)} values are unverified**: no source here confirms them; the last column says what "
+            "would (`pcn dryrun` lists them too): "
+            + "; ".join(f"{e.topic} ({R.keys_text(e)})" for e in unconfirmed)
+            + "."
+        )
     if params.scale == "paper":
         bad = R.disagreements(entries, params)
         sec.paragraphs.append(
@@ -303,10 +335,8 @@ def machines_section(paths: RunPaths) -> Section:
     folder = paths.at("metrics")
     by_machine: dict[tuple, list[str]] = {}
     for path in sorted(folder.rglob("*.json")):
-        try:
-            m = json.loads(path.read_text()).get("machine")
-        except (json.JSONDecodeError, AttributeError):
-            continue
+        doc = read_json(path)
+        m = doc.get("machine") if isinstance(doc, dict) else None
         if isinstance(m, dict):
             key = tuple(m.get(k) for k in MACHINE_KEYS)
             by_machine.setdefault(key, []).append(str(path.relative_to(folder).with_suffix("")))

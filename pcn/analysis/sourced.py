@@ -7,13 +7,13 @@ read from a metrics file at a JSON key, never typed.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pcn.analysis.paths import RunPaths
+from pcn.io import read_json
 from pcn.tracking.runs import METRICS_TAG
 
 NONE = "—"
@@ -58,10 +58,8 @@ class Metrics:
     def load(self, rel: str) -> Any | None:
         if rel not in self._cache:
             p = self.root / rel
-            try:
-                self._cache[rel] = json.loads(p.read_text()) if p.is_file() else None
-            except json.JSONDecodeError:
-                self._cache[rel] = None
+            # a missing file is a stage that has not run (the report says so); a broken one is an error
+            self._cache[rel] = read_json(p) if p.is_file() else None
         return self._cache[rel]
 
     def exists(self, rel: str) -> bool:

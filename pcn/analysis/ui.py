@@ -2,16 +2,29 @@
 
 The server reads the sqlite store and serves its artifacts from ``mlartifacts/`` beside
 it (the stages' proxied ``mlflow-artifacts:`` root, see pcn.tracking.runs), both given as
-absolute paths computed now, so it browses a moved project as well.  MLflow 3 opens an
-experiment on its GenAI overview page; the pipeline's runs are in the runs table of the
-"Model training" view, ``/#/experiments/<id>/runs?workflowType=machine_learning`` (the
-UI's own switch between its two views), so that is the link printed.  It binds to
-127.0.0.1 only.
+absolute paths computed now, so it browses a moved project as well.  It binds to 127.0.0.1
+only.
+
+The link printed opens the experiment as a training pipeline is read:
+
+- MLflow 3 has two navigations, "GenAI" (traces, judges, prompts) and "Model training"
+  (runs, models); the UI takes the query parameter ``workflowType=machine_learning`` as the
+  switch to the second.  Where a link lacks it (a run's page), the UI falls back to the
+  browser's own last choice, GenAI until the user picks the other: that part is MLflow's.
+- Its runs table nests stage runs under their collapsed pipeline run and shows no metric
+  column until one is chosen.  The URL's query sets the sort but not the columns; MLflow's
+  shared views set both: an experiment tag ``mlflow.sharedViewState.<key>`` holding the
+  table's state as JSON, opened by ``viewStateShareKey=<key>`` (expanded rows are left out
+  of a shared view).  `pcn ui` writes the view ``pcn``: the headline metrics
+  (pcn.tracking.runs.HEADLINE_METRICS, top1 first) as columns, sorted by top1, best first;
+  sorted by a metric, the table lists every run, stage runs included, instead of nesting
+  them.  The user may leave it ("Exit shared view") or keep it as their own.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -22,9 +35,13 @@ import time
 import urllib.request
 from pathlib import Path
 
-from pcn.tracking.runs import artifacts_dir, tracking_uri
+from pcn.tracking.runs import EXPERIMENT_TAGS, HEADLINE_METRICS, artifacts_dir, one_line, tracking_uri
 
 HOST = "127.0.0.1"
+TRAINING_VIEW = "machine_learning"  # workflowType: the UI's "Model training" navigation
+VIEW_KEY = "pcn"  # the shared view `pcn ui` writes into the experiment
+VIEW_TAG_PREFIX = "mlflow.sharedViewState."  # MLflow's experiment tag of a shared view
+SORT_METRIC = "top1"
 
 
 class ServerError(RuntimeError):
@@ -41,10 +58,46 @@ def experiment_id(uri: str, experiment: str) -> str | None:
     return exp.experiment_id if exp else None
 
 
-def runs_url(port: int, exp_id: str | None) -> str:
+def runs_url(port: int, exp_id: str | None, view: bool = True) -> str:
+    """The experiment's runs in the "Model training" navigation; with ``view``, in the
+    shared view :func:`save_training_view` wrote."""
     base = f"http://{HOST}:{port}/"
-    view = "?workflowType=machine_learning"  # the UI's "Model training" view, not its GenAI one
-    return f"{base}#/experiments/{exp_id}/runs{view}" if exp_id is not None else f"{base}#/{view}"
+    query = f"?workflowType={TRAINING_VIEW}"
+    if exp_id is None:
+        return f"{base}#/{query}"
+    return f"{base}#/experiments/{exp_id}/runs{query}" + (f"&viewStateShareKey={VIEW_KEY}" if view else "")
+
+
+def training_view() -> dict:
+    """The runs table's state for a training pipeline, as MLflow's shared views hold it:
+    search facets (sorted by top1, best first, which lists stage runs flat) and the columns
+    shown (the headline metrics, then the models a run logged or registered)."""
+    metrics = [SORT_METRIC] + [m for keys in HEADLINE_METRICS.values() for m in keys if m != SORT_METRIC]
+    return {
+        "searchFilter": "",
+        "orderByKey": f"metrics.`{SORT_METRIC}`",
+        "orderByAsc": False,
+        "startTime": "ALL",
+        "lifecycleFilter": "Active",
+        "selectedColumns": [f"metrics.`{m}`" for m in metrics] + ["attributes.`Models`"],
+    }
+
+
+def save_training_view(uri: str, exp_id: str) -> str | None:
+    """Write the shared view ``pcn`` (and the experiment's kind, for an experiment created
+    before pcn set it) into the experiment; None, or why it could not."""
+    import mlflow
+
+    try:
+        client = mlflow.MlflowClient(uri)
+        client.set_experiment_tag(exp_id, VIEW_TAG_PREFIX + VIEW_KEY, json.dumps(training_view()))
+        tags = client.get_experiment(exp_id).tags
+        for key, value in EXPERIMENT_TAGS.items():
+            if key not in tags:
+                client.set_experiment_tag(exp_id, key, value)
+    except Exception as exc:  # noqa: BLE001 - a read-only store is still browsable
+        return one_line(exc)
+    return None
 
 
 def _missing_store(uri: str) -> bool:
@@ -136,17 +189,23 @@ def serve(params, port: int = 5000, wait: bool = True) -> int:
     if not _port_free(port):
         print(f"pcn ui: port {port} on {HOST} is in use; pass --port", file=sys.stderr)
         return 2
+    exp_id = experiment_id(uri, name)
+    problem = save_training_view(uri, exp_id) if exp_id is not None else None
     try:
         proc = start(uri, port)
     except ServerError as exc:
         print(f"pcn ui: {exc}", file=sys.stderr)
         return 1
-    exp_id = experiment_id(uri, name)
-    print(f"MLflow UI: {runs_url(port, exp_id)}")
+    print(f"MLflow UI: {runs_url(port, exp_id, view=problem is None)}")
     if exp_id is None:
         print(f"  no experiment '{name}' in the store yet")
+    elif problem is None:
+        print(
+            f"  experiment '{name}': every run, stage runs included, best {SORT_METRIC} first "
+            "(sorted by Created, stage runs nest under their pipeline run)"
+        )
     else:
-        print(f"  runs of experiment '{name}': each pipeline run with its stage runs nested under it")
+        print(f"  runs of experiment '{name}' (its view could not be saved in the store: {problem})")
     if not wait:
         print(f"  server pid {proc.pid}; stop it with: kill -TERM -{proc.pid}", flush=True)
         return 0

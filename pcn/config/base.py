@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 SCALES = ("demo", "study", "paper")
 DEFAULT_PARAMS = Path("params.yaml")
@@ -27,8 +29,18 @@ def deep_merge(base: dict, override: dict) -> dict:
 
 
 class Section(BaseModel):
-    # Unknown keys are errors: a typo must not silently fall back to a default.
-    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+    # Unknown keys are errors: a typo must not silently fall back to a default.  No number
+    # is infinite or NaN (`lr: .inf` would train to NaN hours later).
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=(), allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        """YAML's true/false is not a number: pydantic would take `epochs: true` as 1."""
+        annotation = str(cls.model_fields[info.field_name].annotation)
+        if isinstance(value, bool) and not ("bool" in annotation or "Any" in annotation):
+            raise PydanticCustomError("bool_for_number", "expected a number, not true/false")
+        return value
 
 
 def describe_error(error: dict) -> str:

@@ -22,6 +22,12 @@ class ExperimentsConfig(Section):
 
     enabled: bool = Field(True, description="false: the main line only (pretrain, finetune, evaluate, transfer)")
     seeds: list[int] = Field(default_factory=lambda: [0])
+    equivalence_margin: float = Field(
+        3.0,
+        gt=0.0,
+        description="top-1 points: two variants are called equivalent when the 90% interval of their "
+        "difference lies within ±this margin (two one-sided tests at 5%, pcn/analysis/stats.py)",
+    )
     variants: dict[str, dict[str, Any]] = Field(
         default_factory=lambda: {
             "baseline": {},

@@ -5,8 +5,15 @@ things through these functions, so a file, a DAG stage and an MLflow run agree."
 from __future__ import annotations
 
 import re
+import shlex
 
 from pcn.errors import UserError
+
+# The alphabet of a name that becomes a stage instance, a file, an MLflow run or a word of a
+# stage's shell command (a grid variant, a ResNet pool): a letter, then letters, digits and
+# underscores.  No '-' (it separates a name from its seed), no '.' (dotted params keys), no
+# space or shell syntax.
+SAFE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
 BASELINE_VARIANT = "baseline"  # the grid's reference run: the multi-class init and the attention maps read it
 TRANSFER_TASKS = {"segmentation": "ade20k", "detection": "coco"}  # task -> the dataset it reads
@@ -53,3 +60,20 @@ def grid_run_name(name: str, seed: str | int | None = None) -> str:
 def avg_pool_variant(params) -> str | None:
     """The ablation variant with average pooling (the CAM model), if the grid has one."""
     return next((n for n, o in params.experiments.variants.items() if o.get("pool") == "avg"), None)
+
+
+def check_name(key: str, name: object) -> None:
+    """Refuse a name (a key of ``key``) outside :data:`SAFE_NAME`, in one line."""
+    if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):
+        raise ValueError(
+            f"{key}: {name!r} is not a safe name: it names stages, files and runs, so it must be a letter "
+            "followed by letters, digits or underscores"
+        )
+
+
+def shell_word(word: str) -> str:
+    """``word`` quoted for the shell (shlex), its ``{wildcard}`` and DVC ``${item.x}``
+    placeholders left as they are: those take only safe names (:func:`check_name`) and
+    numbers.  A plain path stays unquoted, so dvc.yaml reads as before."""
+    masked = re.sub(r"\$?\{[A-Za-z_][\w.]*\}", "x", word)
+    return word if shlex.quote(masked) == masked else shlex.quote(word)

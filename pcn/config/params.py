@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from pcn.config.base import DEFAULT_PARAMS, SCALES, ParamsError, Section, deep_merge, describe_error
 from pcn.config.compute import LauncherConfig, RuntimeConfig, TrackingConfig
 from pcn.config.data import DataConfig
 from pcn.config.experiments import GRID_STUDIES, RUN_RECIPES, AttentionConfig, ExperimentsConfig
+from pcn.config.names import check_name
 from pcn.config.training import (
     AugConfig,
     ComplexityConfig,
@@ -52,6 +52,20 @@ class Params(Section):
         if self.data.source == "demo":
             return self.data.demo.n_classes + 1
         raise ValueError("segmentation.n_classes must be set for real data (150 for ADE20k)")
+
+    @model_validator(mode="after")
+    def _safe_names(self) -> Params:
+        """Names that become stage instances, files, runs and shell words: a safe alphabet;
+        seeds and grid points: numbers a name can carry (no sign)."""
+        exp = self.experiments
+        for key, names in (("experiments.variants", exp.variants), ("experiments.resnet", exp.resnet)):
+            for name in names:
+                check_name(key, name)
+        if any(s < 0 for s in exp.seeds):
+            raise ValueError(f"experiments.seeds = {exp.seeds}: expected seeds >= 0 (they name files and runs)")
+        if any(len(p) != 2 or min(p) < 1 for p in exp.depth_width):
+            raise ValueError(f"experiments.depth_width = {exp.depth_width}: expected [width, depth] pairs >= 1")
+        return self
 
     @model_validator(mode="after")
     def _ffcv_augment(self) -> Params:
@@ -134,7 +148,9 @@ def recipe(params: Params) -> dict:
 
 
 def raw_params(path: str | Path = DEFAULT_PARAMS) -> dict:
-    return yaml.safe_load(Path(path).read_text()) or {}
+    from pcn.io import read_yaml
+
+    return read_yaml(path, ParamsError) or {}
 
 
 def section_values(params: Params, sections: tuple[str, ...]) -> dict[str, Any]:

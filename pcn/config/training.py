@@ -51,6 +51,12 @@ class AugConfig(Section):
         return self.mixup > 0 or self.cutmix > 0
 
 
+# Mixed precision of a training or evaluation: fp16 autocast with a loss scaler (the official
+# code's NativeScaler), bf16 autocast (no scaler: fp32's range), or plain fp32 (exact on a CPU).
+Precision = Literal["fp16", "bf16", "fp32"]
+PRECISION_HELP = "fp16: autocast + GradScaler (the official recipe); bf16: autocast, no scaler; fp32: none"
+
+
 class TrainConfig(Section):
     img_size: int = Field(64, ge=16)
     epochs: int = Field(14, ge=1)
@@ -58,6 +64,10 @@ class TrainConfig(Section):
     lr: float = Field(1e-3, gt=0.0, description="peak learning rate at batch_size (scaled by lr_base_batch)")
     lr_base_batch: int | None = Field(None, description="if set, lr is scaled by batch_size / lr_base_batch")
     optimizer: Literal["adamw", "lamb"] = Field("adamw", description="timm optimizer name")
+    opt_eps: float | None = Field(
+        None, gt=0.0, description="the optimizer's epsilon; null = timm's default (AdamW 1e-8, LAMB 1e-6)"
+    )
+    precision: Precision = Field("fp32", description=PRECISION_HELP)
     loss: Literal["ce", "bce"] = Field(
         "ce", description="ce: (soft-target) cross-entropy; bce: binary cross-entropy on the (mixed) targets"
     )
@@ -104,6 +114,7 @@ class EvaluateConfig(Section):
     img_size: int = Field(80, ge=16)
     batch_size: int = Field(128, ge=1)
     crop_ratio: float = Field(0.875, gt=0.0, le=1.0)
+    precision: Precision = Field("fp32", description="autocast of the scoring passes (no scaler: no gradients)")
 
 
 class ComplexityConfig(Section):

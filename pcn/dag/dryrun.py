@@ -6,7 +6,10 @@ splits over the GPUs, the learning rate after DeiT's linear scaling, the steps p
 epoch on ImageNet-1k and its GPU-hours.  ``jobs(params)`` is every training-like job
 of the DAG (pretrain, finetune, dense transfer, the experiment grid when
 ``experiments.enabled``) and ``dry_run(params)`` the text ``pcn dryrun`` prints: the
-pretraining job in detail, then one line per job, the total and the grid's share.
+values of the paper's recipe no source confirms (paper/recipe.yaml's ``unverified``
+entries, drop path first: named before any GPU time is spent), the pretraining job in
+detail, then one line per job with its effective lr (``lr x global batch / lr_base_batch``,
+``pcn.train.parts.scaled_lr``), the total and the grid's share.
 
 GPU-hours follow each job's model and resolution: the images a job processes, times
 the multiply-accumulates of one image (``pcn.eval.complexity.count_gmacs``), at the
@@ -21,8 +24,10 @@ import functools
 import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from pcn.analysis import recipe as R
 from pcn.config import LauncherConfig, Params, TrainConfig, batch_per_rank
 from pcn.dag.stage_resources import Resources
 from pcn.dag.stages import build_stages
@@ -207,10 +212,18 @@ class Job:
     schedule: str
     global_batch: int
     batch_per_gpu: int
-    lr: float
+    lr: float  # effective: after the batch scaling
     images_per_gpu_s: float
     gpu_hours: float
     sbatch: dict[str, Any]
+    lr_rule: str = ""  # how ``lr`` follows from the params: "0.003 x 2048/2048" or "(not scaled)"
+
+
+def lr_rule(cfg) -> str:
+    """How a job's effective lr follows from its section: DeiT's linear scaling
+    (``pcn.train.parts.scaled_lr``), or none (no lr_base_batch; the dense transfers)."""
+    base = getattr(cfg, "lr_base_batch", None)
+    return f"{cfg.lr:g} x {cfg.batch_size}/{base}" if base else f"{cfg.lr:g} (not scaled)"
 
 
 def _grid_model(params: Params, stage: str, wc: dict[str, str]) -> tuple[str, dict[str, Any]]:
@@ -262,6 +275,7 @@ def jobs(params: Params, train_images: int = IMAGENET_TRAIN_IMAGES) -> list[Job]
                         rate,
                         cfg.iters * cfg.batch_size / rate / 3600,
                         slurm_parameters(params.launcher, name),
+                        lr_rule(cfg),
                     )
                 )
                 continue
@@ -285,6 +299,7 @@ def jobs(params: Params, train_images: int = IMAGENET_TRAIN_IMAGES) -> list[Job]
                     p.images_per_gpu_s,
                     p.gpu_hours,
                     p.sbatch,
+                    lr_rule(cfg),
                 )
             )
     return out
@@ -359,22 +374,58 @@ def jobs_text(params: Params) -> list[str]:
     return lines
 
 
-def dry_run(params: Params, train_images: int = IMAGENET_TRAIN_IMAGES) -> str:
-    """What ``pcn dryrun`` prints: the pretraining job in detail, every training-like job
-    with its GPU-hours, the total and the experiment grid's share of it."""
-    lines = _pretrain_text(params, plan(params, train_images))
+def _value_in_force(params: Params, entry: R.Entry) -> str:
+    """The entry's value, and where this scale's params set another, theirs."""
+    text = R.format_value(entry.value)
+    other = []
+    for key, want in entry.expected():
+        try:
+            got = params.section(key)
+        except (AttributeError, KeyError, TypeError):
+            continue
+        if not R.same(got, want):
+            other.append(f"{key} = {R.format_value(got)}")
+    return text + (f" (paper recipe; scale '{params.scale}' sets {'; '.join(other)})" if other else "")
+
+
+def unverified_text(params: Params, recipe: str | Path = R.RECIPE_PATH) -> list[str]:
+    """One line per value of the paper's recipe that no source confirms (``unverified`` in
+    paper/recipe.yaml), drop path first: key, value, why it is unconfirmed."""
+    path = Path(recipe)
+    if not path.is_file():
+        return [f"unconfirmed values: not listed ({path} not found)"]
+    try:
+        entries = R.unverified(R.load_recipe(path))
+    except R.RecipeError as exc:
+        return [f"unconfirmed values: not listed ({exc})"]
+    if not entries:
+        return [f"unconfirmed values: none ({path} marks no entry unverified)"]
+    lines = [
+        f"{len(entries)} values of the paper's recipe no source here confirms ({path}, `unverified`); "
+        "settle them before GPU time is spent:"
+    ]
+    lines += [f"  {R.keys_text(e)} = {_value_in_force(params, e)}: {e.unverified}" for e in entries]
+    return lines
+
+
+def dry_run(params: Params, train_images: int = IMAGENET_TRAIN_IMAGES, recipe: str | Path = R.RECIPE_PATH) -> str:
+    """What ``pcn dryrun`` prints: the recipe's unconfirmed values (from ``recipe``), the
+    pretraining job in detail, every training-like job with its effective lr and GPU-hours,
+    the total and the experiment grid's share of it."""
+    lines = unverified_text(params, recipe) + [""]
+    lines += _pretrain_text(params, plan(params, train_images))
     all_jobs = jobs(params, train_images)
     total = sum(j.gpu_hours for j in all_jobs)
     lines += [
         "",
         f"every training-like job of the DAG at scale '{params.scale}' ({len(all_jobs)} jobs; nothing is submitted)",
         f"  {'job':34s} {'model':24s} {'px':>5s} {'GMACs':>7s} {'schedule':>20s} {'batch':>6s} {'/GPU':>5s} "
-        f"{'lr':>8s} {'img/s/GPU':>9s} {'GPU-h':>9s}  resources",
+        f"{'eff. lr':>8s} {'= lr x batch/base':20s} {'img/s/GPU':>9s} {'GPU-h':>9s}  resources",
     ]
     for j in all_jobs:
         lines.append(
             f"  {j.name:34s} {j.model:24s} {j.img_size:>5d} {j.gmacs:>7.2f} {j.schedule:>20s} {j.global_batch:>6d} "
-            f"{j.batch_per_gpu:>5d} {j.lr:>8.2g} {j.images_per_gpu_s:>9,.0f} {j.gpu_hours:>9,.1f}  "
+            f"{j.batch_per_gpu:>5d} {j.lr:>8.3g} {j.lr_rule:20s} {j.images_per_gpu_s:>9,.0f} {j.gpu_hours:>9,.1f}  "
             f"{_resources(j.sbatch)}"
         )
     by_topic = {t: sum(j.gpu_hours for j in all_jobs if j.topic == t) for t in ("train", "transfer", "experiments")}
@@ -387,6 +438,11 @@ def dry_run(params: Params, train_images: int = IMAGENET_TRAIN_IMAGES) -> str:
         f"  experiment grid: {share}"
         if params.experiments.enabled
         else f"  experiment grid: skipped (experiments.enabled: false), {share}"
+    )
+    lines.append(
+        "  eff. lr: the peak lr each job runs at, its section's lr x global batch / lr_base_batch (DeiT's linear rule, "
+        "pcn.train.parts.scaled_lr); dense transfer is not scaled. The paper scale reads #185's '3e-3 at batch 2048' "
+        "as the lr used at 2048 (paper/recipe.yaml, lr batch scaling: unverified)"
     )
     ref = REFERENCE
     lines.append(

@@ -142,20 +142,39 @@ def expand(stage: Stage) -> list[dict[str, Any]]:
 # --- a step under a bare `dvc repro` -----------------------------------------------------------
 
 
+def expected_dvc_yaml(params_path: str | Path) -> str:
+    """dvc.yaml as the stage table writes it for ``params_path`` (what `pcn dag` writes)."""
+    from pcn.config import load_params, raw_params
+
+    return dvc_yaml(load_params(params_path), raw_params(params_path))
+
+
+def _first_difference(wanted: dict, written: dict) -> str:
+    """The first stage whose dvc.yaml entry differs, and its differing fields."""
+    for name in [*wanted, *(n for n in written if n not in wanted)]:
+        a, b = wanted.get(name) or {}, written.get(name) or {}
+        if a != b:
+            fields = [k for k in [*a, *(k for k in b if k not in a)] if a.get(k) != b.get(k)]
+            return f"stage {name!r} ({', '.join(fields) if a and b else 'added' if b else 'missing'})"
+    return "its header or plots"
+
+
 def refuse_stale_dvc_yaml(params_path: str, params: Params) -> None:
-    """Under DVC, refuse to run when dvc.yaml's shape (its stages and their matrices) no longer
-    matches params.yaml: DVC would run the stale matrix (e.g. `dvc exp run -S` on the seeds,
-    a variant or the scale), whose instances the steps no longer agree with."""
+    """Under DVC, refuse to run when dvc.yaml is not what the stage table writes for
+    params.yaml: a stale matrix (`dvc exp run -S` on the seeds, a variant or the scale), or a
+    hand edit (a stage's cmd pointed at other weights would run and write a wrong number).
+    The first differing stage and field are named."""
     dvc_file = Path(params_path).parent / "dvc.yaml"
-    written = yaml.safe_load(dvc_file.read_text()) if dvc_file.is_file() else None
-    shape = {name: entry.get("matrix") for name, entry in ((written or {}).get("stages") or {}).items()}
-    # the table's shape as dvc_yaml writes it (a matrix: its values as lists)
-    expected = {s.name: {k: list(v) for k, v in s.matrix.items()} or None for s in build_stages(params)}
-    if shape != expected:
-        raise UserError(
-            f"{dvc_file} is stale for {params_path}: the edit changes the DAG's shape (its stages or "
-            "instances); run `pcn dag` (or `pcn run`), then repeat the command"
-        )
+    expected = expected_dvc_yaml(params_path)
+    text = dvc_file.read_text() if dvc_file.is_file() else ""
+    if text == expected:
+        return
+    written = ((yaml.safe_load(text) or {}).get("stages") or {}) if text else {}
+    where = _first_difference(yaml.safe_load(expected)["stages"], written)
+    raise UserError(
+        f"{dvc_file} is stale for {params_path}: {where} differs from the stage table; it is generated "
+        "(edit params.yaml, not dvc.yaml): run `pcn dag` (or `pcn run`), then repeat the command"
+    )
 
 
 def check_under_dvc(params_path: str, params: Params) -> None:

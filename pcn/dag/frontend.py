@@ -59,6 +59,12 @@ def acquire(name: str, echo=print) -> bool:
     return True
 
 
+def held_fd() -> int | None:
+    """The descriptor of the lock this process holds, to pass to the engine it starts: the
+    engine then holds the lock too, and a killed ``pcn run`` leaves it held, not free."""
+    return _HELD.get(str(LOCK.resolve()))
+
+
 def release() -> None:
     """Give the lock back cleanly (an empty file: nothing to take over)."""
     fd = _HELD.pop(str(LOCK.resolve()), None)

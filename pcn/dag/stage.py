@@ -12,7 +12,7 @@ import itertools
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from pcn.config.names import TRANSFER_TASKS, instance_name
+from pcn.config.names import TRANSFER_TASKS, instance_name, shell_word
 from pcn.dag.stage_resources import Resources
 from pcn.dag.verbs import VERBS
 
@@ -142,7 +142,7 @@ class Stage:
         words = ["pcn", self.verb]
         for flag, value in self.args:
             words += [f"--{flag}", *((value,) if isinstance(value, str) else value)]
-        return " ".join(words)
+        return " ".join(map(shell_word, words))  # a path with a space or `$(...)` stays one word
 
     @property
     def step_module(self) -> str:

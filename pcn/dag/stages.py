@@ -101,7 +101,29 @@ def _stages(params: Params) -> list[Stage]:
     if params.experiments.enabled:
         st += _grid(params)
     st += _analysis(st, params)
-    return st if params.data.source == "demo" else _with_dataset_listings(st, params)
+    st = st if params.data.source == "demo" else _with_dataset_listings(st, params)
+    return _after_the_front_end_check(st, params)
+
+
+FRONT_END = "front_end"  # the first stage: under a bare `dvc repro`, the front-end lock's check
+FRONT_END_MARK = ".pcn/front_end.txt"
+
+
+def _after_the_front_end_check(st: list[Stage], params: Params) -> list[Stage]:
+    """Every stage after the front-end check (pcn.steps.front_end): DVC runs it first at
+    every repro, before it would restore any stage from its run cache."""
+    check = _stage(
+        FRONT_END,
+        "front-end",
+        "data",
+        params=("scale",),
+        args=_outputs(FRONT_END_MARK),
+        outs=(FRONT_END_MARK,),
+        priority=PRIORITY_CHAIN_HEAD,
+        resources=light_job(params),
+        always_changed=True,
+    )
+    return [check, *(replace(s, deps=(FRONT_END_MARK, *s.deps)) for s in st)]
 
 
 def _stage(name: str, verb: str, topic: str, **kw) -> Stage:

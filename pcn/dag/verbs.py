@@ -4,6 +4,10 @@
 # module only when its verb runs (`pcn --help` stays fast); the stage table reads which
 # module each stage runs, so that a stage depends on its own code.
 VERBS: dict[str, tuple[str, str]] = {
+    "front-end": (
+        "pcn.steps.front_end:front_end",
+        "the DAG's first stage: refuses while another front end runs (a bare `dvc repro` has no start hook)",
+    ),
     "make-demo": ("pcn.steps.data:make_demo", "synthesise the demo datasets (ImageNet, ADE20k, COCO layouts)"),
     "manifest": (
         "pcn.steps.data:manifest",

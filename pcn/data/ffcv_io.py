@@ -33,7 +33,6 @@ import multiprocessing
 import multiprocessing.util
 import os
 import time
-import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -51,10 +50,6 @@ METADATA_VERSION = 1
 _FINGERPRINT_CHUNK = 4 << 20  # bytes hashed at each end of a large .beton
 _FINGERPRINT_BLOCK = 64 << 10
 _FINGERPRINT_WHOLE = 64 << 20
-
-
-class DatasetWarning(UserWarning):
-    """An image was skipped."""
 
 
 def source_hash(index: FolderIndex) -> str:
@@ -207,6 +202,31 @@ def _writer_progress(progress: bool) -> Iterator[None]:
             b.close()
 
 
+@contextmanager
+def _queues_abandoned_on_failure() -> Iterator[None]:
+    """A writer that dies leaves ffcv's work queue full of chunks no one will read: its feeder
+    thread blocks on the pipe for ever, and Python joins that thread at exit, so the process
+    never ended after its error line (10,000 images: more chunks than a pipe holds).  When
+    the write fails, the queues ffcv made here are abandoned instead (cancel_join_thread)."""
+    import ffcv.writer
+
+    original, made = ffcv.writer.Queue, []  # an ffcv internal, patched: ffcv is pinned (pyproject.toml)
+
+    def queue(*args, **kwargs):
+        made.append(original(*args, **kwargs))
+        return made[-1]
+
+    ffcv.writer.Queue = queue
+    try:
+        yield
+    except BaseException:
+        for q in made:
+            q.cancel_join_thread()
+        raise
+    finally:
+        ffcv.writer.Queue = original
+
+
 def _free_shared_metadata(writer) -> None:
     """The shared memory ffcv's writer frees only when it completes (else a leak warning at exit)."""
     shared = getattr(writer, "metadata_sm", None)
@@ -285,10 +305,8 @@ def convert_imagefolder(
     digest = source_hash(index)
 
     good, bad = verify_images(index, num_workers=num_workers, progress=progress)
-    for rel, reason in bad:
-        msg = f"skipping unreadable image {index.root / rel}: {reason}"
-        log.warning(msg)
-        warnings.warn(msg, DatasetWarning, stacklevel=2)
+    for rel, reason in bad:  # one log line each (a warnings.warn beside it printed each twice)
+        log.warning("skipping unreadable image %s: %s", index.root / rel, reason)
     total = len(index.samples)
     fraction = len(bad) / total
     if fraction > max_bad_fraction:
@@ -318,7 +336,7 @@ def convert_imagefolder(
     with atomic_path(dst) as tmp:
         writer = DatasetWriter(str(tmp), fields, num_workers=num_workers)
         try:
-            with _writer_progress(progress), watch_workers(str(dst)):
+            with _writer_progress(progress), _queues_abandoned_on_failure(), watch_workers(str(dst)):
                 writer.from_indexed_dataset(_ImageDataset(index.root, good, failures), chunksize=64)
         except WorkerDied:
             _free_shared_metadata(writer)

@@ -76,7 +76,21 @@ def unwrap_state_dict(obj, source: str = "checkpoint") -> dict[str, torch.Tensor
                 f"{source}: entry {k!r} is a {type(v).__name__}, expected a tensor (not a state_dict?)"
             )
         out[k[len("module.") :] if k.startswith("module.") else k] = v
+    _check_finite(out, source)
     return out
+
+
+def _check_finite(state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+    """A NaN or inf weight makes the first loss NaN, which reads as a training problem
+    ("lower the lr?"): name the input file and its first bad key instead."""
+    for k, v in state_dict.items():
+        if (v.is_floating_point() or v.is_complex()) and not v.is_meta:
+            if not bool(torch.isfinite(v).all()):
+                bad = "NaN" if bool(torch.isnan(v).any()) else "inf"
+                raise CheckpointError(
+                    f"{source}: holds non-finite values ({bad}) in key {k!r}; expected finite weights "
+                    "(a diverged or damaged checkpoint)"
+                )
 
 
 def checkpoint_classes(state_dict: Mapping[str, torch.Tensor]) -> int | None:

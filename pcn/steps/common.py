@@ -13,7 +13,8 @@ from pcn.config import Params, load_params, section_values
 from pcn.config.names import instance_name
 from pcn.dag.file_audit import AUDIT_DIR_ENV, AUDIT_STAGE_ENV
 from pcn.dag.stage import stage_sections
-from pcn.io import write_json
+from pcn.errors import UserError
+from pcn.io import check_output, check_writable, write_json
 from pcn.machine.device import describe
 from pcn.tracking.runs import METRICS_TAG, RunLogger, stage_run, tracking_uri
 
@@ -79,6 +80,41 @@ def outputs(args) -> dict[str, tuple[str, ...]]:
     return {k: _paths(getattr(args, a, None)) for k, a in (("outs", "out"), ("metrics", "metrics"), ("plots", "plots"))}
 
 
+# The flags that name what a stage reads (pcn.cli._PATHS), and the two that name an input
+# only where the stage is not given their paths as outputs (figures, report, summarize).
+_INPUT_FLAGS = ("params", "ffcv", "weights", "checkpoint", "baseline", "results", "figures", "paper", "recipe")
+_OUTPUT_OR_INPUT_FLAGS = ("metrics", "plots")
+
+
+def _names(value) -> list[str]:
+    """A flag's value(s) as path strings (a flag may be given a Path, or several)."""
+    if value is None:
+        return []
+    return [os.fspath(v) for v in ([value] if isinstance(value, (str, os.PathLike)) else value)]
+
+
+def inputs(args, written: tuple[str, ...]) -> list[str]:
+    """The paths a stage's command names as its inputs (``METHOD=MODEL``: the model)."""
+    found = [v for flag in _INPUT_FLAGS for v in _names(getattr(args, flag, None))]
+    for flag in _OUTPUT_OR_INPUT_FLAGS:
+        values = _names(getattr(args, flag, None))
+        found += [] if set(values) <= set(_names(written)) else values
+    return [v.split("=", 1)[1] if "=" in v and not os.path.exists(v) else v for v in found]
+
+
+def check_outputs(args, outs: tuple[str, ...], files: tuple[str, ...]) -> None:
+    """Before any work: no output replaces the workspace or an input, each can be written (a
+    read-only filesystem fails here, not after the evaluation), and the metrics and plot
+    files are not folders."""
+    read = inputs(args, (*outs, *files))
+    for path in (*outs, *files):
+        check_output(path, read)
+        check_writable(path)
+    for path in files:
+        if os.path.isdir(path):
+            raise UserError(f"{path}: is a folder; expected the path of a file to write")
+
+
 @contextlib.contextmanager
 def stage(
     args,
@@ -95,6 +131,7 @@ def stage(
     seed) writing the paths its command names; its MLflow run logs the params sections the
     stage reads (``sections``: by default those it tracks in the DAG, pcn.dag.stage)."""
     params = load_params(args.params)
+    check_outputs(args, outs, (*metrics, *plots))
     wc = {k: str(v) for k, v in (wildcards or {}).items()}
     instance = instance_name(name, wc)
     sections = tuple(s.format(**wc) for s in (stage_sections(name) if sections is None else sections))

@@ -4,15 +4,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pcn.config import DATASET_DIRS, load_params
 from pcn.data.splits import SPLIT_LAYOUTS, data_paths, ffcv_splits
-from pcn.io import atomic_path
+from pcn.io import FolderOwner, atomic_path, check_output_folder
 from pcn.machine.device import setup_torch
 from pcn.steps.common import outputs, stage
 
+# What the conversion writes in its folder: the .beton files, their sidecars (and the marker).
+FFCV_OUTPUT = FolderOwner("convert", ("*.beton", "*.beton.json"))
+
 
 def make_demo(args) -> int:
-    from pcn.data.demo.synthetic import DemoSpec, generate
+    from pcn.data.demo.synthetic import SUMMARY_FILE, DemoSpec, generate
 
+    # The generator does not mark its folder (a marker would change the content hash its
+    # summary records): the demo's folder is known by its four dataset folders and its
+    # summary, which a real dataset root laid out alike does not hold.
+    owner = FolderOwner("make-demo", (*DATASET_DIRS.values(), SUMMARY_FILE), SUMMARY_FILE)
+    check_output_folder(args.out, owner)  # before the MLflow run and the minutes of drawing
     with stage(args, "demo_data", **outputs(args)) as st:
         d = st.params.data.demo
         spec = DemoSpec(seed=st.params.seed, **d.model_dump())
@@ -40,16 +49,18 @@ def convert(args) -> int:
     from pcn.data.ffcv_io import convert_imagefolder
     from pcn.data.folders import scan_folder
 
+    paths = data_paths(load_params(args.params), args.out)
+    read = [paths[split] for split in SPLIT_LAYOUTS]  # train's classes are read whichever splits are converted
+    check_output_folder(args.out, FFCV_OUTPUT, read)  # before the MLflow run and the conversion
     with stage(args, "convert", **outputs(args)) as st:
         p, f = st.params, st.params.data.ffcv
-        paths = data_paths(p, st.out)
         splits = [(split, SPLIT_LAYOUTS[split]) for split in ffcv_splits(p)]
         train_classes = scan_folder(paths["train"]).class_names  # every split's class list
         for split, layout in splits:
             if split != "train":
                 scan_folder(paths[split], layout, train_classes)
         metrics = {}
-        with atomic_path(Path(st.out), directory=True) as out:
+        with atomic_path(Path(st.out), directory=True, owner=FFCV_OUTPUT, inputs=read) as out:
             for split, layout in splits:
                 metrics[split] = convert_imagefolder(
                     paths[split],

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pcn.data.splits import SPLIT_LAYOUTS, data_paths
 from pcn.errors import UserError
-from pcn.io import atomic_path
+from pcn.io import atomic_path, check_writable
 from pcn.machine.device import setup_torch, torch_device
 from pcn.steps.common import outputs, stage
 from pcn.steps.train import num_classes
@@ -88,7 +88,7 @@ def evaluate(args) -> int:
                     layout=layout,
                     expected_classes=train_classes,
                 )
-            m = eval_loop(model, loader, device)
+            m = eval_loop(model, loader, device, precision=p.evaluate.precision)
             prefix = "" if split == "val" else "v2_"
             metrics.update(
                 {
@@ -220,6 +220,7 @@ def evaluate_released(args) -> int:
 
     p = load_params(args.params)
     setup_torch(p.runtime.threads)
+    check_writable(RELEASED_DIR / "any.json")  # a read-only metrics folder fails now, not after the scoring
     # Bad input fails here, before any tracking run or output exists.
     name, model = released_model(read_released(args.checkpoint), args.checkpoint, args.model)
     img_size = args.img_size or int(model.pretrained_cfg["input_size"][-1])
@@ -247,7 +248,7 @@ def evaluate_released(args) -> int:
         metrics = {"model": name, "img_size": img_size, "crop_ratio": crop_ratio}
         for prefix, index in (("", val), ("v2_", v2)):
             loader = _folder_loader(index, transform, p.evaluate.batch_size, p.data.num_workers, device)
-            m = eval_loop(model, loader, device)
+            m = eval_loop(model, loader, device, precision=p.evaluate.precision)
             metrics.update(
                 {
                     f"{prefix}top1": round(m["top1"], 3),
@@ -270,7 +271,10 @@ def evaluate_released(args) -> int:
 def evaluate_registered(args) -> int:
     """Score a model of the MLflow registry (``--model models:/<name>/<version|@alias>``) on
     ImageNet val and v2 with the released checkpoints' protocol, into
-    metrics/registered/<name>-v<version>.json."""
+    metrics/registered/<name>-v<version>.json.  The model is loaded as data, as a released
+    checkpoint is: built from its recorded timm name and options, its weights read with
+    ``torch.load(weights_only=True)`` (pcn.tracking.registry.load_version); a version whose
+    files hold code is refused in one line before anything runs or is written."""
     import torch
 
     from pcn.config import load_params
@@ -281,9 +285,10 @@ def evaluate_registered(args) -> int:
 
     p = load_params(args.params)
     setup_torch(p.runtime.threads)
+    check_writable(REGISTERED_DIR / "any.json")  # a read-only metrics folder fails now, not after the scoring
     uri = tracking_uri(p.tracking.uri)
     version = resolve_version(args.model, uri)  # bad input fails here, before anything is written
-    model, logged_size = load_version(version, uri)
+    model, logged_size = load_version(version, uri)  # never unpickles what the store serves
     img_size = args.img_size or logged_size
     crop_ratio = p.evaluate.crop_ratio if args.crop_ratio is None else args.crop_ratio
     paths = data_paths(p)
@@ -302,7 +307,7 @@ def evaluate_registered(args) -> int:
         metrics.update({"source_run_id": version.run_id, "img_size": img_size, "crop_ratio": crop_ratio})
         for prefix, index in (("", val), ("v2_", v2)):
             loader = _folder_loader(index, transform, p.evaluate.batch_size, p.data.num_workers, device)
-            m = eval_loop(model, loader, device)
+            m = eval_loop(model, loader, device, precision=p.evaluate.precision)
             metrics.update({f"{prefix}{k}": round(m[k], 3) for k in ("top1", "top5")} | {f"{prefix}n_images": m["n"]})
         out = REGISTERED_DIR / f"{version.name}-v{version.version}.json"
         st.finish(metrics, out)

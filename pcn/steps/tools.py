@@ -9,9 +9,9 @@ from pathlib import Path
 
 import yaml
 
-from pcn.config import ParamsError, load_params, raw_params, recipe
+from pcn.config import ParamsError, load_params, recipe
 from pcn.dag import frontend
-from pcn.dag.dvc_view import dvc_yaml
+from pcn.dag.dvc_view import expected_dvc_yaml
 from pcn.dag.engine_process import run_engine
 from pcn.dag.stages import build_stages
 from pcn.errors import UserError
@@ -19,10 +19,6 @@ from pcn.io import write_text
 from pcn.tracking.runs import PIPELINE_ENV, finish_pipeline_run, one_line, start_pipeline_run, tracking_uri, turn_off
 
 DVC_FILE = Path("dvc.yaml")
-
-
-def expected_dvc_yaml(params_path: str) -> str:
-    return dvc_yaml(load_params(params_path), raw_params(params_path))
 
 
 def dag(args) -> int:
@@ -75,6 +71,18 @@ def set_scale(args) -> int:
     return 0
 
 
+def _unlock_after_a_killed_run(env: dict) -> None:
+    """Snakemake's own locks left by a killed run make the next one refuse to start.  This
+    process holds the front-end lock, and every Snakemake of the project takes it at its
+    start, so none runs now: the locks are stale."""
+    locks = Path(".snakemake/locks")
+    if locks.is_dir() and any(locks.iterdir()):
+        import subprocess
+
+        print("removing Snakemake's locks left by a run that was killed (snakemake --unlock)", flush=True)
+        subprocess.run(["snakemake", "--unlock", "--quiet"], env=env, check=True, capture_output=True)
+
+
 def run_pipeline(args) -> int:
     """One pipeline invocation = one MLflow parent run, then the engine runs the DAG."""
     params = load_params(args.params)
@@ -98,11 +106,12 @@ def run_pipeline(args) -> int:
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         extra = [a for a in args.extra if a != "--"]  # everything `pcn run` did not know goes to the engine
         if args.engine == "snakemake":
+            _unlock_after_a_killed_run(env)
             cmd = ["snakemake", "--cores", str(args.cores), *extra]
         else:
             cmd = ["dvc", "repro", *extra]
         print(f"pipeline run {run_id} ({args.engine}, scale {params.scale}): {' '.join(cmd)}", flush=True)
-        rc = run_engine(cmd, env)
+        rc = run_engine(cmd, env, keep_fds=[fd for fd in (frontend.held_fd(),) if fd is not None])
     finally:
         frontend.release()
     finish_pipeline_run(run_id, uri, "FINISHED" if rc == 0 else "KILLED" if rc > 128 else "FAILED")

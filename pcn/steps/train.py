@@ -99,7 +99,12 @@ def _log_trained_model(st: StageRun, job, register_as: str | None) -> int | None
 
     model = build_model(job)
     load_checkpoint(model, job.final_path, strict=True)
-    return log_model(st.run, model, job.train.img_size, register_as=register_as)
+    # Logged as a state dict with the recipe that rebuilds the model (pcn.tracking.registry):
+    # the architecture's options; the training-only ones build_model adds (drop_path_rate,
+    # layerscale_init) change no output of the trained model in eval mode.
+    return log_model(
+        st.run, model, job.train.img_size, arch=job.model, options=dict(job.model_options), register_as=register_as
+    )
 
 
 def history_csv(history: list[dict]) -> str:

@@ -23,6 +23,7 @@ from typing import Any
 
 from pcn.config import Params, section_values
 from pcn.errors import UserError
+from pcn.io import read_json
 from pcn.tracking.runs import (
     RunLogger,
     experiment_id,
@@ -118,7 +119,7 @@ def _run_during(client, exp_id: str, o: Output) -> bool:
     if o.record.suffix == ".json":
         return False
     written_ms = o.record.stat().st_mtime * 1000
-    runs = client.search_runs([exp_id], f"tags.`pcn.dag.stage` = '{o.stage.name}'", max_results=1000)
+    runs = client.search_runs([exp_id], f"tags.`pcn.stage` = '{o.stage.name}'", max_results=1000)
     before_ms = 2000  # file-system and clock granularity
     # Snakemake touches a job's outputs when it sees the job end, seconds after the stage
     # closed its run (2.2 s for the demo's report on 2 cores)
@@ -164,13 +165,14 @@ def _create(o: Output, params: Params, uri: str, parent: str, root: Path) -> str
         "pcn.synced": "true",
         **source_tags(),  # the commit of the sync, not of the stage (which the files do not record)
     }
+    # the record first: a broken one is named before any run is created (none left RUNNING)
+    metrics: dict[str, Any] = read_json(o.record) if o.record.suffix == ".json" else {}
     run = client.create_run(experiment_id(uri, params.tracking.experiment), run_name=o.instance, tags=tags)
     log = RunLogger(run.info.run_id, uri, artifact_uri=run.info.artifact_uri)
     # RunLogger turns a failed call into tracking off for the process (a stage must go on);
     # here it is an error
     log.log_params(section_values(params, o.stage.params))
-    if o.record.suffix == ".json":
-        metrics: dict[str, Any] = json.loads(o.record.read_text())
+    if metrics:
         log.log_metrics(
             {k: v for k, v in flatten(metrics).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         )
@@ -198,9 +200,13 @@ def sync(params: Params, stages: list, root: Path = Path("."), echo=print) -> in
         return 0
     uri = tracking_uri(params.tracking.uri)
     parent = start_pipeline_run(uri, params.tracking.experiment, "sync", params.scale)
-    for o in todo:
-        run_id = _create(o, params, uri, parent, root)
-        echo(f"  {o.instance}: run {run_id} from {o.record.relative_to(root)}")
+    try:
+        for o in todo:
+            run_id = _create(o, params, uri, parent, root)
+            echo(f"  {o.instance}: run {run_id} from {o.record.relative_to(root)}")
+    except BaseException:
+        RunLogger(parent, uri).finish("FAILED")  # never left RUNNING
+        raise
     RunLogger(parent, uri).finish("FINISHED")
     echo(f"pcn track sync: added {len(todo)} stage run(s) to {uri}")
     return len(todo)

@@ -30,7 +30,7 @@ from pcn.train import checkpoint as ckpt
 from pcn.train import distributed as D
 from pcn.train.job import TrainJob
 from pcn.train.lock import trainer_lock
-from pcn.train.loop import Loop, LoopState, autocast, unwrap
+from pcn.train.loop import Loop, LoopState, autocast, grad_scaler, unwrap
 from pcn.train.parts import TrainParts, build_parts, lr_at
 
 # --- set-up ---------------------------------------------------------------------------
@@ -86,7 +86,9 @@ COLLAPSED_SELF_ATTENTION = 0.99
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader, device: torch.device, max_batches: int | None = None) -> dict[str, float]:
+def evaluate(
+    model: torch.nn.Module, loader, device: torch.device, max_batches: int | None = None, precision: str | None = None
+) -> dict[str, float]:
     """Top-1/top-5 (percent) and cross-entropy on the whole validation set; for a model with
     one class token also ``cls_self_attention``, the weight it puts on itself (first batch).
 
@@ -108,7 +110,7 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device, max_batches: 
             images = images.to(device, non_blocking=True)
             labels = labels.to(device, non_blocking=True)
             images = images.contiguous(memory_format=torch.channels_last)
-            with autocast(device):
+            with autocast(device, precision):
                 logits = model(images)
                 if probe and self_weight is None:  # one batch is enough to see a collapse
                     self_weight = model.class_token_self_attention(images).float().mean().item()
@@ -236,7 +238,7 @@ def _run(job: TrainJob, env: D.DistEnv, device: torch.device, stop: Callable[[],
         targets = labels
         if parts.mixup is not None:
             images, targets = parts.mixup(images, labels)
-        with autocast(device):
+        with autocast(device, cfg.precision):
             return parts.loss(model(images), targets)
 
     clock = {"t": 0.0, "step": 0}  # where the running epoch started
@@ -253,7 +255,7 @@ def _run(job: TrainJob, env: D.DistEnv, device: torch.device, stop: Callable[[],
             "images_per_s": (state.global_step - clock["step"]) * cfg.batch_size / max(elapsed, 1e-9),
         }
         if state.epoch % cfg.eval_every == 0 or state.epoch == cfg.epochs:
-            _evaluate_into(state, model, val_loader, device, parts, cfg.eval_max_batches)
+            _evaluate_into(state, model, val_loader, device, parts, cfg.eval_max_batches, cfg.precision)
             entry.update({f"val_{k}": v for k, v in state.last_eval.items() if k != "n"})
         state.history.append(entry)
         log.log_metrics(entry, step=state.epoch)
@@ -281,6 +283,7 @@ def _run(job: TrainJob, env: D.DistEnv, device: torch.device, stop: Callable[[],
         clip_grad=cfg.clip_grad,
         images_per_step=cfg.batch_size,
         extras={"ema": parts.ema.module} if parts.ema is not None else {},
+        scaler=grad_scaler(device, cfg.precision),
         after_step=(lambda: parts.ema.update(unwrap(model))) if parts.ema is not None else lambda: None,
         on_epoch=on_epoch,
         stop=stop,
@@ -352,11 +355,17 @@ def _report_finished(job: TrainJob, model, parts: TrainParts, result: dict, stat
     )
 
 
-def _evaluate_into(state: LoopState, model, loader, device, parts: TrainParts, max_batches: int | None = None) -> None:
-    metrics = evaluate(model, loader, device, max_batches)
+def _evaluate_into(
+    state: LoopState, model, loader, device, parts: TrainParts, max_batches: int | None = None, precision=None
+) -> None:
+    metrics = evaluate(model, loader, device, max_batches, precision)
     if parts.ema is not None:
         metrics.update(
-            {f"ema_{k}": v for k, v in evaluate(parts.ema.module, loader, device, max_batches).items() if k != "n"}
+            {
+                f"ema_{k}": v
+                for k, v in evaluate(parts.ema.module, loader, device, max_batches, precision).items()
+                if k != "n"
+            }
         )
     if metrics.get("cls_self_attention", 0.0) > COLLAPSED_SELF_ATTENTION:
         warnings.warn(

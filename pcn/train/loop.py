@@ -67,11 +67,22 @@ class LoopState:
         return self.losses[len(self.losses) - steps_per_epoch :]
 
 
-def autocast(device: torch.device):
-    # bf16 on GPU (no grad scaler needed); exact fp32 on CPU.
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def autocast(device: torch.device, precision: str | None = None):
+    """Autocast at ``precision`` (fp16, bf16; fp32: none) on any device, CPU included.  With
+    none given, the dense transfers' rule: bf16 on a GPU, exact fp32 on a CPU."""
+    if precision is None:
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision])
+
+
+def grad_scaler(device: torch.device, precision: str):
+    """fp16's loss scaler (torch's GradScaler, as the official NativeScaler): None otherwise."""
+    return torch.amp.GradScaler(device.type) if precision == "fp16" else None
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -104,6 +115,7 @@ class Loop:
     clip_grad: float | None = None
     images_per_step: int | None = None  # the global batch, for the progress bar's rate
     extras: dict[str, torch.nn.Module] = field(default_factory=dict)  # saved with the model (the EMA)
+    scaler: Any = None  # fp16's GradScaler (grad_scaler): scales the loss, skips a step with inf gradients
     after_step: Callable[[], None] = _nothing  # after every optimizer step (the EMA update)
     on_step: Callable[[LoopState], None] = _nothing  # after every step, lr still the step's (logging)
     on_epoch: Callable[[LoopState], None] = _nothing  # after every epoch, on every rank (evaluation)
@@ -126,6 +138,7 @@ class Loop:
                 "model": unwrap(self.model).state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                 "extras": {k: m.state_dict() for k, m in self.extras.items()},
                 "epoch": state.epoch,
                 "step_in_epoch": state.step_in_epoch,
@@ -161,6 +174,8 @@ class Loop:
         unwrap(self.model).load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
+        if self.scaler is not None and saved.get("scaler"):
+            self.scaler.load_state_dict(saved["scaler"])
         for k, m in self.extras.items():
             m.load_state_dict(saved["extras"][k])
         state = LoopState(
@@ -277,14 +292,24 @@ class Loop:
             both = D.all_reduce_sum(torch.tensor([value, float(stop)], dtype=torch.float64, device=self.device))
             value, stop = both[0].item() / self.env.world_size, both[1].item() > 0
         if not math.isfinite(value):
+            # before the first update the lr played no part (a NaN checkpoint is refused at its load)
+            why = "lower the lr?" if state.global_step else "no update yet, so not the lr: check the weights and images"
             raise FloatingPointError(
-                f"{self.name}: loss is {value} at step {state.global_step} (epoch {state.epoch + 1}); lower the lr?"
+                f"{self.name}: loss is {value} at step {state.global_step} (epoch {state.epoch + 1}); {why}"
             )
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.clip_grad:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad)
-        self.optimizer.step()
+        if self.scaler is None:
+            loss.backward()
+            if self.clip_grad:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad)
+            self.optimizer.step()
+        else:
+            self.scaler.scale(loss).backward()
+            if self.clip_grad:
+                self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad)
+            self.scaler.step(self.optimizer)  # skipped when a gradient is inf or NaN; the scale then drops
+            self.scaler.update()
         state.global_step += 1
         state.step_in_epoch += 1
         state.losses.append(value)

@@ -86,8 +86,12 @@ def image_size(path: Path) -> tuple[int, int]:
 
 
 def ade_train_transforms(size: int, scale_range: tuple[float, float] = (0.5, 2.0)) -> v2.Compose:
-    """mmseg's ADE20k recipe: random rescale (shorter side x 0.5..2), random crop, flip,
-    photometric distortion, normalise. Padding is unlabelled (ignored)."""
+    """mmseg's ADE20k training pipeline, as the comparison rows' UperNet configs (the paper
+    states none; paper/recipe.yaml): the shorter side rescaled to 0.5..2 x ``size``
+    (256-1024 px at 512), a random crop, flip, photometric distortion, normalise.  Padding
+    is unlabelled (ignored).  Not mmseg's: no cap of the longer side at 4 x the shorter
+    side's scale, no ``cat_max_ratio`` re-draw of crops one class dominates, and
+    torchvision's photometric distortion for mmseg's."""
     return v2.Compose(
         [
             v2.RandomResize(int(size * scale_range[0]), int(size * scale_range[1]) + 1),
@@ -299,7 +303,24 @@ def load_coco_json(path: str | Path) -> dict[str, Any]:
             raise DatasetError(f"{path}: annotation {aid} has a segmentation that is neither polygons nor RLE")
         if isinstance(ann.get("segmentation"), dict):
             _check_rle(path, aid, ann["segmentation"], images[ann["image_id"]])
+        elif isinstance(ann.get("segmentation"), list):
+            _check_polygons(path, aid, ann["segmentation"])
     return data
+
+
+def _check_polygons(path: Path, aid, polygons: list) -> None:
+    """Polygons are lists of x, y pairs, three points at least: pycocotools fails on fewer
+    (a TypeError in a loader worker, hours in) and reads four numbers as a box."""
+    if not polygons:
+        raise DatasetError(f"{path}: annotation {aid} has an empty polygon list, expected at least one polygon")
+    for poly in polygons:
+        if not (isinstance(poly, list) and all(isinstance(v, (int, float)) for v in poly)):
+            raise DatasetError(f"{path}: annotation {aid} has polygon {poly!r:.80}, expected a list of x, y numbers")
+        if len(poly) < 6 or len(poly) % 2:
+            raise DatasetError(
+                f"{path}: annotation {aid} has a polygon of {len(poly)} coordinates, "
+                "expected x, y pairs of 3 points or more (6 or more numbers, an even count)"
+            )
 
 
 def _check_rle(path: Path, aid, rle: dict, image: dict) -> None:
@@ -338,8 +359,10 @@ def annotation_mask(ann: dict, height: int, width: int) -> np.ndarray:
 
 
 def coco_train_transforms() -> v2.Compose:
-    """Mask R-CNN's training recipe: horizontal flip (the multi-scale resize is the
-    model's own ``GeneralizedRCNNTransform`` with several ``min_size``)."""
+    """Mask R-CNN's training augmentation: horizontal flip (the multi-scale resize is the
+    model's own ``GeneralizedRCNNTransform`` with several ``min_size``, one drawn per
+    image).  The paper states none (paper/recipe.yaml); this is the first branch of the
+    comparison rows' 3x augmentation, without their resize-crop-resize branch."""
     return v2.Compose([v2.RandomHorizontalFlip(0.5), v2.ToDtype(torch.float32, scale=True)])
 
 

@@ -9,7 +9,11 @@ at strides 4, 8, 16 and 32. Which trunk maps feed the four levels (``features``)
   multi-level processing);
 * ``blocks``: four evenly spaced blocks, as XCiT and BEiT's dense transfer.
 
-Each level's map (``forward_intermediates``) is brought to its stride by a small neck:
+How the paper brings that map to four strides is not stated in the sources here; the
+rest of this module is chosen (paper/recipe.yaml, "dense-transfer necks"): each level's
+map (``forward_intermediates``) goes through a LayerNorm2d of its own (the trunk's
+output is its un-normalised residual stream: the classification model's final norm is
+dropped with the head; XCiT's taps have none) and then a small neck, XCiT's resampling:
 
     factor stride/stem  | neck
     1/4                 | ConvTranspose(2) -> BatchNorm -> GELU -> ConvTranspose(2)
@@ -25,6 +29,9 @@ Input sizes: the input is zero-padded on the bottom/right to a multiple of 32 (t
 stride of the top level), so any size works and every level is exactly
 ``padded / stride``; callers that need the original size crop their output
 (``PyramidBackbone.pad_to``).
+
+The trunk is built with the model's default stochastic depth, none: no source here
+gives a rate for the transfer (XCiT's dense configs use 0.05; paper/recipe.yaml).
 
 Weights: :func:`load_trunk_weights` takes a classification checkpoint (the DAG's
 ``results/pretrain/model.pth`` or a released file), keeps the trunk keys
