@@ -176,3 +176,18 @@ def test_a_bare_dvc_repro_is_refused_at_its_first_stage_before_anything_else(pro
     ran = [line for line in out.splitlines() if line.startswith("Running stage") or "checking out" in line]
     assert ran == ["Running stage 'front_end':"], ran
     assert not (project / "data").exists() and not (project / ".pcn" / "front_end.txt").exists()
+
+
+def test_snakemakes_locks_left_by_a_killed_run_do_not_stop_the_next_pcn_run(project):
+    """A killed Snakemake leaves .snakemake/locks; the next `pcn run` holds the project's
+    lock, so no Snakemake runs, and it removes them instead of failing on them."""
+    (project / "probe.smk").write_text(PROBE.format(workflow=ROOT / "workflow" / "Snakefile"))
+    locks = project / ".snakemake" / "locks"
+    locks.mkdir(parents=True)
+    (locks / "0.input.lock").write_text(str(project / "probe.txt") + "\n")
+    (locks / "0.output.lock").write_text(str(project / "probe.txt") + "\n")
+    cmd = [sys.executable, "-m", "pcn.cli", "run", "-s", "probe.smk", "probe"]
+    cp = subprocess.run(cmd, cwd=project, env=_env(), capture_output=True, text=True, timeout=300)
+    assert cp.returncode == 0, cp.stdout[-2000:] + cp.stderr[-2000:]
+    assert "removing Snakemake's locks left by a run that was killed" in cp.stdout
+    assert (project / "probe.txt").read_text() == "ran\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -71,16 +72,14 @@ def set_scale(args) -> int:
     return 0
 
 
-def _unlock_after_a_killed_run(env: dict) -> None:
+def _unlock_after_a_killed_run() -> None:
     """Snakemake's own locks left by a killed run make the next one refuse to start.  This
     process holds the front-end lock, and every Snakemake of the project takes it at its
-    start, so none runs now: the locks are stale."""
+    start, so none runs now: the locks are stale, and go as `snakemake --unlock` would."""
     locks = Path(".snakemake/locks")
     if locks.is_dir() and any(locks.iterdir()):
-        import subprocess
-
-        print("removing Snakemake's locks left by a run that was killed (snakemake --unlock)", flush=True)
-        subprocess.run(["snakemake", "--unlock", "--quiet"], env=env, check=True, capture_output=True)
+        print("removing Snakemake's locks left by a run that was killed (.snakemake/locks)", flush=True)
+        shutil.rmtree(locks)
 
 
 def run_pipeline(args) -> int:
@@ -106,7 +105,7 @@ def run_pipeline(args) -> int:
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         extra = [a for a in args.extra if a != "--"]  # everything `pcn run` did not know goes to the engine
         if args.engine == "snakemake":
-            _unlock_after_a_killed_run(env)
+            _unlock_after_a_killed_run()
             cmd = ["snakemake", "--cores", str(args.cores), *extra]
         else:
             cmd = ["dvc", "repro", *extra]
