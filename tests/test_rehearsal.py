@@ -39,6 +39,8 @@ def test_rehearsal_keeps_the_paper_protocols_and_caps_only_steps(tmp_path):
         "pretrain.lr",
         "pretrain.lr_base_batch",
         "pretrain.aug",
+        "pretrain.precision",  # fp16: the two steps run its autocast and loss scaler
+        "finetune.precision",
         "finetune.img_size",
         "finetune.min_lr",
         "evaluate.img_size",

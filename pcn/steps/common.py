@@ -135,12 +135,18 @@ def stage(
     wc = {k: str(v) for k, v in (wildcards or {}).items()}
     instance = instance_name(name, wc)
     sections = tuple(s.format(**wc) for s in (stage_sections(name) if sections is None else sections))
-    if os.environ.get(AUDIT_DIR_ENV):
-        os.environ[AUDIT_STAGE_ENV] = instance  # pcn.dag.file_audit: the jobs this stage starts inherit it
+    audit_as(instance)
     # the metrics files as a tag: the report finds the run behind a file that does not name it
     tags = {**(tags or {}), **({METRICS_TAG: " ".join(metrics)} if metrics else {})}
     with stage_run(name, params, section_values(params, sections), tags, instance=instance) as run:
         yield StageRun(name, params, run, outs=outs, metrics=metrics, plots=plots)
+
+
+def audit_as(instance: str) -> None:
+    """Name the files this process opens from now on as stage ``instance``'s, when an audit
+    runs (pcn.dag.file_audit; the jobs the stage starts inherit it)."""
+    if os.environ.get(AUDIT_DIR_ENV):
+        os.environ[AUDIT_STAGE_ENV] = instance
 
 
 def launcher_kind(args, params: Params) -> str:

@@ -15,11 +15,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from pcn.io import write_text
+from pcn.steps.common import audit_as
 
 MARK = "the front-end check of this project's DAG: every stage depends on it (pcn/steps/front_end.py)\n"
 
 
 def front_end(args) -> int:
+    audit_as("front_end")
     out = Path(args.out)
     if not out.is_file() or out.read_text() != MARK:
         write_text(out, MARK)
