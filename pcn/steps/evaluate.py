@@ -225,8 +225,6 @@ def evaluate_released(args) -> int:
     name, model = released_model(read_released(args.checkpoint), args.checkpoint, args.model)
     img_size = args.img_size or int(model.pretrained_cfg["input_size"][-1])
     crop_ratio = PAPER_CROP_RATIO if args.crop_ratio is None else args.crop_ratio
-    if not 0 < crop_ratio <= 1:
-        raise UserError(f"--crop-ratio {crop_ratio}: expected a ratio in (0, 1]")
     paths = data_paths(p)
     val = scan_folder(paths["val"])
     if val.num_classes != model.num_classes:
